@@ -1,0 +1,1 @@
+"""Mini-YAIE kernels: radix tree, KV block manager, paged radix attention, sampling."""

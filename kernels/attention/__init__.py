@@ -1,0 +1,83 @@
+"""Paged radix attention: store K/V by slot, extend (prefill) and decode attention over a paged pool.
+
+One public function per operation, each with a backend choice: "torch" (the reference, which is
+the specification), "triton" (CUDA, or the CPU under TRITON_INTERPRET=1), or "auto" (Triton on
+CUDA tensors when Triton imports, else torch).
+
+Layouts (every operation):
+  k_cache, v_cache: [num_blocks, block_size, kv_heads, head_dim]; slot s = block * block_size + offset
+  block_tables:     [batch, max_blocks] int32; row b lists request b's blocks in token order
+  seq_lens:         [batch] int32; tokens of request b whose K/V is in the pool, new ones included
+"""
+
+from __future__ import annotations
+
+from yaie.kernels.attention.reference import (
+    decode_attention_reference,
+    extend_attention_reference,
+    store_kv_reference,
+)
+
+__all__ = ["store_kv", "extend_attention", "decode_attention", "resolve_backend"]
+
+BACKENDS = ("auto", "torch", "triton")
+
+
+def resolve_backend(backend: str, is_cuda: bool) -> str:
+    """Maps "auto" to "triton" for CUDA tensors when Triton is importable, else "torch"."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; expected one of {BACKENDS}")
+    if backend != "auto":
+        return backend
+    if not is_cuda:
+        return "torch"
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "torch"
+    return "triton"
+
+
+def store_kv(k_cache, v_cache, k, v, slots, backend: str = "auto") -> None:
+    """Writes k, v [num_tokens, kv_heads, head_dim] into the pool at slots [num_tokens] (int64)."""
+    if resolve_backend(backend, k.is_cuda) == "triton":
+        from yaie.kernels.attention.triton_store import store_kv_triton
+
+        return store_kv_triton(k_cache, v_cache, k, v, slots)
+    return store_kv_reference(k_cache, v_cache, k, v, slots)
+
+
+def extend_attention(
+    q, k_cache, v_cache, block_tables, seq_lens, query_start, max_query_len: int, scale: float,
+    backend: str = "auto",
+):
+    """Causal attention of a ragged batch of new tokens over their cached prefix and themselves.
+
+    q: [num_tokens, q_heads, head_dim]; request b's new tokens are rows
+    query_start[b]:query_start[b+1] ([batch + 1] int32) and are the last
+    n_b = query_start[b+1] - query_start[b] of its seq_lens[b] tokens, whose K/V must already be
+    stored. Query i of request b sits at position seq_lens[b] - n_b + i and attends to positions
+    0..that position. q_heads is a multiple of kv_heads (GQA). Returns [num_tokens, q_heads, head_dim].
+    """
+    if resolve_backend(backend, q.is_cuda) == "triton":
+        from yaie.kernels.attention.triton_extend import extend_attention_triton
+
+        return extend_attention_triton(
+            q, k_cache, v_cache, block_tables, seq_lens, query_start, max_query_len, scale
+        )
+    return extend_attention_reference(
+        q, k_cache, v_cache, block_tables, seq_lens, query_start, scale
+    )
+
+
+def decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale: float,
+                     backend: str = "auto"):
+    """One query per request over all its seq_lens[b] tokens: q [batch, q_heads, head_dim] -> same.
+
+    Capturable in a CUDA graph with the triton backend (no host sync; shapes fixed by the inputs).
+    """
+    if resolve_backend(backend, q.is_cuda) == "triton":
+        from yaie.kernels.attention.triton_decode import decode_attention_triton
+
+        return decode_attention_triton(q, k_cache, v_cache, block_tables, seq_lens, scale)
+    return decode_attention_reference(q, k_cache, v_cache, block_tables, seq_lens, scale)

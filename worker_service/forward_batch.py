@@ -1,0 +1,33 @@
+"""The tensors one forward pass needs: the only meeting point of step plans and the model.
+
+Built by the model runner from a step plan; read by the model's attention layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class ForwardBatch:
+    """A ragged batch of new tokens over the paged KV pool (all tensors on the model's device).
+
+    Request b runs its new tokens at rows query_start[b]:query_start[b+1] of input_ids; they are
+    the last tokens of its seq_lens[b] tokens (cached prefix + new).
+    """
+
+    input_ids: torch.Tensor       # [num_tokens] int64
+    positions: torch.Tensor       # [num_tokens] int64, position of each token in its sequence
+    slots: torch.Tensor           # [num_tokens] int64, pool slot that receives each token's K/V
+    block_tables: torch.Tensor    # [batch, max_blocks] int32
+    seq_lens: torch.Tensor        # [batch] int32, cached + new tokens
+    query_start: torch.Tensor     # [batch + 1] int32, cumulative new-token counts
+    max_query_len: int            # max new tokens of one request (host int, known from the plan)
+    is_decode: bool               # every request runs exactly one token
+    logits_indices: torch.Tensor  # [num_sampled] int64, rows whose logits the sampler needs
+
+    @property
+    def batch_size(self) -> int:
+        return self.seq_lens.shape[0]
