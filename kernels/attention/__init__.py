@@ -1,11 +1,11 @@
-"""Paged radix attention: store K/V by slot, extend (prefill) and decode attention over a paged pool.
+"""Paged radix attention: store K/V by slot, extend (prefill) and decode attention over a pool.
 
 One public function per operation, each with a backend choice: "torch" (the reference, which is
 the specification), "triton" (CUDA, or the CPU under TRITON_INTERPRET=1), or "auto" (Triton on
 CUDA tensors when Triton imports, else torch).
 
 Layouts (every operation):
-  k_cache, v_cache: [num_blocks, block_size, kv_heads, head_dim]; slot s = block * block_size + offset
+  k_cache, v_cache: [num_blocks, block_size, kv_heads, head_dim]; slot = block * block_size + offset
   block_tables:     [batch, max_blocks] int32; row b lists request b's blocks in token order
   seq_lens:         [batch] int32; tokens of request b whose K/V is in the pool, new ones included
 """
@@ -48,7 +48,14 @@ def store_kv(k_cache, v_cache, k, v, slots, backend: str = "auto") -> None:
 
 
 def extend_attention(
-    q, k_cache, v_cache, block_tables, seq_lens, query_start, max_query_len: int, scale: float,
+    q,
+    k_cache,
+    v_cache,
+    block_tables,
+    seq_lens,
+    query_start,
+    max_query_len: int,
+    scale: float,
     backend: str = "auto",
 ):
     """Causal attention of a ragged batch of new tokens over their cached prefix and themselves.
@@ -57,7 +64,8 @@ def extend_attention(
     query_start[b]:query_start[b+1] ([batch + 1] int32) and are the last
     n_b = query_start[b+1] - query_start[b] of its seq_lens[b] tokens, whose K/V must already be
     stored. Query i of request b sits at position seq_lens[b] - n_b + i and attends to positions
-    0..that position. q_heads is a multiple of kv_heads (GQA). Returns [num_tokens, q_heads, head_dim].
+    0..that position. q_heads is a multiple of kv_heads (GQA).
+    Returns [num_tokens, q_heads, head_dim].
     """
     if resolve_backend(backend, q.is_cuda) == "triton":
         from yaie.kernels.attention.triton_extend import extend_attention_triton
@@ -70,8 +78,9 @@ def extend_attention(
     )
 
 
-def decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale: float,
-                     backend: str = "auto"):
+def decode_attention(
+    q, k_cache, v_cache, block_tables, seq_lens, scale: float, backend: str = "auto"
+):
     """One query per request over all its seq_lens[b] tokens: q [batch, q_heads, head_dim] -> same.
 
     Capturable in a CUDA graph with the triton backend (no host sync; shapes fixed by the inputs).

@@ -1,4 +1,4 @@
-"""Torch reference for paged radix attention: the specification the Triton kernels are checked against.
+"""Torch reference for paged radix attention: the specification the Triton kernels must match.
 
 Plain gathers and a dense softmax per request, computed in float32; slow but obviously right.
 """
@@ -8,9 +8,14 @@ from __future__ import annotations
 import torch
 
 
-def store_kv_reference(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor,
-                       v: torch.Tensor, slots: torch.Tensor) -> None:
-    """k_cache[slot] = k for each token (the pool viewed as [num_blocks * block_size, kv_heads, D])."""
+def store_kv_reference(
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    slots: torch.Tensor,
+) -> None:
+    """k_cache[slot] = k per token (the pool viewed as [num_blocks * block_size, kv_heads, D])."""
     num_slots = k_cache.shape[0] * k_cache.shape[1]
     k_cache.view(num_slots, *k_cache.shape[2:])[slots] = k.to(k_cache.dtype)
     v_cache.view(num_slots, *v_cache.shape[2:])[slots] = v.to(v_cache.dtype)
@@ -24,9 +29,10 @@ def _gather_kv(cache: torch.Tensor, block_table: torch.Tensor, seq_len: int) -> 
     return blocks.reshape(-1, *cache.shape[2:])[:seq_len].float()
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, first_pos: int,
-            scale: float) -> torch.Tensor:
-    """q [n, Hq, D] at positions first_pos.. over k, v [S, Hkv, D], causal; returns [n, Hq, D] fp32."""
+def _attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, first_pos: int, scale: float
+) -> torch.Tensor:
+    """q [n, Hq, D] at positions first_pos.. over k, v [S, Hkv, D], causal -> [n, Hq, D] fp32."""
     n, num_q_heads, _ = q.shape
     group = num_q_heads // k.shape[1]
     k = k.repeat_interleave(group, dim=1)  # [S, Hq, D]
@@ -38,9 +44,15 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, first_pos: int,
     return torch.einsum("hqk,khd->qhd", scores.softmax(dim=-1), v)
 
 
-def extend_attention_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                               block_tables: torch.Tensor, seq_lens: torch.Tensor,
-                               query_start: torch.Tensor, scale: float) -> torch.Tensor:
+def extend_attention_reference(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    query_start: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
     """See yaie.kernels.attention.extend_attention."""
     out = torch.empty_like(q)
     starts = query_start.tolist()
@@ -54,11 +66,17 @@ def extend_attention_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: 
     return out
 
 
-def decode_attention_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                               block_tables: torch.Tensor, seq_lens: torch.Tensor,
-                               scale: float) -> torch.Tensor:
+def decode_attention_reference(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
     """See yaie.kernels.attention.decode_attention."""
     batch = q.shape[0]
     query_start = torch.arange(batch + 1, dtype=torch.int32, device=q.device)
-    return extend_attention_reference(q, k_cache, v_cache, block_tables, seq_lens, query_start,
-                                      scale)
+    return extend_attention_reference(
+        q, k_cache, v_cache, block_tables, seq_lens, query_start, scale
+    )

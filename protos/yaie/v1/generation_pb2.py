@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18yaie/v1/generation.proto\x12\x07yaie.v1\"\x91\x02\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12&\n\ttoken_ids\x18\x03 \x01(\x0b\x32\x11.yaie.v1.TokenIdsH\x00\x12)\n\x08messages\x18\x04 \x01(\x0b\x32\x15.yaie.v1.ChatMessagesH\x00\x12)\n\x08sampling\x18\x05 \x01(\x0b\x32\x17.yaie.v1.SamplingParams\x12+\n\x08stopping\x18\x06 \x01(\x0b\x32\x19.yaie.v1.StoppingCriteria\x12&\n\x06output\x18\x07 \x01(\x0b\x32\x16.yaie.v1.OutputOptionsB\x07\n\x05input\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"6\n\x0c\x43hatMessages\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.yaie.v1.ChatMessage\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xc0\x03\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x12\n\x05min_p\x18\x04 \x01(\x02H\x03\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x05 \x01(\x02H\x04\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x06 \x01(\x02H\x05\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x07 \x01(\x02H\x06\x88\x01\x01\x12\x11\n\x04seed\x18\x08 \x01(\x04H\x07\x88\x01\x01\x12:\n\nlogit_bias\x18\t \x03(\x0b\x32&.yaie.v1.SamplingParams.LogitBiasEntry\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x08\n\x06_min_pB\x15\n\x13_repetition_penaltyB\x14\n\x12_frequency_penaltyB\x13\n\x11_presence_penaltyB\x07\n\x05_seed\"\xb8\x01\n\x10StoppingCriteria\x12\x1b\n\x0emax_new_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x16\n\x0emin_new_tokens\x18\x02 \x01(\r\x12\x0c\n\x04stop\x18\x03 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x04 \x03(\x05\x12\x12\n\nignore_eos\x18\x05 \x01(\x08\x12\"\n\x1ainclude_stop_str_in_output\x18\x06 \x01(\x08\x42\x11\n\x0f_max_new_tokens\"T\n\rOutputOptions\x12\x14\n\x0ctop_logprobs\x18\x01 \x01(\r\x12\x1b\n\x13skip_special_tokens\x18\x02 \x01(\x08\x12\x10\n\x08logprobs\x18\x03 \x01(\x08\"\xd3\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\'\n\x08logprobs\x18\x04 \x03(\x0b\x32\x15.yaie.v1.TokenLogprob\x12\x1d\n\x05usage\x18\x05 \x01(\x0b\x32\x0e.yaie.v1.Usage\x12,\n\rfinish_reason\x18\x06 \x01(\x0e\x32\x15.yaie.v1.FinishReason\x12\x14\n\x0cmatched_stop\x18\x07 \x01(\t\"S\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12 \n\x03top\x18\x03 \x03(\x0b\x32\x13.yaie.v1.TopLogprob\"/\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\"P\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x15\n\rcached_tokens\x18\x03 \x01(\r\";\n\x0fTokenizeRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x1a\n\x12\x61\x64\x64_special_tokens\x18\x02 \x01(\x08\"\x1f\n\x10TokenizeResponse\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"=\n\x11\x44\x65tokenizeRequest\x12\x0b\n\x03ids\x18\x01 \x03(\x05\x12\x1b\n\x13skip_special_tokens\x18\x02 \x01(\x08\"\"\n\x12\x44\x65tokenizeResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\"\x15\n\x13GetModelInfoRequest\"\xc0\x01\n\tModelInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\x12\n\nvocab_size\x18\x04 \x01(\r\x12\x13\n\x0bmax_context\x18\x05 \x01(\r\x12\x12\n\nblock_size\x18\x06 \x01(\r\x12\x16\n\x0erandom_weights\x18\x07 \x01(\x08\x12\x15\n\reos_token_ids\x18\x08 \x03(\x05\x12\x13\n\x0bnum_workers\x18\t \x01(\r\"\x17\n\x15GetServerStatsRequest\"\x8b\x01\n\x0bServerStats\x12\x0f\n\x07waiting\x18\x01 \x01(\r\x12\x0f\n\x07running\x18\x02 \x01(\r\x12%\n\x07workers\x18\x03 \x03(\x0b\x32\x14.yaie.v1.WorkerStats\x12\x17\n\x0fnum_preemptions\x18\x04 \x01(\x04\x12\x1a\n\x12\x63ompleted_requests\x18\x05 \x01(\x04\"\x9e\x01\n\x0bWorkerStats\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0f\n\x07healthy\x18\x02 \x01(\x08\x12\x14\n\x0ctotal_blocks\x18\x03 \x01(\r\x12\x13\n\x0b\x66ree_blocks\x18\x04 \x01(\r\x12\x13\n\x0bused_blocks\x18\x05 \x01(\r\x12\x15\n\rcached_blocks\x18\x06 \x01(\r\x12\x16\n\x0e\x63\x61\x63he_hit_rate\x18\x07 \x01(\x01\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1e\n\rAbortResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08*x\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03\x32\x99\x03\n\nGeneration\x12\x41\n\x08Generate\x12\x18.yaie.v1.GenerateRequest\x1a\x19.yaie.v1.GenerateResponse0\x01\x12?\n\x08Tokenize\x12\x18.yaie.v1.TokenizeRequest\x1a\x19.yaie.v1.TokenizeResponse\x12\x45\n\nDetokenize\x12\x1a.yaie.v1.DetokenizeRequest\x1a\x1b.yaie.v1.DetokenizeResponse\x12@\n\x0cGetModelInfo\x12\x1c.yaie.v1.GetModelInfoRequest\x1a\x12.yaie.v1.ModelInfo\x12\x46\n\x0eGetServerStats\x12\x1e.yaie.v1.GetServerStatsRequest\x1a\x14.yaie.v1.ServerStats\x12\x36\n\x05\x41\x62ort\x12\x15.yaie.v1.AbortRequest\x1a\x16.yaie.v1.AbortResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18yaie/v1/generation.proto\x12\x07yaie.v1\"\x91\x02\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12&\n\ttoken_ids\x18\x03 \x01(\x0b\x32\x11.yaie.v1.TokenIdsH\x00\x12)\n\x08messages\x18\x04 \x01(\x0b\x32\x15.yaie.v1.ChatMessagesH\x00\x12)\n\x08sampling\x18\x05 \x01(\x0b\x32\x17.yaie.v1.SamplingParams\x12+\n\x08stopping\x18\x06 \x01(\x0b\x32\x19.yaie.v1.StoppingCriteria\x12&\n\x06output\x18\x07 \x01(\x0b\x32\x16.yaie.v1.OutputOptionsB\x07\n\x05input\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"6\n\x0c\x43hatMessages\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.yaie.v1.ChatMessage\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xc0\x03\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x12\n\x05min_p\x18\x04 \x01(\x02H\x03\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x05 \x01(\x02H\x04\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x06 \x01(\x02H\x05\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x07 \x01(\x02H\x06\x88\x01\x01\x12\x11\n\x04seed\x18\x08 \x01(\x04H\x07\x88\x01\x01\x12:\n\nlogit_bias\x18\t \x03(\x0b\x32&.yaie.v1.SamplingParams.LogitBiasEntry\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x08\n\x06_min_pB\x15\n\x13_repetition_penaltyB\x14\n\x12_frequency_penaltyB\x13\n\x11_presence_penaltyB\x07\n\x05_seed\"\xb8\x01\n\x10StoppingCriteria\x12\x1b\n\x0emax_new_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x16\n\x0emin_new_tokens\x18\x02 \x01(\r\x12\x0c\n\x04stop\x18\x03 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x04 \x03(\x05\x12\x12\n\nignore_eos\x18\x05 \x01(\x08\x12\"\n\x1ainclude_stop_str_in_output\x18\x06 \x01(\x08\x42\x11\n\x0f_max_new_tokens\"j\n\rOutputOptions\x12\x14\n\x0ctop_logprobs\x18\x01 \x01(\r\x12\x1b\n\x13skip_special_tokens\x18\x02 \x01(\x08\x12\x10\n\x08logprobs\x18\x03 \x01(\x08\x12\x14\n\x0csingle_frame\x18\x04 \x01(\x08\"\xa0\x02\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\'\n\x08logprobs\x18\x04 \x03(\x0b\x32\x15.yaie.v1.TokenLogprob\x12\x1d\n\x05usage\x18\x05 \x01(\x0b\x32\x0e.yaie.v1.Usage\x12,\n\rfinish_reason\x18\x06 \x01(\x0e\x32\x15.yaie.v1.FinishReason\x12\x14\n\x0cmatched_stop\x18\x07 \x01(\t\x12\"\n\x15matched_stop_token_id\x18\x08 \x01(\x05H\x00\x88\x01\x01\x12\r\n\x05\x65rror\x18\t \x01(\tB\x18\n\x16_matched_stop_token_id\"S\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12 \n\x03top\x18\x03 \x03(\x0b\x32\x13.yaie.v1.TopLogprob\"/\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\"P\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x15\n\rcached_tokens\x18\x03 \x01(\r\";\n\x0fTokenizeRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x1a\n\x12\x61\x64\x64_special_tokens\x18\x02 \x01(\x08\"\x1f\n\x10TokenizeResponse\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"=\n\x11\x44\x65tokenizeRequest\x12\x0b\n\x03ids\x18\x01 \x03(\x05\x12\x1b\n\x13skip_special_tokens\x18\x02 \x01(\x08\"\"\n\x12\x44\x65tokenizeResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\"\x15\n\x13GetModelInfoRequest\"\xc0\x01\n\tModelInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\x12\n\nvocab_size\x18\x04 \x01(\r\x12\x13\n\x0bmax_context\x18\x05 \x01(\r\x12\x12\n\nblock_size\x18\x06 \x01(\r\x12\x16\n\x0erandom_weights\x18\x07 \x01(\x08\x12\x15\n\reos_token_ids\x18\x08 \x03(\x05\x12\x13\n\x0bnum_workers\x18\t \x01(\r\"\x17\n\x15GetServerStatsRequest\"\x8b\x01\n\x0bServerStats\x12\x0f\n\x07waiting\x18\x01 \x01(\r\x12\x0f\n\x07running\x18\x02 \x01(\r\x12%\n\x07workers\x18\x03 \x03(\x0b\x32\x14.yaie.v1.WorkerStats\x12\x17\n\x0fnum_preemptions\x18\x04 \x01(\x04\x12\x1a\n\x12\x63ompleted_requests\x18\x05 \x01(\x04\"\x9e\x01\n\x0bWorkerStats\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0f\n\x07healthy\x18\x02 \x01(\x08\x12\x14\n\x0ctotal_blocks\x18\x03 \x01(\r\x12\x13\n\x0b\x66ree_blocks\x18\x04 \x01(\r\x12\x13\n\x0bused_blocks\x18\x05 \x01(\r\x12\x15\n\rcached_blocks\x18\x06 \x01(\r\x12\x16\n\x0e\x63\x61\x63he_hit_rate\x18\x07 \x01(\x01\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1e\n\rAbortResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08*x\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03\x32\x99\x03\n\nGeneration\x12\x41\n\x08Generate\x12\x18.yaie.v1.GenerateRequest\x1a\x19.yaie.v1.GenerateResponse0\x01\x12?\n\x08Tokenize\x12\x18.yaie.v1.TokenizeRequest\x1a\x19.yaie.v1.TokenizeResponse\x12\x45\n\nDetokenize\x12\x1a.yaie.v1.DetokenizeRequest\x1a\x1b.yaie.v1.DetokenizeResponse\x12@\n\x0cGetModelInfo\x12\x1c.yaie.v1.GetModelInfoRequest\x1a\x12.yaie.v1.ModelInfo\x12\x46\n\x0eGetServerStats\x12\x1e.yaie.v1.GetServerStatsRequest\x1a\x14.yaie.v1.ServerStats\x12\x36\n\x05\x41\x62ort\x12\x15.yaie.v1.AbortRequest\x1a\x16.yaie.v1.AbortResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._loaded_options = None
   _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_options = b'8\001'
-  _globals['_FINISHREASON']._serialized_start=2401
-  _globals['_FINISHREASON']._serialized_end=2521
+  _globals['_FINISHREASON']._serialized_start=2500
+  _globals['_FINISHREASON']._serialized_end=2620
   _globals['_GENERATEREQUEST']._serialized_start=38
   _globals['_GENERATEREQUEST']._serialized_end=311
   _globals['_TOKENIDS']._serialized_start=313
@@ -50,37 +50,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STOPPINGCRITERIA']._serialized_start=892
   _globals['_STOPPINGCRITERIA']._serialized_end=1076
   _globals['_OUTPUTOPTIONS']._serialized_start=1078
-  _globals['_OUTPUTOPTIONS']._serialized_end=1162
-  _globals['_GENERATERESPONSE']._serialized_start=1165
-  _globals['_GENERATERESPONSE']._serialized_end=1376
-  _globals['_TOKENLOGPROB']._serialized_start=1378
-  _globals['_TOKENLOGPROB']._serialized_end=1461
-  _globals['_TOPLOGPROB']._serialized_start=1463
-  _globals['_TOPLOGPROB']._serialized_end=1510
-  _globals['_USAGE']._serialized_start=1512
-  _globals['_USAGE']._serialized_end=1592
-  _globals['_TOKENIZEREQUEST']._serialized_start=1594
-  _globals['_TOKENIZEREQUEST']._serialized_end=1653
-  _globals['_TOKENIZERESPONSE']._serialized_start=1655
-  _globals['_TOKENIZERESPONSE']._serialized_end=1686
-  _globals['_DETOKENIZEREQUEST']._serialized_start=1688
-  _globals['_DETOKENIZEREQUEST']._serialized_end=1749
-  _globals['_DETOKENIZERESPONSE']._serialized_start=1751
-  _globals['_DETOKENIZERESPONSE']._serialized_end=1785
-  _globals['_GETMODELINFOREQUEST']._serialized_start=1787
-  _globals['_GETMODELINFOREQUEST']._serialized_end=1808
-  _globals['_MODELINFO']._serialized_start=1811
-  _globals['_MODELINFO']._serialized_end=2003
-  _globals['_GETSERVERSTATSREQUEST']._serialized_start=2005
-  _globals['_GETSERVERSTATSREQUEST']._serialized_end=2028
-  _globals['_SERVERSTATS']._serialized_start=2031
-  _globals['_SERVERSTATS']._serialized_end=2170
-  _globals['_WORKERSTATS']._serialized_start=2173
-  _globals['_WORKERSTATS']._serialized_end=2331
-  _globals['_ABORTREQUEST']._serialized_start=2333
-  _globals['_ABORTREQUEST']._serialized_end=2367
-  _globals['_ABORTRESPONSE']._serialized_start=2369
-  _globals['_ABORTRESPONSE']._serialized_end=2399
-  _globals['_GENERATION']._serialized_start=2524
-  _globals['_GENERATION']._serialized_end=2933
+  _globals['_OUTPUTOPTIONS']._serialized_end=1184
+  _globals['_GENERATERESPONSE']._serialized_start=1187
+  _globals['_GENERATERESPONSE']._serialized_end=1475
+  _globals['_TOKENLOGPROB']._serialized_start=1477
+  _globals['_TOKENLOGPROB']._serialized_end=1560
+  _globals['_TOPLOGPROB']._serialized_start=1562
+  _globals['_TOPLOGPROB']._serialized_end=1609
+  _globals['_USAGE']._serialized_start=1611
+  _globals['_USAGE']._serialized_end=1691
+  _globals['_TOKENIZEREQUEST']._serialized_start=1693
+  _globals['_TOKENIZEREQUEST']._serialized_end=1752
+  _globals['_TOKENIZERESPONSE']._serialized_start=1754
+  _globals['_TOKENIZERESPONSE']._serialized_end=1785
+  _globals['_DETOKENIZEREQUEST']._serialized_start=1787
+  _globals['_DETOKENIZEREQUEST']._serialized_end=1848
+  _globals['_DETOKENIZERESPONSE']._serialized_start=1850
+  _globals['_DETOKENIZERESPONSE']._serialized_end=1884
+  _globals['_GETMODELINFOREQUEST']._serialized_start=1886
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1907
+  _globals['_MODELINFO']._serialized_start=1910
+  _globals['_MODELINFO']._serialized_end=2102
+  _globals['_GETSERVERSTATSREQUEST']._serialized_start=2104
+  _globals['_GETSERVERSTATSREQUEST']._serialized_end=2127
+  _globals['_SERVERSTATS']._serialized_start=2130
+  _globals['_SERVERSTATS']._serialized_end=2269
+  _globals['_WORKERSTATS']._serialized_start=2272
+  _globals['_WORKERSTATS']._serialized_end=2430
+  _globals['_ABORTREQUEST']._serialized_start=2432
+  _globals['_ABORTREQUEST']._serialized_end=2466
+  _globals['_ABORTRESPONSE']._serialized_start=2468
+  _globals['_ABORTRESPONSE']._serialized_end=2498
+  _globals['_GENERATION']._serialized_start=2623
+  _globals['_GENERATION']._serialized_end=3032
 # @@protoc_insertion_point(module_scope)

@@ -71,8 +71,9 @@ class GenerationServicer:
 
     def Generate(self, request, context):
         """Streams the generation: one frame per step that produced output, the last one carrying
-        finish_reason. Called as a unary RPC, a client sees the frames concatenated by its library;
-        request_id must be unique among live requests (empty: the server assigns one).
+        finish_reason (OutputOptions.single_frame: only that last frame, holding everything).
+        request_id must be unique among live requests (empty: the server assigns one). Cancelling
+        the call or passing its deadline aborts the request.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,285 @@
+"""GPU benchmark of the Triton paged-attention kernels against the device's own ceilings.
+
+One run: (1) copy bandwidth and bf16 matmul rate, (2) a bf16 check against the reference on fresh
+inputs, (3) decode, (4) extend and (5) store_kv timings with a few variants; table printed last.
+Usage: python benchmarks/bench_attention.py  (writes $OUT/bench_attention.json when OUT is set)
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+
+import torch
+from triton.testing import do_bench
+
+from yaie.kernels.attention import decode_attention, extend_attention
+from yaie.kernels.attention.testing import PagedBatch, make_paged_batch, relative_error
+from yaie.kernels.attention.triton_decode import _decode_split_kernel, decode_attention_triton
+from yaie.kernels.attention.triton_extend import _extend_kernel, extend_attention_triton
+from yaie.kernels.attention.triton_store import store_kv_triton
+
+Q_HEADS, KV_HEADS, HEAD_DIM = 16, 8, 128  # Qwen3-0.6B
+ROWS: list[dict] = []
+
+
+def median_ms(fn) -> float:
+    return do_bench(fn, warmup=25, rep=200, return_mode="median")
+
+
+def report(section: str, variant: str, ms: float, **metrics: float) -> None:
+    row = {"section": section, "variant": variant, "ms": ms, **metrics}
+    ROWS.append(row)
+    extra = "  ".join(f"{k}={v:.3g}" for k, v in metrics.items())
+    print(f"{section:8s} {variant:40s} {ms * 1e3:9.1f} us  {extra}", flush=True)
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy of 1 GiB: bytes read + written per second."""
+    src = torch.randn(2**28, device="cuda")
+    dst = torch.empty_like(src)
+    ms = median_ms(lambda: dst.copy_(src))
+    report("ceiling", "copy 1 GiB", ms, TBps=2 * src.numel() * 4 / (ms * 1e-3) / 1e12)
+    return 2 * src.numel() * 4 / (ms * 1e-3)
+
+
+def matmul_rate() -> float:
+    """8192^3 bf16 torch.matmul on random data: FLOP/s."""
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    ms = median_ms(lambda: torch.matmul(a, b))
+    report("ceiling", "matmul 8192^3 bf16", ms, TFLOPs=2 * 8192**3 / (ms * 1e-3) / 1e12)
+    return 2 * 8192**3 / (ms * 1e-3)
+
+
+def decode_batches(
+    block_size: int, count: int, seed: int, batch: int = 256, context: int = 1024
+) -> list[PagedBatch]:
+    """`count` input sets of `batch` requests x `context` tokens (1.07 GB of KV at 256 x 1024)."""
+    return [
+        make_paged_batch(
+            [context - 1] * batch,
+            [1] * batch,
+            block_size,
+            KV_HEADS,
+            Q_HEADS,
+            HEAD_DIM,
+            torch.bfloat16,
+            "cuda",
+            seed=seed + i,
+        )
+        for i in range(count)
+    ]
+
+
+def cycle_calls(batches: list[PagedBatch], call):
+    """A thunk that runs `call` on the next input set each time (rotation defeats the L2)."""
+    it = itertools.cycle(batches)
+    return lambda: call(next(it))
+
+
+def check(name: str, out: torch.Tensor, ref: torch.Tensor) -> None:
+    err = relative_error(out, ref)
+    print(f"check    {name:40s} rel err {err:.2e}", flush=True)
+    assert err <= 1e-2, f"{name}: relative error {err} > 1e-2"
+
+
+def as_fp32(batch: PagedBatch) -> PagedBatch:
+    fp32 = {
+        "q": batch.q.float(),
+        "k_cache": batch.k_cache.float(),
+        "v_cache": batch.v_cache.float(),
+    }
+    return PagedBatch(**{**batch.__dict__, **fp32})
+
+
+def decode_args(b: PagedBatch) -> tuple:
+    return (b.q, b.k_cache, b.v_cache, b.block_tables, b.seq_lens, b.scale)
+
+
+def extend_args(b: PagedBatch) -> tuple:
+    return (
+        b.q,
+        b.k_cache,
+        b.v_cache,
+        b.block_tables,
+        b.seq_lens,
+        b.query_start,
+        b.max_query_len,
+        b.scale,
+    )
+
+
+def graph_replay_ms(batch: PagedBatch) -> float:
+    """Default decode captured in a CUDA graph, as the worker runs it (no launch gaps)."""
+    out = torch.empty_like(batch.q)
+    decode_attention_triton(*decode_args(batch), out=out)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        decode_attention_triton(*decode_args(batch), out=out)
+    return median_ms(graph.replay)
+
+
+def bench_decode(copy_bw: float) -> None:
+    kv_bytes = 256 * 1024 * KV_HEADS * HEAD_DIM * 2 * 2  # K and V, bf16
+    variants = [dict(), dict(block_n=64), dict(num_splits=2), dict(num_warps=8)]
+    for block_size in (16, 1, 64, 256):
+        batches = decode_batches(block_size, 3, seed=block_size)
+        ref = decode_attention(*decode_args(as_fp32(batches[0])), backend="torch")
+        check(f"decode bs={block_size}", decode_attention_triton(*decode_args(batches[0])), ref)
+        for kwargs in variants if block_size == 16 else [dict()]:
+            fn = cycle_calls(
+                batches, lambda b, kw=kwargs: decode_attention_triton(*decode_args(b), **kw)
+            )
+            ms = median_ms(fn)
+            name = " ".join([f"bs={block_size}", *(f"{k}={v}" for k, v in kwargs.items())])
+            bw = kv_bytes / (ms * 1e-3)
+            report("decode", name, ms, TBps=bw / 1e12, of_copy=bw / copy_bw)
+        if block_size == 16:
+            ms = graph_replay_ms(batches[0])
+            bw = kv_bytes / (ms * 1e-3)
+            report("decode", "bs=16 cuda-graph replay", ms, TBps=bw / 1e12, of_copy=bw / copy_bw)
+        del batches, ref
+        torch.cuda.empty_cache()
+
+
+def bench_decode_long(copy_bw: float) -> None:
+    """16 requests x 8192 tokens: too few (request, kv head) programs without split-K."""
+    batches = decode_batches(16, 2, seed=7, batch=16, context=8192)
+    kv_bytes = 16 * 8192 * KV_HEADS * HEAD_DIM * 2 * 2
+    ref = decode_attention(*decode_args(as_fp32(batches[0])), backend="torch")
+    check("decode 16x8k", decode_attention_triton(*decode_args(batches[0])), ref)
+    for kwargs in (dict(), dict(num_splits=1), dict(num_splits=8), dict(num_splits=16)):
+        fn = cycle_calls(
+            batches, lambda b, kw=kwargs: decode_attention_triton(*decode_args(b), **kw)
+        )
+        ms = median_ms(fn)
+        name = " ".join(["16x8k", *(f"{k}={v}" for k, v in kwargs.items())])
+        bw = kv_bytes / (ms * 1e-3)
+        report("decode", name, ms, TBps=bw / 1e12, of_copy=bw / copy_bw)
+
+
+def bench_extend(matmul: float) -> None:
+    rng = random.Random(0)
+    batches = []
+    for i in range(2):
+        prefix = [rng.randint(0, 4096) for _ in range(16)]
+        batches.append(
+            make_paged_batch(
+                prefix,
+                [1024] * 16,
+                16,
+                KV_HEADS,
+                Q_HEADS,
+                HEAD_DIM,
+                torch.bfloat16,
+                "cuda",
+                seed=100 + i,
+            )
+        )
+    # Causal FLOPs: QK^T and PV, 2 each per (query, key, head, dim) the query attends to.
+    flops = []
+    for b in batches:
+        attended = sum(p * 1024 + 1024 * 1025 // 2 for p in (b.seq_lens - 1024).tolist())
+        flops.append(4 * HEAD_DIM * Q_HEADS * attended)
+    ref = extend_attention(*extend_args(as_fp32(batches[0])), backend="torch")
+    check("extend bs=16", extend_attention_triton(*extend_args(batches[0])), ref)
+    del ref
+    variants = [
+        dict(),
+        dict(block_n=64),
+        dict(block_n=32, num_warps=4, num_stages=3),
+        dict(block_m=128, block_n=64, num_warps=4, num_stages=3),
+        dict(block_m=64, block_n=32, num_warps=4),
+    ]
+    for kwargs in variants:
+        fn = cycle_calls(
+            batches, lambda b, kw=kwargs: extend_attention_triton(*extend_args(b), **kw)
+        )
+        ms = median_ms(fn)
+        rate = sum(flops) / len(flops) / (ms * 1e-3)
+        name = " ".join(f"{k}={v}" for k, v in kwargs.items()) or "default"
+        report("extend", name, ms, TFLOPs=rate / 1e12, of_matmul=rate / matmul)
+
+
+def bench_store(copy_bw: float) -> None:
+    num_tokens, num_slots = 16384, 4096 * 64
+    k_cache = torch.randn(4096, 64, KV_HEADS, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
+    v_cache = torch.randn_like(k_cache)
+    sets = []
+    for _ in range(3):
+        k = torch.randn(num_tokens, KV_HEADS, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
+        slots = torch.randperm(num_slots, device="cuda")[:num_tokens]
+        sets.append((k, torch.randn_like(k), slots))
+    moved = 2 * 2 * k.numel() * 2  # K and V, each read once and written once, bf16
+    for tokens_per_program in (1, 4, 8):
+        fn = cycle_calls(
+            sets,
+            lambda s, t=tokens_per_program: store_kv_triton(
+                k_cache, v_cache, *s, tokens_per_program=t
+            ),
+        )
+        ms = median_ms(fn)
+        bw = moved / (ms * 1e-3)
+        report(
+            "store",
+            f"16k tokens tpp={tokens_per_program}",
+            ms,
+            TBps=bw / 1e12,
+            of_copy=bw / copy_bw,
+        )
+
+
+def print_compile_report(kernel) -> None:
+    """Registers, spills and shared memory of each compiled variant (a diagnostic only)."""
+    try:  # triton internals: they move between versions, and the benchmark must not die here
+        for device_cache in kernel.device_caches.values():
+            for compiled in device_cache[0].values():
+                md = compiled.metadata
+                tiles = {k: v for k, v in compiled.src.constants.items() if isinstance(v, int)}
+                print(
+                    f"compiled {kernel.__name__} warps={md.num_warps} stages={md.num_stages} "
+                    f"regs={compiled.n_regs} spills={compiled.n_spills} shared={md.shared} {tiles}"
+                )
+    except (AttributeError, KeyError, TypeError, IndexError) as error:
+        print(f"compile report unavailable: {error!r}")
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}", flush=True)
+    # The matmul rate drifts (790 cold, ~685 once the card is warm): the highest counts, as the
+    # strictest yardstick for extend.
+    matmul = matmul_rate()
+    copy_bw = copy_bandwidth()
+    matmul = max(matmul, matmul_rate())
+    bench_decode(copy_bw)
+    bench_decode_long(copy_bw)
+    matmul = max(matmul, matmul_rate())
+    bench_extend(matmul)
+    bench_store(copy_bw)
+    print_compile_report(_decode_split_kernel)
+    print_compile_report(_extend_kernel)
+    if os.environ.get("OUT"):
+        with open(os.path.join(os.environ["OUT"], "bench_attention.json"), "w") as f:
+            json.dump(ROWS, f, indent=1)
+    print("\nsection  variant (each group's default, then its fastest)   time  metrics")
+    best: dict[str, dict] = {}
+    for row in ROWS:  # per group: its default variant, then its fastest
+        section, first = row["section"], row["variant"].split()[0]
+        group = {"ceiling": row["variant"], "decode": f"decode {first}"}.get(section, section)
+        if row["variant"] in ("default", "bs=16", "16x8k", f"bs={first[3:]}"):
+            best[group + " default"] = row
+        if group + " best" not in best or row["ms"] < best[group + " best"]["ms"]:
+            best[group + " best"] = row
+    for row in {id(row): row for row in best.values()}.values():
+        metrics = {k: v for k, v in row.items() if k not in ("section", "variant", "ms")}
+        extra = "  ".join(f"{k}={v:.3g}" for k, v in metrics.items())
+        print(f"{row['section']:8s} {row['variant']:40s} {row['ms'] * 1e3:9.1f} us  {extra}")
+
+
+if __name__ == "__main__":
+    main()

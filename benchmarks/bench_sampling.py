@@ -1,0 +1,166 @@
+"""Sampling speed on a GPU: 256 x 151,936 logits, greedy / mixed filters + penalties / logprobs.
+
+Checks the Triton sampler against the torch reference on the same device first, then times with
+triton.testing.do_bench (median). Prints a table last. Run: python benchmarks/bench_sampling.py
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import pathlib
+import sys
+import types
+
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _import_kernels() -> None:
+    """Uses the installed yaie package, else maps kernels/ to yaie.kernels (no install needed)."""
+    try:
+        import yaie.kernels.sampling  # noqa: F401
+
+        return
+    except ImportError:
+        pass
+    pkg = types.ModuleType("yaie")
+    pkg.__path__ = []
+    sys.modules["yaie"] = pkg
+    spec = importlib.util.spec_from_file_location(
+        "yaie.kernels",
+        ROOT / "kernels" / "__init__.py",
+        submodule_search_locations=[str(ROOT / "kernels")],
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["yaie.kernels"] = module
+    spec.loader.exec_module(module)
+
+
+_import_kernels()
+from triton.testing import do_bench  # noqa: E402
+
+from yaie.kernels.sampling import (  # noqa: E402
+    SamplingBatch,
+    SamplingConfig,
+    draw_reference,
+    filter_thresholds,
+    sample,
+)
+from yaie.kernels.sampling_triton import draw_triton  # noqa: E402
+
+# BENCH_DRY=1: a tiny CPU dry run of this script (TRITON_INTERPRET=1), for its own sake only.
+DRY = os.environ.get("BENCH_DRY") == "1"
+DEV = "cpu" if DRY else "cuda"
+B, V, LP, LO = (16, 3000, 64, 64) if DRY else (256, 151_936, 512, 512)
+MIXED = [
+    SamplingConfig(temperature=0.0),
+    SamplingConfig(temperature=0.8, top_p=0.9),
+    SamplingConfig(top_k=50),
+    SamplingConfig(temperature=0.7, top_k=40, top_p=0.95),
+    SamplingConfig(min_p=0.05),
+    SamplingConfig(top_p=0.9, repetition_penalty=1.1, frequency_penalty=0.5, presence_penalty=0.3),
+    SamplingConfig(top_k=20, repetition_penalty=1.2),
+    SamplingConfig(temperature=1.0, presence_penalty=0.5),
+]
+
+
+def mixed_batch(device: str, top_logprobs: int = 0) -> SamplingBatch:
+    configs = [
+        SamplingConfig(
+            **{**MIXED[b % len(MIXED)].__dict__, "seed": b, "top_logprobs": top_logprobs}
+        )
+        for b in range(B)
+    ]
+    batch = SamplingBatch.build(configs, [1000 + b for b in range(B)], device, V)
+    batch.prompt_tokens = torch.randint(0, V, (B, LP), device=device)
+    batch.output_tokens = torch.randint(0, V, (B, LO), device=device)
+    batch.output_tokens[:, -17:] = -1  # ragged rows: padding
+    return batch
+
+
+def check(scale: float) -> str:
+    """Triton vs torch reference on the GPU: kept sets and tokens (same noise, same thresholds)."""
+    logits = torch.randn(B, V, device=DEV) * scale
+    batch = mixed_batch(DEV)
+    s = logits * batch.inv_temperature.unsqueeze(1)
+    tau_ref = filter_thresholds(s, batch)
+    tau_tri = torch.empty(B, device=DEV)
+    tok_tri = draw_triton(logits, batch, thresholds=tau_tri)
+    tok_ref = draw_reference(logits, batch)
+    sampled = ~batch.greedy
+    kept_diff = ((s >= tau_ref[:, None]) != (s >= tau_tri[:, None]))[sampled].sum().item()
+    kept = (s >= tau_ref[:, None])[sampled].sum(1).float()
+    same = (tok_tri == tok_ref).float().mean().item()
+    return (
+        f"scale {scale}: kept-set elements differing {kept_diff}, tokens equal {same:.4f}, "
+        f"kept per row min/median/max {kept.min():.0f}/{kept.median():.0f}/{kept.max():.0f}"
+    )
+
+
+def bench(fn) -> float:
+    if DRY:
+        fn()
+        return float("nan")
+    return do_bench(fn, warmup=50, rep=300, return_mode="median")
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    print(DEV if DRY else torch.cuda.get_device_name(), "torch", torch.__version__)
+    for scale in (1.0, 3.0):
+        print("check", check(scale))
+    rows = []
+    copy_src = torch.empty(B * V * 2, device=DEV)
+    copy_dst = torch.empty_like(copy_src)
+    ms = bench(lambda: copy_dst.copy_(copy_src))
+    bw = 2 * copy_src.numel() * 4 / ms / 1e9
+    rows.append((f"d2d copy {B * V * 8 / 1e6:.0f} MB (TB/s = {bw:.2f})", ms))
+    greedy = SamplingBatch.build([SamplingConfig(temperature=0.0)] * B, range(B), DEV, V)
+    for dtype in (torch.bfloat16, torch.float32):
+        name = str(dtype).split(".")[-1]
+        for scale in (1.0, 3.0):
+            logits = (torch.randn(B, V, device=DEV) * scale).to(dtype)
+            batch = mixed_batch(DEV)
+            if scale == 3.0:
+                rows.append(
+                    (f"greedy only {name}", bench(functools.partial(sample, logits, greedy)))
+                )
+            rows.append(
+                (
+                    f"mixed+penalties {name} scale {scale}",
+                    bench(functools.partial(sample, logits, batch)),
+                )
+            )
+            if scale == 3.0:
+                lp = mixed_batch(DEV, top_logprobs=5)
+                rows.append(
+                    (f"mixed+logprobs(5) {name}", bench(functools.partial(sample, logits, lp)))
+                )
+                nopen = SamplingBatch.build((MIXED * B)[:B], range(B), DEV, V)
+                rows.append(
+                    (
+                        f"mixed, no penalty tokens {name}",
+                        bench(functools.partial(sample, logits, nopen)),
+                    )
+                )
+    logits = torch.randn(B, V, device=DEV) * 3.0
+    batch = mixed_batch(DEV)
+    variants = ((1024, 16, 8), (1024, 8, 8), (2048, 16, 8), (2048, 8, 16), (512, 16, 4))
+    for block, piv, warps in variants[:1] if DRY else variants:
+        rows.append(
+            (
+                f"draw kernel fp32 block {block} pivots {piv} warps {warps}",
+                bench(functools.partial(draw_triton, logits, batch, block, piv, warps)),
+            )
+        )
+    rows.append(("torch reference draw fp32 (sort)", bench(lambda: draw_reference(logits, batch))))
+    print(f"\n{'case (256 x 151936)':<52} {'median ms':>10}")
+    for name, ms in rows:
+        print(f"{name:<52} {ms:>10.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""Tiny random-weight Llama-family models with an offline byte-level BPE tokenizer.
+
+Every test builds its model directories here, and `yaie serve` without --model serves the built-in
+one (ensure_builtin_model). The weights are random: the text such a model writes is nonsense.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from yaie.cli.builtin_text import TRAINING_TEXT
+
+BOS, EOS, PAD, END = "<|bos|>", "<|eos|>", "<|pad|>", "<|end|>"
+SPECIAL_TOKENS = [BOS, EOS, PAD, "<|system|>", "<|user|>", "<|assistant|>", END]
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "<|{{ message['role'] }}|>\n{{ message['content'] }}<|end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+BUILTIN_VERSION = "1"
+# The model of `yaie serve` without --model: head_dim 64 suits the GPU kernels; fast on a CPU.
+BUILTIN_CONFIG = dict(
+    hidden_size=256,
+    intermediate_size=768,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=4096,
+)
+_TINY_CONFIG = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    max_position_embeddings=2048,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=False,
+)
+_ARCHITECTURE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "LlamaForCausalLM": {},
+    "Qwen2ForCausalLM": {"use_sliding_window": False},
+    "Qwen3ForCausalLM": {"use_sliding_window": False},
+    "MistralForCausalLM": {"sliding_window": None},
+}
+
+
+def write_tokenizer(
+    path: str | os.PathLike, vocab_size: int = 768, model_max_length: int = 2048
+) -> Any:
+    """Trains a byte-level BPE tokenizer on the built-in text and writes tokenizer.json,
+    tokenizer_config.json (with a chat template) and special_tokens_map.json into path.
+    Deterministic; no BOS is added on encode (the chat template writes it). Returns the
+    `tokenizers.Tokenizer`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator(TRAINING_TEXT.splitlines(keepends=True), trainer)
+    tokenizer.save(str(path / "tokenizer.json"))
+    special = {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD}
+    tokenizer_config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        **special,
+        "additional_special_tokens": SPECIAL_TOKENS[3:],
+        "model_max_length": model_max_length,
+        "clean_up_tokenization_spaces": False,
+        "chat_template": CHAT_TEMPLATE,
+    }
+    _write_json(path / "tokenizer_config.json", tokenizer_config)
+    _write_json(
+        path / "special_tokens_map.json",
+        {**special, "additional_special_tokens": SPECIAL_TOKENS[3:]},
+    )
+    return tokenizer
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def _randomize(model: torch.nn.Module, seed: int) -> None:
+    """Fills every parameter from one seeded generator, at scales that keep activations O(1)
+    and make the next-token distribution peaked (so greedy decoding has clear winners)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in sorted(model.named_parameters()):
+            noise = torch.randn(param.shape, generator=generator, dtype=torch.float32)
+            if name.endswith("norm.weight"):
+                values = 1.0 + 0.1 * noise
+            elif param.dim() == 1:  # biases
+                values = 0.1 * noise
+            elif "embed_tokens" in name:
+                values = noise
+            else:  # [out, in]; the lm_head a little sharper
+                scale = 2.0 if name.startswith("lm_head") else 1.0
+                values = noise * scale / param.shape[1] ** 0.5
+            param.copy_(values.to(param.dtype))
+
+
+def write_random_model(
+    path: str | os.PathLike,
+    architecture: str = "LlamaForCausalLM",
+    seed: int = 0,
+    **config_overrides: Any,
+) -> Path:
+    """Writes a complete Hugging Face model directory (config.json, model.safetensors, tokenizer,
+    generation_config.json) of a tiny random-weight model, deterministic in seed.
+
+    config_overrides go to the transformers config class (e.g. tie_word_embeddings=True,
+    rope_scaling={...}, num_hidden_layers=4); `vocab_size` defaults to the tokenizer's size
+    rounded up to a multiple of 64, `max_shard_size` (not a config key) shards the weights."""
+    import transformers
+
+    if architecture not in _ARCHITECTURE_DEFAULTS:
+        raise ValueError(f"unsupported architecture {architecture!r}")
+    path = Path(path)
+    max_shard_size = config_overrides.pop("max_shard_size", None)
+    dtype = config_overrides.pop("dtype", torch.float32)
+    tokenizer = write_tokenizer(
+        path,
+        model_max_length=config_overrides.get(
+            "max_position_embeddings", _TINY_CONFIG["max_position_embeddings"]
+        ),
+    )
+    ids = {token: tokenizer.token_to_id(token) for token in SPECIAL_TOKENS}
+    settings: dict[str, Any] = {
+        **_TINY_CONFIG,
+        **_ARCHITECTURE_DEFAULTS[architecture],
+        "vocab_size": -(-tokenizer.get_vocab_size() // 64) * 64,
+        "bos_token_id": ids[BOS],
+        "eos_token_id": ids[EOS],
+        "pad_token_id": ids[PAD],
+        "yaie_random_weights": True,
+        **config_overrides,
+    }
+    if architecture == "Qwen2ForCausalLM":
+        settings.pop("head_dim")  # Qwen2 always derives it from hidden_size
+    config_class = getattr(transformers, architecture.replace("ForCausalLM", "Config"))
+    config = config_class(**settings)
+    model = getattr(transformers, architecture)(config)
+    _randomize(model, seed)
+    model = model.to(dtype)
+    save_kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.save_pretrained(path, **save_kwargs)
+    generation = transformers.GenerationConfig(
+        bos_token_id=ids[BOS], eos_token_id=[ids[EOS], ids[END]], pad_token_id=ids[PAD]
+    )
+    generation.save_pretrained(path)
+    return path
+
+
+def builtin_cache_root() -> Path:
+    """$YAIE_CACHE_DIR, else $XDG_CACHE_HOME/yaie, else ~/.cache/yaie."""
+    if os.environ.get("YAIE_CACHE_DIR"):
+        return Path(os.environ["YAIE_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "yaie"
+
+
+def ensure_builtin_model(cache_root: str | os.PathLike | None = None) -> Path:
+    """The built-in random-weight model directory, written on first use. Safe when processes race:
+    each writes a private temporary directory and renames it into place; the first rename wins."""
+    root = Path(cache_root) if cache_root is not None else builtin_cache_root()
+    final = root / f"builtin-{BUILTIN_VERSION}"
+    if (final / "config.json").is_file():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".builtin-{BUILTIN_VERSION}-", dir=root))
+    try:
+        write_random_model(tmp, "LlamaForCausalLM", seed=0, **BUILTIN_CONFIG)
+        os.rename(tmp, final)
+    except OSError:
+        if not (final / "config.json").is_file():  # not a lost race: a real failure
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final

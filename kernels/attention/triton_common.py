@@ -1,0 +1,109 @@
+"""Argument checks shared by the Triton attention launchers: shapes, dtypes, devices and strides.
+
+Every check raises ValueError with the offending name, so a bad call never reaches a kernel.
+"""
+
+from __future__ import annotations
+
+import torch
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _fail(message: str) -> None:
+    raise ValueError(message)
+
+
+def check_pool(k_cache: torch.Tensor, v_cache: torch.Tensor) -> tuple[int, int, int, int]:
+    """Checks the K/V pool pair; returns (num_blocks, block_size, kv_heads, head_dim)."""
+    if k_cache.dim() != 4:
+        _fail(f"k_cache must be [num_blocks, block_size, kv_heads, head_dim], got {k_cache.shape}")
+    if v_cache.shape != k_cache.shape or v_cache.stride() != k_cache.stride():
+        _fail(f"v_cache {v_cache.shape} must match k_cache {k_cache.shape} in shape and strides")
+    if v_cache.dtype != k_cache.dtype or k_cache.dtype not in SUPPORTED_DTYPES:
+        _fail(f"k_cache/v_cache dtypes {k_cache.dtype}/{v_cache.dtype}: one of {SUPPORTED_DTYPES}")
+    if v_cache.device != k_cache.device:
+        _fail("k_cache and v_cache must be on one device")
+    if k_cache.stride(3) != 1:
+        _fail("k_cache/v_cache need a contiguous last (head_dim) dimension")
+    head_dim = k_cache.shape[3]
+    if head_dim < 16 or head_dim & (head_dim - 1):
+        _fail(f"head_dim must be a power of two >= 16 (64 and 128 are tested), got {head_dim}")
+    return tuple(k_cache.shape)  # type: ignore[return-value]
+
+
+def check_tokens(
+    name: str,
+    x: torch.Tensor,
+    num_heads: int | None,
+    head_dim: int,
+    dtype: torch.dtype | None,
+    device: torch.device,
+) -> None:
+    """x must be [num_tokens, num_heads, head_dim] on `device`, last dim contiguous."""
+    if (
+        x.dim() != 3
+        or x.shape[2] != head_dim
+        or (num_heads is not None and x.shape[1] != num_heads)
+    ):
+        heads = "heads" if num_heads is None else num_heads
+        _fail(f"{name} must be [num_tokens, {heads}, {head_dim}], got {tuple(x.shape)}")
+    if dtype is not None and x.dtype != dtype:
+        _fail(f"{name} dtype {x.dtype} must equal the pool dtype {dtype}")
+    if x.dtype not in SUPPORTED_DTYPES:
+        _fail(f"{name} dtype {x.dtype} not in {SUPPORTED_DTYPES}")
+    if x.device != device:
+        _fail(f"{name} is on {x.device}, the pool on {device}")
+    if x.shape[0] > 0 and x.stride(2) != 1:
+        _fail(f"{name} needs a contiguous last (head_dim) dimension")
+
+
+def check_index(
+    name: str, x: torch.Tensor, ndim: int, dtype: torch.dtype, device: torch.device
+) -> None:
+    """An index tensor: rank, dtype, device, and a contiguous last dimension."""
+    if x.dim() != ndim:
+        _fail(f"{name} must have {ndim} dims, got shape {tuple(x.shape)}")
+    if x.dtype != dtype:
+        _fail(f"{name} must be {dtype}, got {x.dtype}")
+    if x.device != device:
+        _fail(f"{name} is on {x.device}, the pool on {device}")
+    if x.numel() > 0 and x.stride(-1) != 1:
+        _fail(f"{name} needs a contiguous last dimension")
+
+
+def check_paged_batch(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+) -> tuple[int, ...]:
+    """Common checks of extend and decode; returns (block_size, kv_heads, head_dim, group)."""
+    _, block_size, kv_heads, head_dim = check_pool(k_cache, v_cache)
+    check_tokens("q", q, None, head_dim, k_cache.dtype, k_cache.device)
+    if q.shape[1] % kv_heads:
+        _fail(f"q_heads {q.shape[1]} must be a multiple of kv_heads {kv_heads}")
+    check_index("block_tables", block_tables, 2, torch.int32, k_cache.device)
+    check_index("seq_lens", seq_lens, 1, torch.int32, k_cache.device)
+    if seq_lens.shape[0] != block_tables.shape[0]:
+        _fail(
+            f"seq_lens {tuple(seq_lens.shape)} and block_tables {tuple(block_tables.shape)} "
+            "disagree on the batch size"
+        )
+    return block_size, kv_heads, head_dim, q.shape[1] // kv_heads
+
+
+def check_out(out: torch.Tensor | None, q: torch.Tensor) -> torch.Tensor:
+    """A caller's output buffer (e.g. a CUDA graph's static one) must look like q; None: new."""
+    if out is None:
+        return torch.empty_like(q)
+    if out.shape != q.shape or out.dtype != q.dtype or out.device != q.device:
+        _fail(f"out {tuple(out.shape)} {out.dtype} must match q {tuple(q.shape)} {q.dtype}")
+    if out.numel() > 0 and out.stride(2) != 1:
+        _fail("out needs a contiguous last (head_dim) dimension")
+    return out
+
+
+def next_power_of_2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())

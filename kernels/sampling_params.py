@@ -1,0 +1,236 @@
+"""Per-request sampling parameters and their batched device form (SamplingBatch).
+
+Also the counter-based random numbers every sampler here shares: a uniform for each
+(seed, position, token id), so a request's draws never depend on what else is in its batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import torch
+
+# Temperatures below this are greedy (as vLLM does): dividing by them only overflows.
+GREEDY_TEMPERATURE = 1e-5
+_MASK32 = 0xFFFFFFFF
+# Multipliers of the "lowbias32" integer mixer; both < 2^31, so x * C < 2^63 for any x < 2^32
+# and the int64 products in torch never overflow.
+_MIX_C1 = 0x21F0AAAD
+_MIX_C2 = 0x735A2D97
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """One request's resolved sampling parameters (python values, validated on construction).
+
+    temperature 0 (or below GREEDY_TEMPERATURE) is greedy; top_k 0 (or >= vocab) is off; top_p 1
+    and min_p 0 are off; penalties of 1 / 0 / 0 are off. seed is any integer in [0, 2^64).
+    logit_bias maps token id -> additive bias. top_logprobs > 0 or return_logprobs asks for the
+    chosen token's logprob (and the top-n) of the raw logits.
+    """
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    seed: int = 0
+    logit_bias: Mapping[int, float] = field(default_factory=lambda: MappingProxyType({}))
+    top_logprobs: int = 0
+    return_logprobs: bool = False
+
+    def __post_init__(self) -> None:
+        checks = [
+            (math.isfinite(self.temperature) and self.temperature >= 0, "temperature >= 0"),
+            (0.0 < self.top_p <= 1.0, "0 < top_p <= 1"),
+            (self.top_k >= 0, "top_k >= 0"),
+            (0.0 <= self.min_p <= 1.0, "0 <= min_p <= 1"),
+            (
+                math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0,
+                "repetition_penalty > 0",
+            ),
+            (math.isfinite(self.frequency_penalty), "finite frequency_penalty"),
+            (math.isfinite(self.presence_penalty), "finite presence_penalty"),
+            (0 <= self.seed < 2**64, "0 <= seed < 2^64"),
+            (self.top_logprobs >= 0, "top_logprobs >= 0"),
+        ]
+        for ok, what in checks:
+            if not ok:
+                raise ValueError(f"invalid sampling parameters: need {what}, got {self}")
+
+    @property
+    def is_greedy(self) -> bool:
+        """True when this request takes the argmax of its processed logits."""
+        return self.temperature < GREEDY_TEMPERATURE
+
+    @property
+    def uses_penalties(self) -> bool:
+        """True when any of the repetition / frequency / presence penalties is on."""
+        return (
+            self.repetition_penalty != 1.0
+            or self.frequency_penalty != 0.0
+            or self.presence_penalty != 0.0
+        )
+
+
+@dataclass
+class SampleOutput:
+    """What sample() returns; n = the largest top_logprobs in the batch.
+
+    token_ids [B] int64; logprobs [B] fp32 (log_softmax of the raw logits at the chosen token),
+    top_token_ids [B, n] int64 and top_logprobs [B, n] fp32, each None when no request asked.
+    """
+
+    token_ids: torch.Tensor
+    logprobs: torch.Tensor | None = None
+    top_token_ids: torch.Tensor | None = None
+    top_logprobs: torch.Tensor | None = None
+
+
+@dataclass
+class SamplingBatch:
+    """Device tensors of a batch's parameters plus host flags that let sample() skip work.
+
+    Build it with SamplingBatch.build(). When any request uses penalties, the caller sets
+    prompt_tokens [B, Lp] and/or output_tokens [B, Lo] (int64 on the logits' device, padded with
+    -1); rows that have none use -1 only.
+    """
+
+    vocab_size: int
+    greedy: torch.Tensor  # [B] bool
+    inv_temperature: torch.Tensor  # [B] fp32; 1 for greedy rows
+    top_k: torch.Tensor  # [B] int32; vocab_size where off
+    top_p: torch.Tensor  # [B] fp32
+    min_p: torch.Tensor  # [B] fp32
+    repetition_penalty: torch.Tensor  # [B] fp32
+    frequency_penalty: torch.Tensor  # [B] fp32
+    presence_penalty: torch.Tensor  # [B] fp32
+    row_keys: torch.Tensor  # [B] int64 in [0, 2^32): hash of (seed, position)
+    bias_ids: torch.Tensor | None  # [B, Nb] int64, padding 0 with bias 0
+    bias_values: torch.Tensor | None  # [B, Nb] fp32
+    num_top_logprobs: int
+    # Host flags (from the configs, never from tensors): what sample() must do at all.
+    all_greedy: bool
+    any_greedy: bool
+    any_top_k: bool
+    any_top_p: bool
+    any_min_p: bool
+    any_penalties: bool
+    any_logprobs: bool
+    prompt_tokens: torch.Tensor | None = None
+    output_tokens: torch.Tensor | None = None
+
+    @property
+    def any_filter(self) -> bool:
+        """True when some sampled row uses top-k, top-p or min-p."""
+        return self.any_top_k or self.any_top_p or self.any_min_p
+
+    @classmethod
+    def build(
+        cls,
+        configs: Sequence[SamplingConfig],
+        positions: torch.Tensor | Sequence[int],
+        device: torch.device | str,
+        vocab_size: int,
+    ) -> SamplingBatch:
+        """Packs configs into device tensors (one host->device copy each, no sync).
+
+        positions[b] is the sequence index of the token being sampled for request b; together
+        with the seed it is the random counter. Raises ValueError on a logit_bias id outside the
+        vocabulary.
+        """
+        if not configs:
+            raise ValueError("a sampling batch needs at least one request")
+        sampled = [c for c in configs if not c.is_greedy]
+
+        def vec(values: list, dtype: torch.dtype) -> torch.Tensor:
+            return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+
+        top_k = [c.top_k if 0 < c.top_k < vocab_size else vocab_size for c in configs]
+        bias_ids, bias_values = _pack_logit_bias(configs, vocab_size, device)
+        seeds_lo = vec([c.seed & _MASK32 for c in configs], torch.int64)
+        seeds_hi = vec([c.seed >> 32 for c in configs], torch.int64)
+        if isinstance(positions, torch.Tensor):
+            pos = positions.to(device=device, dtype=torch.int64)
+        else:
+            pos = vec(list(positions), torch.int64)
+        assert pos.shape == (len(configs),), "one position per request"
+        return cls(
+            vocab_size=vocab_size,
+            greedy=vec([c.is_greedy for c in configs], torch.bool),
+            inv_temperature=vec(
+                [1.0 if c.is_greedy else 1.0 / c.temperature for c in configs], torch.float32
+            ),
+            top_k=vec(top_k, torch.int32),
+            top_p=vec([c.top_p for c in configs], torch.float32),
+            min_p=vec([c.min_p for c in configs], torch.float32),
+            repetition_penalty=vec([c.repetition_penalty for c in configs], torch.float32),
+            frequency_penalty=vec([c.frequency_penalty for c in configs], torch.float32),
+            presence_penalty=vec([c.presence_penalty for c in configs], torch.float32),
+            row_keys=row_keys(seeds_lo, seeds_hi, pos),
+            bias_ids=bias_ids,
+            bias_values=bias_values,
+            num_top_logprobs=max(c.top_logprobs for c in configs),
+            all_greedy=not sampled,
+            any_greedy=len(sampled) < len(configs),
+            any_top_k=any(0 < c.top_k < vocab_size for c in sampled),
+            any_top_p=any(c.top_p < 1.0 for c in sampled),
+            any_min_p=any(c.min_p > 0.0 for c in sampled),
+            any_penalties=any(c.uses_penalties for c in configs),
+            any_logprobs=any(c.return_logprobs or c.top_logprobs > 0 for c in configs),
+        )
+
+
+def _pack_logit_bias(
+    configs: Sequence[SamplingConfig], vocab_size: int, device: torch.device | str
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Pads every request's bias map to [B, Nb] (id 0 with bias 0: adding 0 changes nothing)."""
+    width = max(len(c.logit_bias) for c in configs)
+    if width == 0:
+        return None, None
+    ids = torch.zeros(len(configs), width, dtype=torch.int64)
+    values = torch.zeros(len(configs), width, dtype=torch.float32)
+    for b, config in enumerate(configs):
+        for i, (token, bias) in enumerate(config.logit_bias.items()):
+            if not 0 <= int(token) < vocab_size:
+                raise ValueError(f"logit_bias token id {token} outside the vocabulary")
+            ids[b, i], values[b, i] = int(token), float(bias)
+    return ids.to(device, non_blocking=True), values.to(device, non_blocking=True)
+
+
+def mix32(x: torch.Tensor) -> torch.Tensor:
+    """The lowbias32 integer hash on int64 tensors holding values in [0, 2^32)."""
+    x = x ^ (x >> 16)
+    x = (x * _MIX_C1) & _MASK32
+    x = x ^ (x >> 15)
+    x = (x * _MIX_C2) & _MASK32
+    return x ^ (x >> 15)
+
+
+def row_keys(
+    seeds_lo: torch.Tensor, seeds_hi: torch.Tensor, positions: torch.Tensor
+) -> torch.Tensor:
+    """[B] int64 keys in [0, 2^32) from the two halves of each 64-bit seed and the position."""
+    h = mix32(seeds_lo)
+    h = mix32(h ^ seeds_hi)
+    return mix32(h ^ (positions & _MASK32))
+
+
+def uniforms(keys: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """fp32 uniforms in (0, 1) for keys [B] and token ids [B, N] (or [N]): one per pair.
+
+    23 random bits, centred: u = (bits + 0.5) / 2^23 (exact in fp32, so never 0 or 1) and
+    log(-log(u)) is finite.
+    """
+    bits = mix32(mix32(token_ids.to(torch.int64)) ^ keys.unsqueeze(-1)) >> 9
+    return (bits.to(torch.float32) + 0.5) * (1.0 / 8388608.0)
+
+
+def gumbel_noise(keys: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """-log(-log(u)): Gumbel(0, 1) noise; argmax(log p + noise) draws from p (Gumbel-max)."""
+    return -torch.log(-torch.log(uniforms(keys, token_ids)))

@@ -1,0 +1,185 @@
+"""The scheduler process: `python -m yaie.scheduler_service --worker HOST:PORT [--worker ...]`.
+
+Serves yaie.v1.Generation, grpc.health.v1 (SERVING once every worker is ready) and server
+reflection. SIGTERM or Ctrl-C stops it cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from yaie.scheduler_service.config import SchedulerConfig
+from yaie.scheduler_service.server import GenerationServicer, create_server, set_health
+
+logger = logging.getLogger("yaie.scheduler")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="yaie scheduler", description=__doc__)
+    parser.add_argument(
+        "--worker",
+        action="append",
+        required=True,
+        metavar="HOST:PORT",
+        help="a worker's address (repeat for several workers)",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=50051, help="port to listen on (0: any free)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="tokenizer directory or hub id (default: the model the workers serve)",
+    )
+    parser.add_argument(
+        "--max-queue",
+        type=int,
+        default=SchedulerConfig.max_queue_size,
+        help="waiting requests beyond which Generate answers RESOURCE_EXHAUSTED",
+    )
+    parser.add_argument(
+        "--max-running-requests",
+        type=int,
+        default=SchedulerConfig.max_running_requests,
+        help="per worker",
+    )
+    parser.add_argument(
+        "--max-num-batched-tokens",
+        type=int,
+        default=SchedulerConfig.max_num_batched_tokens,
+        help="tokens per step",
+    )
+    parser.add_argument(
+        "--prefill-chunk-size",
+        type=int,
+        default=None,
+        help="prompt tokens per request per step (default: the step budget)",
+    )
+    parser.add_argument("--no-overlap", action="store_true", help="wait for each step's result")
+    parser.add_argument("--no-prefix-cache", action="store_true", help="never share KV blocks")
+    parser.add_argument(
+        "--worker-wait",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="how long to wait for the workers to load their model",
+    )
+    parser.add_argument("--log-level", default="INFO")
+    return parser
+
+
+def scheduler_config(args: argparse.Namespace) -> SchedulerConfig:
+    budget = args.max_num_batched_tokens
+    return SchedulerConfig(
+        max_num_batched_tokens=budget,
+        max_running_requests=args.max_running_requests,
+        max_queue_size=args.max_queue,
+        prefill_chunk_size=min(args.prefill_chunk_size or budget, budget),
+        enable_overlap=not args.no_overlap,
+        enable_prefix_cache=not args.no_prefix_cache,
+    )
+
+
+async def wait_for_worker(address: str, timeout_s: float) -> None:
+    """Polls a worker's grpc.health.v1 until it says SERVING (its model is loaded)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=2.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass  # not listening yet
+            if loop.time() > deadline:
+                raise TimeoutError(f"worker {address} was not SERVING after {timeout_s:.0f} s")
+            await asyncio.sleep(0.25)
+
+
+async def _start_engine(engine, servicer: GenerationServicer, args: argparse.Namespace) -> None:
+    from yaie.scheduler_service.tokenizer import Tokenizer
+
+    await asyncio.gather(*(wait_for_worker(address, args.worker_wait) for address in args.worker))
+    await engine.start()
+    info = engine.model_info
+    label = " (built-in model, RANDOM WEIGHTS: meaningless text)" if info.random_weights else ""
+    logger.info(
+        "workers ready: %s %s %s on %d worker(s)%s",
+        info.model,
+        info.architecture,
+        info.dtype,
+        info.num_workers,
+        label,
+    )
+    tokenizer = await asyncio.to_thread(Tokenizer, args.model or info.model)
+    servicer.attach_tokenizer(tokenizer)
+
+
+async def _watch_health(engine, health_servicer: health.aio.HealthServicer) -> None:
+    """SERVING only while every worker is ready."""
+    serving = None
+    while True:
+        ready = bool(engine.ready)
+        if ready != serving:
+            await set_health(health_servicer, ready)
+            logger.info("health: %s", "SERVING" if ready else "NOT_SERVING")
+            serving = ready
+        await asyncio.sleep(0.5)
+
+
+async def serve(args: argparse.Namespace) -> int:
+    from yaie.scheduler_service.engine import Engine
+
+    engine = Engine(args.worker, scheduler_config(args))
+    servicer = GenerationServicer(engine)
+    server, health_servicer = create_server(servicer)
+    await set_health(health_servicer, False)
+    port = server.add_insecure_port(f"{args.host}:{args.port}")
+    await server.start()
+    logger.info(
+        "scheduler listening on %s:%d (workers: %s)", args.host, port, ", ".join(args.worker)
+    )
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    start = asyncio.create_task(_start_engine(engine, servicer, args))
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({start, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    status = 0
+    watch = None
+    if start.done() and start.exception() is None:
+        watch = asyncio.create_task(_watch_health(engine, health_servicer))
+        await stopping
+    elif start.done():
+        logger.error("start failed: %s", start.exception())
+        status = 1
+    logger.info("stopping")
+    for task in (start, stopping, watch):
+        if task is not None:
+            task.cancel()
+    await set_health(health_servicer, False)
+    await server.stop(grace=3.0)
+    await engine.stop()
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return asyncio.run(serve(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""Incremental detokenization: token ids in, text deltas out, never splitting a UTF-8 character.
+
+Each step decodes a short window of ids twice (up to the last emitted token, and up to the new
+one) and emits the difference. A window whose text ends in U+FFFD is an incomplete character: it
+is held back until a later token completes it (or the stream ends and `flush` gives it up).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+REPLACEMENT_CHAR = "\ufffd"
+# Prompt tokens decoded in front of the first output token, so that tokenizers that strip a
+# leading space at the start of a decode (SentencePiece) keep it for the first output word.
+PROMPT_CONTEXT_TOKENS = 5
+
+
+class Decoder(Protocol):
+    def decode(self, ids: list[int], skip_special_tokens: bool = ...) -> str: ...
+
+
+class IncrementalDetokenizer:
+    """Turns one request's output tokens, fed one at a time, into text deltas."""
+
+    def __init__(
+        self, decoder: Decoder, prompt_ids: list[int], skip_special_tokens: bool = False
+    ) -> None:
+        self._decoder = decoder
+        self._skip_special_tokens = skip_special_tokens
+        self._ids = list(prompt_ids[-PROMPT_CONTEXT_TOKENS:])
+        # ids[prefix_offset:read_offset] is the window already emitted as text.
+        self._prefix_offset = 0
+        self._read_offset = len(self._ids)
+
+    def _decode(self, ids: list[int]) -> str:
+        return self._decoder.decode(ids, skip_special_tokens=self._skip_special_tokens)
+
+    def add_token(self, token_id: int) -> str:
+        """Appends one token; returns the text it completes (possibly empty)."""
+        self._ids.append(token_id)
+        prefix_text = self._decode(self._ids[self._prefix_offset : self._read_offset])
+        new_text = self._decode(self._ids[self._prefix_offset :])
+        if len(new_text) <= len(prefix_text) or new_text.endswith(REPLACEMENT_CHAR):
+            return ""  # nothing new yet, or an incomplete character: wait for more bytes
+        self._prefix_offset = self._read_offset
+        self._read_offset = len(self._ids)
+        return new_text[len(prefix_text) :]
+
+    def flush(self) -> str:
+        """Text held back at the end of the stream (an incomplete character decodes as U+FFFD)."""
+        if self._read_offset == len(self._ids):
+            return ""
+        prefix_text = self._decode(self._ids[self._prefix_offset : self._read_offset])
+        new_text = self._decode(self._ids[self._prefix_offset :])
+        self._prefix_offset = self._read_offset
+        self._read_offset = len(self._ids)
+        return new_text[len(prefix_text) :]

@@ -1,0 +1,186 @@
+"""Batch formation for one worker: which requests run how many tokens in the next step.
+
+Continuous batching with chunked prefill under a per-step token budget: running requests go
+first, oldest first (a decode costs 1 token, a prefill continues with a chunk); waiting requests
+are then admitted longest-cached-prefix first, except that resumed (preempted) requests and
+requests waiting longer than max_wait_steps go first in arrival order, so none starves. When a
+running request needs a block and the pool has none, the newest running request is preempted
+(recomputed later from its tokens, its computed blocks cached in the tree).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from yaie.kernels.kv_cache import KVCacheManager, PrefixMatch
+from yaie.scheduler_service.config import SchedulerConfig
+from yaie.scheduler_service.sequence import Sequence, SequenceStatus
+
+
+@dataclass
+class Run:
+    """One run entry of the next plan: compute num_tokens of seq."""
+
+    seq: Sequence
+    num_tokens: int
+
+
+@dataclass
+class AdmissionCounters:
+    """Prompt tokens over first admissions, and how many of them were cache hits."""
+
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+
+    @property
+    def hit_rate(self) -> float:
+        return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
+
+
+class BatchPolicy:
+    """Forms the runs of each step; allocates (and locks) the blocks they write."""
+
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        kv: KVCacheManager,
+        preempt: Callable[[Sequence], None],
+    ) -> None:
+        self.config = config
+        self.kv = kv
+        self.block_size = kv.block_size
+        self._preempt = preempt  # takes seq out of running; frees its blocks when it can
+        self.counters = AdmissionCounters()
+
+    def schedule(
+        self, running: list[Sequence], waiting: deque[Sequence], blocks_pending: bool
+    ) -> list[Run]:
+        """The next step's runs. running and waiting are updated in place (admissions,
+        preemptions). blocks_pending: some retiring request will free blocks once its plans in
+        flight are back; a request short of blocks then waits a step instead of preempting."""
+        budget = self.config.max_num_batched_tokens
+        runs: list[Run] = []
+        short = False  # some running request could not get its blocks (or was preempted)
+        i = 0
+        while i < len(running) and budget > 0:
+            seq = running[i]
+            n = self._next_chunk(seq, budget)
+            if n == 0:
+                i += 1
+                continue
+            need = self._num_blocks(seq.num_scheduled + n) - len(seq.block_ids)
+            while not self.kv.can_allocate(need) and not blocks_pending:
+                victim = running.pop()  # the newest: never one already in runs
+                self._preempt(victim)
+                short = True
+                blocks_pending = victim.in_flight > 0
+                if victim is seq:
+                    break
+            if seq.status is not SequenceStatus.RUNNING or not self.kv.can_allocate(need):
+                short = True
+                i += 1 if seq.status is SequenceStatus.RUNNING else 0
+                continue
+            seq.block_ids += self.kv.allocate(need)
+            runs.append(Run(seq, n))
+            budget -= n
+            i += 1
+        if not short:
+            runs += self._admit(running, waiting, budget)
+        for seq in waiting:
+            seq.wait_steps += 1
+        return runs
+
+    def _next_chunk(self, seq: Sequence, budget: int) -> int:
+        """Tokens seq runs next: the rest of its known tokens in chunks, or 1 (a decode); 0 when
+        the tokens in flight already finish it by length (no step is wasted on it)."""
+        outputs_known = len(seq.token_ids) + seq.pending - seq.num_prompt_tokens
+        if seq.pending and outputs_known >= seq.request.max_new_tokens:
+            return 0
+        return min(seq.num_remaining, budget, self.config.prefill_chunk_size)
+
+    def _admit(self, running: list[Sequence], waiting: deque[Sequence], budget: int) -> list[Run]:
+        runs: list[Run] = []
+        sharing = self._prompts_being_computed(running)
+        for seq in self._admission_order(waiting):
+            if len(running) >= self.config.max_running_requests or budget <= 0:
+                break
+            match = self._match(seq)
+            if not seq.resumed and self._worth_waiting(seq, match, sharing):
+                continue
+            n = min(len(seq.token_ids) - match.num_tokens, budget, self.config.prefill_chunk_size)
+            need = self._num_blocks(match.num_tokens + n) - len(match.blocks)
+            if not self.kv.can_allocate(need, match):
+                break  # head of line: no later request jumps a request that does not fit
+            self.kv.lock(match)
+            seq.match = match
+            seq.block_ids = match.blocks + self.kv.allocate(need)
+            seq.num_scheduled = match.num_tokens
+            if not seq.admitted_once:
+                seq.admitted_once = True
+                seq.num_cached_tokens = match.num_tokens
+                self.counters.prompt_tokens += seq.num_prompt_tokens
+                self.counters.cached_tokens += match.num_tokens
+            seq.status = SequenceStatus.RUNNING
+            seq.resumed = False
+            waiting.remove(seq)
+            running.append(seq)
+            runs.append(Run(seq, n))
+            budget -= n
+        return runs
+
+    def _admission_order(self, waiting: deque[Sequence]) -> list[Sequence]:
+        """Resumed requests, then overdue ones (both in queue order), then the rest by longest
+        cached prefix (ties in queue order)."""
+        window = list(itertools.islice(waiting, self.config.prefix_scan_window))
+        limit = self.config.max_wait_steps
+        first = [s for s in window if s.resumed or s.wait_steps > limit]
+        rest = [s for s in window if not (s.resumed or s.wait_steps > limit)]
+        if self.config.enable_prefix_cache and len(rest) > 1:
+            rest.sort(key=lambda s: -self._match(s).num_tokens)
+        return first + rest
+
+    def _prompts_being_computed(self, running: list[Sequence]) -> dict[tuple, list[Sequence]]:
+        """Running requests whose prompt blocks are not all in the tree yet, by first block."""
+        bs = self.block_size
+        found: dict[tuple, list[Sequence]] = {}
+        if not self.config.enable_prefix_cache:
+            return found
+        for seq in running:
+            assert seq.match is not None
+            if seq.match.num_tokens < seq.num_prompt_tokens // bs * bs:
+                key = (seq.request.namespace, tuple(seq.token_ids[:bs]))
+                found.setdefault(key, []).append(seq)
+        return found
+
+    def _worth_waiting(
+        self, seq: Sequence, match: PrefixMatch, sharing: dict[tuple, list[Sequence]]
+    ) -> bool:
+        """Whether a running request is computing at least two more blocks of seq's prompt than
+        the tree holds now: seq then waits for them (they are shared once computed) instead of
+        computing them again."""
+        bs = self.block_size
+        key = (seq.request.namespace, tuple(seq.token_ids[:bs]))
+        for other in sharing.get(key, ()):
+            limit = min(len(seq.token_ids) - 1, other.num_prompt_tokens)
+            common = 0
+            while common + bs <= limit and (
+                seq.token_ids[common : common + bs] == other.token_ids[common : common + bs]
+            ):
+                common += bs
+            if common - match.num_tokens >= 2 * bs:
+                return True
+        return False
+
+    def _match(self, seq: Sequence) -> PrefixMatch:
+        """Cached prefix of all but the last known token: the hit is then a whole number of
+        blocks short of the tokens, so at least one token runs and yields logits."""
+        namespace = seq.request.namespace
+        if not self.config.enable_prefix_cache:
+            return self.kv.match_prefix([], namespace)
+        return self.kv.match_prefix(seq.token_ids[:-1], namespace)
+
+    def _num_blocks(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.block_size)

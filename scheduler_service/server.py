@@ -1,0 +1,260 @@
+"""The public yaie.v1.Generation service: decode the proto, call one engine method, encode.
+
+Exceptions become status codes in one place (`_status_code`); request bytes are decoded by
+deserializers that turn invalid UTF-8 into INVALID_ARGUMENT instead of gRPC's INTERNAL.
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from yaie.scheduler_service.errors import ResourceExhaustedError, UnavailableError
+from yaie.scheduler_service.output_stream import OutputStream, merge_frames
+from yaie.scheduler_service.request import GenerationRequest, OutputEvent
+from yaie.scheduler_service.tokenizer import Tokenizer
+from yaie.scheduler_service.validation import ModelLimits, validate_generate
+from yaie.scheduler_service.wire import UndecodableRequest, safe_deserializer
+from yaie.v1 import generation_pb2 as pb
+
+SERVICE_NAME = "yaie.v1.Generation"
+
+
+class EngineApi(Protocol):
+    """The part of scheduler_service.engine.Engine this service calls."""
+
+    model_info: Any
+    ready: bool
+
+    def check_admissible(self, request: GenerationRequest) -> None: ...
+    def submit(self, request: GenerationRequest) -> AsyncIterator[OutputEvent]: ...
+    def abort(self, request_id: str) -> bool: ...
+    def finish(self, request_id: str) -> None: ...
+    def stats(self) -> Any: ...
+
+
+def _status_code(error: Exception) -> grpc.StatusCode | None:
+    """The one map from exceptions to status codes (None: a bug, left to gRPC as UNKNOWN)."""
+    if isinstance(error, ValueError):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(error, ResourceExhaustedError):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+    if isinstance(error, UnavailableError):
+        return grpc.StatusCode.UNAVAILABLE
+    return None
+
+
+def _unary(method: Callable) -> Callable:
+    @functools.wraps(method)
+    async def handler(self: GenerationServicer, request: Any, context: grpc.aio.ServicerContext):
+        try:
+            return await method(self, request, context)
+        except Exception as error:
+            code = _status_code(error)
+            if code is None:
+                raise
+            await context.abort(code, str(error))
+
+    return handler
+
+
+def _stream(method: Callable) -> Callable:
+    @functools.wraps(method)
+    async def handler(self: GenerationServicer, request: Any, context: grpc.aio.ServicerContext):
+        try:
+            async for frame in method(self, request, context):
+                yield frame
+        except Exception as error:
+            code = _status_code(error)
+            if code is None:
+                raise
+            await context.abort(code, str(error))
+
+    return handler
+
+
+def _decoded(request: Any) -> Any:
+    if isinstance(request, UndecodableRequest):
+        raise ValueError(request.reason)
+    return request
+
+
+class GenerationServicer:
+    """Serves yaie.v1.Generation over an engine; answers UNAVAILABLE until `attach_tokenizer`."""
+
+    def __init__(self, engine: EngineApi, tokenizer: Tokenizer | None = None) -> None:
+        self._engine = engine
+        self._tokenizer = tokenizer
+        self._live: set[str] = set()
+
+    def attach_tokenizer(self, tokenizer: Tokenizer) -> None:
+        self._tokenizer = tokenizer
+
+    def _ready_tokenizer(self) -> Tokenizer:
+        if self._tokenizer is None or not self._engine.ready:
+            raise UnavailableError("the server is starting: workers are not ready yet")
+        return self._tokenizer
+
+    def _limits(self, tokenizer: Tokenizer) -> ModelLimits:
+        info = self._engine.model_info
+        return ModelLimits(info.vocab_size, info.max_context, tokenizer.eos_token_ids)
+
+    @_stream
+    async def Generate(self, request: Any, context: grpc.aio.ServicerContext):
+        request = _decoded(request)
+        tokenizer = self._ready_tokenizer()
+        request_id = request.request_id or uuid.uuid4().hex
+        if request_id in self._live:
+            raise ValueError(f"request_id {request_id!r} is already live")
+        validated = validate_generate(request, request_id, tokenizer, self._limits(tokenizer))
+        self._engine.check_admissible(validated.generation)
+        stream = OutputStream(validated, tokenizer)
+        single_frame = request.output.single_frame
+        frames: list[pb.GenerateResponse] = []
+        events = self._engine.submit(validated.generation)
+        self._live.add(request_id)
+        try:
+            async for event in events:
+                frame = stream.frame(event)
+                if stream.matched_stop is not None and event.finish_reason is None:
+                    self._engine.finish(request_id)
+                if frame is None:
+                    continue
+                if single_frame:
+                    frames.append(frame)
+                else:
+                    yield frame
+                if stream.finished:
+                    break
+            if single_frame:
+                yield merge_frames(frames)
+        finally:
+            # Client cancel, deadline, or an error: the engine must drop the request.
+            self._live.discard(request_id)
+            if not stream.finished:
+                self._engine.abort(request_id)
+            aclose = getattr(events, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    @_unary
+    async def Tokenize(self, request: Any, context: grpc.aio.ServicerContext):
+        request = _decoded(request)
+        ids = self._ready_tokenizer().encode(request.text, request.add_special_tokens)
+        return pb.TokenizeResponse(ids=ids)
+
+    @_unary
+    async def Detokenize(self, request: pb.DetokenizeRequest, context: grpc.aio.ServicerContext):
+        tokenizer = self._ready_tokenizer()
+        vocab_size = self._engine.model_info.vocab_size
+        bad = [i for i in request.ids if not 0 <= i < vocab_size]
+        if bad:
+            raise ValueError(f"ids: token id {bad[0]} is outside the vocabulary [0, {vocab_size})")
+        return pb.DetokenizeResponse(
+            text=tokenizer.decode(list(request.ids), request.skip_special_tokens)
+        )
+
+    @_unary
+    async def GetModelInfo(
+        self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
+    ):
+        tokenizer = self._ready_tokenizer()
+        info = self._engine.model_info
+        return pb.ModelInfo(
+            model=info.model,
+            architecture=info.architecture,
+            dtype=info.dtype,
+            vocab_size=info.vocab_size,
+            max_context=info.max_context,
+            block_size=info.block_size,
+            random_weights=info.random_weights,
+            eos_token_ids=sorted(tokenizer.eos_token_ids),
+            num_workers=info.num_workers,
+        )
+
+    @_unary
+    async def GetServerStats(
+        self, request: pb.GetServerStatsRequest, context: grpc.aio.ServicerContext
+    ):
+        stats = self._engine.stats()
+        workers = [
+            pb.WorkerStats(
+                address=w.address,
+                healthy=w.healthy,
+                total_blocks=w.total_blocks,
+                free_blocks=w.free_blocks,
+                used_blocks=w.used_blocks,
+                cached_blocks=w.cached_blocks,
+                cache_hit_rate=w.cache_hit_rate,
+            )
+            for w in stats.workers
+        ]
+        return pb.ServerStats(
+            waiting=stats.waiting,
+            running=stats.running,
+            workers=workers,
+            num_preemptions=stats.num_preemptions,
+            completed_requests=stats.completed_requests,
+        )
+
+    @_unary
+    async def Abort(self, request: Any, context: grpc.aio.ServicerContext):
+        request = _decoded(request)
+        return pb.AbortResponse(found=self._engine.abort(request.request_id))
+
+
+def generation_handler(servicer: GenerationServicer) -> grpc.GenericRpcHandler:
+    """The service's method handlers, with never-raising deserializers for string-carrying input."""
+
+    def unary(method: Callable, request_class: type, safe: bool = False) -> grpc.RpcMethodHandler:
+        decode = safe_deserializer(request_class) if safe else request_class.FromString
+        return grpc.unary_unary_rpc_method_handler(
+            method, request_deserializer=decode, response_serializer=_serialize
+        )
+
+    handlers = {
+        "Generate": grpc.unary_stream_rpc_method_handler(
+            servicer.Generate,
+            request_deserializer=safe_deserializer(pb.GenerateRequest),
+            response_serializer=_serialize,
+        ),
+        "Tokenize": unary(servicer.Tokenize, pb.TokenizeRequest, safe=True),
+        "Detokenize": unary(servicer.Detokenize, pb.DetokenizeRequest),
+        "GetModelInfo": unary(servicer.GetModelInfo, pb.GetModelInfoRequest),
+        "GetServerStats": unary(servicer.GetServerStats, pb.GetServerStatsRequest),
+        "Abort": unary(servicer.Abort, pb.AbortRequest, safe=True),
+    }
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
+
+
+def _serialize(message: Any) -> bytes:
+    return message.SerializeToString()
+
+
+async def set_health(health_servicer: health.aio.HealthServicer, serving: bool) -> None:
+    """Sets the overall status and this service's status."""
+    status = health_pb2.HealthCheckResponse.NOT_SERVING
+    if serving:
+        status = health_pb2.HealthCheckResponse.SERVING
+    for service in ("", SERVICE_NAME):
+        await health_servicer.set(service, status)
+
+
+def create_server(
+    servicer: GenerationServicer,
+) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+    """A grpc.aio server with Generation, grpc.health.v1 and reflection (await set_health next:
+    a new health servicer reports the overall status as SERVING)."""
+    health_servicer = health.aio.HealthServicer()
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((generation_handler(servicer),))
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    services = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
+    reflection.enable_server_reflection(services, server)
+    return server, health_servicer

@@ -1,0 +1,63 @@
+"""The served model's tokenizer: text and chat messages to ids, ids to text, and its EOS ids."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def _as_id_set(value: object) -> set[int]:
+    if value is None:
+        return set()
+    if isinstance(value, int):
+        return {value}
+    return {int(v) for v in value}  # type: ignore[union-attr]
+
+
+class Tokenizer:
+    """Wraps a Hugging Face tokenizer loaded from a model directory (or a cached hub id)."""
+
+    def __init__(self, model: str | Path) -> None:
+        from transformers import AutoTokenizer
+
+        self.name = str(model)
+        self._tokenizer = AutoTokenizer.from_pretrained(str(model))
+        self.eos_token_ids = frozenset(self._find_eos_ids(str(model)))
+        logger.info(
+            "tokenizer %s: %d tokens, EOS ids %s", model, len(self), sorted(self.eos_token_ids)
+        )
+
+    def _find_eos_ids(self, model: str) -> set[int]:
+        """EOS ids from the tokenizer and from generation_config.json (Llama 3 lists several)."""
+        ids = _as_id_set(self._tokenizer.eos_token_id)
+        try:
+            from transformers import GenerationConfig
+
+            ids |= _as_id_set(GenerationConfig.from_pretrained(model).eos_token_id)
+        except OSError:
+            pass  # no generation_config.json: the tokenizer's EOS is all there is
+        return ids
+
+    def __len__(self) -> int:
+        return len(self._tokenizer)
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens))
+
+    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        """Renders messages with the model's chat template (generation prompt added)."""
+        if not getattr(self._tokenizer, "chat_template", None):
+            raise ValueError(f"model {self.name} has no chat template: send text or token_ids")
+        try:
+            prompt = self._tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
+        except Exception as exc:  # template errors (e.g. a role it refuses) are the caller's
+            raise ValueError(f"chat template rejected the messages: {exc}") from exc
+        # The template writes BOS itself where the model wants one.
+        return self.encode(prompt, add_special_tokens=False)
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        return self._tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)

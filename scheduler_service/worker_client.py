@@ -1,0 +1,210 @@
+"""One worker connection: Describe, the long-lived Step stream, and plan/result conversion.
+
+Protobuf stays in this file: the engine hands in PlanEntry dataclasses and gets StepOutcomes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import grpc
+
+from yaie.scheduler_service.request import SamplingConfig, TokenLogprobs
+from yaie.worker.v1 import worker_pb2, worker_pb2_grpc
+
+
+class WorkerStreamError(Exception):
+    """The worker is unusable: the call failed, the stream ended, or a step timed out."""
+
+
+@dataclass(frozen=True)
+class WorkerDescription:
+    """What Describe reported."""
+
+    address: str
+    model: str
+    architecture: str
+    dtype: str
+    device: str
+    vocab_size: int
+    max_context: int
+    block_size: int
+    num_blocks: int
+    random_weights: bool
+    attention_backend: str
+
+
+@dataclass
+class NewRequestSpec:
+    token_ids: list[int]
+    num_prompt_tokens: int
+    num_cached_tokens: int
+    sampling: SamplingConfig
+
+
+@dataclass
+class PlanEntry:
+    """One run entry: compute num_tokens of a request, appending new_block_ids to its table."""
+
+    request_id: int
+    num_tokens: int
+    new_block_ids: list[int]
+    new_request: NewRequestSpec | None = None  # set the first time the worker sees the request
+    top_logprobs: int | None = None  # None: no logprobs asked; else the top-n to read back
+
+
+@dataclass
+class StepOutcome:
+    step_id: int
+    token_ids: list[int]  # per entry, -1 where nothing was sampled
+    logprobs: list[TokenLogprobs | None]  # per entry
+    error: str = ""
+    request_errors: dict[int, str] = field(default_factory=dict)
+    forward_ms: float = 0.0
+    sample_ms: float = 0.0
+
+
+def encode_plan(
+    step_id: int, entries: list[PlanEntry], release_ids: list[int]
+) -> worker_pb2.StepPlan:
+    """The packed-diff StepPlan of the proto."""
+    plan = worker_pb2.StepPlan(step_id=step_id, release_request_ids=release_ids)
+    for entry in entries:
+        if entry.new_request is not None:
+            spec = entry.new_request
+            plan.new_requests.append(
+                worker_pb2.NewRequest(
+                    request_id=entry.request_id,
+                    token_ids=spec.token_ids,
+                    num_prompt_tokens=spec.num_prompt_tokens,
+                    num_cached_tokens=spec.num_cached_tokens,
+                    sampling=_encode_sampling(spec.sampling),
+                )
+            )
+        plan.run_request_ids.append(entry.request_id)
+        plan.run_num_tokens.append(entry.num_tokens)
+        plan.run_num_new_blocks.append(len(entry.new_block_ids))
+        plan.new_block_ids.extend(entry.new_block_ids)
+    return plan
+
+
+def _encode_sampling(s: SamplingConfig) -> worker_pb2.SamplingParams:
+    return worker_pb2.SamplingParams(
+        temperature=s.temperature,
+        top_p=s.top_p,
+        top_k=s.top_k,
+        min_p=s.min_p,
+        repetition_penalty=s.repetition_penalty,
+        frequency_penalty=s.frequency_penalty,
+        presence_penalty=s.presence_penalty,
+        seed=s.seed,
+        logit_bias=s.logit_bias,
+        top_logprobs=s.top_logprobs,
+        return_logprobs=s.return_logprobs,
+    )
+
+
+def decode_result(result: worker_pb2.StepResult, entries: list[PlanEntry]) -> StepOutcome:
+    """Split the packed arrays back per entry; logprobs come only for entries that asked and
+    sampled, top alternatives n = that entry's top_logprobs each."""
+    outcome = StepOutcome(
+        step_id=result.step_id,
+        token_ids=list(result.token_ids),
+        logprobs=[None] * len(entries),
+        error=result.error,
+        request_errors={e.request_id: e.message for e in result.request_errors},
+        forward_ms=result.forward_ms,
+        sample_ms=result.sample_ms,
+    )
+    if result.error:
+        return outcome
+    if len(outcome.token_ids) != len(entries):
+        outcome.error = f"{len(outcome.token_ids)} token ids for {len(entries)} run entries"
+        return outcome
+    num_lp = top_pos = 0
+    for i, entry in enumerate(entries):
+        token = outcome.token_ids[i]
+        if entry.top_logprobs is None or token < 0:
+            continue
+        n = entry.top_logprobs
+        top_ids = result.top_token_ids[top_pos : top_pos + n]
+        top_lps = result.top_logprobs[top_pos : top_pos + n]
+        if num_lp >= len(result.logprobs) or len(top_ids) != n or len(top_lps) != n:
+            outcome.error = "the result's logprob arrays are shorter than the plan asks"
+            return outcome
+        top = list(zip(top_ids, top_lps, strict=True))
+        outcome.logprobs[i] = TokenLogprobs(token, result.logprobs[num_lp], top)
+        num_lp += 1
+        top_pos += n
+    return outcome
+
+
+class WorkerClient:
+    """A grpc.aio channel to one worker and its Step stream."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self._channel = grpc.aio.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_send_message_length", 256 << 20),
+                ("grpc.max_receive_message_length", 256 << 20),
+            ],
+        )
+        self._stub = worker_pb2_grpc.WorkerStub(self._channel)
+        self._call: grpc.aio.StreamStreamCall | None = None
+
+    async def describe(self, timeout: float) -> WorkerDescription:
+        """Describe the worker; refuses another protocol version."""
+        try:
+            info = await self._stub.Describe(worker_pb2.DescribeRequest(), timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise WorkerStreamError(f"Describe of {self.address} failed: {exc.details()}") from exc
+        if info.protocol_version != worker_pb2.PROTOCOL_VERSION_CURRENT:
+            raise WorkerStreamError(
+                f"worker {self.address} speaks protocol {info.protocol_version}, "
+                f"expected {worker_pb2.PROTOCOL_VERSION_CURRENT}"
+            )
+        return WorkerDescription(
+            address=self.address,
+            model=info.model,
+            architecture=info.architecture,
+            dtype=info.dtype,
+            device=info.device,
+            vocab_size=info.vocab_size,
+            max_context=info.max_context,
+            block_size=info.block_size,
+            num_blocks=info.num_blocks,
+            random_weights=info.random_weights,
+            attention_backend=info.attention_backend,
+        )
+
+    def open_stream(self) -> None:
+        self._call = self._stub.Step()
+
+    async def send(self, step_id: int, entries: list[PlanEntry], release_ids: list[int]) -> None:
+        assert self._call is not None, "open_stream() first"
+        try:
+            await self._call.write(encode_plan(step_id, entries, release_ids))
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
+            raise WorkerStreamError(f"sending step {step_id} to {self.address}: {exc}") from exc
+
+    async def receive(self, entries: list[PlanEntry], timeout: float) -> StepOutcome:
+        """The next StepResult, decoded against the entries of its plan."""
+        assert self._call is not None, "open_stream() first"
+        try:
+            result = await asyncio.wait_for(self._call.read(), timeout)
+        except asyncio.TimeoutError as exc:
+            raise WorkerStreamError(f"{self.address}: no step result in {timeout} s") from exc
+        except grpc.aio.AioRpcError as exc:
+            raise WorkerStreamError(f"{self.address}: step stream failed: {exc.details()}") from exc
+        if result is grpc.aio.EOF:
+            raise WorkerStreamError(f"{self.address}: the worker closed the step stream")
+        return decode_result(result, entries)
+
+    async def close(self) -> None:
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None
+        await self._channel.close()

@@ -1,0 +1,272 @@
+"""The step loop of one worker: form a plan, send it, read results, update the requests.
+
+Overlap and block lifetimes (shared/DESIGN.md, "Known hazards"). With overlap on, plan N+1 is
+sent before result N is read, so when result N shows that a request finished (or it is aborted
+or preempted), plan N+1 may already run it and write K/V into its blocks. Such a request
+*retires*: (1) it is scheduled no more, and its id goes into release_request_ids of the next plan
+sent (the worker drops its state after the earlier plans ran); (2) tokens that plans in flight
+sampled for it are dropped (kept when it was only preempted: they are valid output); (3) its
+blocks go back to the KV cache manager (full ones into the tree) only when no plan in flight
+runs it, i.e. once the result of the last plan that ran it has been read. Only then can a block
+be handed to another request or matched from the tree, so no write in flight lands in another
+request's block and every cached block holds K/V already written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from yaie.kernels.kv_cache import KVCacheManager
+from yaie.scheduler_service.config import SchedulerConfig
+from yaie.scheduler_service.policy import BatchPolicy, Run
+from yaie.scheduler_service.request import FinishReason
+from yaie.scheduler_service.sequence import Sequence, SequenceStatus
+from yaie.scheduler_service.worker_client import (
+    NewRequestSpec,
+    PlanEntry,
+    WorkerClient,
+    WorkerDescription,
+    WorkerStreamError,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _InFlight:
+    step_id: int
+    runs: list[tuple[Sequence, int, bool]]  # (request, tokens run, whether it samples)
+    entries: list[PlanEntry]
+    ends: list[int]  # per entry: its request's num_scheduled after it
+
+
+class WorkerLoop:
+    """Requests routed to one worker, its KV cache manager, and the task that drives it."""
+
+    def __init__(
+        self,
+        client: WorkerClient,
+        info: WorkerDescription,
+        config: SchedulerConfig,
+        on_finished: Callable[[Sequence], None],
+        on_orphaned: Callable[[list[Sequence]], None],
+    ) -> None:
+        self.client = client
+        self.info = info
+        self.config = config
+        self.kv = KVCacheManager(info.num_blocks, info.block_size)
+        self.policy = BatchPolicy(config, self.kv, self._preempt)
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.retiring: list[Sequence] = []
+        self.healthy = True
+        self.num_preemptions = 0
+        self._on_finished = on_finished  # the client saw the last event
+        self._on_orphaned = on_orphaned  # waiting requests of a failed worker, to re-route
+        self._aborts: list[Sequence] = []
+        self._release_ids: list[int] = []
+        self._in_flight: deque[_InFlight] = deque()
+        self._step_ids = itertools.count(1)
+        self._request_ids = itertools.count(1)
+        self._wake = asyncio.Event()
+
+    def add(self, seq: Sequence) -> None:
+        seq.status = SequenceStatus.WAITING
+        self.waiting.append(seq)
+        self._wake.set()
+
+    def request_abort(self, seq: Sequence) -> None:
+        """Finish seq with seq.abort_requested at the next step."""
+        self._aborts.append(seq)
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Until cancelled or the worker fails; with overlap, one plan stays in flight."""
+        depth = 1 if self.config.enable_overlap else 0
+        try:
+            while True:
+                self._apply_aborts()
+                for seq in [s for s in self.retiring if s.in_flight == 0]:
+                    self._finalize(seq)
+                runs = self.policy.schedule(self.running, self.waiting, bool(self.retiring))
+                if runs or self._release_ids:
+                    await self._send(runs)
+                if self._in_flight and (len(self._in_flight) > depth or not runs):
+                    await self._receive()
+                elif not self._in_flight and not runs:
+                    await self._wake.wait()
+                    self._wake.clear()
+        except asyncio.CancelledError:
+            raise
+        except WorkerStreamError as exc:
+            logger.error("worker %s failed: %s", self.info.address, exc)
+            self._fail_worker(str(exc))
+        except Exception as exc:  # a bug here must not leave clients waiting forever
+            logger.exception("step loop of worker %s crashed", self.info.address)
+            self._fail_worker(f"scheduler error: {exc!r}")
+
+    async def _send(self, runs: list[Run]) -> None:
+        entries: list[PlanEntry] = []
+        record: list[tuple[Sequence, int, bool]] = []
+        for run in runs:
+            seq, n = run.seq, run.num_tokens
+            spec = None
+            if not seq.sent:
+                seq.sent = True
+                seq.worker_request_id = next(self._request_ids)
+                spec = NewRequestSpec(
+                    list(seq.token_ids),
+                    seq.num_prompt_tokens,
+                    seq.num_scheduled,
+                    seq.request.sampling,
+                )
+            samples = seq.num_scheduled + n == len(seq.token_ids) + seq.pending
+            sampling = seq.request.sampling
+            wants_lp = sampling.return_logprobs or sampling.top_logprobs > 0
+            new_blocks = seq.block_ids[seq.num_blocks_sent :]
+            entries.append(
+                PlanEntry(
+                    seq.worker_request_id,
+                    n,
+                    new_blocks,
+                    spec,
+                    sampling.top_logprobs if wants_lp else None,
+                )
+            )
+            record.append((seq, n, samples))
+            seq.num_scheduled += n
+            seq.num_blocks_sent = len(seq.block_ids)
+            seq.pending += samples
+            seq.in_flight += 1
+        step_id = next(self._step_ids)
+        release_ids, self._release_ids = self._release_ids, []
+        ends = [run.seq.num_scheduled for run in runs]
+        self._in_flight.append(_InFlight(step_id, record, entries, ends))
+        await self.client.send(step_id, entries, release_ids)
+
+    async def _receive(self) -> None:
+        flight = self._in_flight.popleft()
+        outcome = await self.client.receive(flight.entries, self.config.step_timeout_s)
+        if outcome.step_id != flight.step_id:
+            raise WorkerStreamError(f"result of step {outcome.step_id}, expected {flight.step_id}")
+        for i, (seq, n, samples) in enumerate(flight.runs):
+            seq.in_flight -= 1
+            seq.pending -= samples
+            request_error = outcome.request_errors.get(flight.entries[i].request_id)
+            if outcome.error:
+                self._fail(seq, f"worker step failed: {outcome.error}")
+                continue
+            if request_error is not None:
+                seq.worker_dropped = True
+                self._fail(seq, f"worker error: {request_error}")
+                continue
+            token = outcome.token_ids[i]
+            if samples != (token >= 0):
+                self._fail(seq, f"worker returned token {token} where sampled={samples}")
+                continue
+            if n > 1 and seq.status is SequenceStatus.RUNNING:
+                self._cache_prompt(seq, flight.ends[i])
+            if samples and not seq.is_finished:  # a finished request drops tokens in flight
+                seq.append_token(token, self.info.max_context)
+                logprobs = outcome.logprobs[i]
+                seq.emit([token], [logprobs] if logprobs is not None else [])
+                if seq.is_finished:
+                    self._on_finished(seq)
+                    self._retire(seq)
+
+    def _cache_prompt(self, seq: Sequence, end: int) -> None:
+        """A prefill chunk of seq is computed (its result is in): share its full blocks in the
+        tree now, so requests admitted while seq still runs hit them."""
+        bs = self.kv.block_size
+        assert seq.match is not None
+        if self.config.enable_prefix_cache and end // bs * bs > seq.match.num_tokens:
+            tokens = seq.token_ids[:end]
+            seq.match = self.kv.cache_running(
+                tokens, seq.block_ids, seq.match, seq.request.namespace
+            )
+
+    def _apply_aborts(self) -> None:
+        aborts, self._aborts = self._aborts, []
+        for seq in aborts:
+            if seq.is_finished or seq.abort_requested is None:
+                continue
+            seq.finish_reason = seq.abort_requested
+            seq.emit([], [])
+            self._on_finished(seq)
+            if seq.status is SequenceStatus.WAITING:
+                self.waiting.remove(seq)
+                seq.status = SequenceStatus.FINISHED
+            elif seq.status is SequenceStatus.RUNNING:
+                self._retire(seq)
+            # RETIRING (being preempted): _finalize now finishes it instead of requeueing it
+
+    def _fail(self, seq: Sequence, message: str) -> None:
+        if seq.is_finished:
+            return
+        seq.error = message
+        seq.finish_reason = FinishReason.ABORT
+        seq.emit([], [])
+        self._on_finished(seq)
+        self._retire(seq)
+
+    def _retire(self, seq: Sequence) -> None:
+        """Stop scheduling seq; release its worker state next plan, its blocks when safe."""
+        if seq.status is SequenceStatus.RETIRING:
+            return
+        if seq.status is SequenceStatus.RUNNING:
+            self.running.remove(seq)
+        self._start_retiring(seq)
+
+    def _start_retiring(self, seq: Sequence) -> None:
+        seq.status = SequenceStatus.RETIRING
+        self.retiring.append(seq)
+        if seq.sent and not seq.worker_dropped:
+            self._release_ids.append(seq.worker_request_id)
+
+    def _preempt(self, seq: Sequence) -> None:
+        """The policy took seq out of running: recompute it later (blocks freed now if none of
+        its plans is in flight, which lets the policy allocate at once)."""
+        self.num_preemptions += 1
+        seq.preempt = True
+        self._start_retiring(seq)
+        if seq.in_flight == 0:
+            self._finalize(seq)
+
+    def _finalize(self, seq: Sequence) -> None:
+        """No plan in flight runs seq: its computed blocks go into the tree (the rest freed);
+        a preempted request goes back to the front of the queue."""
+        self.retiring.remove(seq)
+        num_kv = min(seq.num_scheduled, len(seq.token_ids))
+        cache = self.config.enable_prefix_cache and seq.error is None
+        assert seq.match is not None
+        self.kv.release(
+            seq.token_ids[:num_kv], seq.block_ids, seq.match, seq.request.namespace, cache=cache
+        )
+        if seq.is_finished:
+            seq.status = SequenceStatus.FINISHED
+            return
+        seq.reset_incarnation()
+        seq.status = SequenceStatus.WAITING
+        seq.preempt = False
+        seq.resumed = True
+        seq.wait_steps = 0
+        self.waiting.appendleft(seq)
+
+    def _fail_worker(self, message: str) -> None:
+        """The stream broke: fail every request on the worker, hand waiting ones back."""
+        self.healthy = False
+        for seq in self.running + self.retiring:
+            seq.in_flight = 0
+            self._fail(seq, f"worker {self.info.address} failed: {message}")
+        for seq in list(self.retiring):
+            self._finalize(seq)
+        self._in_flight.clear()
+        self._release_ids.clear()
+        orphans = list(self.waiting)
+        self.waiting.clear()
+        self._on_orphaned(orphans)

@@ -1,0 +1,330 @@
+"""Triton attention kernels against the torch reference: CPU interpreter (fp32, fp16), CUDA (bf16).
+
+Why a child process: triton.jit decides compiled-vs-interpreted when a kernel module is imported,
+from TRITON_INTERPRET. Setting it in this module would leak into every test module imported after
+it (and would push this file's own GPU tests into the interpreter), and unsetting it is too late
+once a kernel module was imported. So the interpreter cases run in a child pytest of this same
+file with TRITON_INTERPRET=1, started by test_kernels_match_reference_under_triton_interpreter;
+the parent process never imports a kernel module unless it has CUDA.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from yaie.kernels.attention import decode_attention, extend_attention, store_kv
+from yaie.kernels.attention.testing import PagedBatch, make_paged_batch, relative_error
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+interpreter_only = pytest.mark.skipif(not INTERPRET, reason="runs in the TRITON_INTERPRET child")
+gpu_only = pytest.mark.skipif(
+    INTERPRET or not torch.cuda.is_available(), reason="needs CUDA (and no interpreter)"
+)
+EXPECTED_CHILD_TESTS = 12
+
+
+def _run_extend(batch: PagedBatch, backend: str, **kwargs) -> torch.Tensor:
+    if backend == "torch":
+        return extend_attention(*_extend_args(batch), backend="torch")
+    from yaie.kernels.attention.triton_extend import extend_attention_triton
+
+    out = torch.full_like(batch.q, float("nan"))  # poison: every element must be written
+    return extend_attention_triton(*_extend_args(batch), out=out, **kwargs)
+
+
+def _extend_args(batch: PagedBatch) -> tuple:
+    return (
+        batch.q,
+        batch.k_cache,
+        batch.v_cache,
+        batch.block_tables,
+        batch.seq_lens,
+        batch.query_start,
+        batch.max_query_len,
+        batch.scale,
+    )
+
+
+def _run_decode(batch: PagedBatch, backend: str, **kwargs) -> torch.Tensor:
+    args = (batch.q, batch.k_cache, batch.v_cache, batch.block_tables, batch.seq_lens, batch.scale)
+    if backend == "torch":
+        return decode_attention(*args, backend="torch")
+    from yaie.kernels.attention.triton_decode import decode_attention_triton
+
+    out = torch.full_like(batch.q, float("nan"))
+    return decode_attention_triton(*args, out=out, **kwargs)
+
+
+def _as_fp32(batch: PagedBatch) -> PagedBatch:
+    """The same inputs upcast, for the reference of a bf16 run."""
+    return PagedBatch(
+        **{
+            **batch.__dict__,
+            "q": batch.q.float(),
+            "k_cache": batch.k_cache.float(),
+            "v_cache": batch.v_cache.float(),
+        }
+    )
+
+
+def _ragged(seed: int, batch: int, max_prefix: int, max_new: int) -> tuple[list[int], list[int]]:
+    rng = random.Random(seed)
+    prefix = [0] + [rng.randint(0, max_prefix) for _ in range(batch - 1)]
+    new = [1] + [rng.randint(1, max_new) for _ in range(batch - 1)]
+    rng.shuffle(new)
+    return prefix, new
+
+
+def test_kernels_match_reference_under_triton_interpreter() -> None:
+    """The interpreter cases of this file all pass in a child with TRITON_INTERPRET=1."""
+    if INTERPRET:
+        pytest.skip("this is the child")
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        __file__,
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-k",
+        "interpreter",
+    ]
+    proc = subprocess.run(
+        cmd, cwd=Path(__file__).parents[2], env=env, capture_output=True, text=True, timeout=240
+    )
+    report = proc.stdout + proc.stderr
+    assert proc.returncode == 0, report
+    passed = re.search(r"(\d+) passed", report)
+    assert passed and int(passed.group(1)) >= EXPECTED_CHILD_TESTS, report
+
+
+# (block_size, gqa, head_dim, dtype, block_m, block_n): all block sizes, GQA 1..8, both dims.
+INTERP_EXTEND = [
+    (1, 1, 64, torch.float32, 32, 16),
+    (16, 2, 64, torch.float16, 16, 16),
+    (64, 4, 128, torch.float32, 32, 16),
+    (256, 8, 64, torch.float16, 128, 64),
+]
+
+
+@interpreter_only
+@pytest.mark.parametrize(
+    ("block_size", "gqa", "head_dim", "dtype", "block_m", "block_n"), INTERP_EXTEND
+)
+def test_interpreter_extend_matches_reference(block_size, gqa, head_dim, dtype, block_m, block_n):
+    prefix, new = _ragged(block_size + gqa, batch=3, max_prefix=90, max_new=40)
+    kv_heads = 2 if gqa < 8 else 1
+    batch = make_paged_batch(prefix, new, block_size, kv_heads, kv_heads * gqa, head_dim, dtype)
+    out = _run_extend(batch, "triton", block_m=block_m, block_n=block_n, num_warps=4)
+    tol = 1e-5 if dtype == torch.float32 else 2e-3
+    assert relative_error(out, _run_extend(batch, "torch")) < tol
+
+
+# (block_size, gqa, head_dim, dtype, num_splits, block_n)
+INTERP_DECODE = [
+    (1, 1, 64, torch.float32, 3, 16),
+    (16, 8, 128, torch.float16, None, 16),
+    (64, 2, 64, torch.float16, 4, 32),
+    (256, 4, 64, torch.float32, 2, 64),
+]
+
+
+@interpreter_only
+@pytest.mark.parametrize(
+    ("block_size", "gqa", "head_dim", "dtype", "splits", "block_n"), INTERP_DECODE
+)
+def test_interpreter_decode_matches_reference(block_size, gqa, head_dim, dtype, splits, block_n):
+    prefix, _ = _ragged(block_size * gqa, batch=4, max_prefix=150, max_new=1)
+    kv_heads = 2 if gqa < 8 else 1
+    batch = make_paged_batch(prefix, [1] * 4, block_size, kv_heads, kv_heads * gqa, head_dim, dtype)
+    out = _run_decode(batch, "triton", num_splits=splits, block_n=block_n)
+    tol = 1e-5 if dtype == torch.float32 else 2e-3
+    assert relative_error(out, _run_decode(batch, "torch")) < tol
+
+
+@interpreter_only
+def test_interpreter_decode_of_empty_request_is_zero_and_others_unaffected():
+    batch = make_paged_batch([0, 40, 7], [1, 1, 1], 16, 1, 2, 64)
+    batch.seq_lens[0] = 0  # a padded CUDA-graph slot
+    out = _run_decode(batch, "triton", num_splits=4, block_n=16)
+    assert torch.equal(out[0], torch.zeros_like(out[0]))
+    assert relative_error(out[1:], _run_decode(batch, "torch")[1:]) < 1e-5
+
+
+@interpreter_only
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_interpreter_store_kv_matches_reference(dtype):
+    """Strided (sliced) and wider-dtype inputs land exactly where the reference puts them."""
+    gen = torch.Generator().manual_seed(1)
+    k_cache = torch.randn(8, 16, 2, 64, generator=gen).to(dtype)
+    v_cache = torch.randn(8, 16, 2, 64, generator=gen).to(dtype)
+    fused = torch.randn(5, 4 * 64, generator=gen, dtype=torch.float32)  # [tokens, K|V heads]
+    k, v = fused[:, :128].view(5, 2, 64), fused[:, 128:].view(5, 2, 64)
+    slots = torch.randperm(128, generator=gen)[:5]
+    expect_k, expect_v = k_cache.clone(), v_cache.clone()
+    store_kv(expect_k, expect_v, k, v, slots, backend="torch")
+    store_kv(k_cache, v_cache, k, v, slots, backend="triton")
+    assert torch.equal(k_cache, expect_k) and torch.equal(v_cache, expect_v)
+
+
+def _validation_cases():
+    batch = make_paged_batch([3, 5], [2, 1], 16, 2, 4, 64)
+    args = list(_extend_args(batch))
+    bad = {
+        "block_tables must be torch.int32": {4 - 1: batch.block_tables.long()},
+        "dtype .* must equal the pool dtype": {0: batch.q.half()},
+        "multiple of kv_heads": {0: batch.q[:, :3]},
+        r"query_start must be \[batch \+ 1\]": {5: batch.query_start[:2]},
+        "contiguous last": {0: batch.q.transpose(1, 2).contiguous().transpose(1, 2)},
+    }
+    return [
+        (message, [changes.get(i, a) for i, a in enumerate(args)])
+        for message, changes in bad.items()
+    ]
+
+
+@interpreter_only
+def test_interpreter_launchers_reject_bad_arguments_with_value_error():
+    from yaie.kernels.attention.triton_extend import extend_attention_triton
+    from yaie.kernels.attention.triton_store import store_kv_triton
+
+    for message, args in _validation_cases():
+        with pytest.raises(ValueError, match=message):
+            extend_attention_triton(*args)
+    pool = torch.zeros(4, 16, 2, 48)
+    with pytest.raises(ValueError, match="power of two"):
+        store_kv_triton(pool, pool.clone(), pool[0, :2], pool[0, :2], torch.arange(2))
+    pool = torch.zeros(4, 16, 2, 64)
+    with pytest.raises(ValueError, match="slots must be torch.int64"):
+        store_kv_triton(pool, pool.clone(), pool[0, :2], pool[0, :2], torch.arange(2).int())
+
+
+# (batch, max_prefix, max_new, block_size, gqa, head_dim): batch 1-256, contexts up to 8k.
+GPU_EXTEND = [
+    (1, 8000, 192, 16, 8, 128),
+    (16, 4096, 1024, 16, 2, 128),
+    (64, 1024, 64, 64, 4, 64),
+    (8, 2000, 300, 1, 1, 128),
+    (4, 6000, 500, 256, 2, 64),
+    (256, 300, 16, 16, 2, 128),
+]
+
+
+@gpu_only
+@pytest.mark.parametrize(
+    ("batch_size", "max_prefix", "max_new", "block_size", "gqa", "head_dim"), GPU_EXTEND
+)
+def test_gpu_extend_bf16_matches_fp32_reference(
+    batch_size, max_prefix, max_new, block_size, gqa, head_dim
+):
+    prefix, new = _ragged(batch_size + max_prefix, batch_size, max_prefix, max_new)
+    kv_heads = 8 // gqa if gqa < 8 else 1
+    batch = make_paged_batch(
+        prefix,
+        new,
+        block_size,
+        kv_heads,
+        kv_heads * gqa,
+        head_dim,
+        torch.bfloat16,
+        "cuda",
+        seed=batch_size,
+    )
+    out = _run_extend(batch, "triton")
+    assert relative_error(out, _run_extend(_as_fp32(batch), "torch")) <= 1e-2
+
+
+# (batch, max_context, block_size, gqa, head_dim)
+GPU_DECODE = [
+    (256, 1024, 16, 2, 128),
+    (1, 8192, 256, 8, 64),
+    (32, 8192, 64, 1, 128),
+    (8, 3000, 1, 4, 64),
+    (128, 4096, 16, 8, 128),
+]
+
+
+@gpu_only
+@pytest.mark.parametrize(("batch_size", "max_context", "block_size", "gqa", "head_dim"), GPU_DECODE)
+def test_gpu_decode_bf16_matches_fp32_reference(batch_size, max_context, block_size, gqa, head_dim):
+    rng = random.Random(batch_size)
+    contexts = [max_context] + [rng.randint(1, max_context) for _ in range(batch_size - 1)]
+    kv_heads = 8 // gqa if gqa < 8 else 1
+    batch = make_paged_batch(
+        [c - 1 for c in contexts],
+        [1] * batch_size,
+        block_size,
+        kv_heads,
+        kv_heads * gqa,
+        head_dim,
+        torch.bfloat16,
+        "cuda",
+        seed=batch_size,
+    )
+    out = _run_decode(batch, "triton")
+    assert relative_error(out, _run_decode(_as_fp32(batch), "torch")) <= 1e-2
+
+
+@gpu_only
+def test_gpu_decode_replays_in_a_cuda_graph_with_new_lengths():
+    """Captured once, replayed after seq_lens, tables and q change in place: still right."""
+    from yaie.kernels.attention.triton_decode import decode_attention_triton
+
+    first = make_paged_batch([100, 2000, 5], [1] * 3, 16, 8, 16, 128, torch.bfloat16, "cuda")
+    second = make_paged_batch([3000, 0, 700], [1] * 3, 16, 8, 16, 128, torch.bfloat16, "cuda", 7)
+    max_blocks = second.block_tables.shape[1]
+    tables = torch.zeros(3, max_blocks, dtype=torch.int32, device="cuda")
+    tables[:, : first.block_tables.shape[1]] = first.block_tables
+    k_cache = torch.zeros(
+        max(first.k_cache.shape[0], second.k_cache.shape[0]),
+        16,
+        8,
+        128,
+        dtype=torch.bfloat16,
+        device="cuda",
+    )
+    v_cache = torch.zeros_like(k_cache)
+    k_cache[: first.k_cache.shape[0]] = first.k_cache
+    v_cache[: first.v_cache.shape[0]] = first.v_cache
+    q, seq_lens, out = first.q.clone(), first.seq_lens.clone(), torch.empty_like(first.q)
+    args = (q, k_cache, v_cache, tables, seq_lens, first.scale)
+    decode_attention_triton(*args, out=out)  # compile outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        decode_attention_triton(*args, out=out)
+    for batch in (first, second):
+        k_cache[: batch.k_cache.shape[0]] = batch.k_cache
+        v_cache[: batch.v_cache.shape[0]] = batch.v_cache
+        tables.zero_()
+        tables[:, : batch.block_tables.shape[1]] = batch.block_tables
+        q.copy_(batch.q)
+        seq_lens.copy_(batch.seq_lens)
+        out.fill_(float("nan"))
+        graph.replay()
+        assert relative_error(out, _run_decode(_as_fp32(batch), "torch")) <= 1e-2
+
+
+@gpu_only
+def test_gpu_store_kv_bf16_matches_reference():
+    gen = torch.Generator("cuda").manual_seed(0)
+    k_cache = torch.randn(64, 16, 8, 128, device="cuda", generator=gen).bfloat16()
+    v_cache = torch.randn_like(k_cache)
+    k = torch.randn(300, 8, 128, device="cuda", generator=gen).bfloat16()
+    v = torch.randn_like(k)
+    slots = torch.randperm(64 * 16, device="cuda", generator=gen)[:300]
+    expect_k, expect_v = k_cache.clone(), v_cache.clone()
+    store_kv(expect_k, expect_v, k, v, slots, backend="torch")
+    store_kv(k_cache, v_cache, k, v, slots, backend="triton")
+    assert torch.equal(k_cache, expect_k) and torch.equal(v_cache, expect_v)

@@ -1,0 +1,108 @@
+"""Starting and stopping a worker: bind the port, load the model, size the pool, report SERVING.
+
+Used by `python -m yaie.worker_service` / `yaie worker`, and by tests that run a worker in-process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from yaie.kernels.attention import resolve_backend
+from yaie.worker.v1 import worker_pb2, worker_pb2_grpc
+from yaie.worker_service.config import WorkerConfig, dtype_name
+from yaie.worker_service.kv_pool import KVPool, KVPoolConfig
+from yaie.worker_service.runner import ModelRunner
+from yaie.worker_service.server import WorkerServicer
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "yaie.worker.v1.Worker"
+MAX_MESSAGE_BYTES = 256 << 20
+
+
+@dataclass
+class RunningWorker:
+    """A started worker; stop() ends it (in-flight streams are cancelled after grace seconds)."""
+
+    server: grpc.Server
+    servicer: WorkerServicer
+    health: health.HealthServicer
+    port: int
+
+    def stop(self, grace: float | None = 1.0) -> None:
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+
+
+def build_runner(config: WorkerConfig) -> tuple[ModelRunner, worker_pb2.WorkerInfo]:
+    """Loads the model and allocates the KV pool (after the weights, so free memory is known)."""
+    from yaie.worker_service.loader import load_model, resolve_model_dir
+
+    device = config.torch_device()
+    dtype = config.torch_dtype(device)
+    start = time.perf_counter()
+    model = load_model(config.model, device, dtype, config.attention_backend)
+    log.info("loaded %s (%s, %s) on %s in %.1f s", config.model, model.architecture,
+             dtype_name(model.dtype), device, time.perf_counter() - start)
+    model_dir = resolve_model_dir(config.model)
+    raw_config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    random_weights = bool(raw_config.get("yaie_random_weights", False))
+    if random_weights:
+        log.warning("%s has RANDOM weights: its output is meaningless", config.model)
+    pool_config = KVPoolConfig(config.block_size, config.num_blocks, config.memory_fraction,
+                               config.cpu_memory_bytes)
+    pool = KVPool.allocate(pool_config, model.num_layers, model.num_kv_heads, model.head_dim,
+                           model.dtype, device)
+    backend = resolve_backend(config.attention_backend, device.type == "cuda")
+    use_graphs = config.cuda_graphs and device.type == "cuda" and backend == "triton"
+    runner = ModelRunner(model, pool, use_graphs, config.max_graph_batch_size)
+    info = worker_pb2.WorkerInfo(
+        protocol_version=worker_pb2.PROTOCOL_VERSION_CURRENT,
+        model=config.model,
+        architecture=model.architecture,
+        dtype=dtype_name(model.dtype),
+        device=str(device),
+        vocab_size=model.vocab_size,
+        max_context=model.max_context,
+        block_size=pool.block_size,
+        num_blocks=pool.num_blocks,
+        random_weights=random_weights,
+        attention_backend=backend,
+    )
+    return runner, info
+
+
+def start_worker(config: WorkerConfig) -> RunningWorker:
+    """Binds config.host:config.port (0 picks a free port), then loads; returns once SERVING."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="worker-rpc"),
+        options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)],
+    )
+    servicer = WorkerServicer()
+    health_servicer = health.HealthServicer()
+    worker_pb2_grpc.add_WorkerServicer_to_server(servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    if port == 0:
+        raise OSError(f"cannot bind {config.host}:{config.port}")
+    server.start()
+    log.info("worker listening on %s:%d, loading %s", config.host, port, config.model)
+    try:
+        servicer.load(*build_runner(config))
+    except BaseException:
+        server.stop(None)
+        raise
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("worker SERVING on %s:%d", config.host, port)
+    return RunningWorker(server, servicer, health_servicer, port)

@@ -1,0 +1,62 @@
+"""WorkerConfig: the one frozen configuration of a worker process, validated on construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from yaie.kernels.attention import BACKENDS
+from yaie.worker_service.kv_pool import DEFAULT_CPU_MEMORY_BYTES, DEFAULT_MEMORY_FRACTION
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    model: str
+    host: str = "127.0.0.1"
+    port: int = 50061
+    device: str = "auto"             # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"              # auto | float32 | bfloat16 | float16
+    block_size: int = 16
+    num_blocks: int | None = None    # None: size the pool from memory
+    memory_fraction: float = DEFAULT_MEMORY_FRACTION  # of free CUDA memory after the weights
+    cpu_memory_bytes: int = DEFAULT_CPU_MEMORY_BYTES  # KV budget on the CPU
+    attention_backend: str = "auto"
+    cuda_graphs: bool = True         # decode CUDA graphs (CUDA only)
+    max_graph_batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        if not (self.device in DEVICES or self.device.startswith("cuda:")):
+            raise ValueError(f"device must be one of {DEVICES} or cuda:N, got {self.device!r}")
+        if self.dtype != "auto" and self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be auto or one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.attention_backend not in BACKENDS:
+            raise ValueError(f"attention backend must be one of {BACKENDS}")
+        if not 0 <= self.port < 65536:
+            raise ValueError(f"port {self.port} out of range")
+        if self.max_graph_batch_size <= 0:
+            raise ValueError("max_graph_batch_size must be positive")
+
+    def torch_device(self) -> torch.device:
+        """auto: the first CUDA device when there is one, else the CPU."""
+        if self.device == "auto":
+            return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+        device = torch.device(self.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda, but CUDA is not available")
+        return device
+
+    def torch_dtype(self, device: torch.device) -> torch.dtype:
+        """auto: bfloat16 on CUDA (float16 where bf16 is unsupported), float32 on the CPU."""
+        if self.dtype != "auto":
+            return DTYPES[self.dtype]
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return next(name for name, value in DTYPES.items() if value == dtype)

@@ -1,0 +1,85 @@
+"""The paged KV pool: one tensor [layers, 2 (K, V), num_blocks + 1, block_size, kv_heads, head_dim].
+
+Sized from an explicit block count, or from a fraction of the device's free memory after the
+weights are loaded (CUDA), or from a memory budget (CPU). The extra last block is scratch space
+that padded rows of a CUDA-graph batch write into; it is never handed to the scheduler.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MEMORY_FRACTION = 0.85
+DEFAULT_CPU_MEMORY_BYTES = 512 * 1024**2
+
+
+@dataclass(frozen=True)
+class KVPoolConfig:
+    """How to size the pool: num_blocks wins; else memory_fraction (CUDA) or cpu_memory_bytes."""
+
+    block_size: int = 16
+    num_blocks: int | None = None
+    memory_fraction: float = DEFAULT_MEMORY_FRACTION
+    cpu_memory_bytes: int = DEFAULT_CPU_MEMORY_BYTES
+
+    def __post_init__(self) -> None:
+        if self.block_size <= 0:
+            raise ValueError(f"block_size must be positive, got {self.block_size}")
+        if self.num_blocks is not None and self.num_blocks <= 0:
+            raise ValueError(f"num_blocks must be positive, got {self.num_blocks}")
+        if not 0.0 < self.memory_fraction <= 1.0:
+            raise ValueError(f"memory_fraction must be in (0, 1], got {self.memory_fraction}")
+        if self.cpu_memory_bytes <= 0:
+            raise ValueError(f"cpu_memory_bytes must be positive, got {self.cpu_memory_bytes}")
+
+
+def bytes_per_block(num_layers: int, num_kv_heads: int, head_dim: int, block_size: int,
+                    dtype: torch.dtype) -> int:
+    """K and V of every layer for block_size tokens."""
+    element_size = torch.empty((), dtype=dtype).element_size()
+    return num_layers * 2 * block_size * num_kv_heads * head_dim * element_size
+
+
+class KVPool:
+    """Owns the pool tensor; block ids [0, num_blocks) belong to the scheduler."""
+
+    def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype,
+                 device: torch.device, block_size: int, num_blocks: int) -> None:
+        assert num_blocks > 0 and block_size > 0
+        self.block_size = block_size
+        self.num_blocks = num_blocks
+        # [L, 2, N + 1, block_size, kv_heads, head_dim]; block N is the scratch block.
+        self.cache = torch.zeros(num_layers, 2, num_blocks + 1, block_size, num_kv_heads,
+                                 head_dim, dtype=dtype, device=device)
+
+    @property
+    def scratch_block(self) -> int:
+        """A block nobody owns: padded (fake) rows of a batch write their K/V here."""
+        return self.num_blocks
+
+    @classmethod
+    def allocate(cls, config: KVPoolConfig, num_layers: int, num_kv_heads: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device) -> KVPool:
+        """Sizes the pool per config (call after the weights are on the device) and allocates it."""
+        per_block = bytes_per_block(num_layers, num_kv_heads, head_dim, config.block_size, dtype)
+        if config.num_blocks is not None:
+            num_blocks = config.num_blocks
+        elif device.type == "cuda":
+            free_bytes, _ = torch.cuda.mem_get_info(device)
+            num_blocks = int(free_bytes * config.memory_fraction) // per_block - 1
+        else:
+            num_blocks = config.cpu_memory_bytes // per_block - 1
+        if num_blocks <= 0:
+            raise ValueError(
+                f"no memory for even one KV block of {per_block} bytes; "
+                "pass --num-blocks or a larger --memory-fraction"
+            )
+        log.info("KV pool: %d blocks of %d tokens (%.1f MiB) on %s", num_blocks,
+                 config.block_size, (num_blocks + 1) * per_block / 2**20, device)
+        return cls(num_layers, num_kv_heads, head_dim, dtype, device, config.block_size,
+                   num_blocks)

@@ -1,0 +1,124 @@
+"""Loads a model from a local Hugging Face directory or a hub id already in the local HF cache:
+config.json plus single or sharded safetensors, streamed tensor by tensor into the parameters."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from yaie.worker_service.models import CausalLM, build_model
+
+SHARD_INDEX = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+PROGRESS_MIN_BYTES = 256 * 2**20  # a smaller checkpoint loads too fast for a progress bar
+
+
+def hub_cache_dir() -> Path:
+    """The HF hub cache as huggingface_hub resolves it, read at call time (not import time)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def resolve_model_dir(model: str) -> Path:
+    """A local model directory, or the snapshot of hub id `model` in the local HF cache (never
+    downloads). FileNotFoundError saying which of the two was looked for and where."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise FileNotFoundError(f"model {model!r} is a file, not a model directory")
+    from huggingface_hub import snapshot_download
+
+    cache = hub_cache_dir()
+    try:
+        return Path(snapshot_download(model, cache_dir=cache, local_files_only=True))
+    except Exception as exc:  # not cached, or not a valid repo id
+        raise FileNotFoundError(
+            f"model {model!r} is neither a local directory nor a hub id in the local Hugging Face "
+            f"cache {cache} (nothing is downloaded; fetch it first, e.g. `hf download {model}`)"
+        ) from exc
+
+
+def read_config(model_dir: Path) -> dict[str, Any]:
+    config_path = model_dir / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} not found: not a Hugging Face model directory")
+    return json.loads(config_path.read_text(encoding="utf-8"))
+
+
+def checkpoint_files(model_dir: Path) -> list[Path]:
+    """The safetensors files of a checkpoint: the shards its index names, or model.safetensors."""
+    index_path = model_dir / SHARD_INDEX
+    if index_path.is_file():
+        weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+        files = [model_dir / name for name in dict.fromkeys(weight_map.values())]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"{model_dir}: shard(s) named in {SHARD_INDEX} not found: {', '.join(missing)}"
+            )
+        return files
+    if (model_dir / SINGLE_FILE).is_file():
+        return [model_dir / SINGLE_FILE]
+    present = ", ".join(sorted(p.name for p in model_dir.iterdir())) or "nothing"
+    raise FileNotFoundError(
+        f"{model_dir}: neither {SINGLE_FILE} nor {SHARD_INDEX} found "
+        f"(only safetensors checkpoints load; the directory holds {present})"
+    )
+
+
+def iter_weights(
+    files: list[Path], device: torch.device, progress: bool | None = None
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) over every tensor of the files, read straight onto device; a progress bar
+    over tensors when progress is True, or (None) when the checkpoint is large."""
+    from safetensors import safe_open
+
+    names = {}
+    for file in files:
+        with safe_open(file, framework="pt") as f:
+            names[file] = list(f.keys())
+    if progress is None:
+        progress = sum(file.stat().st_size for file in files) >= PROGRESS_MIN_BYTES
+    total = sum(len(keys) for keys in names.values())
+    with tqdm(total=total, desc="Loading weights", unit="tensor", disable=not progress) as bar:
+        for file, keys in names.items():
+            bar.set_postfix_str(file.name)
+            with safe_open(file, framework="pt", device=str(device)) as f:
+                for name in keys:
+                    yield name, f.get_tensor(name)
+                    bar.update(1)
+
+
+def load_model(
+    model: str,
+    device: torch.device | str,
+    dtype: torch.dtype | None = None,
+    attention_backend: str = "auto",
+    progress: bool | None = None,
+) -> CausalLM:
+    """Builds and loads `model` (a directory or a cached hub id). dtype defaults to bfloat16 on
+    CUDA and float32 elsewhere. Errors name the missing file, the unsupported architecture or
+    the missing/unexpected weights."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model_dir = resolve_model_dir(model)
+    config = read_config(model_dir)
+    files = checkpoint_files(model_dir)
+    net = build_model(config, dtype, device, attention_backend)
+    net.load_weights(iter_weights(files, device, progress))
+    return net

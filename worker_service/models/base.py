@@ -1,0 +1,44 @@
+"""CausalLM: the interface between the model runner and a model on the paged KV pool."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from yaie.worker_service.forward_batch import ForwardBatch
+
+
+class CausalLM(nn.Module):
+    """A decoder-only language model that reads and writes its K/V in the paged pool.
+
+    kv_cache: [num_layers, 2, num_blocks, block_size, num_kv_heads, head_dim] in the model dtype;
+    layer i uses kv_cache[i, 0] as K and kv_cache[i, 1] as V.
+    """
+
+    architecture: str
+    vocab_size: int
+    max_context: int  # longest sequence (prompt + output) the model serves exactly
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    dtype: torch.dtype
+
+    def forward(self, batch: ForwardBatch, kv_cache: torch.Tensor) -> torch.Tensor:
+        """Stores the K/V of batch.input_ids at batch.slots, attends over each request's cached
+        prefix plus its new tokens, and returns float32 logits [len(batch.logits_indices), vocab]
+        for the rows batch.logits_indices only."""
+        raise NotImplementedError
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copies (Hugging Face name, tensor) pairs into the parameters; ValueError naming the
+        missing, unexpected or misshapen weights (tied lm_head excepted)."""
+        raise NotImplementedError
+
+
+def describe_names(names: Iterable[str], limit: int = 8) -> str:
+    """'a, b, c (+N more)': a short listing for error messages."""
+    names = sorted(names)
+    shown = ", ".join(names[:limit])
+    return shown + (f" (+{len(names) - limit} more)" if len(names) > limit else "")

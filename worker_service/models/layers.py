@@ -1,0 +1,153 @@
+"""Layers shared by the Llama-family decoders: RMSNorm, rotary embedding (default, linear, llama3,
+yarn scaling) and the gated MLP, each computing exactly what transformers computes."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ACTIVATIONS = {
+    "silu": F.silu,
+    "gelu": F.gelu,
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+}
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) in float32, cast back to the input dtype, then times the weight."""
+
+    def __init__(self, dim: int, eps: float, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim, dtype=dtype))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def _base_inv_freq(theta: float, head_dim: int) -> torch.Tensor:
+    """[head_dim / 2] float32: theta ** (-2i / head_dim)."""
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
+    return 1.0 / (theta**exponents)
+
+
+def _llama3_inv_freq(inv_freq: torch.Tensor, rope: dict[str, Any]) -> torch.Tensor:
+    """Llama 3.1: long wavelengths divided by factor, short kept, the band between interpolated."""
+    factor = rope["factor"]
+    low_freq_factor, high_freq_factor = rope["low_freq_factor"], rope["high_freq_factor"]
+    old_context = rope["original_max_position_embeddings"]
+    low_freq_wavelen = old_context / low_freq_factor
+    high_freq_wavelen = old_context / high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_context / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    is_medium = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
+    return torch.where(is_medium, smoothed, scaled)
+
+
+def _yarn_inv_freq(
+    rope: dict[str, Any], head_dim: int, max_position_embeddings: int
+) -> tuple[torch.Tensor, float]:
+    """YaRN: extrapolated high frequencies, interpolated low ones, a linear ramp between."""
+    theta, dim = rope["rope_theta"], head_dim
+    original = rope["original_max_position_embeddings"]
+    factor = rope.get("factor") or max_position_embeddings / original
+
+    def mscale(scale: float, m: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    attention_factor = rope.get("attention_factor")
+    if attention_factor is None:
+        m, m_all = rope.get("mscale"), rope.get("mscale_all_dim")
+        attention_factor = (
+            mscale(factor, m) / mscale(factor, m_all) if m and m_all else mscale(factor)
+        )
+
+    def correction_dim(num_rotations: float) -> float:
+        return (dim * math.log(original / (num_rotations * 2 * math.pi))) / (2 * math.log(theta))
+
+    low = correction_dim(rope.get("beta_fast") or 32)
+    high = correction_dim(rope.get("beta_slow") or 1)
+    if rope.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001  # avoids a division by zero in the ramp
+    ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    pos_freqs = theta ** (torch.arange(0, dim, 2).float() / dim)
+    extrapolation_weight = 1 - ramp
+    inv_freq = (1.0 / (factor * pos_freqs)) * ramp + (1.0 / pos_freqs) * extrapolation_weight
+    return inv_freq, float(attention_factor)
+
+
+def rope_inv_freq(
+    rope: dict[str, Any], head_dim: int, max_position_embeddings: int
+) -> tuple[torch.Tensor, float]:
+    """(inv_freq [head_dim / 2] float32 on the CPU, scaling applied to cos and sin)."""
+    rope_type = rope["rope_type"]
+    if rope_type == "yarn":
+        return _yarn_inv_freq(rope, head_dim, max_position_embeddings)
+    inv_freq = _base_inv_freq(rope["rope_theta"], head_dim)
+    if rope_type == "linear":
+        inv_freq = inv_freq / rope["factor"]
+    elif rope_type == "llama3":
+        inv_freq = _llama3_inv_freq(inv_freq, rope)
+    return inv_freq, 1.0
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class RotaryEmbedding(nn.Module):
+    """cos/sin tables for the positions of one batch, computed on the fly (no cache to outgrow)."""
+
+    def __init__(self, rope: dict[str, Any], head_dim: int, max_position_embeddings: int) -> None:
+        super().__init__()
+        self.rope, self.head_dim, self.max_pos = rope, head_dim, max_position_embeddings
+        inv_freq, self.attention_scaling = rope_inv_freq(rope, head_dim, max_position_embeddings)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def reset_inv_freq(self) -> None:
+        """Recomputes inv_freq in place (after the model was materialised from the meta device)."""
+        inv_freq, _ = rope_inv_freq(self.rope, self.head_dim, self.max_pos)
+        self.inv_freq.copy_(inv_freq)
+
+    def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        """positions [T] -> cos, sin [T, 1, head_dim] in dtype (broadcast over heads)."""
+        freqs = positions[:, None].float() * self.inv_freq[None, :].float()  # [T, head_dim / 2]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos = (emb.cos() * self.attention_scaling).to(dtype)
+        sin = (emb.sin() * self.attention_scaling).to(dtype)
+        return cos[:, None, :], sin[:, None, :]
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [T, heads, head_dim] rotated by position (the rotate-half convention of transformers)."""
+    return x * cos + _rotate_half(x) * sin
+
+
+class GatedMLP(nn.Module):
+    """down(act(gate(x)) * up(x)), gate and up fused into one matmul."""
+
+    def __init__(self, hidden: int, intermediate: int, act: str, bias: bool, dtype: torch.dtype):
+        super().__init__()
+        if act not in ACTIVATIONS:
+            raise ValueError(f"unsupported hidden_act {act!r}; supported: {', '.join(ACTIVATIONS)}")
+        self.intermediate = intermediate
+        self.gate_up_proj = nn.Linear(hidden, 2 * intermediate, bias=bias, dtype=dtype)
+        self.down_proj = nn.Linear(intermediate, hidden, bias=bias, dtype=dtype)
+        self.act = ACTIVATIONS[act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).split(self.intermediate, dim=-1)
+        return self.down_proj(self.act(gate) * up)

@@ -1,0 +1,239 @@
+"""The Llama-family decoder on the paged KV pool: Llama 2/3.x, Qwen2, Qwen3 and Mistral differ
+only in flags of ModelConfig (q/k/v bias, q/k norm, rope scaling, tied embeddings)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from yaie.kernels.attention import decode_attention, extend_attention, store_kv
+from yaie.worker_service.forward_batch import ForwardBatch
+from yaie.worker_service.models.base import CausalLM, describe_names
+from yaie.worker_service.models.config import ModelConfig
+from yaie.worker_service.models.layers import GatedMLP, RMSNorm, RotaryEmbedding, apply_rotary
+
+# Checkpoint projections stored inside one fused parameter: HF name -> (fused name, shard index).
+_FUSED_SHARDS = {
+    "q_proj": ("qkv_proj", 0),
+    "k_proj": ("qkv_proj", 1),
+    "v_proj": ("qkv_proj", 2),
+    "gate_proj": ("gate_up_proj", 0),
+    "up_proj": ("gate_up_proj", 1),
+}
+_SHARD_NAMES = {
+    "qkv_proj": ("q_proj", "k_proj", "v_proj"),
+    "gate_up_proj": ("gate_proj", "up_proj"),
+}
+_FUSED_NAME = re.compile(r"^(.*)\.(q_proj|k_proj|v_proj|gate_proj|up_proj)\.(weight|bias)$")
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, dtype: torch.dtype, backend: str) -> None:
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = (
+            cfg.num_heads,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+        )
+        self.q_size, self.kv_size = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+        self.scale = cfg.head_dim**-0.5
+        self.backend = backend
+        self.qkv_proj = nn.Linear(
+            cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=cfg.qkv_bias, dtype=dtype
+        )
+        self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=cfg.o_bias, dtype=dtype)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, dtype)
+            self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, dtype)
+
+    def shard_ranges(self) -> list[tuple[int, int]]:
+        """(offset, size) of q, k, v in qkv_proj's output rows."""
+        return [
+            (0, self.q_size),
+            (self.q_size, self.kv_size),
+            (self.q_size + self.kv_size, self.kv_size),
+        ]
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        kv_cache: torch.Tensor,
+        batch: ForwardBatch,
+    ) -> torch.Tensor:
+        """x [T, hidden], kv_cache [2, num_blocks, block_size, kv_heads, head_dim] -> [T, hidden]"""
+        num_tokens = x.shape[0]
+        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.view(num_tokens, self.num_heads, self.head_dim)
+        k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
+        v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
+        if hasattr(self, "q_norm"):  # Qwen3: per-head RMSNorm before rope
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        store_kv(kv_cache[0], kv_cache[1], k, v, batch.slots, backend=self.backend)
+        if batch.is_decode:
+            out = decode_attention(
+                q,
+                kv_cache[0],
+                kv_cache[1],
+                batch.block_tables,
+                batch.seq_lens,
+                self.scale,
+                backend=self.backend,
+            )
+        else:
+            out = extend_attention(
+                q,
+                kv_cache[0],
+                kv_cache[1],
+                batch.block_tables,
+                batch.seq_lens,
+                batch.query_start,
+                batch.max_query_len,
+                self.scale,
+                backend=self.backend,
+            )
+        return self.o_proj(out.reshape(num_tokens, self.q_size))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, dtype: torch.dtype, backend: str) -> None:
+        super().__init__()
+        self.self_attn = Attention(cfg, dtype, backend)
+        self.mlp = GatedMLP(
+            cfg.hidden_size, cfg.intermediate_size, cfg.hidden_act, cfg.mlp_bias, dtype
+        )
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        kv_cache: torch.Tensor,
+        batch: ForwardBatch,
+    ) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, kv_cache, batch)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class DecoderStack(nn.Module):
+    """Hugging Face's `model.` submodule: embeddings, layers, final norm (its weight names)."""
+
+    def __init__(self, cfg: ModelConfig, dtype: torch.dtype, backend: str) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size, dtype=dtype)
+        self.layers = nn.ModuleList(
+            DecoderLayer(cfg, dtype, backend) for _ in range(cfg.num_layers)
+        )
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
+        self.rotary_emb = RotaryEmbedding(cfg.rope, cfg.head_dim, cfg.max_position_embeddings)
+
+
+class LlamaForCausalLM(CausalLM):
+    """Serves LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM and MistralForCausalLM."""
+
+    def __init__(self, cfg: ModelConfig, dtype: torch.dtype, attention_backend: str = "auto"):
+        super().__init__()
+        self.config = cfg
+        self.architecture, self.vocab_size, self.max_context = (
+            cfg.architecture,
+            cfg.vocab_size,
+            cfg.max_context,
+        )
+        self.num_layers, self.num_kv_heads, self.head_dim = (
+            cfg.num_layers,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+        )
+        self.dtype = dtype
+        self.model = DecoderStack(cfg, dtype, attention_backend)
+        # Tied: the logits reuse the embedding matrix, so there is no lm_head parameter at all.
+        if not cfg.tie_word_embeddings:
+            self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False, dtype=dtype)
+
+    def lm_head_weight(self) -> torch.Tensor:
+        if self.config.tie_word_embeddings:
+            return self.model.embed_tokens.weight
+        return self.lm_head.weight
+
+    def forward(self, batch: ForwardBatch, kv_cache: torch.Tensor) -> torch.Tensor:
+        h = self.model.embed_tokens(batch.input_ids)  # [T, hidden]
+        cos, sin = self.model.rotary_emb.cos_sin(batch.positions, h.dtype)
+        for i, layer in enumerate(self.model.layers):
+            h = layer(h, cos, sin, kv_cache[i], batch)
+        h = self.model.norm(h[batch.logits_indices])  # only the rows the sampler needs
+        return F.linear(h, self.lm_head_weight()).float()
+
+    def _target(self, name: str) -> tuple[str, int | None] | None:
+        """HF weight name -> (parameter name, shard index or None); None for weights to skip."""
+        if name.endswith("rotary_emb.inv_freq"):  # buffers some old checkpoints carry
+            return None
+        if name == "lm_head.weight" and self.config.tie_word_embeddings:
+            return None
+        match = _FUSED_NAME.match(name)
+        if match is None:
+            return name, None
+        fused, shard = _FUSED_SHARDS[match.group(2)]
+        return f"{match.group(1)}.{fused}.{match.group(3)}", shard
+
+    def _destination(self, param: nn.Parameter, param_name: str, shard: int | None) -> torch.Tensor:
+        if shard is None:
+            return param.data
+        if ".qkv_proj." in param_name:
+            offset, size = self.model.layers[0].self_attn.shard_ranges()[shard]
+        else:
+            size = self.config.intermediate_size
+            offset = shard * size
+        return param.data.narrow(0, offset, size)
+
+    def _expected(self) -> set[tuple[str, int | None]]:
+        expected: set[tuple[str, int | None]] = set()
+        for name, _ in self.named_parameters():
+            fused = name.split(".")[-2]
+            shards = range(len(_SHARD_NAMES[fused])) if fused in _SHARD_NAMES else [None]
+            expected.update((name, shard) for shard in shards)
+        return expected
+
+    @staticmethod
+    def _hf_name(param_name: str, shard: int | None) -> str:
+        if shard is None:
+            return param_name
+        fused = param_name.split(".")[-2]
+        return param_name.replace(f".{fused}.", f".{_SHARD_NAMES[fused][shard]}.")
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        params = dict(self.named_parameters())
+        loaded: set[tuple[str, int | None]] = set()
+        unexpected: list[str] = []
+        for name, tensor in weights:
+            target = self._target(name)
+            if target is None:
+                continue
+            if target[0] not in params:
+                unexpected.append(name)
+                continue
+            dst = self._destination(params[target[0]], *target)
+            if dst.shape != tensor.shape:
+                raise ValueError(
+                    f"weight {name} has shape {tuple(tensor.shape)}, "
+                    f"the model expects {tuple(dst.shape)}"
+                )
+            dst.copy_(tensor)
+            loaded.add(target)
+        missing = [self._hf_name(*key) for key in self._expected() - loaded]
+        if missing or unexpected:
+            problems = []
+            if missing:
+                problems.append(f"missing weights: {describe_names(missing)}")
+            if unexpected:
+                problems.append(f"unexpected weights: {describe_names(unexpected)}")
+            raise ValueError(
+                f"{self.architecture} checkpoint does not match: {'; '.join(problems)}"
+            )

@@ -1,0 +1,166 @@
+"""Per-request state of one Step stream: tokens, counters, block table, sampling config, and the
+device-resident last sampled token that feeds each decode (so plan N+1 needs no result N).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from yaie.kernels.sampling import SamplingConfig
+from yaie.worker_service.plan import NewRequestSpec, RunEntry
+
+
+@dataclass
+class RequestState:
+    """One live request. Tokens [0, num_computed) have their K/V in the pool."""
+
+    request_id: int
+    row: int                 # row of this request in RequestTable.last_tokens
+    token_ids: list[int]     # tokens the scheduler sent: prompt + output before a preemption
+    num_prompt_tokens: int
+    num_computed: int
+    block_table: list[int]
+    sampling: SamplingConfig
+    num_sampled: int = 0     # tokens sampled here; their values live on the device only
+    # Output tokens so far (earlier output + sampled here), on the device, for the penalties:
+    # [capacity] int64, first num_outputs valid. None when the request uses no penalty.
+    output_tokens: torch.Tensor | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids) + self.num_sampled
+
+    @property
+    def num_outputs(self) -> int:
+        return self.num_tokens - self.num_prompt_tokens
+
+    @property
+    def uses_penalties(self) -> bool:
+        s = self.sampling
+        return (s.repetition_penalty != 1.0 or s.frequency_penalty != 0.0
+                or s.presence_penalty != 0.0)
+
+    @property
+    def wants_logprobs(self) -> bool:
+        return self.sampling.return_logprobs or self.sampling.top_logprobs > 0
+
+
+def check_new_request(spec: NewRequestSpec, block_size: int, max_context: int,
+                      vocab_size: int) -> None:
+    """Raises ValueError when a NewRequest is inconsistent."""
+    num_tokens = len(spec.token_ids)
+    bad_ids = [t for t in spec.token_ids if not 0 <= t < vocab_size]
+    bad_ids += [t for t in spec.sampling.get("logit_bias", {}) if not 0 <= t < vocab_size]
+    if bad_ids:
+        raise ValueError(f"token ids {bad_ids[:4]} outside the vocabulary [0, {vocab_size})")
+    if num_tokens == 0:
+        raise ValueError("a new request needs at least one token")
+    if num_tokens > max_context:
+        raise ValueError(f"{num_tokens} tokens exceed the model's max context {max_context}")
+    if not 0 < spec.num_prompt_tokens <= num_tokens:
+        raise ValueError(f"num_prompt_tokens {spec.num_prompt_tokens} not in [1, {num_tokens}]")
+    if spec.num_cached_tokens % block_size or spec.num_cached_tokens > num_tokens:
+        raise ValueError(
+            f"num_cached_tokens {spec.num_cached_tokens} must be a multiple of block_size "
+            f"{block_size} and at most the {num_tokens} tokens"
+        )
+
+
+def check_run_entry(state: RequestState, entry: RunEntry, block_size: int, num_blocks: int,
+                    max_context: int) -> bool:
+    """Raises ValueError when the entry cannot run; returns whether it samples a token."""
+    n = entry.num_tokens
+    bad_blocks = [b for b in entry.new_block_ids if not 0 <= b < num_blocks]
+    if bad_blocks:
+        raise ValueError(f"block ids {bad_blocks[:4]} outside [0, {num_blocks})")
+    if n == 0:
+        raise ValueError("run_num_tokens must be positive")
+    end = state.num_computed + n
+    if state.num_computed < len(state.token_ids):  # prefilling known tokens
+        if end > len(state.token_ids):
+            raise ValueError(
+                f"runs past the known tokens: {state.num_computed} computed + {n} > "
+                f"{len(state.token_ids)}"
+            )
+    elif n != 1:
+        raise ValueError(f"a decode runs 1 token (its last sampled one), got {n}")
+    if end > max_context:
+        raise ValueError(f"sequence of {end} tokens exceeds the max context {max_context}")
+    capacity = (len(state.block_table) + len(entry.new_block_ids)) * block_size
+    if capacity < end:
+        raise ValueError(f"block table holds {capacity} tokens, the step writes up to {end}")
+    return end >= len(state.token_ids)
+
+
+class RequestTable:
+    """The live requests of one Step stream, and last_tokens [capacity] int64 on the device."""
+
+    def __init__(self, device: torch.device, capacity: int = 64) -> None:
+        self.device = device
+        self.last_tokens = torch.zeros(capacity, dtype=torch.int64, device=device)
+        self._requests: dict[int, RequestState] = {}
+        self._free_rows = list(range(capacity - 1, -1, -1))
+
+    def __contains__(self, request_id: int) -> bool:
+        return request_id in self._requests
+
+    def __len__(self) -> int:
+        return len(self._requests)
+
+    def get(self, request_id: int) -> RequestState | None:
+        return self._requests.get(request_id)
+
+    def add(self, spec: NewRequestSpec, block_size: int, max_context: int,
+            vocab_size: int) -> RequestState:
+        """Checks the spec and admits the request (ValueError when it is inconsistent)."""
+        assert spec.request_id not in self._requests
+        check_new_request(spec, block_size, max_context, vocab_size)
+        sampling = SamplingConfig(**spec.sampling)
+        # A fully cached prompt still runs its last token (K/V rewritten, same values).
+        num_computed = min(spec.num_cached_tokens, len(spec.token_ids) - 1)
+        state = RequestState(spec.request_id, self._take_row(), list(spec.token_ids),
+                             spec.num_prompt_tokens, num_computed, [], sampling)
+        if state.uses_penalties:
+            earlier = spec.token_ids[spec.num_prompt_tokens:]
+            buffer = torch.full((max(16, 2 * len(earlier)),), -1, dtype=torch.int64)
+            buffer[: len(earlier)] = torch.tensor(earlier, dtype=torch.int64)
+            state.output_tokens = buffer.to(self.device)
+        self._requests[spec.request_id] = state
+        return state
+
+    def release(self, request_id: int) -> None:
+        """Drops the request's state; unknown ids are ignored (release is idempotent)."""
+        state = self._requests.pop(request_id, None)
+        if state is not None:
+            self._free_rows.append(state.row)
+
+    def clear(self) -> None:
+        for request_id in list(self._requests):
+            self.release(request_id)
+
+    def _take_row(self) -> int:
+        if not self._free_rows:
+            capacity = self.last_tokens.shape[0]
+            grown = torch.zeros(2 * capacity, dtype=torch.int64, device=self.device)
+            grown[:capacity] = self.last_tokens
+            self.last_tokens = grown
+            self._free_rows = list(range(2 * capacity - 1, capacity - 1, -1))
+        return self._free_rows.pop()
+
+
+def append_outputs(states: list[RequestState], token_ids: torch.Tensor) -> None:
+    """Appends token_ids[i] (device) to states[i].output_tokens, growing buffers as needed.
+
+    Call before num_sampled is incremented: the token lands at index num_outputs.
+    """
+    for i, state in enumerate(states):
+        assert state.output_tokens is not None
+        index = state.num_outputs
+        if index >= state.output_tokens.shape[0]:
+            grown = torch.full((2 * index,), -1, dtype=torch.int64,
+                               device=state.output_tokens.device)
+            grown[:index] = state.output_tokens
+            state.output_tokens = grown
+        state.output_tokens[index: index + 1] = token_ids[i: i + 1]

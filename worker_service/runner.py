@@ -1,0 +1,128 @@
+"""The model runner: plan -> validate -> ForwardBatch -> model -> sample -> results.
+
+launch() queues a step's device work and returns at once with a PendingStep; its wait() reads
+the step's single device-to-host copy. Steps of one stream launch and wait in step order, so plan
+N+1 can be launched before result N is read: decodes read their input token on the device.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from yaie.worker_service.batch_builder import ScheduledEntry, build_forward_batch
+from yaie.worker_service.cuda_graphs import DecodeGraphs
+from yaie.worker_service.kv_pool import KVPool
+from yaie.worker_service.plan import Plan, StepOutput
+from yaie.worker_service.request_state import RequestTable, check_run_entry
+from yaie.worker_service.sampling_step import PendingStep, StepTimer, sample_entries
+
+log = logging.getLogger(__name__)
+
+
+class ModelRunner:
+    """The only place where step plans meet tensors. One per process; not thread-safe."""
+
+    def __init__(self, model: torch.nn.Module, pool: KVPool, use_cuda_graphs: bool = False,
+                 max_graph_batch_size: int = 256) -> None:
+        self.model = model
+        self.pool = pool
+        self.device = pool.cache.device
+        self.max_context = int(model.max_context)
+        self.vocab_size = int(model.vocab_size)
+        self.graphs: DecodeGraphs | None = None
+        self.device_failure: str | None = None  # set on a device error: the process must exit
+        if use_cuda_graphs and self.device.type == "cuda":
+            max_blocks = -(-self.max_context // pool.block_size)
+            self.graphs = DecodeGraphs(model, pool.cache, pool.scratch_block,
+                                       max_graph_batch_size, max_blocks)
+            self.graphs.capture()
+
+    def new_table(self) -> RequestTable:
+        return RequestTable(self.device)
+
+    @torch.inference_mode()
+    def launch(self, table: RequestTable, plan: Plan) -> PendingStep:
+        """Applies the plan to table and queues its forward pass and sampling."""
+        output = StepOutput(plan.step_id, token_ids=[-1] * len(plan.run))
+        for request_id in plan.release_request_ids:
+            table.release(request_id)
+        self._admit(table, plan, output)
+        entries = self._schedule(table, plan, output)
+        if not entries:
+            return PendingStep.done(output)
+        try:
+            return self._execute(table, entries, output)
+        except Exception as exc:  # a device or model failure fails the whole step
+            log.exception("step %d failed", plan.step_id)
+            if self.device.type == "cuda":
+                self.device_failure = f"{type(exc).__name__}: {exc}"
+            for entry in plan.run:
+                table.release(entry.request_id)
+            return PendingStep.done(StepOutput(plan.step_id, token_ids=[-1] * len(plan.run),
+                                               error=f"{type(exc).__name__}: {exc}"))
+
+    def _fail(self, table: RequestTable, output: StepOutput, request_id: int, message: str) -> None:
+        """A request-scoped error: the request is dropped, the rest of the step runs."""
+        output.request_errors.setdefault(request_id, message)
+        table.release(request_id)
+
+    def _admit(self, table: RequestTable, plan: Plan, output: StepOutput) -> None:
+        for spec in plan.new_requests:
+            if spec.request_id in table or spec.request_id in output.request_errors:
+                self._fail(table, output, spec.request_id,
+                           f"NewRequest for request {spec.request_id}, which is already live")
+                continue
+            try:
+                table.add(spec, self.pool.block_size, self.max_context, self.vocab_size)
+            except (ValueError, TypeError) as exc:
+                self._fail(table, output, spec.request_id, f"bad NewRequest: {exc}")
+
+    def _schedule(self, table: RequestTable, plan: Plan, output: StepOutput
+                  ) -> list[ScheduledEntry]:
+        """Validates each run entry; a bad one fails its request only."""
+        seen: set[int] = set()
+        for entry in plan.run:
+            if entry.request_id in seen:
+                self._fail(table, output, entry.request_id, "request runs twice in one step")
+            seen.add(entry.request_id)
+        entries = []
+        for index, entry in enumerate(plan.run):
+            if entry.request_id in output.request_errors:
+                continue
+            state = table.get(entry.request_id)
+            if state is None:
+                self._fail(table, output, entry.request_id,
+                           f"unknown request {entry.request_id}")
+                continue
+            try:
+                samples = check_run_entry(state, entry, self.pool.block_size,
+                                          self.pool.num_blocks, self.max_context)
+            except ValueError as exc:
+                self._fail(table, output, entry.request_id, str(exc))
+                continue
+            state.block_table.extend(entry.new_block_ids)
+            is_decode = state.num_computed >= len(state.token_ids)
+            entries.append(ScheduledEntry(index, state, state.num_computed, entry.num_tokens,
+                                          samples, is_decode))
+        # A request failed after an earlier entry of it was scheduled (a duplicate): drop it.
+        return [e for e in entries if e.state.request_id not in output.request_errors]
+
+    def _execute(self, table: RequestTable, entries: list[ScheduledEntry],
+                 output: StepOutput) -> PendingStep:
+        timer = StepTimer(self.device)
+        batch, sample_rows = build_forward_batch(entries, table.last_tokens, self.pool.block_size)
+        if self.graphs is not None and self.graphs.can_run(batch):
+            logits = self.graphs.run(batch)
+        else:
+            logits = self.model.forward(batch, self.pool.cache)  # [num_sampled, vocab] fp32
+        timer.mark()
+        pending = sample_entries(logits, entries, sample_rows, table, self.vocab_size, output,
+                                 timer)
+        for e in entries:
+            e.state.num_computed += e.num_tokens
+            if e.samples:
+                e.state.num_sampled += 1
+        return pending
+

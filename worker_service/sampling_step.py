@@ -1,0 +1,158 @@
+"""Sampling half of a step, and the PendingStep that owns its one device-to-host copy.
+
+Sampled ids, log-probabilities and top-n alternatives are packed into one int32 device buffer
+(floats bit-cast), copied to pinned host memory without blocking, and unpacked in wait().
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from yaie.kernels.sampling import SamplingBatch, sample
+from yaie.worker_service.batch_builder import ScheduledEntry, to_device
+from yaie.worker_service.plan import StepOutput
+from yaie.worker_service.request_state import RequestTable, append_outputs
+
+
+class StepTimer:
+    """Marks the phases of a step: CUDA events on the GPU (read after the step's final sync)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.marks: list = []
+        self.mark()
+
+    def mark(self) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def elapsed_ms(self) -> list[float]:
+        """Milliseconds between consecutive marks."""
+        pairs = zip(self.marks, self.marks[1:], strict=False)
+        if self.cuda:
+            return [a.elapsed_time(b) for a, b in pairs]
+        return [(b - a) * 1000.0 for a, b in pairs]
+
+
+@dataclass(frozen=True)
+class _SampledRow:
+    plan_index: int
+    wants_logprobs: bool
+    num_top: int
+
+
+@dataclass
+class PendingStep:
+    """A launched step; wait() blocks until its results are on the host."""
+
+    output: StepOutput
+    rows: list[_SampledRow] = field(default_factory=list)
+    host: torch.Tensor | None = None  # packed int32 results (pinned on CUDA)
+    num_top: int = 0                  # columns of the top-n block in host
+    has_logprobs: bool = False
+    timer: StepTimer | None = None
+    done_event: torch.cuda.Event | None = None
+
+    @classmethod
+    def done(cls, output: StepOutput) -> PendingStep:
+        return cls(output)
+
+    def wait(self) -> StepOutput:
+        if self.done_event is not None:
+            self.done_event.synchronize()
+        if self.timer is not None:
+            self.output.forward_ms, self.output.sample_ms = self.timer.elapsed_ms()[:2]
+        if self.host is None:
+            return self.output
+        n, k = len(self.rows), self.num_top
+        values = self.host
+        ids, values = values[:n].tolist(), values[n:]
+        logprobs = top_ids = top_lps = None
+        if self.has_logprobs:
+            logprobs, values = values[:n].view(torch.float32).tolist(), values[n:]
+        if k:
+            top_ids = values[: n * k].view(n, k).tolist()
+            top_lps = values[n * k:].view(torch.float32).view(n, k).tolist()
+        out = self.output
+        for i, row in enumerate(self.rows):
+            out.token_ids[row.plan_index] = ids[i]
+            if row.wants_logprobs:
+                out.logprobs.append(logprobs[i])
+                out.top_token_ids.extend(top_ids[i][: row.num_top] if row.num_top else [])
+                out.top_logprobs.extend(top_lps[i][: row.num_top] if row.num_top else [])
+        return out
+
+
+def _penalty_inputs(entries: list[ScheduledEntry], device: torch.device
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """prompt_tokens / output_tokens [B, L] int64 padded with -1 (rows without penalties empty)."""
+    penalized = [e.state if e.state.uses_penalties else None for e in entries]
+    prompt_len = max(s.num_prompt_tokens if s else 0 for s in penalized)
+    prompts = torch.full((len(entries), max(prompt_len, 1)), -1, dtype=torch.int64)
+    for b, s in enumerate(penalized):
+        if s:
+            prompts[b, : s.num_prompt_tokens] = torch.tensor(s.token_ids[: s.num_prompt_tokens])
+    output_len = max(s.num_outputs if s else 0 for s in penalized)
+    outputs = torch.full((len(entries), max(output_len, 1)), -1, dtype=torch.int64, device=device)
+    for b, s in enumerate(penalized):
+        if s and s.num_outputs:
+            outputs[b, : s.num_outputs] = s.output_tokens[: s.num_outputs]
+    return to_device(prompts, device), outputs
+
+
+def sample_entries(logits: torch.Tensor, entries: list[ScheduledEntry], sample_rows: torch.Tensor,
+                   table: RequestTable, vocab_size: int, output: StepOutput,
+                   timer: StepTimer) -> PendingStep:
+    """Samples logits [num_sampled, vocab] (one row per sampling entry, in entry order), stores
+    each request's token in table.last_tokens, and starts the copy of the results to the host."""
+    sampled = [e for e in entries if e.samples]
+    if not sampled:
+        timer.mark()
+        return PendingStep(output, timer=timer, done_event=_record(timer))
+    device = logits.device
+    configs = [e.state.sampling for e in sampled]
+    positions = [e.start + e.num_tokens for e in sampled]  # the RNG counter of each sample
+    batch = SamplingBatch.build(configs, positions, device, vocab_size)
+    if any(e.state.uses_penalties for e in sampled):
+        batch.prompt_tokens, batch.output_tokens = _penalty_inputs(sampled, device)
+    result = sample(logits, batch)
+    token_ids = result.token_ids
+    table.last_tokens[sample_rows] = token_ids
+    penalized = [i for i, e in enumerate(sampled) if e.state.uses_penalties]
+    if penalized:
+        append_outputs([sampled[i].state for i in penalized], token_ids[penalized])
+    rows = [_SampledRow(e.plan_index, e.state.wants_logprobs, e.state.sampling.top_logprobs)
+            for e in sampled]
+    num_top = max(r.num_top for r in rows)
+    has_logprobs = any(r.wants_logprobs for r in rows)
+    parts = [token_ids.to(torch.int32)]
+    if has_logprobs:  # the sampler returns logprobs (and top-n) whenever a request asked
+        parts.append(result.logprobs.float().view(torch.int32))
+        if num_top:
+            parts.append(result.top_token_ids[:, :num_top].to(torch.int32).flatten())
+            parts.append(result.top_logprobs[:, :num_top].float().contiguous()
+                         .view(torch.int32).flatten())
+    timer.mark()
+    packed = torch.cat(parts)
+    if device.type == "cuda":
+        host = torch.empty(packed.shape, dtype=torch.int32, pin_memory=True)
+        host.copy_(packed, non_blocking=True)
+    else:
+        host = packed
+    return PendingStep(output, rows, host, num_top if has_logprobs else 0, has_logprobs, timer,
+                       _record(timer))
+
+
+def _record(timer: StepTimer) -> torch.cuda.Event | None:
+    if not timer.cuda:
+        return None
+    event = torch.cuda.Event()
+    event.record()
+    return event

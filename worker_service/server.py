@@ -1,0 +1,165 @@
+"""The worker's gRPC servicer (yaie.worker.v1.Worker) and health; protobuf stops here.
+
+Step reads plans on a helper thread so that plan N+1 can be launched while step N computes;
+results still go back strictly in step order.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import deque
+from collections.abc import Iterator
+
+import grpc
+
+from yaie.worker.v1 import worker_pb2, worker_pb2_grpc
+from yaie.worker_service.plan import NewRequestSpec, Plan, RunEntry, StepOutput
+from yaie.worker_service.request_state import RequestTable
+from yaie.worker_service.runner import ModelRunner
+from yaie.worker_service.sampling_step import PendingStep
+
+log = logging.getLogger(__name__)
+
+MAX_IN_FLIGHT = 2  # launched steps whose results are not read yet
+_END = object()    # the client closed its side of the stream
+_SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty",
+                    "frequency_penalty", "presence_penalty", "seed", "top_logprobs",
+                    "return_logprobs")
+
+
+def plan_from_proto(message: worker_pb2.StepPlan) -> Plan:
+    """ValueError when the plan's packed arrays do not line up (a step-level error)."""
+    num_run = len(message.run_request_ids)
+    if len(message.run_num_tokens) != num_run or len(message.run_num_new_blocks) != num_run:
+        raise ValueError(
+            f"run_request_ids, run_num_tokens and run_num_new_blocks differ in length "
+            f"({num_run}, {len(message.run_num_tokens)}, {len(message.run_num_new_blocks)})"
+        )
+    block_ids = list(message.new_block_ids)
+    if sum(message.run_num_new_blocks) != len(block_ids):
+        raise ValueError(f"run_num_new_blocks sum to {sum(message.run_num_new_blocks)}, "
+                         f"new_block_ids holds {len(block_ids)}")
+    run, offset = [], 0
+    for request_id, num_tokens, num_new in zip(message.run_request_ids, message.run_num_tokens,
+                                               message.run_num_new_blocks, strict=True):
+        run.append(RunEntry(request_id, num_tokens, block_ids[offset: offset + num_new]))
+        offset += num_new
+    new_requests = [
+        NewRequestSpec(
+            request_id=r.request_id,
+            token_ids=list(r.token_ids),
+            num_prompt_tokens=r.num_prompt_tokens,
+            num_cached_tokens=r.num_cached_tokens,
+            sampling={**{name: getattr(r.sampling, name) for name in _SAMPLING_FIELDS},
+                      "logit_bias": dict(r.sampling.logit_bias)},
+        )
+        for r in message.new_requests
+    ]
+    return Plan(message.step_id, new_requests, run, list(message.release_request_ids))
+
+
+def result_to_proto(output: StepOutput) -> worker_pb2.StepResult:
+    return worker_pb2.StepResult(
+        step_id=output.step_id,
+        token_ids=output.token_ids,
+        logprobs=output.logprobs,
+        top_token_ids=output.top_token_ids,
+        top_logprobs=output.top_logprobs,
+        forward_ms=output.forward_ms,
+        sample_ms=output.sample_ms,
+        error=output.error,
+        request_errors=[worker_pb2.RequestError(request_id=i, message=m)
+                        for i, m in output.request_errors.items()],
+    )
+
+
+class WorkerServicer(worker_pb2_grpc.WorkerServicer):
+    """Describe and Step over one loaded model; UNAVAILABLE until load() is done."""
+
+    def __init__(self) -> None:
+        self.runner: ModelRunner | None = None
+        self.info: worker_pb2.WorkerInfo | None = None
+        self.device_failed = threading.Event()  # the process must exit: the device is unusable
+        self._lock = threading.Lock()  # one launch at a time across streams
+
+    def load(self, runner: ModelRunner, info: worker_pb2.WorkerInfo) -> None:
+        self.runner, self.info = runner, info
+
+    def Describe(self, request, context) -> worker_pb2.WorkerInfo:
+        if self.info is None:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the worker is still loading its model")
+        return self.info
+
+    def Step(self, request_iterator, context) -> Iterator[worker_pb2.StepResult]:
+        if self.runner is None:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the worker is still loading its model")
+        plans: queue.Queue = queue.Queue()
+        threading.Thread(target=_read_plans, args=(request_iterator, plans), daemon=True,
+                         name="step-reader").start()
+        table = self.runner.new_table()
+        pending: deque[PendingStep] = deque()
+        last_step_id: int | None = None
+        try:
+            while True:
+                try:
+                    message = plans.get(block=not pending)
+                except queue.Empty:  # no plan waiting: hand back the oldest result
+                    yield self._finish(pending.popleft())
+                    continue
+                if message is _END:
+                    break
+                pending.append(self._launch(table, message, last_step_id))
+                last_step_id = message.step_id
+                if len(pending) >= MAX_IN_FLIGHT:
+                    yield self._finish(pending.popleft())
+            while pending:
+                yield self._finish(pending.popleft())
+        finally:  # stream closed or cancelled: its requests are gone
+            with self._lock:
+                table.clear()
+            log.info("step stream closed")
+
+    def _launch(self, table: RequestTable, message: worker_pb2.StepPlan,
+                last_step_id: int | None) -> PendingStep:
+        try:
+            if last_step_id is not None and message.step_id <= last_step_id:
+                raise ValueError(f"step_id {message.step_id} after {last_step_id}: not increasing")
+            plan = plan_from_proto(message)
+        except ValueError as exc:  # nothing runs; the step's requests are dropped
+            with self._lock:
+                for request_id in message.run_request_ids:
+                    table.release(request_id)
+            num_run = len(message.run_request_ids)
+            return PendingStep.done(StepOutput(message.step_id, [-1] * num_run, error=str(exc)))
+        with self._lock:
+            pending = self.runner.launch(table, plan)
+        if self.runner.device_failure is not None:
+            log.critical("device failure, the worker exits: %s", self.runner.device_failure)
+            self.device_failed.set()
+        return pending
+
+
+    def _finish(self, pending: PendingStep) -> worker_pb2.StepResult:
+        """Waits for a launched step; a failure here is the device's (the worker must exit)."""
+        try:
+            return result_to_proto(pending.wait())
+        except Exception as exc:
+            log.critical("device failure while reading step %d, the worker exits: %s",
+                         pending.output.step_id, exc)
+            self.device_failed.set()
+            output = pending.output
+            return result_to_proto(StepOutput(output.step_id, [-1] * len(output.token_ids),
+                                              error=f"{type(exc).__name__}: {exc}"))
+
+
+def _read_plans(request_iterator, plans: queue.Queue) -> None:
+    """Moves plans from the stream into plans; _END when the client is done or gone."""
+    try:
+        for message in request_iterator:
+            plans.put(message)
+    except Exception as exc:  # cancelled or broken stream
+        log.info("step stream ended: %s", exc)
+    finally:
+        plans.put(_END)
