@@ -86,40 +86,14 @@ def check(name: str, out: torch.Tensor, ref: torch.Tensor) -> None:
     assert err <= 1e-2, f"{name}: relative error {err} > 1e-2"
 
 
-def as_fp32(batch: PagedBatch) -> PagedBatch:
-    fp32 = {
-        "q": batch.q.float(),
-        "k_cache": batch.k_cache.float(),
-        "v_cache": batch.v_cache.float(),
-    }
-    return PagedBatch(**{**batch.__dict__, **fp32})
-
-
-def decode_args(b: PagedBatch) -> tuple:
-    return (b.q, b.k_cache, b.v_cache, b.block_tables, b.seq_lens, b.scale)
-
-
-def extend_args(b: PagedBatch) -> tuple:
-    return (
-        b.q,
-        b.k_cache,
-        b.v_cache,
-        b.block_tables,
-        b.seq_lens,
-        b.query_start,
-        b.max_query_len,
-        b.scale,
-    )
-
-
 def graph_replay_ms(batch: PagedBatch) -> float:
     """Default decode captured in a CUDA graph, as the worker runs it (no launch gaps)."""
     out = torch.empty_like(batch.q)
-    decode_attention_triton(*decode_args(batch), out=out)
+    decode_attention_triton(*batch.decode_args(), out=out)
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        decode_attention_triton(*decode_args(batch), out=out)
+        decode_attention_triton(*batch.decode_args(), out=out)
     return median_ms(graph.replay)
 
 
@@ -128,11 +102,11 @@ def bench_decode(copy_bw: float) -> None:
     variants = [dict(), dict(block_n=64), dict(num_splits=2), dict(num_warps=8)]
     for block_size in (16, 1, 64, 256):
         batches = decode_batches(block_size, 3, seed=block_size)
-        ref = decode_attention(*decode_args(as_fp32(batches[0])), backend="torch")
-        check(f"decode bs={block_size}", decode_attention_triton(*decode_args(batches[0])), ref)
+        ref = decode_attention(*batches[0].upcast().decode_args(), backend="torch")
+        check(f"decode bs={block_size}", decode_attention_triton(*batches[0].decode_args()), ref)
         for kwargs in variants if block_size == 16 else [dict()]:
             fn = cycle_calls(
-                batches, lambda b, kw=kwargs: decode_attention_triton(*decode_args(b), **kw)
+                batches, lambda b, kw=kwargs: decode_attention_triton(*b.decode_args(), **kw)
             )
             ms = median_ms(fn)
             name = " ".join([f"bs={block_size}", *(f"{k}={v}" for k, v in kwargs.items())])
@@ -150,11 +124,11 @@ def bench_decode_long(copy_bw: float) -> None:
     """16 requests x 8192 tokens: too few (request, kv head) programs without split-K."""
     batches = decode_batches(16, 2, seed=7, batch=16, context=8192)
     kv_bytes = 16 * 8192 * KV_HEADS * HEAD_DIM * 2 * 2
-    ref = decode_attention(*decode_args(as_fp32(batches[0])), backend="torch")
-    check("decode 16x8k", decode_attention_triton(*decode_args(batches[0])), ref)
+    ref = decode_attention(*batches[0].upcast().decode_args(), backend="torch")
+    check("decode 16x8k", decode_attention_triton(*batches[0].decode_args()), ref)
     for kwargs in (dict(), dict(num_splits=1), dict(num_splits=8), dict(num_splits=16)):
         fn = cycle_calls(
-            batches, lambda b, kw=kwargs: decode_attention_triton(*decode_args(b), **kw)
+            batches, lambda b, kw=kwargs: decode_attention_triton(*b.decode_args(), **kw)
         )
         ms = median_ms(fn)
         name = " ".join(["16x8k", *(f"{k}={v}" for k, v in kwargs.items())])
@@ -185,8 +159,8 @@ def bench_extend(matmul: float) -> None:
     for b in batches:
         attended = sum(p * 1024 + 1024 * 1025 // 2 for p in (b.seq_lens - 1024).tolist())
         flops.append(4 * HEAD_DIM * Q_HEADS * attended)
-    ref = extend_attention(*extend_args(as_fp32(batches[0])), backend="torch")
-    check("extend bs=16", extend_attention_triton(*extend_args(batches[0])), ref)
+    ref = extend_attention(*batches[0].upcast().extend_args(), backend="torch")
+    check("extend bs=16", extend_attention_triton(*batches[0].extend_args()), ref)
     del ref
     variants = [
         dict(),
@@ -197,7 +171,7 @@ def bench_extend(matmul: float) -> None:
     ]
     for kwargs in variants:
         fn = cycle_calls(
-            batches, lambda b, kw=kwargs: extend_attention_triton(*extend_args(b), **kw)
+            batches, lambda b, kw=kwargs: extend_attention_triton(*b.extend_args(), **kw)
         )
         ms = median_ms(fn)
         rate = sum(flops) / len(flops) / (ms * 1e-3)

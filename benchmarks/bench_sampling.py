@@ -47,9 +47,10 @@ from yaie.kernels.sampling import (  # noqa: E402
     SamplingConfig,
     draw_reference,
     filter_thresholds,
+    process_logits,
     sample,
 )
-from yaie.kernels.sampling_triton import draw_triton  # noqa: E402
+from yaie.kernels.sampling_triton import draw_triton, row_logsumexp  # noqa: E402
 
 # BENCH_DRY=1: a tiny CPU dry run of this script (TRITON_INTERPRET=1), for its own sake only.
 DRY = os.environ.get("BENCH_DRY") == "1"
@@ -81,22 +82,23 @@ def mixed_batch(device: str, top_logprobs: int = 0) -> SamplingBatch:
     return batch
 
 
-def check(scale: float) -> str:
+def check(scale: float, fast_log: bool) -> str:
     """Triton vs torch reference on the GPU: kept sets and tokens (same noise, same thresholds)."""
     logits = torch.randn(B, V, device=DEV) * scale
     batch = mixed_batch(DEV)
     s = logits * batch.inv_temperature.unsqueeze(1)
     tau_ref = filter_thresholds(s, batch)
     tau_tri = torch.empty(B, device=DEV)
-    tok_tri = draw_triton(logits, batch, thresholds=tau_tri)
+    tok_tri = draw_triton(logits, batch, thresholds=tau_tri, fast_log=fast_log)
     tok_ref = draw_reference(logits, batch)
     sampled = ~batch.greedy
     kept_diff = ((s >= tau_ref[:, None]) != (s >= tau_tri[:, None]))[sampled].sum().item()
     kept = (s >= tau_ref[:, None])[sampled].sum(1).float()
     same = (tok_tri == tok_ref).float().mean().item()
     return (
-        f"scale {scale}: kept-set elements differing {kept_diff}, tokens equal {same:.4f}, "
-        f"kept per row min/median/max {kept.min():.0f}/{kept.median():.0f}/{kept.max():.0f}"
+        f"scale {scale} fast_log {fast_log}: kept-set elements differing {kept_diff}, tokens "
+        f"equal {same:.4f}, kept per sampled row min/median/max "
+        f"{kept.min():.0f}/{kept.median():.0f}/{kept.max():.0f}"
     )
 
 
@@ -107,59 +109,71 @@ def bench(fn) -> float:
     return do_bench(fn, warmup=50, rep=300, return_mode="median")
 
 
+def one_kind(config: SamplingConfig) -> SamplingBatch:
+    """A batch of B rows of one kind (seeds differ), no penalty tokens."""
+    configs = [SamplingConfig(**{**config.__dict__, "seed": b}) for b in range(B)]
+    return SamplingBatch.build(configs, range(B), DEV, V)
+
+
 def main() -> None:
     torch.manual_seed(0)
     print(DEV if DRY else torch.cuda.get_device_name(), "torch", torch.__version__)
     for scale in (1.0, 3.0):
-        print("check", check(scale))
+        for fast_log in (False,) if DRY else (True, False):
+            print("check", check(scale, fast_log), flush=True)
     rows = []
-    copy_src = torch.empty(B * V * 2, device=DEV)
+
+    def row(name: str, fn, *args, **kwargs) -> None:
+        try:
+            rows.append((name, bench(functools.partial(fn, *args, **kwargs))))
+        except Exception as exc:  # keep timing the other cases
+            rows.append((f"{name} FAILED {type(exc).__name__}: {exc}"[:120], float("nan")))
+        print(f"{rows[-1][0]:<58} {rows[-1][1]:>8.3f}", flush=True)
+
+    copy_src = torch.randn(B * V * 2, device=DEV)
     copy_dst = torch.empty_like(copy_src)
-    ms = bench(lambda: copy_dst.copy_(copy_src))
-    bw = 2 * copy_src.numel() * 4 / ms / 1e9
-    rows.append((f"d2d copy {B * V * 8 / 1e6:.0f} MB (TB/s = {bw:.2f})", ms))
+    row(f"d2d copy {B * V * 16 / 1e6:.0f} MB (read + write)", copy_dst.copy_, copy_src)
     greedy = SamplingBatch.build([SamplingConfig(temperature=0.0)] * B, range(B), DEV, V)
     for dtype in (torch.bfloat16, torch.float32):
         name = str(dtype).split(".")[-1]
         for scale in (1.0, 3.0):
             logits = (torch.randn(B, V, device=DEV) * scale).to(dtype)
             batch = mixed_batch(DEV)
-            if scale == 3.0:
-                rows.append(
-                    (f"greedy only {name}", bench(functools.partial(sample, logits, greedy)))
-                )
-            rows.append(
-                (
-                    f"mixed+penalties {name} scale {scale}",
-                    bench(functools.partial(sample, logits, batch)),
-                )
-            )
-            if scale == 3.0:
-                lp = mixed_batch(DEV, top_logprobs=5)
-                rows.append(
-                    (f"mixed+logprobs(5) {name}", bench(functools.partial(sample, logits, lp)))
-                )
-                nopen = SamplingBatch.build((MIXED * B)[:B], range(B), DEV, V)
-                rows.append(
-                    (
-                        f"mixed, no penalty tokens {name}",
-                        bench(functools.partial(sample, logits, nopen)),
-                    )
-                )
+            row(f"sample mixed+penalties {name} scale {scale}", sample, logits, batch)
+            if scale == 1.0:
+                continue
+            row(f"sample greedy only {name}", sample, logits, greedy)
+            row(f"sample mixed+top-5 logprobs {name}", sample, logits, mixed_batch(DEV, 5))
+            nopen = SamplingBatch.build((MIXED * B)[:B], range(B), DEV, V)
+            row(f"sample mixed, no penalty tokens {name}", sample, logits, nopen)
+            row(f"  process_logits (copy+penalties) {name}", process_logits, logits, batch)
     logits = torch.randn(B, V, device=DEV) * 3.0
     batch = mixed_batch(DEV)
-    variants = ((1024, 16, 8), (1024, 8, 8), (2048, 16, 8), (2048, 8, 16), (512, 16, 4))
-    for block, piv, warps in variants[:1] if DRY else variants:
-        rows.append(
-            (
-                f"draw kernel fp32 block {block} pivots {piv} warps {warps}",
-                bench(functools.partial(draw_triton, logits, batch, block, piv, warps)),
+    variants = ((1024, 8, 8, True), (1024, 8, 8, False), (1024, 16, 8, True), (2048, 8, 16, True))
+    variants += ((512, 8, 4, True), (2048, 16, 8, True))
+    for block, piv, warps, fast in variants[:1] if DRY else variants:
+        label = f"  draw fp32 block {block} pivots {piv} warps {warps} fast_log {fast}"
+        row(label, draw_triton, logits, batch, block, piv, warps, fast_log=fast and not DRY)
+    kinds = {
+        "plain T=1": SamplingConfig(),
+        "top_k=50": SamplingConfig(top_k=50),
+        "top_p=0.9": SamplingConfig(top_p=0.9),
+        "top_k=40 top_p=0.95 T=0.7": SamplingConfig(top_k=40, top_p=0.95, temperature=0.7),
+        "min_p=0.05": SamplingConfig(min_p=0.05),
+        "top_k=5000": SamplingConfig(top_k=5000),
+    }
+    for scale in (3.0, 1.0):
+        logits = torch.randn(B, V, device=DEV) * scale
+        for name, config in kinds.items():
+            row(
+                f"  draw fp32 scale {scale}, all rows {name}", draw_triton, logits, one_kind(config)
             )
-        )
-    rows.append(("torch reference draw fp32 (sort)", bench(lambda: draw_reference(logits, batch))))
-    print(f"\n{'case (256 x 151936)':<52} {'median ms':>10}")
+    row("  row_logsumexp bf16", row_logsumexp, logits.bfloat16())
+    row("  torch.argmax bf16", torch.argmax, logits.bfloat16(), dim=-1)
+    row("  torch reference draw fp32 (sort)", draw_reference, logits, batch)
+    print(f"\n{'case (256 x 151936)':<58} {'median ms':>8}")
     for name, ms in rows:
-        print(f"{name:<52} {ms:>10.3f}")
+        print(f"{name:<58} {ms:>8.3f}")
 
 
 if __name__ == "__main__":

@@ -115,6 +115,22 @@ def _randomize(model: torch.nn.Module, seed: int) -> None:
             param.copy_(values.to(param.dtype))
 
 
+def _allocate_uninitialised(model_class: type, config: Any, dtype: torch.dtype) -> Any:
+    """The transformers model with uninitialised parameters in dtype: built on the meta device,
+    so a model of a real size (billions of parameters) costs neither init time nor a float32
+    copy. Buffers are not saved, so their contents do not matter."""
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device("meta"):
+            model = model_class(config)
+    finally:
+        torch.set_default_dtype(default_dtype)
+    model = model.to_empty(device="cpu")
+    model.tie_weights()  # to_empty gives the tied lm_head its own storage
+    return model
+
+
 def write_random_model(
     path: str | os.PathLike,
     architecture: str = "LlamaForCausalLM",
@@ -155,9 +171,8 @@ def write_random_model(
         settings.pop("head_dim")  # Qwen2 always derives it from hidden_size
     config_class = getattr(transformers, architecture.replace("ForCausalLM", "Config"))
     config = config_class(**settings)
-    model = getattr(transformers, architecture)(config)
+    model = _allocate_uninitialised(getattr(transformers, architecture), config, dtype)
     _randomize(model, seed)
-    model = model.to(dtype)
     save_kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(path, **save_kwargs)
     generation = transformers.GenerationConfig(

@@ -110,6 +110,7 @@ class KVCacheManager:
         blocks[i] holds tokens[i*bs:(i+1)*bs], blocks[:len(match.blocks)] being match's. With
         cache=True the full blocks go into the tree first; those it already held are freed like
         the partial tail block and any unused blocks. With cache=False every private block is freed.
+        Freed blocks may be reallocated at once: call this only when no plan in flight uses them.
         """
         self._check_request(blocks, match)
         tree_blocks = (
@@ -173,9 +174,7 @@ class KVCacheManager:
         self, tokens: Sequence[int], blocks: Sequence[int], match: PrefixMatch, namespace: str
     ) -> PrefixMatch:
         """Insert the full blocks of tokens; the blocks the tree takes stop being private."""
-        if len(tokens) < match.num_tokens or not self.tree.holds_prefix(
-            match.node, tokens, namespace
-        ):
+        if not self.tree.holds_prefix(match.node, tokens, namespace):
             raise ValueError("tokens (in namespace) do not start with the matched prefix")
         new_match, present = self.tree.insert_and_match(tokens, blocks, namespace)
         self._private.difference_update(blocks[present : len(new_match.blocks)])

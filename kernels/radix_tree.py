@@ -50,6 +50,10 @@ class RadixTree:
         self.block_size = block_size
         self._root = _Node((), [], None, "")
         self._clock = itertools.count(1)  # LRU time: a larger value is more recent
+        # Lazy LRU heap of (last_access, tie-break, node): every evictable leaf has an entry
+        # with its current last_access; entries that no longer match are skipped when popped.
+        self._lru: list[tuple[int, int, _Node]] = []
+        self._tie = itertools.count()
         self.num_cached_blocks = 0
         self.num_locked_blocks = 0  # in nodes with lock_ref > 0
         self.hit_tokens = 0  # over every match_prefix call
@@ -96,6 +100,7 @@ class RadixTree:
             leaf = _Node(toks[pos:], list(blocks[present:num_full]), node, namespace)
             leaf.last_access = next(self._clock)
             node.children[self._child_key(node, toks, pos, namespace)] = leaf
+            self._offer(leaf)
             self.num_cached_blocks += num_full - present
             node = leaf
         return PrefixMatch(self.path_blocks(node), num_full * bs, node), present
@@ -120,6 +125,7 @@ class RadixTree:
             node.lock_ref -= 1
             if node.lock_ref == 0:
                 self.num_locked_blocks -= len(node.blocks)
+                self._offer(node)
             node = node.parent
 
     def is_locked(self, node: object) -> bool:
@@ -133,12 +139,11 @@ class RadixTree:
 
         Only the tail of a long leaf goes when fewer blocks are needed. Never touches a locked node.
         """
-        order = itertools.count()  # heap tie-break: nodes do not compare
-        heap = [(n.last_access, next(order), n) for n in self._nodes() if self._evictable_leaf(n)]
-        heapq.heapify(heap)
         freed: list[int] = []
-        while heap and len(freed) < num_blocks:
-            leaf = heapq.heappop(heap)[2]
+        while self._lru and len(freed) < num_blocks:
+            last_access, _, leaf = heapq.heappop(self._lru)
+            if leaf.last_access != last_access or leaf.evicted or not self._evictable_leaf(leaf):
+                continue  # a stale entry
             extra = len(leaf.blocks) - (num_blocks - len(freed))
             if extra > 0:
                 self._split(leaf, extra)  # keep the leading blocks cached
@@ -147,8 +152,7 @@ class RadixTree:
             leaf.evicted = True
             self.num_cached_blocks -= len(leaf.blocks)
             freed.extend(leaf.blocks)
-            if self._evictable_leaf(parent):
-                heapq.heappush(heap, (parent.last_access, next(order), parent))
+            self._offer(parent)
         return freed
 
     def num_unlocked_blocks(self, node: object) -> int:
@@ -186,17 +190,20 @@ class RadixTree:
         Raises AssertionError naming the node (by its depth in tokens); returns the cached ids."""
         bs, root, seen, cached, locked = self.block_size, self._root, set(), 0, 0
         assert not root.blocks and root.lock_ref == 0, "the root holds blocks or locks"
+        in_lru = {id(n) for access, _, n in self._lru if access == n.last_access}
         for node in self._nodes():
             if node is root:
                 continue
             below = sum(c.lock_ref for c in node.children.values()) if node.children else 0
             parent, n = node.parent, len(node.blocks)
-            key = self._child_key(parent, node.key, 0, node.namespace)
+            key = (node.namespace, node.key[:bs]) if parent is root else node.key[:bs]
             assert parent.children.get(key) is node, f"{self._where(node)}: bad link or key"
             assert n and len(node.key) == n * bs, f"{self._where(node)}: {n} blocks, bad key"
             same_ns = parent is root or node.namespace == parent.namespace
             assert same_ns and not node.evicted, f"{self._where(node)}: namespace or evicted"
-            assert node.lock_ref >= max(below, 0), f"{self._where(node)}: lock_ref < children's"
+            assert node.lock_ref >= below >= 0, f"{self._where(node)}: lock_ref < children's"
+            if not node.children and not node.lock_ref:
+                assert id(node) in in_lru, f"{self._where(node)}: evictable, not in the LRU heap"
             seen.update(node.blocks)
             cached += n
             locked += n if node.lock_ref else 0
@@ -235,6 +242,7 @@ class RadixTree:
             if n < len(child.blocks):
                 child = self._split(child, n)
             child.last_access = now
+            self._offer(child)
             node, pos = child, pos + len(child.key)
         return node, pos
 
@@ -251,6 +259,18 @@ class RadixTree:
 
     def _evictable_leaf(self, node: _Node) -> bool:
         return node is not self._root and not node.children and node.lock_ref == 0
+
+    def _offer(self, node: _Node) -> None:
+        """Give node an LRU entry if it is an evictable leaf (rebuilding a heap gone stale)."""
+        if not self._evictable_leaf(node):
+            return
+        if len(self._lru) > 4 * self.num_cached_blocks + 64:
+            self._lru = [(n.last_access, next(self._tie), n) for n in self._leaves()]
+            heapq.heapify(self._lru)
+        heapq.heappush(self._lru, (node.last_access, next(self._tie), node))
+
+    def _leaves(self) -> list[_Node]:
+        return [node for node in self._nodes() if self._evictable_leaf(node)]
 
     def _path(self, node: _Node) -> list[_Node]:
         path = []

@@ -24,6 +24,7 @@ __all__ = [
     "SamplingConfig",
     "sample",
     "apply_penalties",
+    "process_logits",
     "filter_thresholds",
     "draw_reference",
 ]
@@ -39,27 +40,37 @@ def sample(logits: torch.Tensor, batch: SamplingBatch, backend: str = "auto") ->
     CUDA logits when it imports, else torch). Branches only on batch's host flags: no sync.
     """
     assert logits.dim() == 2 and logits.shape[0] == batch.greedy.shape[0], "logits [B, V]"
-    has_tokens = batch.prompt_tokens is not None or batch.output_tokens is not None
-    penalize = batch.any_penalties and has_tokens
-    # A private fp32 copy only when we edit the logits in place; otherwise every reader converts
-    # as it reads (argmax is exact on bf16: the conversion to fp32 is).
-    modify = batch.bias_ids is not None or penalize
-    work = logits.to(torch.float32, copy=True) if modify else logits
-    if batch.bias_ids is not None:
-        work.scatter_add_(1, batch.bias_ids, batch.bias_values)  # padding adds 0 to id 0
-    if penalize:
-        apply_penalties(work, batch)
+    work = process_logits(logits, batch)
     if batch.all_greedy:
         tokens = work.argmax(dim=-1)
     elif _use_triton(backend, work):
         from yaie.kernels.sampling_triton import draw_triton
 
-        tokens = draw_triton(work, batch)
+        tokens = draw_triton(work if work.stride(1) == 1 else work.contiguous(), batch)
     else:
         tokens = draw_reference(work, batch)
     if not batch.any_logprobs:
         return SampleOutput(token_ids=tokens)
-    return _with_logprobs(logits.float(), tokens, batch.num_top_logprobs)
+    fused = _use_triton(backend, logits)
+    return _with_logprobs(
+        logits.contiguous() if fused else logits, tokens, batch.num_top_logprobs, fused
+    )
+
+
+def process_logits(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    """Logits [B, V] after logit bias and penalties, as a private fp32 copy; the input itself
+    (no copy, any dtype) when the batch changes nothing. Every later reader converts as it reads
+    (argmax is exact on bf16, as the conversion to fp32 is)."""
+    has_tokens = batch.prompt_tokens is not None or batch.output_tokens is not None
+    penalize = batch.any_penalties and has_tokens
+    if batch.bias_ids is None and not penalize:
+        return logits
+    work = logits.to(torch.float32, copy=True)
+    if batch.bias_ids is not None:
+        work.scatter_add_(1, batch.bias_ids, batch.bias_values)  # padding adds 0 to id 0
+    if penalize:
+        apply_penalties(work, batch)
+    return work
 
 
 def _use_triton(backend: str, work: torch.Tensor) -> bool:
@@ -76,14 +87,20 @@ def _use_triton(backend: str, work: torch.Tensor) -> bool:
     return True
 
 
-def _with_logprobs(raw: torch.Tensor, tokens: torch.Tensor, n: int) -> SampleOutput:
-    """Chosen and top-n logprobs as raw - logsumexp(raw): no [B, V] log_softmax is written."""
-    lse = torch.logsumexp(raw, dim=-1)  # [B]
-    chosen = raw.gather(1, tokens.unsqueeze(1)).squeeze(1) - lse
+def _with_logprobs(raw: torch.Tensor, tokens: torch.Tensor, n: int, fused: bool) -> SampleOutput:
+    """Chosen and top-n logprobs as raw - logsumexp(raw): no [B, V] log_softmax is written, and
+    with fused (Triton) not even an fp32 copy of bf16 logits."""
+    if fused:
+        from yaie.kernels.sampling_triton import row_logsumexp
+
+        lse = row_logsumexp(raw)  # [B]
+    else:
+        lse = torch.logsumexp(raw.float(), dim=-1)
+    chosen = raw.gather(1, tokens.unsqueeze(1)).squeeze(1).float() - lse
     if n == 0:
         return SampleOutput(token_ids=tokens, logprobs=chosen)
-    top_values, top_ids = raw.topk(n, dim=-1)
-    return SampleOutput(tokens, chosen, top_ids, top_values - lse.unsqueeze(1))
+    top_values, top_ids = raw.topk(n, dim=-1)  # exact in the logits' own dtype
+    return SampleOutput(tokens, chosen, top_ids, top_values.float() - lse.unsqueeze(1))
 
 
 def apply_penalties(work: torch.Tensor, batch: SamplingBatch) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import signal
 import sys
@@ -16,6 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from yaie.scheduler_service.config import SchedulerConfig
+from yaie.scheduler_service.engine import Engine
 from yaie.scheduler_service.server import GenerationServicer, create_server, set_health
 
 logger = logging.getLogger("yaie.scheduler")
@@ -86,8 +88,8 @@ def scheduler_config(args: argparse.Namespace) -> SchedulerConfig:
     )
 
 
-async def wait_for_worker(address: str, timeout_s: float) -> None:
-    """Polls a worker's grpc.health.v1 until it says SERVING (its model is loaded)."""
+async def wait_for_serving(address: str, timeout_s: float) -> None:
+    """Polls grpc.health.v1 at address until it says SERVING (a worker: its model is loaded)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     async with grpc.aio.insecure_channel(address) as channel:
@@ -100,34 +102,41 @@ async def wait_for_worker(address: str, timeout_s: float) -> None:
             except grpc.aio.AioRpcError:
                 pass  # not listening yet
             if loop.time() > deadline:
-                raise TimeoutError(f"worker {address} was not SERVING after {timeout_s:.0f} s")
+                raise TimeoutError(f"{address} was not SERVING after {timeout_s:.0f} s")
             await asyncio.sleep(0.25)
 
 
 async def _start_engine(engine, servicer: GenerationServicer, args: argparse.Namespace) -> None:
-    from yaie.scheduler_service.tokenizer import Tokenizer
-
-    await asyncio.gather(*(wait_for_worker(address, args.worker_wait) for address in args.worker))
+    # transformers takes seconds to import: do it while the workers load their model.
+    tokenizer_module = asyncio.create_task(
+        asyncio.to_thread(importlib.import_module, "yaie.scheduler_service.tokenizer")
+    )
+    await asyncio.gather(*(wait_for_serving(address, args.worker_wait) for address in args.worker))
     await engine.start()
     info = engine.model_info
-    label = " (built-in model, RANDOM WEIGHTS: meaningless text)" if info.random_weights else ""
+    label = " (RANDOM WEIGHTS: its text is meaningless)" if info.random_weights else ""
     logger.info(
-        "workers ready: %s %s %s on %d worker(s)%s",
+        "workers ready: %s (%s, %s) on %d worker(s)%s",
         info.model,
         info.architecture,
         info.dtype,
         info.num_workers,
         label,
     )
-    tokenizer = await asyncio.to_thread(Tokenizer, args.model or info.model)
+    module = await tokenizer_module
+    tokenizer = await asyncio.to_thread(module.Tokenizer, args.model or info.model)
     servicer.attach_tokenizer(tokenizer)
+
+
+def _all_workers_ready(engine) -> bool:
+    return bool(engine.ready) and all(worker.healthy for worker in engine.stats().workers)
 
 
 async def _watch_health(engine, health_servicer: health.aio.HealthServicer) -> None:
     """SERVING only while every worker is ready."""
     serving = None
     while True:
-        ready = bool(engine.ready)
+        ready = _all_workers_ready(engine)
         if ready != serving:
             await set_health(health_servicer, ready)
             logger.info("health: %s", "SERVING" if ready else "NOT_SERVING")
@@ -135,28 +144,29 @@ async def _watch_health(engine, health_servicer: health.aio.HealthServicer) -> N
         await asyncio.sleep(0.5)
 
 
-async def serve(args: argparse.Namespace) -> int:
-    from yaie.scheduler_service.engine import Engine
-
+async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> int:
+    """Runs until SIGINT/SIGTERM (or `stop` is set); returns the exit status."""
     engine = Engine(args.worker, scheduler_config(args))
     servicer = GenerationServicer(engine)
     server, health_servicer = create_server(servicer)
     await set_health(health_servicer, False)
-    port = server.add_insecure_port(f"{args.host}:{args.port}")
+    try:
+        port = server.add_insecure_port(f"{args.host}:{args.port}")
+    except RuntimeError as error:  # the port is in use, or the host is not ours
+        logger.error("cannot listen on %s:%d: %s", args.host, args.port, error)
+        return 1
     await server.start()
     logger.info(
         "scheduler listening on %s:%d (workers: %s)", args.host, port, ", ".join(args.worker)
     )
-
-    stop = asyncio.Event()
+    stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     start = asyncio.create_task(_start_engine(engine, servicer, args))
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({start, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    status = 0
-    watch = None
+    status, watch = 0, None
     if start.done() and start.exception() is None:
         watch = asyncio.create_task(_watch_health(engine, health_servicer))
         await stopping
@@ -170,6 +180,8 @@ async def serve(args: argparse.Namespace) -> int:
     await set_health(health_servicer, False)
     await server.stop(grace=3.0)
     await engine.stop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.remove_signal_handler(signum)
     return status
 
 

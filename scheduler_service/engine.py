@@ -60,8 +60,9 @@ class Engine:
     """Continuous batching over every worker's KV pool (one radix tree per pool).
 
     Contract for the API layer:
-    - `await start()` connects and Describes every worker (protocol version checked), sizes a
-      KV cache manager per worker, starts the step loops; then `ready` is True. `await stop()`
+    - `await start()` connects and Describes every worker (protocol version checked; failure:
+      UnavailableError), sizes a KV cache manager per worker, starts the step loops; `ready` is
+      then True while some worker is healthy. `await stop()`
       cancels the loops, closes the streams and finishes live requests with ABORT.
     - `check_admissible(req)` raises ValueError (prompt empty, token id outside the vocabulary,
       prompt + max_new_tokens beyond max_context), ResourceExhaustedError (queue full, or the
@@ -82,13 +83,18 @@ class Engine:
             raise ValueError("at least one worker address is needed")
         self.worker_addresses = list(worker_addresses)
         self.config = config
-        self.ready = False
+        self._started = False
         self._loops: list[WorkerLoop] = []
         self._tasks: list[asyncio.Task] = []
         self._live: dict[str, Sequence] = {}
         self._arrivals = itertools.count()
         self._completed = 0
         self._model_info: WorkerModelInfo | None = None
+
+    @property
+    def ready(self) -> bool:
+        """Started (every worker described, its stream open) and some worker still healthy."""
+        return self._started and any(loop.healthy for loop in self._loops)
 
     @property
     def model_info(self) -> WorkerModelInfo:
@@ -102,9 +108,9 @@ class Engine:
             infos = await asyncio.gather(
                 *(c.describe(self.config.connect_timeout_s) for c in clients)
             )
-        except WorkerStreamError:
+        except WorkerStreamError as exc:
             await asyncio.gather(*(c.close() for c in clients))
-            raise
+            raise UnavailableError(str(exc)) from exc
         first = infos[0]
         for info in infos[1:]:
             same = (info.model, info.vocab_size, info.max_context)
@@ -134,10 +140,10 @@ class Engine:
                 info.num_blocks,
                 info.block_size,
             )
-        self.ready = True
+        self._started = True
 
     async def stop(self) -> None:
-        self.ready = False
+        self._started = False
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -230,7 +236,7 @@ class Engine:
 
     def _healthy_loops(self) -> list[WorkerLoop]:
         loops = [lp for lp in self._loops if lp.healthy]
-        if not self.ready or not loops:
+        if not self._started or not loops:
             raise UnavailableError("no healthy worker")
         return loops
 

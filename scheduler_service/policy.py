@@ -53,6 +53,7 @@ class BatchPolicy:
         self.kv = kv
         self.block_size = kv.block_size
         self._preempt = preempt  # takes seq out of running; frees its blocks when it can
+        self._blocks_pending = False  # during schedule(): freed blocks are on their way
         self.counters = AdmissionCounters()
 
     def schedule(
@@ -64,34 +65,40 @@ class BatchPolicy:
         budget = self.config.max_num_batched_tokens
         runs: list[Run] = []
         short = False  # some running request could not get its blocks (or was preempted)
+        self._blocks_pending = blocks_pending
         i = 0
         while i < len(running) and budget > 0:
             seq = running[i]
             n = self._next_chunk(seq, budget)
-            if n == 0:
-                i += 1
-                continue
             need = self._num_blocks(seq.num_scheduled + n) - len(seq.block_ids)
-            while not self.kv.can_allocate(need) and not blocks_pending:
-                victim = running.pop()  # the newest: never one already in runs
-                self._preempt(victim)
+            if need > 0 and not self._make_room(seq, need, running):
                 short = True
-                blocks_pending = victim.in_flight > 0
-                if victim is seq:
-                    break
-            if seq.status is not SequenceStatus.RUNNING or not self.kv.can_allocate(need):
-                short = True
-                i += 1 if seq.status is SequenceStatus.RUNNING else 0
+                i += 1 if seq.status is SequenceStatus.RUNNING else 0  # else: it was the last
                 continue
-            seq.block_ids += self.kv.allocate(need)
-            runs.append(Run(seq, n))
-            budget -= n
+            if need > 0:
+                seq.block_ids += self.kv.allocate(need)
+            if n > 0:
+                runs.append(Run(seq, n))
+                budget -= n
             i += 1
         if not short:
             runs += self._admit(running, waiting, budget)
         for seq in waiting:
             seq.wait_steps += 1
         return runs
+
+    def _make_room(self, seq: Sequence, need: int, running: list[Sequence]) -> bool:
+        """Whether need blocks can be allocated for seq, after preempting the newest running
+        requests (seq included, last) while no freed blocks are on their way anyway."""
+        while not self.kv.can_allocate(need):
+            if self._blocks_pending:
+                return False
+            victim = running.pop()  # the newest: never one already in this step's runs
+            self._preempt(victim)
+            self._blocks_pending = victim.in_flight > 0  # else freed at once
+            if victim is seq:
+                return False
+        return True
 
     def _next_chunk(self, seq: Sequence, budget: int) -> int:
         """Tokens seq runs next: the rest of its known tokens in chunks, or 1 (a decode); 0 when
@@ -103,6 +110,8 @@ class BatchPolicy:
 
     def _admit(self, running: list[Sequence], waiting: deque[Sequence], budget: int) -> list[Run]:
         runs: list[Run] = []
+        if not waiting or len(running) >= self.config.max_running_requests or budget <= 0:
+            return runs  # (ordering the queue costs a prefix match per waiting request)
         sharing = self._prompts_being_computed(running)
         for seq in self._admission_order(waiting):
             if len(running) >= self.config.max_running_requests or budget <= 0:
@@ -129,6 +138,7 @@ class BatchPolicy:
             running.append(seq)
             runs.append(Run(seq, n))
             budget -= n
+            self._note_prompt_being_computed(seq, sharing)
         return runs
 
     def _admission_order(self, waiting: deque[Sequence]) -> list[Sequence]:
@@ -144,16 +154,22 @@ class BatchPolicy:
 
     def _prompts_being_computed(self, running: list[Sequence]) -> dict[tuple, list[Sequence]]:
         """Running requests whose prompt blocks are not all in the tree yet, by first block."""
-        bs = self.block_size
         found: dict[tuple, list[Sequence]] = {}
-        if not self.config.enable_prefix_cache:
-            return found
         for seq in running:
-            assert seq.match is not None
-            if seq.match.num_tokens < seq.num_prompt_tokens // bs * bs:
-                key = (seq.request.namespace, tuple(seq.token_ids[:bs]))
-                found.setdefault(key, []).append(seq)
+            self._note_prompt_being_computed(seq, found)
         return found
+
+    def _note_prompt_being_computed(
+        self, seq: Sequence, found: dict[tuple, list[Sequence]]
+    ) -> None:
+        bs = self.block_size
+        assert seq.match is not None
+        if (
+            self.config.enable_prefix_cache
+            and seq.match.num_tokens < seq.num_prompt_tokens // bs * bs
+        ):
+            key = (seq.request.namespace, tuple(seq.token_ids[:bs]))
+            found.setdefault(key, []).append(seq)
 
     def _worth_waiting(
         self, seq: Sequence, match: PrefixMatch, sharing: dict[tuple, list[Sequence]]

@@ -252,7 +252,8 @@ def create_server(
     """A grpc.aio server with Generation, grpc.health.v1 and reflection (await set_health next:
     a new health servicer reports the overall status as SERVING)."""
     health_servicer = health.aio.HealthServicer()
-    server = grpc.aio.server()
+    # No SO_REUSEPORT: a second server on a port in use must fail, not share its traffic.
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     server.add_generic_rpc_handlers((generation_handler(servicer),))
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     services = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)

@@ -52,15 +52,14 @@ class StopStringMatcher:
         return text
 
     def _first_match(self, text: str) -> tuple[int, str] | None:
-        """(start, stop string) of the earliest stop string in text; the longest on a tie."""
-        best: tuple[int, str] | None = None
+        """(start, stop string) of the stop string that ends first in text (as a character-by-
+        character stream would see it); of several ending together, the longest."""
+        best: tuple[int, int, str] | None = None  # (end, start, stop)
         for stop in self._stops:
             start = text.find(stop)
-            if start < 0:
-                continue
-            if best is None or start < best[0] or (start == best[0] and len(stop) > len(best[1])):
-                best = (start, stop)
-        return best
+            if start >= 0 and (best is None or (start + len(stop), start) < best[:2]):
+                best = (start + len(stop), start, stop)
+        return None if best is None else (best[1], best[2])
 
     def _partial_tail_length(self, text: str) -> int:
         """Length of the longest tail of text that is a proper prefix of some stop string."""

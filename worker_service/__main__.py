@@ -20,8 +20,11 @@ log = logging.getLogger("yaie.worker_service")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="yaie worker", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True,
-                        help="local Hugging Face model directory or a hub id in the local cache")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="local Hugging Face model directory or a hub id in the local cache",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=50061, help="port to bind (0: any free one)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -29,34 +32,58 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--num-blocks", type=int, default=None, help="KV blocks in the pool")
-    size.add_argument("--memory-fraction", type=float, default=DEFAULT_MEMORY_FRACTION,
-                      help="fraction of free CUDA memory after the weights for the KV pool")
-    parser.add_argument("--cpu-kv-memory-mib", type=int,
-                        default=DEFAULT_CPU_MEMORY_BYTES // 2**20,
-                        help="KV pool budget on the CPU, in MiB")
+    size.add_argument(
+        "--memory-fraction",
+        type=float,
+        default=DEFAULT_MEMORY_FRACTION,
+        help="fraction of free CUDA memory after the weights for the KV pool",
+    )
+    parser.add_argument(
+        "--cpu-kv-memory-mib",
+        type=int,
+        default=DEFAULT_CPU_MEMORY_BYTES // 2**20,
+        help="KV pool budget on the CPU, in MiB",
+    )
     parser.add_argument("--attention-backend", default="auto", choices=list(BACKENDS))
-    parser.add_argument("--no-cuda-graphs", action="store_true",
-                        help="run decode eagerly instead of replaying CUDA graphs")
-    parser.add_argument("--max-graph-batch-size", type=int, default=256,
-                        help="largest decode batch captured in a CUDA graph")
+    parser.add_argument(
+        "--no-cuda-graphs",
+        action="store_true",
+        help="run decode eagerly instead of replaying CUDA graphs",
+    )
+    parser.add_argument(
+        "--max-graph-batch-size",
+        type=int,
+        default=256,
+        help="largest decode batch captured in a CUDA graph",
+    )
     parser.add_argument("--log-level", default="INFO")
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> WorkerConfig:
     return WorkerConfig(
-        model=args.model, host=args.host, port=args.port, device=args.device, dtype=args.dtype,
-        block_size=args.block_size, num_blocks=args.num_blocks,
-        memory_fraction=args.memory_fraction, cpu_memory_bytes=args.cpu_kv_memory_mib * 2**20,
-        attention_backend=args.attention_backend, cuda_graphs=not args.no_cuda_graphs,
+        model=args.model,
+        host=args.host,
+        port=args.port,
+        device=args.device,
+        dtype=args.dtype,
+        block_size=args.block_size,
+        num_blocks=args.num_blocks,
+        memory_fraction=args.memory_fraction,
+        cpu_memory_bytes=args.cpu_kv_memory_mib * 2**20,
+        attention_backend=args.attention_backend,
+        cuda_graphs=not args.no_cuda_graphs,
         max_graph_batch_size=args.max_graph_batch_size,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         config = config_from_args(args)
     except ValueError as exc:
@@ -74,7 +101,11 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, on_signal)
     from yaie.worker_service.app import start_worker  # heavy imports after argument parsing
 
-    worker = start_worker(config)
+    try:
+        worker = start_worker(config)
+    except (OSError, ValueError) as exc:  # no such model, unsupported config, port taken
+        log.error("cannot start the worker: %s", exc)
+        return 1
     device_failed = worker.servicer.device_failed
     # A device failure ends the wait too; poll because Event.wait is not signal-interruptible.
     while not stop.wait(0.2) and not device_failed.is_set():

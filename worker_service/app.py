@@ -49,17 +49,25 @@ def build_runner(config: WorkerConfig) -> tuple[ModelRunner, worker_pb2.WorkerIn
     dtype = config.torch_dtype(device)
     start = time.perf_counter()
     model = load_model(config.model, device, dtype, config.attention_backend)
-    log.info("loaded %s (%s, %s) on %s in %.1f s", config.model, model.architecture,
-             dtype_name(model.dtype), device, time.perf_counter() - start)
+    log.info(
+        "loaded %s (%s, %s) on %s in %.1f s",
+        config.model,
+        model.architecture,
+        dtype_name(model.dtype),
+        device,
+        time.perf_counter() - start,
+    )
     model_dir = resolve_model_dir(config.model)
     raw_config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     random_weights = bool(raw_config.get("yaie_random_weights", False))
     if random_weights:
         log.warning("%s has RANDOM weights: its output is meaningless", config.model)
-    pool_config = KVPoolConfig(config.block_size, config.num_blocks, config.memory_fraction,
-                               config.cpu_memory_bytes)
-    pool = KVPool.allocate(pool_config, model.num_layers, model.num_kv_heads, model.head_dim,
-                           model.dtype, device)
+    pool_config = KVPoolConfig(
+        config.block_size, config.num_blocks, config.memory_fraction, config.cpu_memory_bytes
+    )
+    pool = KVPool.allocate(
+        pool_config, model.num_layers, model.num_kv_heads, model.head_dim, model.dtype, device
+    )
     backend = resolve_backend(config.attention_backend, device.type == "cuda")
     use_graphs = config.cuda_graphs and device.type == "cuda" and backend == "triton"
     runner = ModelRunner(model, pool, use_graphs, config.max_graph_batch_size)
@@ -83,8 +91,10 @@ def start_worker(config: WorkerConfig) -> RunningWorker:
     """Binds config.host:config.port (0 picks a free port), then loads; returns once SERVING."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="worker-rpc"),
-        options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)],
+        options=[
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ],
     )
     servicer = WorkerServicer()
     health_servicer = health.HealthServicer()

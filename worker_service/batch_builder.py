@@ -22,7 +22,7 @@ class ScheduledEntry:
     state: RequestState
     start: int
     num_tokens: int
-    samples: bool    # reaches the end of the known tokens, so a token is sampled
+    samples: bool  # reaches the end of the known tokens, so a token is sampled
     is_decode: bool  # runs the last sampled token (device-resident)
 
 
@@ -33,8 +33,9 @@ def to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
     return host.pin_memory().to(device, non_blocking=True)
 
 
-def build_forward_batch(entries: list[ScheduledEntry], last_tokens: torch.Tensor,
-                        block_size: int) -> tuple[ForwardBatch, torch.Tensor]:
+def build_forward_batch(
+    entries: list[ScheduledEntry], last_tokens: torch.Tensor, block_size: int
+) -> tuple[ForwardBatch, torch.Tensor]:
     """Packs every index tensor into one int32 host buffer, copies it once, splits on device.
 
     Also returns sample_rows [num_sampled] int64: the last_tokens rows of the sampling entries.
@@ -45,7 +46,7 @@ def build_forward_batch(entries: list[ScheduledEntry], last_tokens: torch.Tensor
     max_blocks = max(len(e.state.block_table) for e in entries)
     host_ids: list[int] = []
     decode_index: list[int] = []  # rows of input_ids that take a device-resident token
-    decode_rows: list[int] = []   # ... from these rows of last_tokens
+    decode_rows: list[int] = []  # ... from these rows of last_tokens
     logits_indices: list[int] = []
     query_start = [0]
     for e in entries:
@@ -54,25 +55,35 @@ def build_forward_batch(entries: list[ScheduledEntry], last_tokens: torch.Tensor
             decode_rows.append(e.state.row)
             host_ids.append(0)
         else:
-            host_ids.extend(e.state.token_ids[e.start: e.start + e.num_tokens])
+            host_ids.extend(e.state.token_ids[e.start : e.start + e.num_tokens])
         query_start.append(query_start[-1] + e.num_tokens)
         if e.samples:
             logits_indices.append(query_start[-1] - 1)
-    tables = torch.tensor([e.state.block_table + [0] * (max_blocks - len(e.state.block_table))
-                           for e in entries], dtype=torch.int32)  # [batch, max_blocks]
+    tables = torch.tensor(
+        [e.state.block_table + [0] * (max_blocks - len(e.state.block_table)) for e in entries],
+        dtype=torch.int32,
+    )  # [batch, max_blocks]
     owner = torch.repeat_interleave(torch.arange(batch), torch.tensor(num_new))  # [num_tokens]
     starts = torch.tensor([e.start for e in entries], dtype=torch.int32)
-    positions = (torch.arange(num_tokens, dtype=torch.int32)
-                 - torch.tensor(query_start[:-1], dtype=torch.int32)[owner] + starts[owner])
+    positions = (
+        torch.arange(num_tokens, dtype=torch.int32)
+        - torch.tensor(query_start[:-1], dtype=torch.int32)[owner]
+        + starts[owner]
+    )
     slots = tables[owner, positions // block_size] * block_size + positions % block_size
     seq_lens = starts + torch.tensor(num_new, dtype=torch.int32)
-    parts = [torch.tensor(host_ids, dtype=torch.int32), positions, slots, seq_lens,
-             torch.tensor(query_start, dtype=torch.int32),
-             torch.tensor(logits_indices, dtype=torch.int32),
-             torch.tensor(decode_index, dtype=torch.int32),
-             torch.tensor(decode_rows, dtype=torch.int32),
-             torch.tensor([e.state.row for e in entries if e.samples], dtype=torch.int32),
-             tables.flatten()]
+    parts = [
+        torch.tensor(host_ids, dtype=torch.int32),
+        positions,
+        slots,
+        seq_lens,
+        torch.tensor(query_start, dtype=torch.int32),
+        torch.tensor(logits_indices, dtype=torch.int32),
+        torch.tensor(decode_index, dtype=torch.int32),
+        torch.tensor(decode_rows, dtype=torch.int32),
+        torch.tensor([e.state.row for e in entries if e.samples], dtype=torch.int32),
+        tables.flatten(),
+    ]
     pieces = torch.split(to_device(torch.cat(parts), device), [p.numel() for p in parts])
     input_ids, positions_d, slots_d, seq_lens_d, query_start_d, logits_d = pieces[:6]
     decode_index_d, decode_rows_d, sample_rows, tables_d = pieces[6:]

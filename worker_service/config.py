@@ -18,14 +18,14 @@ class WorkerConfig:
     model: str
     host: str = "127.0.0.1"
     port: int = 50061
-    device: str = "auto"             # auto | cpu | cuda | cuda:N
-    dtype: str = "auto"              # auto | float32 | bfloat16 | float16
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     block_size: int = 16
-    num_blocks: int | None = None    # None: size the pool from memory
+    num_blocks: int | None = None  # None: size the pool from memory
     memory_fraction: float = DEFAULT_MEMORY_FRACTION  # of free CUDA memory after the weights
     cpu_memory_bytes: int = DEFAULT_CPU_MEMORY_BYTES  # KV budget on the CPU
     attention_backend: str = "auto"
-    cuda_graphs: bool = True         # decode CUDA graphs (CUDA only)
+    cuda_graphs: bool = True  # decode CUDA graphs (CUDA only)
     max_graph_batch_size: int = 256
 
     def __post_init__(self) -> None:

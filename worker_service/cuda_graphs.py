@@ -25,8 +25,14 @@ def graph_batch_sizes(max_batch_size: int) -> list[int]:
 class DecodeGraphs:
     """Captured decode graphs sharing one set of static inputs and one memory pool."""
 
-    def __init__(self, model: torch.nn.Module, kv_cache: torch.Tensor, scratch_block: int,
-                 max_batch_size: int, max_blocks_per_seq: int) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        kv_cache: torch.Tensor,
+        scratch_block: int,
+        max_batch_size: int,
+        max_blocks_per_seq: int,
+    ) -> None:
         device = kv_cache.device
         block_size = kv_cache.shape[3]
         self.model = model
@@ -39,8 +45,9 @@ class DecodeGraphs:
         self.input_ids = torch.zeros(n, dtype=torch.int64, device=device)
         self.positions = torch.zeros(n, dtype=torch.int64, device=device)
         self.slots = torch.full((n,), self.scratch_slot, dtype=torch.int64, device=device)
-        self.block_tables = torch.full((n, max_blocks_per_seq), scratch_block, dtype=torch.int32,
-                                       device=device)
+        self.block_tables = torch.full(
+            (n, max_blocks_per_seq), scratch_block, dtype=torch.int32, device=device
+        )
         self.seq_lens = torch.ones(n, dtype=torch.int32, device=device)
         self.query_start = torch.arange(n + 1, dtype=torch.int32, device=device)
         self.logits_indices = torch.arange(n, dtype=torch.int64, device=device)
@@ -48,9 +55,17 @@ class DecodeGraphs:
         self.logits: dict[int, torch.Tensor] = {}
 
     def _static_batch(self, b: int) -> ForwardBatch:
-        return ForwardBatch(self.input_ids[:b], self.positions[:b], self.slots[:b],
-                            self.block_tables[:b], self.seq_lens[:b], self.query_start[: b + 1],
-                            1, True, self.logits_indices[:b])
+        return ForwardBatch(
+            self.input_ids[:b],
+            self.positions[:b],
+            self.slots[:b],
+            self.block_tables[:b],
+            self.seq_lens[:b],
+            self.query_start[: b + 1],
+            1,
+            True,
+            self.logits_indices[:b],
+        )
 
     @torch.inference_mode()
     def capture(self) -> None:
@@ -69,9 +84,12 @@ class DecodeGraphs:
         log.info("captured decode CUDA graphs for batch sizes %s", self.batch_sizes)
 
     def can_run(self, batch: ForwardBatch) -> bool:
-        return (batch.is_decode and batch.batch_size <= self.batch_sizes[-1]
-                and batch.block_tables.shape[1] <= self.block_tables.shape[1]
-                and batch.logits_indices.shape[0] == batch.batch_size)
+        return (
+            batch.is_decode
+            and batch.batch_size <= self.batch_sizes[-1]
+            and batch.block_tables.shape[1] <= self.block_tables.shape[1]
+            and batch.logits_indices.shape[0] == batch.batch_size
+        )
 
     def run(self, batch: ForwardBatch) -> torch.Tensor:
         """Replays the bucket's graph on batch (a decode batch); returns logits [b, vocab]."""

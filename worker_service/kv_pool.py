@@ -38,8 +38,9 @@ class KVPoolConfig:
             raise ValueError(f"cpu_memory_bytes must be positive, got {self.cpu_memory_bytes}")
 
 
-def bytes_per_block(num_layers: int, num_kv_heads: int, head_dim: int, block_size: int,
-                    dtype: torch.dtype) -> int:
+def bytes_per_block(
+    num_layers: int, num_kv_heads: int, head_dim: int, block_size: int, dtype: torch.dtype
+) -> int:
     """K and V of every layer for block_size tokens."""
     element_size = torch.empty((), dtype=dtype).element_size()
     return num_layers * 2 * block_size * num_kv_heads * head_dim * element_size
@@ -48,14 +49,30 @@ def bytes_per_block(num_layers: int, num_kv_heads: int, head_dim: int, block_siz
 class KVPool:
     """Owns the pool tensor; block ids [0, num_blocks) belong to the scheduler."""
 
-    def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype,
-                 device: torch.device, block_size: int, num_blocks: int) -> None:
+    def __init__(
+        self,
+        num_layers: int,
+        num_kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        block_size: int,
+        num_blocks: int,
+    ) -> None:
         assert num_blocks > 0 and block_size > 0
         self.block_size = block_size
         self.num_blocks = num_blocks
         # [L, 2, N + 1, block_size, kv_heads, head_dim]; block N is the scratch block.
-        self.cache = torch.zeros(num_layers, 2, num_blocks + 1, block_size, num_kv_heads,
-                                 head_dim, dtype=dtype, device=device)
+        self.cache = torch.zeros(
+            num_layers,
+            2,
+            num_blocks + 1,
+            block_size,
+            num_kv_heads,
+            head_dim,
+            dtype=dtype,
+            device=device,
+        )
 
     @property
     def scratch_block(self) -> int:
@@ -63,8 +80,15 @@ class KVPool:
         return self.num_blocks
 
     @classmethod
-    def allocate(cls, config: KVPoolConfig, num_layers: int, num_kv_heads: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device) -> KVPool:
+    def allocate(
+        cls,
+        config: KVPoolConfig,
+        num_layers: int,
+        num_kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> KVPool:
         """Sizes the pool per config (call after the weights are on the device) and allocates it."""
         per_block = bytes_per_block(num_layers, num_kv_heads, head_dim, config.block_size, dtype)
         if config.num_blocks is not None:
@@ -79,7 +103,11 @@ class KVPool:
                 f"no memory for even one KV block of {per_block} bytes; "
                 "pass --num-blocks or a larger --memory-fraction"
             )
-        log.info("KV pool: %d blocks of %d tokens (%.1f MiB) on %s", num_blocks,
-                 config.block_size, (num_blocks + 1) * per_block / 2**20, device)
-        return cls(num_layers, num_kv_heads, head_dim, dtype, device, config.block_size,
-                   num_blocks)
+        log.info(
+            "KV pool: %d blocks of %d tokens (%.1f MiB) on %s",
+            num_blocks,
+            config.block_size,
+            (num_blocks + 1) * per_block / 2**20,
+            device,
+        )
+        return cls(num_layers, num_kv_heads, head_dim, dtype, device, config.block_size, num_blocks)

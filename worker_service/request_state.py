@@ -17,13 +17,13 @@ class RequestState:
     """One live request. Tokens [0, num_computed) have their K/V in the pool."""
 
     request_id: int
-    row: int                 # row of this request in RequestTable.last_tokens
-    token_ids: list[int]     # tokens the scheduler sent: prompt + output before a preemption
+    row: int  # row of this request in RequestTable.last_tokens
+    token_ids: list[int]  # tokens the scheduler sent: prompt + output before a preemption
     num_prompt_tokens: int
     num_computed: int
     block_table: list[int]
     sampling: SamplingConfig
-    num_sampled: int = 0     # tokens sampled here; their values live on the device only
+    num_sampled: int = 0  # tokens sampled here; their values live on the device only
     # Output tokens so far (earlier output + sampled here), on the device, for the penalties:
     # [capacity] int64, first num_outputs valid. None when the request uses no penalty.
     output_tokens: torch.Tensor | None = None
@@ -39,16 +39,18 @@ class RequestState:
     @property
     def uses_penalties(self) -> bool:
         s = self.sampling
-        return (s.repetition_penalty != 1.0 or s.frequency_penalty != 0.0
-                or s.presence_penalty != 0.0)
+        return (
+            s.repetition_penalty != 1.0 or s.frequency_penalty != 0.0 or s.presence_penalty != 0.0
+        )
 
     @property
     def wants_logprobs(self) -> bool:
         return self.sampling.return_logprobs or self.sampling.top_logprobs > 0
 
 
-def check_new_request(spec: NewRequestSpec, block_size: int, max_context: int,
-                      vocab_size: int) -> None:
+def check_new_request(
+    spec: NewRequestSpec, block_size: int, max_context: int, vocab_size: int
+) -> None:
     """Raises ValueError when a NewRequest is inconsistent."""
     num_tokens = len(spec.token_ids)
     bad_ids = [t for t in spec.token_ids if not 0 <= t < vocab_size]
@@ -68,8 +70,9 @@ def check_new_request(spec: NewRequestSpec, block_size: int, max_context: int,
         )
 
 
-def check_run_entry(state: RequestState, entry: RunEntry, block_size: int, num_blocks: int,
-                    max_context: int) -> bool:
+def check_run_entry(
+    state: RequestState, entry: RunEntry, block_size: int, num_blocks: int, max_context: int
+) -> bool:
     """Raises ValueError when the entry cannot run; returns whether it samples a token."""
     n = entry.num_tokens
     bad_blocks = [b for b in entry.new_block_ids if not 0 <= b < num_blocks]
@@ -112,21 +115,31 @@ class RequestTable:
     def get(self, request_id: int) -> RequestState | None:
         return self._requests.get(request_id)
 
-    def add(self, spec: NewRequestSpec, block_size: int, max_context: int,
-            vocab_size: int) -> RequestState:
+    def add(
+        self, spec: NewRequestSpec, block_size: int, max_context: int, vocab_size: int
+    ) -> RequestState:
         """Checks the spec and admits the request (ValueError when it is inconsistent)."""
         assert spec.request_id not in self._requests
         check_new_request(spec, block_size, max_context, vocab_size)
         sampling = SamplingConfig(**spec.sampling)
         # A fully cached prompt still runs its last token (K/V rewritten, same values).
         num_computed = min(spec.num_cached_tokens, len(spec.token_ids) - 1)
-        state = RequestState(spec.request_id, self._take_row(), list(spec.token_ids),
-                             spec.num_prompt_tokens, num_computed, [], sampling)
+        state = RequestState(
+            spec.request_id,
+            self._take_row(),
+            list(spec.token_ids),
+            spec.num_prompt_tokens,
+            num_computed,
+            [],
+            sampling,
+        )
         if state.uses_penalties:
-            earlier = spec.token_ids[spec.num_prompt_tokens:]
+            earlier = spec.token_ids[spec.num_prompt_tokens :]
             buffer = torch.full((max(16, 2 * len(earlier)),), -1, dtype=torch.int64)
             buffer[: len(earlier)] = torch.tensor(earlier, dtype=torch.int64)
-            state.output_tokens = buffer.to(self.device)
+            if self.device.type == "cuda":  # pinned: an asynchronous copy, no stream sync
+                buffer = buffer.pin_memory()
+            state.output_tokens = buffer.to(self.device, non_blocking=True)
         self._requests[spec.request_id] = state
         return state
 
@@ -150,17 +163,15 @@ class RequestTable:
         return self._free_rows.pop()
 
 
-def append_outputs(states: list[RequestState], token_ids: torch.Tensor) -> None:
-    """Appends token_ids[i] (device) to states[i].output_tokens, growing buffers as needed.
+def append_output(state: RequestState, token_id: torch.Tensor) -> None:
+    """Appends token_id ([1] on the device) to state.output_tokens, growing the buffer if needed.
 
     Call before num_sampled is incremented: the token lands at index num_outputs.
     """
-    for i, state in enumerate(states):
-        assert state.output_tokens is not None
-        index = state.num_outputs
-        if index >= state.output_tokens.shape[0]:
-            grown = torch.full((2 * index,), -1, dtype=torch.int64,
-                               device=state.output_tokens.device)
-            grown[:index] = state.output_tokens
-            state.output_tokens = grown
-        state.output_tokens[index: index + 1] = token_ids[i: i + 1]
+    assert state.output_tokens is not None
+    index = state.num_outputs
+    if index >= state.output_tokens.shape[0]:
+        grown = torch.full((2 * index,), -1, dtype=torch.int64, device=state.output_tokens.device)
+        grown[:index] = state.output_tokens
+        state.output_tokens = grown
+    state.output_tokens[index : index + 1] = token_id

@@ -24,8 +24,13 @@ log = logging.getLogger(__name__)
 class ModelRunner:
     """The only place where step plans meet tensors. One per process; not thread-safe."""
 
-    def __init__(self, model: torch.nn.Module, pool: KVPool, use_cuda_graphs: bool = False,
-                 max_graph_batch_size: int = 256) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        pool: KVPool,
+        use_cuda_graphs: bool = False,
+        max_graph_batch_size: int = 256,
+    ) -> None:
         self.model = model
         self.pool = pool
         self.device = pool.cache.device
@@ -35,8 +40,9 @@ class ModelRunner:
         self.device_failure: str | None = None  # set on a device error: the process must exit
         if use_cuda_graphs and self.device.type == "cuda":
             max_blocks = -(-self.max_context // pool.block_size)
-            self.graphs = DecodeGraphs(model, pool.cache, pool.scratch_block,
-                                       max_graph_batch_size, max_blocks)
+            self.graphs = DecodeGraphs(
+                model, pool.cache, pool.scratch_block, max_graph_batch_size, max_blocks
+            )
             self.graphs.capture()
 
     def new_table(self) -> RequestTable:
@@ -60,8 +66,13 @@ class ModelRunner:
                 self.device_failure = f"{type(exc).__name__}: {exc}"
             for entry in plan.run:
                 table.release(entry.request_id)
-            return PendingStep.done(StepOutput(plan.step_id, token_ids=[-1] * len(plan.run),
-                                               error=f"{type(exc).__name__}: {exc}"))
+            return PendingStep.done(
+                StepOutput(
+                    plan.step_id,
+                    token_ids=[-1] * len(plan.run),
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+            )
 
     def _fail(self, table: RequestTable, output: StepOutput, request_id: int, message: str) -> None:
         """A request-scoped error: the request is dropped, the rest of the step runs."""
@@ -71,16 +82,21 @@ class ModelRunner:
     def _admit(self, table: RequestTable, plan: Plan, output: StepOutput) -> None:
         for spec in plan.new_requests:
             if spec.request_id in table or spec.request_id in output.request_errors:
-                self._fail(table, output, spec.request_id,
-                           f"NewRequest for request {spec.request_id}, which is already live")
+                self._fail(
+                    table,
+                    output,
+                    spec.request_id,
+                    f"NewRequest for request {spec.request_id}, which is already live",
+                )
                 continue
             try:
                 table.add(spec, self.pool.block_size, self.max_context, self.vocab_size)
             except (ValueError, TypeError) as exc:
                 self._fail(table, output, spec.request_id, f"bad NewRequest: {exc}")
 
-    def _schedule(self, table: RequestTable, plan: Plan, output: StepOutput
-                  ) -> list[ScheduledEntry]:
+    def _schedule(
+        self, table: RequestTable, plan: Plan, output: StepOutput
+    ) -> list[ScheduledEntry]:
         """Validates each run entry; a bad one fails its request only."""
         seen: set[int] = set()
         for entry in plan.run:
@@ -93,24 +109,28 @@ class ModelRunner:
                 continue
             state = table.get(entry.request_id)
             if state is None:
-                self._fail(table, output, entry.request_id,
-                           f"unknown request {entry.request_id}")
+                self._fail(table, output, entry.request_id, f"unknown request {entry.request_id}")
                 continue
             try:
-                samples = check_run_entry(state, entry, self.pool.block_size,
-                                          self.pool.num_blocks, self.max_context)
+                samples = check_run_entry(
+                    state, entry, self.pool.block_size, self.pool.num_blocks, self.max_context
+                )
             except ValueError as exc:
                 self._fail(table, output, entry.request_id, str(exc))
                 continue
             state.block_table.extend(entry.new_block_ids)
             is_decode = state.num_computed >= len(state.token_ids)
-            entries.append(ScheduledEntry(index, state, state.num_computed, entry.num_tokens,
-                                          samples, is_decode))
+            entries.append(
+                ScheduledEntry(
+                    index, state, state.num_computed, entry.num_tokens, samples, is_decode
+                )
+            )
         # A request failed after an earlier entry of it was scheduled (a duplicate): drop it.
         return [e for e in entries if e.state.request_id not in output.request_errors]
 
-    def _execute(self, table: RequestTable, entries: list[ScheduledEntry],
-                 output: StepOutput) -> PendingStep:
+    def _execute(
+        self, table: RequestTable, entries: list[ScheduledEntry], output: StepOutput
+    ) -> PendingStep:
         timer = StepTimer(self.device)
         batch, sample_rows = build_forward_batch(entries, table.last_tokens, self.pool.block_size)
         if self.graphs is not None and self.graphs.can_run(batch):
@@ -118,11 +138,11 @@ class ModelRunner:
         else:
             logits = self.model.forward(batch, self.pool.cache)  # [num_sampled, vocab] fp32
         timer.mark()
-        pending = sample_entries(logits, entries, sample_rows, table, self.vocab_size, output,
-                                 timer)
+        pending = sample_entries(
+            logits, entries, sample_rows, table, self.vocab_size, output, timer
+        )
         for e in entries:
             e.state.num_computed += e.num_tokens
             if e.samples:
                 e.state.num_sampled += 1
         return pending
-

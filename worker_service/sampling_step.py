@@ -14,7 +14,7 @@ import torch
 from yaie.kernels.sampling import SamplingBatch, sample
 from yaie.worker_service.batch_builder import ScheduledEntry, to_device
 from yaie.worker_service.plan import StepOutput
-from yaie.worker_service.request_state import RequestTable, append_outputs
+from yaie.worker_service.request_state import RequestTable, append_output
 
 
 class StepTimer:
@@ -55,7 +55,7 @@ class PendingStep:
     output: StepOutput
     rows: list[_SampledRow] = field(default_factory=list)
     host: torch.Tensor | None = None  # packed int32 results (pinned on CUDA)
-    num_top: int = 0                  # columns of the top-n block in host
+    num_top: int = 0  # columns of the top-n block in host
     has_logprobs: bool = False
     timer: StepTimer | None = None
     done_event: torch.cuda.Event | None = None
@@ -79,7 +79,7 @@ class PendingStep:
             logprobs, values = values[:n].view(torch.float32).tolist(), values[n:]
         if k:
             top_ids = values[: n * k].view(n, k).tolist()
-            top_lps = values[n * k:].view(torch.float32).view(n, k).tolist()
+            top_lps = values[n * k :].view(torch.float32).view(n, k).tolist()
         out = self.output
         for i, row in enumerate(self.rows):
             out.token_ids[row.plan_index] = ids[i]
@@ -90,8 +90,9 @@ class PendingStep:
         return out
 
 
-def _penalty_inputs(entries: list[ScheduledEntry], device: torch.device
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def _penalty_inputs(
+    entries: list[ScheduledEntry], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """prompt_tokens / output_tokens [B, L] int64 padded with -1 (rows without penalties empty)."""
     penalized = [e.state if e.state.uses_penalties else None for e in entries]
     prompt_len = max(s.num_prompt_tokens if s else 0 for s in penalized)
@@ -107,9 +108,15 @@ def _penalty_inputs(entries: list[ScheduledEntry], device: torch.device
     return to_device(prompts, device), outputs
 
 
-def sample_entries(logits: torch.Tensor, entries: list[ScheduledEntry], sample_rows: torch.Tensor,
-                   table: RequestTable, vocab_size: int, output: StepOutput,
-                   timer: StepTimer) -> PendingStep:
+def sample_entries(
+    logits: torch.Tensor,
+    entries: list[ScheduledEntry],
+    sample_rows: torch.Tensor,
+    table: RequestTable,
+    vocab_size: int,
+    output: StepOutput,
+    timer: StepTimer,
+) -> PendingStep:
     """Samples logits [num_sampled, vocab] (one row per sampling entry, in entry order), stores
     each request's token in table.last_tokens, and starts the copy of the results to the host."""
     sampled = [e for e in entries if e.samples]
@@ -125,11 +132,13 @@ def sample_entries(logits: torch.Tensor, entries: list[ScheduledEntry], sample_r
     result = sample(logits, batch)
     token_ids = result.token_ids
     table.last_tokens[sample_rows] = token_ids
-    penalized = [i for i, e in enumerate(sampled) if e.state.uses_penalties]
-    if penalized:
-        append_outputs([sampled[i].state for i in penalized], token_ids[penalized])
-    rows = [_SampledRow(e.plan_index, e.state.wants_logprobs, e.state.sampling.top_logprobs)
-            for e in sampled]
+    for i, e in enumerate(sampled):  # slices, not a list index (that would copy and sync)
+        if e.state.uses_penalties:
+            append_output(e.state, token_ids[i : i + 1])
+    rows = [
+        _SampledRow(e.plan_index, e.state.wants_logprobs, e.state.sampling.top_logprobs)
+        for e in sampled
+    ]
     num_top = max(r.num_top for r in rows)
     has_logprobs = any(r.wants_logprobs for r in rows)
     parts = [token_ids.to(torch.int32)]
@@ -137,8 +146,9 @@ def sample_entries(logits: torch.Tensor, entries: list[ScheduledEntry], sample_r
         parts.append(result.logprobs.float().view(torch.int32))
         if num_top:
             parts.append(result.top_token_ids[:, :num_top].to(torch.int32).flatten())
-            parts.append(result.top_logprobs[:, :num_top].float().contiguous()
-                         .view(torch.int32).flatten())
+            parts.append(
+                result.top_logprobs[:, :num_top].float().contiguous().view(torch.int32).flatten()
+            )
     timer.mark()
     packed = torch.cat(parts)
     if device.type == "cuda":
@@ -146,8 +156,9 @@ def sample_entries(logits: torch.Tensor, entries: list[ScheduledEntry], sample_r
         host.copy_(packed, non_blocking=True)
     else:
         host = packed
-    return PendingStep(output, rows, host, num_top if has_logprobs else 0, has_logprobs, timer,
-                       _record(timer))
+    return PendingStep(
+        output, rows, host, num_top if has_logprobs else 0, has_logprobs, timer, _record(timer)
+    )
 
 
 def _record(timer: StepTimer) -> torch.cuda.Event | None:

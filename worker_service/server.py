@@ -23,10 +23,19 @@ from yaie.worker_service.sampling_step import PendingStep
 log = logging.getLogger(__name__)
 
 MAX_IN_FLIGHT = 2  # launched steps whose results are not read yet
-_END = object()    # the client closed its side of the stream
-_SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty",
-                    "frequency_penalty", "presence_penalty", "seed", "top_logprobs",
-                    "return_logprobs")
+_END = object()  # the client closed its side of the stream
+_SAMPLING_FIELDS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "frequency_penalty",
+    "presence_penalty",
+    "seed",
+    "top_logprobs",
+    "return_logprobs",
+)
 
 
 def plan_from_proto(message: worker_pb2.StepPlan) -> Plan:
@@ -39,12 +48,15 @@ def plan_from_proto(message: worker_pb2.StepPlan) -> Plan:
         )
     block_ids = list(message.new_block_ids)
     if sum(message.run_num_new_blocks) != len(block_ids):
-        raise ValueError(f"run_num_new_blocks sum to {sum(message.run_num_new_blocks)}, "
-                         f"new_block_ids holds {len(block_ids)}")
+        raise ValueError(
+            f"run_num_new_blocks sum to {sum(message.run_num_new_blocks)}, "
+            f"new_block_ids holds {len(block_ids)}"
+        )
     run, offset = [], 0
-    for request_id, num_tokens, num_new in zip(message.run_request_ids, message.run_num_tokens,
-                                               message.run_num_new_blocks, strict=True):
-        run.append(RunEntry(request_id, num_tokens, block_ids[offset: offset + num_new]))
+    for request_id, num_tokens, num_new in zip(
+        message.run_request_ids, message.run_num_tokens, message.run_num_new_blocks, strict=True
+    ):
+        run.append(RunEntry(request_id, num_tokens, block_ids[offset : offset + num_new]))
         offset += num_new
     new_requests = [
         NewRequestSpec(
@@ -52,8 +64,10 @@ def plan_from_proto(message: worker_pb2.StepPlan) -> Plan:
             token_ids=list(r.token_ids),
             num_prompt_tokens=r.num_prompt_tokens,
             num_cached_tokens=r.num_cached_tokens,
-            sampling={**{name: getattr(r.sampling, name) for name in _SAMPLING_FIELDS},
-                      "logit_bias": dict(r.sampling.logit_bias)},
+            sampling={
+                **{name: getattr(r.sampling, name) for name in _SAMPLING_FIELDS},
+                "logit_bias": dict(r.sampling.logit_bias),
+            },
         )
         for r in message.new_requests
     ]
@@ -70,8 +84,10 @@ def result_to_proto(output: StepOutput) -> worker_pb2.StepResult:
         forward_ms=output.forward_ms,
         sample_ms=output.sample_ms,
         error=output.error,
-        request_errors=[worker_pb2.RequestError(request_id=i, message=m)
-                        for i, m in output.request_errors.items()],
+        request_errors=[
+            worker_pb2.RequestError(request_id=i, message=m)
+            for i, m in output.request_errors.items()
+        ],
     )
 
 
@@ -96,8 +112,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         if self.runner is None:
             context.abort(grpc.StatusCode.UNAVAILABLE, "the worker is still loading its model")
         plans: queue.Queue = queue.Queue()
-        threading.Thread(target=_read_plans, args=(request_iterator, plans), daemon=True,
-                         name="step-reader").start()
+        threading.Thread(
+            target=_read_plans, args=(request_iterator, plans), daemon=True, name="step-reader"
+        ).start()
         table = self.runner.new_table()
         pending: deque[PendingStep] = deque()
         last_step_id: int | None = None
@@ -121,15 +138,16 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                 table.clear()
             log.info("step stream closed")
 
-    def _launch(self, table: RequestTable, message: worker_pb2.StepPlan,
-                last_step_id: int | None) -> PendingStep:
+    def _launch(
+        self, table: RequestTable, message: worker_pb2.StepPlan, last_step_id: int | None
+    ) -> PendingStep:
         try:
             if last_step_id is not None and message.step_id <= last_step_id:
                 raise ValueError(f"step_id {message.step_id} after {last_step_id}: not increasing")
             plan = plan_from_proto(message)
-        except ValueError as exc:  # nothing runs; the step's requests are dropped
+        except ValueError as exc:  # nothing runs; releases apply, the step's requests are dropped
             with self._lock:
-                for request_id in message.run_request_ids:
+                for request_id in [*message.release_request_ids, *message.run_request_ids]:
                     table.release(request_id)
             num_run = len(message.run_request_ids)
             return PendingStep.done(StepOutput(message.step_id, [-1] * num_run, error=str(exc)))
@@ -140,18 +158,25 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             self.device_failed.set()
         return pending
 
-
     def _finish(self, pending: PendingStep) -> worker_pb2.StepResult:
         """Waits for a launched step; a failure here is the device's (the worker must exit)."""
         try:
             return result_to_proto(pending.wait())
         except Exception as exc:
-            log.critical("device failure while reading step %d, the worker exits: %s",
-                         pending.output.step_id, exc)
+            log.critical(
+                "device failure while reading step %d, the worker exits: %s",
+                pending.output.step_id,
+                exc,
+            )
             self.device_failed.set()
             output = pending.output
-            return result_to_proto(StepOutput(output.step_id, [-1] * len(output.token_ids),
-                                              error=f"{type(exc).__name__}: {exc}"))
+            return result_to_proto(
+                StepOutput(
+                    output.step_id,
+                    [-1] * len(output.token_ids),
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+            )
 
 
 def _read_plans(request_iterator, plans: queue.Queue) -> None:

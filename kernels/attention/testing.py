@@ -6,7 +6,8 @@ request's tokens poisons its output instead of passing by luck.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import random
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -25,6 +26,33 @@ class PagedBatch:
     keys: list[torch.Tensor]  # per request [seq_len, kv_heads, head_dim], as stored in the pool
     values: list[torch.Tensor]
     scale: float
+
+    def extend_args(self) -> tuple:
+        """Positional arguments of extend_attention (backend left to the caller)."""
+        return (self.q, self.k_cache, self.v_cache, self.block_tables, self.seq_lens,
+                self.query_start, self.max_query_len, self.scale)  # fmt: skip
+
+    def decode_args(self) -> tuple:
+        """Positional arguments of decode_attention (one new token per request)."""
+        return (self.q, self.k_cache, self.v_cache, self.block_tables, self.seq_lens, self.scale)
+
+    def upcast(self) -> PagedBatch:
+        """The same inputs in float32, for the reference of a bf16 run."""
+        return replace(
+            self, q=self.q.float(), k_cache=self.k_cache.float(), v_cache=self.v_cache.float()
+        )
+
+
+def random_ragged_lengths(
+    seed: int, batch: int, max_prefix: int, max_new: int
+) -> tuple[list[int], list[int]]:
+    """Cached-prefix and new-token counts, shuffled; they include the edge cases 0 and 1."""
+    rng = random.Random(seed)
+    prefix = [0] + [rng.randint(0, max_prefix) for _ in range(batch - 1)]
+    new = [1] + [rng.randint(1, max_new) for _ in range(batch - 1)]
+    rng.shuffle(prefix)
+    rng.shuffle(new)
+    return prefix, new
 
 
 def make_paged_batch(

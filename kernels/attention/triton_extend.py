@@ -121,50 +121,16 @@ def _extend_kernel(
     first_pos = prefix_len + tile * BLOCK_M
     unmasked_end = ((first_pos + 1) // BLOCK_N) * BLOCK_N
     last_pos = tl.minimum(first_pos + BLOCK_M, seq_len)  # one past the tile's last key
-    acc, m_i, l_i = _attend_tile(
-        acc,
-        m_i,
-        l_i,
-        q_tile,
-        q_pos,
-        k_cache,
-        v_cache,
-        table_row,
-        0,
-        unmasked_end,
-        seq_len,
-        kv_head,
-        stride_cache_block,
-        stride_cache_token,
-        stride_cache_head,
-        qk_scale,
-        block_size,
-        HEAD_DIM,
-        BLOCK_N,
-        False,
-    )
-    acc, m_i, l_i = _attend_tile(
-        acc,
-        m_i,
-        l_i,
-        q_tile,
-        q_pos,
-        k_cache,
-        v_cache,
-        table_row,
-        unmasked_end,
-        last_pos,
-        seq_len,
-        kv_head,
-        stride_cache_block,
-        stride_cache_token,
-        stride_cache_head,
-        qk_scale,
-        block_size,
-        HEAD_DIM,
-        BLOCK_N,
-        True,
-    )
+    # fmt: off
+    acc, m_i, l_i = _attend_tile(  # keys [0, unmasked_end): no mask
+        acc, m_i, l_i, q_tile, q_pos, k_cache, v_cache, table_row, 0, unmasked_end, seq_len,
+        kv_head, stride_cache_block, stride_cache_token, stride_cache_head, qk_scale,
+        block_size, HEAD_DIM, BLOCK_N, False)
+    acc, m_i, l_i = _attend_tile(  # keys [unmasked_end, last_pos): the causal diagonal
+        acc, m_i, l_i, q_tile, q_pos, k_cache, v_cache, table_row, unmasked_end, last_pos,
+        seq_len, kv_head, stride_cache_block, stride_cache_token, stride_cache_head, qk_scale,
+        block_size, HEAD_DIM, BLOCK_N, True)
+    # fmt: on
 
     result = acc / l_i[:, None]
     out_ptrs = out + tokens[:, None] * stride_out_token + head * stride_out_head + offs_d[None, :]

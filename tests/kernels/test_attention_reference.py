@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from yaie.kernels.attention import decode_attention, extend_attention, store_kv
-from yaie.kernels.attention.testing import PagedBatch, make_paged_batch, relative_error
+from yaie.kernels.attention.testing import (
+    PagedBatch,
+    make_paged_batch,
+    random_ragged_lengths,
+    relative_error,
+)
 
 BLOCK_SIZES = (1, 16, 64, 256)
 GQA_RATIOS = (1, 2, 4, 8)
@@ -32,50 +37,22 @@ def dense_causal_attention(batch: PagedBatch) -> torch.Tensor:
     return out
 
 
-def random_ragged_lengths(rng: random.Random, batch: int, max_prefix: int, max_new: int):
-    """Prefix lengths include 0 and new lengths include 1, the edge cases of extend."""
-    prefix = [0] + [rng.randint(0, max_prefix) for _ in range(batch - 1)]
-    new = [1] + [rng.randint(1, max_new) for _ in range(batch - 1)]
-    rng.shuffle(prefix)
-    rng.shuffle(new)
-    return prefix, new
-
-
 @pytest.mark.parametrize("block_size", BLOCK_SIZES)
 @pytest.mark.parametrize("gqa", GQA_RATIOS)
 def test_reference_extend_matches_dense_causal_attention(block_size: int, gqa: int) -> None:
-    rng = random.Random(block_size * 10 + gqa)
-    prefix, new = random_ragged_lengths(rng, batch=4, max_prefix=300, max_new=40)
+    prefix, new = random_ragged_lengths(block_size * 10 + gqa, 4, max_prefix=300, max_new=40)
     kv_heads = 2 if gqa <= 4 else 1
     batch = make_paged_batch(prefix, new, block_size, kv_heads, kv_heads * gqa, 16, seed=gqa)
-    out = extend_attention(
-        batch.q,
-        batch.k_cache,
-        batch.v_cache,
-        batch.block_tables,
-        batch.seq_lens,
-        batch.query_start,
-        batch.max_query_len,
-        batch.scale,
-        backend="torch",
-    )
+    out = extend_attention(*batch.extend_args(), backend="torch")
     assert relative_error(out, dense_causal_attention(batch)) < 1e-5
 
 
 @pytest.mark.parametrize("block_size", BLOCK_SIZES)
-def test_reference_decode_is_extend_with_one_query_per_request(block_size: int) -> None:
+def test_reference_decode_matches_dense_attention(block_size: int) -> None:
     rng = random.Random(block_size)
     seq_lens = [1] + [rng.randint(1, 600) for _ in range(5)]
     batch = make_paged_batch([s - 1 for s in seq_lens], [1] * 6, block_size, 2, 8, 32, seed=3)
-    out = decode_attention(
-        batch.q,
-        batch.k_cache,
-        batch.v_cache,
-        batch.block_tables,
-        batch.seq_lens,
-        batch.scale,
-        backend="torch",
-    )
+    out = decode_attention(*batch.decode_args(), backend="torch")
     assert relative_error(out, dense_causal_attention(batch)) < 1e-5
 
 

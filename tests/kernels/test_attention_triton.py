@@ -15,13 +15,19 @@ import random
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
 from yaie.kernels.attention import decode_attention, extend_attention, store_kv
-from yaie.kernels.attention.testing import PagedBatch, make_paged_batch, relative_error
+from yaie.kernels.attention.testing import (
+    PagedBatch,
+    make_paged_batch,
+    random_ragged_lengths,
+    relative_error,
+)
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 interpreter_only = pytest.mark.skipif(not INTERPRET, reason="runs in the TRITON_INTERPRET child")
@@ -33,54 +39,20 @@ EXPECTED_CHILD_TESTS = 12
 
 def _run_extend(batch: PagedBatch, backend: str, **kwargs) -> torch.Tensor:
     if backend == "torch":
-        return extend_attention(*_extend_args(batch), backend="torch")
+        return extend_attention(*batch.extend_args(), backend="torch")
     from yaie.kernels.attention.triton_extend import extend_attention_triton
 
     out = torch.full_like(batch.q, float("nan"))  # poison: every element must be written
-    return extend_attention_triton(*_extend_args(batch), out=out, **kwargs)
-
-
-def _extend_args(batch: PagedBatch) -> tuple:
-    return (
-        batch.q,
-        batch.k_cache,
-        batch.v_cache,
-        batch.block_tables,
-        batch.seq_lens,
-        batch.query_start,
-        batch.max_query_len,
-        batch.scale,
-    )
+    return extend_attention_triton(*batch.extend_args(), out=out, **kwargs)
 
 
 def _run_decode(batch: PagedBatch, backend: str, **kwargs) -> torch.Tensor:
-    args = (batch.q, batch.k_cache, batch.v_cache, batch.block_tables, batch.seq_lens, batch.scale)
     if backend == "torch":
-        return decode_attention(*args, backend="torch")
+        return decode_attention(*batch.decode_args(), backend="torch")
     from yaie.kernels.attention.triton_decode import decode_attention_triton
 
     out = torch.full_like(batch.q, float("nan"))
-    return decode_attention_triton(*args, out=out, **kwargs)
-
-
-def _as_fp32(batch: PagedBatch) -> PagedBatch:
-    """The same inputs upcast, for the reference of a bf16 run."""
-    return PagedBatch(
-        **{
-            **batch.__dict__,
-            "q": batch.q.float(),
-            "k_cache": batch.k_cache.float(),
-            "v_cache": batch.v_cache.float(),
-        }
-    )
-
-
-def _ragged(seed: int, batch: int, max_prefix: int, max_new: int) -> tuple[list[int], list[int]]:
-    rng = random.Random(seed)
-    prefix = [0] + [rng.randint(0, max_prefix) for _ in range(batch - 1)]
-    new = [1] + [rng.randint(1, max_new) for _ in range(batch - 1)]
-    rng.shuffle(new)
-    return prefix, new
+    return decode_attention_triton(*batch.decode_args(), out=out, **kwargs)
 
 
 def test_kernels_match_reference_under_triton_interpreter() -> None:
@@ -123,7 +95,7 @@ INTERP_EXTEND = [
     ("block_size", "gqa", "head_dim", "dtype", "block_m", "block_n"), INTERP_EXTEND
 )
 def test_interpreter_extend_matches_reference(block_size, gqa, head_dim, dtype, block_m, block_n):
-    prefix, new = _ragged(block_size + gqa, batch=3, max_prefix=90, max_new=40)
+    prefix, new = random_ragged_lengths(block_size + gqa, batch=3, max_prefix=90, max_new=40)
     kv_heads = 2 if gqa < 8 else 1
     batch = make_paged_batch(prefix, new, block_size, kv_heads, kv_heads * gqa, head_dim, dtype)
     out = _run_extend(batch, "triton", block_m=block_m, block_n=block_n, num_warps=4)
@@ -145,7 +117,7 @@ INTERP_DECODE = [
     ("block_size", "gqa", "head_dim", "dtype", "splits", "block_n"), INTERP_DECODE
 )
 def test_interpreter_decode_matches_reference(block_size, gqa, head_dim, dtype, splits, block_n):
-    prefix, _ = _ragged(block_size * gqa, batch=4, max_prefix=150, max_new=1)
+    prefix, _ = random_ragged_lengths(block_size * gqa, batch=4, max_prefix=150, max_new=1)
     kv_heads = 2 if gqa < 8 else 1
     batch = make_paged_batch(prefix, [1] * 4, block_size, kv_heads, kv_heads * gqa, head_dim, dtype)
     out = _run_decode(batch, "triton", num_splits=splits, block_n=block_n)
@@ -178,19 +150,19 @@ def test_interpreter_store_kv_matches_reference(dtype):
     assert torch.equal(k_cache, expect_k) and torch.equal(v_cache, expect_v)
 
 
-def _validation_cases():
+def _bad_extend_calls() -> list[tuple[str, PagedBatch]]:
+    """(expected message, a batch with one bad argument)."""
     batch = make_paged_batch([3, 5], [2, 1], 16, 2, 4, 64)
-    args = list(_extend_args(batch))
-    bad = {
-        "block_tables must be torch.int32": {4 - 1: batch.block_tables.long()},
-        "dtype .* must equal the pool dtype": {0: batch.q.half()},
-        "multiple of kv_heads": {0: batch.q[:, :3]},
-        r"query_start must be \[batch \+ 1\]": {5: batch.query_start[:2]},
-        "contiguous last": {0: batch.q.transpose(1, 2).contiguous().transpose(1, 2)},
-    }
+    q = batch.q
     return [
-        (message, [changes.get(i, a) for i, a in enumerate(args)])
-        for message, changes in bad.items()
+        (
+            "block_tables must be torch.int32",
+            replace(batch, block_tables=batch.block_tables.long()),
+        ),
+        ("dtype .* must equal the pool dtype", replace(batch, q=q.half())),
+        ("multiple of kv_heads", replace(batch, q=q[:, :3])),
+        (r"query_start must be \[batch \+ 1\]", replace(batch, query_start=batch.query_start[:2])),
+        ("contiguous last", replace(batch, q=q.transpose(1, 2).contiguous().transpose(1, 2))),
     ]
 
 
@@ -199,9 +171,9 @@ def test_interpreter_launchers_reject_bad_arguments_with_value_error():
     from yaie.kernels.attention.triton_extend import extend_attention_triton
     from yaie.kernels.attention.triton_store import store_kv_triton
 
-    for message, args in _validation_cases():
+    for message, batch in _bad_extend_calls():
         with pytest.raises(ValueError, match=message):
-            extend_attention_triton(*args)
+            extend_attention_triton(*batch.extend_args())
     pool = torch.zeros(4, 16, 2, 48)
     with pytest.raises(ValueError, match="power of two"):
         store_kv_triton(pool, pool.clone(), pool[0, :2], pool[0, :2], torch.arange(2))
@@ -228,7 +200,7 @@ GPU_EXTEND = [
 def test_gpu_extend_bf16_matches_fp32_reference(
     batch_size, max_prefix, max_new, block_size, gqa, head_dim
 ):
-    prefix, new = _ragged(batch_size + max_prefix, batch_size, max_prefix, max_new)
+    prefix, new = random_ragged_lengths(batch_size + max_prefix, batch_size, max_prefix, max_new)
     kv_heads = 8 // gqa if gqa < 8 else 1
     batch = make_paged_batch(
         prefix,
@@ -242,7 +214,7 @@ def test_gpu_extend_bf16_matches_fp32_reference(
         seed=batch_size,
     )
     out = _run_extend(batch, "triton")
-    assert relative_error(out, _run_extend(_as_fp32(batch), "torch")) <= 1e-2
+    assert relative_error(out, _run_extend(batch.upcast(), "torch")) <= 1e-2
 
 
 # (batch, max_context, block_size, gqa, head_dim)
@@ -273,7 +245,7 @@ def test_gpu_decode_bf16_matches_fp32_reference(batch_size, max_context, block_s
         seed=batch_size,
     )
     out = _run_decode(batch, "triton")
-    assert relative_error(out, _run_decode(_as_fp32(batch), "torch")) <= 1e-2
+    assert relative_error(out, _run_decode(batch.upcast(), "torch")) <= 1e-2
 
 
 @gpu_only
@@ -313,7 +285,12 @@ def test_gpu_decode_replays_in_a_cuda_graph_with_new_lengths():
         seq_lens.copy_(batch.seq_lens)
         out.fill_(float("nan"))
         graph.replay()
-        assert relative_error(out, _run_decode(_as_fp32(batch), "torch")) <= 1e-2
+        assert relative_error(out, _run_decode(batch.upcast(), "torch")) <= 1e-2
+    seq_lens[1] = 0  # a padded slot of the bucket: zeros, the others unchanged
+    expected = out.clone()
+    graph.replay()
+    assert torch.equal(out[1], torch.zeros_like(out[1]))
+    assert torch.equal(out[0::2], expected[0::2])
 
 
 @gpu_only

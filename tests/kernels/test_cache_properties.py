@@ -107,6 +107,14 @@ class _Run:
                 assert not parent or (namespace, parent) in self.shadow.cached
         return evicted
 
+    def predict_insert(self, request: _Request) -> None:
+        """The tree takes the request's block for each full-block prefix it does not hold."""
+        for end in range(self.bs, len(request.tokens) + 1, self.bs):
+            key = (request.namespace, tuple(request.tokens[:end]))
+            if key not in self.shadow.cached:
+                self.shadow.cached[key] = request.blocks[end // self.bs - 1]
+                self.shadow.key_of[self.shadow.cached[key]] = key
+
     def write(self, request: _Request, new_tokens: list[int]) -> None:
         for token in new_tokens:
             block = request.blocks[len(request.tokens) // self.bs]
@@ -140,12 +148,9 @@ class _Run:
 
     def op_release(self, cache: bool) -> None:
         request = self.requests.pop(self.rng.randrange(len(self.requests)))
-        shadow, bs = self.shadow, self.bs
-        for end in range(bs, len(request.tokens) + 1, bs) if cache else ():
-            key = (request.namespace, tuple(request.tokens[:end]))
-            if key not in shadow.cached:  # the tree takes the request's block
-                shadow.cached[key] = request.blocks[end // bs - 1]
-                shadow.key_of[shadow.cached[key]] = key
+        shadow = self.shadow
+        if cache:
+            self.predict_insert(request)
         self.cache.release(request.tokens, request.blocks, request.match, request.namespace, cache)
         self.sync_cached()
         self.unlock_shadow(request.match)
@@ -165,11 +170,7 @@ class _Run:
     def op_cache_running(self) -> None:
         request = self.rng.choice(self.requests)
         old = request.match
-        for end in range(self.bs, len(request.tokens) + 1, self.bs):
-            key = (request.namespace, tuple(request.tokens[:end]))
-            if key not in self.shadow.cached:
-                self.shadow.cached[key] = request.blocks[end // self.bs - 1]
-                self.shadow.key_of[self.shadow.cached[key]] = key
+        self.predict_insert(request)
         args = (request.tokens, request.blocks, old, request.namespace)
         request.match = self.cache.cache_running(*args)
         self.sync_cached()

@@ -66,6 +66,7 @@ class FakeWorkerConfig:
     eos_period: int = 0  # with eos_token_id: about one sampled token in eos_period is EOS
     step_delay_s: float = 0.0
     fail_at_step: int = 0  # > 0: the stream breaks (UNAVAILABLE) when this step arrives
+    protocol_version: int = worker_pb2.PROTOCOL_VERSION_CURRENT
 
 
 @dataclass
@@ -91,7 +92,7 @@ class FakeWorker(worker_pb2_grpc.WorkerServicer):
     async def Describe(self, request, context) -> worker_pb2.WorkerInfo:
         c = self.config
         return worker_pb2.WorkerInfo(
-            protocol_version=worker_pb2.PROTOCOL_VERSION_CURRENT,
+            protocol_version=c.protocol_version,
             model="fake",
             architecture="FakeForCausalLM",
             dtype="float32",

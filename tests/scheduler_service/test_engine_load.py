@@ -6,7 +6,13 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from fake_worker import FakeWorkerConfig, collect, engine_on_fake_workers, reference_output
+from fake_worker import (
+    FakeWorkerConfig,
+    collect,
+    engine_on_fake_workers,
+    reference_output,
+    start_fake_worker,
+)
 
 from yaie.scheduler_service.config import SchedulerConfig
 from yaie.scheduler_service.engine import Engine
@@ -113,6 +119,7 @@ def test_no_starvation_under_prefix_sharing_stream(max_wait_steps: int) -> None:
             done.append(req.request_id)
 
         async with engine_on_fake_workers(config) as (engine, _):
+            await run(_request("warm", shared + [100], 2))  # the shared prefix is cached
             tasks = [asyncio.create_task(run(r)) for r in sharers[:3] + [loner] + sharers[3:]]
             await asyncio.gather(*tasks)
         return done
@@ -121,7 +128,7 @@ def test_no_starvation_under_prefix_sharing_stream(max_wait_steps: int) -> None:
     if max_wait_steps < 100:
         assert done.index("loner") < 12
     else:
-        assert done.index("loner") >= 20  # the ordering alone would starve it
+        assert done.index("loner") >= 21  # the ordering alone would starve it
 
 
 def test_two_workers_share_the_load_and_route_by_prefix() -> None:
@@ -158,9 +165,25 @@ def test_broken_worker_fails_its_requests_and_turns_unhealthy() -> None:
             for tokens, events in results:
                 assert events[-1].finish_reason is FinishReason.ABORT and events[-1].error
                 assert len(tokens) < 50
-            assert not engine.stats().workers[0].healthy
+            assert not engine.stats().workers[0].healthy and not engine.ready
             assert engine.stats().workers[0].used_blocks == 0
             with pytest.raises(UnavailableError):
                 engine.submit(_request("late", [1], 2))
+
+    asyncio.run(main())
+
+
+def test_worker_of_another_protocol_version_is_refused() -> None:
+    """start() refuses a worker whose Describe reports another protocol version."""
+
+    async def main() -> None:
+        handle = await start_fake_worker(FakeWorkerConfig(protocol_version=99))
+        engine = Engine([handle.address], SchedulerConfig())
+        try:
+            with pytest.raises(UnavailableError, match="protocol"):
+                await engine.start()
+            assert not engine.ready
+        finally:
+            await handle.stop()
 
     asyncio.run(main())

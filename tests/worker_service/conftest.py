@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -75,3 +78,100 @@ def build_forward_batch(
 def make_forward_batch() -> Callable[..., ForwardBatch]:
     """build_forward_batch(new_tokens, num_cached, block_tables, block_size, device="cpu")."""
     return build_forward_batch
+
+
+@dataclass
+class PagedSequence:
+    """One request of NaivePagedEngine: its tokens so far and where their K/V lives."""
+
+    tokens: list[int]
+    blocks: list[int] = field(default_factory=list)
+    num_cached: int = 0  # tokens whose K/V is in the pool
+    output: list[int] = field(default_factory=list)
+
+
+class NaivePagedEngine:
+    """Greedy decoding of a CausalLM over a paged pool on the model's device: blocks come from a
+    counter and are never freed; every active sequence runs in every step's batch."""
+
+    def __init__(self, model, block_size: int, num_blocks: int = 512) -> None:
+        self.model, self.block_size = model, block_size
+        self.device = next(model.parameters()).device
+        shape = (model.num_layers, 2, num_blocks, block_size, model.num_kv_heads, model.head_dim)
+        self.kv_cache = torch.zeros(shape, dtype=model.dtype, device=self.device)
+        self.next_block = 0
+        self.tokens_run: list[int] = []  # new tokens of each step
+
+    def step(self, seqs: list[PagedSequence], counts: list[int]) -> list[int]:
+        """Runs counts[i] new tokens of seqs[i]; returns each one's argmax after its last token."""
+        for seq, n in zip(seqs, counts, strict=True):
+            while len(seq.blocks) * self.block_size < seq.num_cached + n:
+                seq.blocks.append(self.next_block)
+                self.next_block += 1
+        batch = build_forward_batch(
+            [s.tokens[s.num_cached : s.num_cached + n] for s, n in zip(seqs, counts, strict=True)],
+            [s.num_cached for s in seqs],
+            [s.blocks for s in seqs],
+            self.block_size,
+            self.device,
+        )
+        with torch.inference_mode():
+            logits = self.model(batch, self.kv_cache)
+        self.tokens_run.append(batch.input_ids.numel())
+        for seq, n in zip(seqs, counts, strict=True):
+            seq.num_cached += n
+        return logits.argmax(dim=-1).tolist()
+
+    def generate(
+        self, seqs: list[PagedSequence], max_new_tokens: int, chunk_size: int | None = None
+    ) -> None:
+        """Runs every sequence to max_new_tokens outputs; a prompt is prefilled chunk_size tokens
+        a step (whole when None), in the same batches as the other sequences' decode steps."""
+        while active := [s for s in seqs if len(s.output) < max_new_tokens]:
+            counts = [min(len(s.tokens) - s.num_cached, chunk_size or math.inf) for s in active]
+            for seq, token in zip(active, self.step(active, counts), strict=True):
+                if seq.num_cached == len(seq.tokens):  # logits of the last known token
+                    seq.tokens.append(token)
+                    seq.output.append(token)
+
+
+@pytest.fixture
+def paged_engine() -> type[NaivePagedEngine]:
+    """NaivePagedEngine(model, block_size); sequences are PagedSequence (see paged_sequence)."""
+    return NaivePagedEngine
+
+
+@pytest.fixture
+def paged_sequence() -> type[PagedSequence]:
+    return PagedSequence
+
+
+class TransformersReference:
+    """transformers' own results on a model directory (float32, CPU), cached per session."""
+
+    @functools.cache  # noqa: B019 (one instance per session)
+    def model(self, model_dir: Path) -> torch.nn.Module:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        model.generation_config.eos_token_id = None  # always max_new_tokens tokens to compare
+        return model
+
+    @functools.cache  # noqa: B019
+    def greedy(self, model_dir: Path, prompt: tuple[int, ...], max_new_tokens: int) -> list[int]:
+        """model.generate(do_sample=False) of one prompt alone (no padding effects)."""
+        with torch.no_grad():
+            out = self.model(model_dir).generate(
+                torch.tensor([prompt]), do_sample=False, max_new_tokens=max_new_tokens
+            )
+        return out[0, len(prompt) :].tolist()
+
+    def logits(self, model_dir: Path, prompt: list[int]) -> torch.Tensor:
+        """[len(prompt), vocab] float32 logits of one prompt."""
+        with torch.no_grad():
+            return self.model(model_dir)(torch.tensor([prompt])).logits[0]
+
+
+@pytest.fixture(scope="session")
+def hf_reference() -> TransformersReference:
+    return TransformersReference()

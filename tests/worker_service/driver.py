@@ -183,8 +183,15 @@ def start_cpu_worker(model_dir, block_size: int = 4, num_blocks: int = 256, **ov
     from yaie.worker_service.app import start_worker
     from yaie.worker_service.config import WorkerConfig
 
-    config = WorkerConfig(model=str(model_dir), host="127.0.0.1", port=0, device="cpu",
-                          block_size=block_size, num_blocks=num_blocks, **overrides)
+    config = WorkerConfig(
+        model=str(model_dir),
+        host="127.0.0.1",
+        port=0,
+        device="cpu",
+        block_size=block_size,
+        num_blocks=num_blocks,
+        **overrides,
+    )
     worker = start_worker(config)
     return worker, grpc.insecure_channel(f"127.0.0.1:{worker.port}")
 
@@ -207,10 +214,15 @@ def hf_greedy(model, prompt: list[int], max_new_tokens: int) -> list[int]:
     import torch
 
     input_ids = torch.tensor([prompt])
-    out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids),
-                         max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=None,
-                         pad_token_id=0)
-    return out[0, len(prompt):].tolist()
+    out = model.generate(
+        input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
+    return out[0, len(prompt) :].tolist()
 
 
 def hf_log_softmax(model, token_ids: list[int]):

@@ -51,8 +51,9 @@ def assert_matches_hf(hf, seqs: list[Seq]) -> None:
 
 def test_ragged_batch_greedy_equals_transformers_generate(setup, driver):
     """A batch of ragged prompts prefilled together, then 32 decode steps: same greedy tokens."""
-    seqs = [driver.add(Seq(i + 1, prompt(i, n), n, NEW_TOKENS))
-            for i, n in enumerate([3, 8, 13, 21])]
+    seqs = [
+        driver.add(Seq(i + 1, prompt(i, n), n, NEW_TOKENS)) for i, n in enumerate([3, 8, 13, 21])
+    ]
     driver.run()
     assert_matches_hf(setup[1], seqs)
 
@@ -98,9 +99,11 @@ def test_requests_joining_leaving_and_preempted_give_the_same_tokens(setup, driv
 def test_logprobs_equal_transformers_log_softmax(setup, driver):
     """The sampled token's logprob and the top-3 are transformers' log_softmax within 1e-4."""
     params = sampling(return_logprobs=True, top_logprobs=3)
-    seqs = [driver.add(Seq(1, prompt(20, 5), 5, 8, params)),
-            driver.add(Seq(2, prompt(21, 10), 10, 8, params)),
-            driver.add(Seq(3, prompt(22, 7), 7, 8))]  # asks for nothing
+    seqs = [
+        driver.add(Seq(1, prompt(20, 5), 5, 8, params)),
+        driver.add(Seq(2, prompt(21, 10), 10, 8, params)),
+        driver.add(Seq(3, prompt(22, 7), 7, 8)),
+    ]  # asks for nothing
     top: dict[int, list[tuple[list[int], list[float]]]] = {1: [], 2: []}
     while driver.running:
         entries = [(s.request_id, s.params.top_logprobs) for s in driver.running]
@@ -108,8 +111,12 @@ def test_logprobs_equal_transformers_log_softmax(setup, driver):
         offset = 0
         for request_id, n in entries:
             if n:
-                top[request_id].append((list(result.top_token_ids[offset: offset + n]),
-                                        list(result.top_logprobs[offset: offset + n])))
+                top[request_id].append(
+                    (
+                        list(result.top_token_ids[offset : offset + n]),
+                        list(result.top_logprobs[offset : offset + n]),
+                    )
+                )
                 offset += n
         assert offset == len(result.top_token_ids)
     assert not seqs[2].logprobs

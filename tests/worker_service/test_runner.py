@@ -42,13 +42,20 @@ def model_dir(tiny_model_dir):
 @pytest.fixture(scope="module")
 def runner(model_dir) -> ModelRunner:
     model = load_model(str(model_dir), "cpu", torch.float32)
-    pool = KVPool.allocate(KVPoolConfig(BLOCK_SIZE, NUM_BLOCKS), model.num_layers,
-                           model.num_kv_heads, model.head_dim, model.dtype, torch.device("cpu"))
+    pool = KVPool.allocate(
+        KVPoolConfig(BLOCK_SIZE, NUM_BLOCKS),
+        model.num_layers,
+        model.num_kv_heads,
+        model.head_dim,
+        model.dtype,
+        torch.device("cpu"),
+    )
     return ModelRunner(model, pool)
 
 
-def generate(runner: ModelRunner, params, preempt_at: int | None = None, max_new: int = 16,
-             prompts=PROMPTS) -> list[list[int]]:
+def generate(
+    runner: ModelRunner, params, preempt_at: int | None = None, max_new: int = 16, prompts=PROMPTS
+) -> list[list[int]]:
     """Runs prompts to max_new tokens each; request 1 is preempted before step preempt_at."""
     driver = Driver(LocalStream(runner), BLOCK_SIZE, NUM_BLOCKS)
     seqs = [driver.add(Seq(i + 1, list(p), len(p), max_new, params)) for i, p in enumerate(prompts)]
@@ -68,8 +75,9 @@ def test_kv_pool_is_sized_from_a_block_count_or_a_cpu_budget():
     pool = KVPool.allocate(KVPoolConfig(4, num_blocks=10), 2, 2, 16, torch.float32, cpu)
     assert pool.num_blocks == 10 and pool.scratch_block == 10
     assert pool.cache.shape == (2, 2, 11, 4, 2, 16)
-    budget = KVPool.allocate(KVPoolConfig(4, cpu_memory_bytes=per_block * 50), 2, 2, 16,
-                             torch.float32, cpu)
+    budget = KVPool.allocate(
+        KVPoolConfig(4, cpu_memory_bytes=per_block * 50), 2, 2, 16, torch.float32, cpu
+    )
     assert budget.num_blocks == 49  # one block of the budget is the scratch block
     with pytest.raises(ValueError):
         KVPool.allocate(KVPoolConfig(4, cpu_memory_bytes=per_block), 2, 2, 16, torch.float32, cpu)
@@ -84,18 +92,26 @@ def test_graph_batch_sizes_are_small_powers_of_two_then_multiples_of_16():
 
 def test_forward_batch_has_the_plan_slots_positions_and_device_held_decode_tokens():
     table = RequestTable(torch.device("cpu"), capacity=2)
-    states = [RequestState(i, table._take_row(), list(range(10 * i, 10 * i + 9)), 9, 0, [], None)
-              for i in range(3)]
-    states[0].block_table, states[0].num_computed = [7, 2, 5], 4        # prefill 5 after 4 cached
+    states = [
+        RequestState(i, table._take_row(), list(range(10 * i, 10 * i + 9)), 9, 0, [], None)
+        for i in range(3)
+    ]
+    states[0].block_table, states[0].num_computed = [7, 2, 5], 4  # prefill 5 after 4 cached
     states[1].block_table, states[1].num_computed, states[1].num_sampled = [3, 1, 0], 9, 1
-    states[2].block_table, states[2].num_computed = [6, 4], 0            # chunk of 3, no sample
+    states[2].block_table, states[2].num_computed = [6, 4], 0  # chunk of 3, no sample
     table.last_tokens[states[1].row] = 777
-    entries = [ScheduledEntry(0, states[0], 4, 5, True, False),
-               ScheduledEntry(1, states[1], 9, 1, True, True),
-               ScheduledEntry(2, states[2], 0, 3, False, False)]
+    entries = [
+        ScheduledEntry(0, states[0], 4, 5, True, False),
+        ScheduledEntry(1, states[1], 9, 1, True, True),
+        ScheduledEntry(2, states[2], 0, 3, False, False),
+    ]
     batch, sample_rows = build_forward_batch(entries, table.last_tokens, BLOCK_SIZE)
-    expected = reference_batch([list(range(4, 9)), [777], [20, 21, 22]], [4, 9, 0],
-                               [s.block_table for s in states], BLOCK_SIZE)
+    expected = reference_batch(
+        [list(range(4, 9)), [777], [20, 21, 22]],
+        [4, 9, 0],
+        [s.block_table for s in states],
+        BLOCK_SIZE,
+    )
     for name in ("input_ids", "positions", "slots", "block_tables", "seq_lens", "query_start"):
         assert torch.equal(getattr(batch, name), getattr(expected, name)), name
         assert getattr(batch, name).dtype == getattr(expected, name).dtype, name
@@ -108,9 +124,9 @@ def test_seeded_sampling_is_unchanged_by_preemption_and_by_batch_neighbours(runn
     """The sampled token's position is the RNG counter: re-prefill after a preemption, or other
     requests in the batch, do not change a seeded request's tokens."""
     params = sampling(temperature=0.9, top_k=40, top_p=0.95, seed=1234)
-    plain = generate(runner, params)
-    assert generate(runner, params, preempt_at=7) == plain
-    assert generate(runner, params, prompts=PROMPTS[:1])[0] == plain[0]
+    plain = generate(runner, params, max_new=12)
+    assert generate(runner, params, preempt_at=7, max_new=12) == plain
+    assert generate(runner, params, max_new=12, prompts=PROMPTS[:1])[0] == plain[0]
     assert len({tuple(t) for t in plain}) == 3
 
 
@@ -121,10 +137,16 @@ def test_penalties_see_device_held_outputs_and_match_transformers(runner, model_
     hf = load_hf_model(model_dir)
     for prompt, tokens in zip(PROMPTS, repetition, strict=True):
         ids = torch.tensor([prompt])
-        out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12,
-                          do_sample=False, repetition_penalty=1.5, eos_token_id=None,
-                          pad_token_id=0)
-        assert tokens == out[0, len(prompt):].tolist()
+        out = hf.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=12,
+            do_sample=False,
+            repetition_penalty=1.5,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+        assert tokens == out[0, len(prompt) :].tolist()
     assert repetition != [hf_greedy(hf, p, 12) for p in PROMPTS]  # the penalty mattered
     params = sampling(frequency_penalty=0.8, presence_penalty=0.5, repetition_penalty=1.2)
     assert generate(runner, params, preempt_at=6) == generate(runner, params)
@@ -133,11 +155,23 @@ def test_penalties_see_device_held_outputs_and_match_transformers(runner, model_
 def test_a_plan_launched_before_the_previous_result_is_read_decodes_the_right_token(runner):
     table = runner.new_table()
     prefill = worker_pb2.StepPlan(
-        step_id=1, run_request_ids=[1], run_num_tokens=[5], run_num_new_blocks=[2],
-        new_block_ids=[0, 1], new_requests=[worker_pb2.NewRequest(
-            request_id=1, token_ids=PROMPTS[0], num_prompt_tokens=5, sampling=sampling())])
-    decodes = [worker_pb2.StepPlan(step_id=2 + i, run_request_ids=[1], run_num_tokens=[1],
-                                   run_num_new_blocks=[0]) for i in range(3)]
+        step_id=1,
+        run_request_ids=[1],
+        run_num_tokens=[5],
+        run_num_new_blocks=[2],
+        new_block_ids=[0, 1],
+        new_requests=[
+            worker_pb2.NewRequest(
+                request_id=1, token_ids=PROMPTS[0], num_prompt_tokens=5, sampling=sampling()
+            )
+        ],
+    )
+    decodes = [
+        worker_pb2.StepPlan(
+            step_id=2 + i, run_request_ids=[1], run_num_tokens=[1], run_num_new_blocks=[0]
+        )
+        for i in range(3)
+    ]
     pending = [runner.launch(table, plan_from_proto(p)) for p in [prefill, *decodes]]
     tokens = [p.wait().token_ids[0] for p in pending]
     assert tokens == generate(runner, sampling(), max_new=4, prompts=PROMPTS[:1])[0]
@@ -145,15 +179,22 @@ def test_a_plan_launched_before_the_previous_result_is_read_decodes_the_right_to
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_graph_decode_equals_eager_decode_and_transformers(model_dir):
-    """fp32 on the GPU with the Triton kernels: graph replay (padded buckets) gives the eager
-    tokens and logprobs, and both equal transformers' greedy tokens."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_graph_decode_equals_eager_decode_and_transformers(model_dir, dtype):
+    """On the GPU with the Triton kernels, graph replay (padded buckets) gives the eager tokens;
+    in fp32 both equal transformers' greedy tokens."""
     device = torch.device("cuda")
-    model = load_model(str(model_dir), device, torch.float32, attention_backend="triton")
+    model = load_model(str(model_dir), device, dtype, attention_backend="triton")
 
     def make_runner(graphs: bool) -> ModelRunner:
-        pool = KVPool.allocate(KVPoolConfig(BLOCK_SIZE, NUM_BLOCKS), model.num_layers,
-                               model.num_kv_heads, model.head_dim, model.dtype, device)
+        pool = KVPool.allocate(
+            KVPoolConfig(BLOCK_SIZE, NUM_BLOCKS),
+            model.num_layers,
+            model.num_kv_heads,
+            model.head_dim,
+            model.dtype,
+            device,
+        )
         return ModelRunner(model, pool, use_cuda_graphs=graphs, max_graph_batch_size=16)
 
     params = sampling(return_logprobs=True, top_logprobs=2)
@@ -163,5 +204,6 @@ def test_cuda_graph_decode_equals_eager_decode_and_transformers(model_dir):
     graph_tokens = generate(graph_runner, params, max_new=20, prompts=prompts)
     eager_tokens = generate(eager_runner, params, max_new=20, prompts=prompts)
     assert graph_tokens == eager_tokens
-    hf = load_hf_model(model_dir)
-    assert graph_tokens == [hf_greedy(hf, p, 20) for p in prompts]
+    if dtype == torch.float32:
+        hf = load_hf_model(model_dir)
+        assert graph_tokens == [hf_greedy(hf, p, 20) for p in prompts]

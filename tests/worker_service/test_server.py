@@ -48,16 +48,24 @@ def reference(model_dir) -> list[int]:
 
 
 def new_request(request_id: int, token_ids=PROMPT, num_cached: int = 0, **params):
-    return worker_pb2.NewRequest(request_id=request_id, token_ids=token_ids,
-                                 num_prompt_tokens=len(token_ids), num_cached_tokens=num_cached,
-                                 sampling=sampling(**params))
+    return worker_pb2.NewRequest(
+        request_id=request_id,
+        token_ids=token_ids,
+        num_prompt_tokens=len(token_ids),
+        num_cached_tokens=num_cached,
+        sampling=sampling(**params),
+    )
 
 
 def run(ids, tokens, blocks_per_entry=None, block_ids=()) -> dict:
     """Plan fields for run entries."""
     blocks_per_entry = blocks_per_entry or [0] * len(ids)
-    return dict(run_request_ids=ids, run_num_tokens=tokens, run_num_new_blocks=blocks_per_entry,
-                new_block_ids=list(block_ids))
+    return dict(
+        run_request_ids=ids,
+        run_num_tokens=tokens,
+        run_num_new_blocks=blocks_per_entry,
+        new_block_ids=list(block_ids),
+    )
 
 
 def test_describe_reports_model_pool_and_protocol(channel, model_dir):
@@ -97,9 +105,11 @@ def test_bad_plans_get_errors_and_the_stream_keeps_working(channel, reference):
     ]
     for i, (new, num_tokens, blocks, message) in enumerate(bad_entries):
         owned = [4 + i] if len(tokens) % BLOCK_SIZE == 3 else []  # request 1's next block
-        result = stream.step(new_requests=new, release_request_ids=[2],
-                             **run([2, 1], [num_tokens, 1], [len(blocks), len(owned)],
-                                   blocks + owned))
+        result = stream.step(
+            new_requests=new,
+            release_request_ids=[2],
+            **run([2, 1], [num_tokens, 1], [len(blocks), len(owned)], blocks + owned),
+        )
         assert not result.error
         assert [e.request_id for e in result.request_errors] == [2]
         assert message in result.request_errors[0].message
@@ -145,8 +155,9 @@ def test_plans_sent_ahead_of_their_results_decode_the_right_tokens(channel, refe
 
 def test_released_and_closed_stream_requests_are_dropped(channel):
     stream = StepStream(channel)
-    stream.step(new_requests=[new_request(1), new_request(2)], **run([1, 2], [6, 6], [2, 2],
-                                                                      [0, 1, 2, 3]))
+    stream.step(
+        new_requests=[new_request(1), new_request(2)], **run([1, 2], [6, 6], [2, 2], [0, 1, 2, 3])
+    )
     result = stream.step(release_request_ids=[2], **run([1, 2], [1, 1]))
     assert [e.request_id for e in result.request_errors] == [2]
     assert result.token_ids[0] >= 0 and result.token_ids[1] == -1
@@ -165,10 +176,25 @@ def _free_port() -> int:
 
 def test_command_line_worker_serves_and_exits_0_on_sigterm(model_dir):
     port = _free_port()
-    command = [sys.executable, "-m", "yaie.worker_service", "--model", str(model_dir),
-               "--port", str(port), "--device", "cpu", "--num-blocks", "32"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    command = [
+        sys.executable,
+        "-m",
+        "yaie.worker_service",
+        "--model",
+        str(model_dir),
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+        "--num-blocks",
+        "32",
+    ]
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = health_pb2_grpc.HealthStub(channel)

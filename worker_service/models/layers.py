@@ -4,11 +4,14 @@ yarn scaling) and the gated MLP, each computing exactly what transformers comput
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from yaie.kernels.attention import resolve_backend
 
 ACTIVATIONS = {
     "silu": F.silu,
@@ -18,18 +21,40 @@ ACTIVATIONS = {
 }
 
 
+def use_triton(x: torch.Tensor, backend: str) -> bool:
+    """Whether the fused Triton kernels run for x (they do where Triton attention would)."""
+    return resolve_backend(backend, x.is_cuda) == "triton"
+
+
 class RMSNorm(nn.Module):
     """x / rms(x) in float32, cast back to the input dtype, then times the weight."""
 
-    def __init__(self, dim: int, eps: float, dtype: torch.dtype | None = None) -> None:
+    def __init__(
+        self, dim: int, eps: float, dtype: torch.dtype | None = None, backend: str = "torch"
+    ) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim, dtype=dtype))
-        self.eps = eps
+        self.eps, self.backend = eps, backend
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2 and use_triton(x, self.backend):
+            from yaie.worker_service.models.fused import add_rms_norm
+
+            return add_rms_norm(x, self.weight, self.eps)
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * h.to(x.dtype)
+
+    def forward_add(
+        self, x: torch.Tensor, residual: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(norm(x + residual), x + residual); the Triton path updates residual in place."""
+        if use_triton(x, self.backend):
+            from yaie.worker_service.models.fused import add_rms_norm
+
+            return add_rms_norm(x, self.weight, self.eps, residual), residual
+        residual = x + residual
+        return self.forward(residual), residual
 
 
 def _base_inv_freq(theta: float, head_dim: int) -> torch.Tensor:
@@ -108,6 +133,17 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+@dataclass
+class RopeInputs:
+    """The rotary embedding's inputs for one forward pass, shared by every layer."""
+
+    positions: torch.Tensor  # [T] int64
+    inv_freq: torch.Tensor  # [head_dim / 2] float32
+    attention_scaling: float
+    cos: torch.Tensor | None = None  # [T, 1, head_dim] in the activation dtype (torch path)
+    sin: torch.Tensor | None = None
+
+
 class RotaryEmbedding(nn.Module):
     """cos/sin tables for the positions of one batch, computed on the fly (no cache to outgrow)."""
 
@@ -122,13 +158,16 @@ class RotaryEmbedding(nn.Module):
         inv_freq, _ = rope_inv_freq(self.rope, self.head_dim, self.max_pos)
         self.inv_freq.copy_(inv_freq)
 
-    def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-        """positions [T] -> cos, sin [T, 1, head_dim] in dtype (broadcast over heads)."""
-        freqs = positions[:, None].float() * self.inv_freq[None, :].float()  # [T, head_dim / 2]
-        emb = torch.cat((freqs, freqs), dim=-1)
-        cos = (emb.cos() * self.attention_scaling).to(dtype)
-        sin = (emb.sin() * self.attention_scaling).to(dtype)
-        return cos[:, None, :], sin[:, None, :]
+    def inputs(self, positions: torch.Tensor, dtype: torch.dtype, fused: bool) -> RopeInputs:
+        """What the layers need for positions [T]; cos/sin tables only for the torch path (the
+        fused kernel computes them itself)."""
+        rope = RopeInputs(positions, self.inv_freq, self.attention_scaling)
+        if not fused:
+            freqs = positions[:, None].float() * self.inv_freq[None, :].float()  # [T, D / 2]
+            emb = torch.cat((freqs, freqs), dim=-1)
+            rope.cos = (emb.cos() * self.attention_scaling).to(dtype)[:, None, :]
+            rope.sin = (emb.sin() * self.attention_scaling).to(dtype)[:, None, :]
+        return rope
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -139,15 +178,23 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 class GatedMLP(nn.Module):
     """down(act(gate(x)) * up(x)), gate and up fused into one matmul."""
 
-    def __init__(self, hidden: int, intermediate: int, act: str, bias: bool, dtype: torch.dtype):
+    def __init__(
+        self, hidden: int, intermediate: int, act: str, bias: bool, dtype: torch.dtype,
+        backend: str = "torch",
+    ) -> None:  # fmt: skip
         super().__init__()
         if act not in ACTIVATIONS:
             raise ValueError(f"unsupported hidden_act {act!r}; supported: {', '.join(ACTIVATIONS)}")
-        self.intermediate = intermediate
+        self.intermediate, self.act_name, self.backend = intermediate, act, backend
         self.gate_up_proj = nn.Linear(hidden, 2 * intermediate, bias=bias, dtype=dtype)
         self.down_proj = nn.Linear(intermediate, hidden, bias=bias, dtype=dtype)
         self.act = ACTIVATIONS[act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).split(self.intermediate, dim=-1)
+        gate_up = self.gate_up_proj(x)
+        if self.act_name == "silu" and use_triton(x, self.backend):
+            from yaie.worker_service.models.fused import silu_and_mul
+
+            return self.down_proj(silu_and_mul(gate_up))
+        gate, up = gate_up.split(self.intermediate, dim=-1)
         return self.down_proj(self.act(gate) * up)

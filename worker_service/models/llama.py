@@ -14,7 +14,14 @@ from yaie.kernels.attention import decode_attention, extend_attention, store_kv
 from yaie.worker_service.forward_batch import ForwardBatch
 from yaie.worker_service.models.base import CausalLM, describe_names
 from yaie.worker_service.models.config import ModelConfig
-from yaie.worker_service.models.layers import GatedMLP, RMSNorm, RotaryEmbedding, apply_rotary
+from yaie.worker_service.models.layers import (
+    GatedMLP,
+    RMSNorm,
+    RopeInputs,
+    RotaryEmbedding,
+    apply_rotary,
+    use_triton,
+)
 
 # Checkpoint projections stored inside one fused parameter: HF name -> (fused name, shard index).
 _FUSED_SHARDS = {
@@ -34,11 +41,8 @@ _FUSED_NAME = re.compile(r"^(.*)\.(q_proj|k_proj|v_proj|gate_proj|up_proj)\.(wei
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, dtype: torch.dtype, backend: str) -> None:
         super().__init__()
-        self.num_heads, self.num_kv_heads, self.head_dim = (
-            cfg.num_heads,
-            cfg.num_kv_heads,
-            cfg.head_dim,
-        )
+        self.num_heads, self.num_kv_heads = cfg.num_heads, cfg.num_kv_heads
+        self.head_dim, self.eps = cfg.head_dim, cfg.rms_norm_eps
         self.q_size, self.kv_size = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
         self.scale = cfg.head_dim**-0.5
         self.backend = backend
@@ -46,59 +50,56 @@ class Attention(nn.Module):
             cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=cfg.qkv_bias, dtype=dtype
         )
         self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=cfg.o_bias, dtype=dtype)
+        self.qk_norm = cfg.qk_norm
         if cfg.qk_norm:
-            self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, dtype)
-            self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, dtype)
+            self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, dtype, backend)
+            self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, dtype, backend)
 
     def shard_ranges(self) -> list[tuple[int, int]]:
         """(offset, size) of q, k, v in qkv_proj's output rows."""
-        return [
-            (0, self.q_size),
-            (self.q_size, self.kv_size),
-            (self.q_size + self.kv_size, self.kv_size),
-        ]
+        q, kv = self.q_size, self.kv_size
+        return [(0, q), (q, kv), (q + kv, kv)]
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        kv_cache: torch.Tensor,
-        batch: ForwardBatch,
-    ) -> torch.Tensor:
-        """x [T, hidden], kv_cache [2, num_blocks, block_size, kv_heads, head_dim] -> [T, hidden]"""
+    def _qkv(self, x: torch.Tensor, rope: RopeInputs) -> tuple[torch.Tensor, ...]:
+        """q [T, heads, D], k and v [T, kv_heads, D], q and k normed (Qwen3) and rotated."""
         num_tokens = x.shape[0]
-        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        qkv = self.qkv_proj(x)
+        if rope.cos is None:  # fused: norm and rotate q and k in place inside qkv
+            from yaie.worker_service.models.fused import qk_norm_rope_
+
+            norms = (self.q_norm.weight, self.k_norm.weight) if self.qk_norm else (None, None)
+            qk_norm_rope_(
+                qkv, self.num_heads, self.num_kv_heads, self.head_dim, rope.positions,
+                rope.inv_freq, rope.attention_scaling, *norms, eps=self.eps,
+            )  # fmt: skip
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(num_tokens, self.num_heads, self.head_dim)
         k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
-        if hasattr(self, "q_norm"):  # Qwen3: per-head RMSNorm before rope
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        store_kv(kv_cache[0], kv_cache[1], k, v, batch.slots, backend=self.backend)
+        if rope.cos is not None:
+            if self.qk_norm:  # Qwen3: per-head RMSNorm before rope
+                q, k = self.q_norm(q), self.k_norm(k)
+            q, k = apply_rotary(q, rope.cos, rope.sin), apply_rotary(k, rope.cos, rope.sin)
+        return q, k, v
+
+    def forward(
+        self, x: torch.Tensor, rope: RopeInputs, kv_cache: torch.Tensor, batch: ForwardBatch
+    ) -> torch.Tensor:
+        """x [T, hidden], kv_cache [2, num_blocks, block_size, kv_heads, head_dim] -> [T, hidden]"""
+        q, k, v = self._qkv(x, rope)
+        k_cache, v_cache = kv_cache[0], kv_cache[1]
+        store_kv(k_cache, v_cache, k, v, batch.slots, backend=self.backend)
         if batch.is_decode:
             out = decode_attention(
-                q,
-                kv_cache[0],
-                kv_cache[1],
-                batch.block_tables,
-                batch.seq_lens,
-                self.scale,
+                q, k_cache, v_cache, batch.block_tables, batch.seq_lens, self.scale,
                 backend=self.backend,
-            )
+            )  # fmt: skip
         else:
             out = extend_attention(
-                q,
-                kv_cache[0],
-                kv_cache[1],
-                batch.block_tables,
-                batch.seq_lens,
-                batch.query_start,
-                batch.max_query_len,
-                self.scale,
-                backend=self.backend,
-            )
-        return self.o_proj(out.reshape(num_tokens, self.q_size))
+                q, k_cache, v_cache, batch.block_tables, batch.seq_lens, batch.query_start,
+                batch.max_query_len, self.scale, backend=self.backend,
+            )  # fmt: skip
+        return self.o_proj(out.reshape(x.shape[0], self.q_size))
 
 
 class DecoderLayer(nn.Module):
@@ -106,21 +107,24 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.self_attn = Attention(cfg, dtype, backend)
         self.mlp = GatedMLP(
-            cfg.hidden_size, cfg.intermediate_size, cfg.hidden_act, cfg.mlp_bias, dtype
+            cfg.hidden_size, cfg.intermediate_size, cfg.hidden_act, cfg.mlp_bias, dtype, backend
         )
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, backend)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, backend)
 
     def forward(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        kv_cache: torch.Tensor,
-        batch: ForwardBatch,
-    ) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, kv_cache, batch)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        self, h: torch.Tensor, residual: torch.Tensor | None, rope: RopeInputs,
+        kv_cache: torch.Tensor, batch: ForwardBatch,
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """The residual stream is carried separately so that each residual add fuses with the
+        norm after it; (h, residual) out sum to transformers' hidden state after this layer."""
+        if residual is None:
+            residual, h = h, self.input_layernorm(h)
+        else:
+            h, residual = self.input_layernorm.forward_add(h, residual)
+        h = self.self_attn(h, rope, kv_cache, batch)
+        h, residual = self.post_attention_layernorm.forward_add(h, residual)
+        return self.mlp(h), residual
 
 
 class DecoderStack(nn.Module):
@@ -132,7 +136,7 @@ class DecoderStack(nn.Module):
         self.layers = nn.ModuleList(
             DecoderLayer(cfg, dtype, backend) for _ in range(cfg.num_layers)
         )
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, backend)
         self.rotary_emb = RotaryEmbedding(cfg.rope, cfg.head_dim, cfg.max_position_embeddings)
 
 
@@ -152,7 +156,7 @@ class LlamaForCausalLM(CausalLM):
             cfg.num_kv_heads,
             cfg.head_dim,
         )
-        self.dtype = dtype
+        self.dtype, self.attention_backend = dtype, attention_backend
         self.model = DecoderStack(cfg, dtype, attention_backend)
         # Tied: the logits reuse the embedding matrix, so there is no lm_head parameter at all.
         if not cfg.tie_word_embeddings:
@@ -165,10 +169,13 @@ class LlamaForCausalLM(CausalLM):
 
     def forward(self, batch: ForwardBatch, kv_cache: torch.Tensor) -> torch.Tensor:
         h = self.model.embed_tokens(batch.input_ids)  # [T, hidden]
-        cos, sin = self.model.rotary_emb.cos_sin(batch.positions, h.dtype)
+        fused = use_triton(h, self.attention_backend)
+        rope = self.model.rotary_emb.inputs(batch.positions, h.dtype, fused)
+        residual = None
         for i, layer in enumerate(self.model.layers):
-            h = layer(h, cos, sin, kv_cache[i], batch)
-        h = self.model.norm(h[batch.logits_indices])  # only the rows the sampler needs
+            h, residual = layer(h, residual, rope, kv_cache[i], batch)
+        rows = batch.logits_indices  # only the rows the sampler needs
+        h, _ = self.model.norm.forward_add(h[rows], residual[rows])
         return F.linear(h, self.lm_head_weight()).float()
 
     def _target(self, name: str) -> tuple[str, int | None] | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -123,3 +124,25 @@ def test_health_is_serving_and_reflection_lists_the_service(served) -> None:
     (reply,) = list(stub.ServerReflectionInfo(iter([request])))
     names = {s.name for s in reply.list_services_response.service}
     assert {"yaie.v1.Generation", "grpc.health.v1.Health"} <= names
+
+
+def test_a_generic_client_can_call_generate_from_reflection_alone(served) -> None:
+    """What grpcurl does: fetch the descriptors by reflection, build messages from JSON."""
+    stub = reflection_pb2_grpc.ServerReflectionStub(served.channel)
+    request = reflection_pb2.ServerReflectionRequest(file_containing_symbol="yaie.v1.Generation")
+    (reply,) = list(stub.ServerReflectionInfo(iter([request])))
+    pool = descriptor_pool.DescriptorPool()
+    for raw in reply.file_descriptor_response.file_descriptor_proto:
+        pool.Add(descriptor_pb2.FileDescriptorProto.FromString(raw))
+    find = pool.FindMessageTypeByName
+    request_class = message_factory.GetMessageClass(find("yaie.v1.GenerateRequest"))
+    response_class = message_factory.GetMessageClass(find("yaie.v1.GenerateResponse"))
+    body = json_format.Parse('{"text": "abc", "stopping": {"max_new_tokens": 3}}', request_class())
+    call = served.channel.unary_stream(
+        "/yaie.v1.Generation/Generate",
+        request_serializer=lambda message: message.SerializeToString(),
+        response_deserializer=response_class.FromString,
+    )
+    frames = [json_format.MessageToDict(frame) for frame in call(body, timeout=10)]
+    assert frames[-1]["finishReason"] == "FINISH_REASON_LENGTH"
+    assert frames[-1]["usage"]["completionTokens"] == 3

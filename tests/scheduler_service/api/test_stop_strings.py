@@ -40,10 +40,12 @@ def test_include_stop_str_in_output_sends_the_stop_string_and_nothing_after() ->
     assert "".join(sent) == "a END"
 
 
-def test_the_earliest_of_several_stop_strings_wins() -> None:
+def test_the_stop_string_that_ends_first_wins() -> None:
+    sent, matched = _run(StopStringMatcher(["world", "o w", "ell"]), ["hello world"])
+    assert matched == "ell"
+    assert "".join(sent) == "h"
     sent, matched = _run(StopStringMatcher(["world", "o w"]), ["hello world"])
-    assert matched == "o w"
-    assert "".join(sent) == "hell"
+    assert (matched, "".join(sent)) == ("o w", "hell")
 
 
 def test_before_min_new_tokens_no_match_but_the_tail_is_still_held() -> None:
@@ -72,14 +74,14 @@ def test_any_split_sends_exactly_the_text_before_the_first_stop_string(
     bounds = sorted({0, len(text), *(c for c in cuts if c <= len(text))})
     deltas = [text[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
     sent, matched = _run(StopStringMatcher(stops, include), deltas)
-    starts = [text.find(s) for s in stops if s in text]
-    if not starts:
+    # Reference: read text one character at a time; stop at the first stop string to complete.
+    ends = [(i, -len(s), s) for i in range(len(text) + 1) for s in stops if text[:i].endswith(s)]
+    if not ends:
         assert matched is None and "".join(sent) == text
         return
-    # The earliest stop string ends the stream (of several at one start, the first completed).
-    start = min(starts)
-    assert matched in stops and text.find(matched) == start
-    expected = text[: start + len(matched)] if include else text[:start]
+    end, _, stop = min(ends)
+    assert matched == stop
+    expected = text[:end] if include else text[: end - len(stop)]
     assert "".join(sent) == expected
     # Every prefix the client has seen is a prefix of the answer: nothing was ever taken back.
     assert all(expected.startswith("".join(sent[:i])) for i in range(len(sent) + 1))

@@ -1,0 +1,32 @@
+# One image for every Mini-YAIE process: `yaie worker ...` (GPU) and `yaie scheduler ...` (CPU),
+# as docker-compose.yml runs them, or `yaie serve` for the whole stack in one container.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /opt/mini-yaie
+
+# torch first, in its own layer: the default Linux wheel carries CUDA for the GPU worker.
+# (For a CPU-only image: --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu)
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_INDEX_URL=
+RUN pip install "torch==${TORCH_VERSION}" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
+
+COPY pyproject.toml README.md ./
+COPY protos ./protos
+COPY kernels ./kernels
+COPY worker_service ./worker_service
+COPY scheduler_service ./scheduler_service
+COPY cli ./cli
+RUN pip install ".[triton]"
+
+# Models live on a volume: a Hugging Face directory, or the built-in random model written there.
+ENV YAIE_CACHE_DIR=/models
+VOLUME ["/models"]
+EXPOSE 50051 50061
+
+ENTRYPOINT ["yaie"]
+CMD ["serve", "--host", "0.0.0.0", "--port", "50051"]

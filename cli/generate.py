@@ -1,0 +1,108 @@
+"""`yaie generate "prompt"`: streams a generation from a running stack to the terminal.
+
+Text goes to stdout as it arrives; a one-line summary goes to stderr. --json prints one JSON
+object per frame instead (the GenerateResponse fields), for machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import TextIO
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+
+from yaie.cli.health_probe import wait_for_serving
+from yaie.v1 import generation_pb2 as pb
+from yaie.v1 import generation_pb2_grpc
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+_SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty",
+             "frequency_penalty", "presence_penalty", "seed")  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="yaie generate", description=__doc__.splitlines()[0])
+    p.add_argument("prompt", help="prompt text (with --chat: the user message)")
+    p.add_argument("--target", default=DEFAULT_TARGET, help="scheduler HOST:PORT")
+    p.add_argument("--chat", action="store_true", help="send the prompt as a chat user message")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="0: up to the model's context")
+    p.add_argument("--min-new-tokens", type=int, default=0)
+    for name in _SAMPLING:
+        kind = int if name in ("top_k", "seed") else float
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None,
+                       help="default: the server's")  # fmt: skip
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--ignore-eos", action="store_true")
+    p.add_argument("--skip-special-tokens", action="store_true")
+    p.add_argument("--top-logprobs", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="one JSON object per frame on stdout")
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="first wait this long for the server's health to say SERVING")  # fmt: skip
+    p.add_argument("--timeout", type=float, default=None, help="deadline of the call, seconds")
+    return p
+
+
+def build_request(args: argparse.Namespace) -> pb.GenerateRequest:
+    request = pb.GenerateRequest()
+    if args.chat:
+        request.messages.messages.add(role="user", content=args.prompt)
+    else:
+        request.text = args.prompt
+    for name in _SAMPLING:
+        value = getattr(args, name)
+        if value is not None:
+            setattr(request.sampling, name, value)
+    if args.max_new_tokens:
+        request.stopping.max_new_tokens = args.max_new_tokens
+    request.stopping.min_new_tokens = args.min_new_tokens
+    request.stopping.stop.extend(args.stop)
+    request.stopping.ignore_eos = args.ignore_eos
+    request.output.skip_special_tokens = args.skip_special_tokens
+    request.output.top_logprobs = args.top_logprobs
+    return request
+
+
+def stream(
+    target: str, request: pb.GenerateRequest, out: TextIO, as_json: bool = False,
+    timeout: float | None = None,
+) -> pb.GenerateResponse:  # fmt: skip
+    """Writes each frame to out as it arrives; returns the last frame."""
+    last = pb.GenerateResponse()
+    with grpc.insecure_channel(target) as channel:
+        stub = generation_pb2_grpc.GenerationStub(channel)
+        for frame in stub.Generate(request, timeout=timeout):
+            if as_json:
+                out.write(json.dumps(MessageToDict(frame, preserving_proto_field_name=True)) + "\n")
+            else:
+                out.write(frame.text)
+            out.flush()
+            last = frame
+    if not as_json:
+        out.write("\n")
+    return last
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.wait > 0:
+            wait_for_serving(args.target, args.wait)
+        started = time.monotonic()
+        last = stream(args.target, build_request(args), sys.stdout, args.json, args.timeout)
+    except grpc.RpcError as error:
+        print(f"yaie generate: {error.code().name}: {error.details()}", file=sys.stderr)
+        return 1
+    except TimeoutError as error:
+        print(f"yaie generate: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    reason = pb.FinishReason.Name(last.finish_reason).removeprefix("FINISH_REASON_").lower()
+    usage = last.usage
+    print(f"[{reason}: {usage.completion_tokens} tokens after a {usage.prompt_tokens}-token "
+          f"prompt in {time.monotonic() - started:.2f} s]", file=sys.stderr)  # fmt: skip
+    return 0

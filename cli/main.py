@@ -1,0 +1,52 @@
+"""The `yaie` command: one console script over the scheduler, the worker and the client tools.
+
+Each subcommand lives in its own module with `main(argv) -> int`, imported only when chosen, so
+`yaie generate` never loads torch and the CLI sits above both services.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# subcommand -> (module with main(argv) -> int, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("yaie.cli.serve", "run the scheduler and N local workers: the one-command stack"),
+    "scheduler": (
+        "yaie.scheduler_service.__main__",
+        "run the scheduler alone (--worker HOST:PORT)",
+    ),
+    "worker": ("yaie.worker_service.__main__", "run one GPU worker alone (--model M --port P)"),
+    "generate": ("yaie.cli.generate", "stream a generation from a running stack to the terminal"),
+    "bench": ("yaie.cli.bench", "drive a running stack with a benchmark workload"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: yaie <command> [options]   (yaie <command> --help for its options)", ""]
+    lines += [f"  {name:<10} {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if args else 2
+    command, rest = args[0], args[1:]
+    if command not in SUBCOMMANDS:
+        print(f"yaie: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module_name = SUBCOMMANDS[command][0]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name != module_name:
+            raise
+        print(f"yaie {command}: not available in this installation", file=sys.stderr)
+        return 2
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

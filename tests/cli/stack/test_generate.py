@@ -1,0 +1,97 @@
+"""`yaie generate` streams what the API streams; --json gives one parseable object per frame."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import grpc
+import pytest
+
+from yaie.v1 import generation_pb2 as pb
+
+PROMPT = "The morning train"
+
+
+def _api_greedy(stack, max_new_tokens: int) -> list[pb.GenerateResponse]:
+    request = pb.GenerateRequest(
+        text=PROMPT,
+        sampling=pb.SamplingParams(temperature=0.0),
+        stopping=pb.StoppingCriteria(max_new_tokens=max_new_tokens),
+    )
+    with grpc.insecure_channel(stack.target) as channel:
+        return list(stack.stub(channel).Generate(request, timeout=60))
+
+
+def _run(tools, *args: str) -> subprocess.CompletedProcess:
+    command = tools.yaie("generate", *args)
+    result = subprocess.run(command, capture_output=True, timeout=120, check=False)
+    # Decoded by hand: text=True would turn a generated "\r" into "\n".
+    result.stdout, result.stderr = result.stdout.decode(), result.stderr.decode()
+    return result
+
+
+def test_generate_json_prints_one_object_per_frame(llama_stack, tools) -> None:
+    result = _run(tools, PROMPT, "--target", llama_stack.target, "--temperature", "0",
+                  "--max-new-tokens", "12", "--json", "--wait", "30")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    frames = [json.loads(line) for line in result.stdout.splitlines()]
+    expected = _api_greedy(llama_stack, 12)
+    assert [t for f in frames for t in f.get("token_ids", [])] == [
+        t for f in expected for t in f.token_ids
+    ]
+    assert "".join(f.get("text", "") for f in frames) == "".join(f.text for f in expected)
+    assert frames[-1]["finish_reason"] in ("FINISH_REASON_LENGTH", "FINISH_REASON_STOP")
+    assert all(f["usage"]["prompt_tokens"] > 0 for f in frames)
+
+
+def test_generate_streams_plain_text_and_reports_errors(llama_stack, tools) -> None:
+    result = _run(tools, PROMPT, "--target", llama_stack.target, "--temperature", "0",
+                  "--max-new-tokens", "12")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "".join(f.text for f in _api_greedy(llama_stack, 12)) + "\n"
+    assert "tokens after a" in result.stderr
+    bad = _run(tools, PROMPT, "--target", llama_stack.target, "--top-p", "0")
+    assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr and "top_p" in bad.stderr
+
+
+INVALID = [
+    pb.GenerateRequest(),
+    pb.GenerateRequest(token_ids=pb.TokenIds(ids=[10**6])),
+    pb.GenerateRequest(text="a", sampling=pb.SamplingParams(temperature=-1.0)),
+    pb.GenerateRequest(text="a", sampling=pb.SamplingParams(repetition_penalty=0.0)),
+    pb.GenerateRequest(text="a", stopping=pb.StoppingCriteria(stop=[""])),
+    pb.GenerateRequest(text="a", stopping=pb.StoppingCriteria(max_new_tokens=10**6)),
+    pb.GenerateRequest(text="a", output=pb.OutputOptions(top_logprobs=21)),
+]
+
+
+@pytest.mark.parametrize("request_", INVALID, ids=range(len(INVALID)))
+def test_the_real_stack_refuses_bad_requests_then_serves(llama_stack, request_) -> None:
+    with grpc.insecure_channel(llama_stack.target) as channel:
+        stub = llama_stack.stub(channel)
+        with pytest.raises(grpc.RpcError) as error:
+            list(stub.Generate(request_, timeout=30))
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _api_greedy(llama_stack, 2)[-1].usage.completion_tokens >= 1
+
+
+def test_a_stop_string_across_tokens_ends_the_real_stream_before_it(llama_stack) -> None:
+    frames = _api_greedy(llama_stack, 16)
+    full = "".join(f.text for f in frames)
+    ends = [len("".join(f.text for f in frames[: i + 1])) for i in range(len(frames))]
+    boundary = next(end for end in ends[1:] if 0 < end < len(full))  # between two tokens
+    stop = full[boundary - 1 : boundary + 1]
+    request = pb.GenerateRequest(
+        text=PROMPT,
+        sampling=pb.SamplingParams(temperature=0.0),
+        stopping=pb.StoppingCriteria(max_new_tokens=16, stop=[stop]),
+        output=pb.OutputOptions(top_logprobs=3),
+    )
+    with grpc.insecure_channel(llama_stack.target) as channel:
+        stopped = list(llama_stack.stub(channel).Generate(request, timeout=60))
+    assert "".join(f.text for f in stopped) == full[: full.find(stop)]
+    assert (stopped[-1].finish_reason, stopped[-1].matched_stop) == (pb.FINISH_REASON_STOP, stop)
+    for frame in stopped:  # greedy: the chosen token is the most likely one
+        assert [lp.token_id for lp in frame.logprobs] == list(frame.token_ids)
+        assert all(len(lp.top) == 3 and lp.top[0].token_id == lp.token_id for lp in frame.logprobs)

@@ -1,0 +1,67 @@
+"""`yaie serve` never leaves a worker behind: not on SIGTERM, not after --demo, not on SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+
+def _wait_gone(tools, pids: list[int], timeout_s: float = 30.0) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        alive = [pid for pid in pids if tools.is_running(pid)]
+        if not alive:
+            return []
+        time.sleep(0.1)
+    return alive
+
+
+def test_sigterm_stops_the_scheduler_and_every_worker(model_dirs, tools) -> None:
+    with tools.running_stack(model_dirs["Qwen3ForCausalLM"], "--workers", "2") as stack:
+        workers = tools.child_pids(stack.process.pid)
+        assert len(workers) == 2
+        stack.process.send_signal(signal.SIGTERM)
+        assert stack.process.wait(30) == 0
+        assert _wait_gone(tools, workers) == []
+
+
+def test_sigkill_of_serve_still_stops_its_workers(model_dirs, tools) -> None:
+    """The kernel sends the workers SIGTERM when their parent dies (PR_SET_PDEATHSIG)."""
+    port = tools.free_port()
+    command = tools.yaie("serve", "--model", str(model_dirs["MistralForCausalLM"]),
+                         "--port", str(port), "--device", "cpu", "--num-blocks", "64")  # fmt: skip
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not tools.child_pids(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        workers = tools.child_pids(process.pid)
+        assert len(workers) == 1
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(10)
+        assert _wait_gone(tools, workers) == []
+    finally:
+        tools.stop(process)
+
+
+def test_demo_streams_a_generation_and_exits_with_nothing_left(model_dirs, tools) -> None:
+    port = tools.free_port()
+    command = tools.yaie("serve", "--model", str(model_dirs["LlamaForCausalLM"]),
+                         "--port", str(port), "--device", "cpu", "--num-blocks", "64",
+                         "--demo", "The cook says", "--demo-tokens", "8")  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                               text=True)  # fmt: skip
+    try:
+        workers: list[int] = []
+        deadline = time.monotonic() + 60
+        while not workers and process.poll() is None and time.monotonic() < deadline:
+            workers = tools.child_pids(process.pid)
+            time.sleep(0.05)
+        out, _ = process.communicate(timeout=180)
+    finally:
+        tools.stop(process)
+    assert process.returncode == 0
+    assert out.startswith("The cook says") and len(out) > len("The cook says")
+    assert workers and _wait_gone(tools, workers) == []

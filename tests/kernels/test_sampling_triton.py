@@ -1,0 +1,130 @@
+"""Triton sampler against the torch reference: same kept sets, same tokens, same logprobs.
+
+The interpreter cases run in a child pytest with TRITON_INTERPRET=1 (triton.jit reads it when a
+kernel module is imported, so setting it here would leak into other test modules); the parent only
+starts the child. GPU cases run where CUDA is present.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from yaie.kernels.sampling import (
+    SamplingBatch,
+    SamplingConfig,
+    draw_reference,
+    filter_thresholds,
+    sample,
+)
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+interpreter_only = pytest.mark.skipif(not INTERPRET, reason="runs in the TRITON_INTERPRET child")
+gpu_only = pytest.mark.skipif(
+    INTERPRET or not torch.cuda.is_available(), reason="needs CUDA (and no interpreter)"
+)
+EXPECTED_CHILD_TESTS = 4
+
+MIXED = [
+    SamplingConfig(temperature=0.0),
+    SamplingConfig(temperature=0.8, top_p=0.9),
+    SamplingConfig(top_k=7),
+    SamplingConfig(temperature=0.7, top_k=40, top_p=0.95),
+    SamplingConfig(min_p=0.05),
+    SamplingConfig(top_p=0.5, temperature=1.5),
+    SamplingConfig(top_k=1),
+    SamplingConfig(temperature=1.0),
+    SamplingConfig(top_k=300, top_p=0.99, min_p=0.01),
+    SamplingConfig(top_p=0.3, temperature=0.3),
+]
+
+
+def test_sampler_matches_reference_under_triton_interpreter() -> None:
+    """The interpreter cases of this file all pass in a child with TRITON_INTERPRET=1."""
+    if INTERPRET:
+        pytest.skip("this is the child")
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider"]
+    cmd += ["-k", "interpreter", "-W", "ignore::RuntimeWarning"]
+    proc = subprocess.run(
+        cmd, cwd=Path(__file__).parents[2], env=env, capture_output=True, text=True, timeout=240
+    )
+    report = proc.stdout + proc.stderr
+    assert proc.returncode == 0, report
+    passed = re.search(r"(\d+) passed", report)
+    assert passed and int(passed.group(1)) >= EXPECTED_CHILD_TESTS, report
+
+
+def _mixed_logits(rows: int, vocab: int, device: str, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(rows, vocab, generator=g) * 2.5
+    logits[1::4] = logits[1::4].round()  # many exact ties
+    logits[2::5, : vocab // 2] = float("-inf")  # masked halves
+    return logits.to(device)
+
+
+def _check_against_reference(logits: torch.Tensor, block: int) -> None:
+    from yaie.kernels.sampling_triton import draw_triton
+
+    rows, vocab = logits.shape
+    configs = [
+        SamplingConfig(**{**MIXED[b % len(MIXED)].__dict__, "seed": 11 * b}) for b in range(rows)
+    ]
+    batch = SamplingBatch.build(configs, range(100, 100 + rows), logits.device, vocab)
+    tau = torch.full((rows,), float("nan"), device=logits.device)
+    tokens = draw_triton(logits, batch, block=block, thresholds=tau, fast_log=False)
+    s = logits.float() * batch.inv_temperature.unsqueeze(1)
+    finite = torch.isfinite(s)  # -inf tokens are never drawn; the kernel may leave them out
+    want = (s >= filter_thresholds(s, batch).unsqueeze(1)) & finite
+    sampled = ~batch.greedy
+    assert torch.equal(((s >= tau.unsqueeze(1)) & finite)[sampled], want[sampled])
+    assert torch.equal(tokens, draw_reference(logits, batch))
+
+
+@interpreter_only
+@pytest.mark.parametrize(("dtype", "block"), [(torch.float32, 128), (torch.bfloat16, 512)])
+def test_interpreter_kept_sets_and_tokens_match(dtype, block):
+    _check_against_reference(_mixed_logits(20, 700, "cpu", seed=block).to(dtype), block)
+
+
+@interpreter_only
+def test_interpreter_edge_rows():
+    """All -inf but one, fewer finite tokens than k, a single token: no NaN, the right token."""
+    from yaie.kernels.sampling_triton import draw_triton
+
+    logits = torch.full((4, 300), float("-inf"))
+    logits[0, 17] = 2.0
+    logits[1, [3, 200]] = torch.tensor([1.0, 1.5])
+    logits[2, :] = 0.0
+    logits[3, 299] = -1e4
+    configs = [SamplingConfig(top_k=50, top_p=0.5, min_p=0.1, seed=b) for b in range(4)]
+    batch = SamplingBatch.build(configs, range(4), "cpu", 300)
+    tokens = draw_triton(logits, batch, block=64)
+    assert tokens[0] == 17 and tokens[1] in (3, 200) and tokens[3] == 299
+    assert torch.equal(tokens, draw_reference(logits, batch))
+
+
+@interpreter_only
+def test_interpreter_sample_with_logprobs_matches_torch_backend():
+    """sample(backend="triton") equals the torch backend, logprobs included."""
+    logits = _mixed_logits(10, 400, "cpu", seed=3)
+    logits[2::5, :200] = 0.0  # logprobs of masked rows are -inf; keep them finite here
+    configs = [SamplingConfig(**{**c.__dict__, "top_logprobs": 3}) for c in MIXED]
+    batch = SamplingBatch.build(configs, range(10), "cpu", 400)
+    a, b = sample(logits, batch, backend="triton"), sample(logits, batch, backend="torch")
+    assert torch.equal(a.token_ids, b.token_ids) and torch.equal(a.top_token_ids, b.top_token_ids)
+    torch.testing.assert_close(a.logprobs, b.logprobs)
+    torch.testing.assert_close(a.top_logprobs, b.top_logprobs)
+
+
+@gpu_only
+def test_gpu_kept_sets_and_tokens_match_at_full_vocab():
+    """On CUDA, 64 x 151,936 bf16 logits: same kept sets and tokens as the reference."""
+    _check_against_reference(_mixed_logits(64, 151_936, "cuda", seed=0).bfloat16(), 1024)
