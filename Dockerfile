@@ -10,7 +10,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /opt/mini-yaie
 
 # torch first, in its own layer: the default Linux wheel carries CUDA for the GPU worker.
-# (For a CPU-only image: --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu)
+# (For a CPU-only image, point --build-arg TORCH_INDEX_URL at PyTorch's CPU wheel index.)
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=
 RUN pip install "torch==${TORCH_VERSION}" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}

@@ -55,9 +55,20 @@ def _die_with_parent() -> None:
         pass  # not Linux: the parent's own shutdown still stops the children
 
 
-def start_workers(args: argparse.Namespace, model: str) -> list[tuple[str, subprocess.Popen]]:
+def visible_gpus() -> list[str]:
+    """CUDA_VISIBLE_DEVICES if set, else the GPUs nvidia-smi lists (none without a driver)."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    gpus = visible.split(",") if visible else [str(i) for i in range(args.workers)]
+    if visible is not None:
+        return [gpu for gpu in visible.split(",") if gpu.strip()]
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [str(i) for i, line in enumerate(listing.stdout.splitlines()) if line.startswith("GPU")]
+
+
+def start_workers(args: argparse.Namespace, model: str) -> list[tuple[str, subprocess.Popen]]:
+    gpus = visible_gpus() if args.workers > 1 and args.device != "cpu" else []
     workers = []
     for index in range(args.workers):
         port = free_port()
@@ -67,7 +78,7 @@ def start_workers(args: argparse.Namespace, model: str) -> list[tuple[str, subpr
         if args.num_blocks:
             command += ["--num-blocks", str(args.num_blocks)]
         env = dict(os.environ)
-        if args.workers > 1 and args.device != "cpu":  # one GPU per worker
+        if gpus:  # one GPU per worker (round robin when there are more workers than GPUs)
             env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
         # A session of its own: Ctrl-C reaches only us, and we stop the workers in order.
         process = subprocess.Popen(command, env=env, start_new_session=True,

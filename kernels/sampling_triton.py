@@ -18,9 +18,7 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 from yaie.kernels.sampling_params import SamplingBatch
-
-NEG_INF = tl.constexpr(float("-inf"))
-POS_INF = tl.constexpr(float("inf"))
+from yaie.kernels.sampling_search import NEG_INF, POS_INF, threshold_search
 
 
 @triton.jit
@@ -44,156 +42,33 @@ def _gumbel(key, idx, FAST_LOG: tl.constexpr):
 
 
 @triton.jit
-def _pivot_pass(
-    src_ptr,
-    n,
-    scale,
-    m,
-    lo,
-    hi_x,
-    piv,
-    buf_ptr,
-    write,
-    BLOCK: tl.constexpr,
-    NPIV: tl.constexpr,
-    WITH_MASS: tl.constexpr,
+def _draw_kept(
+    row_ptr, V, inv_t, key, tau, BLOCK: tl.constexpr, ROWS: tl.constexpr, FAST_LOG: tl.constexpr
 ):
-    """Over src[:n] * scale: counts [NPIV] of s >= piv; with WITH_MASS the masses
-    sum(exp(s - m)) over s >= piv and over s >= lo. With write != 0 it also copies the values in
-    [lo, hi_x) to buf, in order, and returns how many it wrote.
-
-    Partial sums stay per lane ([NPIV, SUB] registers) and are reduced across threads once at
-    the end: a cross-thread reduction per chunk would cost more than the comparisons."""
-    SUB: tl.constexpr = BLOCK // 4
-    offs = tl.arange(0, SUB)
-    cnt = tl.zeros([NPIV, SUB], tl.float32)
-    mass = tl.zeros([NPIV, SUB], tl.float32)
-    mass_lo = tl.zeros([SUB], tl.float32)
-    written = tl.full([], 0, tl.int32)
-    for start in range(0, n, BLOCK):
-        for part in tl.static_range(4):
-            idx = start + part * SUB + offs
-            s = tl.load(src_ptr + idx, mask=idx < n, other=NEG_INF).to(tl.float32) * scale
-            ge = s[None, :] >= piv[:, None]  # [NPIV, SUB]
-            cnt += ge.to(tl.float32)
-            if WITH_MASS:
-                w = tl.exp(s - m)
-                mass += tl.where(ge, w[None, :], 0.0)
-                mass_lo += tl.where(s >= lo, w, 0.0)
-            if write != 0:
-                inside = (s >= lo) & (s < hi_x)
-                pos = written + tl.cumsum(inside.to(tl.int32), axis=0) - 1
-                tl.store(buf_ptr + pos, s, mask=inside)
-                written += tl.sum(inside.to(tl.int32), axis=0)
-    return tl.sum(cnt, axis=1), tl.sum(mass, axis=1), tl.sum(mass_lo, axis=0), written
-
-
-@triton.jit
-def _search(
-    row_ptr,
-    buf_ptr,
-    V,
-    inv_t,
-    m,
-    lo,
-    c_lo,
-    goal,
-    copied,
-    n_buf,
-    BLOCK: tl.constexpr,
-    NPIV: tl.constexpr,
-    IS_MASS: tl.constexpr,
-    MAX_PASSES: tl.constexpr,
-):
-    """Largest lo (a data value or just below one) with F(lo) >= target, F = count or mass of
-    s >= v. target = goal (a count) or goal * F(lo at entry) (a fraction of the mass).
-
-    Once at most half the row is left, the next full pass copies the values that matter to buf:
-    all s >= lo for counts (so a top-p search after top-k reuses them: copied, n_buf in and out),
-    the bracket [lo, hi) for masses. Later passes read only buf and add the count / mass above
-    what was copied (base_*). Returns lo, F_count(lo), copied, n_buf."""
-    i = tl.arange(0, NPIV).to(tl.float32)
-    zero = c_lo * 0.0
-    hi = m
-    c_hi = zero  # count of s >= hi; the first pass tests hi = m itself, so nothing is above
-    m_hi = zero  # mass of s >= hi
-    base_c = zero
-    base_m = zero
-    target = goal * 1.0
-    first = tl.full([], 1, tl.int32)
-    moving = tl.full([], 1, tl.int32)
-    passes = tl.full([], 0, tl.int32)
-    while (c_lo - c_hi > 1.5) & (moving != 0) & (passes < MAX_PASSES):
-        denom = NPIV + 1 - first
-        piv = lo + (hi - lo) * ((i + 1.0) / denom)
-        piv = tl.where((i == NPIV - 1) & (first != 0), hi, piv)
-        if copied != 0:
-            cnt, mass, mass_lo, n_new = _pivot_pass(
-                buf_ptr,
-                n_buf,
-                inv_t * 0.0 + 1.0,
-                m,
-                lo,
-                hi,
-                piv,
-                buf_ptr,
-                0,
-                BLOCK,
-                NPIV,
-                IS_MASS,
-            )
-            cnt += base_c
-            mass += base_m
-        else:
-            write = (c_lo - c_hi <= 0.5 * V).to(tl.int32)
-            if IS_MASS:
-                hi_x = tl.where(first != 0, POS_INF, hi)
-            else:
-                hi_x = hi * 0.0 + POS_INF
-            cnt, mass, mass_lo, n_new = _pivot_pass(
-                row_ptr, V, inv_t, m, lo, hi_x, piv, buf_ptr, write, BLOCK, NPIV, IS_MASS
-            )
-            if write != 0:
-                copied = write
-                n_buf = n_new
-                base_c = tl.where(hi_x < POS_INF, c_hi, 0.0)
-                base_m = tl.where(hi_x < POS_INF, m_hi, 0.0)
-        if IS_MASS:
-            metric = mass
-            # the first pass also weighs the whole entry set (the top-k set): target = p * Z_k
-            target = tl.where(first != 0, goal * mass_lo, target)
-        else:
-            metric = cnt
-        feasible = metric >= target
-        new_lo = tl.max(tl.where(feasible, piv, lo), axis=0)
-        new_hi = tl.min(tl.where(feasible, hi, piv), axis=0)
-        moving = ((new_lo != lo) | (new_hi != hi)).to(tl.int32)
-        c_lo = tl.min(tl.where(feasible, cnt, c_lo), axis=0)
-        c_hi = tl.max(tl.where(feasible, c_hi, cnt), axis=0)
-        m_hi = tl.max(tl.where(feasible, m_hi, mass), axis=0)
-        lo = new_lo
-        hi = new_hi
-        first = 0
-        passes += 1
-    return lo, c_lo, copied, n_buf
-
-
-@triton.jit
-def _draw_kept(row_ptr, V, inv_t, key, tau, BLOCK: tl.constexpr, FAST_LOG: tl.constexpr):
     """argmax over s >= tau of s + Gumbel noise (first index among equal keys)."""
-    offs = tl.arange(0, BLOCK)
+    cols = tl.arange(0, BLOCK)
+    offs = tl.arange(0, ROWS)[:, None] * BLOCK + cols[None, :]  # [ROWS, BLOCK]
     best = tl.full([BLOCK], NEG_INF, tl.float32)
-    best_i = offs
-    for start in range(0, V, BLOCK):
+    best_i = cols
+    for start in range(0, V, ROWS * BLOCK):
         idx = start + offs
         s = tl.load(row_ptr + idx, mask=idx < V, other=NEG_INF).to(tl.float32) * inv_t
-        if tl.max(s, axis=0) >= tau:  # most chunks hold no kept token under a small top-k
+        if tl.max(tl.max(s, axis=1), axis=0) >= tau:  # most tiles hold no kept token under top-k
             k = tl.where((idx < V) & (s >= tau), s + _gumbel(key, idx, FAST_LOG), NEG_INF)
-            upd = k > best
-            best = tl.where(upd, k, best)
-            best_i = tl.where(upd, idx, best_i)
+            best, best_i, _ = _merge_best(k, s, idx, best, best_i, best, V)
     top = tl.max(best, axis=0)
     return tl.min(tl.where(best == top, best_i, V), axis=0)
+
+
+@triton.jit
+def _merge_best(k, s, idx, best, best_i, best_s, V):
+    """Per lane (column) of a [ROWS, BLOCK] tile: keep the larger key, the earlier index on ties
+    (tiles come in index order and rows of a column increase), and s at that index."""
+    k_max = tl.max(k, axis=0)
+    k_idx = tl.min(tl.where(k == k_max[None, :], idx, V), axis=0)
+    k_s = tl.max(tl.where(idx == k_idx[None, :], s, NEG_INF), axis=0)
+    upd = k_max > best
+    return tl.where(upd, k_max, best), tl.where(upd, k_idx, best_i), tl.where(upd, k_s, best_s)
 
 
 @triton.jit
@@ -211,6 +86,7 @@ def _sample_kernel(
     tau_ptr,
     buf_base,
     BLOCK: tl.constexpr,
+    ROWS: tl.constexpr,
     NPIV: tl.constexpr,
     HAS_TOP_K: tl.constexpr,
     HAS_TOP_P: tl.constexpr,
@@ -227,30 +103,28 @@ def _sample_kernel(
     # Under a top-k the unfiltered winner is almost never kept: draw only in the last pass.
     noisy_a = sampled & (k_row >= V)
     key = tl.load(key_ptr + row).to(tl.uint32)
-    offs = tl.arange(0, BLOCK)
+    cols = tl.arange(0, BLOCK)
+    offs = tl.arange(0, ROWS)[:, None] * BLOCK + cols[None, :]  # [ROWS, BLOCK]
     # pass A, per lane: max, min of finite values, finite count, best key (s + noise) and where
     vmax = tl.full([BLOCK], NEG_INF, tl.float32)
     vmin = tl.full([BLOCK], POS_INF, tl.float32)
     nfin = tl.zeros([BLOCK], tl.int32)
     best = tl.full([BLOCK], NEG_INF, tl.float32)
-    best_i = offs
+    best_i = cols
     best_s = tl.full([BLOCK], NEG_INF, tl.float32)
-    for start in range(0, V, BLOCK):
+    for start in range(0, V, ROWS * BLOCK):
         idx = start + offs
         inb = idx < V
         s = tl.load(row_ptr + idx, mask=inb, other=NEG_INF).to(tl.float32) * inv_t
         fin = s > NEG_INF
-        vmax = tl.maximum(vmax, s)
-        vmin = tl.minimum(vmin, tl.where(fin, s, POS_INF))
-        nfin += fin.to(tl.int32)
+        vmax = tl.maximum(vmax, tl.max(s, axis=0))
+        vmin = tl.minimum(vmin, tl.min(tl.where(fin, s, POS_INF), axis=0))
+        nfin += tl.sum(fin.to(tl.int32), axis=0)
         k = s
         if noisy_a:
             k = s + _gumbel(key, idx, FAST_LOG)
         k = tl.where(inb, k, NEG_INF)
-        upd = k > best
-        best = tl.where(upd, k, best)
-        best_i = tl.where(upd, idx, best_i)
-        best_s = tl.where(upd, s, best_s)
+        best, best_i, best_s = _merge_best(k, s, idx, best, best_i, best_s, V)
     m = tl.max(vmax, axis=0)
     m = tl.where(m > NEG_INF, m, 0.0)  # an all -inf row: keep exp() finite
     top = tl.max(best, axis=0)
@@ -263,7 +137,7 @@ def _sample_kernel(
     n_buf = tl.full([], 0, tl.int32)
     if HAS_TOP_K:
         if sampled & (k_row < c_k):
-            tau_k, c_k, copied, n_buf = _search(
+            tau_k, c_k, copied, n_buf = threshold_search(
                 row_ptr,
                 buf_ptr,
                 V,
@@ -275,6 +149,7 @@ def _sample_kernel(
                 copied,
                 n_buf,
                 BLOCK,
+                ROWS,
                 NPIV,
                 False,
                 MAX_PASSES,
@@ -283,7 +158,7 @@ def _sample_kernel(
     if HAS_TOP_P:
         p_row = tl.load(top_p_ptr + row)
         if sampled & (p_row < 1.0):
-            tau_p, c_p, copied, n_buf = _search(
+            tau_p, c_p, copied, n_buf = threshold_search(
                 row_ptr,
                 buf_ptr,
                 V,
@@ -295,6 +170,7 @@ def _sample_kernel(
                 copied,
                 n_buf,
                 BLOCK,
+                ROWS,
                 NPIV,
                 True,
                 MAX_PASSES,
@@ -305,7 +181,7 @@ def _sample_kernel(
     token = cand
     if sampled & ((cand_s < tau) | (noisy_a == 0)):
         # no draw yet, or the unfiltered winner was cut; a kept winner also wins the kept set
-        token = _draw_kept(row_ptr, V, inv_t, key, tau, BLOCK, FAST_LOG)
+        token = _draw_kept(row_ptr, V, inv_t, key, tau, BLOCK, ROWS, FAST_LOG)
     tl.store(out_ptr + row, tl.minimum(token, V - 1).to(tl.int64))
     tl.store(tau_ptr + row, tau)
 
@@ -313,7 +189,8 @@ def _sample_kernel(
 def draw_triton(
     work: torch.Tensor,
     batch: SamplingBatch,
-    block: int = 1024,
+    block: int = 256,
+    rows_per_tile: int = 16,
     num_pivots: int = 8,
     num_warps: int = 8,
     thresholds: torch.Tensor | None = None,
@@ -322,6 +199,7 @@ def draw_triton(
     """[B] int64 tokens from processed logits work [B, V] (fp32, bf16 or fp16, read as fp32); as
     sampling.draw_reference (up to float summation order at a top-p boundary).
 
+    Each loop reads [rows_per_tile, block] tiles; num_pivots is the search's fan-out per pass.
     thresholds, if given ([B] fp32), receives each sampled row's tau: it keeps s >= tau.
     fast_log (default: on, except under TRITON_INTERPRET, which lacks it) takes the noise's logs
     with lg2.approx; the draws then differ from the reference only where two keys tie to ~1e-6.
@@ -350,6 +228,7 @@ def draw_triton(
         thresholds,
         scratch,
         BLOCK=block,
+        ROWS=rows_per_tile,
         NPIV=num_pivots,
         HAS_TOP_K=batch.any_top_k,
         HAS_TOP_P=batch.any_top_p,

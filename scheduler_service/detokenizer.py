@@ -27,9 +27,8 @@ class IncrementalDetokenizer:
     ) -> None:
         self._decoder = decoder
         self._skip_special_tokens = skip_special_tokens
+        # ids[:read_offset]: the context already emitted as text (or prompt); the rest is held.
         self._ids = list(prompt_ids[-PROMPT_CONTEXT_TOKENS:])
-        # ids[prefix_offset:read_offset] is the window already emitted as text.
-        self._prefix_offset = 0
         self._read_offset = len(self._ids)
 
     def _decode(self, ids: list[int]) -> str:
@@ -38,20 +37,23 @@ class IncrementalDetokenizer:
     def add_token(self, token_id: int) -> str:
         """Appends one token; returns the text it completes (possibly empty)."""
         self._ids.append(token_id)
-        prefix_text = self._decode(self._ids[self._prefix_offset : self._read_offset])
-        new_text = self._decode(self._ids[self._prefix_offset :])
+        prefix_text = self._decode(self._ids[: self._read_offset])
+        new_text = self._decode(self._ids)
         if len(new_text) <= len(prefix_text) or new_text.endswith(REPLACEMENT_CHAR):
             return ""  # nothing new yet, or an incomplete character: wait for more bytes
-        self._prefix_offset = self._read_offset
-        self._read_offset = len(self._ids)
+        self._advance()
         return new_text[len(prefix_text) :]
+
+    def _advance(self) -> None:
+        """Marks every id as emitted; the last emitted ids become the next window's context."""
+        del self._ids[: self._read_offset]
+        self._read_offset = len(self._ids)
 
     def flush(self) -> str:
         """Text held back at the end of the stream (an incomplete character decodes as U+FFFD)."""
         if self._read_offset == len(self._ids):
             return ""
-        prefix_text = self._decode(self._ids[self._prefix_offset : self._read_offset])
-        new_text = self._decode(self._ids[self._prefix_offset :])
-        self._prefix_offset = self._read_offset
-        self._read_offset = len(self._ids)
+        prefix_text = self._decode(self._ids[: self._read_offset])
+        new_text = self._decode(self._ids)
+        self._advance()
         return new_text[len(prefix_text) :]

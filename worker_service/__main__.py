@@ -96,9 +96,17 @@ def main(argv: list[str] | None = None) -> int:
         stopped_by.append(signal.Signals(signum).name)
         stop.set()
 
+    previous = {}
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return _serve(config, stop, stopped_by)
+    finally:  # main() may run inside another program (tests): give its handlers back
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _serve(config: WorkerConfig, stop: threading.Event, stopped_by: list[str]) -> int:
     from yaie.worker_service.app import start_worker  # heavy imports after argument parsing
 
     try:

@@ -17,7 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from yaie.kernels.attention import resolve_backend
 from yaie.worker.v1 import worker_pb2, worker_pb2_grpc
 from yaie.worker_service.config import WorkerConfig, dtype_name
-from yaie.worker_service.kv_pool import KVPool, KVPoolConfig
+from yaie.worker_service.kv_pool import KVPool
 from yaie.worker_service.runner import ModelRunner
 from yaie.worker_service.server import WorkerServicer
 
@@ -62,11 +62,13 @@ def build_runner(config: WorkerConfig) -> tuple[ModelRunner, worker_pb2.WorkerIn
     random_weights = bool(raw_config.get("yaie_random_weights", False))
     if random_weights:
         log.warning("%s has RANDOM weights: its output is meaningless", config.model)
-    pool_config = KVPoolConfig(
-        config.block_size, config.num_blocks, config.memory_fraction, config.cpu_memory_bytes
-    )
     pool = KVPool.allocate(
-        pool_config, model.num_layers, model.num_kv_heads, model.head_dim, model.dtype, device
+        config.pool_config(),
+        model.num_layers,
+        model.num_kv_heads,
+        model.head_dim,
+        model.dtype,
+        device,
     )
     backend = resolve_backend(config.attention_backend, device.type == "cuda")
     use_graphs = config.cuda_graphs and device.type == "cuda" and backend == "triton"

@@ -7,7 +7,11 @@ from dataclasses import dataclass
 import torch
 
 from yaie.kernels.attention import BACKENDS
-from yaie.worker_service.kv_pool import DEFAULT_CPU_MEMORY_BYTES, DEFAULT_MEMORY_FRACTION
+from yaie.worker_service.kv_pool import (
+    DEFAULT_CPU_MEMORY_BYTES,
+    DEFAULT_MEMORY_FRACTION,
+    KVPoolConfig,
+)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEVICES = ("auto", "cpu", "cuda")
@@ -39,6 +43,12 @@ class WorkerConfig:
             raise ValueError(f"port {self.port} out of range")
         if self.max_graph_batch_size <= 0:
             raise ValueError("max_graph_batch_size must be positive")
+        self.pool_config()  # validates the KV pool settings
+
+    def pool_config(self) -> KVPoolConfig:
+        return KVPoolConfig(
+            self.block_size, self.num_blocks, self.memory_fraction, self.cpu_memory_bytes
+        )
 
     def torch_device(self) -> torch.device:
         """auto: the first CUDA device when there is one, else the CPU."""

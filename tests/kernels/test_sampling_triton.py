@@ -70,7 +70,7 @@ def _mixed_logits(rows: int, vocab: int, device: str, seed: int) -> torch.Tensor
     return logits.to(device)
 
 
-def _check_against_reference(logits: torch.Tensor, block: int) -> None:
+def _check_against_reference(logits: torch.Tensor, block: int, rows_per_tile: int) -> None:
     from yaie.kernels.sampling_triton import draw_triton
 
     rows, vocab = logits.shape
@@ -79,7 +79,9 @@ def _check_against_reference(logits: torch.Tensor, block: int) -> None:
     ]
     batch = SamplingBatch.build(configs, range(100, 100 + rows), logits.device, vocab)
     tau = torch.full((rows,), float("nan"), device=logits.device)
-    tokens = draw_triton(logits, batch, block=block, thresholds=tau, fast_log=False)
+    tokens = draw_triton(
+        logits, batch, block=block, rows_per_tile=rows_per_tile, thresholds=tau, fast_log=False
+    )
     s = logits.float() * batch.inv_temperature.unsqueeze(1)
     finite = torch.isfinite(s)  # -inf tokens are never drawn; the kernel may leave them out
     want = (s >= filter_thresholds(s, batch).unsqueeze(1)) & finite
@@ -89,9 +91,13 @@ def _check_against_reference(logits: torch.Tensor, block: int) -> None:
 
 
 @interpreter_only
-@pytest.mark.parametrize(("dtype", "block"), [(torch.float32, 128), (torch.bfloat16, 512)])
-def test_interpreter_kept_sets_and_tokens_match(dtype, block):
-    _check_against_reference(_mixed_logits(20, 700, "cpu", seed=block).to(dtype), block)
+@pytest.mark.parametrize(
+    ("dtype", "block", "rows"), [(torch.float32, 32, 4), (torch.bfloat16, 64, 2)]
+)
+def test_interpreter_kept_sets_and_tokens_match(dtype, block, rows):
+    """Tiles of 128 over a 700-token vocabulary: every loop runs several iterations."""
+    logits = _mixed_logits(20, 700, "cpu", seed=block).to(dtype)
+    _check_against_reference(logits, block, rows)
 
 
 @interpreter_only
@@ -106,7 +112,7 @@ def test_interpreter_edge_rows():
     logits[3, 299] = -1e4
     configs = [SamplingConfig(top_k=50, top_p=0.5, min_p=0.1, seed=b) for b in range(4)]
     batch = SamplingBatch.build(configs, range(4), "cpu", 300)
-    tokens = draw_triton(logits, batch, block=64)
+    tokens = draw_triton(logits, batch, block=16, rows_per_tile=4)
     assert tokens[0] == 17 and tokens[1] in (3, 200) and tokens[3] == 299
     assert torch.equal(tokens, draw_reference(logits, batch))
 
@@ -127,4 +133,4 @@ def test_interpreter_sample_with_logprobs_matches_torch_backend():
 @gpu_only
 def test_gpu_kept_sets_and_tokens_match_at_full_vocab():
     """On CUDA, 64 x 151,936 bf16 logits: same kept sets and tokens as the reference."""
-    _check_against_reference(_mixed_logits(64, 151_936, "cuda", seed=0).bfloat16(), 1024)
+    _check_against_reference(_mixed_logits(64, 151_936, "cuda", seed=0).bfloat16(), 256, 16)

@@ -114,7 +114,7 @@ def test_silu_and_mul_matches_torch(device, dtype):
 @pytest.mark.skipif(not (INTERPRET or CUDA), reason="runs in the interpreter child or on CUDA")
 def test_model_on_fused_kernels_matches_the_torch_path(tiny_model_dir, make_forward_batch):
     """Qwen3 (q/k norm) prefill then one decode step: logits of the Triton path (fused layers
-    and Triton attention, float32) equal the torch path's."""
+    and Triton attention, float32) equal the torch path's (same greedy tokens too)."""
     from yaie.worker_service.loader import load_model
 
     model_dir = tiny_model_dir("Qwen3ForCausalLM", head_dim=32)
@@ -130,4 +130,6 @@ def test_model_on_fused_kernels_matches_the_torch_path(tiny_model_dir, make_forw
             prefill = model(make_forward_batch(prompts, [0, 0], tables, 16, device), kv_cache)
             decode = model(make_forward_batch([[3], [4]], [5, 23], tables, 16, device), kv_cache)
         results.append(torch.cat([prefill, decode]))
-    torch.testing.assert_close(results[1], results[0], atol=1e-4, rtol=1e-4)
+    assert torch.equal(results[1].argmax(-1), results[0].argmax(-1))
+    tol = 1e-2 if CUDA else 1e-4  # on CUDA, Triton's float32 tl.dot computes in TF32
+    torch.testing.assert_close(results[1], results[0], atol=tol, rtol=tol)

@@ -24,6 +24,7 @@ from tests.worker_service.driver import (
     stop_worker,
 )
 from yaie.worker.v1 import worker_pb2, worker_pb2_grpc
+from yaie.worker_service.__main__ import main as worker_main
 
 BLOCK_SIZE, NUM_BLOCKS = 4, 64
 PROMPT = [11, 42, 7, 300, 12, 99]
@@ -218,3 +219,12 @@ def test_command_line_worker_serves_and_exits_0_on_sigterm(model_dir):
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_command_line_rejects_bad_arguments_and_a_missing_model():
+    """Usage errors exit 2 (argparse); a model that cannot load exits 1, with no server left."""
+    with pytest.raises(SystemExit) as exit_info:
+        worker_main(["--model", "m", "--dtype", "float64"])
+    assert exit_info.value.code == 2
+    assert worker_main(["--model", "m", "--block-size", "0", "--device", "cpu"]) == 2
+    assert worker_main(["--model", "/nonexistent/model", "--port", "0", "--device", "cpu"]) == 1

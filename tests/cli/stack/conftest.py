@@ -113,6 +113,8 @@ def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def llama_stack(model_dirs: dict[str, Path]) -> Iterator[Stack]:
-    """One stack shared by the tests that need any running server."""
-    with running_stack(model_dirs["LlamaForCausalLM"]) as stack:
+    """One stack shared by the tests that need any running server.
+
+    Its KV pool (96 blocks of 16 tokens) is smaller than the context (2048 tokens)."""
+    with running_stack(model_dirs["LlamaForCausalLM"], "--num-blocks", "96") as stack:
         yield stack

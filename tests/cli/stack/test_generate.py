@@ -95,3 +95,13 @@ def test_a_stop_string_across_tokens_ends_the_real_stream_before_it(llama_stack)
     for frame in stopped:  # greedy: the chosen token is the most likely one
         assert [lp.token_id for lp in frame.logprobs] == list(frame.token_ids)
         assert all(len(lp.top) == 3 and lp.top[0].token_id == lp.token_id for lp in frame.logprobs)
+
+
+def test_a_request_too_long_for_the_kv_pool_is_resource_exhausted(llama_stack) -> None:
+    request = pb.GenerateRequest(text=PROMPT, stopping=pb.StoppingCriteria(max_new_tokens=1600))
+    with grpc.insecure_channel(llama_stack.target) as channel:
+        stub = llama_stack.stub(channel)
+        with pytest.raises(grpc.RpcError) as error:
+            list(stub.Generate(request, timeout=30))
+        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert stub.GetServerStats(pb.GetServerStatsRequest()).workers[0].total_blocks == 96
