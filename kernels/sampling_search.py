@@ -49,12 +49,16 @@ def _pivot_pass(
             w = tl.exp(s - m)
             mass += tl.sum(tl.where(ge, w[None, :, :], 0.0), axis=1)
             mass_lo += tl.sum(tl.where(s >= lo, w, 0.0), axis=0)
-        if False:
-            flat = tl.reshape(s, [ROWS * BLOCK])
-            inside = (flat >= lo) & (flat < hi_x)
-            pos = written + tl.cumsum(inside.to(tl.int32), axis=0) - 1
-            tl.store(buf_ptr + pos, flat, mask=inside)
-            written += tl.sum(inside.to(tl.int32), axis=0)
+        if write != 0:
+            # slots in column-major order (any bijection will do: buf is a multiset): down a
+            # column within the thread, then past the earlier columns' totals
+            inside = ((s >= lo) & (s < hi_x)).to(tl.int32)
+            down = tl.cumsum(inside, axis=0)  # [ROWS, BLOCK]
+            col_total = tl.sum(inside, axis=0)  # [BLOCK]
+            before = tl.cumsum(col_total, axis=0) - col_total
+            pos = written + before[None, :] + down - 1
+            tl.store(buf_ptr + pos, s, mask=inside != 0)
+            written += tl.sum(col_total, axis=0)
     return tl.sum(cnt, axis=1), tl.sum(mass, axis=1), tl.sum(mass_lo, axis=0), written
 
 
