@@ -18,7 +18,7 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 from yaie.kernels.sampling_params import SamplingBatch
-from yaie.kernels.sampling_search import NEG_INF, POS_INF, threshold_search
+from yaie.kernels.sampling_search import NEG_INF, POS_INF, threshold_search, tile_offsets
 
 
 @triton.jit
@@ -42,22 +42,59 @@ def _gumbel(key, idx, FAST_LOG: tl.constexpr):
 
 
 @triton.jit
+def _draw_tile(s, idx, V, key, tau, best, best_i, FAST_LOG: tl.constexpr):
+    if tl.max(tl.max(s, axis=1), axis=0) >= tau:  # most tiles hold no kept token under top-k
+        k = tl.where((idx < V) & (s >= tau), s + _gumbel(key, idx, FAST_LOG), NEG_INF)
+        best, best_i, _ = _merge_best(k, s, idx, best, best_i, best, V)
+    return best, best_i
+
+
+@triton.jit
 def _draw_kept(
     row_ptr, V, inv_t, key, tau, BLOCK: tl.constexpr, ROWS: tl.constexpr, FAST_LOG: tl.constexpr
 ):
     """argmax over s >= tau of s + Gumbel noise (first index among equal keys)."""
-    cols = tl.arange(0, BLOCK)
-    offs = tl.arange(0, ROWS)[:, None] * BLOCK + cols[None, :]  # [ROWS, BLOCK]
+    offs = tile_offsets(BLOCK, ROWS)
+    T: tl.constexpr = ROWS * BLOCK
     best = tl.full([BLOCK], NEG_INF, tl.float32)
-    best_i = cols
-    for start in range(0, V, ROWS * BLOCK):
-        idx = start + offs
-        s = tl.load(row_ptr + idx, mask=idx < V, other=NEG_INF).to(tl.float32) * inv_t
-        if tl.max(tl.max(s, axis=1), axis=0) >= tau:  # most tiles hold no kept token under top-k
-            k = tl.where((idx < V) & (s >= tau), s + _gumbel(key, idx, FAST_LOG), NEG_INF)
-            best, best_i, _ = _merge_best(k, s, idx, best, best_i, best, V)
+    best_i = tl.arange(0, BLOCK)
+    t0 = tl.load(row_ptr + offs, mask=offs < V, other=NEG_INF)
+    t1 = tl.load(row_ptr + T + offs, mask=T + offs < V, other=NEG_INF)
+    t2 = tl.load(row_ptr + 2 * T + offs, mask=2 * T + offs < V, other=NEG_INF)
+    t3 = tl.load(row_ptr + 3 * T + offs, mask=3 * T + offs < V, other=NEG_INF)
+    for start in range(4 * T, V + 4 * T, 4 * T):  # four tiles in flight, as in sampling_search
+        idx = start - 4 * T + offs
+        s = t0.to(tl.float32) * inv_t
+        t0 = tl.load(row_ptr + idx + 4 * T, mask=idx + 4 * T < V, other=NEG_INF)
+        best, best_i = _draw_tile(s, idx, V, key, tau, best, best_i, FAST_LOG)
+        s = t1.to(tl.float32) * inv_t
+        t1 = tl.load(row_ptr + idx + 5 * T, mask=idx + 5 * T < V, other=NEG_INF)
+        best, best_i = _draw_tile(s, idx + T, V, key, tau, best, best_i, FAST_LOG)
+        s = t2.to(tl.float32) * inv_t
+        t2 = tl.load(row_ptr + idx + 6 * T, mask=idx + 6 * T < V, other=NEG_INF)
+        best, best_i = _draw_tile(s, idx + 2 * T, V, key, tau, best, best_i, FAST_LOG)
+        s = t3.to(tl.float32) * inv_t
+        t3 = tl.load(row_ptr + idx + 7 * T, mask=idx + 7 * T < V, other=NEG_INF)
+        best, best_i = _draw_tile(s, idx + 3 * T, V, key, tau, best, best_i, FAST_LOG)
     top = tl.max(best, axis=0)
     return tl.min(tl.where(best == top, best_i, V), axis=0)
+
+
+@triton.jit
+def _scan_tile(
+    s, idx, V, key, noisy, vmax, vmin, nfin, best, best_i, best_s, FAST_LOG: tl.constexpr
+):
+    """Pass A on one tile: per-lane max, min of finite values, finite count, best key."""
+    fin = s > NEG_INF
+    vmax = tl.maximum(vmax, tl.max(s, axis=0))
+    vmin = tl.minimum(vmin, tl.min(tl.where(fin, s, POS_INF), axis=0))
+    nfin += tl.sum(fin.to(tl.int32), axis=0)
+    k = s
+    if noisy:
+        k = s + _gumbel(key, idx, FAST_LOG)
+    k = tl.where(idx < V, k, NEG_INF)
+    best, best_i, best_s = _merge_best(k, s, idx, best, best_i, best_s, V)
+    return vmax, vmin, nfin, best, best_i, best_s
 
 
 @triton.jit
@@ -103,28 +140,41 @@ def _sample_kernel(
     # Under a top-k the unfiltered winner is almost never kept: draw only in the last pass.
     noisy_a = sampled & (k_row >= V)
     key = tl.load(key_ptr + row).to(tl.uint32)
-    cols = tl.arange(0, BLOCK)
-    offs = tl.arange(0, ROWS)[:, None] * BLOCK + cols[None, :]  # [ROWS, BLOCK]
+    offs = tile_offsets(BLOCK, ROWS)
+    T: tl.constexpr = ROWS * BLOCK
     # pass A, per lane: max, min of finite values, finite count, best key (s + noise) and where
     vmax = tl.full([BLOCK], NEG_INF, tl.float32)
     vmin = tl.full([BLOCK], POS_INF, tl.float32)
     nfin = tl.zeros([BLOCK], tl.int32)
     best = tl.full([BLOCK], NEG_INF, tl.float32)
-    best_i = cols
+    best_i = tl.arange(0, BLOCK)
     best_s = tl.full([BLOCK], NEG_INF, tl.float32)
-    for start in range(0, V, ROWS * BLOCK):
-        idx = start + offs
-        inb = idx < V
-        s = tl.load(row_ptr + idx, mask=inb, other=NEG_INF).to(tl.float32) * inv_t
-        fin = s > NEG_INF
-        vmax = tl.maximum(vmax, tl.max(s, axis=0))
-        vmin = tl.minimum(vmin, tl.min(tl.where(fin, s, POS_INF), axis=0))
-        nfin += tl.sum(fin.to(tl.int32), axis=0)
-        k = s
-        if noisy_a:
-            k = s + _gumbel(key, idx, FAST_LOG)
-        k = tl.where(inb, k, NEG_INF)
-        best, best_i, best_s = _merge_best(k, s, idx, best, best_i, best_s, V)
+    t0 = tl.load(row_ptr + offs, mask=offs < V, other=NEG_INF)
+    t1 = tl.load(row_ptr + T + offs, mask=T + offs < V, other=NEG_INF)
+    t2 = tl.load(row_ptr + 2 * T + offs, mask=2 * T + offs < V, other=NEG_INF)
+    t3 = tl.load(row_ptr + 3 * T + offs, mask=3 * T + offs < V, other=NEG_INF)
+    for start in range(4 * T, V + 4 * T, 4 * T):  # four tiles in flight, as in sampling_search
+        idx = start - 4 * T + offs
+        s = t0.to(tl.float32) * inv_t
+        t0 = tl.load(row_ptr + idx + 4 * T, mask=idx + 4 * T < V, other=NEG_INF)
+        vmax, vmin, nfin, best, best_i, best_s = _scan_tile(
+            s, idx, V, key, noisy_a, vmax, vmin, nfin, best, best_i, best_s, FAST_LOG
+        )
+        s = t1.to(tl.float32) * inv_t
+        t1 = tl.load(row_ptr + idx + 5 * T, mask=idx + 5 * T < V, other=NEG_INF)
+        vmax, vmin, nfin, best, best_i, best_s = _scan_tile(
+            s, idx + T, V, key, noisy_a, vmax, vmin, nfin, best, best_i, best_s, FAST_LOG
+        )
+        s = t2.to(tl.float32) * inv_t
+        t2 = tl.load(row_ptr + idx + 6 * T, mask=idx + 6 * T < V, other=NEG_INF)
+        vmax, vmin, nfin, best, best_i, best_s = _scan_tile(
+            s, idx + 2 * T, V, key, noisy_a, vmax, vmin, nfin, best, best_i, best_s, FAST_LOG
+        )
+        s = t3.to(tl.float32) * inv_t
+        t3 = tl.load(row_ptr + idx + 7 * T, mask=idx + 7 * T < V, other=NEG_INF)
+        vmax, vmin, nfin, best, best_i, best_s = _scan_tile(
+            s, idx + 3 * T, V, key, noisy_a, vmax, vmin, nfin, best, best_i, best_s, FAST_LOG
+        )
     m = tl.max(vmax, axis=0)
     m = tl.where(m > NEG_INF, m, 0.0)  # an all -inf row: keep exp() finite
     top = tl.max(best, axis=0)
@@ -189,8 +239,8 @@ def _sample_kernel(
 def draw_triton(
     work: torch.Tensor,
     batch: SamplingBatch,
-    block: int = 256,
-    rows_per_tile: int = 16,
+    block: int = 512,
+    rows_per_tile: int = 1,
     num_pivots: int = 8,
     num_warps: int = 8,
     thresholds: torch.Tensor | None = None,

@@ -49,10 +49,10 @@ class WorkerStats:
 
 @dataclass(frozen=True)
 class EngineStats:
-    waiting: int
-    running: int
-    num_preemptions: int
-    completed_requests: int
+    waiting: int  # queued, over all workers
+    running: int  # admitted and not yet done with their blocks (finishing ones included)
+    num_preemptions: int  # since start
+    completed_requests: int  # requests whose last event is out (aborted ones included)
     workers: list[WorkerStats]
 
 
@@ -144,9 +144,11 @@ class Engine:
 
     async def stop(self) -> None:
         self._started = False
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        pending = set(self._tasks)
+        while pending:  # cancel again should a library call swallow the cancellation
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.5)
         await asyncio.gather(*(loop.client.close() for loop in self._loops))
         for seq in list(self._live.values()):
             seq.finish_reason = FinishReason.ABORT
@@ -170,7 +172,7 @@ class Engine:
                 f"prompt ({len(req.prompt_ids)} tokens) + max_new_tokens ({req.max_new_tokens}) "
                 f"exceeds the model's context of {info.max_context} tokens"
             )
-        # The K/V of every token but possibly the last one must fit at once in some pool.
+        # Every token's K/V (the last one's too: overlap may compute it) must fit in some pool.
         if not any(_num_blocks(total, lp.kv.block_size) <= lp.kv.num_blocks for lp in loops):
             raise ResourceExhaustedError(f"{total} tokens need more KV blocks than a worker holds")
         if sum(len(lp.waiting) for lp in self._loops) >= self.config.max_queue_size:
@@ -241,7 +243,8 @@ class Engine:
         return loops
 
     def _route(self, seq: Sequence) -> WorkerLoop:
-        """The healthy worker caching the longest prefix of the prompt; then the least loaded."""
+        """The healthy worker caching the longest prefix of the prompt (hits under 32 tokens do
+        not count); then the least loaded."""
         loops = self._healthy_loops()
         if len(loops) == 1:
             return loops[0]
@@ -250,7 +253,7 @@ class Engine:
             hit = 0
             if self.config.enable_prefix_cache:
                 hit = loop.kv.match_prefix(seq.token_ids[:-1], seq.request.namespace).num_tokens
-            return hit, -(len(loop.waiting) + len(loop.running))
+            return hit if hit >= 32 else 0, -(len(loop.waiting) + len(loop.running))
 
         return max(loops, key=score)
 

@@ -3,9 +3,11 @@
 Continuous batching with chunked prefill under a per-step token budget: running requests go
 first, oldest first (a decode costs 1 token, a prefill continues with a chunk); waiting requests
 are then admitted longest-cached-prefix first, except that resumed (preempted) requests and
-requests waiting longer than max_wait_steps go first in arrival order, so none starves. When a
-running request needs a block and the pool has none, the newest running request is preempted
-(recomputed later from its tokens, its computed blocks cached in the tree).
+requests waiting longer than max_wait_steps go first in arrival order, so none starves. A
+request whose prompt shares 2+ blocks with a prompt still being computed waits for those blocks
+to enter the tree rather than computing them twice. When a running request needs a block and
+the pool has none, the newest running request is preempted (recomputed later from its tokens,
+its computed blocks cached in the tree).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class BatchPolicy:
         self.block_size = kv.block_size
         self._preempt = preempt  # takes seq out of running; frees its blocks when it can
         self._blocks_pending = False  # during schedule(): freed blocks are on their way
+        self.tree_epoch = 0  # bumped by the owner whenever it inserts into the tree
         self.counters = AdmissionCounters()
 
     def schedule(
@@ -116,9 +119,9 @@ class BatchPolicy:
         for seq in self._admission_order(waiting):
             if len(running) >= self.config.max_running_requests or budget <= 0:
                 break
-            match = self._match(seq)
-            if not seq.resumed and self._worth_waiting(seq, match, sharing):
+            if not seq.resumed and self._worth_waiting(seq, self._hit_estimate(seq), sharing):
                 continue
+            match = self._match(seq)
             n = min(len(seq.token_ids) - match.num_tokens, budget, self.config.prefill_chunk_size)
             need = self._num_blocks(match.num_tokens + n) - len(match.blocks)
             if not self.kv.can_allocate(need, match):
@@ -149,7 +152,7 @@ class BatchPolicy:
         first = [s for s in window if s.resumed or s.wait_steps > limit]
         rest = [s for s in window if not (s.resumed or s.wait_steps > limit)]
         if self.config.enable_prefix_cache and len(rest) > 1:
-            rest.sort(key=lambda s: -self._match(s).num_tokens)
+            rest.sort(key=lambda s: -self._hit_estimate(s))
         return first + rest
 
     def _prompts_being_computed(self, running: list[Sequence]) -> dict[tuple, list[Sequence]]:
@@ -172,7 +175,7 @@ class BatchPolicy:
             found.setdefault(key, []).append(seq)
 
     def _worth_waiting(
-        self, seq: Sequence, match: PrefixMatch, sharing: dict[tuple, list[Sequence]]
+        self, seq: Sequence, num_cached: int, sharing: dict[tuple, list[Sequence]]
     ) -> bool:
         """Whether a running request is computing at least two more blocks of seq's prompt than
         the tree holds now: seq then waits for them (they are shared once computed) instead of
@@ -186,9 +189,18 @@ class BatchPolicy:
                 seq.token_ids[common : common + bs] == other.token_ids[common : common + bs]
             ):
                 common += bs
-            if common - match.num_tokens >= 2 * bs:
+            if common - num_cached >= 2 * bs:
                 return True
         return False
+
+    def _hit_estimate(self, seq: Sequence) -> int:
+        """seq's cached prefix length for ordering, recomputed only when the tree changed (a
+        match costs O(prompt); an estimate gone stale only reorders, admission matches anew)."""
+        tree = self.kv.tree
+        state = (self.tree_epoch, tree.num_cached_blocks)
+        if seq.hit_estimate[0] != state:
+            seq.hit_estimate = (state, self._match(seq).num_tokens)
+        return seq.hit_estimate[1]
 
     def _match(self, seq: Sequence) -> PrefixMatch:
         """Cached prefix of all but the last known token: the hit is then a whole number of

@@ -193,10 +193,21 @@ class WorkerClient:
     async def receive(self, entries: list[PlanEntry], timeout: float) -> StepOutcome:
         """The next StepResult, decoded against the entries of its plan."""
         assert self._call is not None, "open_stream() first"
+        # Not asyncio.wait_for: before Python 3.12 it can swallow a cancellation that arrives as
+        # the read completes, and the engine's stop() would then wait forever.
+        read = asyncio.ensure_future(self._call.read())
         try:
-            result = await asyncio.wait_for(self._call.read(), timeout)
-        except asyncio.TimeoutError as exc:
-            raise WorkerStreamError(f"{self.address}: no step result in {timeout} s") from exc
+            done, _ = await asyncio.wait({read}, timeout=timeout)
+        except asyncio.CancelledError:
+            read.cancel()
+            raise
+        if not done:
+            read.cancel()
+            raise WorkerStreamError(f"{self.address}: no step result in {timeout} s")
+        try:
+            result = read.result()
+        except asyncio.CancelledError as exc:  # the call itself was cancelled, not this task
+            raise WorkerStreamError(f"{self.address}: the step stream was cancelled") from exc
         except grpc.aio.AioRpcError as exc:
             raise WorkerStreamError(f"{self.address}: step stream failed: {exc.details()}") from exc
         if result is grpc.aio.EOF:

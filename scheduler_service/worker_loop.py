@@ -189,6 +189,7 @@ class WorkerLoop:
             seq.match = self.kv.cache_running(
                 tokens, seq.block_ids, seq.match, seq.request.namespace
             )
+            self.policy.tree_epoch += 1
 
     def _apply_aborts(self) -> None:
         aborts, self._aborts = self._aborts, []
@@ -247,6 +248,7 @@ class WorkerLoop:
         self.kv.release(
             seq.token_ids[:num_kv], seq.block_ids, seq.match, seq.request.namespace, cache=cache
         )
+        self.policy.tree_epoch += cache
         if seq.is_finished:
             seq.status = SequenceStatus.FINISHED
             return

@@ -4,6 +4,10 @@ It keeps a "KV pool" of token ids (one per slot), writes each computed token's i
 through the plan's block table, and samples the next token as a hash of the token ids READ BACK
 from the pool: a wrong block table, a bad prefix hit or a block reused too early changes the
 output. Plans are validated strictly; every problem is recorded in `violations`.
+
+For tests: start_fake_worker(FakeWorkerConfig(...)) -> handle (address, worker, stop());
+reference_output(...) is what the engine must produce; engine_on_fake_workers(config, *workers)
+runs an Engine over fresh fake workers; collect(events) gathers a request's stream.
 """
 
 from __future__ import annotations
@@ -87,6 +91,7 @@ class FakeWorker(worker_pb2_grpc.WorkerServicer):
         self.violations: list[str] = []
         self.num_steps = 0
         self.num_new_requests = 0
+        self.num_resumed = 0  # NewRequests carrying earlier output (re-sent after a preemption)
         self.max_batch = 0
 
     async def Describe(self, request, context) -> worker_pb2.WorkerInfo:
@@ -159,6 +164,10 @@ class _Stream:
             if new.num_cached_tokens % bs or new.num_cached_tokens >= len(new.token_ids):
                 errors[new.request_id] = self.worker.violation("bad num_cached_tokens")
                 continue
+            if not 0 < new.num_prompt_tokens <= len(new.token_ids):
+                errors[new.request_id] = self.worker.violation("bad num_prompt_tokens")
+                continue
+            self.worker.num_resumed += new.num_prompt_tokens < len(new.token_ids)
             s = new.sampling
             self.requests[new.request_id] = _Request(
                 list(new.token_ids), new.num_cached_tokens, s.seed, s.top_logprobs,

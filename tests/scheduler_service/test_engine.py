@@ -203,3 +203,23 @@ def test_concurrent_prompts_share_a_prefix_still_being_computed(overlap: bool) -
             engine._loops[0].kv.check_integrity()
 
     asyncio.run(main())
+
+
+def test_abort_of_a_waiting_request() -> None:
+    """A request aborted while still queued ends with ABORT and no token; the others finish."""
+    worker = FakeWorkerConfig(step_delay_s=0.002)
+
+    async def main() -> None:
+        config = SchedulerConfig(max_running_requests=1)
+        async with engine_on_fake_workers(config, worker) as (engine, _):
+            first = engine.submit(_request(0, [1, 2, 3], 20))
+            queued = engine.submit(_request(1, [4, 5, 6], 20))
+            await anext(first)
+            assert engine.stats().waiting == 1 and engine.abort("r1")
+            tokens, events = await collect(queued)
+            assert tokens == [] and events[-1].finish_reason is FinishReason.ABORT
+            assert engine.stats().waiting == 0
+            rest, _ = await collect(first)
+            assert len(rest) == 19
+
+    asyncio.run(main())

@@ -135,3 +135,21 @@ def test_config_rejects_bad_values(kwargs: dict) -> None:
     """SchedulerConfig validates on construction."""
     with pytest.raises(ValueError):
         SchedulerConfig(**kwargs)
+
+
+def test_request_waits_for_a_shared_prompt_being_computed() -> None:
+    """Two queued prompts sharing 16 tokens: the second waits until the first's blocks are in
+    the tree, then is admitted with them cached."""
+    policy, kv, _ = _policy()
+    shared = list(range(200, 216))
+    a, b = _seq(0, shared + [1, 2]), _seq(1, shared + [3, 4, 5])
+    running: list[Sequence] = []
+    waiting = deque([a, b])
+    runs = policy.schedule(running, waiting, blocks_pending=False)
+    assert [r.seq for r in runs] == [a] and list(waiting) == [b]
+    a.match = kv.cache_running(shared + [1, 2], a.block_ids, a.match)  # a's prefill is done
+    policy.tree_epoch += 1
+    _sent(runs)
+    runs = policy.schedule(running, waiting, blocks_pending=False)
+    assert [r.seq for r in runs] == [a, b] and b.num_cached_tokens == 16
+    assert b.block_ids[:4] == a.block_ids[:4]

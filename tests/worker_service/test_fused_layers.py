@@ -73,7 +73,7 @@ def test_add_rms_norm_matches_torch(device, dtype):
 def test_qk_norm_rope_matches_torch(device, dtype, with_norm):
     from yaie.worker_service.models.fused import qk_norm_rope_
 
-    heads, kv_heads, head_dim, tokens = 4, 2, 32, 6
+    heads, kv_heads, head_dim, tokens = 4, 2, 32, 8
     rope = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
             "original_max_position_embeddings": 64}  # fmt: skip
     rotary = RotaryEmbedding(rope, head_dim, 256).to(device)
@@ -82,7 +82,7 @@ def test_qk_norm_rope_matches_torch(device, dtype, with_norm):
     k_norm.weight.data.uniform_(0.5, 1.5)
     q_norm, k_norm = q_norm.to(device), k_norm.to(device)
     qkv = torch.randn(tokens, (heads + 2 * kv_heads) * head_dim, dtype=dtype, device=device)
-    positions = torch.tensor([0, 1, 7, 63, 64, 200], device=device)
+    positions = torch.tensor([0, 1, 7, 63, 64, 200, 40000, 131071], device=device)
     inputs = rotary.inputs(positions, dtype, fused=False)
     q, k, v = qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
     q, k = q.reshape(tokens, heads, head_dim), k.reshape(tokens, kv_heads, head_dim)
@@ -130,6 +130,8 @@ def test_model_on_fused_kernels_matches_the_torch_path(tiny_model_dir, make_forw
             prefill = model(make_forward_batch(prompts, [0, 0], tables, 16, device), kv_cache)
             decode = model(make_forward_batch([[3], [4]], [5, 23], tables, 16, device), kv_cache)
         results.append(torch.cat([prefill, decode]))
-    assert torch.equal(results[1].argmax(-1), results[0].argmax(-1))
     tol = 1e-2 if CUDA else 1e-4  # on CUDA, Triton's float32 tl.dot computes in TF32
+    top2 = results[0].topk(2, dim=-1).values
+    clear = top2[:, 0] - top2[:, 1] > 2 * tol  # rows whose greedy token is not a near tie
+    assert torch.equal(results[1].argmax(-1)[clear], results[0].argmax(-1)[clear])
     torch.testing.assert_close(results[1], results[0], atol=tol, rtol=tol)

@@ -45,10 +45,8 @@ def test_bf16_by_default_and_logits_close_to_fp32(
     tables = [list(range(i * 8, i * 8 + 8)) for i in range(3)]
     batch = make_forward_batch(prompts, [0, 0, 0], tables, block_size=16, device="cuda")
     batch.logits_indices = torch.arange(batch.input_ids.numel(), device="cuda")
-    kv_cache = torch.zeros(
-        model.num_layers, 2, 24, 16, model.num_kv_heads, model.head_dim,
-        dtype=torch.bfloat16, device="cuda",
-    )
+    shape = (model.num_layers, 2, 24, 16, model.num_kv_heads, model.head_dim)
+    kv_cache = torch.zeros(shape, dtype=torch.bfloat16, device="cuda")
     with torch.inference_mode():
         logits = model(batch, kv_cache).cpu()
     expected = torch.cat([hf_reference.logits(model_dir, p) for p in prompts])
