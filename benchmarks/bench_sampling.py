@@ -147,13 +147,16 @@ def main() -> None:
             nopen = SamplingBatch.build((MIXED * B)[:B], range(B), DEV, V)
             row(f"sample mixed, no penalty tokens {name}", sample, logits, nopen)
             row(f"  process_logits (copy+penalties) {name}", process_logits, logits, batch)
+            row(f"  process_logits torch penalties {name}", process_logits, logits, batch, "torch")
     logits = torch.randn(B, V, device=DEV) * 3.0
     batch = mixed_batch(DEV)
-    variants = ((1024, 8, 8, True), (1024, 8, 8, False), (1024, 16, 8, True), (2048, 8, 16, True))
-    variants += ((512, 8, 4, True), (2048, 16, 8, True))
-    for block, piv, warps, fast in variants[:1] if DRY else variants:
-        label = f"  draw fp32 block {block} pivots {piv} warps {warps} fast_log {fast}"
-        row(label, draw_triton, logits, batch, block, piv, warps, fast_log=fast and not DRY)
+    # (block, rows per tile, pivots, warps, max registers, fast log)
+    variants = [(512, 1, 8, 8, 128, True), (512, 1, 8, 8, 128, False), (512, 1, 8, 8, None, True)]
+    variants += [(256, 1, 8, 8, None, True), (256, 2, 8, 8, 128, True), (1024, 1, 8, 8, 168, True)]
+    for block, rows_, piv, warps, regs, fast in variants[:1] if DRY else variants:
+        label = f"  draw fp32 tile {rows_}x{block} piv {piv} w {warps} regs {regs} fast {fast}"
+        row(label, draw_triton, logits, batch, block, rows_, piv, warps, fast_log=fast and not DRY,
+            max_registers=regs)  # fmt: skip
     kinds = {
         "plain T=1": SamplingConfig(),
         "top_k=50": SamplingConfig(top_k=50),

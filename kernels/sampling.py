@@ -9,6 +9,9 @@ Triton kernel finds the same thresholds without sorting the vocabulary (sampling
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
+
 import torch
 
 from yaie.kernels.sampling_params import (
@@ -30,6 +33,8 @@ __all__ = [
 ]
 
 BACKENDS = ("auto", "torch", "triton")
+# Set when a Triton kernel failed (e.g. an unsupported Triton version): "auto" then uses torch.
+_triton_failure: str | None = None
 
 
 def sample(logits: torch.Tensor, batch: SamplingBatch, backend: str = "auto") -> SampleOutput:
@@ -40,13 +45,17 @@ def sample(logits: torch.Tensor, batch: SamplingBatch, backend: str = "auto") ->
     CUDA logits when it imports, else torch). Branches only on batch's host flags: no sync.
     """
     assert logits.dim() == 2 and logits.shape[0] == batch.greedy.shape[0], "logits [B, V]"
-    work = process_logits(logits, batch)
+    work = process_logits(logits, batch, backend)
     if batch.all_greedy:
         tokens = work.argmax(dim=-1)
     elif _use_triton(backend, work):
         from yaie.kernels.sampling_triton import draw_triton
 
-        tokens = draw_triton(work if work.stride(1) == 1 else work.contiguous(), batch)
+        tokens = _guarded(
+            lambda: draw_triton(work if work.stride(1) == 1 else work.contiguous(), batch),
+            lambda: draw_reference(work, batch),
+            backend,
+        )
     else:
         tokens = draw_reference(work, batch)
     if not batch.any_logprobs:
@@ -57,10 +66,12 @@ def sample(logits: torch.Tensor, batch: SamplingBatch, backend: str = "auto") ->
     )
 
 
-def process_logits(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+def process_logits(
+    logits: torch.Tensor, batch: SamplingBatch, backend: str = "auto"
+) -> torch.Tensor:
     """Logits [B, V] after logit bias and penalties, as a private fp32 copy; the input itself
     (no copy, any dtype) when the batch changes nothing. Every later reader converts as it reads
-    (argmax is exact on bf16, as the conversion to fp32 is)."""
+    (argmax is exact on bf16, as the conversion to fp32 is). backend as in sample()."""
     has_tokens = batch.prompt_tokens is not None or batch.output_tokens is not None
     penalize = batch.any_penalties and has_tokens
     if batch.bias_ids is None and not penalize:
@@ -68,7 +79,15 @@ def process_logits(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     work = logits.to(torch.float32, copy=True)
     if batch.bias_ids is not None:
         work.scatter_add_(1, batch.bias_ids, batch.bias_values)  # padding adds 0 to id 0
-    if penalize:
+    if penalize and _use_triton(backend, work):
+        from yaie.kernels.sampling_penalties import apply_penalties_triton
+
+        _guarded(
+            lambda: apply_penalties_triton(work, batch),
+            lambda: apply_penalties(work, batch),
+            backend,
+        )
+    elif penalize:
         apply_penalties(work, batch)
     return work
 
@@ -76,7 +95,7 @@ def process_logits(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
 def _use_triton(backend: str, work: torch.Tensor) -> bool:
     if backend not in BACKENDS:
         raise ValueError(f"unknown sampling backend {backend!r}; expected one of {BACKENDS}")
-    if backend == "torch" or (backend == "auto" and not work.is_cuda):
+    if backend == "torch" or (backend == "auto" and (not work.is_cuda or _triton_failure)):
         return False
     try:
         import triton  # noqa: F401
@@ -87,15 +106,30 @@ def _use_triton(backend: str, work: torch.Tensor) -> bool:
     return True
 
 
+def _guarded(fast: Callable, slow: Callable, backend: str):
+    """fast() (a Triton path); if it raises under backend "auto", warns once, runs slow() (the
+    torch path, same function) and keeps "auto" on torch from then on."""
+    global _triton_failure
+    try:
+        return fast()
+    except Exception as exc:
+        if backend == "triton":
+            raise
+        _triton_failure = repr(exc)
+        warnings.warn(f"Triton sampling failed, using torch from now on: {exc!r}", stacklevel=3)
+        return slow()
+
+
 def _with_logprobs(raw: torch.Tensor, tokens: torch.Tensor, n: int, fused: bool) -> SampleOutput:
     """Chosen and top-n logprobs as raw - logsumexp(raw): no [B, V] log_softmax is written, and
     with fused (Triton) not even an fp32 copy of bf16 logits."""
+    slow = lambda: torch.logsumexp(raw.float(), dim=-1)  # noqa: E731
     if fused:
         from yaie.kernels.sampling_triton import row_logsumexp
 
-        lse = row_logsumexp(raw)  # [B]
+        lse = _guarded(lambda: row_logsumexp(raw), slow, "auto")  # [B]
     else:
-        lse = torch.logsumexp(raw.float(), dim=-1)
+        lse = slow()
     chosen = raw.gather(1, tokens.unsqueeze(1)).squeeze(1).float() - lse
     if n == 0:
         return SampleOutput(token_ids=tokens, logprobs=chosen)
@@ -140,7 +174,8 @@ def filter_thresholds(s: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     ordered = s.sort(dim=-1, descending=True).values if batch.any_top_k or batch.any_top_p else s
     top = ordered[:, 0] if ordered is not s else s.max(dim=-1).values
     if batch.any_top_k:
-        tau = ordered.gather(1, (batch.top_k.to(torch.int64) - 1).unsqueeze(1)).squeeze(1)
+        k = batch.top_k.to(torch.int64).clamp_max(s.shape[1])  # TOP_K_OFF: keep all
+        tau = ordered.gather(1, (k - 1).unsqueeze(1)).squeeze(1)
     if batch.any_top_p:
         shift = torch.where(torch.isfinite(top), top, torch.zeros_like(top)).unsqueeze(1)
         weights = torch.exp(ordered - shift).masked_fill(ordered < tau.unsqueeze(1), 0.0)

@@ -16,6 +16,8 @@ import torch
 # Temperatures below this are greedy (as vLLM does): dividing by them only overflows.
 GREEDY_TEMPERATURE = 1e-5
 _MASK32 = 0xFFFFFFFF
+# top_k of a row without top-k: above any vocabulary, also one padded past the tokenizer's.
+TOP_K_OFF = 2**31 - 1
 # Multipliers of the "lowbias32" integer mixer; both < 2^31, so x * C < 2^63 for any x < 2^32
 # and the int64 products in torch never overflow.
 _MIX_C1 = 0x21F0AAAD
@@ -104,7 +106,7 @@ class SamplingBatch:
     vocab_size: int
     greedy: torch.Tensor  # [B] bool
     inv_temperature: torch.Tensor  # [B] fp32; 1 for greedy rows
-    top_k: torch.Tensor  # [B] int32; vocab_size where off
+    top_k: torch.Tensor  # [B] int32; TOP_K_OFF where off
     top_p: torch.Tensor  # [B] fp32
     min_p: torch.Tensor  # [B] fp32
     repetition_penalty: torch.Tensor  # [B] fp32
@@ -151,7 +153,7 @@ class SamplingBatch:
         def vec(values: list, dtype: torch.dtype) -> torch.Tensor:
             return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
 
-        top_k = [c.top_k if 0 < c.top_k < vocab_size else vocab_size for c in configs]
+        top_k = [c.top_k if 0 < c.top_k < vocab_size else TOP_K_OFF for c in configs]
         bias_ids, bias_values = _pack_logit_bias(configs, vocab_size, device)
         seeds_lo = vec([c.seed & _MASK32 for c in configs], torch.int64)
         seeds_hi = vec([c.seed >> 32 for c in configs], torch.int64)

@@ -136,7 +136,7 @@ def _sample_kernel(
     buf_ptr = buf_base + row.to(tl.int64) * V  # this row's scratch: the bracket's values
     inv_t = tl.load(inv_t_ptr + row)
     sampled = tl.load(greedy_ptr + row).to(tl.int32) == 0
-    k_row = tl.load(top_k_ptr + row).to(tl.float32)  # V where top-k is off
+    k_row = tl.load(top_k_ptr + row).to(tl.float32)  # 2^31 - 1 where top-k is off
     # Under a top-k the unfiltered winner is almost never kept: draw only in the last pass.
     noisy_a = sampled & (k_row >= V)
     key = tl.load(key_ptr + row).to(tl.uint32)
@@ -245,17 +245,20 @@ def draw_triton(
     num_warps: int = 8,
     thresholds: torch.Tensor | None = None,
     fast_log: bool | None = None,
+    max_registers: int | None = 128,
 ) -> torch.Tensor:
     """[B] int64 tokens from processed logits work [B, V] (fp32, bf16 or fp16, read as fp32); as
     sampling.draw_reference (up to float summation order at a top-p boundary).
 
-    Each loop reads [rows_per_tile, block] tiles; num_pivots is the search's fan-out per pass.
+    Each loop reads [rows_per_tile, block] tiles; num_pivots is the search's fan-out per pass;
+    max_registers (per thread) keeps two programs of 8 warps on an SM (65,536 registers).
     thresholds, if given ([B] fp32), receives each sampled row's tau: it keeps s >= tau.
     fast_log (default: on, except under TRITON_INTERPRET, which lacks it) takes the noise's logs
     with lg2.approx; the draws then differ from the reference only where two keys tie to ~1e-6.
     """
-    if fast_log is None:
-        fast_log = os.environ.get("TRITON_INTERPRET") != "1"
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    fast_log = not interpreted if fast_log is None else fast_log
+    options = {"maxnreg": max_registers} if max_registers and not interpreted else {}
     assert work.dtype in (torch.float32, torch.bfloat16, torch.float16), work.dtype
     assert work.dim() == 2 and work.stride(1) == 1, "rows of contiguous logits"
     rows, vocab = work.shape
@@ -264,30 +267,25 @@ def draw_triton(
         thresholds = torch.empty(rows, dtype=torch.float32, device=work.device)
     searching = batch.any_top_k or batch.any_top_p
     scratch = torch.empty(rows * vocab if searching else 1, dtype=torch.float32, device=work.device)
-    _sample_kernel[(rows,)](
-        work,
-        work.stride(0),
-        vocab,
-        batch.inv_temperature,
-        batch.greedy,
-        batch.top_k,
-        batch.top_p,
-        batch.min_p,
-        batch.row_keys,
-        out,
-        thresholds,
-        scratch,
-        BLOCK=block,
-        ROWS=rows_per_tile,
-        NPIV=num_pivots,
-        HAS_TOP_K=batch.any_top_k,
-        HAS_TOP_P=batch.any_top_p,
-        HAS_MIN_P=batch.any_min_p,
-        MAX_PASSES=32,
-        FAST_LOG=fast_log,
-        num_warps=num_warps,
-    )
+    args = (work, work.stride(0), vocab, batch.inv_temperature, batch.greedy, batch.top_k)
+    args += (batch.top_p, batch.min_p, batch.row_keys, out, thresholds, scratch)
+    meta = dict(BLOCK=block, ROWS=rows_per_tile, NPIV=num_pivots, HAS_TOP_K=batch.any_top_k)
+    meta.update(HAS_TOP_P=batch.any_top_p, HAS_MIN_P=batch.any_min_p, MAX_PASSES=32)
+    meta.update(FAST_LOG=fast_log, num_warps=num_warps)
+    try:
+        _sample_kernel[(rows,)](*args, **meta, **options)
+    except KeyError as exc:  # a Triton without the maxnreg option: run uncapped
+        if "maxnreg" not in str(exc):
+            raise
+        _sample_kernel[(rows,)](*args, **meta)
     return out
+
+
+@triton.jit
+def _lse_tile(x, vmax, total):
+    new_max = tl.maximum(vmax, x)
+    safe = tl.where(new_max > NEG_INF, new_max, 0.0)  # lanes that saw only -inf so far
+    return new_max, total * tl.exp(vmax - safe) + tl.exp(x - safe)
 
 
 @triton.jit
@@ -297,20 +295,27 @@ def _logsumexp_kernel(x_ptr, stride, V, out_ptr, BLOCK: tl.constexpr):
     offs = tl.arange(0, BLOCK)
     vmax = tl.full([BLOCK], NEG_INF, tl.float32)
     total = tl.zeros([BLOCK], tl.float32)
-    for start in range(0, V, BLOCK):
+    t0 = tl.load(row_ptr + offs, mask=offs < V, other=NEG_INF)
+    t1 = tl.load(row_ptr + BLOCK + offs, mask=BLOCK + offs < V, other=NEG_INF)
+    t2 = tl.load(row_ptr + 2 * BLOCK + offs, mask=2 * BLOCK + offs < V, other=NEG_INF)
+    t3 = tl.load(row_ptr + 3 * BLOCK + offs, mask=3 * BLOCK + offs < V, other=NEG_INF)
+    for start in range(4 * BLOCK, V + 4 * BLOCK, 4 * BLOCK):  # four tiles in flight
         idx = start + offs
-        x = tl.load(row_ptr + idx, mask=idx < V, other=NEG_INF).to(tl.float32)
-        new_max = tl.maximum(vmax, x)
-        safe = tl.where(new_max > NEG_INF, new_max, 0.0)  # lanes that saw only -inf so far
-        total = total * tl.exp(vmax - safe) + tl.exp(x - safe)
-        vmax = new_max
+        vmax, total = _lse_tile(t0.to(tl.float32), vmax, total)
+        t0 = tl.load(row_ptr + idx, mask=idx < V, other=NEG_INF)
+        vmax, total = _lse_tile(t1.to(tl.float32), vmax, total)
+        t1 = tl.load(row_ptr + idx + BLOCK, mask=idx + BLOCK < V, other=NEG_INF)
+        vmax, total = _lse_tile(t2.to(tl.float32), vmax, total)
+        t2 = tl.load(row_ptr + idx + 2 * BLOCK, mask=idx + 2 * BLOCK < V, other=NEG_INF)
+        vmax, total = _lse_tile(t3.to(tl.float32), vmax, total)
+        t3 = tl.load(row_ptr + idx + 3 * BLOCK, mask=idx + 3 * BLOCK < V, other=NEG_INF)
     m = tl.max(vmax, axis=0)
     safe_m = tl.where(m > NEG_INF, m, 0.0)
     lane = tl.where(vmax > NEG_INF, vmax, 0.0)
     tl.store(out_ptr + row, safe_m + tl.log(tl.sum(total * tl.exp(lane - safe_m), axis=0)))
 
 
-def row_logsumexp(x: torch.Tensor, block: int = 2048) -> torch.Tensor:
+def row_logsumexp(x: torch.Tensor, block: int = 1024) -> torch.Tensor:
     """[B] fp32 logsumexp of each row of x [B, V] (any float dtype) in one online pass."""
     assert x.dim() == 2 and x.stride(1) == 1, "rows of contiguous logits"
     out = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)

@@ -204,6 +204,8 @@ def test_disabled_filters_change_nothing():
     plain = _tokens(logits, [SamplingConfig(seed=s) for s in range(16)])
     off = [SamplingConfig(seed=s, top_k=V + s, top_p=1.0, min_p=0.0) for s in range(16)]
     assert _tokens(logits, off) == plain
+    padded = SamplingBatch.build(off, range(16), "cpu", V - 10)  # model vocab padded past it
+    assert sample(logits, padded, backend="torch").token_ids.tolist() == plain
     mixed = [SamplingConfig(seed=s, top_k=V) for s in range(16)]
     mixed[0] = SamplingConfig(seed=0, top_k=3)  # a batch that runs the filters at all
     assert _tokens(logits, mixed)[1:] == plain[1:]
