@@ -262,7 +262,7 @@ def timed_decode(runner, blocks, batch: int, context: int, warmup: int, iters: i
             NewRequestSpec(i, torch.randint(0, vocab, (prompt_len,), generator=gen).tolist(),
                            prompt_len, 0, GREEDY) for i in ids
         ]  # fmt: skip
-        taken = [blocks.take(prompt_len + warmup + 2 * iters + 2) for _ in ids]
+        taken = [blocks.take(prompt_len + warmup + 2 * iters + 40) for _ in ids]
         owned += [b for t in taken for b in t]
         run = [RunEntry(i, prompt_len, t) for i, t in zip(ids, taken, strict=True)]
         step_id += 1
@@ -294,6 +294,7 @@ def timed_decode(runner, blocks, batch: int, context: int, warmup: int, iters: i
         pending = nxt
     pending.wait()
     pipelined = (time.perf_counter() - start) / iters
+    step_id = host_checks(runner, table, decode, step_id, batch)
     replay = None
     if runner.graphs is not None:
         graph = runner.graphs.graphs[batch]
@@ -314,6 +315,40 @@ def timed_decode(runner, blocks, batch: int, context: int, warmup: int, iters: i
     return dict(wall=statistics.median(walls) * 1e3, device=statistics.median(device_ms),
                 launch=statistics.median(launches) * 1e3, pipelined=pipelined * 1e3,
                 replay=replay, mean_seq=mean_seq)  # fmt: skip
+
+
+def host_checks(runner, table, decode, step_id: int, batch: int) -> int:
+    """Does launch() block on the device (launched behind a ~25 ms sleep kernel)? And where the
+    host time of 20 lock-step steps goes (cProfile, by own time)."""
+    import cProfile
+    import io
+    import pstats
+
+    if runner.device.type == "cuda":
+        torch.cuda.synchronize()
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        torch.cuda._sleep(50_000_000)
+        end.record()
+        start = time.perf_counter()
+        pending = runner.launch(table, Plan(step_id + 1, [], decode, []))
+        launch = (time.perf_counter() - start) * 1e3
+        pending.wait()
+        print(f"batch {batch}: launch() behind a {begin.elapsed_time(end):.1f} ms sleep kernel "
+              f"took {launch:.3f} ms on the host")  # fmt: skip
+        step_id += 1
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(20):
+        step_id += 1
+        runner.launch(table, Plan(step_id, [], decode, [])).wait()
+    profiler.disable()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(12)
+    body = text.getvalue()
+    print(f"batch {batch}: host profile of 20 lock-step steps (by own time):")
+    print(body[body.find("ncalls") :].rstrip())
+    return step_id
 
 
 def profile_replay(graph, batch: int) -> None:
@@ -356,7 +391,7 @@ def main() -> None:
     elt = torch.empty((), dtype=dtype).element_size()
     kv_token_bytes = model.num_layers * 2 * model.num_kv_heads * model.head_dim * elt
     block_size = 16
-    per_request = -(-(context + args.iters * 2 + 8) // block_size)
+    per_request = -(-(context + args.iters * 2 + 48) // block_size)
     num_blocks = max(batches) * per_request + 8 * -(-(513 + args.steps) // block_size) + 16
     pool = KVPool(model.num_layers, model.num_kv_heads, model.head_dim, dtype, device,
                   block_size, num_blocks)  # fmt: skip

@@ -16,8 +16,11 @@ import sys
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from yaie.scheduler_service import server_options
+from yaie.scheduler_service.channel_security import configure_workers, open_worker_channel
 from yaie.scheduler_service.config import SchedulerConfig
 from yaie.scheduler_service.engine import Engine
+from yaie.scheduler_service.logs import setup_logging
 from yaie.scheduler_service.server import GenerationServicer, create_server, set_health
 
 logger = logging.getLogger("yaie.scheduler")
@@ -73,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long to wait for the workers to load their model",
     )
     parser.add_argument("--log-level", default="INFO")
+    server_options.add_arguments(parser)  # API key, TLS, worker channel security, metrics, logs
     return parser
 
 
@@ -88,11 +92,15 @@ def scheduler_config(args: argparse.Namespace) -> SchedulerConfig:
     )
 
 
-async def wait_for_serving(address: str, timeout_s: float) -> None:
-    """Polls grpc.health.v1 at address until it says SERVING (a worker: its model is loaded)."""
+async def wait_for_serving(address: str, timeout_s: float, worker: bool = False) -> None:
+    """Polls grpc.health.v1 at address until it says SERVING (a worker: its model is loaded;
+    worker=True: over the worker channel's TLS, see channel_security)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
-    async with grpc.aio.insecure_channel(address) as channel:
+    channel = grpc.aio.insecure_channel(address)
+    if worker:
+        channel = open_worker_channel(address, with_secret=False)
+    async with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             try:
@@ -111,7 +119,9 @@ async def _start_engine(engine, servicer: GenerationServicer, args: argparse.Nam
     tokenizer_module = asyncio.create_task(
         asyncio.to_thread(importlib.import_module, "yaie.scheduler_service.tokenizer")
     )
-    await asyncio.gather(*(wait_for_serving(address, args.worker_wait) for address in args.worker))
+    await asyncio.gather(
+        *(wait_for_serving(address, args.worker_wait, worker=True) for address in args.worker)
+    )
     await engine.start()
     info = engine.model_info
     label = " (RANDOM WEIGHTS: its text is meaningless)" if info.random_weights else ""
@@ -146,14 +156,24 @@ async def _watch_health(engine, health_servicer: health.aio.HealthServicer) -> N
 
 async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> int:
     """Runs until SIGINT/SIGTERM (or `stop` is set); returns the exit status."""
+    options = server_options.ServerOptions.from_args(args)
+    configure_workers(options.workers)
     engine = Engine(args.worker, scheduler_config(args))
     servicer = GenerationServicer(engine)
-    server, health_servicer = create_server(servicer)
+    try:
+        metrics = options.start_metrics(engine)
+    except OSError as error:
+        logger.error("cannot serve metrics on port %s: %s", options.metrics_port, error)
+        return 1
+    observe = server_options.ServerOptions.observer(metrics)
+    server, health_servicer = create_server(servicer, options.interceptors(), observe)
     await set_health(health_servicer, False)
     try:
-        port = server.add_insecure_port(f"{args.host}:{args.port}")
+        port = options.add_port(server, f"{args.host}:{args.port}")
     except RuntimeError as error:  # the port is in use, or the host is not ours
         logger.error("cannot listen on %s:%d: %s", args.host, args.port, error)
+        if metrics is not None:
+            metrics.stop()
         return 1
     await server.start()
     logger.info(
@@ -180,6 +200,8 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
     await set_health(health_servicer, False)
     await server.stop(grace=3.0)
     await engine.stop()
+    if metrics is not None:
+        metrics.stop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.remove_signal_handler(signum)
     return status
@@ -190,11 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         scheduler_config(args)
+        server_options.ServerOptions.from_args(args)
     except ValueError as error:
         parser.error(str(error))  # exits with status 2
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging(args.log_level, args.log_format)
     return asyncio.run(serve(args))
 
 

@@ -23,8 +23,17 @@ class SchedulerConfig:
     prefill_chunk_size: int = 2048
     # Send plan N+1 before reading result N (the worker feeds decodes their last token itself).
     enable_overlap: bool = True
-    # A step result slower than this marks the worker unhealthy, in seconds.
+    # A step result slower than this, or a health check unanswered for this long, marks the
+    # worker lost (a hung worker, e.g. SIGSTOPped): its requests move to the other workers.
     step_timeout_s: float = 120.0
+    # How often each worker's grpc.health.v1 is polled, in seconds (it also catches a worker
+    # that hangs or says NOT_SERVING while idle, when no step result is awaited).
+    health_check_interval_s: float = 1.0
+    # With no worker left, new and requeued requests wait this long for one to (re)join before
+    # they fail with UNAVAILABLE, in seconds.
+    no_worker_timeout_s: float = 30.0
+    # On drain (SIGTERM): how long streams in flight may run before they are cancelled (ABORT).
+    drain_timeout_s: float = 30.0
     # Timeout of the Describe call at start, in seconds.
     connect_timeout_s: float = 30.0
     # Share cached prefixes through the radix tree (off: every prompt is computed in full).
@@ -48,5 +57,13 @@ class SchedulerConfig:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if self.max_wait_steps < 0:
             raise ValueError(f"max_wait_steps must be >= 0, got {self.max_wait_steps}")
-        if not self.step_timeout_s > 0 or not self.connect_timeout_s > 0:
-            raise ValueError("step_timeout_s and connect_timeout_s must be > 0")
+        timeouts = {
+            "step_timeout_s": self.step_timeout_s,
+            "connect_timeout_s": self.connect_timeout_s,
+            "health_check_interval_s": self.health_check_interval_s,
+        }
+        for name, value in timeouts.items():
+            if not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value!r}")
+        if not self.no_worker_timeout_s >= 0 or not self.drain_timeout_s >= 0:
+            raise ValueError("no_worker_timeout_s and drain_timeout_s must be >= 0")

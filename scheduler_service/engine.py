@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from yaie.scheduler_service.config import SchedulerConfig
 from yaie.scheduler_service.errors import ResourceExhaustedError, UnavailableError
 from yaie.scheduler_service.request import FinishReason, GenerationRequest, OutputEvent
+from yaie.scheduler_service.router import Router
 from yaie.scheduler_service.sequence import Sequence, SequenceStatus
 from yaie.scheduler_service.worker_client import WorkerClient, WorkerStreamError
 from yaie.scheduler_service.worker_loop import WorkerLoop
@@ -61,14 +63,21 @@ class Engine:
 
     Contract for the API layer:
     - `await start()` connects and Describes every worker (protocol version checked; failure:
-      UnavailableError), sizes a KV cache manager per worker, starts the step loops; `ready` is
-      then True while some worker is healthy. `await stop()`
-      cancels the loops, closes the streams and finishes live requests with ABORT.
+      UnavailableError), sizes a KV cache manager per worker, starts the step loops and health
+      checks; `ready` is then True (requests are taken) until drain() or stop(); `serving` is
+      True while, in addition, some worker is healthy (the health service reports it).
+      `await drain()` refuses new requests, lets live ones run for config.drain_timeout_s,
+      then ends the rest with ABORT. `await stop()` cancels the loops, closes the streams and
+      finishes live requests with ABORT.
+    - A lost worker's unfinished requests are re-routed with their output so far (re-prefilled
+      elsewhere; no token repeated or lost). With no healthy worker, requests wait up to
+      config.no_worker_timeout_s for one; past that their iterator raises UnavailableError.
     - `check_admissible(req)` raises ValueError (prompt empty, token id outside the vocabulary,
       prompt + max_new_tokens beyond max_context), ResourceExhaustedError (queue full, or the
-      request could never fit in a KV pool) or UnavailableError (no healthy worker).
+      request could never fit in a KV pool) or UnavailableError (not started, or draining).
     - `submit(req)` checks admissibility (and that request_id is not live: ValueError) and
-      returns an async iterator of OutputEvents; the last one has finish_reason set. Closing the
+      returns an async iterator of OutputEvents (undelivered ones coalesced: a slow reader gets
+      fewer, larger events); the last one has finish_reason set. Closing the
       iterator early aborts the request.
     - `abort(request_id)` -> whether a live request had that id; idempotent. The request ends
       with ABORT at the next step. `finish(request_id)` ends it with STOP (a stop string found
@@ -90,11 +99,19 @@ class Engine:
         self._arrivals = itertools.count()
         self._completed = 0
         self._model_info: WorkerModelInfo | None = None
+        self._router = Router(config.enable_prefix_cache)
+        self._parked: deque[Sequence] = deque()  # no healthy worker: waiting for one
+        self._draining = False
 
     @property
     def ready(self) -> bool:
-        """Started (every worker described, its stream open) and some worker still healthy."""
-        return self._started and any(loop.healthy for loop in self._loops)
+        """Started (every worker described once) and taking requests (not draining)."""
+        return self._started and not self._draining
+
+    @property
+    def serving(self) -> bool:
+        """Ready, and some worker is healthy now."""
+        return self.ready and any(loop.healthy for loop in self._loops)
 
     @property
     def model_info(self) -> WorkerModelInfo:
@@ -129,9 +146,12 @@ class Engine:
         )
         for client, info in zip(clients, infos, strict=True):
             client.open_stream()
-            loop = WorkerLoop(client, info, self.config, self._on_finished, self._on_orphaned)
+            loop = WorkerLoop(
+                client, info, self.config, self._on_finished, self._on_orphaned, self._on_rejoined
+            )
             self._loops.append(loop)
             self._tasks.append(asyncio.create_task(loop.run(), name=f"worker {info.address}"))
+            self._tasks.append(asyncio.create_task(loop.watch_health(), name="health checks"))
             logger.info(
                 "worker %s: %s (%s), %d blocks of %d tokens",
                 info.address,
@@ -140,7 +160,26 @@ class Engine:
                 info.num_blocks,
                 info.block_size,
             )
+        self._tasks.append(asyncio.create_task(self._expire_parked(), name="parked requests"))
         self._started = True
+
+    async def drain(self) -> int:
+        """Refuse new requests; wait up to config.drain_timeout_s for the live ones, then end
+        the rest with ABORT (their final events go out). Returns how many were cancelled."""
+        self._draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.drain_timeout_s
+        while self._live and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        cancelled = list(self._live)
+        for request_id in cancelled:
+            seq = self._live[request_id]
+            seq.error = "the server is shutting down: the drain timeout passed"
+            self.abort(request_id)
+        deadline = loop.time() + 2.0  # the step loops act on aborts at their next step
+        while self._live and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        return len(cancelled)
 
     async def stop(self) -> None:
         self._started = False
@@ -150,6 +189,7 @@ class Engine:
                 task.cancel()
             _, pending = await asyncio.wait(pending, timeout=0.5)
         await asyncio.gather(*(loop.client.close() for loop in self._loops))
+        self._parked.clear()
         for seq in list(self._live.values()):
             seq.finish_reason = FinishReason.ABORT
             seq.error = "the server is shutting down"
@@ -157,7 +197,8 @@ class Engine:
             self._on_finished(seq)
 
     def check_admissible(self, req: GenerationRequest) -> None:
-        loops = self._healthy_loops()
+        if not self._started or self._draining:
+            raise UnavailableError("the server is not taking requests (starting or draining)")
         info = self.model_info
         if not req.prompt_ids:
             raise ValueError("the prompt has no tokens")
@@ -172,10 +213,12 @@ class Engine:
                 f"prompt ({len(req.prompt_ids)} tokens) + max_new_tokens ({req.max_new_tokens}) "
                 f"exceeds the model's context of {info.max_context} tokens"
             )
-        # Every token's K/V (the last one's too: overlap may compute it) must fit in some pool.
+        # Every token's K/V (the last one's too: overlap may compute it) must fit in some pool
+        # (of a healthy worker; of any while none is, since the request may wait for one).
+        loops = [lp for lp in self._loops if lp.healthy] or self._loops
         if not any(_num_blocks(total, lp.kv.block_size) <= lp.kv.num_blocks for lp in loops):
             raise ResourceExhaustedError(f"{total} tokens need more KV blocks than a worker holds")
-        if sum(len(lp.waiting) for lp in self._loops) >= self.config.max_queue_size:
+        if self._num_waiting() >= self.config.max_queue_size:
             raise ResourceExhaustedError(f"the queue is full ({self.config.max_queue_size})")
 
     def submit(self, req: GenerationRequest) -> AsyncIterator[OutputEvent]:
@@ -191,6 +234,8 @@ class Engine:
         try:
             while True:
                 event = await seq.events.get()
+                if seq.unavailable and event.finish_reason is not None:
+                    raise UnavailableError(event.error or "no worker is available")
                 yield event
                 if event.finish_reason is not None:
                     return
@@ -210,7 +255,11 @@ class Engine:
             return False
         if seq.abort_requested is None:
             seq.abort_requested = reason
-            self._loops[seq.worker_index].request_abort(seq)
+            if seq in self._parked:
+                self._parked.remove(seq)
+                self._end(seq, reason, seq.error)
+            else:
+                self._loops[seq.worker_index].request_abort(seq)
         return True
 
     def stats(self) -> EngineStats:
@@ -229,38 +278,37 @@ class Engine:
                 )
             )
         return EngineStats(
-            waiting=sum(len(lp.waiting) for lp in self._loops),
+            waiting=self._num_waiting(),
             running=sum(len(lp.running) + len(lp.retiring) for lp in self._loops),
             num_preemptions=sum(lp.num_preemptions for lp in self._loops),
             completed_requests=self._completed,
             workers=workers,
         )
 
-    def _healthy_loops(self) -> list[WorkerLoop]:
-        loops = [lp for lp in self._loops if lp.healthy]
-        if not self._started or not loops:
-            raise UnavailableError("no healthy worker")
-        return loops
-
-    def _route(self, seq: Sequence) -> WorkerLoop:
-        """The healthy worker caching the longest prefix of the prompt (hits under 32 tokens do
-        not count); then the least loaded."""
-        loops = self._healthy_loops()
-        if len(loops) == 1:
-            return loops[0]
-
-        def score(loop: WorkerLoop) -> tuple[int, int]:
-            hit = 0
-            if self.config.enable_prefix_cache:
-                hit = loop.kv.match_prefix(seq.token_ids[:-1], seq.request.namespace).num_tokens
-            return hit if hit >= 32 else 0, -(len(loop.waiting) + len(loop.running))
-
-        return max(loops, key=score)
+    def _num_waiting(self) -> int:
+        return len(self._parked) + sum(len(lp.waiting) for lp in self._loops)
 
     def _add(self, seq: Sequence) -> None:
-        loop = self._route(seq)
+        """To the best healthy worker (router.py), or parked until one is back."""
+        loops = [lp for lp in self._loops if lp.healthy]
+        if not loops:
+            if seq.parked_at is None:
+                seq.parked_at = asyncio.get_running_loop().time()
+            seq.worker_index = -1
+            self._parked.append(seq)
+            return
+        loop = self._router.pick(seq, loops)
+        seq.parked_at = None
         seq.worker_index = self._loops.index(loop)
         loop.add(seq)
+
+    def _end(self, seq: Sequence, reason: FinishReason, error: str | None) -> None:
+        """Finish a request that is on no worker (parked, or just orphaned)."""
+        seq.finish_reason = reason
+        seq.error = error
+        seq.status = SequenceStatus.FINISHED
+        seq.emit([], [])
+        self._on_finished(seq)
 
     def _on_finished(self, seq: Sequence) -> None:
         """seq's last event is out: its request_id may be used again."""
@@ -269,18 +317,31 @@ class Engine:
             self._completed += 1
 
     def _on_orphaned(self, seqs: list[Sequence]) -> None:
-        """Waiting requests of a failed worker: to another worker, or they fail."""
+        """Unfinished requests of a lost worker, with their output so far: to another worker
+        (re-prefilled there from prompt + output), parked while none is healthy."""
         for seq in seqs:
-            try:
-                if seq.abort_requested is not None:
-                    raise UnavailableError("aborted")
+            if seq.abort_requested is not None:
+                self._end(seq, seq.abort_requested, seq.error)
+            else:
                 self._add(seq)
-            except UnavailableError as exc:
-                seq.finish_reason = seq.abort_requested or FinishReason.ABORT
-                seq.error = None if seq.abort_requested else str(exc)
-                seq.status = SequenceStatus.FINISHED
-                seq.emit([], [])
-                self._on_finished(seq)
+
+    def _on_rejoined(self, loop: WorkerLoop) -> None:
+        parked, self._parked = list(self._parked), deque()
+        for seq in parked:
+            self._add(seq)
+
+    async def _expire_parked(self) -> None:
+        """Parked requests fail with UNAVAILABLE after config.no_worker_timeout_s."""
+        timeout = self.config.no_worker_timeout_s
+        clock = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(0.1, max(timeout / 4, 0.01)))
+            now = clock.time()
+            expired = [s for s in self._parked if now - (s.parked_at or now) >= timeout]
+            for seq in expired:
+                self._parked.remove(seq)
+                seq.unavailable = True
+                self._end(seq, FinishReason.ABORT, f"no worker became available in {timeout} s")
 
 
 def _num_blocks(num_tokens: int, block_size: int) -> int:

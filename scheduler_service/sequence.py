@@ -59,7 +59,10 @@ class Sequence:
     error: str | None = None
     emitted: int = 0  # output tokens already sent in events
     abort_requested: FinishReason | None = None  # set by abort()/finish(); acted on next step
-    events: asyncio.Queue[OutputEvent] = field(default_factory=asyncio.Queue)
+    unavailable: bool = False  # ended because no worker was left: the client gets UNAVAILABLE
+    parked_at: float | None = None  # loop time it started waiting for a worker (none healthy)
+    route_cost: int = 0  # prompt tokens its worker must compute (the router's load estimate)
+    events: Outbox = field(default_factory=lambda: Outbox())
 
     def __post_init__(self) -> None:
         if not self.token_ids:
@@ -123,4 +126,35 @@ class Sequence:
             matched_stop_token=self.matched_stop_token,
             error=self.error,
         )
-        self.events.put_nowait(event)
+        self.events.put(event)
+
+
+class Outbox:
+    """A request's undelivered output, coalesced into one pending event.
+
+    Why not a queue of events: a client that reads slowly would make the scheduler hold one
+    event object per token for it, without bound over a long generation. Merging undelivered
+    events into one delta keeps exactly the tokens (and logprobs) not yet delivered, so the
+    buffer is bounded by that request's own output (max_new_tokens), never by the step rate,
+    and a slow consumer costs nothing to the other requests (no bounded queue to block on).
+    """
+
+    def __init__(self) -> None:
+        self._pending: OutputEvent | None = None
+        self._ready = asyncio.Event()
+
+    def put(self, event: OutputEvent) -> None:
+        pending = self._pending
+        if pending is not None:  # merge: the newest event's counters and finish state win
+            event.token_ids = pending.token_ids + event.token_ids
+            event.logprobs = pending.logprobs + event.logprobs
+        self._pending = event
+        self._ready.set()
+
+    async def get(self) -> OutputEvent:
+        """Every event put since the last get(), as one (waits for one)."""
+        await self._ready.wait()
+        event, self._pending = self._pending, None
+        self._ready.clear()
+        assert event is not None
+        return event

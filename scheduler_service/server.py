@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Protocol
 
 import grpc
@@ -209,8 +209,11 @@ class GenerationServicer:
         return pb.AbortResponse(found=self._engine.abort(request.request_id))
 
 
-def generation_handler(servicer: GenerationServicer) -> grpc.GenericRpcHandler:
-    """The service's method handlers, with never-raising deserializers for string-carrying input."""
+def generation_handler(
+    servicer: GenerationServicer, observe: Callable[[Callable], Callable] | None = None
+) -> grpc.GenericRpcHandler:
+    """The service's method handlers, with never-raising deserializers for string-carrying input
+    (observe: wraps Generate, e.g. logs.observe_generate for request logs and metrics)."""
 
     def unary(method: Callable, request_class: type, safe: bool = False) -> grpc.RpcMethodHandler:
         decode = safe_deserializer(request_class) if safe else request_class.FromString
@@ -220,7 +223,7 @@ def generation_handler(servicer: GenerationServicer) -> grpc.GenericRpcHandler:
 
     handlers = {
         "Generate": grpc.unary_stream_rpc_method_handler(
-            servicer.Generate,
+            servicer.Generate if observe is None else observe(servicer.Generate),
             request_deserializer=safe_deserializer(pb.GenerateRequest),
             response_serializer=_serialize,
         ),
@@ -248,13 +251,16 @@ async def set_health(health_servicer: health.aio.HealthServicer, serving: bool) 
 
 def create_server(
     servicer: GenerationServicer,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    observe: Callable[[Callable], Callable] | None = None,
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     """A grpc.aio server with Generation, grpc.health.v1 and reflection (await set_health next:
-    a new health servicer reports the overall status as SERVING)."""
+    a new health servicer reports the overall status as SERVING). interceptors: e.g. the API
+    key check of auth.py; observe: see generation_handler."""
     health_servicer = health.aio.HealthServicer()
     # No SO_REUSEPORT: a second server on a port in use must fail, not share its traffic.
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    server.add_generic_rpc_handlers((generation_handler(servicer),))
+    server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
+    server.add_generic_rpc_handlers((generation_handler(servicer, observe),))
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     services = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
     reflection.enable_server_reflection(services, server)

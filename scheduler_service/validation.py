@@ -16,6 +16,7 @@ from yaie.v1 import generation_pb2 as pb
 
 MAX_STOP_STRINGS = 16
 MAX_TOP_LOGPROBS = 20
+MAX_CACHE_SALT_BYTES = 256
 
 
 class PromptEncoder(Protocol):
@@ -162,6 +163,8 @@ def validate_generate(
     if any(not stop for stop in stopping.stop):
         raise ValueError("stop strings must not be empty")
     _check_ids("stop_token_ids", list(stopping.stop_token_ids), limits.vocab_size)
+    if len(request.cache_salt.encode("utf-8")) > MAX_CACHE_SALT_BYTES:
+        raise ValueError(f"cache_salt must be at most {MAX_CACHE_SALT_BYTES} bytes")
     stop_ids = set(stopping.stop_token_ids)
     if not stopping.ignore_eos:
         stop_ids |= limits.eos_token_ids
@@ -172,6 +175,7 @@ def validate_generate(
         max_new_tokens=max_new_tokens,
         min_new_tokens=stopping.min_new_tokens,
         stop_token_ids=frozenset(stop_ids),
+        namespace=request.cache_salt,  # tenants with different salts share no cached prefix
     )
     return ValidatedRequest(
         generation=generation,

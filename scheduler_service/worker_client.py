@@ -9,7 +9,9 @@ import asyncio
 from dataclasses import dataclass, field
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from yaie.scheduler_service.channel_security import open_worker_channel
 from yaie.scheduler_service.request import SamplingConfig, TokenLogprobs
 from yaie.worker.v1 import worker_pb2, worker_pb2_grpc
 
@@ -140,19 +142,34 @@ def decode_result(result: worker_pb2.StepResult, entries: list[PlanEntry]) -> St
     return outcome
 
 
+# The scheduler -> worker channel, each value chosen for this link:
+CHANNEL_OPTIONS = [
+    # A plan carries a new request's tokens (at most max_context ids, ~5 bytes each) and a result
+    # carries top-n logprobs per entry: 256 MiB is far above either for any batch, and equal to
+    # what the worker accepts, so a big batch never fails on a size limit on one side only.
+    ("grpc.max_send_message_length", 256 << 20),
+    ("grpc.max_receive_message_length", 256 << 20),
+    # Pings detect a dead TCP peer (a remote host gone without a RST). Not faster than every
+    # 5 min: workers keep gRPC's default server ping policy, which answers faster pings on an
+    # idle stream with GOAWAY (that would break a healthy step stream). Hung or dead workers are
+    # caught quickly by the health checks and the step deadline instead (config.py).
+    ("grpc.keepalive_time_ms", 300_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    # A restarted worker is reconnected within ~2 s: gRPC's default backoff grows to 120 s.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
+]
+
+
 class WorkerClient:
     """A grpc.aio channel to one worker and its Step stream."""
 
     def __init__(self, address: str) -> None:
         self.address = address
-        self._channel = grpc.aio.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_send_message_length", 256 << 20),
-                ("grpc.max_receive_message_length", 256 << 20),
-            ],
-        )
+        self._channel = open_worker_channel(address, CHANNEL_OPTIONS)
         self._stub = worker_pb2_grpc.WorkerStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
         self._call: grpc.aio.StreamStreamCall | None = None
 
     async def describe(self, timeout: float) -> WorkerDescription:
@@ -181,10 +198,28 @@ class WorkerClient:
         )
 
     def open_stream(self) -> None:
+        """A new Step stream (request ids and step ids start afresh on it)."""
+        self.abandon_stream()
         self._call = self._stub.Step()
 
+    def abandon_stream(self) -> None:
+        """Cancels the Step stream (the worker drops its requests); a read or write in progress
+        fails with WorkerStreamError. The channel stays for reconnecting."""
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None
+
+    async def is_serving(self, timeout: float) -> bool:
+        """Whether grpc.health.v1 answers SERVING within timeout (False when unreachable)."""
+        try:
+            reply = await self._health.Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+        except grpc.aio.AioRpcError:
+            return False
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
+
     async def send(self, step_id: int, entries: list[PlanEntry], release_ids: list[int]) -> None:
-        assert self._call is not None, "open_stream() first"
+        if self._call is None:
+            raise WorkerStreamError(f"{self.address}: the step stream was abandoned")
         try:
             await self._call.write(encode_plan(step_id, entries, release_ids))
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
@@ -192,7 +227,8 @@ class WorkerClient:
 
     async def receive(self, entries: list[PlanEntry], timeout: float) -> StepOutcome:
         """The next StepResult, decoded against the entries of its plan."""
-        assert self._call is not None, "open_stream() first"
+        if self._call is None:
+            raise WorkerStreamError(f"{self.address}: the step stream was abandoned")
         # Not asyncio.wait_for: before Python 3.12 it can swallow a cancellation that arrives as
         # the read completes, and the engine's stop() would then wait forever.
         read = asyncio.ensure_future(self._call.read())
@@ -215,7 +251,5 @@ class WorkerClient:
         return decode_result(result, entries)
 
     async def close(self) -> None:
-        if self._call is not None:
-            self._call.cancel()
-            self._call = None
+        self.abandon_stream()
         await self._channel.close()

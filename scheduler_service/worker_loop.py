@@ -36,6 +36,9 @@ from yaie.scheduler_service.worker_client import (
 
 logger = logging.getLogger(__name__)
 
+_FIRST_RETRY_S = 0.2  # reconnect backoff: doubles from this after each failed attempt
+_MAX_RETRY_S = 5.0
+
 
 @dataclass
 class _InFlight:
@@ -55,25 +58,44 @@ class WorkerLoop:
         config: SchedulerConfig,
         on_finished: Callable[[Sequence], None],
         on_orphaned: Callable[[list[Sequence]], None],
+        on_rejoined: Callable[[WorkerLoop], None] = lambda loop: None,
     ) -> None:
         self.client = client
-        self.info = info
         self.config = config
-        self.kv = KVCacheManager(info.num_blocks, info.block_size)
-        self.policy = BatchPolicy(config, self.kv, self._preempt)
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.retiring: list[Sequence] = []
-        self.healthy = True
+        self.healthy = True  # connected: Described and its step stream open
         self.num_preemptions = 0
+        self.num_losses = 0  # times the worker was lost
         self._on_finished = on_finished  # the client saw the last event
-        self._on_orphaned = on_orphaned  # waiting requests of a failed worker, to re-route
+        self._on_orphaned = on_orphaned  # unfinished requests of a lost worker, to re-route
+        self._on_rejoined = on_rejoined  # the worker is back (the engine routes parked requests)
+        self._lost: str | None = None  # set by the health check: end the session
         self._aborts: list[Sequence] = []
         self._release_ids: list[int] = []
         self._in_flight: deque[_InFlight] = deque()
+        self._wake = asyncio.Event()
+        self.policy: BatchPolicy | None = None
+        self._reset_pool(info)
+
+    def _reset_pool(self, info: WorkerDescription) -> None:
+        """A fresh allocator and tree for the worker's pool, and a fresh step stream's ids."""
+        self.info = info
+        self.kv = KVCacheManager(info.num_blocks, info.block_size)
+        counters = self.policy.counters if self.policy is not None else None
+        self.policy = BatchPolicy(self.config, self.kv, self._preempt)
+        if counters is not None:  # the hit rate spans the worker's whole life
+            self.policy.counters = counters
         self._step_ids = itertools.count(1)
         self._request_ids = itertools.count(1)
-        self._wake = asyncio.Event()
+        self._in_flight.clear()
+        self._release_ids.clear()
+
+    def load_tokens(self) -> int:
+        """Tokens queued and running here that the worker has yet to compute (routing load)."""
+        queued = sum(s.route_cost for s in self.waiting)
+        return queued + sum(max(1, len(s.token_ids) - s.num_scheduled) for s in self.running)
 
     def add(self, seq: Sequence) -> None:
         seq.status = SequenceStatus.WAITING
@@ -86,29 +108,78 @@ class WorkerLoop:
         self._wake.set()
 
     async def run(self) -> None:
-        """Until cancelled or the worker fails; with overlap, one plan stays in flight."""
+        """Until cancelled: steps while connected; a lost worker is requeued and rejoined."""
+        while True:
+            if not self.healthy:
+                await self._rejoin()
+            try:
+                await self._steps()
+            except WorkerStreamError as exc:
+                logger.error("worker %s lost: %s", self.info.address, exc)
+                self._lose(str(exc), fail=False)
+            except Exception as exc:  # a bug here must not leave clients waiting forever
+                logger.exception("step loop of worker %s crashed", self.info.address)
+                self._lose(f"scheduler error: {exc!r}", fail=True)
+
+    async def _steps(self) -> None:
+        """With overlap, one plan stays in flight; raises WorkerStreamError when it is lost."""
         depth = 1 if self.config.enable_overlap else 0
-        try:
-            while True:
-                self._apply_aborts()
-                for seq in [s for s in self.retiring if s.in_flight == 0]:
-                    self._finalize(seq)
-                runs = self.policy.schedule(self.running, self.waiting, bool(self.retiring))
-                if runs or self._release_ids:
-                    await self._send(runs)
-                if self._in_flight and (len(self._in_flight) > depth or not runs):
-                    await self._receive()
-                elif not self._in_flight and not runs:
-                    await self._wake.wait()
-                    self._wake.clear()
-        except asyncio.CancelledError:
-            raise
-        except WorkerStreamError as exc:
-            logger.error("worker %s failed: %s", self.info.address, exc)
-            self._fail_worker(str(exc))
-        except Exception as exc:  # a bug here must not leave clients waiting forever
-            logger.exception("step loop of worker %s crashed", self.info.address)
-            self._fail_worker(f"scheduler error: {exc!r}")
+        while True:
+            if self._lost is not None:
+                raise WorkerStreamError(self._lost)
+            self._apply_aborts()
+            for seq in [s for s in self.retiring if s.in_flight == 0]:
+                self._finalize(seq)
+            runs = self.policy.schedule(self.running, self.waiting, bool(self.retiring))
+            if runs or self._release_ids:
+                await self._send(runs)
+            if self._in_flight and (len(self._in_flight) > depth or not runs):
+                await self._receive()
+            elif not self._in_flight and not runs:
+                await self._wake.wait()
+                self._wake.clear()
+
+    async def watch_health(self) -> None:
+        """Polls grpc.health.v1 while connected: no SERVING answer within the step deadline
+        (a dead, hung or draining worker) ends the session as a broken stream would."""
+        while True:
+            await asyncio.sleep(self.config.health_check_interval_s)
+            if not self.healthy or self._lost is not None:
+                continue
+            if not await self.client.is_serving(self.config.step_timeout_s) and self.healthy:
+                self.mark_lost(f"no SERVING health answer in {self.config.step_timeout_s} s")
+
+    def mark_lost(self, reason: str) -> None:
+        """End the current session: the step loop fails with WorkerStreamError(reason)."""
+        if self.healthy and self._lost is None:
+            self._lost = reason
+            self.client.abandon_stream()  # a read or write in progress fails now
+            self._wake.set()
+
+    async def _rejoin(self) -> None:
+        """Reconnect with backoff until the worker is SERVING and Describes the same model."""
+        delay = _FIRST_RETRY_S
+        while True:
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, _MAX_RETRY_S)
+            if not await self.client.is_serving(min(self.config.step_timeout_s, 5.0)):
+                continue
+            try:
+                info = await self.client.describe(self.config.connect_timeout_s)
+            except WorkerStreamError as exc:
+                logger.warning("worker %s: %s", self.info.address, exc)
+                continue
+            old = (self.info.model, self.info.vocab_size, self.info.max_context)
+            if (info.model, info.vocab_size, info.max_context) != old:
+                logger.error("worker %s came back serving another model: %s", info.address, info)
+                continue
+            break
+        self._reset_pool(info)
+        self.client.open_stream()
+        self._lost = None
+        self.healthy = True
+        logger.info("worker %s rejoined (%d blocks)", info.address, info.num_blocks)
+        self._on_rejoined(self)
 
     async def _send(self, runs: list[Run]) -> None:
         entries: list[PlanEntry] = []
@@ -154,6 +225,10 @@ class WorkerLoop:
         outcome = await self.client.receive(flight.entries, self.config.step_timeout_s)
         if outcome.step_id != flight.step_id:
             raise WorkerStreamError(f"result of step {outcome.step_id}, expected {flight.step_id}")
+        expected = {entry.request_id for entry in flight.entries}
+        for request_id in outcome.request_errors.keys() - expected:
+            logger.warning("worker %s: error for request %d, not in step %d: ignored",
+                           self.info.address, request_id, flight.step_id)  # fmt: skip
         for i, (seq, n, samples) in enumerate(flight.runs):
             seq.in_flight -= 1
             seq.pending -= samples
@@ -166,7 +241,7 @@ class WorkerLoop:
                 self._fail(seq, f"worker error: {request_error}")
                 continue
             token = outcome.token_ids[i]
-            if samples != (token >= 0):
+            if samples != (token >= 0) or not -1 <= token < self.info.vocab_size:
                 self._fail(seq, f"worker returned token {token} where sampled={samples}")
                 continue
             if n > 1 and seq.status is SequenceStatus.RUNNING:
@@ -259,16 +334,32 @@ class WorkerLoop:
         seq.wait_steps = 0
         self.waiting.appendleft(seq)
 
-    def _fail_worker(self, message: str) -> None:
-        """The stream broke: fail every request on the worker, hand waiting ones back."""
+    def _lose(self, message: str, fail: bool) -> None:
+        """The worker is gone (its pool too): unfinished requests go back to the engine with the
+        tokens received so far (or fail, after a scheduler bug); the allocator starts afresh."""
         self.healthy = False
-        for seq in self.running + self.retiring:
-            seq.in_flight = 0
-            self._fail(seq, f"worker {self.info.address} failed: {message}")
-        for seq in list(self.retiring):
-            self._finalize(seq)
-        self._in_flight.clear()
-        self._release_ids.clear()
-        orphans = list(self.waiting)
+        self.num_losses += 1
+        self._lost = None
+        self.client.abandon_stream()
+        seqs = sorted(self.running + self.retiring + list(self.waiting), key=lambda s: s.arrival)
+        self.running.clear()
+        self.retiring.clear()
         self.waiting.clear()
+        self._aborts.clear()  # the engine acts on abort_requested of what it gets back
+        orphans = []
+        for seq in seqs:
+            if seq.is_finished:  # retiring: its last event is out already
+                seq.status = SequenceStatus.FINISHED
+            elif fail:
+                seq.status = SequenceStatus.RETIRING
+                self._fail(seq, f"worker {self.info.address} failed: {message}")
+                seq.status = SequenceStatus.FINISHED
+            else:
+                seq.reset_incarnation()
+                seq.status = SequenceStatus.WAITING
+                seq.preempt = False
+                seq.resumed = seq.admitted_once  # goes first, as a preempted request does
+                seq.wait_steps = 0
+                orphans.append(seq)
+        self._reset_pool(self.info)
         self._on_orphaned(orphans)

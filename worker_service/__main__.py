@@ -12,6 +12,7 @@ import sys
 import threading
 
 from yaie.kernels.attention import BACKENDS
+from yaie.worker_service.auth import WorkerSecurity, is_loopback
 from yaie.worker_service.config import DTYPES, WorkerConfig
 from yaie.worker_service.kv_pool import DEFAULT_CPU_MEMORY_BYTES, DEFAULT_MEMORY_FRACTION
 
@@ -57,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest decode batch captured in a CUDA graph",
     )
     parser.add_argument("--log-level", default="INFO")
+    security = parser.add_argument_group("internal channel security")
+    security.add_argument("--internal-secret-file", default=None,
+                          help="file holding the secret the scheduler must send")  # fmt: skip
+    security.add_argument("--tls-cert", default=None, help="PEM certificate (enables TLS)")
+    security.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
+    security.add_argument("--tls-client-ca", default=None,
+                          help="PEM CA that client certificates must chain to (mTLS)")  # fmt: skip
     return parser
 
 
@@ -86,9 +94,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         config = config_from_args(args)
+        security = WorkerSecurity.from_files(
+            args.internal_secret_file, args.tls_cert, args.tls_key, args.tls_client_ca
+        )
     except ValueError as exc:
         log.error("%s", exc)
         return 2
+    if not is_loopback(config.host) and security.secret is None and security.credentials is None:
+        log.warning("listening on %s with no --internal-secret-file or TLS: anyone who reaches "
+                    "this port can run plans", config.host)  # fmt: skip
     stop = threading.Event()
     stopped_by: list[str] = []
 
@@ -100,17 +114,22 @@ def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        return _serve(config, stop, stopped_by)
+        return _serve(config, stop, stopped_by, security)
     finally:  # main() may run inside another program (tests): give its handlers back
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 
-def _serve(config: WorkerConfig, stop: threading.Event, stopped_by: list[str]) -> int:
+def _serve(
+    config: WorkerConfig,
+    stop: threading.Event,
+    stopped_by: list[str],
+    security: WorkerSecurity | None = None,
+) -> int:
     from yaie.worker_service.app import start_worker  # heavy imports after argument parsing
 
     try:
-        worker = start_worker(config)
+        worker = start_worker(config, security)
     except (OSError, ValueError) as exc:  # no such model, unsupported config, port taken
         log.error("cannot start the worker: %s", exc)
         return 1

@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from yaie.kernels.attention import resolve_backend
 from yaie.worker.v1 import worker_pb2, worker_pb2_grpc
+from yaie.worker_service.auth import WorkerSecurity
 from yaie.worker_service.config import WorkerConfig, dtype_name
 from yaie.worker_service.kv_pool import KVPool
 from yaie.worker_service.runner import ModelRunner
@@ -89,10 +90,12 @@ def build_runner(config: WorkerConfig) -> tuple[ModelRunner, worker_pb2.WorkerIn
     return runner, info
 
 
-def start_worker(config: WorkerConfig) -> RunningWorker:
+def start_worker(config: WorkerConfig, security: WorkerSecurity | None = None) -> RunningWorker:
     """Binds config.host:config.port (0 picks a free port), then loads; returns once SERVING."""
+    security = security or WorkerSecurity()
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="worker-rpc"),
+        interceptors=security.interceptors(),  # the secret is checked before any plan runs
         options=[
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -104,7 +107,7 @@ def start_worker(config: WorkerConfig) -> RunningWorker:
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    port = security.add_port(server, f"{config.host}:{config.port}")
     if port == 0:
         raise OSError(f"cannot bind {config.host}:{config.port}")
     server.start()

@@ -1,0 +1,289 @@
+"""`yaie bench`: the load generator. Drives a running stack over gRPC with a workload and reports
+request/s, token throughput, TTFT / TPOT / ITL / E2E (mean, median, p99) and the cache hit rate.
+
+Flag names follow SGLang's bench_serving and vLLM's benchmark_serving, so numbers compare.
+run_workload(target, BenchConfig) -> (BenchMetrics, ModelInfo) is the importable entry point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import random
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass, fields
+
+import grpc
+
+from yaie.cli import bench_datasets as ds
+from yaie.cli.bench_metrics import BenchMetrics, RequestResult, format_table, summarize
+from yaie.v1 import generation_pb2 as pb
+from yaie.v1 import generation_pb2_grpc
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+API_KEY_ENV = "YAIE_API_KEY"
+_DONE_OK = (pb.FINISH_REASON_LENGTH, pb.FINISH_REASON_STOP)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One run: the workload and how it is sent. Defaults are the field's (see --help)."""
+
+    dataset: str = "random"
+    num_prompts: int = 256
+    random_input_len: int = 1024
+    random_output_len: int = 1024
+    random_range_ratio: float = ds.NANO_VLLM_RANGE_RATIO
+    gsp_num_groups: int = 64
+    gsp_prompts_per_group: int = 16
+    gsp_system_prompt_len: int = 2048
+    gsp_question_len: int = 128
+    gsp_output_len: int = 256
+    fixed_input_len: int = 128
+    fixed_output_len: int = 256
+    request_rate: float = math.inf  # requests/s, Poisson arrivals; inf: all at once
+    max_concurrency: int | None = None
+    temperature: float = 0.0
+    seed: int = 1
+    disable_progress: bool = False
+
+    def __post_init__(self) -> None:
+        if self.dataset not in ds.DATASETS:
+            raise ValueError(f"dataset must be one of {ds.DATASETS}, got {self.dataset!r}")
+        if not self.request_rate > 0:
+            raise ValueError(f"request rate must be > 0, got {self.request_rate}")
+        if self.max_concurrency is not None and self.max_concurrency < 1:
+            raise ValueError(f"max concurrency must be >= 1, got {self.max_concurrency}")
+
+
+def make_requests(config: BenchConfig, vocab_size: int) -> list[ds.BenchRequest]:
+    c = config
+    if c.dataset == "random":
+        return ds.random_requests(c.num_prompts, c.random_input_len, c.random_output_len,
+                                  c.random_range_ratio, vocab_size, c.seed)  # fmt: skip
+    if c.dataset == "shared-prefix":
+        return ds.shared_prefix_requests(c.gsp_num_groups, c.gsp_prompts_per_group,
+                                         c.gsp_system_prompt_len, c.gsp_question_len,
+                                         c.gsp_output_len, vocab_size, c.seed)  # fmt: skip
+    return ds.fixed_requests(c.num_prompts, c.fixed_input_len, c.fixed_output_len, vocab_size,
+                             c.seed)  # fmt: skip
+
+
+def _to_proto(request: ds.BenchRequest, request_id: str, temperature: float) -> pb.GenerateRequest:
+    return pb.GenerateRequest(
+        request_id=request_id,
+        token_ids=pb.TokenIds(ids=request.prompt_ids),
+        sampling=pb.SamplingParams(temperature=temperature),
+        stopping=pb.StoppingCriteria(max_new_tokens=request.output_len, ignore_eos=True),
+    )
+
+
+async def _one(stub, message: pb.GenerateRequest, result: RequestResult, metadata) -> None:
+    """Streams one request into result (the hot loop: a clock read and a length per frame)."""
+    perf_counter = time.perf_counter
+    start = last = perf_counter()
+    final = None
+    try:
+        async for frame in stub.Generate(message, metadata=metadata):
+            now = perf_counter()
+            num_tokens = len(frame.token_ids)
+            if num_tokens:
+                if result.output_tokens:
+                    result.itls.append(now - last)
+                else:
+                    result.ttft = now - start
+                last = now
+                result.output_tokens += num_tokens
+            if frame.finish_reason:
+                final, last = frame, now
+    except grpc.aio.AioRpcError as error:
+        result.error = f"{error.code().name}: {error.details()}"
+        return
+    result.latency = last - start
+    if final is None or final.finish_reason not in _DONE_OK:
+        result.error = final.error if final is not None and final.error else "stream ended early"
+        return
+    usage = final.usage
+    result.prompt_tokens, result.cached_tokens = usage.prompt_tokens, usage.cached_tokens
+    result.completion_tokens, result.ok = usage.completion_tokens, True
+
+
+def _arrival_gaps(n: int, request_rate: float, seed: int) -> list[float]:
+    """Seconds to wait before each request: exponential gaps (Poisson process), or none."""
+    if math.isinf(request_rate):
+        return [0.0] * n
+    rng = random.Random(seed)
+    return [rng.expovariate(request_rate) for _ in range(n)]
+
+
+def _metadata(api_key: str | None) -> tuple[tuple[str, str], ...] | None:
+    return (("authorization", f"Bearer {api_key}"),) if api_key else None
+
+
+async def model_info(target: str, api_key: str | None = None) -> pb.ModelInfo:
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = generation_pb2_grpc.GenerationStub(channel)
+        return await stub.GetModelInfo(pb.GetModelInfoRequest(), metadata=_metadata(api_key))
+
+
+@dataclass
+class RunRecord:
+    """What send_requests saw: per-request results and the run's totals."""
+
+    results: list[RequestResult]
+    duration_s: float
+    max_in_flight: int
+    client_cpu_s: float  # process CPU time (Python and gRPC's threads) while requests ran
+
+    def summary(self) -> BenchMetrics:
+        return summarize(self.results, self.duration_s, self.max_in_flight, self.client_cpu_s)
+
+
+async def run_requests(
+    target: str,
+    requests: list[ds.BenchRequest],
+    config: BenchConfig,
+    api_key: str | None = None,
+) -> BenchMetrics:
+    return (await send_requests(target, requests, config, api_key)).summary()
+
+
+async def send_requests(
+    target: str,
+    requests: list[ds.BenchRequest],
+    config: BenchConfig,
+    api_key: str | None = None,
+) -> RunRecord:
+    """Sends requests over one channel as config says (Poisson rate and/or concurrency cap)."""
+    tqdm = None
+    if not config.disable_progress:
+        from tqdm import tqdm
+    tag = uuid.uuid4().hex[:8]
+    messages = [
+        _to_proto(r, f"bench-{tag}-{i}", config.temperature) for i, r in enumerate(requests)
+    ]
+    results = [RequestResult(len(r.prompt_ids), r.output_len) for r in requests]
+    gaps = _arrival_gaps(len(requests), config.request_rate, config.seed)
+    limit = asyncio.Semaphore(config.max_concurrency or len(requests) or 1)
+    metadata = _metadata(api_key)
+    in_flight = max_in_flight = 0
+    bar = tqdm(total=len(requests), desc="bench", unit="req") if tqdm else None
+
+    async def send(message: pb.GenerateRequest, result: RequestResult) -> None:
+        nonlocal in_flight, max_in_flight
+        async with limit:
+            in_flight += 1
+            max_in_flight = max(max_in_flight, in_flight)
+            try:
+                await _one(stub, message, result, metadata)
+            finally:
+                in_flight -= 1
+        if bar is not None:
+            bar.update(1)
+
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = generation_pb2_grpc.GenerationStub(channel)
+        await channel.channel_ready()
+        cpu_start, wall_start = time.process_time(), time.perf_counter()
+        tasks = []
+        for message, result, gap in zip(messages, results, gaps, strict=True):
+            if gap:
+                await asyncio.sleep(gap)
+            tasks.append(asyncio.create_task(send(message, result)))
+        await asyncio.gather(*tasks)
+        duration = time.perf_counter() - wall_start
+        cpu = time.process_time() - cpu_start
+    if bar is not None:
+        bar.close()
+    return RunRecord(results, duration, max_in_flight, cpu)
+
+
+def run_workload(
+    target: str, config: BenchConfig, api_key: str | None = None
+) -> tuple[BenchMetrics, pb.ModelInfo]:
+    """The whole run: asks the server for its vocabulary, builds the workload, sends it."""
+
+    async def run() -> tuple[BenchMetrics, pb.ModelInfo]:
+        info = await model_info(target, api_key)
+        requests = make_requests(config, info.vocab_size)
+        return await run_requests(target, requests, config, api_key), info
+
+    return asyncio.run(run())
+
+
+def record(
+    metrics: BenchMetrics, config: BenchConfig, target: str, info: pb.ModelInfo | None
+) -> dict:
+    """The JSON object of one run (--output-file): config, server and metrics side by side."""
+    settings = {k: (None if isinstance(v, float) and math.isinf(v) else v)
+                for k, v in asdict(config).items()}  # fmt: skip
+    return {
+        "backend": "yaie",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "target": target,
+        "model": info.model if info else "",
+        "architecture": info.architecture if info else "",
+        "dtype": info.dtype if info else "",
+        **settings,
+        **metrics.to_dict(),
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="yaie bench", description=__doc__.splitlines()[0])
+    d = BenchConfig()
+    p.add_argument("--target", default=DEFAULT_TARGET, help="scheduler HOST:PORT")
+    p.add_argument("--dataset", default=d.dataset, choices=ds.DATASETS)
+    p.add_argument("--num-prompts", type=int, default=d.num_prompts)
+    p.add_argument("--random-input-len", type=int, default=d.random_input_len)
+    p.add_argument("--random-output-len", type=int, default=d.random_output_len)
+    p.add_argument("--random-range-ratio", type=float, default=d.random_range_ratio,
+                   help="lengths uniform in [max(1, int(len * ratio)), len]; the default gives "
+                        "nano-vllm's [100, 1024]")  # fmt: skip
+    for name in ("num_groups", "prompts_per_group", "system_prompt_len", "question_len",
+                 "output_len"):  # fmt: skip
+        p.add_argument(
+            f"--gsp-{name.replace('_', '-')}", type=int, default=getattr(d, f"gsp_{name}")
+        )
+    p.add_argument("--fixed-input-len", type=int, default=d.fixed_input_len)
+    p.add_argument("--fixed-output-len", type=int, default=d.fixed_output_len)
+    p.add_argument("--request-rate", type=float, default=d.request_rate,
+                   help="requests/s with Poisson arrivals (default inf: all at once)")  # fmt: skip
+    p.add_argument("--max-concurrency", type=int, default=None, help="requests in flight at most")
+    p.add_argument("--temperature", type=float, default=d.temperature, help="0: greedy")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--output-file", default=None, help="append one JSON object per run")
+    p.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
+                   help=f"authorization: Bearer KEY (default ${API_KEY_ENV})")  # fmt: skip
+    p.add_argument("--disable-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    return BenchConfig(**{f.name: getattr(args, f.name) for f in fields(BenchConfig)})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ValueError as error:
+        parser.error(str(error))
+    try:
+        metrics, info = run_workload(args.target, config, args.api_key)
+    except grpc.aio.AioRpcError as error:
+        print(f"yaie bench: {error.code().name}: {error.details()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    print(format_table(metrics, f"{config.dataset} on {info.model or args.target}"))
+    if args.output_file:
+        with open(args.output_file, "a", encoding="utf-8") as out:
+            out.write(json.dumps(record(metrics, config, args.target, info)) + "\n")
+    return 0 if metrics.failed == 0 else 1

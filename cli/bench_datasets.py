@@ -1,0 +1,92 @@
+"""Workloads of `yaie bench`: random token-id prompts with exact output lengths.
+
+random (nano-vllm's / SGLang's --dataset random), shared-prefix (SGLang's generated-shared-prefix:
+groups of prompts behind one system prompt) and fixed. Every prompt is token ids drawn uniformly
+from the served vocabulary; the output length is exact (ignore_eos + max_new_tokens).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+DATASETS = ("random", "shared-prefix", "fixed")
+# nano-vllm's bench.py draws lengths from randint(100, 1024): input_len 1024 with this ratio gives
+# the same range [int(1024 * ratio), 1024] = [100, 1024] under SGLang's --random-range-ratio rule.
+NANO_VLLM_RANGE_RATIO = 100 / 1024
+
+
+@dataclass(frozen=True)
+class BenchRequest:
+    """One request of a workload: its prompt ids and how many tokens it must generate."""
+
+    prompt_ids: list[int]
+    output_len: int
+
+
+def length_range(max_len: int, range_ratio: float) -> tuple[int, int]:
+    """[low, high] of a random length: low = max(1, int(max_len * range_ratio)), high = max_len."""
+    if max_len < 1 or not 0.0 <= range_ratio <= 1.0:
+        raise ValueError(
+            f"need length >= 1 and 0 <= range ratio <= 1, got {max_len}, {range_ratio}"
+        )
+    return max(1, int(max_len * range_ratio)), max_len
+
+
+def _ids(rng: random.Random, n: int, vocab_size: int) -> list[int]:
+    return [rng.randrange(vocab_size) for _ in range(n)]
+
+
+def random_requests(
+    num_prompts: int,
+    input_len: int,
+    output_len: int,
+    range_ratio: float,
+    vocab_size: int,
+    seed: int,
+) -> list[BenchRequest]:
+    """Input and output lengths each uniform (inclusive) in length_range(len, range_ratio)."""
+    rng = random.Random(seed)
+    in_low, in_high = length_range(input_len, range_ratio)
+    out_low, out_high = length_range(output_len, range_ratio)
+    requests = []
+    for _ in range(num_prompts):
+        n_in, n_out = rng.randint(in_low, in_high), rng.randint(out_low, out_high)
+        requests.append(BenchRequest(_ids(rng, n_in, vocab_size), n_out))
+    return requests
+
+
+def shared_prefix_requests(
+    num_groups: int,
+    prompts_per_group: int,
+    system_prompt_len: int,
+    question_len: int,
+    output_len: int,
+    vocab_size: int,
+    seed: int,
+) -> list[BenchRequest]:
+    """num_groups random system prompts, each followed by prompts_per_group random questions;
+    sent group by group (SGLang's order). Every prompt has system_prompt_len + question_len ids."""
+    rng = random.Random(seed)
+    requests = []
+    for _ in range(num_groups):
+        system = _ids(rng, system_prompt_len, vocab_size)
+        for _ in range(prompts_per_group):
+            requests.append(BenchRequest(system + _ids(rng, question_len, vocab_size), output_len))
+    return requests
+
+
+def fixed_requests(
+    num_prompts: int, input_len: int, output_len: int, vocab_size: int, seed: int
+) -> list[BenchRequest]:
+    rng = random.Random(seed)
+    return [BenchRequest(_ids(rng, input_len, vocab_size), output_len) for _ in range(num_prompts)]
+
+
+def ideal_cached_tokens(
+    num_groups: int, prompts_per_group: int, system_prompt_len: int, block_size: int
+) -> int:
+    """Prompt tokens a block-granular prefix cache can serve at best on shared-prefix: every
+    prompt but the first of its group reuses the system prompt, rounded down to whole blocks."""
+    shared = system_prompt_len // block_size * block_size
+    return num_groups * (prompts_per_group - 1) * shared

@@ -1,0 +1,172 @@
+"""What `yaie bench` measures: per-request timings in, the field's summary metrics out.
+
+Conventions (as vLLM's benchmark_serving, so numbers compare): TTFT = first frame carrying a
+token - request sent; E2E latency = last frame - request sent; TPOT per request =
+(E2E - TTFT) / (output tokens - 1), over requests with more than one token; ITL = the gaps
+between successive frames that carry tokens, one value per frame (a frame of k tokens counts its
+gap once, not k times). Cache hit rate = sum of usage.cached_tokens / sum of usage.prompt_tokens.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class RequestResult:
+    """One request as the client saw it; times in seconds from time.perf_counter()."""
+
+    prompt_len: int
+    requested_output_len: int
+    ok: bool = False
+    error: str = ""
+    ttft: float = 0.0
+    latency: float = 0.0
+    output_tokens: int = 0  # token ids received
+    itls: list[float] = field(default_factory=list)  # gaps between token-carrying frames
+    prompt_tokens: int = 0  # the server's usage of the last frame
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class BenchMetrics:
+    """One run's summary; times in ms, rates per second. NaN where nothing was measured."""
+
+    completed: int
+    failed: int
+    duration_s: float
+    total_input_tokens: int
+    total_output_tokens: int
+    request_throughput: float
+    input_throughput: float
+    output_throughput: float
+    total_throughput: float
+    mean_ttft_ms: float
+    median_ttft_ms: float
+    p99_ttft_ms: float
+    mean_tpot_ms: float
+    median_tpot_ms: float
+    p99_tpot_ms: float
+    mean_itl_ms: float
+    median_itl_ms: float
+    p99_itl_ms: float
+    mean_e2e_latency_ms: float
+    median_e2e_latency_ms: float
+    p99_e2e_latency_ms: float
+    cache_hit_rate: float
+    cached_tokens: int
+    max_in_flight: int  # most requests the client had in flight at once
+    concurrency: float  # mean requests in flight: sum of E2E latencies / duration
+    client_cpu_us_per_frame: float  # the client's own CPU time over the frames it read
+    num_frames: int
+    errors: list[str] = field(default_factory=list)  # the first few failure messages
+
+    def to_dict(self) -> dict:
+        """JSON-safe: NaN becomes None."""
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v)
+                for k, v in asdict(self).items()}  # fmt: skip
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default), q in [0, 100]; NaN when empty."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100.0
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def _stats_ms(values: list[float]) -> tuple[float, float, float]:
+    if not values:
+        return math.nan, math.nan, math.nan
+    ms = [v * 1000.0 for v in values]
+    return statistics.fmean(ms), statistics.median(ms), percentile(ms, 99)
+
+
+def summarize(
+    results: list[RequestResult],
+    duration_s: float,
+    max_in_flight: int,
+    client_cpu_s: float,
+) -> BenchMetrics:
+    done = [r for r in results if r.ok]
+    input_tokens = sum(r.prompt_tokens for r in done)
+    output_tokens = sum(r.output_tokens for r in done)
+    prompt_all = sum(r.prompt_tokens for r in done)
+    cached = sum(r.cached_tokens for r in done)
+    tpots = [(r.latency - r.ttft) / (r.output_tokens - 1) for r in done if r.output_tokens > 1]
+    itls = [gap for r in done for gap in r.itls]
+    num_frames = sum(len(r.itls) + 1 for r in done)
+    ttft, tpot, itl = _stats_ms([r.ttft for r in done]), _stats_ms(tpots), _stats_ms(itls)
+    e2e = _stats_ms([r.latency for r in done])
+    per_s = 1.0 / duration_s if duration_s > 0 else math.nan
+    return BenchMetrics(
+        completed=len(done),
+        failed=len(results) - len(done),
+        duration_s=duration_s,
+        total_input_tokens=input_tokens,
+        total_output_tokens=output_tokens,
+        request_throughput=len(done) * per_s,
+        input_throughput=input_tokens * per_s,
+        output_throughput=output_tokens * per_s,
+        total_throughput=(input_tokens + output_tokens) * per_s,
+        mean_ttft_ms=ttft[0], median_ttft_ms=ttft[1], p99_ttft_ms=ttft[2],
+        mean_tpot_ms=tpot[0], median_tpot_ms=tpot[1], p99_tpot_ms=tpot[2],
+        mean_itl_ms=itl[0], median_itl_ms=itl[1], p99_itl_ms=itl[2],
+        mean_e2e_latency_ms=e2e[0], median_e2e_latency_ms=e2e[1], p99_e2e_latency_ms=e2e[2],
+        cache_hit_rate=cached / prompt_all if prompt_all else 0.0,
+        cached_tokens=cached,
+        max_in_flight=max_in_flight,
+        concurrency=sum(r.latency for r in done) * per_s,
+        client_cpu_us_per_frame=client_cpu_s * 1e6 / num_frames if num_frames else math.nan,
+        num_frames=num_frames,
+        errors=[r.error for r in results if not r.ok][:5],
+    )  # fmt: skip
+
+
+_LATENCY_SECTIONS = (
+    ("Time to First Token", "ttft"),
+    ("Time per Output Token (excl. 1st token)", "tpot"),
+    ("Inter-token Latency", "itl"),
+    ("End-to-End Latency", "e2e_latency"),
+)
+
+
+def format_table(m: BenchMetrics, title: str = "Serving Benchmark Result") -> str:
+    """The readable end-of-run table (the layout of vLLM's / SGLang's report)."""
+    rows: list[tuple[str, str] | str] = [
+        ("Successful requests:", f"{m.completed}"),
+        ("Failed requests:", f"{m.failed}"),
+        ("Benchmark duration (s):", f"{m.duration_s:.2f}"),
+        ("Total input tokens:", f"{m.total_input_tokens}"),
+        ("Total generated tokens:", f"{m.total_output_tokens}"),
+        ("Request throughput (req/s):", f"{m.request_throughput:.2f}"),
+        ("Input token throughput (tok/s):", f"{m.input_throughput:.2f}"),
+        ("Output token throughput (tok/s):", f"{m.output_throughput:.2f}"),
+        ("Total token throughput (tok/s):", f"{m.total_throughput:.2f}"),
+        ("Cache hit rate (server usage):", f"{m.cache_hit_rate:.4f}"),
+        ("Concurrency (mean in flight):", f"{m.concurrency:.2f}"),
+        ("Max in flight (client):", f"{m.max_in_flight}"),
+        ("Client CPU per frame (us):", f"{m.client_cpu_us_per_frame:.1f}"),
+    ]
+    for name, key in _LATENCY_SECTIONS:
+        rows.append(name)
+        short = key.split("_")[0].upper()
+        for stat, label in (("mean", "Mean"), ("median", "Median"), ("p99", "P99")):
+            rows.append((f"{label} {short} (ms):", f"{getattr(m, f'{stat}_{key}_ms'):.2f}"))
+    width = 50
+    lines = [f"{' ' + title + ' ':=^{width}}"]
+    for row in rows:
+        if isinstance(row, str):
+            lines.append(f"{row:-^{width}}")
+        else:
+            lines.append(f"{row[0]:<40}{row[1]:>10}")
+    if m.errors:
+        lines.append(f"First error: {m.errors[0]}")
+    lines.append("=" * width)
+    return "\n".join(lines)

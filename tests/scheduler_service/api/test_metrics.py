@@ -1,0 +1,73 @@
+"""The Prometheus endpoint exposes request outcomes, token counters, TTFT / ITL histograms and
+the engine's gauges (queue, KV blocks per worker, cache hit rate, worker health) after a request;
+the request log has one start and one finish line per call, with its request id."""
+
+from __future__ import annotations
+
+import logging
+import urllib.request
+
+import grpc
+import pytest
+import served_stack
+from prometheus_client.parser import text_string_to_metric_families
+
+from yaie.v1 import generation_pb2 as pb
+from yaie.v1 import generation_pb2_grpc
+
+
+def _scrape(port: int) -> dict[str, list]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    return {family.name: family.samples for family in text_string_to_metric_families(text)}
+
+
+def _value(samples: list, name: str, **labels: str) -> float:
+    found = [s.value for s in samples if s.name == name and s.labels == labels]
+    assert len(found) == 1, (name, labels, samples)
+    return found[0]
+
+
+def test_metrics_endpoint_exposes_the_named_series(tokenizer, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="yaie.requests")
+    with served_stack.served_stack(tokenizer, with_metrics=True) as stack:
+        port = stack.metrics.serve(0)
+        with grpc.insecure_channel(stack.address) as channel:
+            stub = generation_pb2_grpc.GenerationStub(channel)
+            request = pb.GenerateRequest(
+                request_id="metrics-1",
+                token_ids=pb.TokenIds(ids=list(range(10, 30))),
+                stopping=pb.StoppingCriteria(max_new_tokens=5),
+            )
+            frames = list(stub.Generate(request, timeout=10))
+            assert frames[-1].finish_reason == pb.FINISH_REASON_LENGTH
+            with pytest.raises(grpc.RpcError):  # an invalid request counts by its status
+                list(stub.Generate(pb.GenerateRequest(text=""), timeout=10))
+        families = _scrape(port)
+    worker = stack.workers[0].address
+    requests = families["yaie_requests"]
+    assert _value(requests, "yaie_requests_total", outcome="length") == 1
+    assert _value(requests, "yaie_requests_total", outcome="invalid_argument") == 1
+    assert _value(families["yaie_prompt_tokens"], "yaie_prompt_tokens_total") == 20
+    assert _value(families["yaie_completion_tokens"], "yaie_completion_tokens_total") == 5
+    assert _value(families["yaie_cached_tokens"], "yaie_cached_tokens_total") == 0
+    ttft = families["yaie_time_to_first_token_seconds"]
+    assert _value(ttft, "yaie_time_to_first_token_seconds_count") == 1
+    itl = families["yaie_inter_token_latency_seconds"]
+    assert _value(itl, "yaie_inter_token_latency_seconds_count") == 4  # 5 tokens, 4 gaps
+    assert _value(families["yaie_queue_waiting"], "yaie_queue_waiting") == 0
+    blocks = families["yaie_kv_blocks"]
+    assert _value(blocks, "yaie_kv_blocks", worker=worker, state="used") == 0
+    assert _value(blocks, "yaie_kv_blocks", worker=worker, state="total") == 128
+    cached = _value(blocks, "yaie_kv_blocks", worker=worker, state="cached")
+    free = _value(blocks, "yaie_kv_blocks", worker=worker, state="free")
+    assert cached > 0 and free + cached <= 128
+    assert 0 <= _value(families["yaie_cache_hit_rate"], "yaie_cache_hit_rate", worker=worker) <= 1
+    assert _value(families["yaie_worker_healthy"], "yaie_worker_healthy", worker=worker) == 1
+    lines = [r for r in caplog.records if r.name == "yaie.requests"]
+    finish = [r.fields for r in lines if r.getMessage().startswith("request finish")]
+    assert {"request_id": "metrics-1", "outcome": "length", "completion_tokens": 5}.items() <= (
+        finish[0].items()
+    )
+    assert sum(r.getMessage().startswith("request start") for r in lines) == 2
+    assert finish[1]["outcome"] == "invalid_argument"
