@@ -100,6 +100,7 @@ def _randomize(model: torch.nn.Module, seed: int) -> None:
     """Fills every parameter from one seeded generator, at scales that keep activations O(1)
     and make the next-token distribution peaked (so greedy decoding has clear winners)."""
     generator = torch.Generator().manual_seed(seed)
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
     with torch.no_grad():
         for name, param in sorted(model.named_parameters()):
             noise = torch.randn(param.shape, generator=generator, dtype=torch.float32)
@@ -107,8 +108,13 @@ def _randomize(model: torch.nn.Module, seed: int) -> None:
                 values = 1.0 + 0.1 * noise
             elif param.dim() == 1:  # biases
                 values = 0.1 * noise
-            elif "embed_tokens" in name:
+            elif "embed_tokens" in name and not tied:
                 values = noise
+            elif "embed_tokens" in name:
+                # Tied: the embedding is also the lm_head. At std 1 the self-logit |e|^2 ~ hidden
+                # dwarfs the rest and greedy just repeats its input token, so scale it like the
+                # untied lm_head below.
+                values = noise * 2.0 / param.shape[1] ** 0.5
             else:  # [out, in]; the lm_head a little sharper
                 scale = 2.0 if name.startswith("lm_head") else 1.0
                 values = noise * scale / param.shape[1] ** 0.5

@@ -97,9 +97,10 @@ async def wait_for_serving(address: str, timeout_s: float, worker: bool = False)
     worker=True: over the worker channel's TLS, see channel_security)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
-    channel = grpc.aio.insecure_channel(address)
     if worker:
         channel = open_worker_channel(address, with_secret=False)
+    else:
+        channel = grpc.aio.insecure_channel(address)
     async with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:

@@ -91,23 +91,34 @@ class WorkerChannelSecurity:
         return ((SECRET_METADATA_KEY, self.secret.decode("utf-8", "surrogateescape")),)
 
 
-class _SecretMetadata(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.StreamStreamClientInterceptor):
-    """Adds the secret to every call's metadata (Describe and the Step stream)."""
+def _with_metadata(
+    details: grpc.aio.ClientCallDetails, extra: tuple[tuple[str, str], ...]
+) -> grpc.aio.ClientCallDetails:
+    metadata = grpc.aio.Metadata(*(details.metadata or ()), *extra)
+    return grpc.aio.ClientCallDetails(
+        details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+    )
 
-    def __init__(self, metadata: Sequence[tuple[str, str]]) -> None:
-        self._metadata = tuple(metadata)
 
-    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        metadata = grpc.aio.Metadata(*(details.metadata or ()), *self._metadata)
-        return grpc.aio.ClientCallDetails(
-            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
-        )
+# grpc.aio files an interceptor under its first matching kind only: one class per kind.
+class _UnarySecret(grpc.aio.UnaryUnaryClientInterceptor):
+    """Adds the secret to Describe's metadata."""
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self._metadata = metadata
 
     async def intercept_unary_unary(self, continuation, details, request):
-        return await continuation(self._details(details), request)
+        return await continuation(_with_metadata(details, self._metadata), request)
+
+
+class _StreamSecret(grpc.aio.StreamStreamClientInterceptor):
+    """Adds the secret to the Step stream's metadata."""
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self._metadata = metadata
 
     async def intercept_stream_stream(self, continuation, details, request_iterator):
-        return await continuation(self._details(details), request_iterator)
+        return await continuation(_with_metadata(details, self._metadata), request_iterator)
 
 
 _workers = WorkerChannelSecurity()
@@ -129,7 +140,7 @@ def open_worker_channel(
     """A grpc.aio channel to a worker with this process's worker security."""
     security = _workers
     metadata = security.metadata() if with_secret else ()
-    interceptors = [_SecretMetadata(metadata)] if metadata else None
+    interceptors = [_UnarySecret(metadata), _StreamSecret(metadata)] if metadata else None
     credentials = security.credentials()
     if credentials is None:
         return grpc.aio.insecure_channel(address, options=list(options), interceptors=interceptors)

@@ -33,8 +33,14 @@ class CausalLM(nn.Module):
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copies (Hugging Face name, tensor) pairs into the parameters; ValueError naming the
-        missing, unexpected or misshapen weights (tied lm_head excepted)."""
+        missing, unexpected or misshapen weights (tied lm_head excepted). Under tensor
+        parallelism each tensor is already this rank's weight_slice of the checkpoint weight."""
         raise NotImplementedError
+
+    def weight_slice(self, name: str) -> tuple[int, int, int] | None:
+        """(dim, start, stop) of checkpoint weight `name` this rank holds (tensor parallelism);
+        None: all of it. The loader reads only that slice."""
+        return None
 
 
 def describe_names(names: Iterable[str], limit: int = 8) -> str:

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from yaie.kernels.attention import resolve_backend
+from yaie.worker_service.models.parallel import RowParallelLinear
+
+if TYPE_CHECKING:
+    from yaie.worker_service.tp import TPGroup
 
 ACTIVATIONS = {
     "silu": F.silu,
@@ -176,18 +180,21 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 class GatedMLP(nn.Module):
-    """down(act(gate(x)) * up(x)), gate and up fused into one matmul."""
+    """down(act(gate(x)) * up(x)), gate and up fused into one matmul. With tp, each rank holds
+    intermediate / tp.size columns of gate and up (column-parallel) and the matching input
+    columns of down (row-parallel: its partial sums are all-reduced)."""
 
     def __init__(
         self, hidden: int, intermediate: int, act: str, bias: bool, dtype: torch.dtype,
-        backend: str = "torch",
+        backend: str = "torch", tp: TPGroup | None = None,
     ) -> None:  # fmt: skip
         super().__init__()
         if act not in ACTIVATIONS:
             raise ValueError(f"unsupported hidden_act {act!r}; supported: {', '.join(ACTIVATIONS)}")
+        intermediate //= tp.size if tp is not None else 1
         self.intermediate, self.act_name, self.backend = intermediate, act, backend
         self.gate_up_proj = nn.Linear(hidden, 2 * intermediate, bias=bias, dtype=dtype)
-        self.down_proj = nn.Linear(intermediate, hidden, bias=bias, dtype=dtype)
+        self.down_proj = RowParallelLinear(intermediate, hidden, bias, dtype, tp)
         self.act = ACTIVATIONS[act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,10 +1,13 @@
 """The Llama-family decoder on the paged KV pool: Llama 2/3.x, Qwen2, Qwen3 and Mistral differ
-only in flags of ModelConfig (q/k/v bias, q/k norm, rope scaling, tied embeddings)."""
+only in flags of ModelConfig (q/k/v bias, q/k norm, rope scaling, tied embeddings). With a
+TPGroup, each rank holds its share of the heads, MLP columns and vocabulary (models/parallel.py).
+"""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +25,15 @@ from yaie.worker_service.models.layers import (
     apply_rotary,
     use_triton,
 )
+from yaie.worker_service.models.parallel import (
+    RowParallelLinear,
+    vocab_parallel_logits,
+    vocab_range,
+    weight_slice,
+)
+
+if TYPE_CHECKING:
+    from yaie.worker_service.tp import TPGroup
 
 # Checkpoint projections stored inside one fused parameter: HF name -> (fused name, shard index).
 _FUSED_SHARDS = {
@@ -39,17 +51,23 @@ _FUSED_NAME = re.compile(r"^(.*)\.(q_proj|k_proj|v_proj|gate_proj|up_proj)\.(wei
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig, dtype: torch.dtype, backend: str) -> None:
+    """With tp, this rank's heads only: num_heads / tp.size query heads over num_kv_heads / tp.size
+    KV heads (column-parallel q/k/v), then a row-parallel o_proj."""
+
+    def __init__(
+        self, cfg: ModelConfig, dtype: torch.dtype, backend: str, tp: TPGroup | None = None
+    ) -> None:
         super().__init__()
-        self.num_heads, self.num_kv_heads = cfg.num_heads, cfg.num_kv_heads
+        tp_size = tp.size if tp is not None else 1
+        self.num_heads, self.num_kv_heads = cfg.num_heads // tp_size, cfg.num_kv_heads // tp_size
         self.head_dim, self.eps = cfg.head_dim, cfg.rms_norm_eps
-        self.q_size, self.kv_size = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+        self.q_size, self.kv_size = self.num_heads * cfg.head_dim, self.num_kv_heads * cfg.head_dim
         self.scale = cfg.head_dim**-0.5
         self.backend = backend
         self.qkv_proj = nn.Linear(
             cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=cfg.qkv_bias, dtype=dtype
         )
-        self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=cfg.o_bias, dtype=dtype)
+        self.o_proj = RowParallelLinear(self.q_size, cfg.hidden_size, cfg.o_bias, dtype, tp)
         self.qk_norm = cfg.qk_norm
         if cfg.qk_norm:
             self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, dtype, backend)
@@ -103,12 +121,15 @@ class Attention(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, dtype: torch.dtype, backend: str) -> None:
+    def __init__(
+        self, cfg: ModelConfig, dtype: torch.dtype, backend: str, tp: TPGroup | None = None
+    ) -> None:
         super().__init__()
-        self.self_attn = Attention(cfg, dtype, backend)
+        self.self_attn = Attention(cfg, dtype, backend, tp)
         self.mlp = GatedMLP(
-            cfg.hidden_size, cfg.intermediate_size, cfg.hidden_act, cfg.mlp_bias, dtype, backend
-        )
+            cfg.hidden_size, cfg.intermediate_size, cfg.hidden_act, cfg.mlp_bias, dtype, backend,
+            tp,
+        )  # fmt: skip
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, backend)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, backend)
 
@@ -130,22 +151,36 @@ class DecoderLayer(nn.Module):
 class DecoderStack(nn.Module):
     """Hugging Face's `model.` submodule: embeddings, layers, final norm (its weight names)."""
 
-    def __init__(self, cfg: ModelConfig, dtype: torch.dtype, backend: str) -> None:
+    def __init__(
+        self, cfg: ModelConfig, dtype: torch.dtype, backend: str, tp: TPGroup | None = None
+    ) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size, dtype=dtype)
         self.layers = nn.ModuleList(
-            DecoderLayer(cfg, dtype, backend) for _ in range(cfg.num_layers)
+            DecoderLayer(cfg, dtype, backend, tp) for _ in range(cfg.num_layers)
         )
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, backend)
         self.rotary_emb = RotaryEmbedding(cfg.rope, cfg.head_dim, cfg.max_position_embeddings)
 
 
 class LlamaForCausalLM(CausalLM):
-    """Serves LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM and MistralForCausalLM."""
+    """Serves LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM and MistralForCausalLM.
 
-    def __init__(self, cfg: ModelConfig, dtype: torch.dtype, attention_backend: str = "auto"):
+    With tp (rank r of size ranks), num_kv_heads is this rank's share (its KV pool's width), and
+    lm_head holds vocabulary rows vocab_range(vocab, r, size); the embeddings are replicated.
+    """
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        dtype: torch.dtype,
+        attention_backend: str = "auto",
+        tp: TPGroup | None = None,
+    ):
         super().__init__()
-        self.config = cfg
+        self.config, self.tp = cfg, tp
+        tp_rank, tp_size = (tp.rank, tp.size) if tp is not None else (0, 1)
+        self.vocab_start, self.vocab_stop = vocab_range(cfg.vocab_size, tp_rank, tp_size)
         self.architecture, self.vocab_size, self.max_context = (
             cfg.architecture,
             cfg.vocab_size,
@@ -153,19 +188,26 @@ class LlamaForCausalLM(CausalLM):
         )
         self.num_layers, self.num_kv_heads, self.head_dim = (
             cfg.num_layers,
-            cfg.num_kv_heads,
+            cfg.num_kv_heads // tp_size,
             cfg.head_dim,
         )
         self.dtype, self.attention_backend = dtype, attention_backend
-        self.model = DecoderStack(cfg, dtype, attention_backend)
+        self.model = DecoderStack(cfg, dtype, attention_backend, tp)
         # Tied: the logits reuse the embedding matrix, so there is no lm_head parameter at all.
         if not cfg.tie_word_embeddings:
-            self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False, dtype=dtype)
+            num_rows = self.vocab_stop - self.vocab_start
+            self.lm_head = nn.Linear(cfg.hidden_size, num_rows, bias=False, dtype=dtype)
 
     def lm_head_weight(self) -> torch.Tensor:
+        """[vocab rows of this rank, hidden] (all of them without tp)."""
         if self.config.tie_word_embeddings:
-            return self.model.embed_tokens.weight
+            return self.model.embed_tokens.weight[self.vocab_start : self.vocab_stop]
         return self.lm_head.weight
+
+    def weight_slice(self, name: str) -> tuple[int, int, int] | None:
+        if self.tp is None:
+            return None
+        return weight_slice(self.config, name, self.tp.rank, self.tp.size)
 
     def forward(self, batch: ForwardBatch, kv_cache: torch.Tensor) -> torch.Tensor:
         h = self.model.embed_tokens(batch.input_ids)  # [T, hidden]
@@ -176,6 +218,8 @@ class LlamaForCausalLM(CausalLM):
             h, residual = layer(h, residual, rope, kv_cache[i], batch)
         rows = batch.logits_indices  # only the rows the sampler needs
         h, _ = self.model.norm.forward_add(h[rows], residual[rows])
+        if self.tp is not None:
+            return vocab_parallel_logits(h, self.lm_head_weight(), self.vocab_size, self.tp).float()
         return F.linear(h, self.lm_head_weight()).float()
 
     def _target(self, name: str) -> tuple[str, int | None] | None:
@@ -196,7 +240,7 @@ class LlamaForCausalLM(CausalLM):
         if ".qkv_proj." in param_name:
             offset, size = self.model.layers[0].self_attn.shard_ranges()[shard]
         else:
-            size = self.config.intermediate_size
+            size = self.model.layers[0].mlp.intermediate  # this rank's columns of gate and up
             offset = shard * size
         return param.data.narrow(0, offset, size)
 
