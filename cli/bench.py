@@ -149,8 +149,9 @@ async def run_requests(
     requests: list[ds.BenchRequest],
     config: BenchConfig,
     api_key: str | None = None,
+    timeout_s: float | None = None,
 ) -> BenchMetrics:
-    return (await send_requests(target, requests, config, api_key)).summary()
+    return (await send_requests(target, requests, config, api_key, timeout_s)).summary()
 
 
 async def send_requests(
@@ -158,8 +159,10 @@ async def send_requests(
     requests: list[ds.BenchRequest],
     config: BenchConfig,
     api_key: str | None = None,
+    timeout_s: float | None = None,
 ) -> RunRecord:
-    """Sends requests over one channel as config says (Poisson rate and/or concurrency cap)."""
+    """Sends requests over one channel as config says (Poisson rate and/or concurrency cap).
+    After timeout_s the requests still in flight or unsent are cancelled and count as failed."""
     tqdm = None
     if not config.disable_progress:
         from tqdm import tqdm
@@ -189,13 +192,22 @@ async def send_requests(
     async with grpc.aio.insecure_channel(target) as channel:
         stub = generation_pb2_grpc.GenerationStub(channel)
         await channel.channel_ready()
+
+        async def send_all() -> None:
+            tasks = []
+            for message, result, gap in zip(messages, results, gaps, strict=True):
+                if gap:
+                    await asyncio.sleep(gap)
+                tasks.append(asyncio.create_task(send(message, result)))
+            await asyncio.gather(*tasks)
+
         cpu_start, wall_start = time.process_time(), time.perf_counter()
-        tasks = []
-        for message, result, gap in zip(messages, results, gaps, strict=True):
-            if gap:
-                await asyncio.sleep(gap)
-            tasks.append(asyncio.create_task(send(message, result)))
-        await asyncio.gather(*tasks)
+        try:
+            await asyncio.wait_for(send_all(), timeout_s)
+        except TimeoutError:
+            for result in results:
+                if not result.ok and not result.error:
+                    result.error = f"cancelled: the run's {timeout_s:.0f} s were over"
         duration = time.perf_counter() - wall_start
         cpu = time.process_time() - cpu_start
     if bar is not None:
@@ -204,14 +216,14 @@ async def send_requests(
 
 
 def run_workload(
-    target: str, config: BenchConfig, api_key: str | None = None
+    target: str, config: BenchConfig, api_key: str | None = None, timeout_s: float | None = None
 ) -> tuple[BenchMetrics, pb.ModelInfo]:
     """The whole run: asks the server for its vocabulary, builds the workload, sends it."""
 
     async def run() -> tuple[BenchMetrics, pb.ModelInfo]:
         info = await model_info(target, api_key)
         requests = make_requests(config, info.vocab_size)
-        return await run_requests(target, requests, config, api_key), info
+        return await run_requests(target, requests, config, api_key, timeout_s), info
 
     return asyncio.run(run())
 

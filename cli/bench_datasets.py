@@ -33,6 +33,12 @@ def length_range(max_len: int, range_ratio: float) -> tuple[int, int]:
     return max(1, int(max_len * range_ratio)), max_len
 
 
+def _rng(dataset: str, seed: int) -> random.Random:
+    """Each dataset its own stream: the same seed must not give two datasets a common prefix
+    (which the server's prefix cache would find, inflating the hit rate)."""
+    return random.Random(f"{dataset}:{seed}")
+
+
 def _ids(rng: random.Random, n: int, vocab_size: int) -> list[int]:
     return [rng.randrange(vocab_size) for _ in range(n)]
 
@@ -46,7 +52,7 @@ def random_requests(
     seed: int,
 ) -> list[BenchRequest]:
     """Input and output lengths each uniform (inclusive) in length_range(len, range_ratio)."""
-    rng = random.Random(seed)
+    rng = _rng("random", seed)
     in_low, in_high = length_range(input_len, range_ratio)
     out_low, out_high = length_range(output_len, range_ratio)
     requests = []
@@ -67,7 +73,7 @@ def shared_prefix_requests(
 ) -> list[BenchRequest]:
     """num_groups random system prompts, each followed by prompts_per_group random questions;
     sent group by group (SGLang's order). Every prompt has system_prompt_len + question_len ids."""
-    rng = random.Random(seed)
+    rng = _rng("shared-prefix", seed)
     requests = []
     for _ in range(num_groups):
         system = _ids(rng, system_prompt_len, vocab_size)
@@ -79,7 +85,7 @@ def shared_prefix_requests(
 def fixed_requests(
     num_prompts: int, input_len: int, output_len: int, vocab_size: int, seed: int
 ) -> list[BenchRequest]:
-    rng = random.Random(seed)
+    rng = _rng("fixed", seed)
     return [BenchRequest(_ids(rng, input_len, vocab_size), output_len) for _ in range(num_prompts)]
 
 

@@ -15,6 +15,7 @@ from typing import TextIO
 import grpc
 from google.protobuf.json_format import MessageToDict
 
+from yaie.cli import client_security
 from yaie.cli.health_probe import wait_for_serving
 from yaie.v1 import generation_pb2 as pb
 from yaie.v1 import generation_pb2_grpc
@@ -43,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                    help="first wait this long for the server's health to say SERVING")  # fmt: skip
     p.add_argument("--timeout", type=float, default=None, help="deadline of the call, seconds")
+    p.add_argument("--cache-salt", default="",
+                   help="prefix-cache namespace (per tenant): equal salts share cache")  # fmt: skip
+    client_security.add_arguments(p)  # --api-key-file (or $YAIE_API_KEY), --tls-ca, ...
     return p
 
 
@@ -63,18 +67,22 @@ def build_request(args: argparse.Namespace) -> pb.GenerateRequest:
     request.stopping.ignore_eos = args.ignore_eos
     request.output.skip_special_tokens = args.skip_special_tokens
     request.output.top_logprobs = args.top_logprobs
+    request.cache_salt = getattr(args, "cache_salt", "")
     return request
 
 
 def stream(
     target: str, request: pb.GenerateRequest, out: TextIO, as_json: bool = False,
-    timeout: float | None = None,
+    timeout: float | None = None, security: argparse.Namespace | None = None,
 ) -> pb.GenerateResponse:  # fmt: skip
-    """Writes each frame to out as it arrives; returns the last frame."""
+    """Writes each frame to out as it arrives; returns the last frame. security: the
+    client_security flags (default: plaintext, the key from $YAIE_API_KEY if set)."""
     last = pb.GenerateResponse()
-    with grpc.insecure_channel(target) as channel:
+    security = security or argparse.Namespace()
+    metadata = client_security.call_metadata(security)
+    with client_security.open_channel(target, security) as channel:
         stub = generation_pb2_grpc.GenerationStub(channel)
-        for frame in stub.Generate(request, timeout=timeout):
+        for frame in stub.Generate(request, timeout=timeout, metadata=metadata):
             if as_json:
                 out.write(json.dumps(MessageToDict(frame, preserving_proto_field_name=True)) + "\n")
             else:
@@ -92,11 +100,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.wait > 0:
             wait_for_serving(args.target, args.wait)
         started = time.monotonic()
-        last = stream(args.target, build_request(args), sys.stdout, args.json, args.timeout)
+        request = build_request(args)
+        last = stream(args.target, request, sys.stdout, args.json, args.timeout, args)
     except grpc.RpcError as error:
         print(f"yaie generate: {error.code().name}: {error.details()}", file=sys.stderr)
         return 1
-    except TimeoutError as error:
+    except (TimeoutError, OSError) as error:  # OSError: an unreadable key or CA file
         print(f"yaie generate: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

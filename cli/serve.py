@@ -1,9 +1,11 @@
 """`yaie serve`: the one-command stack, a scheduler in this process and N worker child processes.
 
-Workers listen on free local ports; the scheduler reports SERVING once every one has loaded the
-model. Ctrl-C or SIGTERM stops the scheduler, then the workers; a worker that dies takes the
-stack down. Children also get SIGTERM from the kernel if this process is killed outright, so
-none is ever left behind. --demo PROMPT starts the stack, streams one generation and stops.
+Workers listen on free local ports (remote ones join with --worker HOST:PORT); the scheduler
+reports SERVING once every one has loaded the model. Ctrl-C or SIGTERM drains the scheduler, then
+stops the workers. A worker that dies before the stack is SERVING takes it down; later, it is
+restarted on its port and rejoins (its requests finish on the other workers meanwhile).
+Children also get SIGTERM from the kernel if this process is killed outright, so none is ever
+left behind. --demo PROMPT starts the stack, streams one generation and stops.
 """
 
 from __future__ import annotations
@@ -13,10 +15,17 @@ import asyncio
 import ctypes
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
+from collections.abc import Callable
+
+from yaie.cli import client_security
+from yaie.scheduler_service import failover_flags, server_options
+from yaie.scheduler_service.logs import setup_logging
 
 logger = logging.getLogger("yaie.serve")
 _PR_SET_PDEATHSIG = 1
@@ -30,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="scheduler address to listen on")
     p.add_argument("--port", type=int, default=50051, help="scheduler port")
     p.add_argument("--workers", type=int, default=1, help="local worker processes (one per GPU)")
+    p.add_argument("--tp", type=int, default=1,
+                   help="tensor-parallel ranks (GPUs) per worker")  # fmt: skip
+    p.add_argument("--worker", action="append", default=[], metavar="HOST:PORT",
+                   help="a remote worker to use as well (repeatable)")  # fmt: skip
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--dtype", default="auto", help="worker weight dtype (auto | float32 | ...)")
     p.add_argument("--num-blocks", type=int, default=None, help="KV blocks per worker")
@@ -38,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stream one greedy generation of PROMPT once ready, then stop")  # fmt: skip
     p.add_argument("--demo-tokens", type=int, default=48, help="tokens the demo generates")
     p.add_argument("--log-level", default="INFO")
+    failover_flags.add_arguments(p)
+    # API key, public TLS, worker channel security, metrics, log format (as `yaie scheduler`).
+    # Without --internal-secret-file, one is made for this run (in a private temporary file).
+    server_options.add_arguments(p)
     return p
 
 
@@ -68,24 +85,60 @@ def visible_gpus() -> list[str]:
 
 
 def start_workers(args: argparse.Namespace, model: str) -> list[tuple[str, subprocess.Popen]]:
-    gpus = visible_gpus() if args.workers > 1 and args.device != "cpu" else []
+    gpus = visible_gpus() if _gpus_used(args) else []
     workers = []
     for index in range(args.workers):
         port = free_port()
-        command = [sys.executable, "-m", "yaie.worker_service", "--model", model,
-                   "--host", "127.0.0.1", "--port", str(port), "--device", args.device,
-                   "--dtype", args.dtype, "--log-level", args.log_level]  # fmt: skip
-        if args.num_blocks:
-            command += ["--num-blocks", str(args.num_blocks)]
-        env = dict(os.environ)
-        if gpus:  # one GPU per worker (round robin when there are more workers than GPUs)
-            env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
-        # A session of its own: Ctrl-C reaches only us, and we stop the workers in order.
-        process = subprocess.Popen(command, env=env, start_new_session=True,
-                                   preexec_fn=_die_with_parent)  # fmt: skip
+        process = spawn_worker(args, model, port, _gpu_set(gpus, index, args.tp))
         logger.info("worker %d: pid %d on 127.0.0.1:%d", index, process.pid, port)
         workers.append((f"127.0.0.1:{port}", process))
     return workers
+
+
+def _gpus_used(args: argparse.Namespace) -> bool:
+    """Whether each local worker gets a GPU of its own."""
+    return args.workers > 1 and args.device != "cpu"
+
+
+def _gpu_set(gpus: list[str], index: int, tp: int) -> str | None:
+    """CUDA_VISIBLE_DEVICES of worker index: tp GPUs of its own (round robin past the last)."""
+    if not gpus:
+        return None
+    return ",".join(gpus[(index * tp + rank) % len(gpus)] for rank in range(tp))
+
+
+def spawn_worker(
+    args: argparse.Namespace, model: str, port: int, gpu: str | None, threads: bool = False
+) -> subprocess.Popen:
+    """One worker child process on 127.0.0.1:port (on GPU gpu alone, when given). threads: this
+    process runs threads already (a restart), so the child sets its parent-death signal itself
+    before exec'ing the worker (a preexec_fn is unsafe once threads run)."""
+    command = [sys.executable, "-m", "yaie.worker_service", "--model", model,
+               "--host", "127.0.0.1", "--port", str(port), "--device", args.device,
+               "--dtype", args.dtype, "--log-level", args.log_level]  # fmt: skip
+    if args.num_blocks:
+        command += ["--num-blocks", str(args.num_blocks)]
+    if args.tp > 1:  # the child is rank 0 of a group: it starts and stops the other ranks
+        command += ["--tp", str(args.tp)]
+    if args.internal_secret_file:  # the worker refuses plans without it
+        command += ["--internal-secret-file", args.internal_secret_file]
+    env = dict(os.environ)
+    if gpu is not None:  # one GPU per worker (round robin when there are more than GPUs)
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    if threads:
+        return subprocess.Popen([sys.executable, "-c", _EXEC_WITH_PDEATHSIG, *command[1:]],
+                                env=env, start_new_session=True)  # fmt: skip
+    # A session of its own: Ctrl-C reaches only us, and we stop the workers in order.
+    return subprocess.Popen(command, env=env, start_new_session=True,
+                            preexec_fn=_die_with_parent)  # fmt: skip
+
+
+# Run as `python -c` by a restarted worker: set PR_SET_PDEATHSIG, then become the worker.
+_EXEC_WITH_PDEATHSIG = (
+    "import ctypes, os, signal, sys; "
+    f"ctypes.CDLL(None).prctl({_PR_SET_PDEATHSIG}, signal.SIGTERM); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+)
 
 
 def stop_workers(workers: list[tuple[str, subprocess.Popen]], timeout_s: float = 15.0) -> None:
@@ -101,22 +154,45 @@ def stop_workers(workers: list[tuple[str, subprocess.Popen]], timeout_s: float =
             process.wait()
 
 
-async def _watch_children(workers: list[tuple[str, subprocess.Popen]], stop: asyncio.Event) -> None:
+async def _watch_children(
+    workers: list[tuple[str, subprocess.Popen]],
+    stop: asyncio.Event,
+    serving: asyncio.Event,
+    restart: Callable[[str], subprocess.Popen],
+) -> None:
+    """Before the stack is SERVING, a dead worker stops it (a bad model or flag); afterwards it
+    is restarted on its port (after a delay that doubles while it keeps dying) and rejoins."""
+    delays: dict[str, float] = {}
     while not stop.is_set():
-        for address, process in workers:
-            if process.poll() is not None:
-                logger.error("worker %s exited with code %d", address, process.returncode)
+        for index, (address, process) in enumerate(workers):
+            if process.poll() is None:
+                continue
+            logger.error("worker %s exited with code %d", address, process.returncode)
+            if not serving.is_set():
                 stop.set()
                 return
+            delay = delays.get(address, 1.0)
+            delays[address] = min(2 * delay, 60.0)
+            await asyncio.sleep(delay)
+            if stop.is_set():
+                return
+            workers[index] = (address, restart(address))
+            logger.warning("worker %s restarted: pid %d", address, workers[index][1].pid)
         await asyncio.sleep(0.5)
 
 
-async def _when_ready(target: str, args: argparse.Namespace, stop: asyncio.Event) -> None:
+async def _when_ready(
+    target: str, args: argparse.Namespace, stop: asyncio.Event, serving: asyncio.Event
+) -> None:
     """Announces readiness; with --demo, streams the demo generation and then stops the stack."""
     from yaie.cli import generate
     from yaie.scheduler_service.__main__ import wait_for_serving
 
-    await wait_for_serving(target, timeout_s=3600.0)
+    if args.tls_cert is None:
+        await wait_for_serving(target, timeout_s=3600.0)
+    else:  # trusts its own certificate: self-signed, or a file holding the chain to its root
+        await asyncio.to_thread(client_security.wait_for_serving, target, _client(args), 3600.0)
+    serving.set()
     if args.demo is None:
         logger.info('SERVING on %s: try  yaie generate --target %s "Hello"', target, target)
         return
@@ -126,24 +202,47 @@ async def _when_ready(target: str, args: argparse.Namespace, stop: asyncio.Event
     request = generate.build_request(generate.build_parser().parse_args(demo))
     try:
         sys.stdout.write(args.demo)  # the prompt, then its continuation as it streams
-        await asyncio.to_thread(generate.stream, target, request, sys.stdout)
+        await asyncio.to_thread(
+            generate.stream, target, request, sys.stdout, False, None, _client(args)
+        )
     finally:
         stop.set()
+
+
+def _client(args: argparse.Namespace) -> argparse.Namespace:
+    """client_security flags for this process's own calls to the stack (probe, demo)."""
+    return argparse.Namespace(api_key_file=args.api_key_file, tls_ca=args.tls_cert)
+
+
+def _write_run_secret() -> str:
+    """A random internal secret in a new file only this user can read (removed at exit)."""
+    descriptor, path = tempfile.mkstemp(prefix="yaie-internal-secret-")  # mode 0600
+    with os.fdopen(descriptor, "w") as file:
+        file.write(secrets.token_urlsafe(32))
+    return path
 
 
 async def run_stack(args: argparse.Namespace, model: str, workers: list) -> int:
     """The scheduler over the started workers, until a signal, a dead worker or the demo's end."""
     from yaie.scheduler_service import __main__ as scheduler
 
-    argv = [a for w, _ in workers for a in ("--worker", w)]
+    argv = [a for w in [w for w, _ in workers] + args.worker for a in ("--worker", w)]
     argv += ["--host", args.host, "--port", str(args.port), "--model", model]
-    argv += ["--log-level", args.log_level]
+    argv += ["--log-level", args.log_level, *failover_flags.forward(args)]
+    argv += server_options.forward(args)
     if args.max_queue:
         argv += ["--max-queue", str(args.max_queue)]
-    stop = asyncio.Event()
-    watch = asyncio.create_task(_watch_children(workers, stop))
+    stop, serving = asyncio.Event(), asyncio.Event()
+
+    def restart(address: str) -> subprocess.Popen:
+        index = [w for w, _ in workers].index(address)
+        gpus = visible_gpus() if _gpus_used(args) else []
+        gpu = _gpu_set(gpus, index, args.tp)
+        return spawn_worker(args, model, int(address.rsplit(":", 1)[1]), gpu, threads=True)
+
+    watch = asyncio.create_task(_watch_children(workers, stop, serving, restart))
     host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
-    ready = asyncio.create_task(_when_ready(f"{host}:{args.port}", args, stop))
+    ready = asyncio.create_task(_when_ready(f"{host}:{args.port}", args, stop, serving))
     status = await scheduler.serve(scheduler.build_parser().parse_args(argv), stop)
     watch.cancel()
     if ready.done() and not ready.cancelled() and ready.exception() is not None:
@@ -156,11 +255,15 @@ async def run_stack(args: argparse.Namespace, model: str, workers: list) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
-    if args.workers < 1:
-        logger.error("--workers must be >= 1")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level, args.log_format)
+    try:
+        server_options.ServerOptions.from_args(args)
+    except ValueError as error:
+        parser.error(str(error))  # exits with status 2
+    if args.workers < 0 or args.workers + len(args.worker) < 1:
+        logger.error("--workers must be >= 1 (or >= 0 with --worker HOST:PORT)")
         return 2
     if args.port == 0:
         args.port = free_port(args.host)
@@ -171,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
         model = str(ensure_builtin_model())
         logger.warning("no --model: serving the built-in model %s (RANDOM WEIGHTS: its text is "
                        "meaningless; pass --model for a real one)", model)  # fmt: skip
+    run_secret = None
+    if args.internal_secret_file is None:
+        args.internal_secret_file = run_secret = _write_run_secret()
     # Fork the workers first, from the main thread, before gRPC or asyncio start any thread.
     workers = start_workers(args, model)
     try:
@@ -179,3 +285,5 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         stop_workers(workers)
+        if run_secret is not None:
+            os.unlink(run_secret)

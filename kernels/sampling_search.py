@@ -1,9 +1,9 @@
 """Triton helpers of the sampler: the multi-pivot threshold search (top-k counts, top-p masses).
 
-Every loop reads [ROWS, BLOCK] tiles and loads four tiles ahead before it uses the current one:
-with one program per row, a loop that waits on its own load each iteration is bound by memory
-latency, not bandwidth (measured on an H100: ~0.8 us per dependent load, ~120 us per pass over
-256 x 151,936 fp32 with one 1024-element tile in flight per iteration).
+Every loop reads [ROWS, BLOCK] tiles and keeps SLOTS (4 or 8) tiles in flight: each slot is used,
+then refilled SLOTS tiles ahead. With one program per row a loop that waits on its own load each
+iteration is bound by memory latency, not bandwidth (measured on an H100: ~0.8 us per dependent
+load, ~120 us per pass over 256 x 151,936 fp32 with one 1024-element tile in flight).
 """
 
 from __future__ import annotations
@@ -13,6 +13,17 @@ import triton.language as tl
 
 NEG_INF = tl.constexpr(float("-inf"))
 POS_INF = tl.constexpr(float("inf"))
+
+
+@triton.jit
+def tile_offsets(BLOCK: tl.constexpr, ROWS: tl.constexpr):
+    """[ROWS, BLOCK] offsets of one tile: row r holds BLOCK consecutive elements."""
+    return tl.arange(0, ROWS)[:, None] * BLOCK + tl.arange(0, BLOCK)[None, :]
+
+
+@triton.jit
+def load_tile(ptr, idx, n):
+    return tl.load(ptr + idx, mask=idx < n, other=NEG_INF)
 
 
 @triton.jit
@@ -39,110 +50,163 @@ def _pivot_pass(
     ROWS: tl.constexpr,
     NPIV: tl.constexpr,
     WITH_MASS: tl.constexpr,
+    SLOTS: tl.constexpr,
 ):
     """Over s = src[:n] * scale: counts [NPIV] of s >= piv; with WITH_MASS the masses
-    sum(exp(s - m)) over s >= piv and over s >= lo.
-
-    Partial sums stay per lane ([NPIV, BLOCK]) and are reduced across threads once at the end;
-    four tiles are in flight (see the module doc)."""
+    sum(exp(s - m)) over s >= piv and over s >= lo. Partial sums stay per lane ([NPIV, BLOCK])
+    and are reduced across threads once at the end."""
     offs = tile_offsets(BLOCK, ROWS)
     T: tl.constexpr = ROWS * BLOCK
     cnt = tl.zeros([NPIV, BLOCK], tl.float32)
     mass = tl.zeros([NPIV, BLOCK], tl.float32)
     mass_lo = tl.zeros([BLOCK], tl.float32)
-    t0 = tl.load(src_ptr + offs, mask=offs < n, other=NEG_INF)
-    t1 = tl.load(src_ptr + T + offs, mask=T + offs < n, other=NEG_INF)
-    t2 = tl.load(src_ptr + 2 * T + offs, mask=2 * T + offs < n, other=NEG_INF)
-    t3 = tl.load(src_ptr + 3 * T + offs, mask=3 * T + offs < n, other=NEG_INF)
-    for start in range(4 * T, n + 4 * T, 4 * T):
-        # each slot is used, then refilled 4 tiles ahead: no register rotation to wait on
+    t0 = load_tile(src_ptr, offs, n)
+    t1 = load_tile(src_ptr, T + offs, n)
+    t2 = load_tile(src_ptr, 2 * T + offs, n)
+    t3 = load_tile(src_ptr, 3 * T + offs, n)
+    if SLOTS == 8:
+        t4 = load_tile(src_ptr, 4 * T + offs, n)
+        t5 = load_tile(src_ptr, 5 * T + offs, n)
+        t6 = load_tile(src_ptr, 6 * T + offs, n)
+        t7 = load_tile(src_ptr, 7 * T + offs, n)
+    for start in range(SLOTS * T, n + SLOTS * T, SLOTS * T):
         s = t0.to(tl.float32) * scale
-        t0 = tl.load(src_ptr + start + offs, mask=start + offs < n, other=NEG_INF)
+        t0 = load_tile(src_ptr, start + offs, n)
         cnt, mass, mass_lo = _tally(s, piv, m, lo, cnt, mass, mass_lo, WITH_MASS)
         s = t1.to(tl.float32) * scale
-        t1 = tl.load(src_ptr + start + T + offs, mask=start + T + offs < n, other=NEG_INF)
+        t1 = load_tile(src_ptr, start + T + offs, n)
         cnt, mass, mass_lo = _tally(s, piv, m, lo, cnt, mass, mass_lo, WITH_MASS)
         s = t2.to(tl.float32) * scale
-        t2 = tl.load(src_ptr + start + 2 * T + offs, mask=start + 2 * T + offs < n, other=NEG_INF)
+        t2 = load_tile(src_ptr, start + 2 * T + offs, n)
         cnt, mass, mass_lo = _tally(s, piv, m, lo, cnt, mass, mass_lo, WITH_MASS)
         s = t3.to(tl.float32) * scale
-        t3 = tl.load(src_ptr + start + 3 * T + offs, mask=start + 3 * T + offs < n, other=NEG_INF)
+        t3 = load_tile(src_ptr, start + 3 * T + offs, n)
         cnt, mass, mass_lo = _tally(s, piv, m, lo, cnt, mass, mass_lo, WITH_MASS)
+        if SLOTS == 8:
+            s = t4.to(tl.float32) * scale
+            t4 = load_tile(src_ptr, start + 4 * T + offs, n)
+            cnt, mass, mass_lo = _tally(s, piv, m, lo, cnt, mass, mass_lo, WITH_MASS)
+            s = t5.to(tl.float32) * scale
+            t5 = load_tile(src_ptr, start + 5 * T + offs, n)
+            cnt, mass, mass_lo = _tally(s, piv, m, lo, cnt, mass, mass_lo, WITH_MASS)
+            s = t6.to(tl.float32) * scale
+            t6 = load_tile(src_ptr, start + 6 * T + offs, n)
+            cnt, mass, mass_lo = _tally(s, piv, m, lo, cnt, mass, mass_lo, WITH_MASS)
+            s = t7.to(tl.float32) * scale
+            t7 = load_tile(src_ptr, start + 7 * T + offs, n)
+            cnt, mass, mass_lo = _tally(s, piv, m, lo, cnt, mass, mass_lo, WITH_MASS)
     return tl.sum(cnt, axis=1), tl.sum(mass, axis=1), tl.sum(mass_lo, axis=0)
 
 
 @triton.jit
-def _copy_tile(s, lo, hi_x, buf_ptr, written):
-    """Appends the values of tile s in [lo, hi_x) to buf at written..; returns the new count.
-    Slots go in column-major order (any bijection will do: buf is a multiset): down a column
-    within the thread, then past the earlier columns' totals."""
+def _copy_tile(s, idx, lo, hi_x, buf_ptr, ibuf_ptr, cap, written):
+    """Appends the values of tile s in [lo, hi_x) to buf (and their token ids to ibuf) at
+    written.. (those past cap are counted, not stored); returns the new count. Slots go in column-major order (any bijection will do:
+    buf is a multiset): down a column within the thread, then past the earlier columns' totals."""
     inside = ((s >= lo) & (s < hi_x)).to(tl.int32)
     col_total = tl.sum(inside, axis=0)  # [BLOCK]
-    before = tl.cumsum(col_total, axis=0) - col_total
-    pos = written + before[None, :] + tl.cumsum(inside, axis=0) - 1
-    tl.store(buf_ptr + pos, s, mask=inside != 0)
+    if tl.sum(col_total, axis=0) > 0:  # most tiles hold nothing to copy
+        before = tl.cumsum(col_total, axis=0) - col_total
+        pos = written + before[None, :] + tl.cumsum(inside, axis=0) - 1
+        keep = (inside != 0) & (pos < cap)
+        tl.store(buf_ptr + pos, s, mask=keep)
+        tl.store(ibuf_ptr + pos, idx, mask=keep)
     return written + tl.sum(col_total, axis=0)
 
 
 @triton.jit
-def _copy_pass(row_ptr, V, inv_t, lo, hi_x, buf_ptr, BLOCK: tl.constexpr, ROWS: tl.constexpr):
-    """Copies the values s = row * inv_t in [lo, hi_x) to buf; returns how many."""
+def copy_pass(
+    row_ptr,
+    V,
+    inv_t,
+    lo,
+    hi_x,
+    buf_ptr,
+    ibuf_ptr,
+    cap,
+    BLOCK: tl.constexpr,
+    ROWS: tl.constexpr,
+    SLOTS: tl.constexpr,
+):
+    """Copies the values s = row * inv_t in [lo, hi_x) and their ids to buf / ibuf (room for
+    cap); returns how many there are (a copy is complete only if that is <= cap)."""
     offs = tile_offsets(BLOCK, ROWS)
     T: tl.constexpr = ROWS * BLOCK
     written = tl.full([], 0, tl.int32)
-    t0 = tl.load(row_ptr + offs, mask=offs < V, other=NEG_INF)
-    t1 = tl.load(row_ptr + T + offs, mask=T + offs < V, other=NEG_INF)
-    t2 = tl.load(row_ptr + 2 * T + offs, mask=2 * T + offs < V, other=NEG_INF)
-    t3 = tl.load(row_ptr + 3 * T + offs, mask=3 * T + offs < V, other=NEG_INF)
-    for start in range(4 * T, V + 4 * T, 4 * T):
+    t0 = load_tile(row_ptr, offs, V)
+    t1 = load_tile(row_ptr, T + offs, V)
+    t2 = load_tile(row_ptr, 2 * T + offs, V)
+    t3 = load_tile(row_ptr, 3 * T + offs, V)
+    if SLOTS == 8:
+        t4 = load_tile(row_ptr, 4 * T + offs, V)
+        t5 = load_tile(row_ptr, 5 * T + offs, V)
+        t6 = load_tile(row_ptr, 6 * T + offs, V)
+        t7 = load_tile(row_ptr, 7 * T + offs, V)
+    for start in range(SLOTS * T, V + SLOTS * T, SLOTS * T):
+        idx = start - SLOTS * T + offs
         s = t0.to(tl.float32) * inv_t
-        t0 = tl.load(row_ptr + start + offs, mask=start + offs < V, other=NEG_INF)
-        written = _copy_tile(s, lo, hi_x, buf_ptr, written)
+        t0 = load_tile(row_ptr, start + offs, V)
+        written = _copy_tile(s, idx, lo, hi_x, buf_ptr, ibuf_ptr, cap, written)
         s = t1.to(tl.float32) * inv_t
-        t1 = tl.load(row_ptr + start + T + offs, mask=start + T + offs < V, other=NEG_INF)
-        written = _copy_tile(s, lo, hi_x, buf_ptr, written)
+        t1 = load_tile(row_ptr, start + T + offs, V)
+        written = _copy_tile(s, idx + T, lo, hi_x, buf_ptr, ibuf_ptr, cap, written)
         s = t2.to(tl.float32) * inv_t
-        t2 = tl.load(row_ptr + start + 2 * T + offs, mask=start + 2 * T + offs < V, other=NEG_INF)
-        written = _copy_tile(s, lo, hi_x, buf_ptr, written)
+        t2 = load_tile(row_ptr, start + 2 * T + offs, V)
+        written = _copy_tile(s, idx + 2 * T, lo, hi_x, buf_ptr, ibuf_ptr, cap, written)
         s = t3.to(tl.float32) * inv_t
-        t3 = tl.load(row_ptr + start + 3 * T + offs, mask=start + 3 * T + offs < V, other=NEG_INF)
-        written = _copy_tile(s, lo, hi_x, buf_ptr, written)
+        t3 = load_tile(row_ptr, start + 3 * T + offs, V)
+        written = _copy_tile(s, idx + 3 * T, lo, hi_x, buf_ptr, ibuf_ptr, cap, written)
+        if SLOTS == 8:
+            s = t4.to(tl.float32) * inv_t
+            t4 = load_tile(row_ptr, start + 4 * T + offs, V)
+            written = _copy_tile(s, idx + 4 * T, lo, hi_x, buf_ptr, ibuf_ptr, cap, written)
+            s = t5.to(tl.float32) * inv_t
+            t5 = load_tile(row_ptr, start + 5 * T + offs, V)
+            written = _copy_tile(s, idx + 5 * T, lo, hi_x, buf_ptr, ibuf_ptr, cap, written)
+            s = t6.to(tl.float32) * inv_t
+            t6 = load_tile(row_ptr, start + 6 * T + offs, V)
+            written = _copy_tile(s, idx + 6 * T, lo, hi_x, buf_ptr, ibuf_ptr, cap, written)
+            s = t7.to(tl.float32) * inv_t
+            t7 = load_tile(row_ptr, start + 7 * T + offs, V)
+            written = _copy_tile(s, idx + 7 * T, lo, hi_x, buf_ptr, ibuf_ptr, cap, written)
     return written
-
-
-@triton.jit
-def tile_offsets(BLOCK: tl.constexpr, ROWS: tl.constexpr):
-    """[ROWS, BLOCK] offsets of one tile: row r holds BLOCK consecutive elements."""
-    return tl.arange(0, ROWS)[:, None] * BLOCK + tl.arange(0, BLOCK)[None, :]
 
 
 @triton.jit
 def threshold_search(
     row_ptr,
     buf_ptr,
+    ibuf_ptr,
+    cap,
     V,
     inv_t,
     m,
     lo,
     c_lo,
     goal,
+    target_in,
     copied,
     n_buf,
+    full_lo,
     BLOCK: tl.constexpr,
     ROWS: tl.constexpr,
     NPIV: tl.constexpr,
     IS_MASS: tl.constexpr,
     MAX_PASSES: tl.constexpr,
+    SLOTS: tl.constexpr,
 ):
     """Largest lo (a data value or just below one) with F(lo) >= target, F = count or mass of
-    s >= v over the row s = row * inv_t (m: its max). target = goal (a count) or goal * F(lo at
-    entry) (a fraction of the mass). Invariant: lo feasible, hi not; each pass tests NPIV pivots
-    between them; it stops when [lo, hi) holds one element (or one float): then s >= lo is exact.
+    s >= v over the row s = row * inv_t (m: its max). target = goal (a count), or target_in if
+    > 0, else goal * F(lo at entry) (a fraction of the mass). Invariant: lo feasible, hi not;
+    each pass tests NPIV pivots between them; it stops when [lo, hi) holds one element (or one
+    float): then s >= lo is exact.
 
-    Once at most half the row is left, the next full pass copies the values that matter to buf:
-    all s >= lo for counts (so a top-p search after top-k reuses them: copied, n_buf in and out),
-    the bracket [lo, hi) for masses. Later passes read only buf and add the count / mass above
-    what was copied (base_*). Returns lo, F_count(lo), copied, n_buf."""
+    Once at most cap (about half the row) would be copied, the next full pass copies the values
+    that matter (with their ids) to buf: all s >= lo for counts (so a top-p search after top-k
+    reuses them), the bracket [lo, hi) for masses (all s >= lo before the first pass). Later passes read only buf and add the
+    count / mass above what was copied (base_*). copied, n_buf (how many in buf) and full_lo (buf
+    holds every s >= full_lo; +inf if not) go in and out. Returns lo, F_count(lo), copied,
+    n_buf, full_lo."""
     i = tl.arange(0, NPIV).to(tl.float32)
     zero = c_lo * 0.0
     hi = m
@@ -151,6 +215,8 @@ def threshold_search(
     base_c = zero
     base_m = zero
     target = goal * 1.0
+    if IS_MASS:
+        target = target_in * 1.0
     first = tl.full([], 1, tl.int32)
     moving = tl.full([], 1, tl.int32)
     passes = tl.full([], 0, tl.int32)
@@ -158,31 +224,35 @@ def threshold_search(
         denom = NPIV + 1 - first
         piv = lo + (hi - lo) * ((i + 1.0) / denom)
         piv = tl.where((i == NPIV - 1) & (first != 0), hi, piv)
-        if (copied == 0) & (c_lo - c_hi <= 0.5 * V):
+        if IS_MASS:  # masses: the bracket, but all s >= lo before the first pass
+            hi_x = tl.where(first != 0, POS_INF, hi)
+        else:  # counts: all s >= lo, for a top-p search after this one
+            hi_x = hi * 0.0 + POS_INF
+        in_play = tl.where(hi_x < POS_INF, c_lo - c_hi, c_lo)
+        if (copied == 0) & (in_play <= cap):
             # few enough left: copy them once, then every pass reads only the copy
-            if IS_MASS:
-                hi_x = tl.where(first != 0, POS_INF, hi)
-            else:
-                hi_x = hi * 0.0 + POS_INF
-            n_buf = _copy_pass(row_ptr, V, inv_t, lo, hi_x, buf_ptr, BLOCK, ROWS)
+            n_buf = copy_pass(
+                row_ptr, V, inv_t, lo, hi_x, buf_ptr, ibuf_ptr, cap, BLOCK, ROWS, SLOTS
+            )
             copied = tl.full([], 1, tl.int32)
+            full_lo = tl.where(hi_x < POS_INF, POS_INF, lo)
             base_c = tl.where(hi_x < POS_INF, c_hi, 0.0)
             base_m = tl.where(hi_x < POS_INF, m_hi, 0.0)
         if copied != 0:
             cnt, mass, mass_lo = _pivot_pass(
-                buf_ptr, n_buf, inv_t * 0.0 + 1.0, m, lo, piv, BLOCK, ROWS, NPIV, IS_MASS
+                buf_ptr, n_buf, inv_t * 0.0 + 1.0, m, lo, piv, BLOCK, ROWS, NPIV, IS_MASS, SLOTS
             )
             cnt += base_c
             mass += base_m
             mass_lo += base_m
         else:
             cnt, mass, mass_lo = _pivot_pass(
-                row_ptr, V, inv_t, m, lo, piv, BLOCK, ROWS, NPIV, IS_MASS
+                row_ptr, V, inv_t, m, lo, piv, BLOCK, ROWS, NPIV, IS_MASS, SLOTS
             )
         if IS_MASS:
             metric = mass
-            # the first pass also weighs the whole entry set (the top-k set): target = p * Z_k
-            target = tl.where(first != 0, goal * mass_lo, target)
+            # without target_in, the first pass weighs the entry set (the top-k set): p * Z_k
+            target = tl.where((first != 0) & (target_in <= 0.0), goal * mass_lo, target)
         else:
             metric = cnt
         feasible = metric >= target
@@ -196,7 +266,7 @@ def threshold_search(
         hi = new_hi
         first = 0
         passes += 1
-    return lo, c_lo, copied, n_buf
+    return lo, c_lo, copied, n_buf, full_lo
 
 
-__all__ = ["threshold_search", "tile_offsets", "NEG_INF", "POS_INF"]
+__all__ = ["threshold_search", "copy_pass", "tile_offsets", "load_tile", "NEG_INF", "POS_INF"]

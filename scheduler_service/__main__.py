@@ -16,7 +16,7 @@ import sys
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from yaie.scheduler_service import server_options
+from yaie.scheduler_service import failover_flags, server_options
 from yaie.scheduler_service.channel_security import configure_workers, open_worker_channel
 from yaie.scheduler_service.config import SchedulerConfig
 from yaie.scheduler_service.engine import Engine
@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--log-level", default="INFO")
     server_options.add_arguments(parser)  # API key, TLS, worker channel security, metrics, logs
+    failover_flags.add_arguments(parser)  # step deadline, health checks, no-worker wait, drain
     return parser
 
 
@@ -89,6 +90,7 @@ def scheduler_config(args: argparse.Namespace) -> SchedulerConfig:
         prefill_chunk_size=min(args.prefill_chunk_size or budget, budget),
         enable_overlap=not args.no_overlap,
         enable_prefix_cache=not args.no_prefix_cache,
+        **failover_flags.config_kwargs(args),
     )
 
 
@@ -140,11 +142,12 @@ async def _start_engine(engine, servicer: GenerationServicer, args: argparse.Nam
 
 
 def _all_workers_ready(engine) -> bool:
-    return bool(engine.ready) and all(worker.healthy for worker in engine.stats().workers)
+    """SERVING while taking requests and some worker is up (a lost one's requests move on)."""
+    return bool(engine.serving)
 
 
 async def _watch_health(engine, health_servicer: health.aio.HealthServicer) -> None:
-    """SERVING only while every worker is ready."""
+    """SERVING only while the engine is serving."""
     serving = None
     while True:
         ready = _all_workers_ready(engine)
@@ -199,6 +202,9 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
         if task is not None:
             task.cancel()
     await set_health(health_servicer, False)
+    if watch is not None:  # drain: no new requests; streams in flight finish or are cancelled
+        cancelled = await engine.drain()
+        logger.info("drained (%d stream(s) cancelled after the drain timeout)", cancelled)
     await server.stop(grace=3.0)
     await engine.stop()
     if metrics is not None:

@@ -98,7 +98,7 @@ class GenerationServicer:
 
     def _ready_tokenizer(self) -> Tokenizer:
         if self._tokenizer is None or not self._engine.ready:
-            raise UnavailableError("the server is starting: workers are not ready yet")
+            raise UnavailableError("the server is starting (workers not ready) or draining")
         return self._tokenizer
 
     def _limits(self, tokenizer: Tokenizer) -> ModelLimits:
@@ -249,6 +249,26 @@ async def set_health(health_servicer: health.aio.HealthServicer, serving: bool) 
         await health_servicer.set(service, status)
 
 
+# The public server's channel options, each value chosen for this API:
+PUBLIC_SERVER_OPTIONS = [
+    # No SO_REUSEPORT: a second server on a port in use must fail, not share its traffic.
+    ("grpc.so_reuseport", 0),
+    # A request is at most a max-context prompt (128k tokens of text or ids: ~1 MiB) with its
+    # stop strings and logit bias; 16 MiB refuses absurd ones before they are held in memory.
+    ("grpc.max_receive_message_length", 16 << 20),
+    # The largest reply is one single_frame response of a max-context generation with top-20
+    # logprobs (~25 MiB); frames of a stream are far smaller.
+    ("grpc.max_send_message_length", 64 << 20),
+    # Ping clients with a stream open every 60 s (20 s to answer): a client gone without a FIN
+    # has its streams cancelled, so its requests are aborted and their KV blocks freed.
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    # Clients may ping as often as every 10 s (gRPC's default of 5 min would answer common
+    # client keepalive settings with GOAWAY and drop their streams).
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+]
+
+
 def create_server(
     servicer: GenerationServicer,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
@@ -258,8 +278,7 @@ def create_server(
     a new health servicer reports the overall status as SERVING). interceptors: e.g. the API
     key check of auth.py; observe: see generation_handler."""
     health_servicer = health.aio.HealthServicer()
-    # No SO_REUSEPORT: a second server on a port in use must fail, not share its traffic.
-    server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(interceptors=interceptors, options=PUBLIC_SERVER_OPTIONS)
     server.add_generic_rpc_handlers((generation_handler(servicer, observe),))
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     services = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)

@@ -39,6 +39,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     observe.add_argument("--log-format", default="text", choices=["text", "json"])
 
 
+_FORWARDED = ("api_key_file", "tls_cert", "tls_key", "tls_ca", "internal_secret_file",
+              "worker_tls_ca", "worker_tls_cert", "worker_tls_key", "metrics_port",
+              "metrics_host", "log_format")  # fmt: skip
+
+
+def forward(args: argparse.Namespace) -> list[str]:
+    """The flags that were given, again, for a scheduler command line built from args."""
+    argv: list[str] = []
+    for dest in _FORWARDED:
+        value = getattr(args, dest, None)
+        if value is not None:
+            argv += [f"--{dest.replace('_', '-')}", str(value)]
+    return argv
+
+
 @dataclass(frozen=True)
 class ServerOptions:
     """What the flags resolve to; from_args raises ValueError on a bad combination or file."""

@@ -36,8 +36,7 @@ from yaie.scheduler_service.worker_client import (
 
 logger = logging.getLogger(__name__)
 
-_FIRST_RETRY_S = 0.2  # reconnect backoff: doubles from this after each failed attempt
-_MAX_RETRY_S = 5.0
+_MAX_RETRY_S = 5.0  # reconnect backoff: from the health-check interval, doubling up to this
 
 
 @dataclass
@@ -158,10 +157,10 @@ class WorkerLoop:
 
     async def _rejoin(self) -> None:
         """Reconnect with backoff until the worker is SERVING and Describes the same model."""
-        delay = _FIRST_RETRY_S
+        delay = self.config.health_check_interval_s
         while True:
             await asyncio.sleep(delay)
-            delay = min(2 * delay, _MAX_RETRY_S)
+            delay = min(2 * delay, max(_MAX_RETRY_S, delay))
             if not await self.client.is_serving(min(self.config.step_timeout_s, 5.0)):
                 continue
             try:

@@ -57,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=256,
         help="largest decode batch captured in a CUDA graph",
     )
+    parser.add_argument(
+        "--tp",
+        type=int,
+        default=1,
+        help="tensor-parallel ranks: processes (one GPU each) that split the model",
+    )
     parser.add_argument("--log-level", default="INFO")
     security = parser.add_argument_group("internal channel security")
     security.add_argument("--internal-secret-file", default=None,
@@ -82,6 +88,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         attention_backend=args.attention_backend,
         cuda_graphs=not args.no_cuda_graphs,
         max_graph_batch_size=args.max_graph_batch_size,
+        tp=args.tp,
     )
 
 
@@ -114,6 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
+        if config.tp > 1:  # this process is rank 0 of a tensor-parallel group
+            from yaie.worker_service.tp_group import run_group
+
+            serve = lambda: _serve(config, stop, stopped_by, security)  # noqa: E731
+            return run_group(config, stop, stopped_by, serve)
         return _serve(config, stop, stopped_by, security)
     finally:  # main() may run inside another program (tests): give its handlers back
         for sig, handler in previous.items():

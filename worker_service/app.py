@@ -43,13 +43,16 @@ class RunningWorker:
 
 
 def build_runner(config: WorkerConfig) -> tuple[ModelRunner, worker_pb2.WorkerInfo]:
-    """Loads the model and allocates the KV pool (after the weights, so free memory is known)."""
+    """Loads the model and allocates the KV pool (after the weights, so free memory is known).
+    With config.tp > 1, first joins the tensor-parallel group (every rank calls this)."""
     from yaie.worker_service.loader import load_model, resolve_model_dir
+    from yaie.worker_service.tp import join_group
 
-    device = config.torch_device()
+    tp = join_group(config) if config.tp > 1 else None
+    device = tp.device if tp is not None else config.torch_device()
     dtype = config.torch_dtype(device)
     start = time.perf_counter()
-    model = load_model(config.model, device, dtype, config.attention_backend)
+    model = load_model(config.model, device, dtype, config.attention_backend, tp=tp)
     log.info(
         "loaded %s (%s, %s) on %s in %.1f s",
         config.model,
@@ -70,10 +73,11 @@ def build_runner(config: WorkerConfig) -> tuple[ModelRunner, worker_pb2.WorkerIn
         model.head_dim,
         model.dtype,
         device,
+        tp,
     )
     backend = resolve_backend(config.attention_backend, device.type == "cuda")
     use_graphs = config.cuda_graphs and device.type == "cuda" and backend == "triton"
-    runner = ModelRunner(model, pool, use_graphs, config.max_graph_batch_size)
+    runner = ModelRunner(model, pool, use_graphs, config.max_graph_batch_size, tp)
     info = worker_pb2.WorkerInfo(
         protocol_version=worker_pb2.PROTOCOL_VERSION_CURRENT,
         model=config.model,

@@ -31,6 +31,7 @@ class WorkerConfig:
     attention_backend: str = "auto"
     cuda_graphs: bool = True  # decode CUDA graphs (CUDA only)
     max_graph_batch_size: int = 256
+    tp: int = 1  # tensor-parallel ranks (processes, one GPU each) of this worker
 
     def __post_init__(self) -> None:
         if not (self.device in DEVICES or self.device.startswith("cuda:")):
@@ -43,6 +44,8 @@ class WorkerConfig:
             raise ValueError(f"port {self.port} out of range")
         if self.max_graph_batch_size <= 0:
             raise ValueError("max_graph_batch_size must be positive")
+        if self.tp < 1:
+            raise ValueError(f"tp must be at least 1, got {self.tp}")
         self.pool_config()  # validates the KV pool settings
 
     def pool_config(self) -> KVPoolConfig:

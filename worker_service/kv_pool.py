@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from yaie.worker_service.tp import TPGroup
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +92,11 @@ class KVPool:
         head_dim: int,
         dtype: torch.dtype,
         device: torch.device,
+        tp: TPGroup | None = None,
     ) -> KVPool:
-        """Sizes the pool per config (call after the weights are on the device) and allocates it."""
+        """Sizes the pool per config (call after the weights are on the device) and allocates it.
+        With tp (num_kv_heads is this rank's share) every rank takes the smallest count of any
+        rank, so one block id means the same block on every rank."""
         per_block = bytes_per_block(num_layers, num_kv_heads, head_dim, config.block_size, dtype)
         if config.num_blocks is not None:
             num_blocks = config.num_blocks
@@ -98,6 +105,8 @@ class KVPool:
             num_blocks = int(free_bytes * config.memory_fraction) // per_block - 1
         else:
             num_blocks = config.cpu_memory_bytes // per_block - 1
+        if tp is not None:
+            num_blocks = tp.min_over_ranks(num_blocks)
         if num_blocks <= 0:
             raise ValueError(
                 f"no memory for even one KV block of {per_block} bytes; "

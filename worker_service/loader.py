@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm import tqdm
 
 from yaie.worker_service.models import CausalLM, build_model
+
+if TYPE_CHECKING:
+    from yaie.worker_service.tp import TPGroup
 
 SHARD_INDEX = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -79,10 +82,14 @@ def checkpoint_files(model_dir: Path) -> list[Path]:
 
 
 def iter_weights(
-    files: list[Path], device: torch.device, progress: bool | None = None
+    files: list[Path],
+    device: torch.device,
+    progress: bool | None = None,
+    select: Callable[[str], tuple[int, int, int] | None] | None = None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, tensor) over every tensor of the files, read straight onto device; a progress bar
-    over tensors when progress is True, or (None) when the checkpoint is large."""
+    over tensors when progress is True, or (None) when the checkpoint is large. select(name) ->
+    (dim, start, stop) reads only that slice of a tensor (tensor parallelism)."""
     from safetensors import safe_open
 
     names = {}
@@ -97,7 +104,14 @@ def iter_weights(
             bar.set_postfix_str(file.name)
             with safe_open(file, framework="pt", device=str(device)) as f:
                 for name in keys:
-                    yield name, f.get_tensor(name)
+                    part = select(name) if select is not None else None
+                    if part is None:
+                        yield name, f.get_tensor(name)
+                    else:  # only the slice is read from the file
+                        dim, start, stop = part
+                        tensor = f.get_slice(name)
+                        tensor = tensor[start:stop] if dim == 0 else tensor[:, start:stop]
+                        yield name, tensor.to(device)
                     bar.update(1)
 
 
@@ -107,10 +121,11 @@ def load_model(
     dtype: torch.dtype | None = None,
     attention_backend: str = "auto",
     progress: bool | None = None,
+    tp: TPGroup | None = None,
 ) -> CausalLM:
-    """Builds and loads `model` (a directory or a cached hub id). dtype defaults to bfloat16 on
-    CUDA and float32 elsewhere. Errors name the missing file, the unsupported architecture or
-    the missing/unexpected weights."""
+    """Builds and loads `model` (a directory or a cached hub id); with tp, this rank's shard of
+    it. dtype defaults to bfloat16 on CUDA and float32 elsewhere. Errors name the missing file,
+    the unsupported architecture or the missing/unexpected weights."""
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
@@ -119,6 +134,6 @@ def load_model(
     model_dir = resolve_model_dir(model)
     config = read_config(model_dir)
     files = checkpoint_files(model_dir)
-    net = build_model(config, dtype, device, attention_backend)
-    net.load_weights(iter_weights(files, device, progress))
+    net = build_model(config, dtype, device, attention_backend, tp)
+    net.load_weights(iter_weights(files, device, progress, net.weight_slice))
     return net

@@ -3,11 +3,17 @@
 launch() queues a step's device work and returns at once with a PendingStep; its wait() reads
 the step's single device-to-host copy. Steps of one stream launch and wait in step order, so plan
 N+1 can be launched before result N is read: decodes read their input token on the device.
+
+Under tensor parallelism rank 0's runner shares every change to a request table (each plan,
+each release, each closed table) with the other ranks, whose runners apply the same changes
+(tp_group.follow_plans), so every rank builds the same batches and runs the same collectives.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -17,6 +23,10 @@ from yaie.worker_service.kv_pool import KVPool
 from yaie.worker_service.plan import Plan, StepOutput
 from yaie.worker_service.request_state import RequestTable, check_run_entry
 from yaie.worker_service.sampling_step import PendingStep, StepTimer, sample_entries
+from yaie.worker_service.tp import PlanOp
+
+if TYPE_CHECKING:
+    from yaie.worker_service.tp import TPGroup
 
 log = logging.getLogger(__name__)
 
@@ -30,15 +40,21 @@ class ModelRunner:
         pool: KVPool,
         use_cuda_graphs: bool = False,
         max_graph_batch_size: int = 256,
+        tp: TPGroup | None = None,
     ) -> None:
         self.model = model
         self.pool = pool
+        self.tp = tp
+        self._table_ids: dict[int, int] = {}  # id(table) -> the id the other ranks know it by
+        self._next_table_id = itertools.count(1)
         self.device = pool.cache.device
         self.max_context = int(model.max_context)
         self.vocab_size = int(model.vocab_size)
         self.graphs: DecodeGraphs | None = None
         self.device_failure: str | None = None  # set on a device error: the process must exit
-        if use_cuda_graphs and self.device.type == "cuda":
+        # Decode graphs are captured with tp None only: capturing the NCCL all-reduce and
+        # all-gather is possible but not yet verified on a multi-GPU machine.
+        if use_cuda_graphs and self.device.type == "cuda" and tp is None:
             max_blocks = -(-self.max_context // pool.block_size)
             self.graphs = DecodeGraphs(
                 model, pool.cache, pool.scratch_block, max_graph_batch_size, max_blocks
@@ -46,11 +62,33 @@ class ModelRunner:
             self.graphs.capture()
 
     def new_table(self) -> RequestTable:
-        return RequestTable(self.device)
+        table = RequestTable(self.device)
+        if self.tp is not None:
+            self._table_ids[id(table)] = next(self._next_table_id)
+        return table
+
+    def release(self, table: RequestTable, request_ids: list[int]) -> None:
+        """Drops requests from table outside any step (a plan that failed to decode)."""
+        if self._shares_plans() and request_ids:
+            release_only = Plan(0, [], [], list(request_ids))
+            self.tp.share_plan(PlanOp.LAUNCH, self._table_ids[id(table)], release_only)
+        for request_id in request_ids:
+            table.release(request_id)
+
+    def close_table(self, table: RequestTable) -> None:
+        """The stream of table ended: its requests are gone."""
+        if self._shares_plans():
+            self.tp.share_plan(PlanOp.CLOSE, self._table_ids.pop(id(table)))
+        table.clear()
+
+    def _shares_plans(self) -> bool:
+        return self.tp is not None and self.tp.rank == 0
 
     @torch.inference_mode()
     def launch(self, table: RequestTable, plan: Plan) -> PendingStep:
         """Applies the plan to table and queues its forward pass and sampling."""
+        if self._shares_plans():
+            self.tp.share_plan(PlanOp.LAUNCH, self._table_ids[id(table)], plan)
         output = StepOutput(plan.step_id, token_ids=[-1] * len(plan.run))
         for request_id in plan.release_request_ids:
             table.release(request_id)
@@ -62,7 +100,8 @@ class ModelRunner:
             return self._execute(table, entries, output)
         except Exception as exc:  # a device or model failure fails the whole step
             log.exception("step %d failed", plan.step_id)
-            if self.device.type == "cuda":
+            # The ranks of a group may now be out of step: a failure there is fatal too.
+            if self.device.type == "cuda" or self.tp is not None:
                 self.device_failure = f"{type(exc).__name__}: {exc}"
             for entry in plan.run:
                 table.release(entry.request_id)

@@ -135,7 +135,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                 yield self._finish(pending.popleft())
         finally:  # stream closed or cancelled: its requests are gone
             with self._lock:
-                table.clear()
+                self.runner.close_table(table)
             log.info("step stream closed")
 
     def _launch(
@@ -147,8 +147,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             plan = plan_from_proto(message)
         except ValueError as exc:  # nothing runs; releases apply, the step's requests are dropped
             with self._lock:
-                for request_id in [*message.release_request_ids, *message.run_request_ids]:
-                    table.release(request_id)
+                self.runner.release(
+                    table, [*message.release_request_ids, *message.run_request_ids]
+                )
             num_run = len(message.run_request_ids)
             return PendingStep.done(StepOutput(message.step_id, [-1] * num_run, error=str(exc)))
         with self._lock:

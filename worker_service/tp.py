@@ -108,16 +108,6 @@ def plan_from_bytes(data: bytes) -> Plan:
     return plan_from_proto(worker_pb2.StepPlan.FromString(data))
 
 
-def check_tp_size(size: int, **dims: int) -> None:
-    """ValueError unless every named dimension (num_attention_heads=32, ...) divides by size."""
-    bad = [f"{name} ({value})" for name, value in dims.items() if value % size]
-    if bad:
-        raise ValueError(
-            f"tensor parallelism {size} needs {', '.join(bad)} divisible by {size}: "
-            f"each rank holds an equal share of the heads and MLP columns"
-        )
-
-
 def join_group(config: WorkerConfig) -> TPGroup:
     """Joins the group that tp_group.start_ranks set up (RANK, WORLD_SIZE, LOCAL_RANK,
     MASTER_ADDR, MASTER_PORT in the environment). Rank r uses cuda:{base + r} on CUDA."""

@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import grpc
+from grpc_health.v1 import health, health_pb2_grpc
 
 from yaie.scheduler_service.config import SchedulerConfig
 from yaie.scheduler_service.engine import Engine
@@ -70,6 +71,13 @@ class FakeWorkerConfig:
     eos_period: int = 0  # with eos_token_id: about one sampled token in eos_period is EOS
     step_delay_s: float = 0.0
     fail_at_step: int = 0  # > 0: the stream breaks (UNAVAILABLE) when this step arrives
+    max_failures: int = 0  # > 0: fail_at_step breaks only this many streams
+    hang_at_step: int = 0  # > 0: this step never answers (a hung worker; health stays SERVING)
+    # Fault injection in the step with step_id fault_step (every stream): "token_out_of_vocab"
+    # (the first sampled entry gets vocab_size), "unknown_request_error" (a RequestError for an
+    # id not in the plan), "short_result" (one token id fewer than run entries).
+    fault: str = ""
+    fault_step: int = 0
     protocol_version: int = worker_pb2.PROTOCOL_VERSION_CURRENT
 
 
@@ -93,6 +101,8 @@ class FakeWorker(worker_pb2_grpc.WorkerServicer):
         self.num_new_requests = 0
         self.num_resumed = 0  # NewRequests carrying earlier output (re-sent after a preemption)
         self.max_batch = 0
+        self.num_failures = 0
+        self.hung = asyncio.Event()  # set once a step hangs
 
     async def Describe(self, request, context) -> worker_pb2.WorkerInfo:
         c = self.config
@@ -113,17 +123,39 @@ class FakeWorker(worker_pb2_grpc.WorkerServicer):
     async def Step(self, request_iterator, context) -> AsyncIterator[worker_pb2.StepResult]:
         stream = _Stream(self)
         async for plan in request_iterator:
-            if self.config.fail_at_step and plan.step_id >= self.config.fail_at_step:
-                await context.abort(grpc.StatusCode.UNAVAILABLE, "fake worker failure")
-            if self.config.step_delay_s:
-                await asyncio.sleep(self.config.step_delay_s)
+            c = self.config
+            if c.fail_at_step and plan.step_id >= c.fail_at_step:
+                if not c.max_failures or self.num_failures < c.max_failures:
+                    self.num_failures += 1
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, "fake worker failure")
+            if c.hang_at_step and plan.step_id == c.hang_at_step:
+                self.hung.set()
+                await asyncio.Event().wait()  # until the stream is cancelled
+            if c.step_delay_s:
+                await asyncio.sleep(c.step_delay_s)
             self.num_steps += 1
             self.max_batch = max(self.max_batch, len(plan.run_request_ids))
-            yield stream.step(plan)
+            result = stream.step(plan)
+            if c.fault and plan.step_id == c.fault_step:
+                _inject(c, result)
+            yield result
 
     def violation(self, message: str) -> str:
         self.violations.append(message)
         return message
+
+
+def _inject(config: FakeWorkerConfig, result: worker_pb2.StepResult) -> None:
+    if config.fault == "token_out_of_vocab":
+        sampled = [i for i, t in enumerate(result.token_ids) if t >= 0]
+        if sampled:
+            result.token_ids[sampled[0]] = config.vocab_size
+    elif config.fault == "unknown_request_error":
+        result.request_errors.add(request_id=987_654, message="injected: no such request")
+    elif config.fault == "short_result":
+        del result.token_ids[-1]
+    else:
+        raise ValueError(f"unknown fault {config.fault!r}")
 
 
 class _Stream:
@@ -248,12 +280,17 @@ class FakeWorkerHandle:
         await self.server.stop(grace=None)
 
 
-async def start_fake_worker(config: FakeWorkerConfig | None = None) -> FakeWorkerHandle:
-    """A FakeWorker serving on 127.0.0.1 at a free port (stop it with handle.stop())."""
+async def start_fake_worker(
+    config: FakeWorkerConfig | None = None, port: int = 0
+) -> FakeWorkerHandle:
+    """A FakeWorker (and grpc.health.v1, SERVING) on 127.0.0.1 at port (0: a free one); stop it
+    with handle.stop()."""
     worker = FakeWorker(config or FakeWorkerConfig())
     server = grpc.aio.server()
     worker_pb2_grpc.add_WorkerServicer_to_server(worker, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     return FakeWorkerHandle(server, worker, f"127.0.0.1:{port}")
 

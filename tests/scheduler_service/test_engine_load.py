@@ -152,23 +152,22 @@ def test_two_workers_share_the_load_and_route_by_prefix() -> None:
     asyncio.run(main())
 
 
-def test_broken_worker_fails_its_requests_and_turns_unhealthy() -> None:
-    """When the step stream breaks, live requests end with ABORT and an error; the worker is
-    reported unhealthy and new requests are refused as unavailable."""
-    worker = FakeWorkerConfig(fail_at_step=4)
+def test_broken_stream_requeues_requests_and_the_worker_rejoins() -> None:
+    """When the step stream breaks, the worker is lost and rejoins on a new stream; its live
+    requests are re-sent with their output so far and complete with the exact output."""
+    worker = FakeWorkerConfig(fail_at_step=4, max_failures=1)
 
     async def main() -> None:
-        async with engine_on_fake_workers(SchedulerConfig(), worker) as (engine, _):
-            results = await asyncio.gather(
-                *(collect(engine.submit(_request(f"b{i}", [1, 2, i + 1], 50))) for i in range(3))
-            )
-            for tokens, events in results:
-                assert events[-1].finish_reason is FinishReason.ABORT and events[-1].error
-                assert len(tokens) < 50
-            assert not engine.stats().workers[0].healthy and not engine.ready
-            assert engine.stats().workers[0].used_blocks == 0
-            with pytest.raises(UnavailableError):
-                engine.submit(_request("late", [1], 2))
+        async with engine_on_fake_workers(SchedulerConfig(), worker) as (engine, (handle,)):
+            reqs = [_request(f"b{i}", [1, 2, i + 1], 30) for i in range(3)]
+            results = await asyncio.gather(*(collect(engine.submit(r)) for r in reqs))
+            for req, (tokens, events) in zip(reqs, results, strict=True):
+                assert events[-1].finish_reason is FinishReason.LENGTH and not events[-1].error
+                assert tokens == _expected(req)
+            assert engine._loops[0].num_losses == 1 and engine.stats().workers[0].healthy
+            assert handle.worker.num_failures == 1 and handle.worker.num_resumed >= 3
+            assert engine.stats().workers[0].used_blocks == 0 and engine.serving
+            assert handle.worker.violations == []
 
     asyncio.run(main())
 

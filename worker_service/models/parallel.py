@@ -26,6 +26,16 @@ _SHARDED_NAME = re.compile(
 _ROW_PARALLEL = ("o_proj", "down_proj")  # sharded along their input dim (dim 1)
 
 
+def check_tp_size(size: int, **dims: int) -> None:
+    """ValueError unless every named dimension (num_attention_heads=32, ...) divides by size."""
+    bad = [f"{name} ({value})" for name, value in dims.items() if value % size]
+    if bad:
+        raise ValueError(
+            f"tensor parallelism {size} needs {', '.join(bad)} divisible by {size}: "
+            f"each rank holds an equal share of the heads and MLP columns"
+        )
+
+
 def vocab_range(vocab_size: int, rank: int, size: int) -> tuple[int, int]:
     """[start, stop) of rank's vocabulary rows: ceil(vocab / size) each, the last one shorter
     when size does not divide the vocabulary."""

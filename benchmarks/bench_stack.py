@@ -1,0 +1,339 @@
+"""The whole stack on a GPU (issue 5): a random-weight model of a real shape served by a worker
+and a scheduler process, driven over gRPC by yaie bench's functions; transformers' continuous
+batching on a subset of the same workload; copy bandwidth, matmul rate and decode rooflines; one
+table with each bar of the issue. `python benchmarks/bench_stack.py --shape qwen3-0.6b` (GPU),
+`... --tiny` (tiny model on the CPU, tiny workloads: checks the script end to end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import stack_launch
+import stack_roofline as rf
+import torch
+
+from yaie.cli import bench
+from yaie.cli import bench_datasets as ds
+from yaie.cli.bench_metrics import format_table
+
+# Real configs (config.json of the hub models): the shape only, weights random, bf16.
+_LLAMA3_ROPE = dict(rope_type="llama3", low_freq_factor=1.0, high_freq_factor=4.0,
+                    original_max_position_embeddings=8192, rope_theta=500000.0)  # fmt: skip
+SHAPES: dict[str, tuple[str, dict]] = {
+    "qwen3-0.6b": ("Qwen3ForCausalLM", dict(
+        hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
+        num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=True,
+        max_position_embeddings=40960, rms_norm_eps=1e-6, attention_bias=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6})),
+    "llama-3.2-1b": ("LlamaForCausalLM", dict(
+        hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+        num_key_value_heads=8, head_dim=64, vocab_size=128256, tie_word_embeddings=True,
+        max_position_embeddings=131072, rms_norm_eps=1e-5,
+        rope_parameters={**_LLAMA3_ROPE, "factor": 32.0})),
+    "llama-3.1-8b": ("LlamaForCausalLM", dict(
+        hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=8, head_dim=128, vocab_size=128256, tie_word_embeddings=False,
+        max_position_embeddings=131072, rms_norm_eps=1e-5,
+        rope_parameters={**_LLAMA3_ROPE, "factor": 8.0})),
+    # --tiny: a vocabulary larger than the tokenizer's, like the real shapes' here
+    "tiny": ("Qwen3ForCausalLM", dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, vocab_size=4096, tie_word_embeddings=True,
+        max_position_embeddings=4096)),
+}  # fmt: skip
+QUIET = dict(disable_progress=True)
+NANO_VLLM = bench.BenchConfig("random", 256, 1024, 1024, ds.NANO_VLLM_RANGE_RATIO, seed=0, **QUIET)
+SGLANG_8B = bench.BenchConfig("random", 500, 4096, 2048, 0.0, seed=0, **QUIET)
+SHARED = bench.BenchConfig("shared-prefix", seed=0, **QUIET)  # 64 x 16, 2048 + 128, 256
+LIGHT = bench.BenchConfig("fixed", 30, fixed_input_len=128, fixed_output_len=256,
+                          request_rate=1.0, seed=0, **QUIET)  # fmt: skip
+WARMUP = bench.BenchConfig("random", 64, 1024, 16, 0.05, seed=99, **QUIET)
+TINY = dict(
+    random=bench.BenchConfig("random", 16, 64, 32, 0.25, seed=0, **QUIET),
+    shared=replace(
+        SHARED,
+        gsp_num_groups=4,
+        gsp_prompts_per_group=4,
+        gsp_system_prompt_len=64,
+        gsp_question_len=16,
+        gsp_output_len=16,
+    ),  # fmt: skip
+    light=replace(LIGHT, num_prompts=4, fixed_input_len=32, fixed_output_len=16, request_rate=4.0),
+    warmup=replace(WARMUP, num_prompts=4, random_input_len=32),
+)
+
+
+def _median_s(fn, n: int) -> float:
+    """Median seconds of fn on the GPU (CUDA events), the first 3 runs left out as warm-up."""
+    times = []
+    for _ in range(n):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return sorted(times[3:])[len(times[3:]) // 2]
+
+
+def ceilings(device: str) -> tuple[float, float]:
+    """(copy bytes/s counting read + write, of 1 GiB; bf16 matmul FLOP/s, 8192^3), medians."""
+    if device != "cuda":
+        return 20e9, 0.5e12  # nominal CPU figures: --tiny only checks the plumbing
+    src = torch.empty(2**30, dtype=torch.uint8, device="cuda").random_(0, 255)
+    dst = torch.empty_like(src)
+    copy = 2 * src.numel() / _median_s(lambda: dst.copy_(src), 23)
+    a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    matmul = 2 * 8192**3 / _median_s(lambda: torch.matmul(a, b), 13)
+    return copy, matmul
+
+
+def model_shape(config: dict) -> rf.ModelShape:
+    heads = config["num_attention_heads"]
+    return rf.ModelShape(
+        num_layers=config["num_hidden_layers"], hidden=config["hidden_size"],
+        intermediate=config["intermediate_size"], num_q_heads=heads,
+        num_kv_heads=config["num_key_value_heads"],
+        head_dim=config.get("head_dim", config["hidden_size"] // heads),
+        vocab=config["vocab_size"], tied=config["tie_word_embeddings"],
+    )  # fmt: skip
+
+
+def write_model(shape: str, root: Path, device: str) -> Path:
+    from yaie.cli.builtin_model import write_random_model
+
+    architecture, config = SHAPES[shape]
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    start = time.perf_counter()
+    path = write_random_model(root / shape, architecture, seed=0, dtype=dtype, **config)
+    print(f"model {shape} ({architecture}, {dtype}) written in {time.perf_counter() - start:.1f} s")
+    return path
+
+
+def roofline_of(
+    shape: rf.ModelShape, config: bench.BenchConfig, vocab: int, ceil: tuple, block: int, kv: float
+) -> rf.Roofline:
+    requests = bench.make_requests(config, vocab)
+    if config.dataset == "shared-prefix":  # the first of each group computes the system prompt
+        shared = config.gsp_system_prompt_len // block * block
+        first = range(0, len(requests), config.gsp_prompts_per_group)
+        cached = [0 if i in first else shared for i in range(len(requests))]
+    else:
+        cached = [0] * len(requests)
+    triples = [(len(r.prompt_ids), c, r.output_len) for r, c in zip(requests, cached, strict=True)]
+    return rf.simulate(shape, triples, ceil[0], ceil[1], kv_capacity_tokens=kv)
+
+
+class Runner:
+    """Runs stages against a deadline and keeps every result (printed, and JSON under out)."""
+
+    def __init__(self, out: Path, budget_s: float) -> None:
+        self.out, self.deadline, self.results = out, time.monotonic() + budget_s, {}
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def workload(self, name: str, target: str, config: bench.BenchConfig, need_s: float) -> None:
+        if self.left() < need_s:
+            print(f"[skip] {name}: {self.left():.0f} s left, needs ~{need_s:.0f}")
+            return
+        start = time.perf_counter()
+        metrics, _ = bench.run_workload(target, config, timeout_s=max(self.left() - 5, 10))
+        print(format_table(metrics, f"{name} ({time.perf_counter() - start:.0f} s)"), flush=True)
+        self.results[name] = metrics.to_dict()
+        self.save()
+
+    def save(self) -> None:
+        (self.out / "bench_stack.json").write_text(json.dumps(self.results, indent=1) + "\n")
+
+
+def run_hf(model: Path, config: bench.BenchConfig, vocab: int, n: int, device: str, left: float):
+    """transformers' continuous batching on the first n requests of the workload, in a child
+    process (it frees the GPU when done and can be killed at the deadline)."""
+    requests = bench.make_requests(config, vocab)[:n]
+    job = {"model": str(model), "device": device, "limit_s": left - 15,
+           "requests": [[r.prompt_ids, r.output_len] for r in requests]}  # fmt: skip
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(job, f)
+    command = [sys.executable, str(Path(__file__).with_name("stack_hf.py")), f.name]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=left)
+    except subprocess.TimeoutExpired:
+        return {"error": f"killed at the deadline after {left:.0f} s"}
+    finally:
+        os.unlink(f.name)
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+    if done.returncode or not lines:
+        return {"error": f"exit {done.returncode}: {done.stderr[-2000:]}"}
+    return json.loads(lines[-1])
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def bar_row(name, ours, peer, floor, bar, passed) -> tuple[str, ...]:
+    """One table row: the figure, ours, the peer's, the roofline, ours / roofline, the bar."""
+    ratio = ours / floor if ours is not None and floor else None
+    if ratio is not None and "ms" in name:  # a latency: the floor over ours is the fraction
+        ratio = floor / ours if ours else None
+    verdict = "-" if passed is None else ("PASS" if passed else "FAIL")
+    return name, fmt(ours), peer, fmt(floor), fmt(ratio, 2), bar, verdict
+
+
+def table(rows: list[tuple[str, ...]]) -> str:
+    head = ("figure", "ours", "peer", "roofline", "of roofline", "bar", "")
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
+                       enumerate(zip(r, widths, strict=True))) for r in [head, *rows]]  # fmt: skip
+    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shape", default="qwen3-0.6b", choices=[s for s in SHAPES if s != "tiny"])
+    p.add_argument("--tiny", action="store_true", help="tiny model on the CPU, tiny workloads")
+    p.add_argument("--budget-s", type=float, default=500.0, help="stages that do not fit skip")
+    p.add_argument("--out-dir", default=os.environ.get("OUT") or None)
+    p.add_argument("--skip", default="", help="comma list of: random,light,shared,nocache,hf")
+    p.add_argument("--hf-prompts", type=int, default=64, help="transformers runs this subset")
+    p.add_argument("--random-prompts", type=int, default=None, help="override the random size")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    shape_name = "tiny" if args.tiny else args.shape
+    device = "cpu" if args.tiny else "cuda"
+    skip = set(filter(None, args.skip.split(",")))
+    out = Path(args.out_dir or tempfile.mkdtemp(prefix="bench_stack_"))
+    out.mkdir(parents=True, exist_ok=True)
+    runner = Runner(out, args.budget_s)
+    scale = 0.0 if args.tiny else 1.0  # the seconds each stage needs (to skip what cannot fit)
+    random_cfg = SGLANG_8B if shape_name == "llama-3.1-8b" else NANO_VLLM
+    cfg = dict(random=random_cfg, shared=SHARED, light=LIGHT, warmup=WARMUP)
+    if args.tiny:
+        cfg = TINY
+    if args.random_prompts:
+        cfg["random"] = replace(cfg["random"], num_prompts=args.random_prompts)
+    ceil = ceilings(device)
+    torch.cuda.empty_cache()  # the worker sizes its KV pool from the free memory
+    name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    print(f"device {name}: copy {ceil[0] / 1e12:.2f} TB/s (read + write), "
+          f"bf16 matmul {ceil[1] / 1e12:.0f} TFLOP/s", flush=True)  # fmt: skip
+    model = write_model(shape_name, Path(tempfile.mkdtemp(prefix="bench_model_")), device)
+    stack = stack_launch.Stack(model, device, out, ["--num-blocks", "512"] if args.tiny else [])
+    try:
+        print(f"worker ready in {stack.start_worker(min(400.0, runner.left())):.1f} s", flush=True)
+        stack.start_scheduler("scheduler", [])
+        info = asyncio.run(bench.model_info(stack.target))
+        kv_tokens = kv_capacity(stack.target) * info.block_size
+        print(f"serving {info.architecture} {info.dtype}, vocab {info.vocab_size}, "
+              f"KV pool {kv_tokens} tokens", flush=True)  # fmt: skip
+        runner.workload("warmup", stack.target, cfg["warmup"], 0)
+        stages = [("random", 60), ("light", 40), ("shared", 80)]
+        for name, need in stages:
+            if name not in skip:
+                runner.workload(name, stack.target, cfg[name], need * scale)
+        if "nocache" not in skip and runner.left() > 120 * scale:
+            stack.start_scheduler("scheduler_nocache", ["--no-prefix-cache"])
+            runner.workload("shared_nocache", stack.target, cfg["shared"], 100 * scale)
+    finally:
+        stack.stop()
+    if "hf" not in skip and runner.left() > 60 * scale:
+        n = min(args.hf_prompts, cfg["random"].num_prompts)
+        hf = run_hf(model, cfg["random"], info.vocab_size, n, device, runner.left() - 5)
+        runner.results["hf"] = hf
+        print(f"transformers continuous batching, {n} prompts: {hf}", flush=True)
+    runner.results["ceilings"] = {"copy_bytes_s": ceil[0], "matmul_flop_s": ceil[1]}
+    rows = bar_rows(runner.results, shape_name, cfg, info, ceil, kv_tokens)
+    runner.results["table"] = rows
+    runner.save()
+    print(f"\nshape {shape_name} on {device}; results in {out}")
+    print(table(rows))
+    return 0
+
+
+def kv_capacity(target: str) -> int:
+    import grpc
+
+    from yaie.v1 import generation_pb2 as pb
+    from yaie.v1 import generation_pb2_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        stats = generation_pb2_grpc.GenerationStub(channel).GetServerStats(
+            pb.GetServerStatsRequest()
+        )
+    return sum(worker.total_blocks for worker in stats.workers)
+
+
+def bar_rows(results: dict, shape_name: str, cfg: dict, info, ceil, kv_tokens) -> list:
+    _, config = SHAPES[shape_name]
+    shape = model_shape(config)
+    vocab, block = info.vocab_size, info.block_size
+    rows = [bar_row("copy bandwidth, TB/s (read + write)", ceil[0] / 1e12, "-", None, "-", None)]
+    qwen, big = shape_name == "qwen3-0.6b", shape_name == "llama-3.1-8b"
+    if "random" in results:
+        m, hf = results["random"], results.get("hf", {})
+        floor = roofline_of(shape, cfg["random"], vocab, ceil, block, kv_tokens).output_tok_s
+        peer = (f"HF {fmt(hf['output_tok_s'])} ({hf['completed']}/{hf['num_requests']} req)"
+                if "output_tok_s" in hf else "HF: " + hf.get("error", "not run")[:40])  # fmt: skip
+        bar, ok = ("-", None)
+        if qwen:
+            bar, ok = ">= 15,000", m["output_throughput"] >= 15000
+        elif big:
+            bar, ok = ">= 3,800", m["output_throughput"] >= 3800
+        name = f"random {cfg['random'].num_prompts} req, output tok/s ({m['completed']} done)"
+        rows.append(bar_row(name, m["output_throughput"], peer, floor, bar, ok))
+    if "light" in results:
+        m = results["light"]
+        c = cfg["light"]
+        itl = rf.step_floor_s(shape, [c.fixed_input_len + c.fixed_output_len // 2], ceil[0])
+        ttft = shape.prefill_flops(c.fixed_input_len, 0) / ceil[1] + shape.weight_bytes / ceil[0]
+        rows.append(bar_row("light load median ITL, ms", m["median_itl_ms"], "-", itl * 1e3,
+                            "<= 6 ms", m["median_itl_ms"] <= 6 if qwen else None))  # fmt: skip
+        rows.append(bar_row("light load median TTFT, ms", m["median_ttft_ms"], "-", ttft * 1e3,
+                            "<= 40 ms", m["median_ttft_ms"] <= 40 if qwen else None))  # fmt: skip
+    c = cfg["shared"]
+    if "shared" in results:
+        m = results["shared"]
+        floor = roofline_of(shape, c, vocab, ceil, block, kv_tokens).output_tok_s
+        rows.append(bar_row("shared-prefix, cache, output tok/s", m["output_throughput"], "-",
+                            floor, "-", None))  # fmt: skip
+        prompt_len = c.gsp_system_prompt_len + c.gsp_question_len
+        total_in = c.gsp_num_groups * c.gsp_prompts_per_group * prompt_len
+        ideal = ds.ideal_cached_tokens(c.gsp_num_groups, c.gsp_prompts_per_group,
+                                       c.gsp_system_prompt_len, block) / total_in  # fmt: skip
+        rows.append(bar_row("shared-prefix hit rate / ideal", m["cache_hit_rate"] / ideal,
+                            f"ideal {ideal:.3f}", None, ">= 0.90",
+                            m["cache_hit_rate"] >= 0.9 * ideal))  # fmt: skip
+    if "shared_nocache" in results:
+        m = results["shared_nocache"]
+        floor = roofline_of(shape, c, vocab, ceil, 10**9, kv_tokens).output_tok_s  # no block hits
+        rows.append(bar_row("shared-prefix, no cache, output tok/s", m["output_throughput"],
+                            "-", floor, "-", None))  # fmt: skip
+        if "shared" in results:
+            ratio = results["shared"]["output_throughput"] / m["output_throughput"]
+            cached_floor = roofline_of(shape, c, vocab, ceil, block, kv_tokens).output_tok_s
+            rows.append(bar_row("shared-prefix cache / no cache", ratio, "-",
+                                cached_floor / floor, ">= 4x", ratio >= 4))  # fmt: skip
+    rows.append(("gRPC split vs in-process worker", "-", "-", "-", "-", "<= 5% cost",
+                 "not measured (no in-process mode)"))  # fmt: skip
+    return rows
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Client side of the public API's security for the CLI tools: the API key (sent as
+`authorization: Bearer <key>`), TLS trust roots, and a channel built from both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+API_KEY_ENV = "YAIE_API_KEY"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--api-key-file", default=None,
+                        help=f"file holding the API key (default: ${API_KEY_ENV})")  # fmt: skip
+    parser.add_argument("--tls-ca", default=None,
+                        help="PEM CA to trust: connect with TLS (default: plaintext)")  # fmt: skip
+    parser.add_argument("--tls-cert", default=None, help="client certificate (mTLS)")
+    parser.add_argument("--tls-key", default=None, help="client key (mTLS)")
+
+
+def api_key(key_file: str | None) -> str | None:
+    """The key from key_file (first line) or $YAIE_API_KEY; None when neither is set."""
+    if key_file is not None:
+        lines = Path(key_file).read_text(encoding="utf-8").split()
+        return lines[0] if lines else None
+    return os.environ.get(API_KEY_ENV) or None
+
+
+def call_metadata(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
+    key = api_key(getattr(args, "api_key_file", None))
+    return (("authorization", f"Bearer {key}"),) if key else ()
+
+
+def open_channel(target: str, args: argparse.Namespace) -> grpc.Channel:
+    """A plaintext channel, or TLS when --tls-ca is given (with a client certificate: mTLS)."""
+    ca = getattr(args, "tls_ca", None)
+    if ca is None:
+        return grpc.insecure_channel(target)
+    cert, key = getattr(args, "tls_cert", None), getattr(args, "tls_key", None)
+    credentials = grpc.ssl_channel_credentials(
+        Path(ca).read_bytes(),
+        Path(key).read_bytes() if key else None,
+        Path(cert).read_bytes() if cert else None,
+    )
+    return grpc.secure_channel(target, credentials)
+
+
+def wait_for_serving(target: str, args: argparse.Namespace, timeout_s: float) -> None:
+    """Polls grpc.health.v1 over open_channel(target, args) until SERVING (TimeoutError)."""
+    deadline = time.monotonic() + timeout_s
+    with open_channel(target, args) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=2.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass  # not listening yet
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{target} was not SERVING after {timeout_s:.0f} s")
+            time.sleep(0.25)

@@ -1,0 +1,207 @@
+"""`yaie worker --tp 2` as real processes on 127.0.0.1 (gloo): over a real Step stream it gives
+the greedy tokens of a one-process worker and of transformers, keeps every rank's request tables
+in step (bad plans, several streams), and a rank that dies takes the whole group down."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.worker_service.driver import (
+    Driver,
+    Seq,
+    StepStream,
+    hf_greedy,
+    load_hf_model,
+    start_cpu_worker,
+    stop_worker,
+)
+from yaie.cli.health_probe import wait_for_serving
+
+BLOCK_SIZE, NUM_BLOCKS = 4, 64
+
+
+def descendants(pid: int) -> list[int]:
+    """Live (non-zombie) descendants of pid, from /proc."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z":
+                parents[int(entry.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        children = [p for p, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def wait_gone(pids: list[int], timeout_s: float = 20.0) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    while (alive := [p for p in pids if Path(f"/proc/{p}").exists() and _running(p)]) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.1)
+    return alive
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_group(model_dir: Path) -> tuple[subprocess.Popen, str]:
+    """`python -m yaie.worker_service --tp 2` on a free port, SERVING."""
+    port = free_port()
+    command = [sys.executable, "-m", "yaie.worker_service", "--model", str(model_dir),
+               "--port", str(port), "--device", "cpu", "--tp", "2", "--log-level", "WARNING",
+               "--block-size", str(BLOCK_SIZE), "--num-blocks", str(NUM_BLOCKS)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL)
+    try:
+        wait_for_serving(f"127.0.0.1:{port}", 120.0)
+    except BaseException:
+        stop(process)
+        raise
+    return process, f"127.0.0.1:{port}"
+
+
+def stop(process: subprocess.Popen) -> int:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_model_dir) -> Path:
+    return tiny_model_dir("LlamaForCausalLM")
+
+
+@dataclass
+class Group:
+    process: subprocess.Popen
+    rank_1: int
+    channel: grpc.Channel
+
+
+@pytest.fixture(scope="module")
+def group(model_dir):
+    """A running group (the last test of this file kills its rank 1); a group still running at
+    the end must stop cleanly on SIGTERM, every rank with it."""
+    process, target = start_group(model_dir)
+    ranks = descendants(process.pid)
+    assert len(ranks) == 1
+    channel = grpc.insecure_channel(target)
+    yield Group(process, ranks[0], channel)
+    channel.close()
+    if process.poll() is None:
+        assert stop(process) == 0
+    assert wait_gone(ranks) == []
+
+
+def prompt(seed: int, length: int) -> list[int]:
+    return [3 + (seed * 131 + i * 71 + i * i * 7) % 697 for i in range(length)]
+
+
+def run_scenario(channel: grpc.Channel) -> tuple[list[list[int]], list[list[int]]]:
+    """(prompts, greedy outputs): ragged prompts, chunked prefill beside decodes, a cached
+    prefix, a preemption."""
+    stream = StepStream(channel)
+    driver = Driver(stream, BLOCK_SIZE, NUM_BLOCKS)
+    a = driver.add(Seq(1, prompt(1, 13), 13, 2, keep_blocks=True))
+    seqs = [
+        driver.add(Seq(2, prompt(2, 5), 5, 16)),
+        driver.add(Seq(3, prompt(3, 22), 22, 12, chunk=5)),
+    ]
+    driver.run()
+    cached = a.token_ids[:8] + prompt(4, 6)  # its first two blocks are A's
+    seqs.append(driver.add(Seq(4, cached, len(cached), 10, cached_blocks=a.blocks[:2])))
+    seqs.append(driver.add(Seq(5, prompt(5, 9), 9, 14)))
+    for step in range(6):
+        driver.step()
+        if step == 3:
+            driver.preempt(seqs[-1])
+    driver.run()
+    stream.close()
+    return [s.token_ids[: s.num_prompt_tokens] for s in seqs], [s.outputs for s in seqs]
+
+
+def test_two_ranks_give_the_tokens_of_one_process_and_of_transformers(group, model_dir) -> None:
+    prompts, outputs = run_scenario(group.channel)
+    single = start_cpu_worker(model_dir, BLOCK_SIZE, NUM_BLOCKS)
+    try:
+        assert run_scenario(single[1]) == (prompts, outputs)
+    finally:
+        stop_worker(single)
+    hf = load_hf_model(model_dir)
+    for tokens, output in zip(prompts, outputs, strict=True):
+        assert output == hf_greedy(hf, tokens, len(output))
+
+
+def test_a_bad_plan_and_a_new_stream_keep_every_rank_in_step(group) -> None:
+    """A plan that fails to decode releases its requests on every rank; a second stream starts
+    empty on every rank; both streams then run (the ranks would hang or diverge otherwise)."""
+    first, second = StepStream(group.channel, timeout=30), StepStream(group.channel, timeout=30)
+    first_driver = Driver(first, BLOCK_SIZE, NUM_BLOCKS)
+    seq = first_driver.add(Seq(1, prompt(7, 6), 6, 3))
+    first_driver.step()
+    bad = first.step(run_request_ids=[1], run_num_tokens=[1], run_num_new_blocks=[1])
+    assert "new_block_ids" in bad.error  # request 1 is released everywhere
+    retry = first_driver.add(Seq(1, prompt(7, 6), 6, 3))
+    first_driver.running.remove(seq)
+    second_driver = Driver(second, BLOCK_SIZE, NUM_BLOCKS)
+    other = second_driver.add(Seq(1, prompt(7, 6), 6, 3))  # the same id, in another stream
+    first_driver.run()
+    second_driver.run()
+    first.close()
+    second.close()
+    assert retry.outputs == other.outputs and len(other.outputs) == 3
+
+
+def test_rank_0_killed_while_loading_takes_rank_1_down(model_dir) -> None:
+    command = [sys.executable, "-m", "yaie.worker_service", "--model", str(model_dir),
+               "--port", "0", "--device", "cpu", "--tp", "2"]  # fmt: skip
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not (ranks := descendants(process.pid)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (rank_1,) = ranks
+        time.sleep(1.0)  # rank 1 is importing or joining the group
+        process.kill()
+        process.wait(10)
+        assert wait_gone([rank_1]) == []
+    finally:
+        stop(process)
+
+
+def test_rank_1_killed_takes_rank_0_down_with_a_failure_status(group) -> None:
+    """(Last: it ends the module's group.) The scheduler sees the worker lost: exit status 1."""
+    os.kill(group.rank_1, signal.SIGKILL)
+    assert group.process.wait(20) == 1
