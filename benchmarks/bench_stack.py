@@ -211,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip", default="", help="comma list of: random,light,shared,nocache,hf")
     p.add_argument("--hf-prompts", type=int, default=64, help="transformers runs this subset")
     p.add_argument("--random-prompts", type=int, default=None, help="override the random size")
+    p.add_argument("--diagnose", action="store_true",
+                   help="also run the random workload with one frame per request, and again "
+                        "with the scheduler under cProfile (top functions printed)")  # fmt: skip
     return p
 
 
@@ -248,9 +251,18 @@ def main(argv: list[str] | None = None) -> int:
         for name, need in stages:
             if name not in skip:
                 runner.workload(name, stack.target, cfg[name], need * scale)
+            if name == "random" and args.diagnose:
+                single = replace(cfg[name], single_frame=True)
+                runner.workload("random_single_frame", stack.target, single, need * scale)
         if "nocache" not in skip and runner.left() > 120 * scale:
             stack.start_scheduler("scheduler_nocache", ["--no-prefix-cache"])
             runner.workload("shared_nocache", stack.target, cfg["shared"], 100 * scale)
+        if args.diagnose and runner.left() > 90 * scale:
+            profile = out / "scheduler.prof"
+            stack.start_scheduler("scheduler_profiled", [], profile=profile)
+            runner.workload("random_profiled", stack.target, cfg["random"], 60 * scale)
+            stack.stop_scheduler()
+            print_profile(profile)
     finally:
         stack.stop()
     if "hf" not in skip and runner.left() > 60 * scale:
@@ -265,6 +277,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nshape {shape_name} on {device}; results in {out}")
     print(table(rows))
     return 0
+
+
+def print_profile(path: Path, top: int = 30) -> None:
+    import pstats
+
+    if path.exists():
+        print(f"\nscheduler profile (cProfile, during random_profiled), top {top} by own time:")
+        pstats.Stats(str(path), stream=sys.stdout).sort_stats("tottime").print_stats(top)
 
 
 def kv_capacity(target: str) -> int:
@@ -330,6 +350,10 @@ def bar_rows(results: dict, shape_name: str, cfg: dict, info, ceil, kv_tokens) -
             cached_floor = roofline_of(shape, c, vocab, ceil, block, kv_tokens).output_tok_s
             rows.append(bar_row("shared-prefix cache / no cache", ratio, "-",
                                 cached_floor / floor, ">= 4x", ratio >= 4))  # fmt: skip
+    if "random_single_frame" in results:
+        m = results["random_single_frame"]
+        rows.append(bar_row("random, one frame per request, output tok/s",
+                            m["output_throughput"], "-", None, "diagnostic", None))  # fmt: skip
     rows.append(("gRPC split vs in-process worker", "-", "-", "-", "-", "<= 5% cost",
                  "not measured (no in-process mode)"))  # fmt: skip
     return rows

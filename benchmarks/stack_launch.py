@@ -41,9 +41,10 @@ class Stack:
         self.target = ""
         self._worker_address = ""
 
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+    def _spawn(self, name: str, args: list[str], profile: Path | None = None) -> subprocess.Popen:
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 (the child owns it)
-        command = [sys.executable, "-m", "yaie.cli.main", *args]
+        python = [sys.executable, *(["-m", "cProfile", "-o", str(profile)] if profile else [])]
+        command = [*python, "-m", "yaie.cli.main", *args]
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)  # fmt: skip
 
@@ -58,13 +59,16 @@ class Stack:
         self._wait(self._worker_address, self.worker, timeout_s)
         return time.perf_counter() - start
 
-    def start_scheduler(self, name: str, extra: list[str], timeout_s: float = 120.0) -> None:
+    def start_scheduler(
+        self, name: str, extra: list[str], timeout_s: float = 120.0, profile: Path | None = None
+    ) -> None:
+        """(Re)starts the scheduler; with profile, under cProfile (written when it stops)."""
         _stop(self.scheduler)
         port = free_port()
         self.target = f"127.0.0.1:{port}"
         self.scheduler = self._spawn(name, ["scheduler", "--worker", self._worker_address,
-                                            "--port", str(port), "--log-level", "INFO",
-                                            *extra])  # fmt: skip
+                                            "--port", str(port), "--log-level", "WARNING",
+                                            *extra], profile)  # fmt: skip
         self._wait(self.target, self.scheduler, timeout_s)
 
     def _wait(self, address: str, process: subprocess.Popen, timeout_s: float) -> None:
@@ -79,6 +83,10 @@ class Stack:
             except TimeoutError:
                 if time.monotonic() > deadline:
                     raise
+
+    def stop_scheduler(self) -> None:
+        _stop(self.scheduler)
+        self.scheduler = None
 
     def stop(self) -> None:
         _stop(self.scheduler)

@@ -51,6 +51,9 @@ class BenchConfig:
     temperature: float = 0.0
     seed: int = 1
     disable_progress: bool = False
+    # Ask for one frame per request (OutputOptions.single_frame): a diagnostic that takes the
+    # per-frame streaming cost out; TTFT then equals E2E and there are no ITLs.
+    single_frame: bool = False
 
     def __post_init__(self) -> None:
         if self.dataset not in ds.DATASETS:
@@ -74,12 +77,13 @@ def make_requests(config: BenchConfig, vocab_size: int) -> list[ds.BenchRequest]
                              c.seed)  # fmt: skip
 
 
-def _to_proto(request: ds.BenchRequest, request_id: str, temperature: float) -> pb.GenerateRequest:
+def _to_proto(request: ds.BenchRequest, request_id: str, config: BenchConfig) -> pb.GenerateRequest:
     return pb.GenerateRequest(
         request_id=request_id,
         token_ids=pb.TokenIds(ids=request.prompt_ids),
-        sampling=pb.SamplingParams(temperature=temperature),
+        sampling=pb.SamplingParams(temperature=config.temperature),
         stopping=pb.StoppingCriteria(max_new_tokens=request.output_len, ignore_eos=True),
+        output=pb.OutputOptions(single_frame=config.single_frame),
     )
 
 
@@ -167,9 +171,7 @@ async def send_requests(
     if not config.disable_progress:
         from tqdm import tqdm
     tag = uuid.uuid4().hex[:8]
-    messages = [
-        _to_proto(r, f"bench-{tag}-{i}", config.temperature) for i, r in enumerate(requests)
-    ]
+    messages = [_to_proto(r, f"bench-{tag}-{i}", config) for i, r in enumerate(requests)]
     results = [RequestResult(len(r.prompt_ids), r.output_len) for r in requests]
     gaps = _arrival_gaps(len(requests), config.request_rate, config.seed)
     limit = asyncio.Semaphore(config.max_concurrency or len(requests) or 1)
@@ -273,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
                    help=f"authorization: Bearer KEY (default ${API_KEY_ENV})")  # fmt: skip
     p.add_argument("--disable-progress", action="store_true", help="no progress bar")
+    p.add_argument("--single-frame", action="store_true",
+                   help="diagnostic: one frame per request (no TTFT/ITL; shows the cost of "
+                        "streaming a frame per step)")  # fmt: skip
     return p
 
 

@@ -249,7 +249,8 @@ async def run_stack(args: argparse.Namespace, model: str, workers: list) -> int:
         logger.error("demo failed: %s", ready.exception())
         status = status or 1
     ready.cancel()
-    if any(process.poll() not in (None, 0) for _, process in workers):
+    # A worker dead before the stack was SERVING failed it; later deaths were restarts.
+    if not serving.is_set() and any(process.poll() not in (None, 0) for _, process in workers):
         status = status or 1
     return status
 

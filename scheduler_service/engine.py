@@ -289,8 +289,14 @@ class Engine:
         return len(self._parked) + sum(len(lp.waiting) for lp in self._loops)
 
     def _add(self, seq: Sequence) -> None:
-        """To the best healthy worker (router.py), or parked until one is back."""
-        loops = [lp for lp in self._loops if lp.healthy]
+        """To the best healthy worker whose pool can hold it (router.py), or parked until one
+        is back (an orphan may fit only the lost worker's pool)."""
+        total = seq.num_prompt_tokens + seq.request.max_new_tokens
+        loops = [
+            lp
+            for lp in self._loops
+            if lp.healthy and _num_blocks(total, lp.kv.block_size) <= lp.kv.num_blocks
+        ]
         if not loops:
             if seq.parked_at is None:
                 seq.parked_at = asyncio.get_running_loop().time()

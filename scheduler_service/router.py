@@ -66,11 +66,9 @@ class Router:
             self._indexes[id(loop)] = (loop.num_losses, index)
         return index
 
-    def pick(self, seq: Sequence, loops: list[WorkerLoop]) -> WorkerLoop:
-        """One of loops (healthy ones, non-empty) for seq; records seq's prefix there."""
-        total = len(seq.token_ids) + seq.request.max_new_tokens
-        fitting = [lp for lp in loops if _num_blocks(total, lp.kv.block_size) <= lp.kv.num_blocks]
-        candidates = fitting or loops
+    def pick(self, seq: Sequence, candidates: list[WorkerLoop]) -> WorkerLoop:
+        """One of candidates (healthy workers whose pool fits seq; non-empty) for seq; records
+        seq's prefix there."""
         tokens = seq.token_ids[:-1]  # at least the last token runs (as the policy matches)
         namespace = seq.request.namespace
         best: tuple[int, int, int] | None = None
@@ -89,7 +87,3 @@ class Router:
             self._index(chosen).insert(tokens, namespace)
         seq.route_cost = chosen_miss
         return chosen
-
-
-def _num_blocks(num_tokens: int, block_size: int) -> int:
-    return -(-num_tokens // block_size)

@@ -241,7 +241,8 @@ class WorkerLoop:
                 continue
             token = outcome.token_ids[i]
             if samples != (token >= 0) or not -1 <= token < self.info.vocab_size:
-                self._fail(seq, f"worker returned token {token} where sampled={samples}")
+                self._fail(seq, f"worker returned token id {token} (vocabulary "
+                                f"{self.info.vocab_size}) where sampled={samples}")  # fmt: skip
                 continue
             if n > 1 and seq.status is SequenceStatus.RUNNING:
                 self._cache_prompt(seq, flight.ends[i])

@@ -54,6 +54,8 @@ class ModelRunner:
         self.device_failure: str | None = None  # set on a device error: the process must exit
         # Decode graphs are captured with tp None only: capturing the NCCL all-reduce and
         # all-gather is possible but not yet verified on a multi-GPU machine.
+        if use_cuda_graphs and tp is not None:
+            log.info("tensor parallelism: decode runs eagerly (no CUDA graphs)")
         if use_cuda_graphs and self.device.type == "cuda" and tp is None:
             max_blocks = -(-self.max_context // pool.block_size)
             self.graphs = DecodeGraphs(
@@ -69,27 +71,37 @@ class ModelRunner:
 
     def release(self, table: RequestTable, request_ids: list[int]) -> None:
         """Drops requests from table outside any step (a plan that failed to decode)."""
-        if self._shares_plans() and request_ids:
-            release_only = Plan(0, [], [], list(request_ids))
-            self.tp.share_plan(PlanOp.LAUNCH, self._table_ids[id(table)], release_only)
+        if request_ids:
+            self._share(PlanOp.LAUNCH, table, Plan(0, [], [], list(request_ids)))
         for request_id in request_ids:
             table.release(request_id)
 
     def close_table(self, table: RequestTable) -> None:
         """The stream of table ended: its requests are gone."""
-        if self._shares_plans():
-            self.tp.share_plan(PlanOp.CLOSE, self._table_ids.pop(id(table)))
+        self._share(PlanOp.CLOSE, table)
+        self._table_ids.pop(id(table), None)
         table.clear()
 
-    def _shares_plans(self) -> bool:
-        return self.tp is not None and self.tp.rank == 0
+    def _share(self, op: PlanOp, table: RequestTable, plan: Plan | None = None) -> bool:
+        """Rank 0 of a group: sends op to the other ranks. False when the group is broken (a
+        rank died): device_failure is set, the process must exit."""
+        if self.tp is None or self.tp.rank != 0:
+            return True
+        try:
+            self.tp.share_plan(op, self._table_ids[id(table)], plan)
+            return True
+        except RuntimeError as exc:
+            log.critical("cannot reach the other tensor-parallel ranks: %s", exc)
+            self.device_failure = f"tensor-parallel group broken: {exc}"
+            return False
 
     @torch.inference_mode()
     def launch(self, table: RequestTable, plan: Plan) -> PendingStep:
         """Applies the plan to table and queues its forward pass and sampling."""
-        if self._shares_plans():
-            self.tp.share_plan(PlanOp.LAUNCH, self._table_ids[id(table)], plan)
         output = StepOutput(plan.step_id, token_ids=[-1] * len(plan.run))
+        if not self._share(PlanOp.LAUNCH, table, plan):
+            output.error = self.device_failure
+            return PendingStep.done(output)
         for request_id in plan.release_request_ids:
             table.release(request_id)
         self._admit(table, plan, output)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from enum import IntEnum
 
 import torch
@@ -18,6 +19,8 @@ from yaie.worker_service.config import WorkerConfig
 from yaie.worker_service.plan import Plan
 
 log = logging.getLogger(__name__)
+
+PLAN_WAIT_TIMEOUT = timedelta(days=365)
 
 
 class PlanOp(IntEnum):
@@ -126,12 +129,13 @@ def join_group(config: WorkerConfig) -> TPGroup:
         device = torch.device("cuda", index)
         torch.cuda.set_device(device)
         dist.init_process_group("nccl", rank=rank, world_size=size, device_id=device)
-        cpu_group = dist.new_group(backend="gloo")
     else:
         device = torch.device("cpu")
         if "OMP_NUM_THREADS" not in os.environ:  # the ranks share the cores
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // size))
         dist.init_process_group("gloo", rank=rank, world_size=size)
-        cpu_group = None
+    # Ranks > 0 wait for plans as long as the worker idles: no timeout (a dead rank is seen by
+    # rank 0's watch of its children, by PR_SET_PDEATHSIG, and by gloo's closed sockets).
+    cpu_group = dist.new_group(backend="gloo", timeout=PLAN_WAIT_TIMEOUT)
     log.info("tensor-parallel rank %d of %d on %s", rank, size, device)
     return TPGroup(rank, size, device, cpu_group)

@@ -145,3 +145,12 @@ def test_a_request_the_server_rejects_is_counted_as_failed(target: str) -> None:
     m = send(target, good + too_long, bench.BenchConfig(**QUIET)).summary()
     assert (m.completed, m.failed) == (3, 1)
     assert m.total_output_tokens == 12 and m.errors[0].startswith("INVALID_ARGUMENT")
+
+
+def test_single_frame_requests_get_all_tokens_in_one_frame(target: str) -> None:
+    config = bench.BenchConfig("fixed", 3, fixed_input_len=12, fixed_output_len=9,
+                               single_frame=True, **QUIET)  # fmt: skip
+    info = asyncio.run(bench.model_info(target))
+    run = send(target, bench.make_requests(config, info.vocab_size), config)
+    assert all(r.ok and r.output_tokens == 9 and not r.itls for r in run.results)
+    assert all(r.ttft == r.latency for r in run.results)

@@ -79,3 +79,13 @@ def test_config_rejects_unknown_dataset_and_bad_rate() -> None:
     config = bench.config_from_args(args)
     assert config.gsp_num_groups == 2 and config.gsp_prompts_per_group == 16
     assert math.isinf(config.request_rate) and config.random_range_ratio == 100 / 1024
+
+
+def test_datasets_with_the_same_seed_share_no_prefix() -> None:
+    """Else the server's prefix cache would find one dataset's prompts in another's."""
+    first = [
+        ds.random_requests(1, 64, 4, 1.0, 4096, seed=0)[0].prompt_ids[:2],
+        ds.shared_prefix_requests(1, 1, 64, 4, 4, 4096, seed=0)[0].prompt_ids[:2],
+        ds.fixed_requests(1, 64, 4, 4096, seed=0)[0].prompt_ids[:2],
+    ]
+    assert len({tuple(ids) for ids in first}) == 3

@@ -82,7 +82,7 @@ def test_hung_worker_is_detected_by_the_step_deadline() -> None:
             await asyncio.wait_for(a.worker.hung.wait(), 5)
             hung_at = time.monotonic()
             await _until(lambda: engine._loops[0].num_losses > 0)
-            assert time.monotonic() - hung_at < FAST.step_timeout_s + 0.5
+            assert time.monotonic() - hung_at < FAST.step_timeout_s + 1.0
             await done
 
     asyncio.run(main())
@@ -165,5 +165,26 @@ def test_bad_worker_reply_fails_only_the_affected_requests(fault: str) -> None:
             await _gather_exact(engine, [_request(9)])
             assert engine.stats().workers[0].used_blocks == 0 and engine.serving
             assert engine._loops[0].num_losses == 0
+
+    asyncio.run(main())
+
+
+def test_orphan_that_fits_no_remaining_pool_waits_then_fails_unavailable() -> None:
+    """A request only the lost worker's pool could hold is not forced onto a smaller one: it
+    waits for a worker able to hold it, then fails UNAVAILABLE; small requests still run."""
+    big = FakeWorkerConfig(num_blocks=64, step_delay_s=0.005)
+    small = FakeWorkerConfig(num_blocks=8, step_delay_s=0.005)  # 32 tokens
+
+    async def main() -> None:
+        async with engine_on_fake_workers(FAST, big, small) as (engine, (a, b)):
+            large = GenerationRequest("large", list(range(1, 21)), SamplingConfig(seed=1), 40)
+            events = engine.submit(large)
+            await _until(lambda: a.worker.num_steps >= 3)
+            await a.stop()
+            await _until(lambda: engine.stats().waiting == 1)
+            await _gather_exact(engine, [_request(3, 8)])
+            with pytest.raises(UnavailableError):
+                await collect(events)
+            assert b.worker.violations == [] and engine.serving
 
     asyncio.run(main())

@@ -1,9 +1,9 @@
 """`yaie serve --workers 2` losing a worker (real processes, tiny random Llama, CPU).
 
-One stack serves the tests of this file in order: SIGKILL of a worker while 16 greedy streams
-run (all complete, each equal to the same request run before the failure; the worker is
-restarted and rejoins), SIGSTOP of a worker (noticed within --step-timeout, its streams finish
-on the other), then SIGTERM of the stack with streams in flight (they complete, exit code 0).
+One stack serves the tests of this file in order: SIGKILL of a worker while 16 streams run
+(greedy and seeded; all complete, each equal to the same request run before the failure; the
+worker is restarted and rejoins), SIGSTOP of a worker (noticed within --step-timeout, its
+streams finish on the other), then SIGTERM with streams in flight (they complete, exit code 0).
 """
 
 from __future__ import annotations
@@ -36,11 +36,18 @@ def stack(model_dirs, tools) -> Iterator:
         yield stack
 
 
+@pytest.fixture(scope="module")
+def baseline(stack) -> list[list[int]]:
+    """Each stream's tokens with no failure."""
+    return [tokens for tokens, _ in asyncio.run(_streams(stack.target, "base"))]
+
+
 def _request(name: str, i: int, max_new: int = NUM_NEW_TOKENS) -> pb.GenerateRequest:
     return pb.GenerateRequest(
         request_id=f"{name}{i}",
         token_ids=pb.TokenIds(ids=[(i * 41 + j * 13 + 7) % 700 for j in range(12 + i)]),
-        sampling=pb.SamplingParams(temperature=0.0),
+        # Greedy, and every fourth seeded sampling (its RNG counter is the token position).
+        sampling=pb.SamplingParams(temperature=0.8 if i % 4 == 3 else 0.0, seed=i),
         stopping=pb.StoppingCriteria(max_new_tokens=max_new, ignore_eos=True),
     )
 
@@ -86,27 +93,26 @@ def _wait_for(condition, timeout_s: float) -> float:
     return time.monotonic() - start
 
 
-def test_sigkill_of_a_worker_with_16_streams_in_flight(stack, tools) -> None:
-    """All 16 greedy streams complete, each equal to the same request before the failure; the
-    killed worker is restarted and rejoins."""
-    baseline = asyncio.run(_streams(stack.target, "base"))
+def test_sigkill_of_a_worker_with_16_streams_in_flight(stack, baseline, tools) -> None:
+    """All 16 streams (12 greedy, 4 seeded sampling) complete, each equal to the same request
+    before the failure; the killed worker is restarted and rejoins."""
     workers = tools.child_pids(stack.process.pid)
     assert len(workers) == 2
 
     async def kill() -> None:
         os.kill(workers[0], signal.SIGKILL)
+        await asyncio.to_thread(_wait_for, lambda: False in _workers_healthy(stack.target), 10)
 
     outputs = asyncio.run(_streams(stack.target, "kill", kill))
     assert [reason for _, reason in outputs] == [pb.FINISH_REASON_LENGTH] * NUM_STREAMS
-    assert [tokens for tokens, _ in outputs] == [tokens for tokens, _ in baseline]
+    assert [tokens for tokens, _ in outputs] == baseline
     _wait_for(lambda: _workers_healthy(stack.target) == [True, True], 90)
 
 
-def test_sigstop_of_a_worker_is_noticed_within_the_step_timeout(stack, tools) -> None:
+def test_sigstop_of_a_worker_is_noticed_within_the_step_timeout(stack, baseline, tools) -> None:
     """A stopped worker is marked unhealthy within --step-timeout (+ one health interval);
     every stream completes with its exact output on the other worker."""
     _wait_for(lambda: _workers_healthy(stack.target) == [True, True], 90)
-    baseline = asyncio.run(_streams(stack.target, "base"))
     victim = tools.child_pids(stack.process.pid)[0]
     noticed: list[float] = []
 
@@ -123,7 +129,7 @@ def test_sigstop_of_a_worker_is_noticed_within_the_step_timeout(stack, tools) ->
         os.kill(victim, signal.SIGCONT)
         os.kill(victim, signal.SIGKILL)  # its old step stream must not run on (it is restarted)
     assert noticed and noticed[0] < STEP_TIMEOUT_S + HEALTH_INTERVAL_S + 2.0
-    assert [tokens for tokens, _ in outputs] == [tokens for tokens, _ in baseline]
+    assert [tokens for tokens, _ in outputs] == baseline
 
 
 def test_sigterm_drains_streams_in_flight_and_exits_0(stack, tools) -> None:
@@ -146,9 +152,9 @@ def test_sigterm_drains_streams_in_flight_and_exits_0(stack, tools) -> None:
             except grpc.aio.AioRpcError as error:
                 checks["late"] = error.code()
 
-    outputs = asyncio.run(_streams(stack.target, "drain", terminate, count=8, max_new=160))
-    assert [reason for _, reason in outputs] == [pb.FINISH_REASON_LENGTH] * 8
-    assert all(len(tokens) == 160 for tokens, _ in outputs)
+    outputs = asyncio.run(_streams(stack.target, "drain", terminate, count=4, max_new=120))
+    assert [reason for _, reason in outputs] == [pb.FINISH_REASON_LENGTH] * 4
+    assert all(len(tokens) == 120 for tokens, _ in outputs)
     assert checks == {
         "health": health_pb2.HealthCheckResponse.NOT_SERVING,
         "late": grpc.StatusCode.UNAVAILABLE,

@@ -133,6 +133,20 @@ def stack(tokenizer):
         yield stack
 
 
+def _outcome(call, cancel: bool) -> grpc.StatusCode:
+    """The call's status (a cancelled call counts as OK: the cancel was ours)."""
+    try:
+        for _ in call:
+            if cancel:
+                call.cancel()
+                return grpc.StatusCode.OK
+    except grpc.RpcError as error:
+        if cancel and error.code() == grpc.StatusCode.CANCELLED:
+            return grpc.StatusCode.OK
+        return error.code()
+    return grpc.StatusCode.OK
+
+
 def test_random_generate_requests_never_fail_internally_or_leak_blocks(stack) -> None:
     channel = grpc.insecure_channel(stack.address)
     generate = channel.unary_stream(
@@ -148,25 +162,16 @@ def test_random_generate_requests_never_fail_internally_or_leak_blocks(stack) ->
     @given(data=generate_requests())
     def check(data: bytes) -> None:
         cancel = len(data) % 10 == 0  # about one call in ten is cancelled after its first frame
-        call = generate(data, timeout=10)
-        code = grpc.StatusCode.OK
-        try:
-            for _ in call:
-                if cancel:
-                    call.cancel()
-                    break
-        except grpc.RpcError as error:
-            code = error.code()
-        if cancel and code == grpc.StatusCode.CANCELLED:
-            code = grpc.StatusCode.OK
+        call = generate(data, timeout=30)
+        code = _outcome(call, cancel)
         codes[code] = codes.get(code, 0) + 1
         assert code in ALLOWED, (code, call.details())
 
     try:
         check()
         assert stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5).vocab_size == 768
-        assert codes.get(grpc.StatusCode.OK, 0) > 500, codes  # enough valid requests ran
-        assert codes.get(grpc.StatusCode.INVALID_ARGUMENT, 0) > 2000, codes
+        assert codes.get(grpc.StatusCode.OK, 0) > 1000, codes  # enough valid requests ran
+        assert codes.get(grpc.StatusCode.INVALID_ARGUMENT, 0) > 3000, codes
         deadline = time.monotonic() + 10
         while True:  # cancelled requests finish at their next step
             stats = stub.GetServerStats(pb.GetServerStatsRequest(), timeout=5)

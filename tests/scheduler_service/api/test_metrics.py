@@ -4,6 +4,7 @@ the request log has one start and one finish line per call, with its request id.
 
 from __future__ import annotations
 
+import json
 import logging
 import urllib.request
 
@@ -12,6 +13,7 @@ import pytest
 import served_stack
 from prometheus_client.parser import text_string_to_metric_families
 
+from yaie.scheduler_service.logs import JsonFormatter, setup_logging
 from yaie.v1 import generation_pb2 as pb
 from yaie.v1 import generation_pb2_grpc
 
@@ -71,3 +73,15 @@ def test_metrics_endpoint_exposes_the_named_series(tokenizer, caplog) -> None:
     )
     assert sum(r.getMessage().startswith("request start") for r in lines) == 2
     assert finish[1]["outcome"] == "invalid_argument"
+
+
+def test_json_log_lines_carry_the_request_fields() -> None:
+    """--log-format json: one JSON object per line, the request fields at the top level."""
+    record = logging.LogRecord("yaie.requests", logging.INFO, __file__, 1, "request finish %s",
+                               ("x",), None)  # fmt: skip
+    record.fields = {"request_id": "r1", "completion_tokens": 3}
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["message"] == "request finish x" and entry["level"] == "INFO"
+    assert entry["request_id"] == "r1" and entry["completion_tokens"] == 3
+    with pytest.raises(ValueError):
+        setup_logging("INFO", "xml")
