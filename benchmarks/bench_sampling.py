@@ -50,6 +50,7 @@ from yaie.kernels.sampling import (  # noqa: E402
     process_logits,
     sample,
 )
+from yaie.kernels.sampling_penalties import apply_penalties_triton  # noqa: E402
 from yaie.kernels.sampling_triton import draw_triton, row_logsumexp  # noqa: E402
 
 # BENCH_DRY=1: a tiny CPU dry run of this script (TRITON_INTERPRET=1), for its own sake only.
@@ -150,13 +151,15 @@ def main() -> None:
             row(f"  process_logits torch penalties {name}", process_logits, logits, batch, "torch")
     logits = torch.randn(B, V, device=DEV) * 3.0
     batch = mixed_batch(DEV)
-    # (block, rows per tile, pivots, warps, max registers, fast log)
-    variants = [(512, 1, 8, 8, 128, True), (512, 1, 8, 8, 128, False), (512, 1, 8, 8, None, True)]
-    variants += [(256, 1, 8, 8, None, True), (256, 2, 8, 8, 128, True), (1024, 1, 8, 8, 168, True)]
-    for block, rows_, piv, warps, regs, fast in variants[:1] if DRY else variants:
-        label = f"  draw fp32 tile {rows_}x{block} piv {piv} w {warps} regs {regs} fast {fast}"
-        row(label, draw_triton, logits, batch, block, rows_, piv, warps, fast_log=fast and not DRY,
-            max_registers=regs)  # fmt: skip
+    work = logits.clone()
+    row("  penalty kernels alone (fp32, in place)", apply_penalties_triton, work, batch)
+    # (tiles in flight, lane-maxima bounds): the default first
+    variants = [(8, True), (4, True), (8, False)]
+    for scale in (3.0, 1.0):
+        logits = torch.randn(B, V, device=DEV) * scale
+        for slots, bounds in variants[:1] if DRY else variants:
+            label = f"  draw fp32 mixed scale {scale}: slots {slots} bounds {bounds}"
+            row(label, draw_triton, logits, batch, fast_log=not DRY, slots=slots, bounds=bounds)
     kinds = {
         "plain T=1": SamplingConfig(),
         "top_k=50": SamplingConfig(top_k=50),

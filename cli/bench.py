@@ -1,5 +1,7 @@
-"""`yaie bench`: the load generator. Drives a running stack over gRPC with a workload and reports
-request/s, token throughput, TTFT / TPOT / ITL / E2E (mean, median, p99) and the cache hit rate.
+"""`yaie bench`: the load generator, a workload sent to a running stack over gRPC.
+
+Reports request/s, token throughput, TTFT / TPOT / ITL / E2E (mean, median, p99 in ms; the
+conventions are in bench_metrics) and the cache hit rate from the server's usage.
 
 Flag names follow SGLang's bench_serving and vLLM's benchmark_serving, so numbers compare.
 run_workload(target, BenchConfig) -> (BenchMetrics, ModelInfo) is the importable entry point.

@@ -101,8 +101,9 @@ def _pivot_pass(
 @triton.jit
 def _copy_tile(s, idx, lo, hi_x, buf_ptr, ibuf_ptr, cap, written):
     """Appends the values of tile s in [lo, hi_x) to buf (and their token ids to ibuf) at
-    written.. (those past cap are counted, not stored); returns the new count. Slots go in column-major order (any bijection will do:
-    buf is a multiset): down a column within the thread, then past the earlier columns' totals."""
+    written.. (those past cap are counted, not stored); returns the new count. Slots go in
+    column-major order (any bijection will do: buf is a multiset): down a column within the
+    thread, then past the earlier columns' totals."""
     inside = ((s >= lo) & (s < hi_x)).to(tl.int32)
     col_total = tl.sum(inside, axis=0)  # [BLOCK]
     if tl.sum(col_total, axis=0) > 0:  # most tiles hold nothing to copy
@@ -203,9 +204,10 @@ def threshold_search(
 
     Once at most cap (about half the row) would be copied, the next full pass copies the values
     that matter (with their ids) to buf: all s >= lo for counts (so a top-p search after top-k
-    reuses them), the bracket [lo, hi) for masses (all s >= lo before the first pass). Later passes read only buf and add the
-    count / mass above what was copied (base_*). copied, n_buf (how many in buf) and full_lo (buf
-    holds every s >= full_lo; +inf if not) go in and out. Returns lo, F_count(lo), copied,
+    reuses them), the bracket [lo, hi) for masses (all s >= lo before the first pass). Later
+    passes read only buf and add the count / mass above what was copied (base_*). copied,
+    n_buf (how many in buf) and full_lo (buf holds every s >= full_lo; +inf if not) go in and
+    out. Returns lo, F_count(lo), copied,
     n_buf, full_lo."""
     i = tl.arange(0, NPIV).to(tl.float32)
     zero = c_lo * 0.0

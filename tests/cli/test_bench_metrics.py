@@ -89,3 +89,10 @@ def test_datasets_with_the_same_seed_share_no_prefix() -> None:
         ds.fixed_requests(1, 64, 4, 4096, seed=0)[0].prompt_ids[:2],
     ]
     assert len({tuple(ids) for ids in first}) == 3
+
+
+def test_api_key_goes_out_as_a_bearer_authorization_header() -> None:
+    assert bench._metadata("k3y") == (("authorization", "Bearer k3y"),)
+    assert bench._metadata(None) is None and bench._metadata("") is None
+    args = bench.build_parser().parse_args(["--api-key", "abc"])
+    assert args.api_key == "abc"

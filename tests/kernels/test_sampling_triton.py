@@ -30,7 +30,7 @@ interpreter_only = pytest.mark.skipif(not INTERPRET, reason="runs in the TRITON_
 gpu_only = pytest.mark.skipif(
     INTERPRET or not torch.cuda.is_available(), reason="needs CUDA (and no interpreter)"
 )
-EXPECTED_CHILD_TESTS = 7
+EXPECTED_CHILD_TESTS = 10
 
 MIXED = [
     SamplingConfig(temperature=0.0),
@@ -72,7 +72,7 @@ def _mixed_logits(rows: int, vocab: int, device: str, seed: int) -> torch.Tensor
 
 
 def _check_against_reference(
-    logits: torch.Tensor, block: int, rows_per_tile: int, max_differing: int = 0
+    logits: torch.Tensor, block: int, rows_per_tile: int, max_differing: int = 0, **options
 ) -> None:
     """Kept sets equal but for at most max_differing tokens (fp32 sums in another order can put
     a top-p crossing one token over: seen 5-9 of 256 x 151,936 on an H100); tokens equal."""
@@ -85,7 +85,7 @@ def _check_against_reference(
     batch = SamplingBatch.build(configs, range(100, 100 + rows), logits.device, vocab)
     tau = torch.full((rows,), float("nan"), device=logits.device)
     tokens = draw_triton(
-        logits, batch, block=block, rows_per_tile=rows_per_tile, thresholds=tau, fast_log=False
+        logits, batch, block, rows_per_tile, thresholds=tau, fast_log=False, **options
     )
     s = logits.float() * batch.inv_temperature.unsqueeze(1)
     finite = torch.isfinite(s)  # -inf tokens are never drawn; the kernel may leave them out
@@ -104,6 +104,17 @@ def test_interpreter_kept_sets_and_tokens_match(dtype, block, rows):
     """Tiles of 128 over a 600-token vocabulary: every loop runs several iterations."""
     logits = _mixed_logits(12, 600, "cpu", seed=block).to(dtype)
     _check_against_reference(logits, block, rows)
+
+
+@interpreter_only
+@pytest.mark.parametrize(
+    ("scale", "slots", "bounds"), [(8.0, 8, True), (8.0, 4, False), (1.0, 4, True)]
+)
+def test_interpreter_lane_bounds_and_slots_keep_exact_sets(scale, slots, bounds):
+    """Peaked rows (x8: the top-k and top-p searches start from the lane-maxima bound and draw
+    from the copy) and flat ones, 4 or 8 tiles in flight: same kept sets and tokens."""
+    logits = _mixed_logits(12, 600, "cpu", seed=int(scale) + slots) * (scale / 2.5)
+    _check_against_reference(logits, 32, 4, slots=slots, bounds=bounds)
 
 
 @interpreter_only

@@ -201,7 +201,8 @@ class LlamaForCausalLM(CausalLM):
     def lm_head_weight(self) -> torch.Tensor:
         """[vocab rows of this rank, hidden] (all of them without tp)."""
         if self.config.tie_word_embeddings:
-            return self.model.embed_tokens.weight[self.vocab_start : self.vocab_stop]
+            weight = self.model.embed_tokens.weight
+            return weight if self.tp is None else weight[self.vocab_start : self.vocab_stop]
         return self.lm_head.weight
 
     def weight_slice(self, name: str) -> tuple[int, int, int] | None:
