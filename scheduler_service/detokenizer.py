@@ -13,6 +13,9 @@ REPLACEMENT_CHAR = "\ufffd"
 # Prompt tokens decoded in front of the first output token, so that tokenizers that strip a
 # leading space at the start of a decode (SentencePiece) keep it for the first output word.
 PROMPT_CONTEXT_TOKENS = 5
+# A UTF-8 character is at most 4 bytes, so at most 4 byte-level tokens; past that the U+FFFD is
+# the text itself (an invalid byte sequence the model produced), not a character still arriving.
+MAX_HELD_TOKENS = 4
 
 
 class Decoder(Protocol):
@@ -39,10 +42,13 @@ class IncrementalDetokenizer:
         self._ids.append(token_id)
         prefix_text = self._decode(self._ids[: self._read_offset])
         new_text = self._decode(self._ids)
-        if len(new_text) <= len(prefix_text) or new_text.endswith(REPLACEMENT_CHAR):
-            return ""  # nothing new yet, or an incomplete character: wait for more bytes
+        held = len(self._ids) - self._read_offset
+        if new_text.endswith(REPLACEMENT_CHAR) and held < MAX_HELD_TOKENS:
+            return ""  # an incomplete character: wait for the bytes that complete it
         self._advance()
-        return new_text[len(prefix_text) :]
+        # A token with no text of its own (a skipped special token, an id the tokenizer does not
+        # know) adds nothing; it is not held, so the window never grows without bound.
+        return new_text[len(prefix_text) :] if len(new_text) > len(prefix_text) else ""
 
     def _advance(self) -> None:
         """Marks every id as emitted; the last emitted ids become the next window's context."""
