@@ -241,20 +241,27 @@ def scan_pass(
 
 
 @triton.jit
-def lane_bound(vmax, m, k, goal, z, IS_MASS: tl.constexpr, BLOCK: tl.constexpr):
-    """A feasible start for a filter from the per-lane maxima vmax [BLOCK] (distinct tokens):
-    counts: the k-th largest lane max x (k <= BLOCK), as >= k tokens are >= x; masses: the
-    largest lane max x whose lane maxima >= x weigh sum exp(. - m) >= goal * z, as the tokens
-    >= x weigh at least that. Returns x, or -inf when there is none."""
-    srt = tl.sort(vmax, dim=0, descending=True)
-    pos = tl.arange(0, BLOCK)
+def lane_bound(vmax, m, k, target, IS_MASS: tl.constexpr, STEPS: tl.constexpr = 24):
+    """A feasible start for a filter from the per-lane maxima vmax [BLOCK] (distinct tokens), by
+    bisection between the smallest and the largest finite lane max. Counts: an x with >= k lane
+    maxima >= x (then >= k tokens are >= x), near the k-th largest lane max. Masses: an x whose
+    lane maxima >= x weigh sum exp(. - m) >= target (then the tokens >= x weigh at least that),
+    near the largest such. Returns x, or -inf when even the smallest lane max is not feasible."""
+    fin = vmax > NEG_INF
+    lo = tl.min(tl.where(fin, vmax, POS_INF), axis=0)
+    hi = tl.max(vmax, axis=0)
     if IS_MASS:
-        cum = tl.cumsum(tl.where(srt > NEG_INF, tl.exp(srt - m), 0.0), axis=0)
-        j = tl.sum((cum < goal * z).to(tl.int32), axis=0)  # first index whose cum reaches it
+        w = tl.where(fin, tl.exp(vmax - m), 0.0)
+        ok = tl.sum(w, axis=0) >= target
     else:
-        j = k.to(tl.int32) - 1
-    x = tl.max(tl.where(pos == j, srt, NEG_INF), axis=0)
-    ok = (j >= 0) & (j < BLOCK) & (x > NEG_INF)
-    if IS_MASS:
-        ok = ok & (z < POS_INF) & (z > 0.0)
-    return tl.where(ok, x, NEG_INF)
+        w = fin.to(tl.float32)
+        ok = tl.sum(w, axis=0) >= k
+    for _ in range(STEPS):  # invariant: lo feasible (when ok)
+        mid = lo + (hi - lo) * 0.5
+        if IS_MASS:
+            good = tl.sum(tl.where(vmax >= mid, w, 0.0), axis=0) >= target
+        else:
+            good = tl.sum(tl.where(vmax >= mid, w, 0.0), axis=0) >= k
+        lo = tl.where(good, mid, lo)
+        hi = tl.where(good, hi, mid)
+    return tl.where(ok & (lo < POS_INF) & (target < POS_INF), lo, NEG_INF)

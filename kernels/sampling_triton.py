@@ -79,37 +79,33 @@ def _sample_kernel(
     copied = tl.full([], 0, tl.int32)  # whether buf holds a copy (n_buf values)
     n_buf = tl.full([], 0, tl.int32)
     full_lo = m * 0.0 + POS_INF  # buf holds every s >= full_lo
+    lo, c_lo, target = tau_k, c_k, m * 0.0  # where the searches start
+    if BOUNDS:  # a start from the lane maxima: top-k (k <= BLOCK), or top-p without top-k
+        x = m * 0.0 + NEG_INF
+        if HAS_TOP_K:
+            if sampled & (k_row < c_k) & (k_row <= BLOCK):
+                x = lane_bound(vmax, m, k_row, 0.0, False)
+        if HAS_TOP_P:
+            if need_z:
+                target = p_row * tl.sum(zl, axis=0) * tl.exp(ref - m)  # p * sum exp(s - m)
+                x = lane_bound(vmax, m, 0.0, target, True)
+        if x > NEG_INF:  # copy s >= x with ids; the search and the draw then read the copy
+            n = copy_pass(row_ptr, V, inv_t, x, POS_INF, buf_ptr, ibuf_ptr, cap, BLOCK, ROWS, SLOTS)
+            if n <= cap:
+                copied, n_buf, full_lo, lo, c_lo = n * 0 + 1, n, x, x, n.to(tl.float32)
     if HAS_TOP_K:
         if sampled & (k_row < c_k):
-            lo = tau_k
-            if BOUNDS:
-                x = lane_bound(vmax, m, k_row, 0.0, 0.0, False, BLOCK)
-                if (k_row <= BLOCK) & (x > NEG_INF):  # start from the copy of s >= the bound
-                    n = copy_pass(
-                        row_ptr, V, inv_t, x, POS_INF, buf_ptr, ibuf_ptr, cap, BLOCK, ROWS, SLOTS
-                    )
-                    if n <= cap:
-                        copied, n_buf, full_lo, c_k, lo = n * 0 + 1, n, x, n.to(tl.float32), x
             tau_k, c_k, copied, n_buf, full_lo = threshold_search(
-                row_ptr, buf_ptr, ibuf_ptr, cap, V, inv_t, m, lo, c_k, k_row, 0.0, copied, n_buf,
-                full_lo, BLOCK, ROWS, NPIV, False, MAX_PASSES, SLOTS,
+                row_ptr, buf_ptr, ibuf_ptr, cap, V, inv_t, m, lo, c_lo, k_row, 0.0, copied,
+                n_buf, full_lo, BLOCK, ROWS, NPIV, False, MAX_PASSES, SLOTS,
             )  # fmt: skip
             tau = tau_k
+            lo, c_lo = tau_k, c_k
     if HAS_TOP_P:
         if sampled & (p_row < 1.0):
-            lo = tau_k
-            c_lo = c_k
-            target = lo * 0.0
-            if need_z:
-                z = tl.sum(zl, axis=0) * tl.exp(ref - m)  # sum exp(s - m) over the row
-                x = lane_bound(vmax, m, 0.0, p_row, z, True, BLOCK)
-                if x > NEG_INF:  # start from the copy of s >= the bound
-                    n = copy_pass(
-                        row_ptr, V, inv_t, x, POS_INF, buf_ptr, ibuf_ptr, cap, BLOCK, ROWS, SLOTS
-                    )
-                    if n <= cap:
-                        copied, n_buf, full_lo, c_lo, lo = n * 0 + 1, n, x, n.to(tl.float32), x
-                        target = p_row * z
+            # target: p * Z when starting from a mass bound, else 0: p * mass(s >= lo), found
+            # by the search's first pass (the top-k set)
+            target = tl.where(copied != 0, target, 0.0)
             tau_p, c_p, copied, n_buf, full_lo = threshold_search(
                 row_ptr, buf_ptr, ibuf_ptr, cap, V, inv_t, m, lo, c_lo, p_row, target, copied,
                 n_buf, full_lo, BLOCK, ROWS, NPIV, True, MAX_PASSES, SLOTS,

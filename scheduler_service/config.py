@@ -23,8 +23,8 @@ class SchedulerConfig:
     prefill_chunk_size: int = 2048
     # Send plan N+1 before reading result N (the worker feeds decodes their last token itself).
     enable_overlap: bool = True
-    # A step result slower than this, or a health check unanswered for this long, marks the
-    # worker lost (a hung worker, e.g. SIGSTOPped): its requests move to the other workers.
+    # A step result slower than this, or a health check unanswered for this long (at most
+    # 10 s), marks the worker lost (hung, e.g. SIGSTOPped): its requests move to the others.
     step_timeout_s: float = 120.0
     # How often each worker's grpc.health.v1 is polled, in seconds (it also catches a worker
     # that hangs or says NOT_SERVING while idle, when no step result is awaited).

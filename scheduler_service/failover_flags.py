@@ -10,8 +10,8 @@ from yaie.scheduler_service.config import SchedulerConfig
 _FLAGS: dict[str, tuple[str, str]] = {
     "--step-timeout": (
         "step_timeout_s",
-        "seconds a worker may take for a step result or a health answer before it counts as "
-        "lost (hung); its requests then finish on the other workers",
+        "seconds a worker may take for a step result (or a health answer, at most 10 s) before "
+        "it counts as lost (hung); its requests then finish on the other workers",
     ),
     "--health-interval": ("health_check_interval_s", "seconds between worker health checks"),
     "--no-worker-timeout": (

@@ -37,6 +37,10 @@ from yaie.scheduler_service.worker_client import (
 logger = logging.getLogger(__name__)
 
 _MAX_RETRY_S = 5.0  # reconnect backoff: from the health-check interval, doubling up to this
+# A health answer needs no computation (a worker answers it while a long step runs), so it is
+# awaited at most this long even when the step deadline is longer: a hung worker is noticed
+# within min(step_timeout_s, this) + one interval.
+_MAX_HEALTH_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -141,12 +145,13 @@ class WorkerLoop:
     async def watch_health(self) -> None:
         """Polls grpc.health.v1 while connected: no SERVING answer within the step deadline
         (a dead, hung or draining worker) ends the session as a broken stream would."""
+        timeout = min(self.config.step_timeout_s, _MAX_HEALTH_TIMEOUT_S)
         while True:
             await asyncio.sleep(self.config.health_check_interval_s)
             if not self.healthy or self._lost is not None:
                 continue
-            if not await self.client.is_serving(self.config.step_timeout_s) and self.healthy:
-                self.mark_lost(f"no SERVING health answer in {self.config.step_timeout_s} s")
+            if not await self.client.is_serving(timeout) and self.healthy:
+                self.mark_lost(f"no SERVING health answer in {timeout} s")
 
     def mark_lost(self, reason: str) -> None:
         """End the current session: the step loop fails with WorkerStreamError(reason)."""

@@ -23,7 +23,7 @@ NAN, INF = math.nan, math.inf
 # Each scalar field takes its default most of the time and otherwise one of its extreme values
 # (some valid, some not). Choices are bit-fields of one drawn integer and bulk content comes from
 # a PRNG seeded by a second one: a hypothesis draw costs ~0.05 ms, and 10,000 examples must run
-# in seconds. Shrinking the choice integer toward 0 turns fields back to their defaults.
+# in well under a minute. Shrinking the choice integer toward 0 turns fields back to their defaults.
 EXTREME_FLOATS = [0.0, 0.5, 1.0, 1.5, -0.0, -1.0, 2.0, -2.5, NAN, INF, -INF, 3.4e38, 1e-45]
 FIELDS: dict[str, tuple[object, list]] = {  # name -> (default, extremes)
     "temperature": (None, EXTREME_FLOATS),
@@ -39,7 +39,7 @@ FIELDS: dict[str, tuple[object, list]] = {  # name -> (default, extremes)
     "min_new_tokens": (0, [1, 3, 5, 2**32 - 1]),
     "top_logprobs": (0, [1, 20, 21, 2**32 - 1]),
     "num_stops": (0, [1, 3, 16, 17]),
-    "kind": ("ids", ["text", "text", "chat", "none"]),
+    "kind": ("ids", ["text"] * 8 + ["chat"] * 3 + ["none"]),
     "request_id": ("", ["fuzz"]),
     "cache_salt": ("", ["a", "b", "s" * 256, "s" * 257]),
     "mutation": (None, ["bad text", "bad salt", "bad stop", "junk"]),
