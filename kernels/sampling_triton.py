@@ -134,7 +134,7 @@ def draw_triton(
     thresholds: torch.Tensor | None = None,
     fast_log: bool | None = None,
     max_registers: int | None = 128,
-    slots: int = 8,
+    slots: int = 4,
     bounds: bool = True,
 ) -> torch.Tensor:
     """[B] int64 tokens from processed logits work [B, V] (fp32, bf16 or fp16, read as fp32); as

@@ -20,6 +20,10 @@ class WorkerStreamError(Exception):
     """The worker is unusable: the call failed, the stream ended, or a step timed out."""
 
 
+class WorkerHungError(WorkerStreamError):
+    """No answer in time: the worker process may still be alive (and resume later)."""
+
+
 @dataclass(frozen=True)
 class WorkerDescription:
     """What Describe reported."""
@@ -211,11 +215,16 @@ class WorkerClient:
 
     async def is_serving(self, timeout: float) -> bool:
         """Whether grpc.health.v1 answers SERVING within timeout (False when unreachable)."""
+        return await self.health(timeout) == "SERVING"
+
+    async def health(self, timeout: float) -> str:
+        """grpc.health.v1's answer ("SERVING", "NOT_SERVING", ...) or the call's status code
+        ("UNAVAILABLE": nothing listens; "DEADLINE_EXCEEDED": no answer, e.g. it hangs)."""
         try:
             reply = await self._health.Check(health_pb2.HealthCheckRequest(), timeout=timeout)
-        except grpc.aio.AioRpcError:
-            return False
-        return reply.status == health_pb2.HealthCheckResponse.SERVING
+        except grpc.aio.AioRpcError as exc:
+            return exc.code().name
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
     async def send(self, step_id: int, entries: list[PlanEntry], release_ids: list[int]) -> None:
         if self._call is None:
@@ -239,7 +248,7 @@ class WorkerClient:
             raise
         if not done:
             read.cancel()
-            raise WorkerStreamError(f"{self.address}: no step result in {timeout} s")
+            raise WorkerHungError(f"{self.address}: no step result in {timeout} s")
         try:
             result = read.result()
         except asyncio.CancelledError as exc:  # the call itself was cancelled, not this task

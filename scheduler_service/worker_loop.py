@@ -31,6 +31,7 @@ from yaie.scheduler_service.worker_client import (
     PlanEntry,
     WorkerClient,
     WorkerDescription,
+    WorkerHungError,
     WorkerStreamError,
 )
 
@@ -41,6 +42,7 @@ _MAX_RETRY_S = 5.0  # reconnect backoff: from the health-check interval, doublin
 # awaited at most this long even when the step deadline is longer: a hung worker is noticed
 # within min(step_timeout_s, this) + one interval.
 _MAX_HEALTH_TIMEOUT_S = 10.0
+_MAX_SETTLE_S = 5.0  # see _rejoin
 
 
 @dataclass
@@ -75,6 +77,7 @@ class WorkerLoop:
         self._on_orphaned = on_orphaned  # unfinished requests of a lost worker, to re-route
         self._on_rejoined = on_rejoined  # the worker is back (the engine routes parked requests)
         self._lost: str | None = None  # set by the health check: end the session
+        self._hung = False  # lost by a deadline: it may resume and run its old stream's plans
         self._aborts: list[Sequence] = []
         self._release_ids: list[int] = []
         self._in_flight: deque[_InFlight] = deque()
@@ -119,6 +122,7 @@ class WorkerLoop:
                 await self._steps()
             except WorkerStreamError as exc:
                 logger.error("worker %s lost: %s", self.info.address, exc)
+                self._hung = isinstance(exc, WorkerHungError) or self._lost is not None
                 self._lose(str(exc), fail=False)
             except Exception as exc:  # a bug here must not leave clients waiting forever
                 logger.exception("step loop of worker %s crashed", self.info.address)
@@ -129,7 +133,7 @@ class WorkerLoop:
         depth = 1 if self.config.enable_overlap else 0
         while True:
             if self._lost is not None:
-                raise WorkerStreamError(self._lost)
+                raise WorkerHungError(self._lost)
             self._apply_aborts()
             for seq in [s for s in self.retiring if s.in_flight == 0]:
                 self._finalize(seq)
@@ -161,12 +165,28 @@ class WorkerLoop:
             self._wake.set()
 
     async def _rejoin(self) -> None:
-        """Reconnect with backoff until the worker is SERVING and Describes the same model."""
+        """Reconnect with backoff until the worker is SERVING and Describes the same model.
+
+        A worker lost by a deadline (hung, e.g. SIGSTOPped) may resume and still launch the
+        plans its old stream had queued (at most two), writing K/V into blocks the fresh
+        allocator would hand out again: it rejoins only after answering SERVING for a settle
+        time of min(step_timeout_s, 5 s), by which those plans have run. A worker found not
+        listening in between was restarted, with no old plans, and needs none."""
         delay = self.config.health_check_interval_s
+        settle = min(self.config.step_timeout_s, _MAX_SETTLE_S) if self._hung else 0.0
+        clock = asyncio.get_running_loop()
+        serving_since: float | None = None
         while True:
             await asyncio.sleep(delay)
-            delay = min(2 * delay, max(_MAX_RETRY_S, delay))
-            if not await self.client.is_serving(min(self.config.step_timeout_s, 5.0)):
+            status = await self.client.health(min(self.config.step_timeout_s, 5.0))
+            if status != "SERVING":
+                delay = min(2 * delay, max(_MAX_RETRY_S, delay))
+                serving_since = None
+                settle = 0.0 if status == "UNAVAILABLE" else settle  # not listening: restarted
+                continue
+            serving_since = clock.time() if serving_since is None else serving_since
+            if clock.time() - serving_since < settle:
+                delay = self.config.health_check_interval_s
                 continue
             try:
                 info = await self.client.describe(self.config.connect_timeout_s)
