@@ -174,6 +174,39 @@ def copy_pass(
 
 
 @triton.jit
+def recopy_pass(
+    buf_ptr,
+    ibuf_ptr,
+    n,
+    lo,
+    hi_x,
+    BLOCK: tl.constexpr,
+    ROWS: tl.constexpr,
+    SLOTS: tl.constexpr,
+):
+    """Compacts buf[:n] / ibuf[:n] in place to the values in [lo, hi_x); returns how many. Safe
+    in place: a tile's values go to slots below its own end, and _copy_tile's cumsum (a block
+    barrier) puts every warp's loads of the tile before any store."""
+    offs = tile_offsets(BLOCK, ROWS)
+    T: tl.constexpr = ROWS * BLOCK
+    written = tl.full([], 0, tl.int32)
+    t0 = load_tile(buf_ptr, offs, n)
+    i0 = tl.load(ibuf_ptr + offs, mask=offs < n, other=0)
+    t1 = load_tile(buf_ptr, T + offs, n)
+    i1 = tl.load(ibuf_ptr + T + offs, mask=T + offs < n, other=0)
+    for start in range(2 * T, n + 2 * T, 2 * T):
+        s, idx = t0, i0
+        t0 = load_tile(buf_ptr, start + offs, n)
+        i0 = tl.load(ibuf_ptr + start + offs, mask=start + offs < n, other=0)
+        written = _copy_tile(s, idx, lo, hi_x, buf_ptr, ibuf_ptr, n, written)
+        s, idx = t1, i1
+        t1 = load_tile(buf_ptr, start + T + offs, n)
+        i1 = tl.load(ibuf_ptr + start + T + offs, mask=start + T + offs < n, other=0)
+        written = _copy_tile(s, idx, lo, hi_x, buf_ptr, ibuf_ptr, n, written)
+    return written
+
+
+@triton.jit
 def threshold_search(
     row_ptr,
     buf_ptr,
@@ -205,7 +238,8 @@ def threshold_search(
     Once at most cap (about half the row) would be copied, the next full pass copies the values
     that matter (with their ids) to buf: all s >= lo for counts (so a top-p search after top-k
     reuses them), the bracket [lo, hi) for masses (all s >= lo before the first pass). Later
-    passes read only buf and add the count / mass above what was copied (base_*). copied,
+    passes read only buf and add the count / mass above what was copied (base_*); once the
+    bracket holds a quarter of the copy or less, the copy is compacted to it in place. copied,
     n_buf (how many in buf) and full_lo (buf holds every s >= full_lo; +inf if not) go in and
     out. Returns lo, F_count(lo), copied,
     n_buf, full_lo."""
@@ -240,6 +274,13 @@ def threshold_search(
             full_lo = tl.where(hi_x < POS_INF, POS_INF, lo)
             base_c = tl.where(hi_x < POS_INF, c_hi, 0.0)
             base_m = tl.where(hi_x < POS_INF, m_hi, 0.0)
+        elif (copied != 0) & (in_play * 4.0 <= n_buf) & ((hi_x == POS_INF) | (full_lo == POS_INF)):
+            # the bracket holds a quarter of the copy or less: compact the copy to it (a copy
+            # that holds every s >= full_lo stays so: counts keep all s >= lo, masses skip this)
+            n_buf = recopy_pass(buf_ptr, ibuf_ptr, n_buf, lo, hi_x, BLOCK, ROWS, SLOTS)
+            full_lo = tl.where(hi_x < POS_INF, POS_INF, lo)
+            base_c = tl.where(hi_x < POS_INF, c_hi, 0.0)
+            base_m = tl.where(hi_x < POS_INF, m_hi, 0.0)
         if copied != 0:
             cnt, mass, mass_lo = _pivot_pass(
                 buf_ptr, n_buf, inv_t * 0.0 + 1.0, m, lo, piv, BLOCK, ROWS, NPIV, IS_MASS, SLOTS
@@ -271,4 +312,12 @@ def threshold_search(
     return lo, c_lo, copied, n_buf, full_lo
 
 
-__all__ = ["threshold_search", "copy_pass", "tile_offsets", "load_tile", "NEG_INF", "POS_INF"]
+__all__ = [
+    "threshold_search",
+    "copy_pass",
+    "recopy_pass",
+    "tile_offsets",
+    "load_tile",
+    "NEG_INF",
+    "POS_INF",
+]

@@ -50,6 +50,7 @@ def _sample_kernel(
     FAST_LOG: tl.constexpr,
     SLOTS: tl.constexpr,
     BOUNDS: tl.constexpr,
+    MASS_BOUND: tl.constexpr,
 ):
     row = tl.program_id(0)
     row_ptr = s_ptr + row.to(tl.int64) * stride
@@ -62,7 +63,7 @@ def _sample_kernel(
     # Under a top-k the unfiltered winner is almost never kept: draw only in the last pass.
     noisy_a = sampled & (k_row >= V)
     need_z = noisy_a & (p_row < 1.0)  # top-p over the whole row: its mass helps find a bound
-    if not (BOUNDS and HAS_TOP_P):
+    if not (MASS_BOUND and HAS_TOP_P):
         need_z = noisy_a & (p_row > 1.0)
     key = tl.load(key_ptr + row).to(tl.uint32)
     vmax, vmin, nfin, best, best_i, best_s, zl, ref = scan_pass(
@@ -85,7 +86,7 @@ def _sample_kernel(
         if HAS_TOP_K:
             if sampled & (k_row < c_k) & (k_row <= BLOCK):
                 x = lane_bound(vmax, m, k_row, 0.0, False)
-        if HAS_TOP_P:
+        if HAS_TOP_P and MASS_BOUND:
             if need_z:
                 target = p_row * tl.sum(zl, axis=0) * tl.exp(ref - m)  # p * sum exp(s - m)
                 x = lane_bound(vmax, m, 0.0, target, True)
@@ -136,13 +137,15 @@ def draw_triton(
     max_registers: int | None = 128,
     slots: int = 4,
     bounds: bool = True,
+    mass_bound: bool = False,
 ) -> torch.Tensor:
     """[B] int64 tokens from processed logits work [B, V] (fp32, bf16 or fp16, read as fp32); as
     sampling.draw_reference (up to float summation order at a top-p boundary).
 
     Each loop reads [rows_per_tile, block] tiles, slots (4 or 8) of them in flight; num_pivots is
     the search's fan-out per pass; max_registers (per thread) keeps two programs of 8 warps on an
-    SM (65,536 registers); bounds: start filters from the lane-maxima bounds where they exist.
+    SM (65,536 registers); bounds: start top-k from the lane-maxima bound; mass_bound: top-p too
+    (it costs an exp per token in pass A, and gains only when a few tokens hold the mass).
     thresholds, if given ([B] fp32), receives each sampled row's tau: it keeps s >= tau.
     fast_log (default: on, except under TRITON_INTERPRET, which lacks it) takes the noise's logs
     with lg2.approx; the draws then differ from the reference only where two keys tie to ~1e-6.
@@ -166,7 +169,8 @@ def draw_triton(
     args += (batch.top_p, batch.min_p, batch.row_keys, out, thresholds, scratch, ids, cap)
     meta = dict(BLOCK=block, ROWS=rows_per_tile, NPIV=num_pivots, HAS_TOP_K=batch.any_top_k)
     meta.update(HAS_TOP_P=batch.any_top_p, HAS_MIN_P=batch.any_min_p, MAX_PASSES=32)
-    meta.update(FAST_LOG=fast_log, SLOTS=slots, BOUNDS=bounds, num_warps=num_warps)
+    meta.update(FAST_LOG=fast_log, SLOTS=slots, BOUNDS=bounds, MASS_BOUND=mass_bound)
+    meta.update(num_warps=num_warps)
     try:
         _sample_kernel[(rows,)](*args, **meta, **options)
     except KeyError as exc:  # a Triton without the maxnreg option: run uncapped

@@ -213,10 +213,6 @@ class WorkerClient:
             self._call.cancel()
             self._call = None
 
-    async def is_serving(self, timeout: float) -> bool:
-        """Whether grpc.health.v1 answers SERVING within timeout (False when unreachable)."""
-        return await self.health(timeout) == "SERVING"
-
     async def health(self, timeout: float) -> str:
         """grpc.health.v1's answer ("SERVING", "NOT_SERVING", ...) or the call's status code
         ("UNAVAILABLE": nothing listens; "DEADLINE_EXCEEDED": no answer, e.g. it hangs)."""

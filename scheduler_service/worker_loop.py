@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from yaie.kernels.kv_cache import KVCacheManager
+from yaie.scheduler_service import health_monitor
 from yaie.scheduler_service.config import SchedulerConfig
 from yaie.scheduler_service.policy import BatchPolicy, Run
 from yaie.scheduler_service.request import FinishReason
@@ -36,13 +37,6 @@ from yaie.scheduler_service.worker_client import (
 )
 
 logger = logging.getLogger(__name__)
-
-_MAX_RETRY_S = 5.0  # reconnect backoff: from the health-check interval, doubling up to this
-# A health answer needs no computation (a worker answers it while a long step runs), so it is
-# awaited at most this long even when the step deadline is longer: a hung worker is noticed
-# within min(step_timeout_s, this) + one interval.
-_MAX_HEALTH_TIMEOUT_S = 10.0
-_MAX_SETTLE_S = 5.0  # see _rejoin
 
 
 @dataclass
@@ -147,57 +141,21 @@ class WorkerLoop:
                 self._wake.clear()
 
     async def watch_health(self) -> None:
-        """Polls grpc.health.v1 while connected: no SERVING answer within the step deadline
-        (a dead, hung or draining worker) ends the session as a broken stream would."""
-        timeout = min(self.config.step_timeout_s, _MAX_HEALTH_TIMEOUT_S)
-        while True:
-            await asyncio.sleep(self.config.health_check_interval_s)
-            if not self.healthy or self._lost is not None:
-                continue
-            if not await self.client.is_serving(timeout) and self.healthy:
-                self.mark_lost(f"no SERVING health answer in {timeout} s")
+        """Health checks while connected (health_monitor.py): a failed one loses the worker."""
+        await health_monitor.watch(
+            self.client, self.config, lambda: self.healthy and self._lost is None, self.mark_lost
+        )
 
     def mark_lost(self, reason: str) -> None:
-        """End the current session: the step loop fails with WorkerStreamError(reason)."""
+        """End the current session: the step loop fails with WorkerHungError(reason)."""
         if self.healthy and self._lost is None:
             self._lost = reason
             self.client.abandon_stream()  # a read or write in progress fails now
             self._wake.set()
 
     async def _rejoin(self) -> None:
-        """Reconnect with backoff until the worker is SERVING and Describes the same model.
-
-        A worker lost by a deadline (hung, e.g. SIGSTOPped) may resume and still launch the
-        plans its old stream had queued (at most two), writing K/V into blocks the fresh
-        allocator would hand out again: it rejoins only after answering SERVING for a settle
-        time of min(step_timeout_s, 5 s), by which those plans have run. A worker found not
-        listening in between was restarted, with no old plans, and needs none."""
-        delay = self.config.health_check_interval_s
-        settle = min(self.config.step_timeout_s, _MAX_SETTLE_S) if self._hung else 0.0
-        clock = asyncio.get_running_loop()
-        serving_since: float | None = None
-        while True:
-            await asyncio.sleep(delay)
-            status = await self.client.health(min(self.config.step_timeout_s, 5.0))
-            if status != "SERVING":
-                delay = min(2 * delay, max(_MAX_RETRY_S, delay))
-                serving_since = None
-                settle = 0.0 if status == "UNAVAILABLE" else settle  # not listening: restarted
-                continue
-            serving_since = clock.time() if serving_since is None else serving_since
-            if clock.time() - serving_since < settle:
-                delay = self.config.health_check_interval_s
-                continue
-            try:
-                info = await self.client.describe(self.config.connect_timeout_s)
-            except WorkerStreamError as exc:
-                logger.warning("worker %s: %s", self.info.address, exc)
-                continue
-            old = (self.info.model, self.info.vocab_size, self.info.max_context)
-            if (info.model, info.vocab_size, info.max_context) != old:
-                logger.error("worker %s came back serving another model: %s", info.address, info)
-                continue
-            break
+        """Once the worker is back (health_monitor.py), a fresh pool and step stream."""
+        info = await health_monitor.wait_until_back(self.client, self.config, self.info, self._hung)
         self._reset_pool(info)
         self.client.open_stream()
         self._lost = None

@@ -108,13 +108,15 @@ def test_interpreter_kept_sets_and_tokens_match(dtype, block, rows):
 
 @interpreter_only
 @pytest.mark.parametrize(
-    ("scale", "slots", "bounds"), [(8.0, 8, True), (8.0, 4, False), (1.0, 4, True)]
+    ("scale", "slots", "bounds", "mass"),
+    [(8.0, 8, True, True), (8.0, 4, False, False), (1.0, 4, True, True)],
 )
-def test_interpreter_lane_bounds_and_slots_keep_exact_sets(scale, slots, bounds):
+def test_interpreter_lane_bounds_and_slots_keep_exact_sets(scale, slots, bounds, mass):
     """Peaked rows (x8: the top-k and top-p searches start from the lane-maxima bound and draw
-    from the copy) and flat ones, 4 or 8 tiles in flight: same kept sets and tokens."""
+    from the copy) and flat ones (copies compacted as the bracket shrinks), 4 or 8 tiles in
+    flight: same kept sets and tokens."""
     logits = _mixed_logits(12, 600, "cpu", seed=int(scale) + slots) * (scale / 2.5)
-    _check_against_reference(logits, 32, 4, slots=slots, bounds=bounds)
+    _check_against_reference(logits, 32, 4, slots=slots, bounds=bounds, mass_bound=mass)
 
 
 @interpreter_only
