@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 
 
 class FinishReason(enum.Enum):
-    STOP = "stop"      # EOS, a stop token id, or a stop string (found by the API layer)
+    STOP = "stop"  # EOS, a stop token id, or a stop string (found by the API layer)
     LENGTH = "length"  # max_new_tokens or the model's context
-    ABORT = "abort"    # Abort RPC, client cancel, deadline, or the server gave up
+    ABORT = "abort"  # Abort RPC, client cancel, deadline, or the server gave up
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class GenerationRequest:
 
 @dataclass(frozen=True)
 class TokenLogprobs:
-    """One generated token's log-probability and its top alternatives (log-softmax of raw logits)."""
+    """A generated token's log-probability and its top alternatives (log-softmax, raw logits)."""
 
     token_id: int
     logprob: float
@@ -67,7 +67,7 @@ class OutputEvent:
     logprobs: list[TokenLogprobs]
     num_prompt_tokens: int
     num_cached_tokens: int
-    num_output_tokens: int               # running total, token_ids included
+    num_output_tokens: int  # running total, token_ids included
     finish_reason: FinishReason | None = None
     matched_stop_token: int | None = None
-    error: str | None = None             # set when the server gave up on the request (ABORT)
+    error: str | None = None  # set when the server gave up on the request (ABORT)

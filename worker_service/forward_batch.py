@@ -18,14 +18,14 @@ class ForwardBatch:
     the last tokens of its seq_lens[b] tokens (cached prefix + new).
     """
 
-    input_ids: torch.Tensor       # [num_tokens] int64
-    positions: torch.Tensor       # [num_tokens] int64, position of each token in its sequence
-    slots: torch.Tensor           # [num_tokens] int64, pool slot that receives each token's K/V
-    block_tables: torch.Tensor    # [batch, max_blocks] int32
-    seq_lens: torch.Tensor        # [batch] int32, cached + new tokens
-    query_start: torch.Tensor     # [batch + 1] int32, cumulative new-token counts
-    max_query_len: int            # max new tokens of one request (host int, known from the plan)
-    is_decode: bool               # every request runs exactly one token
+    input_ids: torch.Tensor  # [num_tokens] int64
+    positions: torch.Tensor  # [num_tokens] int64, position of each token in its sequence
+    slots: torch.Tensor  # [num_tokens] int64, pool slot that receives each token's K/V
+    block_tables: torch.Tensor  # [batch, max_blocks] int32
+    seq_lens: torch.Tensor  # [batch] int32, cached + new tokens
+    query_start: torch.Tensor  # [batch + 1] int32, cumulative new-token counts
+    max_query_len: int  # max new tokens of one request (host int, known from the plan)
+    is_decode: bool  # every request runs exactly one token
     logits_indices: torch.Tensor  # [num_sampled] int64, rows whose logits the sampler needs
 
     @property

@@ -127,6 +127,11 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                     continue
                 if message is _END:
                     break
+                if not context.is_active():
+                    # The scheduler gave this stream up (e.g. after a step timeout while we
+                    # were stopped): plans still queued must not write into blocks it may
+                    # already have handed to other requests.
+                    break
                 pending.append(self._launch(table, message, last_step_id))
                 last_step_id = message.step_id
                 if len(pending) >= MAX_IN_FLIGHT:
@@ -147,9 +152,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             plan = plan_from_proto(message)
         except ValueError as exc:  # nothing runs; releases apply, the step's requests are dropped
             with self._lock:
-                self.runner.release(
-                    table, [*message.release_request_ids, *message.run_request_ids]
-                )
+                self.runner.release(table, [*message.release_request_ids, *message.run_request_ids])
             num_run = len(message.run_request_ids)
             return PendingStep.done(StepOutput(message.step_id, [-1] * num_run, error=str(exc)))
         with self._lock:
