@@ -159,25 +159,31 @@ def main() -> None:
     for scale in (3.0, 1.0):
         logits = torch.randn(B, V, device=DEV) * scale
         row(f"  draw fp32 mixed scale {scale} (default)", draw_triton, logits, batch)
+        tied = logits.bfloat16().float()  # bf16 values: many exact ties
+        row(f"  draw fp32 mixed scale {scale}, bf16 values", draw_triton, tied, batch)
     row("  row_logsumexp bf16", row_logsumexp, logits.bfloat16())
     row("  torch.argmax bf16", torch.argmax, logits.bfloat16(), dim=-1)
     # each row below compiles another specialisation of the sampler
     kinds = {
         "top_p=0.9": SamplingConfig(top_p=0.9),
         "top_k=50": SamplingConfig(top_k=50),
+        "top_k=40 top_p=0.95 T=0.7": SamplingConfig(top_k=40, top_p=0.95, temperature=0.7),
         "min_p=0.05": SamplingConfig(min_p=0.05),
         "plain T=1": SamplingConfig(),
-        "top_k=40 top_p=0.95 T=0.7": SamplingConfig(top_k=40, top_p=0.95, temperature=0.7),
     }
     logits3 = torch.randn(B, V, device=DEV) * 3.0
-    for name, config in kinds.items():
+    variants = {"no compaction": dict(compact=False), "slots 8": dict(slots=8)}
+    variants["mass bound"] = dict(mass_bound=True)
+    variants["no bounds"] = dict(bounds=False)
+    for i, (name, config) in enumerate(kinds.items()):
         for scale, x in ((1.0, logits), (3.0, logits3)):
             label = f"  draw fp32 scale {scale}, all rows {name}"
             row(label, draw_triton, x, one_kind(config), compiles=scale == 1.0)
-    for slots, bounds in [(8, True), (4, False)]:
-        for scale, x in ((1.0, logits), (3.0, logits3)):
-            label = f"  draw fp32 mixed scale {scale}: slots {slots} bounds {bounds}"
-            row(label, draw_triton, x, batch, slots=slots, bounds=bounds, compiles=scale == 1.0)
+        if i == 0:
+            for vname, options in variants.items():
+                for scale, x in ((1.0, logits), (3.0, logits3)):
+                    label = f"  draw fp32 mixed scale {scale}: {vname}"
+                    row(label, draw_triton, x, batch, **options, compiles=scale == 1.0)
     nopen = SamplingBatch.build((MIXED * B)[:B], range(B), DEV, V)
     row("sample mixed, no penalty tokens bf16", sample, logits3.bfloat16(), nopen, compiles=True)
     row("  torch reference draw fp32 (sort)", draw_reference, logits, batch)

@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", help="worker weight dtype (auto | float32 | ...)")
     p.add_argument("--num-blocks", type=int, default=None, help="KV blocks per worker")
     p.add_argument("--max-queue", type=int, default=None, help="see yaie scheduler --help")
+    p.add_argument("--no-prefix-cache", action="store_true", help="never share KV blocks")
+    p.add_argument("--no-overlap", action="store_true", help="wait for each step's result")
     p.add_argument("--demo", metavar="PROMPT", default=None,
                    help="stream one greedy generation of PROMPT once ready, then stop")  # fmt: skip
     p.add_argument("--demo-tokens", type=int, default=48, help="tokens the demo generates")
@@ -232,6 +234,8 @@ async def run_stack(args: argparse.Namespace, model: str, workers: list) -> int:
     argv += server_options.forward(args)
     if args.max_queue:
         argv += ["--max-queue", str(args.max_queue)]
+    argv += [flag for flag, on in (("--no-prefix-cache", args.no_prefix_cache),
+                                   ("--no-overlap", args.no_overlap)) if on]  # fmt: skip
     stop, serving = asyncio.Event(), asyncio.Event()
 
     def restart(address: str) -> subprocess.Popen:

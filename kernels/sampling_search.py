@@ -170,6 +170,7 @@ def copy_pass(
             s = t7.to(tl.float32) * inv_t
             t7 = load_tile(row_ptr, start + 7 * T + offs, V)
             written = _copy_tile(s, idx + 7 * T, lo, hi_x, buf_ptr, ibuf_ptr, cap, written)
+    tl.debug_barrier()  # the copy's stores before any thread of the block reads it
     return written
 
 
@@ -203,6 +204,7 @@ def recopy_pass(
         t1 = load_tile(buf_ptr, start + T + offs, n)
         i1 = tl.load(ibuf_ptr + start + T + offs, mask=start + T + offs < n, other=0)
         written = _copy_tile(s, idx, lo, hi_x, buf_ptr, ibuf_ptr, n, written)
+    tl.debug_barrier()  # the copy's stores before any thread of the block reads it
     return written
 
 
@@ -228,6 +230,7 @@ def threshold_search(
     IS_MASS: tl.constexpr,
     MAX_PASSES: tl.constexpr,
     SLOTS: tl.constexpr,
+    COMPACT: tl.constexpr,
 ):
     """Largest lo (a data value or just below one) with F(lo) >= target, F = count or mass of
     s >= v over the row s = row * inv_t (m: its max). target = goal (a count), or target_in if
@@ -274,13 +277,18 @@ def threshold_search(
             full_lo = tl.where(hi_x < POS_INF, POS_INF, lo)
             base_c = tl.where(hi_x < POS_INF, c_hi, 0.0)
             base_m = tl.where(hi_x < POS_INF, m_hi, 0.0)
-        elif (copied != 0) & (in_play * 4.0 <= n_buf) & ((hi_x == POS_INF) | (full_lo == POS_INF)):
-            # the bracket holds a quarter of the copy or less: compact the copy to it (a copy
-            # that holds every s >= full_lo stays so: counts keep all s >= lo, masses skip this)
-            n_buf = recopy_pass(buf_ptr, ibuf_ptr, n_buf, lo, hi_x, BLOCK, ROWS, SLOTS)
-            full_lo = tl.where(hi_x < POS_INF, POS_INF, lo)
-            base_c = tl.where(hi_x < POS_INF, c_hi, 0.0)
-            base_m = tl.where(hi_x < POS_INF, m_hi, 0.0)
+        elif COMPACT:
+            if (
+                (copied != 0)
+                & (in_play * 4.0 <= n_buf)
+                & ((hi_x == POS_INF) | (full_lo == POS_INF))
+            ):
+                # the bracket holds a quarter of the copy or less: compact the copy to it (a copy
+                # holding every s >= full_lo stays so: counts keep all s >= lo, masses skip this)
+                n_buf = recopy_pass(buf_ptr, ibuf_ptr, n_buf, lo, hi_x, BLOCK, ROWS, SLOTS)
+                full_lo = tl.where(hi_x < POS_INF, POS_INF, lo)
+                base_c = tl.where(hi_x < POS_INF, c_hi, 0.0)
+                base_m = tl.where(hi_x < POS_INF, m_hi, 0.0)
         if copied != 0:
             cnt, mass, mass_lo = _pivot_pass(
                 buf_ptr, n_buf, inv_t * 0.0 + 1.0, m, lo, piv, BLOCK, ROWS, NPIV, IS_MASS, SLOTS

@@ -51,6 +51,7 @@ def _sample_kernel(
     SLOTS: tl.constexpr,
     BOUNDS: tl.constexpr,
     MASS_BOUND: tl.constexpr,
+    COMPACT: tl.constexpr,
 ):
     row = tl.program_id(0)
     row_ptr = s_ptr + row.to(tl.int64) * stride
@@ -98,7 +99,7 @@ def _sample_kernel(
         if sampled & (k_row < c_k):
             tau_k, c_k, copied, n_buf, full_lo = threshold_search(
                 row_ptr, buf_ptr, ibuf_ptr, cap, V, inv_t, m, lo, c_lo, k_row, 0.0, copied,
-                n_buf, full_lo, BLOCK, ROWS, NPIV, False, MAX_PASSES, SLOTS,
+                n_buf, full_lo, BLOCK, ROWS, NPIV, False, MAX_PASSES, SLOTS, COMPACT,
             )  # fmt: skip
             tau = tau_k
             lo, c_lo = tau_k, c_k
@@ -109,7 +110,7 @@ def _sample_kernel(
             target = tl.where(copied != 0, target, 0.0)
             tau_p, c_p, copied, n_buf, full_lo = threshold_search(
                 row_ptr, buf_ptr, ibuf_ptr, cap, V, inv_t, m, lo, c_lo, p_row, target, copied,
-                n_buf, full_lo, BLOCK, ROWS, NPIV, True, MAX_PASSES, SLOTS,
+                n_buf, full_lo, BLOCK, ROWS, NPIV, True, MAX_PASSES, SLOTS, COMPACT,
             )  # fmt: skip
             tau = tl.maximum(tau, tau_p)
     if HAS_MIN_P:
@@ -138,6 +139,7 @@ def draw_triton(
     slots: int = 4,
     bounds: bool = True,
     mass_bound: bool = False,
+    compact: bool = True,
 ) -> torch.Tensor:
     """[B] int64 tokens from processed logits work [B, V] (fp32, bf16 or fp16, read as fp32); as
     sampling.draw_reference (up to float summation order at a top-p boundary).
@@ -145,7 +147,8 @@ def draw_triton(
     Each loop reads [rows_per_tile, block] tiles, slots (4 or 8) of them in flight; num_pivots is
     the search's fan-out per pass; max_registers (per thread) keeps two programs of 8 warps on an
     SM (65,536 registers); bounds: start top-k from the lane-maxima bound; mass_bound: top-p too
-    (it costs an exp per token in pass A, and gains only when a few tokens hold the mass).
+    (it costs an exp per token in pass A, and gains only when a few tokens hold the mass);
+    compact: shrink the search's copy in place as its bracket shrinks.
     thresholds, if given ([B] fp32), receives each sampled row's tau: it keeps s >= tau.
     fast_log (default: on, except under TRITON_INTERPRET, which lacks it) takes the noise's logs
     with lg2.approx; the draws then differ from the reference only where two keys tie to ~1e-6.
@@ -170,7 +173,7 @@ def draw_triton(
     meta = dict(BLOCK=block, ROWS=rows_per_tile, NPIV=num_pivots, HAS_TOP_K=batch.any_top_k)
     meta.update(HAS_TOP_P=batch.any_top_p, HAS_MIN_P=batch.any_min_p, MAX_PASSES=32)
     meta.update(FAST_LOG=fast_log, SLOTS=slots, BOUNDS=bounds, MASS_BOUND=mass_bound)
-    meta.update(num_warps=num_warps)
+    meta.update(COMPACT=compact, num_warps=num_warps)
     try:
         _sample_kernel[(rows,)](*args, **meta, **options)
     except KeyError as exc:  # a Triton without the maxnreg option: run uncapped

@@ -108,14 +108,14 @@ def test_interpreter_kept_sets_and_tokens_match(dtype, block, rows):
 
 @interpreter_only
 @pytest.mark.parametrize(
-    ("scale", "slots", "bounds", "mass"),
-    [(8.0, 8, True, True), (8.0, 4, False, False), (1.0, 4, True, True)],
+    ("scale", "vocab", "slots", "bounds", "mass"),
+    [(8.0, 600, 8, True, True), (8.0, 600, 4, False, False), (2.5, 4000, 4, True, True)],
 )
-def test_interpreter_lane_bounds_and_slots_keep_exact_sets(scale, slots, bounds, mass):
+def test_interpreter_lane_bounds_and_slots_keep_exact_sets(scale, vocab, slots, bounds, mass):
     """Peaked rows (x8: the top-k and top-p searches start from the lane-maxima bound and draw
-    from the copy) and flat ones (copies compacted as the bracket shrinks), 4 or 8 tiles in
-    flight: same kept sets and tokens."""
-    logits = _mixed_logits(12, 600, "cpu", seed=int(scale) + slots) * (scale / 2.5)
+    from the copy) and flatter ones over 4000 tokens (copies compacted in place as the bracket
+    shrinks), 4 or 8 tiles in flight: same kept sets and tokens."""
+    logits = _mixed_logits(12, vocab, "cpu", seed=int(scale) + slots) * (scale / 2.5)
     _check_against_reference(logits, 32, 4, slots=slots, bounds=bounds, mass_bound=mass)
 
 
