@@ -172,7 +172,7 @@ def main() -> None:
         "plain T=1": SamplingConfig(),
     }
     logits3 = torch.randn(B, V, device=DEV) * 3.0
-    variants = {"no compaction": dict(compact=False), "slots 8": dict(slots=8)}
+    variants = {"compaction": dict(compact=True), "slots 8": dict(slots=8)}
     variants["mass bound"] = dict(mass_bound=True)
     variants["no bounds"] = dict(bounds=False)
     for i, (name, config) in enumerate(kinds.items()):

@@ -139,7 +139,7 @@ def draw_triton(
     slots: int = 4,
     bounds: bool = True,
     mass_bound: bool = False,
-    compact: bool = True,
+    compact: bool = False,
 ) -> torch.Tensor:
     """[B] int64 tokens from processed logits work [B, V] (fp32, bf16 or fp16, read as fp32); as
     sampling.draw_reference (up to float summation order at a top-p boundary).
@@ -148,7 +148,8 @@ def draw_triton(
     the search's fan-out per pass; max_registers (per thread) keeps two programs of 8 warps on an
     SM (65,536 registers); bounds: start top-k from the lane-maxima bound; mass_bound: top-p too
     (it costs an exp per token in pass A, and gains only when a few tokens hold the mass);
-    compact: shrink the search's copy in place as its bracket shrinks.
+    compact: shrink the search's copy in place as its bracket shrinks (off by default: exact
+    under the interpreter, not yet run on a GPU; see benchmarks/NOTES.md, Sampling).
     thresholds, if given ([B] fp32), receives each sampled row's tau: it keeps s >= tau.
     fast_log (default: on, except under TRITON_INTERPRET, which lacks it) takes the noise's logs
     with lg2.approx; the draws then differ from the reference only where two keys tie to ~1e-6.

@@ -116,7 +116,9 @@ def test_interpreter_lane_bounds_and_slots_keep_exact_sets(scale, vocab, slots, 
     from the copy) and flatter ones over 4000 tokens (copies compacted in place as the bracket
     shrinks), 4 or 8 tiles in flight: same kept sets and tokens."""
     logits = _mixed_logits(12, vocab, "cpu", seed=int(scale) + slots) * (scale / 2.5)
-    _check_against_reference(logits, 32, 4, slots=slots, bounds=bounds, mass_bound=mass)
+    _check_against_reference(
+        logits, 32, 4, slots=slots, bounds=bounds, mass_bound=mass, compact=True
+    )
 
 
 @interpreter_only
