@@ -149,32 +149,48 @@ class SamplingBatch:
         if not configs:
             raise ValueError("a sampling batch needs at least one request")
         sampled = [c for c in configs if not c.is_greedy]
-
-        def vec(values: list, dtype: torch.dtype) -> torch.Tensor:
-            return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
-
-        top_k = [c.top_k if 0 < c.top_k < vocab_size else TOP_K_OFF for c in configs]
         bias_ids, bias_values = _pack_logit_bias(configs, vocab_size, device)
-        seeds_lo = vec([c.seed & _MASK32 for c in configs], torch.int64)
-        seeds_hi = vec([c.seed >> 32 for c in configs], torch.int64)
-        if isinstance(positions, torch.Tensor):
+        if isinstance(positions, torch.Tensor):  # on the device already: hash there
             pos = positions.to(device=device, dtype=torch.int64)
-        else:
-            pos = vec(list(positions), torch.int64)
-        assert pos.shape == (len(configs),), "one position per request"
+            assert pos.shape == (len(configs),), "one position per request"
+            seeds = torch.tensor([[c.seed & _MASK32, c.seed >> 32] for c in configs])
+            seeds = seeds.to(device, non_blocking=True)
+            keys = row_keys(seeds[:, 0], seeds[:, 1], pos)
+        else:  # hash on the host: B Python ints cost less than ~25 tiny device launches
+            positions = list(positions)
+            assert len(positions) == len(configs), "one position per request"
+            keys = [_row_key_host(c.seed, p) for c, p in zip(configs, positions, strict=True)]
+        # Two host->device copies for all per-row vectors (each copy is a launch and a sync
+        # point for pageable memory): floats [6, B], ints [3, B] (or [2, B] with device keys).
+        floats = torch.tensor(
+            [
+                [1.0 if c.is_greedy else 1.0 / c.temperature for c in configs],
+                [c.top_p for c in configs],
+                [c.min_p for c in configs],
+                [c.repetition_penalty for c in configs],
+                [c.frequency_penalty for c in configs],
+                [c.presence_penalty for c in configs],
+            ],
+            dtype=torch.float32,
+        ).to(device, non_blocking=True)
+        int_rows = [
+            [c.top_k if 0 < c.top_k < vocab_size else TOP_K_OFF for c in configs],
+            [int(c.is_greedy) for c in configs],
+        ]
+        if not isinstance(keys, torch.Tensor):
+            int_rows.append(keys)
+        ints = torch.tensor(int_rows, dtype=torch.int64).to(device, non_blocking=True)
         return cls(
             vocab_size=vocab_size,
-            greedy=vec([c.is_greedy for c in configs], torch.bool),
-            inv_temperature=vec(
-                [1.0 if c.is_greedy else 1.0 / c.temperature for c in configs], torch.float32
-            ),
-            top_k=vec(top_k, torch.int32),
-            top_p=vec([c.top_p for c in configs], torch.float32),
-            min_p=vec([c.min_p for c in configs], torch.float32),
-            repetition_penalty=vec([c.repetition_penalty for c in configs], torch.float32),
-            frequency_penalty=vec([c.frequency_penalty for c in configs], torch.float32),
-            presence_penalty=vec([c.presence_penalty for c in configs], torch.float32),
-            row_keys=row_keys(seeds_lo, seeds_hi, pos),
+            greedy=ints[1].bool(),
+            inv_temperature=floats[0],
+            top_k=ints[0].to(torch.int32),
+            top_p=floats[1],
+            min_p=floats[2],
+            repetition_penalty=floats[3],
+            frequency_penalty=floats[4],
+            presence_penalty=floats[5],
+            row_keys=keys if isinstance(keys, torch.Tensor) else ints[2],
             bias_ids=bias_ids,
             bias_values=bias_values,
             num_top_logprobs=max(c.top_logprobs for c in configs),
@@ -212,6 +228,22 @@ def mix32(x: torch.Tensor) -> torch.Tensor:
     x = x ^ (x >> 15)
     x = (x * _MIX_C2) & _MASK32
     return x ^ (x >> 15)
+
+
+def _mix32_host(x: int) -> int:
+    """mix32 on one Python int (the same arithmetic, for hashing on the host)."""
+    x ^= x >> 16
+    x = (x * _MIX_C1) & _MASK32
+    x ^= x >> 15
+    x = (x * _MIX_C2) & _MASK32
+    return x ^ (x >> 15)
+
+
+def _row_key_host(seed: int, position: int) -> int:
+    """row_keys for one row, on the host."""
+    h = _mix32_host(seed & _MASK32)
+    h = _mix32_host(h ^ (seed >> 32))
+    return _mix32_host(h ^ (position & _MASK32))
 
 
 def row_keys(

@@ -256,3 +256,14 @@ def test_logit_bias_outside_vocab_raises():
     """A bias on a token id outside the vocabulary is rejected when the batch is built."""
     with pytest.raises(ValueError):
         _batch([SamplingConfig(logit_bias={V: 1.0})])
+
+
+def test_row_keys_hashed_on_the_host_equal_the_device_hash():
+    """build() hashes (seed, position) on the host for a list of positions: the same keys as the
+    tensor path, for 64-bit seeds and large positions."""
+    configs = [SamplingConfig(seed=s) for s in (0, 1, 2**32 - 1, 2**32, 2**63 + 12345, 2**64 - 1)]
+    positions = [0, 1, 4095, 2**31, 2**32 + 7, 123456789]
+    from_list = SamplingBatch.build(configs, positions, "cpu", 100)
+    from_tensor = SamplingBatch.build(configs, torch.tensor(positions), "cpu", 100)
+    assert from_list.row_keys.tolist() == from_tensor.row_keys.tolist()
+    assert len(set(from_list.row_keys.tolist())) == len(configs)
