@@ -153,11 +153,11 @@ CHANNEL_OPTIONS = [
     # what the worker accepts, so a big batch never fails on a size limit on one side only.
     ("grpc.max_send_message_length", 256 << 20),
     ("grpc.max_receive_message_length", 256 << 20),
-    # Pings detect a dead TCP peer (a remote host gone without a RST). Not faster than every
-    # 5 min: workers keep gRPC's default server ping policy, which answers faster pings on an
-    # idle stream with GOAWAY (that would break a healthy step stream). Hung or dead workers are
-    # caught quickly by the health checks and the step deadline instead (config.py).
-    ("grpc.keepalive_time_ms", 300_000),
+    # Pings detect a dead TCP peer (a remote host gone without a RST). Every 30 s: workers
+    # accept pings down to 20 s apart (worker_service/app.py); gRPC's default server policy would
+    # answer faster pings with GOAWAY and break a healthy step stream. Hung workers are caught
+    # sooner by the health checks and the step deadline (config.py).
+    ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 20_000),
     # A restarted worker is reconnected within ~2 s: gRPC's default backoff grows to 120 s.
     ("grpc.initial_reconnect_backoff_ms", 200),

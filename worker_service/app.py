@@ -103,6 +103,10 @@ def start_worker(config: WorkerConfig, security: WorkerSecurity | None = None) -
         options=[
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            # The scheduler pings every 30 s to notice a peer that vanished without a RST;
+            # accept pings down to 20 s apart (gRPC's default would GOAWAY a faster pinger).
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 20_000),
+            ("grpc.keepalive_permit_without_calls", 1),
         ],
     )
     servicer = WorkerServicer()
