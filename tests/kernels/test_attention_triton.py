@@ -12,11 +12,7 @@ from __future__ import annotations
 
 import os
 import random
-import re
-import subprocess
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
@@ -55,30 +51,9 @@ def _run_decode(batch: PagedBatch, backend: str, **kwargs) -> torch.Tensor:
     return decode_attention_triton(*batch.decode_args(), out=out, **kwargs)
 
 
-def test_kernels_match_reference_under_triton_interpreter() -> None:
+def test_kernels_match_reference_under_triton_interpreter(interpreter_child) -> None:
     """The interpreter cases of this file all pass in a child with TRITON_INTERPRET=1."""
-    if INTERPRET:
-        pytest.skip("this is the child")
-    pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        __file__,
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        "-k",
-        "interpreter",
-    ]
-    proc = subprocess.run(
-        cmd, cwd=Path(__file__).parents[2], env=env, capture_output=True, text=True, timeout=240
-    )
-    report = proc.stdout + proc.stderr
-    assert proc.returncode == 0, report
-    passed = re.search(r"(\d+) passed", report)
-    assert passed and int(passed.group(1)) >= EXPECTED_CHILD_TESTS, report
+    interpreter_child(__file__, EXPECTED_CHILD_TESTS, select="interpreter")
 
 
 # (block_size, gqa, head_dim, dtype, block_m, block_n): all block sizes, GQA 1..8, both dims.

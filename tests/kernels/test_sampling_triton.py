@@ -8,10 +8,6 @@ starts the child. GPU cases run where CUDA is present.
 from __future__ import annotations
 
 import os
-import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -46,21 +42,9 @@ MIXED = [
 ]
 
 
-def test_sampler_matches_reference_under_triton_interpreter() -> None:
+def test_sampler_matches_reference_under_triton_interpreter(interpreter_child) -> None:
     """The interpreter cases of this file all pass in a child with TRITON_INTERPRET=1."""
-    if INTERPRET:
-        pytest.skip("this is the child")
-    pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider"]
-    cmd += ["-k", "interpreter", "-W", "ignore::RuntimeWarning"]
-    proc = subprocess.run(
-        cmd, cwd=Path(__file__).parents[2], env=env, capture_output=True, text=True, timeout=240
-    )
-    report = proc.stdout + proc.stderr
-    assert proc.returncode == 0, report
-    passed = re.search(r"(\d+) passed", report)
-    assert passed and int(passed.group(1)) >= EXPECTED_CHILD_TESTS, report
+    interpreter_child(__file__, EXPECTED_CHILD_TESTS, select="interpreter")
 
 
 def _mixed_logits(rows: int, vocab: int, device: str, seed: int) -> torch.Tensor:

@@ -9,10 +9,6 @@ tests/kernels/test_attention_triton.py for the same arrangement).
 from __future__ import annotations
 
 import os
-import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -32,20 +28,9 @@ kernel_cases = pytest.mark.parametrize(("device", "dtype"), CASES)
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
 
-def test_fused_kernels_match_torch_under_triton_interpreter() -> None:
+def test_fused_kernels_match_torch_under_triton_interpreter(interpreter_child) -> None:
     """The interpreter cases of this file all pass in a child with TRITON_INTERPRET=1."""
-    if INTERPRET:
-        pytest.skip("this is the child")
-    pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider"]
-    proc = subprocess.run(
-        cmd, cwd=Path(__file__).parents[2], env=env, capture_output=True, text=True, timeout=240
-    )
-    report = proc.stdout + proc.stderr
-    assert proc.returncode == 0, report
-    passed = re.search(r"(\d+) passed", report)
-    assert passed and int(passed.group(1)) >= EXPECTED_CHILD_TESTS, report
+    interpreter_child(__file__, EXPECTED_CHILD_TESTS)
 
 
 def _close(actual: torch.Tensor, expected: torch.Tensor) -> None:
