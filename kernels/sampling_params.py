@@ -18,6 +18,9 @@ GREEDY_TEMPERATURE = 1e-5
 _MASK32 = 0xFFFFFFFF
 # top_k of a row without top-k: above any vocabulary, also one padded past the tokenizer's.
 TOP_K_OFF = 2**31 - 1
+# Alternatives per sampled token a request may ask for (the public API allows 20): bounds the
+# top-k over the vocabulary and the size of a step result.
+MAX_TOP_LOGPROBS = 64
 # Multipliers of the "lowbias32" integer mixer; both < 2^31, so x * C < 2^63 for any x < 2^32
 # and the int64 products in torch never overflow.
 _MIX_C1 = 0x21F0AAAD
@@ -59,7 +62,11 @@ class SamplingConfig:
             (math.isfinite(self.frequency_penalty), "finite frequency_penalty"),
             (math.isfinite(self.presence_penalty), "finite presence_penalty"),
             (0 <= self.seed < 2**64, "0 <= seed < 2^64"),
-            (self.top_logprobs >= 0, "top_logprobs >= 0"),
+            (0 <= self.top_logprobs <= MAX_TOP_LOGPROBS, f"top_logprobs <= {MAX_TOP_LOGPROBS}"),
+            (
+                all(not math.isnan(float(v)) for v in self.logit_bias.values()),
+                "logit_bias values that are not NaN (+-inf bans or forces a token)",
+            ),
         ]
         for ok, what in checks:
             if not ok:

@@ -91,7 +91,13 @@ def check_run_entry(
         raise ValueError(f"a decode runs 1 token (its last sampled one), got {n}")
     if end > max_context:
         raise ValueError(f"sequence of {end} tokens exceeds the max context {max_context}")
-    capacity = (len(state.block_table) + len(entry.new_block_ids)) * block_size
+    num_table_blocks = len(state.block_table) + len(entry.new_block_ids)
+    if num_table_blocks > -(-max_context // block_size) + 1:  # a slack block is allowed
+        raise ValueError(
+            f"block table of {num_table_blocks} blocks exceeds what max context {max_context} "
+            f"needs at block size {block_size}"
+        )
+    capacity = num_table_blocks * block_size
     if capacity < end:
         raise ValueError(f"block table holds {capacity} tokens, the step writes up to {end}")
     return end >= len(state.token_ids)

@@ -112,8 +112,9 @@ class ModelRunner:
             return self._execute(table, entries, output)
         except Exception as exc:  # a device or model failure fails the whole step
             log.exception("step %d failed", plan.step_id)
-            # The ranks of a group may now be out of step: a failure there is fatal too.
-            if self.device.type == "cuda" or self.tp is not None:
+            # A device error leaves the GPU unusable, and the ranks of a group may now be out of
+            # step: both are fatal. A plain Python error fails this step only.
+            if _is_device_error(exc) or self.tp is not None:
                 self.device_failure = f"{type(exc).__name__}: {exc}"
             for entry in plan.run:
                 table.release(entry.request_id)
@@ -197,3 +198,11 @@ class ModelRunner:
             if e.samples:
                 e.state.num_sampled += 1
         return pending
+
+
+def _is_device_error(exc: BaseException) -> bool:
+    """A CUDA/accelerator error (the context may be corrupt), not a Python or shape error."""
+    accelerator_error = getattr(torch, "AcceleratorError", None)
+    if accelerator_error is not None and isinstance(exc, accelerator_error):
+        return True
+    return isinstance(exc, RuntimeError) and "CUDA error" in str(exc)

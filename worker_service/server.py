@@ -111,9 +111,14 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
     def Step(self, request_iterator, context) -> Iterator[worker_pb2.StepResult]:
         if self.runner is None:
             context.abort(grpc.StatusCode.UNAVAILABLE, "the worker is still loading its model")
-        plans: queue.Queue = queue.Queue()
+        # Bounded, so gRPC flow control holds back a client that sends plans faster than they run.
+        plans: queue.Queue = queue.Queue(maxsize=MAX_IN_FLIGHT + 2)
+        closed = threading.Event()
         threading.Thread(
-            target=_read_plans, args=(request_iterator, plans), daemon=True, name="step-reader"
+            target=_read_plans,
+            args=(request_iterator, plans, closed),
+            daemon=True,
+            name="step-reader",
         ).start()
         table = self.runner.new_table()
         pending: deque[PendingStep] = deque()
@@ -133,12 +138,14 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                     # already have handed to other requests.
                     break
                 pending.append(self._launch(table, message, last_step_id))
-                last_step_id = message.step_id
+                if last_step_id is None or message.step_id > last_step_id:
+                    last_step_id = message.step_id  # a rejected lower id must not lower it
                 if len(pending) >= MAX_IN_FLIGHT:
                     yield self._finish(pending.popleft())
             while pending:
                 yield self._finish(pending.popleft())
         finally:  # stream closed or cancelled: its requests are gone
+            closed.set()  # a reader blocked on the full queue gives up
             with self._lock:
                 self.runner.close_table(table)
             log.info("step stream closed")
@@ -183,12 +190,23 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             )
 
 
-def _read_plans(request_iterator, plans: queue.Queue) -> None:
+def _read_plans(request_iterator, plans: queue.Queue, closed: threading.Event) -> None:
     """Moves plans from the stream into plans; _END when the client is done or gone."""
+
+    def put(item: object) -> bool:
+        while not closed.is_set():
+            try:
+                plans.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     try:
         for message in request_iterator:
-            plans.put(message)
+            if not put(message):
+                return
     except Exception as exc:  # cancelled or broken stream
         log.info("step stream ended: %s", exc)
     finally:
-        plans.put(_END)
+        put(_END)

@@ -45,7 +45,7 @@ def channel(model_dir):
 @pytest.fixture(scope="module")
 def reference(model_dir) -> list[int]:
     """transformers' greedy continuation of PROMPT."""
-    return hf_greedy(load_hf_model(model_dir), PROMPT, 12)
+    return hf_greedy(load_hf_model(model_dir), PROMPT, 16)
 
 
 def new_request(request_id: int, token_ids=PROMPT, num_cached: int = 0, **params):
@@ -103,6 +103,9 @@ def test_bad_plans_get_errors_and_the_stream_keeps_working(channel, reference):
         ([new_request(2, token_ids=[10**6])], 1, [2], "outside the vocabulary"),
         ([new_request(2, top_p=0.0)], 6, [2, 3], "top_p"),
         ([new_request(2, logit_bias={10**6: 1.0})], 6, [2, 3], "outside the vocabulary"),
+        ([new_request(2, logit_bias={5: float("nan")})], 6, [2, 3], "NaN"),
+        ([new_request(2, top_logprobs=10**6)], 6, [2, 3], "top_logprobs"),
+        ([new_request(2)], 6, [2] * 600, "exceeds what max context"),
     ]
     for i, (new, num_tokens, blocks, message) in enumerate(bad_entries):
         owned = [4 + i] if len(tokens) % BLOCK_SIZE == 3 else []  # request 1's next block
@@ -131,7 +134,11 @@ def test_inconsistent_plans_fail_the_step_and_the_stream_keeps_working(channel, 
     assert "differ in length" in result.error and list(result.token_ids) == [-1]
     result = stream.step(new_requests=[new_request(1)], **run([1], [6], [2], [0]))
     assert "new_block_ids" in result.error
+    last = stream.next_step_id - 1
     stream.send(step_id=1, new_requests=[new_request(1)], **run([1], [6], [2], [0, 1]))
+    assert "not increasing" in stream.recv().error
+    # A rejected lower id does not lower the bar: the id between it and the last is refused too.
+    stream.send(step_id=last, new_requests=[new_request(1)], **run([1], [6], [2], [0, 1]))
     assert "not increasing" in stream.recv().error
     # The failed steps dropped request 1: it can be sent again and runs correctly.
     result = stream.step(new_requests=[new_request(1)], **run([1], [6], [2], [0, 1]))
