@@ -157,7 +157,7 @@ def test_plans_sent_ahead_of_their_results_decode_the_right_tokens(channel, refe
         stream.send(**run([1], [1], [len(new)], new))
     results = [stream.recv() for _ in range(12)]
     assert [r.step_id for r in results] == list(range(1, 13))
-    assert [r.token_ids[0] for r in results] == reference
+    assert [r.token_ids[0] for r in results] == reference[:12]
     stream.close()
 
 
