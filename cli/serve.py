@@ -86,15 +86,16 @@ def visible_gpus() -> list[str]:
     return [str(i) for i, line in enumerate(listing.stdout.splitlines()) if line.startswith("GPU")]
 
 
-def start_workers(args: argparse.Namespace, model: str) -> list[tuple[str, subprocess.Popen]]:
+def start_workers(
+    args: argparse.Namespace, model: str, workers: list[tuple[str, subprocess.Popen]]
+) -> None:
+    """Appends each started worker to workers, so a failure part-way still stops the others."""
     gpus = visible_gpus() if _gpus_used(args) else []
-    workers = []
     for index in range(args.workers):
         port = free_port()
         process = spawn_worker(args, model, port, _gpu_set(gpus, index, args.tp))
         logger.info("worker %d: pid %d on 127.0.0.1:%d", index, process.pid, port)
         workers.append((f"127.0.0.1:{port}", process))
-    return workers
 
 
 def _gpus_used(args: argparse.Namespace) -> bool:
@@ -259,9 +260,16 @@ async def run_stack(args: argparse.Namespace, model: str, workers: list) -> int:
     return status
 
 
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Until the scheduler installs its own handlers, SIGTERM unwinds through the finally below
+    # (children stopped, the run's secret file removed) instead of killing the process outright.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     setup_logging(args.log_level, args.log_format)
     try:
         server_options.ServerOptions.from_args(args)
@@ -280,11 +288,12 @@ def main(argv: list[str] | None = None) -> int:
         logger.warning("no --model: serving the built-in model %s (RANDOM WEIGHTS: its text is "
                        "meaningless; pass --model for a real one)", model)  # fmt: skip
     run_secret = None
-    if args.internal_secret_file is None:
-        args.internal_secret_file = run_secret = _write_run_secret()
-    # Fork the workers first, from the main thread, before gRPC or asyncio start any thread.
-    workers = start_workers(args, model)
+    workers: list[tuple[str, subprocess.Popen]] = []
     try:
+        if args.internal_secret_file is None:
+            args.internal_secret_file = run_secret = _write_run_secret()
+        # Fork the workers first, from the main thread, before gRPC or asyncio start any thread.
+        start_workers(args, model, workers)
         return asyncio.run(run_stack(args, model, workers))
     except KeyboardInterrupt:
         return 130

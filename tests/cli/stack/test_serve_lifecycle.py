@@ -65,3 +65,27 @@ def test_demo_streams_a_generation_and_exits_with_nothing_left(model_dirs, tools
     assert process.returncode == 0
     assert out.startswith("The cook says") and len(out) > len("The cook says")
     assert workers and _wait_gone(tools, workers) == []
+
+
+def test_sigterm_while_starting_stops_the_workers_and_removes_the_run_secret(
+    model_dirs, tools, tmp_path
+) -> None:
+    """SIGTERM as soon as the first worker exists (before SERVING): the workers stop and the
+    run's internal-secret file is gone."""
+    port = tools.free_port()
+    command = tools.yaie("serve", "--model", str(model_dirs["LlamaForCausalLM"]),
+                         "--port", str(port), "--device", "cpu", "--num-blocks", "64")  # fmt: skip
+    env = {**os.environ, "TMPDIR": str(tmp_path)}  # where the run's secret file is written
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not tools.child_pids(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        workers = tools.child_pids(process.pid)
+        assert workers, "no worker was started"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) in (0, 128 + signal.SIGTERM)
+        assert _wait_gone(tools, workers) == []
+        assert list(tmp_path.glob("yaie-internal-secret-*")) == []
+    finally:
+        tools.stop(process)
