@@ -19,7 +19,7 @@ from yaie.scheduler_service.errors import ResourceExhaustedError, UnavailableErr
 from yaie.scheduler_service.output_stream import OutputStream, merge_frames
 from yaie.scheduler_service.request import GenerationRequest, OutputEvent
 from yaie.scheduler_service.tokenizer import Tokenizer
-from yaie.scheduler_service.validation import ModelLimits, validate_generate
+from yaie.scheduler_service.validation import ModelLimits, check_text_length, validate_generate
 from yaie.scheduler_service.wire import UndecodableRequest, safe_deserializer
 from yaie.v1 import generation_pb2 as pb
 
@@ -146,7 +146,9 @@ class GenerationServicer:
     @_unary
     async def Tokenize(self, request: Any, context: grpc.aio.ServicerContext):
         request = _decoded(request)
-        ids = self._ready_tokenizer().encode(request.text, request.add_special_tokens)
+        tokenizer = self._ready_tokenizer()
+        check_text_length("text", len(request.text), self._engine.model_info.max_context)
+        ids = tokenizer.encode(request.text, request.add_special_tokens)
         return pb.TokenizeResponse(ids=ids)
 
     @_unary

@@ -59,7 +59,23 @@ def _check_range(name: str, value: float, low: float, high: float, low_open: boo
         raise ValueError(f"{name} must be in {bracket}{low}, {high}], got {value}")
 
 
-def prompt_ids(request: pb.GenerateRequest, encoder: PromptEncoder, vocab_size: int) -> list[int]:
+# No tokenizer has tokens longer than this on average: text past max_context times this cannot
+# fit, and is refused before tokenizing it, which runs on the scheduler's only thread.
+MAX_CHARS_PER_TOKEN = 64
+
+
+def check_text_length(field: str, num_chars: int, max_context: int) -> None:
+    """ValueError when text of num_chars characters could not fit in max_context tokens."""
+    if num_chars > max_context * MAX_CHARS_PER_TOKEN:
+        raise ValueError(
+            f"{field} has {num_chars} characters: more than the model's context of "
+            f"{max_context} tokens could hold"
+        )
+
+
+def prompt_ids(
+    request: pb.GenerateRequest, encoder: PromptEncoder, vocab_size: int, max_context: int
+) -> list[int]:
     """The request's prompt as token ids (text tokenized, chat messages templated)."""
     kind = request.WhichOneof("input")
     if kind is None:
@@ -67,6 +83,7 @@ def prompt_ids(request: pb.GenerateRequest, encoder: PromptEncoder, vocab_size: 
     if kind == "text":
         if not request.text:
             raise ValueError("input text is empty")
+        check_text_length("input text", len(request.text), max_context)
         ids = encoder.encode(request.text)
     elif kind == "token_ids":
         ids = list(request.token_ids.ids)
@@ -75,6 +92,8 @@ def prompt_ids(request: pb.GenerateRequest, encoder: PromptEncoder, vocab_size: 
     else:
         if not request.messages.messages:
             raise ValueError("input messages is empty")
+        num_chars = sum(len(m.content) + len(m.role) for m in request.messages.messages)
+        check_text_length("input messages", num_chars, max_context)
         ids = encoder.encode_chat(
             [{"role": m.role, "content": m.content} for m in request.messages.messages]
         )
@@ -150,7 +169,7 @@ def validate_generate(
     request: pb.GenerateRequest, request_id: str, encoder: PromptEncoder, limits: ModelLimits
 ) -> ValidatedRequest:
     """Checks a GenerateRequest and resolves its defaults; raises ValueError naming the field."""
-    ids = prompt_ids(request, encoder, limits.vocab_size)
+    ids = prompt_ids(request, encoder, limits.vocab_size, limits.max_context)
     sampling = sampling_config(request.sampling, request.output, limits.vocab_size)
     stopping = request.stopping
     max_new_tokens = _max_new_tokens(stopping, len(ids), limits.max_context)

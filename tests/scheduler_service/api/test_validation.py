@@ -80,3 +80,22 @@ def test_a_prompt_filling_the_whole_context_is_refused(tokenizer: Tokenizer) -> 
         _validate(tokenizer, token_ids=pb.TokenIds(ids=[5] * 128))
     fits = _validate(tokenizer, token_ids=pb.TokenIds(ids=[5] * 127))
     assert fits.generation.max_new_tokens == 1
+
+
+def test_text_too_long_for_any_tokenization_is_refused_before_tokenizing(
+    tokenizer: Tokenizer,
+) -> None:
+    """Text longer than max_context * 64 characters can never fit: refused without encoding it
+    (encoding megabytes would stall the scheduler's only thread)."""
+
+    class NoEncode:
+        def __getattr__(self, name):
+            raise AssertionError(f"tokenizer.{name} must not be called")
+
+    huge = "a" * (128 * 64 + 1)
+    with pytest.raises(ValueError, match="characters"):
+        _validate(NoEncode(), text=huge)
+    messages = pb.ChatMessages(messages=[pb.ChatMessage(role="user", content=huge)])
+    with pytest.raises(ValueError, match="characters"):
+        _validate(NoEncode(), messages=messages)
+    assert _validate(tokenizer, text="a" * 100).generation.prompt_ids
