@@ -242,6 +242,9 @@ class Engine:
         finally:
             if not seq.is_finished:
                 self.abort(seq.request_id)
+            # The client's stream is over (its last event, a stop string, a cancel): the id is
+            # free for a new request at once, though the worker loop may drop the old one later.
+            self._on_finished(seq)
 
     def abort(self, request_id: str) -> bool:
         return self._request_end(request_id, FinishReason.ABORT)
