@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import logging
 import os
 import secrets
@@ -66,14 +65,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: the kernel sends SIGTERM when the parent dies (Linux)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass  # not Linux: the parent's own shutdown still stops the children
-
-
 def visible_gpus() -> list[str]:
     """CUDA_VISIBLE_DEVICES if set, else the GPUs nvidia-smi lists (none without a driver)."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -111,11 +102,12 @@ def _gpu_set(gpus: list[str], index: int, tp: int) -> str | None:
 
 
 def spawn_worker(
-    args: argparse.Namespace, model: str, port: int, gpu: str | None, threads: bool = False
+    args: argparse.Namespace, model: str, port: int, gpu: str | None
 ) -> subprocess.Popen:
-    """One worker child process on 127.0.0.1:port (on GPU gpu alone, when given). threads: this
-    process runs threads already (a restart), so the child sets its parent-death signal itself
-    before exec'ing the worker (a preexec_fn is unsafe once threads run)."""
+    """One worker child process on 127.0.0.1:port (on GPU gpu alone, when given), in a session
+    of its own (Ctrl-C reaches only us, and we stop the workers in order), that the kernel stops
+    when we die. The child sets that parent-death signal itself before exec'ing the worker: a
+    preexec_fn is unsafe once this process runs threads (torch's import starts some)."""
     command = [sys.executable, "-m", "yaie.worker_service", "--model", model,
                "--host", "127.0.0.1", "--port", str(port), "--device", args.device,
                "--dtype", args.dtype, "--log-level", args.log_level]  # fmt: skip
@@ -128,20 +120,22 @@ def spawn_worker(
     env = dict(os.environ)
     if gpu is not None:  # one GPU per worker (round robin when there are more than GPUs)
         env["CUDA_VISIBLE_DEVICES"] = gpu
-    if threads:
-        return subprocess.Popen([sys.executable, "-c", _EXEC_WITH_PDEATHSIG, *command[1:]],
-                                env=env, start_new_session=True)  # fmt: skip
-    # A session of its own: Ctrl-C reaches only us, and we stop the workers in order.
-    return subprocess.Popen(command, env=env, start_new_session=True,
-                            preexec_fn=_die_with_parent)  # fmt: skip
+    trampoline = [sys.executable, "-c", _EXEC_WITH_PDEATHSIG, str(os.getpid())]
+    return subprocess.Popen(trampoline + command[1:], env=env, start_new_session=True)
 
 
-# Run as `python -c` by a restarted worker: set PR_SET_PDEATHSIG, then become the worker.
-_EXEC_WITH_PDEATHSIG = (
-    "import ctypes, os, signal, sys; "
-    f"ctypes.CDLL(None).prctl({_PR_SET_PDEATHSIG}, signal.SIGTERM); "
-    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
-)
+# Run as `python -c CODE PARENT_PID ARGS...`: ask for SIGTERM when the parent dies (Linux), exit
+# if the parent is already gone (it died before the request took effect), then exec ARGS.
+_EXEC_WITH_PDEATHSIG = f"""
+import ctypes, os, signal, sys
+try:
+    ctypes.CDLL(None).prctl({_PR_SET_PDEATHSIG}, signal.SIGTERM)
+except (OSError, AttributeError):
+    pass  # not Linux: the parent's own shutdown still stops its children
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(1)
+os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
+"""
 
 
 def stop_workers(workers: list[tuple[str, subprocess.Popen]], timeout_s: float = 15.0) -> None:
@@ -243,7 +237,7 @@ async def run_stack(args: argparse.Namespace, model: str, workers: list) -> int:
         index = [w for w, _ in workers].index(address)
         gpus = visible_gpus() if _gpus_used(args) else []
         gpu = _gpu_set(gpus, index, args.tp)
-        return spawn_worker(args, model, int(address.rsplit(":", 1)[1]), gpu, threads=True)
+        return spawn_worker(args, model, int(address.rsplit(":", 1)[1]), gpu)
 
     watch = asyncio.create_task(_watch_children(workers, stop, serving, restart))
     host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
