@@ -77,7 +77,8 @@ class Engine:
       request could never fit in a KV pool) or UnavailableError (not started, or draining).
     - `submit(req)` checks admissibility (and that request_id is not live: ValueError) and
       returns an async iterator of OutputEvents (undelivered ones coalesced: a slow reader gets
-      fewer, larger events); the last one has finish_reason set. Closing the
+      fewer, larger events; under load one event per worker_loop.STREAM_INTERVAL tokens, the
+      first token alone); the last one has finish_reason set. Closing the
       iterator early aborts the request.
     - `abort(request_id)` -> whether a live request had that id; idempotent. The request ends
       with ABORT at the next step. `finish(request_id)` ends it with STOP (a stop string found

@@ -33,9 +33,12 @@ class OutputStream:
         self._detokenizer = IncrementalDetokenizer(
             decoder, request.generation.prompt_ids, request.skip_special_tokens
         )
-        self._stops = StopStringMatcher(
-            list(request.stop_strings), request.include_stop_str_in_output
-        )
+        # None: no stop strings, the text goes out as the detokenizer gives it.
+        self._stops: StopStringMatcher | None = None
+        if request.stop_strings:
+            self._stops = StopStringMatcher(
+                list(request.stop_strings), request.include_stop_str_in_output
+            )
         self.num_completion_tokens = 0
         # Set once a stop string ended the request: the engine must be told to finish it.
         self.matched_stop: str | None = None
@@ -44,19 +47,26 @@ class OutputStream:
     def frame(self, event: OutputEvent) -> pb.GenerateResponse | None:
         """The frame for one event, or None when it carries nothing to send."""
         assert not self.finished, "no events after the final frame"
-        frame = pb.GenerateResponse(request_id=self._request_id)
         parts: list[str] = []
-        for index, token_id in enumerate(event.token_ids):
+        sent: list[int] = []  # the event's tokens up to a stop string
+        add_token, stops = self._detokenizer.add_token, self._stops
+        for token_id in event.token_ids:
             self.num_completion_tokens += 1
-            frame.token_ids.append(token_id)
-            if index < len(event.logprobs):
-                frame.logprobs.append(_logprob_to_proto(event.logprobs[index]))
+            sent.append(token_id)
+            if stops is None:
+                parts.append(add_token(token_id))
+                continue
             can_stop = self.num_completion_tokens >= self._min_new_tokens
-            check = self._stops.feed(self._detokenizer.add_token(token_id), can_stop)
+            check = stops.feed(add_token(token_id), can_stop)
             parts.append(check.text)
             if check.matched is not None:
                 self.matched_stop = check.matched
                 break
+        if self.matched_stop is None and event.finish_reason is None and not sent:
+            return None
+        # Built in one constructor call (repeated fields from lists), not field by field.
+        logprobs = [_logprob_to_proto(item) for item in event.logprobs[: len(sent)]]
+        frame = pb.GenerateResponse(request_id=self._request_id, token_ids=sent, logprobs=logprobs)
         if self.matched_stop is not None:
             self.finished = True
             frame.finish_reason = pb.FINISH_REASON_STOP
@@ -71,8 +81,6 @@ class OutputStream:
             elif event.matched_stop_token is not None:
                 frame.matched_stop_token_id = event.matched_stop_token
             frame.error = event.error or ""
-        elif not frame.token_ids:
-            return None
         frame.text = "".join(parts)
         frame.usage.prompt_tokens = event.num_prompt_tokens
         frame.usage.cached_tokens = event.num_cached_tokens
@@ -81,6 +89,8 @@ class OutputStream:
 
     def _flush(self) -> str:
         """Text held back by the detokenizer and the stop matcher, at the end of the stream."""
+        if self._stops is None:
+            return self._detokenizer.flush()
         can_stop = self.num_completion_tokens >= self._min_new_tokens
         check = self._stops.feed(self._detokenizer.flush(), can_stop)
         if check.matched is not None:

@@ -112,8 +112,11 @@ class Sequence:
         self.in_flight = 0
         self.worker_dropped = False
 
-    def emit(self, new_tokens: list[int], logprobs: list[TokenLogprobs]) -> None:
-        """Push an OutputEvent with new_tokens (and the finish state, if finished)."""
+    def emit(
+        self, new_tokens: list[int], logprobs: list[TokenLogprobs], min_tokens: int = 1
+    ) -> None:
+        """Push an OutputEvent with new_tokens (and the finish state, if finished); min_tokens:
+        the stream interval, see Outbox.put."""
         self.emitted += len(new_tokens)
         event = OutputEvent(
             request_id=self.request_id,
@@ -126,7 +129,7 @@ class Sequence:
             matched_stop_token=self.matched_stop_token,
             error=self.error,
         )
-        self.events.put(event)
+        self.events.put(event, min_tokens)
 
 
 class Outbox:
@@ -143,13 +146,23 @@ class Outbox:
         self._pending: OutputEvent | None = None
         self._ready = asyncio.Event()
 
-    def put(self, event: OutputEvent) -> None:
+    def put(self, event: OutputEvent, min_tokens: int = 1) -> None:
+        """Adds event to the pending delta. The reader is woken once the delta holds min_tokens
+        tokens (the stream interval: fewer, larger frames under load) or the request finished;
+        until then the tokens wait for the next put or release()."""
         pending = self._pending
         if pending is not None:  # merge: the newest event's counters and finish state win
-            event.token_ids = pending.token_ids + event.token_ids
-            event.logprobs = pending.logprobs + event.logprobs
+            pending.token_ids += event.token_ids  # the outbox owns the pending event's lists
+            pending.logprobs += event.logprobs
+            event.token_ids, event.logprobs = pending.token_ids, pending.logprobs
         self._pending = event
-        self._ready.set()
+        if min_tokens <= max(1, len(event.token_ids)) or event.finish_reason is not None:
+            self._ready.set()
+
+    def release(self) -> None:
+        """Wake the reader for whatever is pending (tokens held by the stream interval)."""
+        if self._pending is not None:
+            self._ready.set()
 
     async def get(self) -> OutputEvent:
         """Every event put since the last get(), as one (waits for one)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +25,7 @@ class Tokenizer:
 
         self.name = str(model)
         self._tokenizer = AutoTokenizer.from_pretrained(str(model))
+        self._fast_decoder = self._find_fast_decoder()
         self.eos_token_ids = frozenset(self._find_eos_ids(str(model)))
         logger.info(
             "tokenizer %s: %d tokens, EOS ids %s", model, len(self), sorted(self.eos_token_ids)
@@ -64,8 +66,7 @@ class Tokenizer:
             return self._fast_decoder.decode(ids, skip_special_tokens=skip_special_tokens)
         return self._tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
 
-    @property
-    def _fast_decoder(self) -> object | None:
+    def _find_fast_decoder(self) -> Any:
         """The Rust `tokenizers.Tokenizer` behind a fast tokenizer, when decoding through it gives
         the same text: it skips transformers' per-call Python conversion of the id list, which
         dominated the scheduler's time per streamed token under load."""
