@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from yaie.worker_service.forward_batch import ForwardBatch
-from yaie.worker_service.request_state import RequestState
+from yaie.worker_service.request_state import RequestState, to_device
 
 
 @dataclass(frozen=True)
@@ -24,13 +24,6 @@ class ScheduledEntry:
     num_tokens: int
     samples: bool  # reaches the end of the known tokens, so a token is sampled
     is_decode: bool  # runs the last sampled token (device-resident)
-
-
-def to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """An asynchronous host-to-device copy (a pageable-memory copy would wait for the stream)."""
-    if device.type != "cuda":
-        return host.to(device)
-    return host.pin_memory().to(device, non_blocking=True)
 
 
 def build_forward_batch(

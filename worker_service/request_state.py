@@ -24,8 +24,10 @@ class RequestState:
     block_table: list[int]
     sampling: SamplingConfig
     num_sampled: int = 0  # tokens sampled here; their values live on the device only
-    # Output tokens so far (earlier output + sampled here), on the device, for the penalties:
-    # [capacity] int64, first num_outputs valid. None when the request uses no penalty.
+    # For the penalties (None when the request uses none), on the device: the prompt
+    # [num_prompt_tokens] int64, uploaded once, and the output tokens so far (earlier output +
+    # sampled here) [capacity] int64, first num_outputs valid.
+    prompt_tokens: torch.Tensor | None = None
     output_tokens: torch.Tensor | None = None
 
     @property
@@ -143,9 +145,9 @@ class RequestTable:
             earlier = spec.token_ids[spec.num_prompt_tokens :]
             buffer = torch.full((max(16, 2 * len(earlier)),), -1, dtype=torch.int64)
             buffer[: len(earlier)] = torch.tensor(earlier, dtype=torch.int64)
-            if self.device.type == "cuda":  # pinned: an asynchronous copy, no stream sync
-                buffer = buffer.pin_memory()
-            state.output_tokens = buffer.to(self.device, non_blocking=True)
+            prompt = torch.tensor(spec.token_ids[: spec.num_prompt_tokens], dtype=torch.int64)
+            state.prompt_tokens = to_device(prompt, self.device)
+            state.output_tokens = to_device(buffer, self.device)
         self._requests[spec.request_id] = state
         return state
 
@@ -181,3 +183,10 @@ def append_output(state: RequestState, token_id: torch.Tensor) -> None:
         grown[:index] = state.output_tokens
         state.output_tokens = grown
     state.output_tokens[index : index + 1] = token_id
+
+
+def to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """An asynchronous host-to-device copy (a pageable-memory copy would wait for the stream)."""
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from yaie.kernels.sampling import SamplingBatch, sample
-from yaie.worker_service.batch_builder import ScheduledEntry, to_device
+from yaie.worker_service.batch_builder import ScheduledEntry
 from yaie.worker_service.plan import StepOutput
 from yaie.worker_service.request_state import RequestTable, append_output
 
@@ -93,19 +93,19 @@ class PendingStep:
 def _penalty_inputs(
     entries: list[ScheduledEntry], device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """prompt_tokens / output_tokens [B, L] int64 padded with -1 (rows without penalties empty)."""
+    """prompt_tokens / output_tokens [B, L] int64 padded with -1 (rows without penalties empty),
+    assembled on the device from each request's device-resident token buffers."""
     penalized = [e.state if e.state.uses_penalties else None for e in entries]
     prompt_len = max(s.num_prompt_tokens if s else 0 for s in penalized)
-    prompts = torch.full((len(entries), max(prompt_len, 1)), -1, dtype=torch.int64)
-    for b, s in enumerate(penalized):
-        if s:
-            prompts[b, : s.num_prompt_tokens] = torch.tensor(s.token_ids[: s.num_prompt_tokens])
+    prompts = torch.full((len(entries), max(prompt_len, 1)), -1, dtype=torch.int64, device=device)
     output_len = max(s.num_outputs if s else 0 for s in penalized)
     outputs = torch.full((len(entries), max(output_len, 1)), -1, dtype=torch.int64, device=device)
     for b, s in enumerate(penalized):
-        if s and s.num_outputs:
-            outputs[b, : s.num_outputs] = s.output_tokens[: s.num_outputs]
-    return to_device(prompts, device), outputs
+        if s:
+            prompts[b, : s.num_prompt_tokens] = s.prompt_tokens
+            if s.num_outputs:
+                outputs[b, : s.num_outputs] = s.output_tokens[: s.num_outputs]
+    return prompts, outputs
 
 
 def sample_entries(
