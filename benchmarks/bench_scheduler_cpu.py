@@ -60,14 +60,13 @@ def run_worker(port: int, vocab_size: int) -> None:
 
 def run_scheduler(profile_path: str, interval: int | None, argv: list[str]) -> int:
     """Child process: the scheduler; SIGUSR1 starts cProfile, SIGUSR2 stops it and dumps it.
-    interval: overrides worker_loop.STREAM_INTERVAL (1: one frame per token at any load)."""
+    interval: the scheduler's --stream-interval (1: one frame per token at any load)."""
     import cProfile
 
-    from yaie.scheduler_service import worker_loop
     from yaie.scheduler_service.__main__ import main
 
     if interval is not None:
-        worker_loop.STREAM_INTERVAL = interval
+        argv = [*argv, "--stream-interval", str(interval)]
 
     profiler = cProfile.Profile()
     signal.signal(signal.SIGUSR1, lambda *_: profiler.enable())
@@ -137,7 +136,7 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="one more run under cProfile")
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--stream-interval", type=int, default=None,
-                        help="worker_loop.STREAM_INTERVAL for this run")  # fmt: skip
+                        help="the scheduler --stream-interval of this run")  # fmt: skip
     parser.add_argument("--role", choices=["worker", "scheduler"], help=argparse.SUPPRESS)
     parser.add_argument("--worker-port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--profile-path", default="", help=argparse.SUPPRESS)

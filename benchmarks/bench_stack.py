@@ -21,6 +21,7 @@ from pathlib import Path
 
 import stack_launch
 import stack_roofline as rf
+import stack_variants
 import torch
 
 from yaie.cli import bench
@@ -226,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip", default="", help="comma list of: random,light,shared,nocache,hf")
     p.add_argument("--hf-prompts", type=int, default=64, help="transformers runs this subset")
     p.add_argument("--random-prompts", type=int, default=None, help="override the random size")
+    p.add_argument("--variants", default="",
+                   help='the random workload again per scheduler flag set, each traced: '
+                        '"name=--flag v ...;name2=..."')  # fmt: skip
     p.add_argument("--diagnose", action="store_true",
                    help="also run the random workload with one frame per request, and again "
                         "with the scheduler under cProfile (top functions printed)")  # fmt: skip
@@ -256,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     stack = stack_launch.Stack(model, device, out, ["--num-blocks", "512"] if args.tiny else [])
     try:
         print(f"worker ready in {stack.start_worker(min(400.0, runner.left())):.1f} s", flush=True)
-        stack.start_scheduler("scheduler", [])
+        default_trace = stack_variants.start_traced(stack, "default", [], out)
         info = asyncio.run(bench.model_info(stack.target))
         kv_tokens = kv_capacity(stack.target) * info.block_size
         print(f"serving {info.architecture} {info.dtype}, vocab {info.vocab_size}, "
@@ -266,10 +270,14 @@ def main(argv: list[str] | None = None) -> int:
         for name, need in stages:
             if name not in skip:
                 runner.workload(name, stack.target, cfg[name], need * scale)
+            if name == "random":
+                stack_variants.report("default", default_trace, runner.results)
             if name == "random" and args.diagnose:
                 # another seed: the same prompts again would be prefix-cache hits
                 single = replace(cfg[name], single_frame=True, seed=cfg[name].seed + 1)
                 runner.workload("random_single_frame", stack.target, single, need * scale)
+        if args.variants:
+            stack_variants.run(stack, runner, cfg["random"], args.variants, out, 60 * scale)
         if "nocache" not in skip and runner.left() > 120 * scale:
             stack.start_scheduler("scheduler_nocache", ["--no-prefix-cache"])
             runner.workload("shared_nocache", stack.target, cfg["shared"], 100 * scale)

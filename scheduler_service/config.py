@@ -14,13 +14,20 @@ class SchedulerConfig:
 
     # Tokens computed per step over all requests (decodes count 1 each; prefill chunks fill the
     # rest): the chunked-prefill budget.
-    max_num_batched_tokens: int = 2048
+    max_num_batched_tokens: int = 8192
     # Requests running at once per worker (each holds KV blocks).
     max_running_requests: int = 256
     # Requests waiting over all workers; beyond it submit() raises ResourceExhaustedError.
     max_queue_size: int = 4096
     # Most prompt tokens one request computes in one step (the step budget caps it too).
     prefill_chunk_size: int = 2048
+    # Stream interval under load (SGLang's stream_interval, in tokens): with at least
+    # stream_interval_min_batch requests running, a request's reader is woken once per
+    # stream_interval tokens (its first and last token at once); below, one frame per token.
+    # Trade-off: under load a client sees tokens in bursts, and a stop string is acted on up to
+    # stream_interval - 1 steps late (the extra tokens are computed and dropped; output is exact).
+    stream_interval: int = 4
+    stream_interval_min_batch: int = 64
     # Send plan N+1 before reading result N (the worker feeds decodes their last token itself).
     enable_overlap: bool = True
     # A step result slower than this, or a health check unanswered for this long (at most
@@ -51,6 +58,8 @@ class SchedulerConfig:
             "max_queue_size": self.max_queue_size,
             "prefill_chunk_size": self.prefill_chunk_size,
             "prefix_scan_window": self.prefix_scan_window,
+            "stream_interval": self.stream_interval,
+            "stream_interval_min_batch": self.stream_interval_min_batch,
         }
         for name, value in positive.items():
             if not isinstance(value, int) or value < 1:

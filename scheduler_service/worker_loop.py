@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from yaie.scheduler_service.config import SchedulerConfig
 from yaie.scheduler_service.policy import BatchPolicy, Run
 from yaie.scheduler_service.request import FinishReason
 from yaie.scheduler_service.sequence import Sequence, SequenceStatus
+from yaie.scheduler_service.step_trace import StepTrace
 from yaie.scheduler_service.worker_client import (
     NewRequestSpec,
     PlanEntry,
@@ -38,16 +40,6 @@ from yaie.scheduler_service.worker_client import (
 
 logger = logging.getLogger(__name__)
 
-# Stream interval under load (as SGLang's stream_interval, in tokens): with at least
-# STREAM_INTERVAL_MIN_BATCH requests running, a request's reader is woken once per
-# STREAM_INTERVAL tokens (its first token and its last at once), so the public API builds and
-# writes one frame per STREAM_INTERVAL tokens; below that batch, one frame per token (ITL stays
-# measured per token at light load). Trade-off: under load a client sees tokens in bursts (its
-# frame-level ITL is about STREAM_INTERVAL steps) and a stop string is acted on up to
-# STREAM_INTERVAL - 1 steps late (the extra tokens are computed and dropped; output is exact).
-STREAM_INTERVAL = 4
-STREAM_INTERVAL_MIN_BATCH = 64
-
 
 @dataclass
 class _InFlight:
@@ -55,6 +47,7 @@ class _InFlight:
     runs: list[tuple[Sequence, int, bool]]  # (request, tokens run, whether it samples)
     entries: list[PlanEntry]
     ends: list[int]  # per entry: its request's num_scheduled after it
+    trace: dict | None = None  # the step's timeline fields (step_trace.py), when tracing
 
 
 class WorkerLoop:
@@ -87,6 +80,7 @@ class WorkerLoop:
         self._in_flight: deque[_InFlight] = deque()
         self._wake = asyncio.Event()
         self.policy: BatchPolicy | None = None
+        self._trace = StepTrace.from_env()
         self._reset_pool(info)
 
     def _reset_pool(self, info: WorkerDescription) -> None:
@@ -141,9 +135,10 @@ class WorkerLoop:
             self._apply_aborts()
             for seq in [s for s in self.retiring if s.in_flight == 0]:
                 self._finalize(seq)
+            start = time.perf_counter()
             runs = self.policy.schedule(self.running, self.waiting, bool(self.retiring))
             if runs or self._release_ids:
-                await self._send(runs)
+                await self._send(runs, start)
             if self._in_flight and (len(self._in_flight) > depth or not runs):
                 await self._receive()
             elif not self._in_flight and not runs:
@@ -173,7 +168,9 @@ class WorkerLoop:
         logger.info("worker %s rejoined (%d blocks)", info.address, info.num_blocks)
         self._on_rejoined(self)
 
-    async def _send(self, runs: list[Run]) -> None:
+    async def _send(self, runs: list[Run], start: float) -> None:
+        """start: when this step's scheduling began (for the trace)."""
+        scheduled = time.perf_counter()
         entries: list[PlanEntry] = []
         record: list[tuple[Sequence, int, bool]] = []
         for run in runs:
@@ -209,15 +206,31 @@ class WorkerLoop:
         step_id = next(self._step_ids)
         release_ids, self._release_ids = self._release_ids, []
         ends = [run.seq.num_scheduled for run in runs]
-        self._in_flight.append(_InFlight(step_id, record, entries, ends))
+        flight = _InFlight(step_id, record, entries, ends)
+        self._in_flight.append(flight)
         await self.client.send(step_id, entries, release_ids)
+        if self._trace is not None:
+            sent = time.perf_counter()
+            flight.trace = dict(
+                step=step_id,
+                entries=len(runs),
+                tokens=sum(run.num_tokens for run in runs),
+                prefill_tokens=sum(run.num_tokens for run in runs if run.num_tokens > 1),
+                running=len(self.running),
+                waiting=len(self.waiting),
+                schedule_ms=(scheduled - start) * 1e3,
+                send_ms=(sent - scheduled) * 1e3,
+                t_sent=sent,
+            )
 
     async def _receive(self) -> None:
         flight = self._in_flight.popleft()
         outcome = await self.client.receive(flight.entries, self.config.step_timeout_s)
+        arrived = time.perf_counter()
         if outcome.step_id != flight.step_id:
             raise WorkerStreamError(f"result of step {outcome.step_id}, expected {flight.step_id}")
-        interval = STREAM_INTERVAL if len(self.running) >= STREAM_INTERVAL_MIN_BATCH else 1
+        loaded = len(self.running) >= self.config.stream_interval_min_batch
+        interval = self.config.stream_interval if loaded else 1  # see SchedulerConfig
         expected = {entry.request_id for entry in flight.entries}
         for request_id in outcome.request_errors.keys() - expected:
             logger.warning("worker %s: error for request %d, not in step %d: ignored",
@@ -248,6 +261,10 @@ class WorkerLoop:
                 if seq.is_finished:
                     self._on_finished(seq)
                     self._retire(seq)
+        if flight.trace is not None and self._trace is not None:
+            self._trace.record(**flight.trace, t_result=arrived, forward_ms=outcome.forward_ms,
+                               sample_ms=outcome.sample_ms,
+                               process_ms=(time.perf_counter() - arrived) * 1e3)  # fmt: skip
 
     def _cache_prompt(self, seq: Sequence, end: int) -> None:
         """A prefill chunk of seq is computed (its result is in): share its full blocks in the

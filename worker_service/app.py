@@ -47,6 +47,7 @@ def build_runner(config: WorkerConfig) -> tuple[ModelRunner, worker_pb2.WorkerIn
     With config.tp > 1, first joins the tensor-parallel group (every rank calls this)."""
     from yaie.worker_service.loader import load_model, resolve_model_dir
     from yaie.worker_service.tp import join_group
+    from yaie.worker_service.warmup import log_later_compiles, warm_up
 
     tp = join_group(config) if config.tp > 1 else None
     device = tp.device if tp is not None else config.torch_device()
@@ -78,6 +79,9 @@ def build_runner(config: WorkerConfig) -> tuple[ModelRunner, worker_pb2.WorkerIn
     backend = resolve_backend(config.attention_backend, device.type == "cuda")
     use_graphs = config.cuda_graphs and device.type == "cuda" and backend == "triton"
     runner = ModelRunner(model, pool, use_graphs, config.max_graph_batch_size, tp)
+    if device.type == "cuda" and tp is None:  # compile every kernel variant before serving
+        warm_up(runner)
+        log_later_compiles()
     info = worker_pb2.WorkerInfo(
         protocol_version=worker_pb2.PROTOCOL_VERSION_CURRENT,
         model=config.model,

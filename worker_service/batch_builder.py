@@ -32,6 +32,8 @@ def build_forward_batch(
     """Packs every index tensor into one int32 host buffer, copies it once, splits on device.
 
     Also returns sample_rows [num_sampled] int64: the last_tokens rows of the sampling entries.
+    Entries that run one token should come first (ModelRunner orders them so): in a mixed batch
+    the leading ones take decode attention (ForwardBatch.num_single).
     """
     device = last_tokens.device
     num_new = [e.num_tokens for e in entries]
@@ -77,9 +79,17 @@ def build_forward_batch(
         torch.tensor([e.state.row for e in entries if e.samples], dtype=torch.int32),
         tables.flatten(),
     ]
+    is_decode = all(n == 1 for n in num_new)
+    num_single = 0
+    if not is_decode:
+        while num_new[num_single] == 1:
+            num_single += 1
+        if num_single:
+            rest = query_start[num_single:]
+            parts.append(torch.tensor(rest, dtype=torch.int32) - num_single)
     pieces = torch.split(to_device(torch.cat(parts), device), [p.numel() for p in parts])
     input_ids, positions_d, slots_d, seq_lens_d, query_start_d, logits_d = pieces[:6]
-    decode_index_d, decode_rows_d, sample_rows, tables_d = pieces[6:]
+    decode_index_d, decode_rows_d, sample_rows, tables_d = pieces[6:10]
     input_ids = input_ids.long()
     if decode_index:
         input_ids[decode_index_d.long()] = last_tokens[decode_rows_d.long()]
@@ -91,7 +101,9 @@ def build_forward_batch(
         seq_lens=seq_lens_d,
         query_start=query_start_d,
         max_query_len=max(num_new),
-        is_decode=all(n == 1 for n in num_new),
+        is_decode=is_decode,
         logits_indices=logits_d.long(),
+        num_single=num_single,
+        extend_query_start=pieces[10] if num_single else None,
     )
     return batch, sample_rows.long()

@@ -27,6 +27,11 @@ class ForwardBatch:
     max_query_len: int  # max new tokens of one request (host int, known from the plan)
     is_decode: bool  # every request runs exactly one token
     logits_indices: torch.Tensor  # [num_sampled] int64, rows whose logits the sampler needs
+    # A mixed batch (not is_decode) whose first num_single requests run one token each: those
+    # rows take decode attention (one pass over each request's KV per kv head) and the rest
+    # extend attention, with extend_query_start [batch - num_single + 1] = query_start[d:] - d.
+    num_single: int = 0
+    extend_query_start: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:

@@ -184,6 +184,9 @@ class ModelRunner:
         self, table: RequestTable, entries: list[ScheduledEntry], output: StepOutput
     ) -> PendingStep:
         timer = StepTimer(self.device)
+        # One-token entries first (stable): in a mixed step they take decode attention, which
+        # reads each request's KV once per kv head, where extend attention reads it per q head.
+        entries.sort(key=lambda e: e.num_tokens != 1)
         batch, sample_rows = build_forward_batch(entries, table.last_tokens, self.pool.block_size)
         if self.graphs is not None and self.graphs.can_run(batch):
             logits = self.graphs.run(batch)

@@ -81,7 +81,11 @@ class PendingStep:
             top_ids = values[: n * k].view(n, k).tolist()
             top_lps = values[n * k :].view(torch.float32).view(n, k).tolist()
         out = self.output
-        for i, row in enumerate(self.rows):
+        order = range(n)  # logprobs go out in plan order; rows may be in another (runner.py)
+        if self.has_logprobs:
+            order = sorted(order, key=lambda i: self.rows[i].plan_index)
+        for i in order:
+            row = self.rows[i]
             out.token_ids[row.plan_index] = ids[i]
             if row.wants_logprobs:
                 out.logprobs.append(logprobs[i])

@@ -57,6 +57,7 @@ def extend_attention(
     max_query_len: int,
     scale: float,
     backend: str = "auto",
+    out=None,
 ):
     """Causal attention of a ragged batch of new tokens over their cached prefix and themselves.
 
@@ -65,28 +66,33 @@ def extend_attention(
     n_b = query_start[b+1] - query_start[b] of its seq_lens[b] tokens, whose K/V must already be
     stored. Query i of request b sits at position seq_lens[b] - n_b + i and attends to positions
     0..that position. q_heads is a multiple of kv_heads (GQA).
-    Returns [num_tokens, q_heads, head_dim].
+    Returns [num_tokens, q_heads, head_dim] (written into out when given: a row-contiguous
+    tensor of that shape, e.g. a slice of a larger output).
     """
     if resolve_backend(backend, q.is_cuda) == "triton":
         from yaie.kernels.attention.triton_extend import extend_attention_triton
 
         return extend_attention_triton(
-            q, k_cache, v_cache, block_tables, seq_lens, query_start, max_query_len, scale
-        )
-    return extend_attention_reference(
+            q, k_cache, v_cache, block_tables, seq_lens, query_start, max_query_len, scale,
+            out=out,
+        )  # fmt: skip
+    result = extend_attention_reference(
         q, k_cache, v_cache, block_tables, seq_lens, query_start, scale
     )
+    return result if out is None else out.copy_(result)
 
 
 def decode_attention(
-    q, k_cache, v_cache, block_tables, seq_lens, scale: float, backend: str = "auto"
+    q, k_cache, v_cache, block_tables, seq_lens, scale: float, backend: str = "auto", out=None
 ):
-    """One query per request over all its seq_lens[b] tokens: q [batch, q_heads, head_dim] -> same.
+    """One query per request over all its seq_lens[b] tokens: q [batch, q_heads, head_dim] -> same
+    (written into out when given, as extend_attention).
 
     Capturable in a CUDA graph with the triton backend (no host sync; shapes fixed by the inputs).
     """
     if resolve_backend(backend, q.is_cuda) == "triton":
         from yaie.kernels.attention.triton_decode import decode_attention_triton
 
-        return decode_attention_triton(q, k_cache, v_cache, block_tables, seq_lens, scale)
-    return decode_attention_reference(q, k_cache, v_cache, block_tables, seq_lens, scale)
+        return decode_attention_triton(q, k_cache, v_cache, block_tables, seq_lens, scale, out=out)
+    result = decode_attention_reference(q, k_cache, v_cache, block_tables, seq_lens, scale)
+    return result if out is None else out.copy_(result)

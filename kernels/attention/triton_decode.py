@@ -17,7 +17,9 @@ from yaie.kernels.attention.triton_common import check_out, check_paged_batch, n
 LOG2E = 1.4426950408889634
 
 
-@triton.jit
+# Runtime ints that vary per step are not specialized (Triton would compile a variant per value
+# class: == 1, multiple of 16, other), so a new batch composition never stalls on a compile.
+@triton.jit(do_not_specialize=["stride_table", "num_splits"])
 def _decode_split_kernel(
     q,
     k_cache,
@@ -33,19 +35,19 @@ def _decode_split_kernel(
     stride_cache_head,
     stride_table,
     qk_scale,
+    num_splits,
     group: tl.constexpr,
     block_size: tl.constexpr,
     GROUP_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    NUM_SPLITS: tl.constexpr,
 ):
     b = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
     seq_len = tl.load(seq_lens + b)
     # Chunks are whole BLOCK_N tiles; splits past seq_len get an empty range and write lse=-inf.
-    tiles_per_split = tl.cdiv(tl.cdiv(seq_len, BLOCK_N), NUM_SPLITS)
+    tiles_per_split = tl.cdiv(tl.cdiv(seq_len, BLOCK_N), num_splits)
     start = split * tiles_per_split * BLOCK_N
     end = tl.minimum(start + tiles_per_split * BLOCK_N, seq_len)
 
@@ -81,30 +83,30 @@ def _decode_split_kernel(
     has_keys = l_i > 0.0
     out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
     lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("-inf"))
-    # mid_out [batch, q_heads, NUM_SPLITS, D] fp32; mid_lse [batch, q_heads, NUM_SPLITS] fp32.
+    # mid_out [batch, q_heads, num_splits, D] fp32; mid_lse [batch, q_heads, num_splits] fp32.
     num_q_heads = tl.num_programs(1) * group
-    mid_row = (b * num_q_heads + heads) * NUM_SPLITS + split  # [GROUP_PAD]
+    mid_row = (b * num_q_heads + heads) * num_splits + split  # [GROUP_PAD]
     tl.store(mid_out + mid_row[:, None] * HEAD_DIM + offs_d[None, :], out, mask=group_mask[:, None])
     tl.store(mid_lse + mid_row, lse, mask=group_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits"])
 def _decode_reduce_kernel(
     mid_out,
     mid_lse,
     out,
     stride_out_batch,
     stride_out_head,
+    num_splits,
     HEAD_DIM: tl.constexpr,
-    NUM_SPLITS: tl.constexpr,
     SPLITS_PAD: tl.constexpr,
 ):
     b = tl.program_id(0)
     head = tl.program_id(1)
     offs_s = tl.arange(0, SPLITS_PAD)
     offs_d = tl.arange(0, HEAD_DIM)
-    row = (b * tl.num_programs(1) + head) * NUM_SPLITS
-    lse = tl.load(mid_lse + row + offs_s, mask=offs_s < NUM_SPLITS, other=float("-inf"))
+    row = (b * tl.num_programs(1) + head) * num_splits
+    lse = tl.load(mid_lse + row + offs_s, mask=offs_s < num_splits, other=float("-inf"))
     has_keys = lse > float("-inf")
     m = tl.max(tl.where(has_keys, lse, -1e30), axis=0)
     weight = tl.where(has_keys, tl.exp2(lse - m), 0.0)  # [SPLITS_PAD]
@@ -180,12 +182,12 @@ def decode_attention_triton(
         k_cache.stride(2),
         block_tables.stride(0),
         scale * LOG2E,
+        num_splits,
         group=group,
         block_size=block_size,
         GROUP_PAD=max(16, next_power_of_2(group)),
         HEAD_DIM=head_dim,
         BLOCK_N=block_n,
-        NUM_SPLITS=num_splits,
         num_warps=num_warps,
         num_stages=num_stages,
     )
@@ -195,8 +197,8 @@ def decode_attention_triton(
         out,
         out.stride(0),
         out.stride(1),
+        num_splits,
         HEAD_DIM=head_dim,
-        NUM_SPLITS=num_splits,
         SPLITS_PAD=next_power_of_2(num_splits),
         num_warps=4,
     )

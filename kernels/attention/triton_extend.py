@@ -69,7 +69,9 @@ def _attend_tile(
     return acc, m_i, l_i
 
 
-@triton.jit
+# stride_table (the batch's widest block table) varies per step: not specialized, so a new width
+# never stalls a step on a compile.
+@triton.jit(do_not_specialize=["stride_table"])
 def _extend_kernel(
     q,
     out,

@@ -14,7 +14,7 @@ from yaie.kernels.attention.triton_common import (
 )
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_tokens"])  # varies per step: no compile per value class
 def _store_kv_kernel(
     k_cache,
     v_cache,

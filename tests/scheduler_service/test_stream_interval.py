@@ -1,14 +1,12 @@
-"""The stream interval: under load a request's reader is woken once per STREAM_INTERVAL tokens
+"""The stream interval: under load a request's reader is woken once per stream_interval tokens
 (first and last token at once), and the tokens it gets stay exact."""
 
 from __future__ import annotations
 
 import asyncio
 
-import pytest
 from fake_worker import FakeWorkerConfig, collect, engine_on_fake_workers, reference_output
 
-from yaie.scheduler_service import worker_loop
 from yaie.scheduler_service.config import SchedulerConfig
 from yaie.scheduler_service.request import (
     FinishReason,
@@ -50,13 +48,13 @@ def test_outbox_wakes_the_reader_at_min_tokens_at_the_end_or_on_release() -> Non
     asyncio.run(main())
 
 
-def test_under_load_events_carry_the_interval_and_outputs_stay_exact(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+# The interval on at any batch size (as under load).
+LOADED = SchedulerConfig(stream_interval=4, stream_interval_min_batch=1)
+
+
+def test_under_load_events_carry_the_interval_and_outputs_stay_exact() -> None:
     """With the interval on at any batch size, every event but the first and the last carries
-    at least STREAM_INTERVAL tokens; each request's tokens equal the reference."""
-    monkeypatch.setattr(worker_loop, "STREAM_INTERVAL", 4)
-    monkeypatch.setattr(worker_loop, "STREAM_INTERVAL_MIN_BATCH", 1)
+    at least stream_interval tokens; each request's tokens equal the reference."""
     reqs = [
         GenerationRequest(
             f"s{i}", [(i * 7 + j) % VOCAB for j in range(5)], SamplingConfig(seed=i), 13 + i
@@ -65,7 +63,7 @@ def test_under_load_events_carry_the_interval_and_outputs_stay_exact(
     ]
 
     async def main() -> None:
-        async with engine_on_fake_workers(SchedulerConfig(), FakeWorkerConfig()) as (engine, _):
+        async with engine_on_fake_workers(LOADED, FakeWorkerConfig()) as (engine, _):
             results = await asyncio.gather(*(collect(engine.submit(r)) for r in reqs))
         for req, (tokens, events) in zip(reqs, results, strict=True):
             expected = reference_output(

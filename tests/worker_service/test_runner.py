@@ -17,6 +17,7 @@ from yaie.worker_service.loader import load_model
 from yaie.worker_service.request_state import RequestState, RequestTable
 from yaie.worker_service.runner import ModelRunner
 from yaie.worker_service.server import plan_from_proto, result_to_proto
+from yaie.worker_service.warmup import warm_up
 
 BLOCK_SIZE, NUM_BLOCKS = 4, 128
 PROMPTS = [[5, 6, 7, 8, 9], [40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50], [300, 301]]
@@ -207,3 +208,80 @@ def test_cuda_graph_decode_equals_eager_decode_and_transformers(model_dir, dtype
     if dtype == torch.float32:
         hf = load_hf_model(model_dir)
         assert graph_tokens == [hf_greedy(hf, p, 20) for p in prompts]
+
+
+def test_warm_up_runs_every_step_kind_and_leaves_the_runner_as_it_found_it(runner):
+    """warm_up (prefills, a prefix hit, mixed and decode steps, every sampler option) succeeds
+    and changes nothing a client sees: greedy outputs after it equal those before it."""
+    before = generate(runner, sampling(temperature=0.0), max_new=6)
+    assert warm_up(runner) > 0.0
+    assert generate(runner, sampling(temperature=0.0), max_new=6) == before
+    tiny = KVPool.allocate(KVPoolConfig(BLOCK_SIZE, 4), runner.model.num_layers,
+                           runner.model.num_kv_heads, runner.model.head_dim, runner.model.dtype,
+                           torch.device("cpu"))  # fmt: skip
+    assert warm_up(ModelRunner(runner.model, tiny)) == 0.0  # too small a pool: skipped
+
+
+def _mixed_step_results(runner: ModelRunner, together: bool) -> dict[int, tuple]:
+    """Requests 2 and 4 prefill in step 1; then 2 and 4 decode while 1 and 3 prefill, in one
+    mixed step (plan order 1, 2, 3, 4) or in separate steps. -> {request: (token, lp, top)}."""
+    params = sampling(top_logprobs=2, return_logprobs=True)
+    prompts = {1: PROMPTS[0], 2: PROMPTS[1], 3: PROMPTS[2], 4: [7, 8, 9, 10, 11, 12]}
+    blocks = {rid: list(range(8 * rid, 8 * rid + 4)) for rid in prompts}
+
+    def new(rid: int) -> worker_pb2.NewRequest:
+        p = prompts[rid]
+        return worker_pb2.NewRequest(request_id=rid, token_ids=p, num_prompt_tokens=len(p),
+                                     num_cached_tokens=0, sampling=params)  # fmt: skip
+
+    def plan(runs: list[tuple[int, int, bool]]) -> dict:  # (request, tokens, is new)
+        fresh = [r for r, _, is_new in runs if is_new]
+        return dict(new_requests=[new(r) for r in fresh],
+                    run_request_ids=[r for r, _, _ in runs],
+                    run_num_tokens=[n for _, n, _ in runs],
+                    run_num_new_blocks=[4 if r in fresh else 0 for r, _, _ in runs],
+                    new_block_ids=[b for r in fresh for b in blocks[r]])  # fmt: skip
+
+    stream = LocalStream(runner)
+    stream.step(**plan([(2, len(prompts[2]), True), (4, len(prompts[4]), True)]))
+    second = [(1, len(prompts[1]), True), (2, 1, False), (3, len(prompts[3]), True), (4, 1, False)]
+    results = [stream.step(**plan(second))] if together else [
+        stream.step(**plan([run])) for run in second]  # fmt: skip
+    out, order = {}, [r for r, _, _ in second]
+    for result in results:
+        ids = order[: len(result.token_ids)] if together else [order[len(out)]]
+        for i, rid in enumerate(ids):
+            top = list(zip(result.top_token_ids[2 * i : 2 * i + 2],
+                           result.top_logprobs[2 * i : 2 * i + 2], strict=True))  # fmt: skip
+            out[rid] = (result.token_ids[i], result.logprobs[i], top)
+    stream.runner.close_table(stream.table)
+    return out
+
+
+def test_a_mixed_step_equals_its_entries_run_alone_with_logprobs_in_plan_order(runner):
+    """A step that interleaves prefills and decodes (the runner runs the decodes first, through
+    decode attention) returns each entry's token, logprob and top-2 in plan order, equal to
+    running each entry in a step of its own."""
+    together, alone = _mixed_step_results(runner, True), _mixed_step_results(runner, False)
+    assert together.keys() == alone.keys() == {1, 2, 3, 4}
+    for rid in together:
+        assert together[rid][0] == alone[rid][0]
+        assert together[rid][1] == pytest.approx(alone[rid][1], abs=1e-4)
+        assert [t for t, _ in together[rid][2]] == [t for t, _ in alone[rid][2]]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_mixed_step_with_triton_equals_entries_alone(model_dir):
+    """The mixed-step split (decode kernel for the single-token rows, extend kernel for the
+    rest, writing slices of one output) on the GPU, fp32: as each entry run alone."""
+    device = torch.device("cuda")
+    model = load_model(str(model_dir), device, torch.float32, attention_backend="triton")
+    pool = KVPool.allocate(KVPoolConfig(BLOCK_SIZE, NUM_BLOCKS), model.num_layers,
+                           model.num_kv_heads, model.head_dim, model.dtype, device)  # fmt: skip
+    cuda_runner = ModelRunner(model, pool)
+    together = _mixed_step_results(cuda_runner, True)
+    alone = _mixed_step_results(cuda_runner, False)
+    for rid in together:
+        assert together[rid][0] == alone[rid][0]
+        assert together[rid][1] == pytest.approx(alone[rid][1], abs=1e-3)

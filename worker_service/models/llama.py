@@ -112,6 +112,17 @@ class Attention(nn.Module):
                 q, k_cache, v_cache, batch.block_tables, batch.seq_lens, self.scale,
                 backend=self.backend,
             )  # fmt: skip
+        elif batch.num_single:  # mixed: single-token requests first, through the decode kernel
+            d, out = batch.num_single, torch.empty_like(q)
+            decode_attention(
+                q[:d], k_cache, v_cache, batch.block_tables[:d], batch.seq_lens[:d], self.scale,
+                backend=self.backend, out=out[:d],
+            )  # fmt: skip
+            extend_attention(
+                q[d:], k_cache, v_cache, batch.block_tables[d:], batch.seq_lens[d:],
+                batch.extend_query_start, batch.max_query_len, self.scale, backend=self.backend,
+                out=out[d:],
+            )  # fmt: skip
         else:
             out = extend_attention(
                 q, k_cache, v_cache, batch.block_tables, batch.seq_lens, batch.query_start,

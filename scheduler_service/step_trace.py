@@ -1,0 +1,56 @@
+"""A per-step timeline of each worker loop, for the benchmarks: with YAIE_STEP_TRACE=PATH set,
+one JSON line per step result is appended to PATH (off by default, and then free).
+
+Each line: step id; the plan (entries, tokens, prefill tokens, requests running and waiting);
+the scheduler's own time for it (schedule_ms, send_ms: policy + plan encode and write;
+process_ms: handling its result); when it was sent and when its result arrived (seconds on
+the scheduler's monotonic clock); the worker's forward_ms / sample_ms.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import IO
+
+ENV = "YAIE_STEP_TRACE"
+
+
+class StepTrace:
+    def __init__(self, path: str) -> None:
+        self._file: IO[str] = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+
+    @classmethod
+    def from_env(cls) -> StepTrace | None:
+        path = os.environ.get(ENV)
+        return cls(path) if path else None
+
+    def record(self, **fields: float | int) -> None:
+        self._file.write(json.dumps(fields, separators=(",", ":")) + "\n")
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def summarize(lines: list[dict]) -> dict[str, float]:
+    """Phase totals of a trace: steps with prefill tokens vs decode-only steps (seconds)."""
+    out: dict[str, float] = {}
+    for phase, steps in (
+        ("prefill", [s for s in lines if s["prefill_tokens"]]),
+        ("decode", [s for s in lines if not s["prefill_tokens"]]),
+    ):
+        if not steps:
+            continue
+        n = len(steps)
+        out[f"{phase}_steps"] = n
+        out[f"{phase}_tokens_per_step"] = sum(s["tokens"] for s in steps) / n
+        out[f"{phase}_forward_ms"] = sum(s["forward_ms"] for s in steps) / n
+        out[f"{phase}_sample_ms"] = sum(s["sample_ms"] for s in steps) / n
+        out[f"{phase}_scheduler_ms"] = (
+            sum(s["schedule_ms"] + s["send_ms"] + s["process_ms"] for s in steps) / n
+        )
+    ordered = sorted(lines, key=lambda s: s["t_result"])
+    gaps = [b["t_result"] - a["t_result"] for a, b in zip(ordered, ordered[1:], strict=False)]
+    if gaps:
+        out["step_period_ms_median"] = sorted(gaps)[len(gaps) // 2] * 1e3
+    return out

@@ -1,0 +1,93 @@
+"""Warm-up steps before a worker serves: every kernel variant a real step can need is compiled
+(Triton JIT) and every code path run once, so no client request stalls on a compile.
+
+Seen on the H100 (benchmarks/NOTES.md, "Stack", call 5): without it, the first steps of each
+new shape (a lone prefill, a mixed prefill + decode step, a prefix hit, penalties, logprobs)
+took ~1 s each instead of ~25 ms. Runs through ModelRunner.launch on a table of its own and
+writes only blocks the scheduler has not handed out yet (it has not started).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from yaie.worker_service.plan import NewRequestSpec, Plan, RunEntry
+from yaie.worker_service.runner import ModelRunner
+
+log = logging.getLogger(__name__)
+
+_GREEDY = dict(temperature=0.0, top_p=1.0, top_k=0, min_p=0.0, repetition_penalty=1.0,
+               frequency_penalty=0.0, presence_penalty=0.0, seed=0, logit_bias={},
+               top_logprobs=0, return_logprobs=False)  # fmt: skip
+# Every filter, every penalty, logit bias and logprobs: the sampler's slowest variant.
+_EVERYTHING = dict(_GREEDY, temperature=0.8, top_p=0.9, top_k=40, min_p=0.05,
+                   repetition_penalty=1.1, frequency_penalty=0.1, presence_penalty=0.1, seed=7,
+                   logit_bias={3: 1.0}, top_logprobs=2, return_logprobs=True)  # fmt: skip
+_TOP_P = dict(_GREEDY, temperature=1.0, top_p=0.95)
+
+
+def warm_up(runner: ModelRunner) -> float:
+    """Runs the warm-up steps; returns the seconds taken (0 when the pool is too small)."""
+    bs, vocab = runner.pool.block_size, runner.vocab_size
+    # tokens each request will hold (prompt + decodes); request 3 hits request 1's first 2 blocks
+    lengths = {1: 37 + 3, 2: 64 + 3, 4: 20 + 3, 3: bs + 8}
+    too_small = sum(-(-n // bs) for n in lengths.values()) > runner.pool.num_blocks
+    if too_small or runner.max_context < 2 * bs + 16 or runner.max_context < 80:
+        log.info("warm-up skipped: the pool or the context is too small")
+        return 0.0
+    start = time.perf_counter()
+    free = iter(range(runner.pool.num_blocks))
+    tables = {rid: [next(free) for _ in range(-(-n // bs))] for rid, n in lengths.items()}
+    tables[3] = tables[1][:2] + tables[3]
+    prompts = {rid: [(rid * 31 + i * 7) % vocab for i in range(n)]
+               for rid, n in ((1, 37), (2, 64), (3, 2 * bs + 5), (4, 20))}  # fmt: skip
+    prompts[3][: 2 * bs] = prompts[1][: 2 * bs]
+    sampling = {1: _GREEDY, 2: _EVERYTHING, 3: _TOP_P, 4: _EVERYTHING}
+
+    def new(rid: int, cached: int = 0) -> NewRequestSpec:
+        return NewRequestSpec(rid, prompts[rid], len(prompts[rid]), cached, sampling[rid])
+
+    def first(rid: int, n: int) -> RunEntry:  # a request's first run: its whole block table
+        return RunEntry(rid, n, tables[rid])
+
+    def decode(*rids: int) -> list[RunEntry]:
+        return [RunEntry(rid, 1, []) for rid in rids]
+
+    table = runner.new_table()
+    plans = [
+        # a lone prefill, then two prefills in one step
+        Plan(1, [new(1)], [first(1, 37)], []),
+        Plan(2, [new(2), new(4)], [first(2, 64), first(4, 20)], []),
+        # decodes mixed with a prefill over a cached prefix
+        Plan(3, [new(3, 2 * bs)], [*decode(1, 2, 4), first(3, 5)], []),
+        # decode-only steps, then every request released
+        Plan(4, [], decode(1, 2, 3, 4), []),
+        Plan(5, [], decode(2, 3, 4), [1]),
+        Plan(6, [], [], [2, 3, 4]),
+    ]
+    try:
+        for plan in plans:
+            output = runner.launch(table, plan).wait()
+            if output.error or output.request_errors:
+                raise RuntimeError(f"warm-up step {plan.step_id} failed: "
+                                   f"{output.error or output.request_errors}")  # fmt: skip
+    finally:
+        runner.close_table(table)
+    seconds = time.perf_counter() - start
+    log.info("warm-up steps done in %.1f s", seconds)
+    return seconds
+
+
+def log_later_compiles() -> None:
+    """From now on every Triton compile is logged with its kernel and specialization: a step that
+    stalled on one names the case the warm-up is missing."""
+    try:
+        from triton import knobs
+    except ImportError:  # an older Triton: nothing to hook
+        return
+
+    def hook(**kwargs: object) -> None:
+        log.warning("Triton compiled a kernel while serving: %s", kwargs.get("repr"))
+
+    knobs.runtime.jit_post_compile_hook = hook
