@@ -169,7 +169,7 @@ class SamplingBatch:
             keys = [_row_key_host(c.seed, p) for c, p in zip(configs, positions, strict=True)]
         # Two host->device copies for all per-row vectors (each copy is a launch and a sync
         # point for pageable memory): floats [6, B], ints [3, B] (or [2, B] with device keys).
-        floats = torch.tensor(
+        floats = _rows_on_device(
             [
                 [1.0 if c.is_greedy else 1.0 / c.temperature for c in configs],
                 [c.top_p for c in configs],
@@ -178,15 +178,16 @@ class SamplingBatch:
                 [c.frequency_penalty for c in configs],
                 [c.presence_penalty for c in configs],
             ],
-            dtype=torch.float32,
-        ).to(device, non_blocking=True)
+            torch.float32,
+            device,
+        )
         int_rows = [
             [c.top_k if 0 < c.top_k < vocab_size else TOP_K_OFF for c in configs],
             [int(c.is_greedy) for c in configs],
         ]
         if not isinstance(keys, torch.Tensor):
             int_rows.append(keys)
-        ints = torch.tensor(int_rows, dtype=torch.int64).to(device, non_blocking=True)
+        ints = _rows_on_device(int_rows, torch.int64, device)
         return cls(
             vocab_size=vocab_size,
             greedy=ints[1].bool(),
@@ -209,6 +210,18 @@ class SamplingBatch:
             any_penalties=any(c.uses_penalties for c in configs),
             any_logprobs=any(c.return_logprobs or c.top_logprobs > 0 for c in configs),
         )
+
+
+def _rows_on_device(
+    rows: list[list], dtype: torch.dtype, device: torch.device | str
+) -> list[torch.Tensor]:
+    """rows (each of B values) copied in one go; each row starts 16-byte aligned, whatever B
+    is: Triton specializes a pointer argument on its alignment, so unaligned rows would compile
+    another sampling kernel for some batch sizes (a stalled step while serving)."""
+    width = -(-len(rows[0]) // 4) * 4
+    padded = [row + [0] * (width - len(row)) for row in rows]
+    packed = torch.tensor(padded, dtype=dtype).to(device, non_blocking=True)
+    return [packed[i, : len(rows[0])] for i in range(len(rows))]
 
 
 def _pack_logit_bias(

@@ -26,6 +26,21 @@ class ScheduledEntry:
     is_decode: bool  # runs the last sampled token (device-resident)
 
 
+def _aligned_on_device(parts: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """int32 parts in one host->device copy, each starting 16-byte aligned: Triton specializes
+    pointer arguments on their alignment, so pieces at arbitrary offsets would compile new
+    attention kernel variants for some steps (a stall of ~1 s each while serving)."""
+    sizes = [p.numel() for p in parts]
+    starts = [0]
+    for n in sizes:
+        starts.append(starts[-1] + -(-n // 4) * 4)
+    packed = torch.zeros(starts[-1], dtype=torch.int32)
+    for part, start, n in zip(parts, starts, sizes, strict=False):
+        packed[start : start + n] = part
+    packed = to_device(packed, device)
+    return [packed[start : start + n] for start, n in zip(starts, sizes, strict=False)]
+
+
 def build_forward_batch(
     entries: list[ScheduledEntry], last_tokens: torch.Tensor, block_size: int
 ) -> tuple[ForwardBatch, torch.Tensor]:
@@ -87,7 +102,7 @@ def build_forward_batch(
         if num_single:
             rest = query_start[num_single:]
             parts.append(torch.tensor(rest, dtype=torch.int32) - num_single)
-    pieces = torch.split(to_device(torch.cat(parts), device), [p.numel() for p in parts])
+    pieces = _aligned_on_device(parts, device)
     input_ids, positions_d, slots_d, seq_lens_d, query_start_d, logits_d = pieces[:6]
     decode_index_d, decode_rows_d, sample_rows, tables_d = pieces[6:10]
     input_ids = input_ids.long()

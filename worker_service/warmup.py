@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from yaie.worker_service.plan import NewRequestSpec, Plan, RunEntry
 from yaie.worker_service.runner import ModelRunner
@@ -87,7 +88,11 @@ def log_later_compiles() -> None:
     except ImportError:  # an older Triton: nothing to hook
         return
 
-    def hook(**kwargs: object) -> None:
-        log.warning("Triton compiled a kernel while serving: %s", kwargs.get("repr"))
+    def hook(**kwargs: Any) -> None:
+        compiled = kwargs.get("compile") or {}
+        log.warning(
+            "Triton compiled a kernel while serving: %s; specialization %s; constants %s",
+            kwargs.get("repr"), compiled.get("configs"), compiled.get("constants"),
+        )  # fmt: skip
 
     knobs.runtime.jit_post_compile_hook = hook
