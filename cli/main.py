@@ -19,6 +19,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("yaie.worker_service.__main__", "run one GPU worker alone (--model M --port P)"),
     "generate": ("yaie.cli.generate", "stream a generation from a running stack to the terminal"),
     "bench": ("yaie.cli.bench", "drive a running stack with a benchmark workload"),
+    "in-process": (
+        "yaie.cli.in_process",
+        "the scheduler and one worker in this one process (no gRPC between them)",
+    ),
 }
 
 

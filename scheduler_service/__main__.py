@@ -12,6 +12,7 @@ import importlib
 import logging
 import signal
 import sys
+from collections.abc import Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -22,6 +23,7 @@ from yaie.scheduler_service.config import SchedulerConfig
 from yaie.scheduler_service.engine import Engine
 from yaie.scheduler_service.logs import setup_logging
 from yaie.scheduler_service.server import GenerationServicer, create_server, set_health
+from yaie.scheduler_service.worker_client import WorkerClient
 
 logger = logging.getLogger("yaie.scheduler")
 
@@ -66,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="prompt tokens per request per step (default: the step budget)",
     )
+    parser.add_argument(
+        "--stream-interval",
+        type=int,
+        default=SchedulerConfig.stream_interval,
+        help="under load (>= 64 running), one frame per this many tokens per request",
+    )
     parser.add_argument("--no-overlap", action="store_true", help="wait for each step's result")
     parser.add_argument("--no-prefix-cache", action="store_true", help="never share KV blocks")
     parser.add_argument(
@@ -88,6 +96,7 @@ def scheduler_config(args: argparse.Namespace) -> SchedulerConfig:
         max_running_requests=args.max_running_requests,
         max_queue_size=args.max_queue,
         prefill_chunk_size=min(args.prefill_chunk_size or budget, budget),
+        stream_interval=args.stream_interval,
         enable_overlap=not args.no_overlap,
         enable_prefix_cache=not args.no_prefix_cache,
         **failover_flags.config_kwargs(args),
@@ -117,14 +126,17 @@ async def wait_for_serving(address: str, timeout_s: float, worker: bool = False)
             await asyncio.sleep(0.25)
 
 
-async def _start_engine(engine, servicer: GenerationServicer, args: argparse.Namespace) -> None:
+async def _start_engine(
+    engine, servicer: GenerationServicer, args: argparse.Namespace, wait_for_workers: bool = True
+) -> None:
     # transformers takes seconds to import: do it while the workers load their model.
     tokenizer_module = asyncio.create_task(
         asyncio.to_thread(importlib.import_module, "yaie.scheduler_service.tokenizer")
     )
-    await asyncio.gather(
-        *(wait_for_serving(address, args.worker_wait, worker=True) for address in args.worker)
-    )
+    if wait_for_workers:
+        await asyncio.gather(
+            *(wait_for_serving(address, args.worker_wait, worker=True) for address in args.worker)
+        )
     await engine.start()
     info = engine.model_info
     label = " (RANDOM WEIGHTS: its text is meaningless)" if info.random_weights else ""
@@ -158,11 +170,17 @@ async def _watch_health(engine, health_servicer: health.aio.HealthServicer) -> N
         await asyncio.sleep(0.5)
 
 
-async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> int:
-    """Runs until SIGINT/SIGTERM (or `stop` is set); returns the exit status."""
+async def serve(
+    args: argparse.Namespace,
+    stop: asyncio.Event | None = None,
+    client_factory: Callable[[str], WorkerClient] | None = None,
+) -> int:
+    """Runs until SIGINT/SIGTERM (or `stop` is set); returns the exit status. client_factory
+    (address -> client, default a gRPC WorkerClient) gives clients of workers that are ready
+    when handed in: their addresses are then not polled over gRPC before the engine starts."""
     options = server_options.ServerOptions.from_args(args)
     configure_workers(options.workers)
-    engine = Engine(args.worker, scheduler_config(args))
+    engine = Engine(args.worker, scheduler_config(args), client_factory or WorkerClient)
     servicer = GenerationServicer(engine)
     try:
         metrics = options.start_metrics(engine)
@@ -187,7 +205,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    start = asyncio.create_task(_start_engine(engine, servicer, args))
+    start = asyncio.create_task(_start_engine(engine, servicer, args, client_factory is None))
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({start, stopping}, return_when=asyncio.FIRST_COMPLETED)
     status, watch = 0, None

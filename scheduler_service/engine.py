@@ -10,7 +10,7 @@ import asyncio
 import itertools
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from yaie.scheduler_service.config import SchedulerConfig
@@ -77,7 +77,7 @@ class Engine:
       request could never fit in a KV pool) or UnavailableError (not started, or draining).
     - `submit(req)` checks admissibility (and that request_id is not live: ValueError) and
       returns an async iterator of OutputEvents (undelivered ones coalesced: a slow reader gets
-      fewer, larger events; under load one event per worker_loop.STREAM_INTERVAL tokens, the
+      fewer, larger events; under load one event per config.stream_interval tokens, the
       first token alone); the last one has finish_reason set. Closing the
       iterator early aborts the request.
     - `abort(request_id)` -> whether a live request had that id; idempotent. The request ends
@@ -88,11 +88,18 @@ class Engine:
     kept, matched_stop_token set), max_new_tokens or a full context (LENGTH).
     """
 
-    def __init__(self, worker_addresses: list[str], config: SchedulerConfig) -> None:
+    def __init__(
+        self,
+        worker_addresses: list[str],
+        config: SchedulerConfig,
+        client_factory: Callable[[str], WorkerClient] = WorkerClient,
+    ) -> None:
         if not worker_addresses:
             raise ValueError("at least one worker address is needed")
         self.worker_addresses = list(worker_addresses)
         self.config = config
+        # address -> client: a gRPC WorkerClient, or another with its interface (in-process)
+        self._client_factory = client_factory
         self._started = False
         self._loops: list[WorkerLoop] = []
         self._tasks: list[asyncio.Task] = []
@@ -121,7 +128,7 @@ class Engine:
         return self._model_info
 
     async def start(self) -> None:
-        clients = [WorkerClient(address) for address in self.worker_addresses]
+        clients = [self._client_factory(address) for address in self.worker_addresses]
         try:
             infos = await asyncio.gather(
                 *(c.describe(self.config.connect_timeout_s) for c in clients)

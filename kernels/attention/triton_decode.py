@@ -19,7 +19,7 @@ LOG2E = 1.4426950408889634
 
 # Runtime ints that vary per step are not specialized (Triton would compile a variant per value
 # class: == 1, multiple of 16, other), so a new batch composition never stalls on a compile.
-@triton.jit(do_not_specialize=["stride_table", "num_splits"])
+@triton.jit(do_not_specialize=["block_tables", "seq_lens", "stride_table", "num_splits"])
 def _decode_split_kernel(
     q,
     k_cache,

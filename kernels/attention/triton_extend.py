@@ -69,9 +69,11 @@ def _attend_tile(
     return acc, m_i, l_i
 
 
-# stride_table (the batch's widest block table) varies per step: not specialized, so a new width
-# never stalls a step on a compile.
-@triton.jit(do_not_specialize=["stride_table"])
+# Per-step values are not specialized (Triton compiles a variant per value class, and per 16-byte
+# alignment of a pointer): the widest block table (stride_table), and the per-request arrays,
+# which a mixed step passes as row slices (batch.seq_lens[d:]) at any alignment. They are read
+# one scalar per program, so the specialization would buy nothing; a compile stalls a step ~1 s.
+@triton.jit(do_not_specialize=["block_tables", "seq_lens", "query_start", "stride_table"])
 def _extend_kernel(
     q,
     out,

@@ -1,0 +1,262 @@
+"""The worker inside the scheduler's process: InProcessWorkerClient drives a loaded WorkerServicer's
+Step generator on a thread (protobuf plans and results through queues: no serialization, no
+network), and `yaie in-process` serves the public API over it, to measure what the split costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import queue
+import signal
+import sys
+import threading
+from dataclasses import fields
+from typing import TYPE_CHECKING, NoReturn
+
+import grpc
+
+from yaie.scheduler_service.worker_client import (
+    PlanEntry,
+    StepOutcome,
+    WorkerDescription,
+    WorkerHungError,
+    WorkerStreamError,
+    decode_result,
+    encode_plan,
+)
+from yaie.worker.v1 import worker_pb2
+
+if TYPE_CHECKING:  # torch is imported only by main(), once the flags are checked
+    from yaie.worker_service.server import WorkerServicer
+
+logger = logging.getLogger("yaie.in_process")
+ADDRESS = "in-process"  # the worker's "address" in logs, stats and errors
+_CLOSE = object()  # ends the plan iterator the servicer reads (the call is over)
+_EOF = object()  # the servicer's Step generator returned
+_CANCELLED = object()  # the client abandoned the call
+
+
+class _StepContext:
+    """What WorkerServicer.Step uses of a grpc.ServicerContext."""
+
+    def __init__(self) -> None:
+        self._cancelled = threading.Event()
+
+    def is_active(self) -> bool:
+        return not self._cancelled.is_set()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    def abort(self, code: grpc.StatusCode, details: str) -> NoReturn:
+        raise WorkerStreamError(f"{code.name}: {details}")
+
+
+class _StepCall:
+    """One Step stream: a thread runs servicer.Step over a plan queue and hands each result to
+    the event loop's queue (then _EOF, or the exception the generator raised)."""
+
+    def __init__(self, servicer: WorkerServicer, loop: asyncio.AbstractEventLoop) -> None:
+        self.plans: queue.SimpleQueue = queue.SimpleQueue()
+        self.results: asyncio.Queue = asyncio.Queue()
+        self.context = _StepContext()
+        self._loop = loop
+        self.thread = threading.Thread(
+            target=self._run, args=(servicer,), daemon=True, name="in-process-step"
+        )
+        self.thread.start()
+
+    def _run(self, servicer: WorkerServicer) -> None:
+        results = servicer.Step(iter(self.plans.get, _CLOSE), self.context)
+        end: object = _EOF
+        try:
+            for result in results:
+                if not self.context.is_active():
+                    break
+                self._deliver(result)
+        except Exception as exc:  # the servicer aborted the call (e.g. no model loaded)
+            end = exc
+        finally:
+            # As gRPC does with a cancelled call's response iterator: its finally drops the
+            # stream's requests (runner.close_table).
+            results.close()
+        self._deliver(end)
+
+    def _deliver(self, item: object) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self.results.put_nowait, item)
+        except RuntimeError:  # the loop is closed: nobody reads this call any more
+            pass
+
+    def cancel(self) -> None:
+        """On the event loop's thread: a read in progress fails, the servicer stops taking
+        plans (context inactive; a reader waiting for one gets the end of the stream)."""
+        self.context.cancel()
+        self.plans.put(_CLOSE)
+        self.results.put_nowait(_CANCELLED)
+
+
+class InProcessWorkerClient:
+    """scheduler_service.worker_client.WorkerClient's interface and semantics over a loaded
+    WorkerServicer of this process. Use it from one event loop (as the engine does)."""
+
+    def __init__(self, servicer: WorkerServicer, address: str = ADDRESS) -> None:
+        self.address = address
+        self._servicer = servicer
+        self._call: _StepCall | None = None
+
+    async def describe(self, timeout: float) -> WorkerDescription:
+        info = self._servicer.info
+        if info is None:
+            raise WorkerStreamError(f"{self.address}: the worker is still loading its model")
+        if info.protocol_version != worker_pb2.PROTOCOL_VERSION_CURRENT:
+            raise WorkerStreamError(f"worker {self.address} speaks protocol "
+                                    f"{info.protocol_version}")  # fmt: skip
+        names = [f.name for f in fields(WorkerDescription) if f.name != "address"]
+        return WorkerDescription(self.address, **{name: getattr(info, name) for name in names})
+
+    def open_stream(self) -> None:
+        """A new Step stream (the servicer starts a fresh request table for it)."""
+        self.abandon_stream()
+        self._call = _StepCall(self._servicer, asyncio.get_running_loop())
+
+    def abandon_stream(self) -> None:
+        """As a cancelled gRPC call: the worker drops the stream's requests; a read in progress
+        fails with WorkerStreamError."""
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None
+
+    async def health(self, timeout: float) -> str:
+        if self._servicer.info is None or self._servicer.device_failed.is_set():
+            return "NOT_SERVING"
+        return "SERVING"
+
+    async def send(self, step_id: int, entries: list[PlanEntry], release_ids: list[int]) -> None:
+        call = self._live_call()
+        if not call.thread.is_alive():
+            raise WorkerStreamError(f"sending step {step_id} to {self.address}: the stream ended")
+        call.plans.put(encode_plan(step_id, entries, release_ids))
+
+    async def receive(self, entries: list[PlanEntry], timeout: float) -> StepOutcome:
+        """The next StepResult, decoded against the entries of its plan."""
+        call = self._live_call()
+        read = asyncio.ensure_future(call.results.get())
+        try:  # not asyncio.wait_for, for the reason WorkerClient.receive gives
+            done, _ = await asyncio.wait({read}, timeout=timeout)
+        except asyncio.CancelledError:
+            read.cancel()
+            raise
+        if not done:
+            read.cancel()
+            raise WorkerHungError(f"{self.address}: no step result in {timeout} s")
+        item = read.result()
+        if isinstance(item, worker_pb2.StepResult):
+            return decode_result(item, entries)
+        call.results.put_nowait(item)  # the end stays: later reads see it too
+        if item is _CANCELLED:
+            raise WorkerStreamError(f"{self.address}: the step stream was cancelled")
+        if item is _EOF:
+            raise WorkerStreamError(f"{self.address}: the worker closed the step stream")
+        raise WorkerStreamError(f"{self.address}: step stream failed: {item}") from item
+
+    async def close(self) -> None:
+        self.abandon_stream()
+
+    def _live_call(self) -> _StepCall:
+        if self._call is None:
+            raise WorkerStreamError(f"{self.address}: the step stream was abandoned")
+        return self._call
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.Namespace]:
+    """(scheduler flags, worker flags): `yaie scheduler`'s parser takes its own flags (--host,
+    --port, --model, ...), `yaie worker`'s the rest (--device, --dtype, --num-blocks, ...)."""
+    from yaie.scheduler_service.__main__ import build_parser as scheduler_parser
+    from yaie.worker_service.__main__ import build_parser as worker_parser
+
+    own = argparse.ArgumentParser(prog="yaie in-process", add_help=False)
+    own.add_argument("--switch-interval-ms", type=float, default=None,
+                     help="the GIL switch interval (default: Python's, 5 ms)")  # fmt: skip
+    own_args, argv = own.parse_known_args(sys.argv[1:] if argv is None else argv)
+    schedulers, workers = scheduler_parser(), worker_parser()
+    schedulers.prog = workers.prog = "yaie in-process"
+    if {"-h", "--help"} & set(argv):
+        print(f"{__doc__}\n{own.format_help()}\nScheduler flags (no --worker: it runs here):\n"
+              f"{schedulers.format_help()}\nWorker flags (not --host/--port/--tp/security):\n"
+              f"{workers.format_help()}")  # fmt: skip
+        raise SystemExit(0)
+    scheduler_args, rest = schedulers.parse_known_args([*argv, "--worker", ADDRESS])
+    scheduler_args.switch_interval_ms = own_args.switch_interval_ms
+    if scheduler_args.worker != [ADDRESS]:
+        schedulers.error("--worker: the worker runs in this process")
+    if scheduler_args.model is None:
+        from yaie.cli.builtin_model import ensure_builtin_model
+
+        scheduler_args.model = str(ensure_builtin_model())
+        logger.warning("no --model: the built-in model (RANDOM WEIGHTS) %s", scheduler_args.model)
+    worker_args = workers.parse_args([*rest, "--model", scheduler_args.model, "--port", "0"])
+    if worker_args.tp != 1:
+        workers.error("--tp: tensor parallelism needs worker processes (yaie serve --tp)")
+    return scheduler_args, worker_args
+
+
+async def _serve(args: argparse.Namespace, servicer: WorkerServicer) -> int:
+    """The scheduler's serve() over the in-process worker; a device failure stops it (1)."""
+    from yaie.scheduler_service.__main__ import serve
+
+    stop = asyncio.Event()
+
+    async def watch_device() -> None:
+        while not servicer.device_failed.is_set():
+            await asyncio.sleep(0.2)
+        logger.critical("device failure: stopping")
+        stop.set()
+
+    watch = asyncio.create_task(watch_device())
+    status = await serve(args, stop, lambda address: InProcessWorkerClient(servicer, address))
+    watch.cancel()
+    return 1 if servicer.device_failed.is_set() else status
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from yaie.scheduler_service.__main__ import scheduler_config
+    from yaie.scheduler_service.logs import setup_logging
+    from yaie.scheduler_service.server_options import ServerOptions
+    from yaie.worker_service.__main__ import config_from_args
+
+    scheduler_args, worker_args = parse_args(argv)
+    setup_logging(scheduler_args.log_level, scheduler_args.log_format)
+    try:
+        scheduler_config(scheduler_args)
+        ServerOptions.from_args(scheduler_args)
+        config = config_from_args(worker_args)
+    except ValueError as error:
+        logger.error("%s", error)
+        return 2
+    if scheduler_args.switch_interval_ms is not None:  # a diagnostic of the GIL's share
+        sys.setswitchinterval(scheduler_args.switch_interval_ms / 1e3)
+    # Until serve() installs its handlers, SIGTERM exits (status 143) instead of killing outright.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    from yaie.worker_service.app import build_runner
+    from yaie.worker_service.server import WorkerServicer
+
+    try:
+        servicer = WorkerServicer()
+        servicer.load(*build_runner(config))
+    except (OSError, ValueError) as error:  # no such model, unsupported config
+        logger.error("cannot load the worker: %s", error)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return asyncio.run(_serve(scheduler_args, servicer))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
