@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from yaie.worker_service.forward_batch import ForwardBatch
-from yaie.worker_service.request_state import RequestState, to_device
+from yaie.worker_service.request_state import RequestState, RequestTable, to_device
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ def _aligned_on_device(parts: list[torch.Tensor], device: torch.device) -> list[
 
 
 def build_forward_batch(
-    entries: list[ScheduledEntry], last_tokens: torch.Tensor, block_size: int
+    entries: list[ScheduledEntry], table: RequestTable, block_size: int
 ) -> tuple[ForwardBatch, torch.Tensor]:
     """Packs every index tensor into one int32 host buffer, copies it once, splits on device.
 
@@ -50,6 +51,7 @@ def build_forward_batch(
     Entries that run one token should come first (ModelRunner orders them so): in a mixed batch
     the leading ones take decode attention (ForwardBatch.num_single).
     """
+    last_tokens = table.last_tokens
     device = last_tokens.device
     num_new = [e.num_tokens for e in entries]
     batch, num_tokens = len(entries), sum(num_new)
@@ -69,10 +71,8 @@ def build_forward_batch(
         query_start.append(query_start[-1] + e.num_tokens)
         if e.samples:
             logits_indices.append(query_start[-1] - 1)
-    tables = torch.tensor(
-        [e.state.block_table + [0] * (max_blocks - len(e.state.block_table)) for e in entries],
-        dtype=torch.int32,
-    )  # [batch, max_blocks]
+    rows = np.fromiter((e.state.row for e in entries), np.int64, batch)
+    tables = torch.from_numpy(table.blocks[rows, :max_blocks])  # [batch, max_blocks], 0-padded
     owner = torch.repeat_interleave(torch.arange(batch), torch.tensor(num_new))  # [num_tokens]
     starts = torch.tensor([e.start for e in entries], dtype=torch.int32)
     positions = (

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from yaie.kernels.sampling import SamplingConfig
@@ -106,11 +107,14 @@ def check_run_entry(
 
 
 class RequestTable:
-    """The live requests of one Step stream, and last_tokens [capacity] int64 on the device."""
+    """The live requests of one Step stream, last_tokens [capacity] int64 on the device, and
+    blocks [capacity, width] int32 on the host: row r is the block table of the request in row r,
+    0-padded (kept as blocks arrive, so a step gathers its rows instead of rebuilding them)."""
 
     def __init__(self, device: torch.device, capacity: int = 64) -> None:
         self.device = device
         self.last_tokens = torch.zeros(capacity, dtype=torch.int64, device=device)
+        self.blocks = np.zeros((capacity, 16), dtype=np.int32)
         self._requests: dict[int, RequestState] = {}
         self._free_rows = list(range(capacity - 1, -1, -1))
 
@@ -151,10 +155,21 @@ class RequestTable:
         self._requests[spec.request_id] = state
         return state
 
+    def append_blocks(self, state: RequestState, block_ids: list[int]) -> None:
+        """Appends block_ids to state's block table (the list and its row of blocks)."""
+        start, end = len(state.block_table), len(state.block_table) + len(block_ids)
+        if end > self.blocks.shape[1]:
+            grown = np.zeros((self.blocks.shape[0], max(end, 2 * self.blocks.shape[1])), np.int32)
+            grown[:, : self.blocks.shape[1]] = self.blocks
+            self.blocks = grown
+        self.blocks[state.row, start:end] = block_ids
+        state.block_table.extend(block_ids)
+
     def release(self, request_id: int) -> None:
         """Drops the request's state; unknown ids are ignored (release is idempotent)."""
         state = self._requests.pop(request_id, None)
         if state is not None:
+            self.blocks[state.row, : len(state.block_table)] = 0
             self._free_rows.append(state.row)
 
     def clear(self) -> None:
@@ -167,6 +182,7 @@ class RequestTable:
             grown = torch.zeros(2 * capacity, dtype=torch.int64, device=self.device)
             grown[:capacity] = self.last_tokens
             self.last_tokens = grown
+            self.blocks = np.concatenate([self.blocks, np.zeros_like(self.blocks)])
             self._free_rows = list(range(2 * capacity - 1, capacity - 1, -1))
         return self._free_rows.pop()
 

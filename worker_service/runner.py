@@ -170,7 +170,7 @@ class ModelRunner:
             except ValueError as exc:
                 self._fail(table, output, entry.request_id, str(exc))
                 continue
-            state.block_table.extend(entry.new_block_ids)
+            table.append_blocks(state, entry.new_block_ids)
             is_decode = state.num_computed >= len(state.token_ids)
             entries.append(
                 ScheduledEntry(
@@ -187,7 +187,7 @@ class ModelRunner:
         # One-token entries first (stable): in a mixed step they take decode attention, which
         # reads each request's KV once per kv head, where extend attention reads it per q head.
         entries.sort(key=lambda e: e.num_tokens != 1)
-        batch, sample_rows = build_forward_batch(entries, table.last_tokens, self.pool.block_size)
+        batch, sample_rows = build_forward_batch(entries, table, self.pool.block_size)
         if self.graphs is not None and self.graphs.can_run(batch):
             logits = self.graphs.run(batch)
         else:

@@ -97,16 +97,19 @@ def test_forward_batch_has_the_plan_slots_positions_and_device_held_decode_token
         RequestState(i, table._take_row(), list(range(10 * i, 10 * i + 9)), 9, 0, [], None)
         for i in range(3)
     ]
-    states[0].block_table, states[0].num_computed = [7, 2, 5], 4  # prefill 5 after 4 cached
-    states[1].block_table, states[1].num_computed, states[1].num_sampled = [3, 1, 0], 9, 1
-    states[2].block_table, states[2].num_computed = [6, 4], 0  # chunk of 3, no sample
+    states[0].num_computed = 4  # prefill 5 after 4 cached
+    states[1].num_computed, states[1].num_sampled = 9, 1
+    states[2].num_computed = 0  # chunk of 3, no sample
+    for state, blocks in zip(states, [[7, 2], [3, 1, 0], [6, 4]], strict=True):
+        table.append_blocks(state, blocks)
+    table.append_blocks(states[0], [5])  # a table grows across steps
     table.last_tokens[states[1].row] = 777
     entries = [
         ScheduledEntry(0, states[0], 4, 5, True, False),
         ScheduledEntry(1, states[1], 9, 1, True, True),
         ScheduledEntry(2, states[2], 0, 3, False, False),
     ]
-    batch, sample_rows = build_forward_batch(entries, table.last_tokens, BLOCK_SIZE)
+    batch, sample_rows = build_forward_batch(entries, table, BLOCK_SIZE)
     expected = reference_batch(
         [list(range(4, 9)), [777], [20, 21, 22]],
         [4, 9, 0],
@@ -119,6 +122,9 @@ def test_forward_batch_has_the_plan_slots_positions_and_device_held_decode_token
     assert batch.logits_indices.tolist() == [4, 5]  # the third entry samples nothing
     assert batch.max_query_len == 5 and not batch.is_decode
     assert sample_rows.tolist() == [states[0].row, states[1].row]
+    table._requests = {s.request_id: s for s in states}
+    table.release(1)  # its row's blocks are cleared for the next request that takes the row
+    assert table._take_row() == states[1].row and not table.blocks[states[1].row].any()
 
 
 def test_seeded_sampling_is_unchanged_by_preemption_and_by_batch_neighbours(runner):
