@@ -170,7 +170,8 @@ class ModelRunner:
             except ValueError as exc:
                 self._fail(table, output, entry.request_id, str(exc))
                 continue
-            table.append_blocks(state, entry.new_block_ids)
+            if entry.new_block_ids:
+                table.append_blocks(state, entry.new_block_ids)
             is_decode = state.num_computed >= len(state.token_ids)
             entries.append(
                 ScheduledEntry(
