@@ -379,7 +379,7 @@ def bar_rows(results: dict, shape_name: str, cfg: dict, info, ceil, kv_tokens) -
         rows.append(bar_row("random, one frame per request, output tok/s",
                             m["output_throughput"], "-", None, "diagnostic", None))  # fmt: skip
     rows.append(("gRPC split vs in-process worker", "-", "-", "-", "-", "<= 5% cost",
-                 "not measured (no in-process mode)"))  # fmt: skip
+                 "see benchmarks/bench_split.py"))  # fmt: skip
     return rows
 
 
