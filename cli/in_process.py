@@ -21,10 +21,10 @@ from yaie.scheduler_service.worker_client import (
     PlanEntry,
     StepOutcome,
     WorkerDescription,
-    WorkerHungError,
     WorkerStreamError,
     decode_result,
     encode_plan,
+    read_within,
 )
 from yaie.worker.v1 import worker_pb2
 
@@ -143,16 +143,7 @@ class InProcessWorkerClient:
     async def receive(self, entries: list[PlanEntry], timeout: float) -> StepOutcome:
         """The next StepResult, decoded against the entries of its plan."""
         call = self._live_call()
-        read = asyncio.ensure_future(call.results.get())
-        try:  # not asyncio.wait_for, for the reason WorkerClient.receive gives
-            done, _ = await asyncio.wait({read}, timeout=timeout)
-        except asyncio.CancelledError:
-            read.cancel()
-            raise
-        if not done:
-            read.cancel()
-            raise WorkerHungError(f"{self.address}: no step result in {timeout} s")
-        item = read.result()
+        item = (await read_within(call.results.get(), timeout, self.address)).result()
         if isinstance(item, worker_pb2.StepResult):
             return decode_result(item, entries)
         call.results.put_nowait(item)  # the end stays: later reads see it too

@@ -6,6 +6,7 @@ Protobuf stays in this file: the engine hands in PlanEntry dataclasses and gets 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 import grpc
@@ -146,6 +147,22 @@ def decode_result(result: worker_pb2.StepResult, entries: list[PlanEntry]) -> St
     return outcome
 
 
+async def read_within(read: Awaitable, timeout: float, address: str) -> asyncio.Future:
+    """Awaits read for up to timeout seconds; returns its finished future (WorkerHungError if
+    none came). Not asyncio.wait_for: before Python 3.12 it can swallow a cancellation that
+    arrives as the read completes, and the engine's stop() would then wait forever."""
+    future = asyncio.ensure_future(read)
+    try:
+        done, _ = await asyncio.wait({future}, timeout=timeout)
+    except asyncio.CancelledError:
+        future.cancel()
+        raise
+    if not done:
+        future.cancel()
+        raise WorkerHungError(f"{address}: no step result in {timeout} s")
+    return future
+
+
 # The scheduler -> worker channel, each value chosen for this link:
 CHANNEL_OPTIONS = [
     # A plan carries a new request's tokens (at most max_context ids, ~5 bytes each) and a result
@@ -234,17 +251,7 @@ class WorkerClient:
         """The next StepResult, decoded against the entries of its plan."""
         if self._call is None:
             raise WorkerStreamError(f"{self.address}: the step stream was abandoned")
-        # Not asyncio.wait_for: before Python 3.12 it can swallow a cancellation that arrives as
-        # the read completes, and the engine's stop() would then wait forever.
-        read = asyncio.ensure_future(self._call.read())
-        try:
-            done, _ = await asyncio.wait({read}, timeout=timeout)
-        except asyncio.CancelledError:
-            read.cancel()
-            raise
-        if not done:
-            read.cancel()
-            raise WorkerHungError(f"{self.address}: no step result in {timeout} s")
+        read = await read_within(self._call.read(), timeout, self.address)
         try:
             result = read.result()
         except asyncio.CancelledError as exc:  # the call itself was cancelled, not this task
