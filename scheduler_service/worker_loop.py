@@ -173,8 +173,11 @@ class WorkerLoop:
         scheduled = time.perf_counter()
         entries: list[PlanEntry] = []
         record: list[tuple[Sequence, int, bool]] = []
+        prefill_tokens = 0  # tokens of runs that are not a decode (for the trace)
         for run in runs:
             seq, n = run.seq, run.num_tokens
+            if n > 1 or seq.num_scheduled < seq.num_prompt_tokens:
+                prefill_tokens += n
             spec = None
             if not seq.sent:
                 seq.sent = True
@@ -215,7 +218,7 @@ class WorkerLoop:
                 step=step_id,
                 entries=len(runs),
                 tokens=sum(run.num_tokens for run in runs),
-                prefill_tokens=sum(run.num_tokens for run in runs if run.num_tokens > 1),
+                prefill_tokens=prefill_tokens,
                 running=len(self.running),
                 waiting=len(self.waiting),
                 schedule_ms=(scheduled - start) * 1e3,
