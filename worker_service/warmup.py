@@ -9,10 +9,15 @@ writes only blocks the scheduler has not handed out yet (it has not started).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from typing import Any
 
+import torch
+
+from yaie.kernels.sampling import SamplingConfig, sample
+from yaie.kernels.sampling_params import SamplingBatch
 from yaie.worker_service.plan import NewRequestSpec, Plan, RunEntry
 from yaie.worker_service.runner import ModelRunner
 
@@ -75,9 +80,19 @@ def warm_up(runner: ModelRunner) -> float:
                                    f"{output.error or output.request_errors}")  # fmt: skip
     finally:
         runner.close_table(table)
+    _warm_sampler_filters(runner)
     seconds = time.perf_counter() - start
     log.info("warm-up steps done in %.1f s", seconds)
     return seconds
+
+
+def _warm_sampler_filters(runner: ModelRunner) -> None:
+    """The sampler compiles one kernel per set of filters present in a batch (top-k, top-p,
+    min-p: 8 sets); the steps above produce two of them, these direct calls the rest."""
+    logits = torch.randn(2, runner.vocab_size, device=runner.device)  # fp32, as the model's
+    for top_k, top_p, min_p in itertools.product((0, 20), (1.0, 0.9), (0.0, 0.05)):
+        config = SamplingConfig(top_k=top_k, top_p=top_p, min_p=min_p, seed=1)
+        sample(logits, SamplingBatch.build([config] * 2, [1, 2], runner.device, runner.vocab_size))
 
 
 def log_later_compiles() -> None:

@@ -26,7 +26,7 @@ interpreter_only = pytest.mark.skipif(not INTERPRET, reason="runs in the TRITON_
 gpu_only = pytest.mark.skipif(
     INTERPRET or not torch.cuda.is_available(), reason="needs CUDA (and no interpreter)"
 )
-EXPECTED_CHILD_TESTS = 10
+EXPECTED_CHILD_TESTS = 12
 
 MIXED = [
     SamplingConfig(temperature=0.0),
@@ -92,17 +92,48 @@ def test_interpreter_kept_sets_and_tokens_match(dtype, block, rows):
 
 @interpreter_only
 @pytest.mark.parametrize(
-    ("scale", "vocab", "slots", "bounds", "mass"),
-    [(8.0, 600, 8, True, True), (8.0, 600, 4, False, False), (2.5, 4000, 4, True, True)],
+    ("scale", "vocab", "seed", "bounds", "mass", "compact", "sample"),
+    [
+        (8.0, 600, 16, True, True, True, True),
+        (8.0, 600, 12, False, False, False, False),
+        (2.5, 4000, 6, True, True, True, True),
+    ],
 )
-def test_interpreter_lane_bounds_and_slots_keep_exact_sets(scale, vocab, slots, bounds, mass):
+def test_interpreter_bounds_sample_pivots_and_compaction_keep_exact_sets(
+    scale, vocab, seed, bounds, mass, compact, sample
+):
     """Peaked rows (x8: the top-k and top-p searches start from the lane-maxima bound and draw
-    from the copy) and flatter ones over 4000 tokens (copies compacted in place as the bracket
-    shrinks), 4 or 8 tiles in flight: same kept sets and tokens."""
-    logits = _mixed_logits(12, vocab, "cpu", seed=int(scale) + slots) * (scale / 2.5)
+    from the copy) and flatter ones over 4000 tokens (first top-p pivots from a sample, copies
+    compacted in place as the bracket shrinks), or none of these: same kept sets and tokens."""
+    logits = _mixed_logits(12, vocab, "cpu", seed=seed) * (scale / 2.5)
     _check_against_reference(
-        logits, 32, 4, slots=slots, bounds=bounds, mass_bound=mass, compact=True
+        logits, 32, 4, bounds=bounds, mass_bound=mass, compact=compact, sample_pivots=sample
     )
+
+
+@interpreter_only
+@pytest.mark.parametrize("sample", [True, False])
+def test_interpreter_flat_top_p_rows_drawn_without_a_final_row_pass(sample):
+    """N(0, 1) rows rounded to bf16 (flat: top-p sets of up to ~60% of the row; many exact ties),
+    top-p only: sample pivots (or uniform ones: a bigger copy, compacted), the bracket copy with
+    the best noisy key above it (cut winners are drawn from both, some from each), one-value
+    brackets: same kept sets and tokens."""
+    from yaie.kernels.sampling_triton import draw_triton
+
+    rows, vocab = 12, 3000
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(rows, vocab, generator=g).bfloat16().float()
+    configs = [
+        SamplingConfig(top_p=(0.9, 0.05, 0.2)[b % 3], temperature=(1.0, 0.8)[b % 2], seed=b)
+        for b in range(rows)
+    ]
+    batch = SamplingBatch.build(configs, range(rows), "cpu", vocab)
+    tau = torch.empty(rows)
+    options = dict(sample_pivots=sample, min_recopy=0)
+    tokens = draw_triton(logits, batch, 128, 4, thresholds=tau, fast_log=False, **options)
+    s = logits * batch.inv_temperature.unsqueeze(1)
+    assert torch.equal(s >= tau.unsqueeze(1), s >= filter_thresholds(s, batch).unsqueeze(1))
+    assert torch.equal(tokens, draw_reference(logits, batch))
 
 
 @interpreter_only
