@@ -1,7 +1,8 @@
 """GPU benchmark of the Triton paged-attention kernels against the device's own ceilings.
 
 One run: (1) copy bandwidth and bf16 matmul rate, (2) a bf16 check against the reference on fresh
-inputs, (3) decode, (4) extend and (5) store_kv timings with a few variants; table printed last.
+inputs, (3) decode, (4) grouped (cascade) decode, (5) extend and (6) store_kv timings with a few
+variants; table printed last.
 Usage: python benchmarks/bench_attention.py  (writes $OUT/bench_attention.json when OUT is set)
 """
 
@@ -15,8 +16,9 @@ import random
 import torch
 from triton.testing import do_bench
 
-from yaie.kernels.attention import decode_attention, extend_attention
+from yaie.kernels.attention import PrefixGroups, decode_attention, extend_attention
 from yaie.kernels.attention.testing import PagedBatch, make_paged_batch, relative_error
+from yaie.kernels.attention.triton_cascade import _prefix_kernel, decode_attention_grouped_triton
 from yaie.kernels.attention.triton_decode import _decode_split_kernel, decode_attention_triton
 from yaie.kernels.attention.triton_extend import _extend_kernel, extend_attention_triton
 from yaie.kernels.attention.triton_store import store_kv_triton
@@ -136,6 +138,47 @@ def bench_decode_long(copy_bw: float) -> None:
         report("decode", name, ms, TBps=bw / 1e12, of_copy=bw / copy_bw)
 
 
+def shared_prefix_batch(seed: int, groups: int = 16, rows: int = 16, prefix: int = 2048):
+    """groups x rows requests of prefix + 256 tokens; a group's rows hold its first row's prefix
+    blocks (the radix cache's sharing). Returns (batch, PrefixGroups)."""
+    batch = decode_batches(16, 1, seed, batch=groups * rows, context=prefix + 256)[0]
+    tables = batch.block_tables
+    members = [list(range(g * rows, (g + 1) * rows)) for g in range(groups)]
+    for group in members:
+        tables[group, : prefix // 16] = tables[group[0], : prefix // 16]
+    return batch, PrefixGroups.from_lists(members, [prefix] * groups, groups * rows, "cuda")
+
+
+def bench_grouped_decode(copy_bw: float) -> None:
+    """The shared-prefix workload's decode: 256 rows x 2,304 tokens, 16 groups sharing 2,048."""
+    sets = [shared_prefix_batch(seed=50 + i) for i in range(2)]
+    token_bytes = KV_HEADS * HEAD_DIM * 2 * 2  # K and V, bf16
+    plain_bytes = 256 * 2304 * token_bytes  # every row reads its whole context
+    grouped_bytes = (16 * 2048 + 256 * 256) * token_bytes  # each prefix once, suffixes per row
+    gb = f"plain {plain_bytes / 1e9:.2f} GB, grouped {grouped_bytes / 1e9:.2f} GB"
+    print(f"grouped  KV bytes each must read: {gb}", flush=True)
+    batch, groups = sets[0]
+    ref = decode_attention(*batch.upcast().decode_args(), backend="torch")
+    check("grouped decode", decode_attention_grouped_triton(*batch.decode_args(), groups), ref)
+    del ref
+    fn = cycle_calls(sets, lambda s: decode_attention_triton(*s[0].decode_args()))
+    ms = median_ms(fn)
+    report(
+        "grouped", "plain decode (same shared tables)", ms, TBps=plain_bytes / (ms * 1e-3) / 1e12
+    )
+    variants = [dict(), dict(prefix_block_n=32), dict(prefix_block_n=128), dict(block_m=32)]
+    variants += [dict(num_prefix_splits=1), dict(num_prefix_splits=8), dict(num_warps=8)]
+    for kwargs in variants:
+        fn = cycle_calls(
+            sets,
+            lambda s, kw=kwargs: decode_attention_grouped_triton(*s[0].decode_args(), s[1], **kw),
+        )
+        ms = median_ms(fn)
+        name = " ".join(f"{k}={v}" for k, v in kwargs.items()) or "default"
+        bw = grouped_bytes / (ms * 1e-3)
+        report("grouped", name, ms, TBps=bw / 1e12, of_copy=bw / copy_bw)
+
+
 def bench_extend(matmul: float) -> None:
     rng = random.Random(0)
     batches = []
@@ -232,11 +275,13 @@ def main() -> None:
     matmul = max(matmul, matmul_rate())
     bench_decode(copy_bw)
     bench_decode_long(copy_bw)
+    bench_grouped_decode(copy_bw)
     matmul = max(matmul, matmul_rate())
     bench_extend(matmul)
     bench_store(copy_bw)
     print_compile_report(_decode_split_kernel)
     print_compile_report(_extend_kernel)
+    print_compile_report(_prefix_kernel)
     if os.environ.get("OUT"):
         with open(os.path.join(os.environ["OUT"], "bench_attention.json"), "w") as f:
             json.dump(ROWS, f, indent=1)

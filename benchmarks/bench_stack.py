@@ -227,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip", default="", help="comma list of: random,light,shared,nocache,hf")
     p.add_argument("--hf-prompts", type=int, default=64, help="transformers runs this subset")
     p.add_argument("--random-prompts", type=int, default=None, help="override the random size")
+    p.add_argument("--worker-args", default="", help='worker flags: --worker-args="--flag ..."')
     p.add_argument("--variants", default="",
                    help='the random workload again per scheduler flag set, each traced: '
                         '"name=--flag v ...;name2=..."')  # fmt: skip
@@ -257,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device {name}: copy {ceil[0] / 1e12:.2f} TB/s (read + write), "
           f"bf16 matmul {ceil[1] / 1e12:.0f} TFLOP/s", flush=True)  # fmt: skip
     model = write_model(shape_name, Path(tempfile.mkdtemp(prefix="bench_model_")), device)
-    stack = stack_launch.Stack(model, device, out, ["--num-blocks", "512"] if args.tiny else [])
+    worker_args = ["--num-blocks", "512"] if args.tiny else []
+    stack = stack_launch.Stack(model, device, out, worker_args + args.worker_args.split())
     try:
         print(f"worker ready in {stack.start_worker(min(400.0, runner.left())):.1f} s", flush=True)
         default_trace = stack_variants.start_traced(stack, "default", [], out)

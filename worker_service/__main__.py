@@ -47,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--attention-backend", default="auto", choices=list(BACKENDS))
     parser.add_argument(
+        "--cascade-attention",
+        action="store_true",
+        help="decode rows sharing cached prefix blocks read the prefix once per group (eager)",
+    )
+    parser.add_argument(
         "--no-cuda-graphs",
         action="store_true",
         help="run decode eagerly instead of replaying CUDA graphs",
@@ -87,6 +92,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         cpu_memory_bytes=args.cpu_kv_memory_mib * 2**20,
         attention_backend=args.attention_backend,
         cuda_graphs=not args.no_cuda_graphs,
+        cascade_attention=args.cascade_attention,
         max_graph_batch_size=args.max_graph_batch_size,
         tp=args.tp,
     )

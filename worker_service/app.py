@@ -78,7 +78,9 @@ def build_runner(config: WorkerConfig) -> tuple[ModelRunner, worker_pb2.WorkerIn
     )
     backend = resolve_backend(config.attention_backend, device.type == "cuda")
     use_graphs = config.cuda_graphs and device.type == "cuda" and backend == "triton"
-    runner = ModelRunner(model, pool, use_graphs, config.max_graph_batch_size, tp)
+    runner = ModelRunner(
+        model, pool, use_graphs, config.max_graph_batch_size, tp, config.cascade_attention
+    )
     if device.type == "cuda" and tp is None:  # compile every kernel variant before serving
         warm_up(runner)
         log_later_compiles()

@@ -11,8 +11,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from yaie.kernels.attention import PrefixGroups
 from yaie.worker_service.forward_batch import ForwardBatch
+from yaie.worker_service.prefix_groups import find_prefix_groups
 from yaie.worker_service.request_state import RequestState, RequestTable, to_device
+
+# Grouped (cascade) decode attention only where it pays (not yet tuned on a GPU): a shared
+# prefix of at least MIN_PREFIX_TOKENS, and groups that save at least MIN_SAVED_TOKENS token
+# reads per layer in all (the step then runs eagerly, without its CUDA graph).
+MIN_PREFIX_TOKENS = 256
+MIN_SAVED_TOKENS = 16384
 
 
 @dataclass(frozen=True)
@@ -43,13 +51,17 @@ def _aligned_on_device(parts: list[torch.Tensor], device: torch.device) -> list[
 
 
 def build_forward_batch(
-    entries: list[ScheduledEntry], table: RequestTable, block_size: int
+    entries: list[ScheduledEntry],
+    table: RequestTable,
+    block_size: int,
+    group_prefixes: bool = False,
 ) -> tuple[ForwardBatch, torch.Tensor]:
     """Packs every index tensor into one int32 host buffer, copies it once, splits on device.
 
     Also returns sample_rows [num_sampled] int64: the last_tokens rows of the sampling entries.
     Entries that run one token should come first (ModelRunner orders them so): in a mixed batch
-    the leading ones take decode attention (ForwardBatch.num_single).
+    the leading ones take decode attention (ForwardBatch.num_single). group_prefixes: a decode
+    batch whose rows share cached prefix blocks gets ForwardBatch.prefix_groups.
     """
     last_tokens = table.last_tokens
     device = last_tokens.device
@@ -72,7 +84,8 @@ def build_forward_batch(
         if e.samples:
             logits_indices.append(query_start[-1] - 1)
     rows = np.fromiter((e.state.row for e in entries), np.int64, batch)
-    tables = torch.from_numpy(table.blocks[rows, :max_blocks])  # [batch, max_blocks], 0-padded
+    host_tables = table.blocks[rows, :max_blocks]  # [batch, max_blocks], 0-padded
+    tables = torch.from_numpy(host_tables)
     owner = torch.repeat_interleave(torch.arange(batch), torch.tensor(num_new))  # [num_tokens]
     starts = torch.tensor([e.start for e in entries], dtype=torch.int32)
     positions = (
@@ -102,6 +115,15 @@ def build_forward_batch(
         if num_single:
             rest = query_start[num_single:]
             parts.append(torch.tensor(rest, dtype=torch.int32) - num_single)
+    groups = None
+    if group_prefixes and is_decode:
+        lens = [e.start + 1 for e in entries]
+        min_blocks = -(-MIN_PREFIX_TOKENS // block_size)
+        groups = find_prefix_groups(host_tables, lens, block_size, min_blocks, MIN_SAVED_TOKENS)
+    first_group_part = len(parts)
+    if groups is not None:
+        parts += [torch.tensor(g, dtype=torch.int32) for g in
+                  (groups.rows, groups.starts, groups.prefix_lens, groups.kv_start)]  # fmt: skip
     pieces = _aligned_on_device(parts, device)
     input_ids, positions_d, slots_d, seq_lens_d, query_start_d, logits_d = pieces[:6]
     decode_index_d, decode_rows_d, sample_rows, tables_d = pieces[6:10]
@@ -120,5 +142,10 @@ def build_forward_batch(
         logits_indices=logits_d.long(),
         num_single=num_single,
         extend_query_start=pieces[10] if num_single else None,
+        prefix_groups=None
+        if groups is None
+        else PrefixGroups(
+            *pieces[first_group_part : first_group_part + 4], max_rows=groups.max_rows
+        ),
     )
     return batch, sample_rows.long()

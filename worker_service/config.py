@@ -31,6 +31,10 @@ class WorkerConfig:
     attention_backend: str = "auto"
     cuda_graphs: bool = True  # decode CUDA graphs (CUDA only)
     max_graph_batch_size: int = 256
+    # Decode steps whose rows share cached prefix blocks read each prefix once per group
+    # (shared-prefix / cascade attention, eager: no CUDA graph). Off by default: correct (CPU
+    # and interpreter tests) but not yet timed on a GPU (benchmarks/NOTES.md).
+    cascade_attention: bool = False
     tp: int = 1  # tensor-parallel ranks (processes, one GPU each) of this worker
 
     def __post_init__(self) -> None:

@@ -86,6 +86,7 @@ class DecodeGraphs:
     def can_run(self, batch: ForwardBatch) -> bool:
         return (
             batch.is_decode
+            and batch.prefix_groups is None  # grouped attention runs eagerly
             and batch.batch_size <= self.batch_sizes[-1]
             and batch.block_tables.shape[1] <= self.block_tables.shape[1]
             and batch.logits_indices.shape[0] == batch.batch_size

@@ -6,8 +6,12 @@ Built by the model runner from a step plan; read by the model's attention layers
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from yaie.kernels.attention import PrefixGroups
 
 
 @dataclass
@@ -32,6 +36,9 @@ class ForwardBatch:
     # extend attention, with extend_query_start [batch - num_single + 1] = query_start[d:] - d.
     num_single: int = 0
     extend_query_start: torch.Tensor | None = None
+    # A decode batch whose rows share cached prefix blocks (worker_service/prefix_groups.py):
+    # attention reads each shared prefix once per group. None: plain decode attention.
+    prefix_groups: PrefixGroups | None = None
 
     @property
     def batch_size(self) -> int:

@@ -41,8 +41,10 @@ class ModelRunner:
         use_cuda_graphs: bool = False,
         max_graph_batch_size: int = 256,
         tp: TPGroup | None = None,
+        cascade: bool = False,
     ) -> None:
         self.model = model
+        self.cascade = cascade  # decode steps group rows that share cached prefix blocks
         self.pool = pool
         self.tp = tp
         self._table_ids: dict[int, int] = {}  # id(table) -> the id the other ranks know it by
@@ -188,7 +190,9 @@ class ModelRunner:
         # One-token entries first (stable): in a mixed step they take decode attention, which
         # reads each request's KV once per kv head, where extend attention reads it per q head.
         entries.sort(key=lambda e: e.num_tokens != 1)
-        batch, sample_rows = build_forward_batch(entries, table, self.pool.block_size)
+        batch, sample_rows = build_forward_batch(
+            entries, table, self.pool.block_size, group_prefixes=self.cascade
+        )
         if self.graphs is not None and self.graphs.can_run(batch):
             logits = self.graphs.run(batch)
         else:

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from yaie.kernels.attention import PrefixGroups, decode_attention_grouped
 from yaie.kernels.sampling import SamplingConfig, sample
 from yaie.kernels.sampling_params import SamplingBatch
 from yaie.worker_service.plan import NewRequestSpec, Plan, RunEntry
@@ -81,6 +82,8 @@ def warm_up(runner: ModelRunner) -> float:
     finally:
         runner.close_table(table)
     _warm_sampler_filters(runner)
+    if runner.cascade:
+        _warm_grouped_attention(runner)
     seconds = time.perf_counter() - start
     log.info("warm-up steps done in %.1f s", seconds)
     return seconds
@@ -93,6 +96,20 @@ def _warm_sampler_filters(runner: ModelRunner) -> None:
     for top_k, top_p, min_p in itertools.product((0, 20), (1.0, 0.9), (0.0, 0.05)):
         config = SamplingConfig(top_k=top_k, top_p=top_p, min_p=min_p, seed=1)
         sample(logits, SamplingBatch.build([config] * 2, [1, 2], runner.device, runner.vocab_size))
+
+
+def _warm_grouped_attention(runner: ModelRunner) -> None:
+    """The grouped (cascade) decode kernels, on two rows sharing one block of layer 0's pool
+    (real steps group only past batch_builder's thresholds, which the steps above stay under)."""
+    model, bs = runner.model, runner.pool.block_size
+    k_cache, v_cache = runner.pool.cache[0][0], runner.pool.cache[0][1]
+    num_q_heads = model.config.num_heads // (model.tp.size if model.tp is not None else 1)
+    q = torch.randn(2, num_q_heads, model.head_dim, dtype=model.dtype, device=runner.device)
+    tables = torch.tensor([[0, 1], [0, 2]], dtype=torch.int32, device=runner.device)
+    seq_lens = torch.tensor([bs + 1, bs + 1], dtype=torch.int32, device=runner.device)
+    groups = PrefixGroups.from_lists([[0, 1]], [bs], 2, runner.device)
+    decode_attention_grouped(q, k_cache, v_cache, tables, seq_lens, model.head_dim**-0.5,
+                             groups, backend=model.attention_backend)  # fmt: skip
 
 
 def log_later_compiles() -> None:

@@ -12,13 +12,24 @@ Layouts (every operation):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import torch
+
 from yaie.kernels.attention.reference import (
     decode_attention_reference,
     extend_attention_reference,
     store_kv_reference,
 )
 
-__all__ = ["store_kv", "extend_attention", "decode_attention", "resolve_backend"]
+__all__ = [
+    "store_kv",
+    "extend_attention",
+    "decode_attention",
+    "decode_attention_grouped",
+    "PrefixGroups",
+    "resolve_backend",
+]
 
 BACKENDS = ("auto", "torch", "triton")
 
@@ -94,5 +105,79 @@ def decode_attention(
         from yaie.kernels.attention.triton_decode import decode_attention_triton
 
         return decode_attention_triton(q, k_cache, v_cache, block_tables, seq_lens, scale, out=out)
+    result = decode_attention_reference(q, k_cache, v_cache, block_tables, seq_lens, scale)
+    return result if out is None else out.copy_(result)
+
+
+@dataclass(frozen=True)
+class PrefixGroups:
+    """Decode rows that share a cached prefix (the same leading block ids), for cascade decode.
+
+    Tensors are int32 on the pool's device. Group g is rows[starts[g]:starts[g + 1]] (>= 2 rows);
+    its first prefix_lens[g] tokens (a multiple of block_size) are read through the block table
+    of its first row.
+    """
+
+    rows: torch.Tensor  # [M] batch rows that are in a group, each group's rows contiguous
+    starts: torch.Tensor  # [G + 1]
+    prefix_lens: torch.Tensor  # [G] shared tokens of each group
+    kv_start: torch.Tensor  # [batch] its group's prefix_len per batch row, 0 for a row in no group
+    max_rows: int  # the largest group's row count (sizes the grid without a device sync)
+
+    @classmethod
+    def from_lists(
+        cls,
+        groups: list[list[int]],
+        prefix_lens: list[int],
+        batch: int,
+        device: str | torch.device = "cpu",
+    ) -> PrefixGroups:
+        """groups[g] lists batch rows sharing prefix_lens[g] leading tokens (host lists)."""
+        kv_start = [0] * batch
+        for members, prefix_len in zip(groups, prefix_lens, strict=True):
+            for row in members:
+                kv_start[row] = prefix_len
+        starts = [0]
+        for members in groups:
+            starts.append(starts[-1] + len(members))
+
+        def ints(values: list[int]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.int32, device=device)
+
+        return cls(
+            rows=ints([row for members in groups for row in members]),
+            starts=ints(starts),
+            prefix_lens=ints(prefix_lens),
+            kv_start=ints(kv_start),
+            max_rows=max([0, *map(len, groups)]),
+        )
+
+
+def decode_attention_grouped(
+    q,
+    k_cache,
+    v_cache,
+    block_tables,
+    seq_lens,
+    scale: float,
+    groups: PrefixGroups,
+    backend: str = "auto",
+    out=None,
+):
+    """decode_attention, with each group's shared prefix read once for all its rows (cascade).
+
+    The result equals decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale) for
+    every row PROVIDED the caller guarantees, for each group g and each of its rows r:
+    block_tables[r, :prefix_lens[g] // block_size] equals that of the group's first row, and
+    prefix_lens[g] < seq_lens[r]; kv_start[r] = prefix_lens[g], 0 for rows in no group. Nothing
+    checks it (that would need a device sync). The torch backend ignores groups (same answer).
+    Not meant for CUDA-graph capture (the grid depends on the group count and max_rows).
+    """
+    if resolve_backend(backend, q.is_cuda) == "triton":
+        from yaie.kernels.attention.triton_cascade import decode_attention_grouped_triton
+
+        return decode_attention_grouped_triton(
+            q, k_cache, v_cache, block_tables, seq_lens, scale, groups, out=out
+        )
     result = decode_attention_reference(q, k_cache, v_cache, block_tables, seq_lens, scale)
     return result if out is None else out.copy_(result)

@@ -17,15 +17,67 @@ from yaie.kernels.attention.triton_common import check_out, check_paged_batch, n
 LOG2E = 1.4426950408889634
 
 
+@triton.jit
+def attend_range(
+    q_tile,
+    k_cache,
+    v_cache,
+    table_row,
+    start,
+    end,
+    kv_head,
+    stride_cache_block,
+    stride_cache_token,
+    stride_cache_head,
+    qk_scale,
+    block_size: tl.constexpr,
+    TILE_M: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    # Online softmax of q_tile [TILE_M, D] over key positions [start, end) of one block table
+    # row; returns the normalized partial output [TILE_M, D] and its lse (log2; -inf if no keys).
+    offs_d = tl.arange(0, HEAD_DIM)
+    offs_n = tl.arange(0, BLOCK_N)
+    m_i = tl.full([TILE_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([TILE_M], tl.float32)
+    acc = tl.zeros([TILE_M, HEAD_DIM], tl.float32)
+    for tile_start in range(start, end, BLOCK_N):
+        pos = tile_start + offs_n  # token positions [BLOCK_N]
+        valid = pos < end
+        block = tl.load(table_row + pos // block_size, mask=valid, other=0).to(tl.int64)
+        row = block * stride_cache_block + (pos % block_size) * stride_cache_token
+        kv_off = row[:, None] + kv_head * stride_cache_head + offs_d[None, :]  # [BLOCK_N, D]
+        k_tile = tl.load(k_cache + kv_off, mask=valid[:, None], other=0.0)
+        v_tile = tl.load(v_cache + kv_off, mask=valid[:, None], other=0.0)
+        scores = tl.dot(q_tile, tl.trans(k_tile)) * qk_scale  # [TILE_M, BLOCK_N], log2 units
+        scores = tl.where(valid[None, :], scores, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(scores, axis=1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(scores - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v_tile.dtype), v_tile)
+        m_i = m_new
+    has_keys = l_i > 0.0
+    out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
+    lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("-inf"))
+    return out, lse
+
+
 # Runtime ints that vary per step are not specialized (Triton would compile a variant per value
 # class: == 1, multiple of 16, other), so a new batch composition never stalls on a compile.
-@triton.jit(do_not_specialize=["block_tables", "seq_lens", "stride_table", "num_splits"])
+@triton.jit(
+    do_not_specialize=[
+        "block_tables", "seq_lens", "kv_start", "stride_table", "num_splits", "num_slots"
+    ]
+)  # fmt: skip
 def _decode_split_kernel(
     q,
     k_cache,
     v_cache,
     block_tables,
     seq_lens,
+    kv_start,
     mid_out,
     mid_lse,
     stride_q_batch,
@@ -36,68 +88,57 @@ def _decode_split_kernel(
     stride_table,
     qk_scale,
     num_splits,
+    num_slots,
     group: tl.constexpr,
     block_size: tl.constexpr,
     GROUP_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    HAS_START: tl.constexpr,
 ):
     b = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
     seq_len = tl.load(seq_lens + b)
+    # The splits cover [first, seq_len): first = kv_start[b] (tokens before it are attended by
+    # the cascade prefix kernel) or 0.
+    first = 0
+    if HAS_START:
+        first = tl.load(kv_start + b)
     # Chunks are whole BLOCK_N tiles; splits past seq_len get an empty range and write lse=-inf.
-    tiles_per_split = tl.cdiv(tl.cdiv(seq_len, BLOCK_N), num_splits)
-    start = split * tiles_per_split * BLOCK_N
+    tiles_per_split = tl.cdiv(tl.cdiv(seq_len - first, BLOCK_N), num_splits)
+    start = first + split * tiles_per_split * BLOCK_N
     end = tl.minimum(start + tiles_per_split * BLOCK_N, seq_len)
 
     offs_g = tl.arange(0, GROUP_PAD)
     offs_d = tl.arange(0, HEAD_DIM)
-    offs_n = tl.arange(0, BLOCK_N)
     heads = kv_head * group + offs_g  # query heads of this group: [GROUP_PAD]
     group_mask = offs_g < group
     q_ptrs = q + b * stride_q_batch + heads[:, None] * stride_q_head + offs_d[None, :]
     q_tile = tl.load(q_ptrs, mask=group_mask[:, None], other=0.0)  # [GROUP_PAD, D]
-
-    m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)
-    l_i = tl.zeros([GROUP_PAD], tl.float32)
-    acc = tl.zeros([GROUP_PAD, HEAD_DIM], tl.float32)
-    table_row = block_tables + b * stride_table
-    for tile_start in range(start, end, BLOCK_N):
-        pos = tile_start + offs_n  # token positions [BLOCK_N]
-        valid = pos < end
-        block = tl.load(table_row + pos // block_size, mask=valid, other=0).to(tl.int64)
-        row = block * stride_cache_block + (pos % block_size) * stride_cache_token
-        kv_off = row[:, None] + kv_head * stride_cache_head + offs_d[None, :]  # [BLOCK_N, D]
-        k_tile = tl.load(k_cache + kv_off, mask=valid[:, None], other=0.0)
-        v_tile = tl.load(v_cache + kv_off, mask=valid[:, None], other=0.0)
-        scores = tl.dot(q_tile, tl.trans(k_tile)) * qk_scale  # [GROUP_PAD, BLOCK_N], log2 units
-        scores = tl.where(valid[None, :], scores, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(scores, axis=1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(scores - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v_tile.dtype), v_tile)
-        m_i = m_new
-
-    has_keys = l_i > 0.0
-    out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
-    lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("-inf"))
-    # mid_out [batch, q_heads, num_splits, D] fp32; mid_lse [batch, q_heads, num_splits] fp32.
+    # fmt: off
+    out, lse = attend_range(
+        q_tile, k_cache, v_cache, block_tables + b * stride_table, start, end, kv_head,
+        stride_cache_block, stride_cache_token, stride_cache_head, qk_scale,
+        block_size, GROUP_PAD, HEAD_DIM, BLOCK_N,
+    )
+    # fmt: on
+    # mid_out [batch, q_heads, num_slots, D] fp32; mid_lse [batch, q_heads, num_slots] fp32;
+    # slots [0, num_splits) are this kernel's, any further ones the cascade prefix kernel's.
     num_q_heads = tl.num_programs(1) * group
-    mid_row = (b * num_q_heads + heads) * num_splits + split  # [GROUP_PAD]
+    mid_row = (b * num_q_heads + heads) * num_slots + split  # [GROUP_PAD]
     tl.store(mid_out + mid_row[:, None] * HEAD_DIM + offs_d[None, :], out, mask=group_mask[:, None])
     tl.store(mid_lse + mid_row, lse, mask=group_mask)
 
 
-@triton.jit(do_not_specialize=["num_splits"])
+@triton.jit(do_not_specialize=["num_slots"])
 def _decode_reduce_kernel(
     mid_out,
     mid_lse,
     out,
     stride_out_batch,
     stride_out_head,
-    num_splits,
+    num_slots,
     HEAD_DIM: tl.constexpr,
     SPLITS_PAD: tl.constexpr,
 ):
@@ -105,8 +146,8 @@ def _decode_reduce_kernel(
     head = tl.program_id(1)
     offs_s = tl.arange(0, SPLITS_PAD)
     offs_d = tl.arange(0, HEAD_DIM)
-    row = (b * tl.num_programs(1) + head) * num_splits
-    lse = tl.load(mid_lse + row + offs_s, mask=offs_s < num_splits, other=float("-inf"))
+    row = (b * tl.num_programs(1) + head) * num_slots
+    lse = tl.load(mid_lse + row + offs_s, mask=offs_s < num_slots, other=float("-inf"))
     has_keys = lse > float("-inf")
     m = tl.max(tl.where(has_keys, lse, -1e30), axis=0)
     weight = tl.where(has_keys, tl.exp2(lse - m), 0.0)  # [SPLITS_PAD]
@@ -131,6 +172,76 @@ def default_num_splits(batch: int, kv_heads: int, max_context: int, device: torc
     return max(1, min(wanted, triton.cdiv(max_context, 256), 64))
 
 
+def launch_decode_splits(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    kv_start: torch.Tensor | None,
+    mid_out: torch.Tensor,
+    mid_lse: torch.Tensor,
+    num_splits: int,
+    scale: float,
+    block_n: int,
+    num_warps: int,
+    num_stages: int,
+) -> None:
+    """Pass 1 into slots [0, num_splits) of mid_out [batch, q_heads, slots, D] / mid_lse; each
+    request's splits cover [kv_start[b], seq_lens[b]) ([0, ...) when kv_start is None)."""
+    _, block_size, kv_heads, head_dim = k_cache.shape
+    batch, num_q_heads, _ = q.shape
+    group = num_q_heads // kv_heads
+    _decode_split_kernel[(batch, kv_heads, num_splits)](
+        q,
+        k_cache,
+        v_cache,
+        block_tables,
+        seq_lens,
+        seq_lens if kv_start is None else kv_start,  # not read without a start
+        mid_out,
+        mid_lse,
+        q.stride(0),
+        q.stride(1),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        k_cache.stride(2),
+        block_tables.stride(0),
+        scale * LOG2E,
+        num_splits,
+        mid_lse.shape[2],
+        group=group,
+        block_size=block_size,
+        GROUP_PAD=max(16, next_power_of_2(group)),
+        HEAD_DIM=head_dim,
+        BLOCK_N=block_n,
+        HAS_START=kv_start is not None,
+        num_warps=num_warps,
+        num_stages=num_stages,
+    )
+
+
+def launch_decode_reduce(
+    mid_out: torch.Tensor, mid_lse: torch.Tensor, out: torch.Tensor, min_pad: int = 1
+) -> None:
+    """Pass 2: merges every slot of mid_out / mid_lse [batch, q_heads, slots(, D)] into out.
+
+    min_pad: a floor on the padded slot count, so a slot count that varies per step (cascade)
+    does not compile a variant per power of two."""
+    batch, num_q_heads, num_slots = mid_lse.shape
+    _decode_reduce_kernel[(batch, num_q_heads)](
+        mid_out,
+        mid_lse,
+        out,
+        out.stride(0),
+        out.stride(1),
+        num_slots,
+        HEAD_DIM=mid_out.shape[3],
+        SPLITS_PAD=max(min_pad, next_power_of_2(num_slots)),
+        num_warps=4,
+    )
+
+
 def decode_attention_triton(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -149,7 +260,7 @@ def decode_attention_triton(
     num_splits defaults to a value derived from shapes only (batch, kv_heads, block_tables width).
     Default tiles are the fastest measured on an H100 at head_dim 128 (benchmarks/NOTES.md).
     """
-    block_size, kv_heads, head_dim, group = check_paged_batch(
+    block_size, kv_heads, head_dim, _ = check_paged_batch(
         q, k_cache, v_cache, block_tables, seq_lens
     )
     batch, num_q_heads, _ = q.shape
@@ -167,39 +278,9 @@ def decode_attention_triton(
         batch, num_q_heads, num_splits, head_dim, dtype=torch.float32, device=q.device
     )
     mid_lse = torch.empty(batch, num_q_heads, num_splits, dtype=torch.float32, device=q.device)
-    _decode_split_kernel[(batch, kv_heads, num_splits)](
-        q,
-        k_cache,
-        v_cache,
-        block_tables,
-        seq_lens,
-        mid_out,
-        mid_lse,
-        q.stride(0),
-        q.stride(1),
-        k_cache.stride(0),
-        k_cache.stride(1),
-        k_cache.stride(2),
-        block_tables.stride(0),
-        scale * LOG2E,
-        num_splits,
-        group=group,
-        block_size=block_size,
-        GROUP_PAD=max(16, next_power_of_2(group)),
-        HEAD_DIM=head_dim,
-        BLOCK_N=block_n,
-        num_warps=num_warps,
-        num_stages=num_stages,
-    )
-    _decode_reduce_kernel[(batch, num_q_heads)](
-        mid_out,
-        mid_lse,
-        out,
-        out.stride(0),
-        out.stride(1),
-        num_splits,
-        HEAD_DIM=head_dim,
-        SPLITS_PAD=next_power_of_2(num_splits),
-        num_warps=4,
-    )
+    launch_decode_splits(
+        q, k_cache, v_cache, block_tables, seq_lens, None, mid_out, mid_lse, num_splits, scale,
+        block_n, num_warps, num_stages,
+    )  # fmt: skip
+    launch_decode_reduce(mid_out, mid_lse, out)
     return out

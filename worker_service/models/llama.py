@@ -13,7 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from yaie.kernels.attention import decode_attention, extend_attention, store_kv
+from yaie.kernels.attention import (
+    decode_attention,
+    decode_attention_grouped,
+    extend_attention,
+    store_kv,
+)
 from yaie.worker_service.forward_batch import ForwardBatch
 from yaie.worker_service.models.base import CausalLM, describe_names
 from yaie.worker_service.models.config import ModelConfig
@@ -107,7 +112,12 @@ class Attention(nn.Module):
         q, k, v = self._qkv(x, rope)
         k_cache, v_cache = kv_cache[0], kv_cache[1]
         store_kv(k_cache, v_cache, k, v, batch.slots, backend=self.backend)
-        if batch.is_decode:
+        if batch.prefix_groups is not None:  # decode rows sharing cached prefix blocks
+            out = decode_attention_grouped(
+                q, k_cache, v_cache, batch.block_tables, batch.seq_lens, self.scale,
+                batch.prefix_groups, backend=self.backend,
+            )  # fmt: skip
+        elif batch.is_decode:
             out = decode_attention(
                 q, k_cache, v_cache, batch.block_tables, batch.seq_lens, self.scale,
                 backend=self.backend,

@@ -1,0 +1,209 @@
+"""Cascade (shared-prefix) decode attention in Triton: a group of rows reads its common prefix once.
+
+Prefix kernel: program (group x chunk of rows, kv head, prefix split) streams the group's prefix
+K/V through its first row's block table against the queries of all its rows as one tile, and
+writes partials into extra slots of the split-K decode's mid buffers. The split kernel covers each
+row's own tokens [kv_start, seq_len); the reduce merges all slots by log-sum-exp.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from yaie.kernels.attention import PrefixGroups
+from yaie.kernels.attention.triton_common import (
+    check_index,
+    check_out,
+    check_paged_batch,
+    next_power_of_2,
+)
+from yaie.kernels.attention.triton_decode import (
+    LOG2E,
+    attend_range,
+    default_num_splits,
+    launch_decode_reduce,
+    launch_decode_splits,
+)
+
+MAX_PREFIX_SPLITS = 8  # default cap: with one suffix split the reduce's slot tile stays at 16
+
+
+# Per-step values (group layout, table width, slot counts) are not specialized: a compile while
+# serving stalls a step ~1 s (see triton_decode.py).
+@triton.jit(
+    do_not_specialize=[
+        "block_tables", "rows", "starts", "prefix_lens", "stride_table", "num_chunks",
+        "first_slot", "num_slots",
+    ]
+)  # fmt: skip
+def _prefix_kernel(
+    q,
+    k_cache,
+    v_cache,
+    block_tables,
+    rows,
+    starts,
+    prefix_lens,
+    mid_out,
+    mid_lse,
+    stride_q_batch,
+    stride_q_head,
+    stride_cache_block,
+    stride_cache_token,
+    stride_cache_head,
+    stride_table,
+    qk_scale,
+    num_chunks,
+    first_slot,
+    num_slots,
+    group: tl.constexpr,
+    block_size: tl.constexpr,
+    ROWS: tl.constexpr,
+    TILE_M: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    g = tl.program_id(0) // num_chunks
+    chunk = tl.program_id(0) % num_chunks
+    kv_head = tl.program_id(1)
+    split = tl.program_id(2)
+    lo = tl.load(starts + g)
+    num_rows = tl.load(starts + g + 1) - lo
+    # Tile row i is (member chunk * ROWS + i // group, query head kv_head * group + i % group).
+    offs_m = tl.arange(0, TILE_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    member = chunk * ROWS + offs_m // group  # [TILE_M] index within the group
+    live = (offs_m < ROWS * group) & (member < num_rows)
+    b = tl.load(rows + lo + member, mask=live, other=0)  # batch rows [TILE_M]
+    heads = kv_head * group + offs_m % group
+    q_ptrs = q + b[:, None] * stride_q_batch + heads[:, None] * stride_q_head + offs_d[None, :]
+    q_tile = tl.load(q_ptrs, mask=live[:, None], other=0.0)  # [TILE_M, D]
+
+    # Splits of the prefix are whole BLOCK_N tiles; a chunk past the group's rows reads nothing.
+    prefix_len = tl.load(prefix_lens + g)
+    tiles_per_split = tl.cdiv(tl.cdiv(prefix_len, BLOCK_N), tl.num_programs(2))
+    start = split * tiles_per_split * BLOCK_N
+    end = tl.minimum(start + tiles_per_split * BLOCK_N, prefix_len)
+    end = tl.where(chunk * ROWS < num_rows, end, start)
+    first_row = tl.load(rows + lo, mask=num_rows > 0, other=0)
+    table_row = block_tables + first_row * stride_table  # the group's first row's table
+    # fmt: off
+    out, lse = attend_range(
+        q_tile, k_cache, v_cache, table_row, start, end, kv_head,
+        stride_cache_block, stride_cache_token, stride_cache_head, qk_scale,
+        block_size, TILE_M, HEAD_DIM, BLOCK_N,
+    )
+    # fmt: on
+    # mid_out [batch, q_heads, num_slots, D], mid_lse [batch, q_heads, num_slots]: slot
+    # first_slot + split of each (row, head) of the tile.
+    num_q_heads = tl.num_programs(1) * group
+    mid_row = (b * num_q_heads + heads) * num_slots + first_slot + split  # [TILE_M]
+    tl.store(mid_out + mid_row[:, None] * HEAD_DIM + offs_d[None, :], out, mask=live[:, None])
+    tl.store(mid_lse + mid_row, lse, mask=live)
+
+
+def check_groups(groups: PrefixGroups, batch: int, device: torch.device) -> None:
+    """Shapes, dtypes and devices of the group tensors (their contents are the caller's word)."""
+    num_groups = groups.prefix_lens.shape[0]
+    check_index("groups.rows", groups.rows, 1, torch.int32, device)
+    check_index("groups.starts", groups.starts, 1, torch.int32, device)
+    check_index("groups.prefix_lens", groups.prefix_lens, 1, torch.int32, device)
+    check_index("groups.kv_start", groups.kv_start, 1, torch.int32, device)
+    if groups.starts.shape[0] != num_groups + 1:
+        raise ValueError(f"groups.starts must be [{num_groups + 1}], got {groups.starts.shape}")
+    if groups.kv_start.shape[0] != batch:
+        raise ValueError(f"groups.kv_start must be [{batch}], got {groups.kv_start.shape}")
+    if groups.rows.shape[0] > batch or groups.max_rows < 0:
+        raise ValueError(f"groups.rows {groups.rows.shape} / max_rows {groups.max_rows} bad")
+
+
+def decode_attention_grouped_triton(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    groups: PrefixGroups,
+    num_splits: int | None = None,
+    num_prefix_splits: int | None = None,
+    block_m: int = 64,
+    block_n: int = 32,
+    prefix_block_n: int = 64,
+    num_warps: int = 4,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """See yaie.kernels.attention.decode_attention_grouped; q [batch, q_heads, D] -> same.
+
+    A prefix program holds up to block_m // gqa rows of a group (tile rows = rows x gqa, padded
+    to a power of two >= 16). Split counts default to values derived from shapes only.
+    """
+    block_size, kv_heads, head_dim, group = check_paged_batch(
+        q, k_cache, v_cache, block_tables, seq_lens
+    )
+    batch, num_q_heads, _ = q.shape
+    if batch != seq_lens.shape[0]:
+        raise ValueError(f"q batch {batch} != seq_lens batch {seq_lens.shape[0]}")
+    for name, tile in (("block_n", block_n), ("prefix_block_n", prefix_block_n)):
+        if tile < 16 or tile & (tile - 1):
+            raise ValueError(f"{name} must be a power of two >= 16, got {tile}")
+    check_groups(groups, batch, q.device)
+    num_groups = groups.prefix_lens.shape[0]
+    max_context = block_tables.shape[1] * block_size
+    if num_splits is None:
+        num_splits = default_num_splits(batch, kv_heads, max_context, q.device)
+    rows_per_chunk = max(1, block_m // group)
+    num_chunks = triton.cdiv(groups.max_rows, rows_per_chunk)
+    if num_prefix_splits is None:
+        wanted = default_num_splits(num_groups * num_chunks, kv_heads, max_context, q.device)
+        num_prefix_splits = min(wanted, MAX_PREFIX_SPLITS)
+    out = check_out(out, q)
+    if batch == 0:
+        return out
+    if num_groups == 0 or num_chunks == 0:
+        num_prefix_splits = 0  # nothing shared: the plain split-K decode
+    num_slots = num_splits + num_prefix_splits
+    mid_out = torch.empty(
+        batch, num_q_heads, num_slots, head_dim, dtype=torch.float32, device=q.device
+    )
+    mid_lse = torch.empty(batch, num_q_heads, num_slots, dtype=torch.float32, device=q.device)
+    kv_start = groups.kv_start if num_prefix_splits else None
+    launch_decode_splits(
+        q, k_cache, v_cache, block_tables, seq_lens, kv_start, mid_out, mid_lse, num_splits, scale,
+        block_n, num_warps, 2,
+    )  # fmt: skip
+    if num_prefix_splits:
+        mid_lse[:, :, num_splits:].fill_(float("-inf"))  # rows in no group: no prefix partial
+        _prefix_kernel[(num_groups * num_chunks, kv_heads, num_prefix_splits)](
+            q,
+            k_cache,
+            v_cache,
+            block_tables,
+            groups.rows,
+            groups.starts,
+            groups.prefix_lens,
+            mid_out,
+            mid_lse,
+            q.stride(0),
+            q.stride(1),
+            k_cache.stride(0),
+            k_cache.stride(1),
+            k_cache.stride(2),
+            block_tables.stride(0),
+            scale * LOG2E,
+            num_chunks,
+            num_splits,
+            num_slots,
+            group=group,
+            block_size=block_size,
+            ROWS=rows_per_chunk,
+            TILE_M=max(16, next_power_of_2(rows_per_chunk * group)),
+            HEAD_DIM=head_dim,
+            BLOCK_N=prefix_block_n,
+            num_warps=num_warps,
+            num_stages=2,
+        )
+    launch_decode_reduce(mid_out, mid_lse, out, min_pad=16)
+    return out

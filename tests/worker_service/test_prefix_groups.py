@@ -1,0 +1,121 @@
+"""find_prefix_groups: rows that share leading blocks form groups whose prefix every row holds,
+short of each row's current block; too little sharing gives no groups."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.worker_service.driver import sampling
+from tests.worker_service.test_runner import LocalStream
+from yaie.worker.v1 import worker_pb2
+from yaie.worker_service import batch_builder
+from yaie.worker_service.kv_pool import KVPool, KVPoolConfig
+from yaie.worker_service.loader import load_model
+from yaie.worker_service.prefix_groups import find_prefix_groups
+from yaie.worker_service.runner import ModelRunner
+from yaie.worker_service.warmup import warm_up
+
+
+@pytest.fixture(scope="module")
+def model_runner(tiny_model_dir):
+    """ModelRunner(cascade=...) over one tiny model on the CPU (block size 4)."""
+    model = load_model(str(tiny_model_dir("LlamaForCausalLM")), "cpu", torch.float32)
+
+    def make(cascade: bool) -> ModelRunner:
+        pool = KVPool.allocate(KVPoolConfig(4, 64), model.num_layers, model.num_kv_heads,
+                               model.head_dim, model.dtype, torch.device("cpu"))  # fmt: skip
+        return ModelRunner(model, pool, cascade=cascade)
+
+    return make
+
+
+def _tables(rows: list[list[int]]) -> np.ndarray:
+    width = max(len(r) for r in rows)
+    return np.array([r + [0] * (width - len(r)) for r in rows], dtype=np.int32)
+
+
+def test_rows_sharing_leading_blocks_group_and_the_prefix_is_what_all_share():
+    tables = _tables([
+        [1, 2, 3, 4, 50],      # group A: shares 1, 2, 3 with the two below
+        [1, 2, 3, 60],
+        [9, 8, 70, 71],        # group B
+        [1, 2, 3, 4, 5, 80],
+        [9, 8, 90],
+        [7, 100],              # alone
+        [1, 200],              # shares only block 1 with group A: left out at min_blocks 2
+    ])  # fmt: skip
+    seq_lens = [65, 60, 50, 90, 40, 20, 20]
+    groups = find_prefix_groups(tables, seq_lens, block_size=16, min_blocks=2, min_saved=1)
+    assert groups is not None
+    bounds = zip(groups.starts[:-1], groups.starts[1:], groups.prefix_lens, strict=True)
+    found = {tuple(groups.rows[a:b]): p for a, b, p in bounds}
+    assert found == {(0, 1, 3): 3 * 16, (2, 4): 2 * 16}
+    assert groups.kv_start == [48, 48, 32, 48, 32, 0, 0]
+    assert groups.max_rows == 3
+
+
+def test_the_prefix_stops_short_of_each_rows_current_block():
+    """Two rows with identical tables (a fully cached prompt): the prefix leaves each row's
+    last, partly written block to its own pass."""
+    tables = _tables([[1, 2, 3], [1, 2, 3]])
+    groups = find_prefix_groups(tables, [40, 33], block_size=16, min_blocks=1, min_saved=1)
+    assert groups is not None and groups.prefix_lens == [32]  # (33 - 1) // 16 = 2 blocks
+
+
+def test_too_little_sharing_gives_no_groups():
+    tables = _tables([[1, 2, 3], [1, 2, 4], [5, 6]])
+    assert find_prefix_groups(tables, [40, 40, 20], 16, min_blocks=2, min_saved=64) is None
+    assert find_prefix_groups(tables, [40, 40, 20], 16, min_blocks=3, min_saved=1) is None
+    assert find_prefix_groups(tables[:1], [40], 16, min_blocks=1, min_saved=1) is None
+
+
+def _cascade_tokens(runner, monkeypatch, steps: int = 6) -> tuple[list[list[int]], int]:
+    """Request 1 prefills 14 tokens; requests 2 and 3 reuse its first 3 blocks (12 cached
+    tokens) and add 2 of their own; then all three decode. -> (tokens per request, steps that
+    ran grouped attention)."""
+    monkeypatch.setattr(batch_builder, "MIN_PREFIX_TOKENS", 4)
+    monkeypatch.setattr(batch_builder, "MIN_SAVED_TOKENS", 1)
+    grouped = []
+    real = batch_builder.find_prefix_groups
+    monkeypatch.setattr(batch_builder, "find_prefix_groups",
+                        lambda *a: grouped.append(real(*a)) or grouped[-1])  # fmt: skip
+    greedy = sampling()
+    shared = [11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22]
+    prompts = {1: shared + [23, 24], 2: shared + [30, 31], 3: shared + [40, 41]}
+    tables = {1: [0, 1, 2, 3, 4, 5], 2: [0, 1, 2, 10, 11, 12], 3: [0, 1, 2, 20, 21, 22]}
+
+    def new(rid: int, cached: int) -> worker_pb2.NewRequest:
+        return worker_pb2.NewRequest(request_id=rid, token_ids=prompts[rid],
+                                     num_prompt_tokens=14, num_cached_tokens=cached,
+                                     sampling=greedy)  # fmt: skip
+
+    stream, out = LocalStream(runner), {1: [], 2: [], 3: []}
+    first = stream.step(new_requests=[new(1, 0)], run_request_ids=[1], run_num_tokens=[14],
+                        run_num_new_blocks=[6], new_block_ids=tables[1])  # fmt: skip
+    out[1] += first.token_ids
+    second = stream.step(new_requests=[new(2, 12), new(3, 12)], run_request_ids=[1, 2, 3],
+                         run_num_tokens=[1, 2, 2], run_num_new_blocks=[0, 6, 6],
+                         new_block_ids=tables[2] + tables[3])  # fmt: skip
+    for rid, token in zip((1, 2, 3), second.token_ids, strict=True):
+        out[rid].append(token)
+    for _ in range(steps):
+        result = stream.step(run_request_ids=[1, 2, 3], run_num_tokens=[1, 1, 1],
+                             run_num_new_blocks=[0, 0, 0])  # fmt: skip
+        for rid, token in zip((1, 2, 3), result.token_ids, strict=True):
+            out[rid].append(token)
+    runner.close_table(stream.table)
+    return [out[r] for r in (1, 2, 3)], sum(g is not None for g in grouped)
+
+
+def test_decode_steps_over_shared_blocks_run_grouped_and_give_the_plain_tokens(
+    model_runner, monkeypatch
+):
+    """With cascade on, decode steps whose rows share cached blocks carry prefix groups (the
+    worker found them) and produce the same greedy tokens as plain decode attention."""
+    plain, _ = _cascade_tokens(model_runner(cascade=False), monkeypatch)
+    grouped, num_grouped = _cascade_tokens(model_runner(cascade=True), monkeypatch)
+    assert num_grouped == 6  # every decode-only step
+    assert grouped == plain
+    assert warm_up(model_runner(cascade=True)) > 0  # includes a grouped attention call

@@ -1,0 +1,66 @@
+"""Which decode rows of a step share a cached prefix: the input of shared-prefix (cascade)
+decode attention (kernels/attention: decode_attention_grouped).
+
+The scheduler's radix tree hands requests with a common cached prefix the same physical blocks,
+so rows whose block tables start with the same block ids read the same K/V. Grouping them lets
+the attention read that prefix once per group instead of once per row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class HostPrefixGroups:
+    """Groups of batch rows (host lists, each group's rows contiguous in rows)."""
+
+    rows: list[int]  # batch rows in a group, group by group
+    starts: list[int]  # [G + 1]: group g is rows[starts[g]:starts[g + 1]]
+    prefix_lens: list[int]  # [G] shared tokens, whole blocks
+    kv_start: list[int]  # [B] per batch row: its group's prefix_len, 0 if in no group
+
+    @property
+    def max_rows(self) -> int:
+        return max(b - a for a, b in zip(self.starts, self.starts[1:], strict=False))
+
+
+def find_prefix_groups(
+    tables: np.ndarray, seq_lens: list[int], block_size: int, min_blocks: int, min_saved: int
+) -> HostPrefixGroups | None:
+    """tables [B, W] int32 (row b: batch row b's block table, 0-padded), seq_lens [B].
+
+    Rows are grouped by their first block; a row joins its group's first row when they share at
+    least min_blocks leading blocks, and the group's prefix is what all its rows share, capped so
+    every row still reads at least its current token's block alone (prefix < seq_len). None when
+    the groups would save fewer than min_saved token reads ((rows - 1) * prefix per group)."""
+    batch = tables.shape[0]
+    if batch < 2 or tables.shape[1] == 0:
+        return None
+    # most whole blocks a row may share: those before the block of its last (current) token
+    limit = (np.asarray(seq_lens, dtype=np.int64) - 1) // block_size
+    firsts, inverse, counts = np.unique(tables[:, 0], return_inverse=True, return_counts=True)
+    rows: list[int] = []
+    starts, prefix_lens = [0], []
+    kv_start = [0] * batch
+    saved = 0
+    for g in np.flatnonzero(counts >= 2):
+        members = np.flatnonzero(inverse == g)
+        sub = tables[members]
+        same = np.cumprod(sub == sub[0], axis=1, dtype=np.int8).sum(axis=1)  # leading equal
+        common = np.minimum(same, limit[members])
+        members, common = members[common >= min_blocks], common[common >= min_blocks]
+        if len(members) < 2:
+            continue
+        prefix = int(common.min()) * block_size
+        rows += members.tolist()
+        starts.append(len(rows))
+        prefix_lens.append(prefix)
+        for b in members.tolist():
+            kv_start[b] = prefix
+        saved += (len(members) - 1) * prefix
+    if saved < min_saved or not prefix_lens:
+        return None
+    return HostPrefixGroups(rows, starts, prefix_lens, kv_start)
