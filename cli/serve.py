@@ -22,7 +22,6 @@ import sys
 import tempfile
 from collections.abc import Callable
 
-from yaie.cli import client_security
 from yaie.scheduler_service import failover_flags, server_options
 from yaie.scheduler_service.logs import setup_logging
 
@@ -179,16 +178,18 @@ async def _watch_children(
 
 
 async def _when_ready(
-    target: str, args: argparse.Namespace, stop: asyncio.Event, serving: asyncio.Event
+    target: str,
+    args: argparse.Namespace,
+    stop: asyncio.Event,
+    serving: asyncio.Event,
+    scheduler_serving: asyncio.Event,
 ) -> None:
-    """Announces readiness; with --demo, streams the demo generation and then stops the stack."""
+    """Announces readiness (the scheduler in this process says SERVING: no probe over the
+    public port, so public mTLS needs no client certificate here); with --demo, streams the
+    demo generation and then stops the stack."""
     from yaie.cli import generate
-    from yaie.scheduler_service.__main__ import wait_for_serving
 
-    if args.tls_cert is None:
-        await wait_for_serving(target, timeout_s=3600.0)
-    else:  # trusts its own certificate: self-signed, or a file holding the chain to its root
-        await asyncio.to_thread(client_security.wait_for_serving, target, _client(args), 3600.0)
+    await scheduler_serving.wait()
     serving.set()
     if args.demo is None:
         logger.info('SERVING on %s: try  yaie generate --target %s "Hello"', target, target)
@@ -207,7 +208,7 @@ async def _when_ready(
 
 
 def _client(args: argparse.Namespace) -> argparse.Namespace:
-    """client_security flags for this process's own calls to the stack (probe, demo)."""
+    """client_security flags for the demo's call to the stack (trusts the server's own cert)."""
     return argparse.Namespace(api_key_file=args.api_key_file, tls_ca=args.tls_cert)
 
 
@@ -241,8 +242,13 @@ async def run_stack(args: argparse.Namespace, model: str, workers: list) -> int:
 
     watch = asyncio.create_task(_watch_children(workers, stop, serving, restart))
     host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
-    ready = asyncio.create_task(_when_ready(f"{host}:{args.port}", args, stop, serving))
-    status = await scheduler.serve(scheduler.build_parser().parse_args(argv), stop)
+    scheduler_serving = asyncio.Event()
+    ready = asyncio.create_task(
+        _when_ready(f"{host}:{args.port}", args, stop, serving, scheduler_serving)
+    )
+    status = await scheduler.serve(
+        scheduler.build_parser().parse_args(argv), stop, serving=scheduler_serving
+    )
     watch.cancel()
     if ready.done() and not ready.cancelled() and ready.exception() is not None:
         logger.error("demo failed: %s", ready.exception())
@@ -269,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
         server_options.ServerOptions.from_args(args)
     except ValueError as error:
         parser.error(str(error))  # exits with status 2
+    if args.demo is not None and args.tls_ca is not None:
+        message = "--demo has no client certificate for a --tls-ca (mTLS) server: start it "
+        parser.error(message + "without --demo, then `yaie generate --tls-cert C --tls-key K`")
     if args.workers < 0 or args.workers + len(args.worker) < 1:
         logger.error("--workers must be >= 1 (or >= 0 with --worker HOST:PORT)")
         return 2

@@ -158,8 +158,10 @@ def _all_workers_ready(engine) -> bool:
     return bool(engine.serving)
 
 
-async def _watch_health(engine, health_servicer: health.aio.HealthServicer) -> None:
-    """SERVING only while the engine is serving."""
+async def _watch_health(
+    engine, health_servicer: health.aio.HealthServicer, first_serving: asyncio.Event | None
+) -> None:
+    """SERVING only while the engine is serving; first_serving is set the first time."""
     serving = None
     while True:
         ready = _all_workers_ready(engine)
@@ -167,6 +169,8 @@ async def _watch_health(engine, health_servicer: health.aio.HealthServicer) -> N
             await set_health(health_servicer, ready)
             logger.info("health: %s", "SERVING" if ready else "NOT_SERVING")
             serving = ready
+            if ready and first_serving is not None:
+                first_serving.set()
         await asyncio.sleep(0.5)
 
 
@@ -174,10 +178,13 @@ async def serve(
     args: argparse.Namespace,
     stop: asyncio.Event | None = None,
     client_factory: Callable[[str], WorkerClient] | None = None,
+    serving: asyncio.Event | None = None,
 ) -> int:
     """Runs until SIGINT/SIGTERM (or `stop` is set); returns the exit status. client_factory
     (address -> client, default a gRPC WorkerClient) gives clients of workers that are ready
-    when handed in: their addresses are then not polled over gRPC before the engine starts."""
+    when handed in: their addresses are then not polled over gRPC before the engine starts.
+    serving is set once health first says SERVING (for a caller in this process: no probe
+    over the public port, which may demand a client certificate)."""
     options = server_options.ServerOptions.from_args(args)
     configure_workers(options.workers)
     engine = Engine(args.worker, scheduler_config(args), client_factory or WorkerClient)
@@ -210,7 +217,7 @@ async def serve(
     await asyncio.wait({start, stopping}, return_when=asyncio.FIRST_COMPLETED)
     status, watch = 0, None
     if start.done() and start.exception() is None:
-        watch = asyncio.create_task(_watch_health(engine, health_servicer))
+        watch = asyncio.create_task(_watch_health(engine, health_servicer, serving))
         await stopping
     elif start.done():
         logger.error("start failed: %s", start.exception())

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 
@@ -80,3 +81,48 @@ def test_no_service_imports_pickle() -> None:
     assert len(sources) > 20
     offenders = [str(p) for p in sources if pattern.search(p.read_text(encoding="utf-8"))]
     assert offenders == []
+
+
+def test_serve_with_public_mtls_gets_ready_and_serves_only_clients_with_a_certificate(
+    model_dirs, tools, tmp_path
+) -> None:
+    """Under --tls-ca (clients must present a certificate from that CA) `yaie serve` still
+    finds its scheduler SERVING (in-process, no probe over the public port) and serves a client
+    with a certificate; one without is refused; --demo (no client certificate) is refused at
+    start with a clear message."""
+    pytest.importorskip("cryptography")
+    from tests.pki import make_pki
+
+    pki = make_pki()
+    pem = {"ca": pki.ca, "cert": pki.server_cert, "key": pki.server_key,
+           "client_cert": pki.client_cert, "client_key": pki.client_key}  # fmt: skip
+    for name, data in pem.items():
+        (tmp_path / name).write_bytes(data)
+    files = {name: str(tmp_path / name) for name in pem}
+    tls = ("--tls-cert", files["cert"], "--tls-key", files["key"], "--tls-ca", files["ca"])
+    demo = subprocess.run(tools.yaie("serve", "--demo", "Hi", *tls), capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert demo.returncode == 2 and "--demo has no client certificate" in demo.stderr
+    port = tools.free_port()
+    command = tools.yaie("serve", "--model", str(model_dirs["LlamaForCausalLM"]), "--port",
+                         str(port), "--device", "cpu", "--num-blocks", "128", "--log-level",
+                         "INFO", *tls)  # fmt: skip
+    log = tmp_path / "serve.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL)  # fmt: skip
+    ready = f"SERVING on 127.0.0.1:{port}"  # the stack's line (a worker logs its own port)
+    try:
+        deadline = time.monotonic() + 180
+        while ready not in log.read_text() and time.monotonic() < deadline:
+            assert process.poll() is None, log.read_text()[-2000:]
+            time.sleep(0.5)
+        assert ready in log.read_text()
+        target = f"localhost:{port}"
+        ok = _generate(tools, target, "--tls-ca", files["ca"], "--tls-cert",
+                       files["client_cert"], "--tls-key", files["client_key"])  # fmt: skip
+        assert ok.returncode == 0, ok.stderr
+        refused = _generate(tools, target, "--tls-ca", files["ca"])
+        assert refused.returncode != 0
+    finally:
+        tools.stop(process)
