@@ -118,10 +118,15 @@ def main(argv: list[str] | None = None) -> int:
                     "this port can run plans", config.host)  # fmt: skip
     stop = threading.Event()
     stopped_by: list[str] = []
+    loaded = threading.Event()
 
     def on_signal(signum: int, _frame) -> None:
         stopped_by.append(signal.Signals(signum).name)
         stop.set()
+        if not loaded.is_set() and config.tp == 1:
+            # Loading (minutes for a big model) runs on this thread: leave it now, not after.
+            log.info("stopping (%s) while loading the model", stopped_by[0])
+            raise SystemExit(128 + signum)
 
     previous = {}
     if threading.current_thread() is threading.main_thread():
@@ -130,9 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         if config.tp > 1:  # this process is rank 0 of a tensor-parallel group
             from yaie.worker_service.tp_group import run_group
 
-            serve = lambda: _serve(config, stop, stopped_by, security)  # noqa: E731
+            serve = lambda: _serve(config, stop, stopped_by, security, loaded)  # noqa: E731
             return run_group(config, stop, stopped_by, serve)
-        return _serve(config, stop, stopped_by, security)
+        return _serve(config, stop, stopped_by, security, loaded)
     finally:  # main() may run inside another program (tests): give its handlers back
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -143,7 +148,10 @@ def _serve(
     stop: threading.Event,
     stopped_by: list[str],
     security: WorkerSecurity | None = None,
+    loaded: threading.Event | None = None,
 ) -> int:
+    """Loads and serves until stop; loaded is set once the model is loaded (a signal before
+    that exits at once, see main)."""
     from yaie.worker_service.app import start_worker  # heavy imports after argument parsing
 
     try:
@@ -151,6 +159,8 @@ def _serve(
     except (OSError, ValueError) as exc:  # no such model, unsupported config, port taken
         log.error("cannot start the worker: %s", exc)
         return 1
+    if loaded is not None:
+        loaded.set()
     device_failed = worker.servicer.device_failed
     # A device failure ends the wait too; poll because Event.wait is not signal-interruptible.
     while not stop.wait(0.2) and not device_failed.is_set():

@@ -235,3 +235,30 @@ def test_command_line_rejects_bad_arguments_and_a_missing_model():
     assert exit_info.value.code == 2
     assert worker_main(["--model", "m", "--block-size", "0", "--device", "cpu"]) == 2
     assert worker_main(["--model", "/nonexistent/model", "--port", "0", "--device", "cpu"]) == 1
+
+
+def test_command_line_worker_leaves_at_once_on_sigterm_while_loading(model_dir):
+    """SIGTERM while the model loads (here a load held up for a minute, as a big model's is)
+    ends the worker at once with 128 + SIGTERM instead of after the load."""
+    slow_load = (
+        "import sys, time; import yaie.worker_service.loader as loader; real = loader.load_model; "
+        "loader.load_model = lambda *a, **k: (time.sleep(60), real(*a, **k))[1]; "
+        "from yaie.worker_service.__main__ import main; sys.exit(main(sys.argv[1:]))"
+    )
+    command = [sys.executable, "-c", slow_load, "--model", str(model_dir), "--port",
+               str(_free_port()), "--device", "cpu", "--num-blocks", "32"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while b"loading" not in process.stderr.peek() and time.monotonic() < deadline:
+            assert process.poll() is None
+            time.sleep(0.1)
+        time.sleep(0.5)  # into the held-up load
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 128 + signal.SIGTERM
+        assert b"while loading the model" in process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
