@@ -6,6 +6,7 @@ triton.testing.do_bench (median). Prints a table last. Run: python benchmarks/be
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import os
@@ -73,9 +74,7 @@ MIXED = [
 
 def mixed_batch(device: str, top_logprobs: int = 0) -> SamplingBatch:
     configs = [
-        SamplingConfig(
-            **{**MIXED[b % len(MIXED)].__dict__, "seed": b, "top_logprobs": top_logprobs}
-        )
+        dataclasses.replace(MIXED[b % len(MIXED)], seed=b, top_logprobs=top_logprobs)
         for b in range(B)
     ]
     batch = SamplingBatch.build(configs, [1000 + b for b in range(B)], device, V)
@@ -157,7 +156,7 @@ def bench(fn) -> float:
 
 def one_kind(config: SamplingConfig) -> SamplingBatch:
     """A batch of B rows of one kind (seeds differ), no penalty tokens."""
-    configs = [SamplingConfig(**{**config.__dict__, "seed": b}) for b in range(B)]
+    configs = [dataclasses.replace(config, seed=b) for b in range(B)]
     return SamplingBatch.build(configs, range(B), DEV, V)
 
 

@@ -119,20 +119,6 @@ def bf16_ulp(x: float) -> float:
     return 2.0 ** (torch.tensor(abs(x)).log2().floor().item() - 7)
 
 
-def compare(ours: list[int], ref: list[int], ref_logits: torch.Tensor, tau: float) -> tuple:
-    """(agreed steps, tie, mismatch, step, reference margin, reference deficit of our token).
-    Stops at the first divergence: a tie when our token's reference logit is within tau of the
-    reference's best (the reference's top-2 margin is then below tau too)."""
-    for t, (a, b) in enumerate(zip(ours, ref, strict=True)):
-        if a != b:
-            top2 = ref_logits[t].topk(2).values
-            margin = (top2[0] - top2[1]).item()
-            deficit = (ref_logits[t, b] - ref_logits[t, a]).item()
-            tie = deficit < tau
-            return t, int(tie), int(not tie), t, margin, deficit
-    return len(ref), 0, 0, None, None, None
-
-
 def noise_threshold(hf32, hf16, sequences: list[list[int]], device) -> tuple[float, float, float]:
     """bf16 noise on the top-2 margin, measured on transformers itself: teacher-forced logits of
     the same sequences in bf16 and fp32; returns (q99 and max of |margin error|, median |top1|)."""

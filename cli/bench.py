@@ -24,11 +24,11 @@ import grpc
 
 from yaie.cli import bench_datasets as ds
 from yaie.cli.bench_metrics import BenchMetrics, RequestResult, format_table, summarize
+from yaie.cli.client_security import API_KEY_ENV
 from yaie.v1 import generation_pb2 as pb
 from yaie.v1 import generation_pb2_grpc
 
 DEFAULT_TARGET = "127.0.0.1:50051"
-API_KEY_ENV = "YAIE_API_KEY"
 _DONE_OK = (pb.FINISH_REASON_LENGTH, pb.FINISH_REASON_STOP)
 
 
@@ -150,16 +150,6 @@ class RunRecord:
         return summarize(self.results, self.duration_s, self.max_in_flight, self.client_cpu_s)
 
 
-async def run_requests(
-    target: str,
-    requests: list[ds.BenchRequest],
-    config: BenchConfig,
-    api_key: str | None = None,
-    timeout_s: float | None = None,
-) -> BenchMetrics:
-    return (await send_requests(target, requests, config, api_key, timeout_s)).summary()
-
-
 async def send_requests(
     target: str,
     requests: list[ds.BenchRequest],
@@ -227,7 +217,8 @@ def run_workload(
     async def run() -> tuple[BenchMetrics, pb.ModelInfo]:
         info = await model_info(target, api_key)
         requests = make_requests(config, info.vocab_size)
-        return await run_requests(target, requests, config, api_key, timeout_s), info
+        run = await send_requests(target, requests, config, api_key, timeout_s)
+        return run.summary(), info
 
     return asyncio.run(run())
 

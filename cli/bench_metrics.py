@@ -97,7 +97,6 @@ def summarize(
     done = [r for r in results if r.ok]
     input_tokens = sum(r.prompt_tokens for r in done)
     output_tokens = sum(r.output_tokens for r in done)
-    prompt_all = sum(r.prompt_tokens for r in done)
     cached = sum(r.cached_tokens for r in done)
     tpots = [(r.latency - r.ttft) / (r.output_tokens - 1) for r in done if r.output_tokens > 1]
     itls = [gap for r in done for gap in r.itls]
@@ -119,7 +118,7 @@ def summarize(
         mean_tpot_ms=tpot[0], median_tpot_ms=tpot[1], p99_tpot_ms=tpot[2],
         mean_itl_ms=itl[0], median_itl_ms=itl[1], p99_itl_ms=itl[2],
         mean_e2e_latency_ms=e2e[0], median_e2e_latency_ms=e2e[1], p99_e2e_latency_ms=e2e[2],
-        cache_hit_rate=cached / prompt_all if prompt_all else 0.0,
+        cache_hit_rate=cached / input_tokens if input_tokens else 0.0,
         cached_tokens=cached,
         max_in_flight=max_in_flight,
         concurrency=sum(r.latency for r in done) * per_s,

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 API_KEY_ENV = "YAIE_API_KEY"
 
@@ -49,20 +47,3 @@ def open_channel(target: str, args: argparse.Namespace) -> grpc.Channel:
         Path(cert).read_bytes() if cert else None,
     )
     return grpc.secure_channel(target, credentials)
-
-
-def wait_for_serving(target: str, args: argparse.Namespace, timeout_s: float) -> None:
-    """Polls grpc.health.v1 over open_channel(target, args) until SERVING (TimeoutError)."""
-    deadline = time.monotonic() + timeout_s
-    with open_channel(target, args) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=2.0)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass  # not listening yet
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{target} was not SERVING after {timeout_s:.0f} s")
-            time.sleep(0.25)

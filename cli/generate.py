@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.wait > 0:
-            wait_for_serving(args.target, args.wait)
+            wait_for_serving(args.target, args.wait, security=args)
         started = time.monotonic()
         request = build_request(args)
         last = stream(args.target, request, sys.stdout, args.json, args.timeout, args)

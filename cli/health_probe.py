@@ -1,6 +1,6 @@
 """grpc.health.v1 probe: `python -m yaie.cli.health_probe HOST:PORT` exits 0 when SERVING.
 
-Docker health checks run it; `yaie serve` and `yaie generate --wait` use wait_for_serving.
+Docker health checks run it; `yaie generate --wait` and the tests use wait_for_serving.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import time
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from yaie.cli import client_security
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
@@ -23,10 +25,16 @@ def check(target: str, service: str = "", timeout_s: float = 2.0) -> str:
     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
 
-def wait_for_serving(target: str, timeout_s: float, service: str = "") -> None:
-    """Polls until the target says SERVING; raises TimeoutError with the last status seen."""
+def wait_for_serving(
+    target: str,
+    timeout_s: float,
+    service: str = "",
+    security: argparse.Namespace | None = None,
+) -> None:
+    """Polls until the target says SERVING; raises TimeoutError with the last status seen.
+    security: client_security flags for the channel (default: plaintext)."""
     deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(target) as channel:
+    with client_security.open_channel(target, security or argparse.Namespace()) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             try:

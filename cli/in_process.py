@@ -12,7 +12,6 @@ import queue
 import signal
 import sys
 import threading
-from dataclasses import fields
 from typing import TYPE_CHECKING, NoReturn
 
 import grpc
@@ -23,6 +22,7 @@ from yaie.scheduler_service.worker_client import (
     WorkerDescription,
     WorkerStreamError,
     decode_result,
+    describe_info,
     encode_plan,
     read_within,
 )
@@ -111,11 +111,7 @@ class InProcessWorkerClient:
         info = self._servicer.info
         if info is None:
             raise WorkerStreamError(f"{self.address}: the worker is still loading its model")
-        if info.protocol_version != worker_pb2.PROTOCOL_VERSION_CURRENT:
-            raise WorkerStreamError(f"worker {self.address} speaks protocol "
-                                    f"{info.protocol_version}")  # fmt: skip
-        names = [f.name for f in fields(WorkerDescription) if f.name != "address"]
-        return WorkerDescription(self.address, **{name: getattr(info, name) for name in names})
+        return describe_info(self.address, info)
 
     def open_stream(self) -> None:
         """A new Step stream (the servicer starts a fresh request table for it)."""

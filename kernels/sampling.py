@@ -144,8 +144,7 @@ def apply_penalties(work: torch.Tensor, batch: SamplingBatch) -> None:
     a [B, V] count table. Duplicates and padding write the same value to the same place, so the
     scatter is race-free: padding points at the row's largest token and computes its value.
     """
-    parts = [t for t in (batch.prompt_tokens, batch.output_tokens) if t is not None]
-    tokens = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]  # [B, L], -1 = padding
+    tokens = batch.penalty_tokens()  # [B, L], -1 = padding
     row_max = tokens.max(dim=1, keepdim=True).values  # [B, 1]
     has_any = row_max >= 0
     idx = torch.where(tokens < 0, row_max.clamp_min(0), tokens)

@@ -10,6 +10,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TypeVar
 
 import torch
 
@@ -25,6 +26,7 @@ MAX_TOP_LOGPROBS = 64
 # and the int64 products in torch never overflow.
 _MIX_C1 = 0x21F0AAAD
 _MIX_C2 = 0x735A2D97
+_Int = TypeVar("_Int", torch.Tensor, int)  # the hash runs on device tensors and host ints alike
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,12 @@ class SamplingBatch:
         """True when some sampled row uses top-k, top-p or min-p."""
         return self.any_top_k or self.any_top_p or self.any_min_p
 
+    def penalty_tokens(self) -> torch.Tensor:
+        """[B, L] the tokens the penalties look at: prompt then output tokens, of those set (at
+        least one must be), -1 = padding."""
+        parts = [t for t in (self.prompt_tokens, self.output_tokens) if t is not None]
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
     @classmethod
     def build(
         cls,
@@ -243,8 +251,9 @@ def _pack_logit_bias(
     return ids.to(device, non_blocking=True), values.to(device, non_blocking=True)
 
 
-def mix32(x: torch.Tensor) -> torch.Tensor:
-    """The lowbias32 integer hash on int64 tensors holding values in [0, 2^32)."""
+def mix32(x: _Int) -> _Int:
+    """The lowbias32 integer hash on values in [0, 2^32): int64 tensors, or one Python int (the
+    same arithmetic, for hashing on the host)."""
     x = x ^ (x >> 16)
     x = (x * _MIX_C1) & _MASK32
     x = x ^ (x >> 15)
@@ -252,26 +261,14 @@ def mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 15)
 
 
-def _mix32_host(x: int) -> int:
-    """mix32 on one Python int (the same arithmetic, for hashing on the host)."""
-    x ^= x >> 16
-    x = (x * _MIX_C1) & _MASK32
-    x ^= x >> 15
-    x = (x * _MIX_C2) & _MASK32
-    return x ^ (x >> 15)
-
-
 def _row_key_host(seed: int, position: int) -> int:
     """row_keys for one row, on the host."""
-    h = _mix32_host(seed & _MASK32)
-    h = _mix32_host(h ^ (seed >> 32))
-    return _mix32_host(h ^ (position & _MASK32))
+    return row_keys(seed & _MASK32, seed >> 32, position)
 
 
-def row_keys(
-    seeds_lo: torch.Tensor, seeds_hi: torch.Tensor, positions: torch.Tensor
-) -> torch.Tensor:
-    """[B] int64 keys in [0, 2^32) from the two halves of each 64-bit seed and the position."""
+def row_keys(seeds_lo: _Int, seeds_hi: _Int, positions: _Int) -> _Int:
+    """[B] int64 keys in [0, 2^32) from the two halves of each 64-bit seed and the position
+    (tensors; or Python ints for one row)."""
     h = mix32(seeds_lo)
     h = mix32(h ^ seeds_hi)
     return mix32(h ^ (positions & _MASK32))

@@ -87,8 +87,7 @@ def apply_penalties_triton(work: torch.Tensor, batch: SamplingBatch, block: int 
     """In place on fp32 work [B, V]; what sampling.apply_penalties does, in two launches."""
     assert work.dtype == torch.float32 and work.stride(1) == 1
     rows, vocab = work.shape
-    parts = [t for t in (batch.prompt_tokens, batch.output_tokens) if t is not None]
-    tokens = (torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]).contiguous()
+    tokens = batch.penalty_tokens().contiguous()
     output = batch.output_tokens
     if output is None:  # no output tokens: counts are 0 (a width-1 row of padding)
         output = torch.full((rows, 1), -1, dtype=torch.int64, device=work.device)

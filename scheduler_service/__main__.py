@@ -21,7 +21,7 @@ from yaie.scheduler_service import failover_flags, server_options
 from yaie.scheduler_service.channel_security import configure_workers, open_worker_channel
 from yaie.scheduler_service.config import SchedulerConfig
 from yaie.scheduler_service.engine import Engine
-from yaie.scheduler_service.logs import setup_logging
+from yaie.scheduler_service.logs import observe_generate, setup_logging
 from yaie.scheduler_service.server import GenerationServicer, create_server, set_health
 from yaie.scheduler_service.worker_client import WorkerClient
 
@@ -153,18 +153,14 @@ async def _start_engine(
     servicer.attach_tokenizer(tokenizer)
 
 
-def _all_workers_ready(engine) -> bool:
-    """SERVING while taking requests and some worker is up (a lost one's requests move on)."""
-    return bool(engine.serving)
-
-
 async def _watch_health(
     engine, health_servicer: health.aio.HealthServicer, first_serving: asyncio.Event | None
 ) -> None:
-    """SERVING only while the engine is serving; first_serving is set the first time."""
+    """SERVING only while the engine is serving (taking requests, and some worker is up: a
+    lost one's requests move on); first_serving is set the first time."""
     serving = None
     while True:
-        ready = _all_workers_ready(engine)
+        ready = bool(engine.serving)
         if ready != serving:
             await set_health(health_servicer, ready)
             logger.info("health: %s", "SERVING" if ready else "NOT_SERVING")
@@ -194,7 +190,7 @@ async def serve(
     except OSError as error:
         logger.error("cannot serve metrics on port %s: %s", options.metrics_port, error)
         return 1
-    observe = server_options.ServerOptions.observer(metrics)
+    observe = observe_generate(metrics)  # request logs, and metrics when they are on
     server, health_servicer = create_server(servicer, options.interceptors(), observe)
     await set_health(health_servicer, False)
     try:

@@ -12,7 +12,6 @@ import grpc
 
 from yaie.scheduler_service.auth import API_KEY_ENV, ApiKeyInterceptor, load_api_key
 from yaie.scheduler_service.channel_security import WorkerChannelSecurity, server_credentials
-from yaie.scheduler_service.logs import observe_generate
 from yaie.scheduler_service.metrics import Metrics
 
 
@@ -98,7 +97,3 @@ class ServerOptions:
         metrics.watch_engine(engine.stats, asyncio.get_running_loop())
         metrics.serve(self.metrics_port, self.metrics_host)
         return metrics
-
-    @staticmethod
-    def observer(metrics: Metrics | None):
-        return observe_generate(metrics)

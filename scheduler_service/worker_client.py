@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -72,28 +72,44 @@ class StepOutcome:
     sample_ms: float = 0.0
 
 
+def describe_info(address: str, info: worker_pb2.WorkerInfo) -> WorkerDescription:
+    """A worker's Describe answer as a WorkerDescription; refuses another protocol version."""
+    if info.protocol_version != worker_pb2.PROTOCOL_VERSION_CURRENT:
+        raise WorkerStreamError(
+            f"worker {address} speaks protocol {info.protocol_version}, "
+            f"expected {worker_pb2.PROTOCOL_VERSION_CURRENT}"
+        )
+    names = [f.name for f in fields(WorkerDescription) if f.name != "address"]
+    return WorkerDescription(address, **{name: getattr(info, name) for name in names})
+
+
 def encode_plan(
     step_id: int, entries: list[PlanEntry], release_ids: list[int]
 ) -> worker_pb2.StepPlan:
-    """The packed-diff StepPlan of the proto."""
-    plan = worker_pb2.StepPlan(step_id=step_id, release_request_ids=release_ids)
+    """The packed-diff StepPlan of the proto (repeated fields built from lists in one
+    constructor call: per-element appends took ~3x longer at a batch of 256, on every step)."""
+    new_block_ids: list[int] = []
     for entry in entries:
-        if entry.new_request is not None:
-            spec = entry.new_request
-            plan.new_requests.append(
-                worker_pb2.NewRequest(
-                    request_id=entry.request_id,
-                    token_ids=spec.token_ids,
-                    num_prompt_tokens=spec.num_prompt_tokens,
-                    num_cached_tokens=spec.num_cached_tokens,
-                    sampling=_encode_sampling(spec.sampling),
-                )
+        new_block_ids += entry.new_block_ids
+    return worker_pb2.StepPlan(
+        step_id=step_id,
+        release_request_ids=release_ids,
+        new_requests=[
+            worker_pb2.NewRequest(
+                request_id=entry.request_id,
+                token_ids=entry.new_request.token_ids,
+                num_prompt_tokens=entry.new_request.num_prompt_tokens,
+                num_cached_tokens=entry.new_request.num_cached_tokens,
+                sampling=_encode_sampling(entry.new_request.sampling),
             )
-        plan.run_request_ids.append(entry.request_id)
-        plan.run_num_tokens.append(entry.num_tokens)
-        plan.run_num_new_blocks.append(len(entry.new_block_ids))
-        plan.new_block_ids.extend(entry.new_block_ids)
-    return plan
+            for entry in entries
+            if entry.new_request is not None
+        ],
+        run_request_ids=[entry.request_id for entry in entries],
+        run_num_tokens=[entry.num_tokens for entry in entries],
+        run_num_new_blocks=[len(entry.new_block_ids) for entry in entries],
+        new_block_ids=new_block_ids,
+    )
 
 
 def _encode_sampling(s: SamplingConfig) -> worker_pb2.SamplingParams:
@@ -199,24 +215,7 @@ class WorkerClient:
             info = await self._stub.Describe(worker_pb2.DescribeRequest(), timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             raise WorkerStreamError(f"Describe of {self.address} failed: {exc.details()}") from exc
-        if info.protocol_version != worker_pb2.PROTOCOL_VERSION_CURRENT:
-            raise WorkerStreamError(
-                f"worker {self.address} speaks protocol {info.protocol_version}, "
-                f"expected {worker_pb2.PROTOCOL_VERSION_CURRENT}"
-            )
-        return WorkerDescription(
-            address=self.address,
-            model=info.model,
-            architecture=info.architecture,
-            dtype=info.dtype,
-            device=info.device,
-            vocab_size=info.vocab_size,
-            max_context=info.max_context,
-            block_size=info.block_size,
-            num_blocks=info.num_blocks,
-            random_weights=info.random_weights,
-            attention_backend=info.attention_backend,
-        )
+        return describe_info(self.address, info)
 
     def open_stream(self) -> None:
         """A new Step stream (request ids and step ids start afresh on it)."""

@@ -173,11 +173,8 @@ class WorkerLoop:
         scheduled = time.perf_counter()
         entries: list[PlanEntry] = []
         record: list[tuple[Sequence, int, bool]] = []
-        prefill_tokens = 0  # tokens of runs that are not a decode (for the trace)
         for run in runs:
             seq, n = run.seq, run.num_tokens
-            if n > 1 or seq.num_scheduled < seq.num_prompt_tokens:
-                prefill_tokens += n
             spec = None
             if not seq.sent:
                 seq.sent = True
@@ -214,6 +211,12 @@ class WorkerLoop:
         await self.client.send(step_id, entries, release_ids)
         if self._trace is not None:
             sent = time.perf_counter()
+            # a run is prefill unless it is one token at or past the prompt's end (a decode)
+            prefill_tokens = sum(
+                run.num_tokens
+                for run, end in zip(runs, ends, strict=True)
+                if run.num_tokens > 1 or end - 1 < run.seq.num_prompt_tokens
+            )
             flight.trace = dict(
                 step=step_id,
                 entries=len(runs),
@@ -234,10 +237,11 @@ class WorkerLoop:
             raise WorkerStreamError(f"result of step {outcome.step_id}, expected {flight.step_id}")
         loaded = len(self.running) >= self.config.stream_interval_min_batch
         interval = self.config.stream_interval if loaded else 1  # see SchedulerConfig
-        expected = {entry.request_id for entry in flight.entries}
-        for request_id in outcome.request_errors.keys() - expected:
-            logger.warning("worker %s: error for request %d, not in step %d: ignored",
-                           self.info.address, request_id, flight.step_id)  # fmt: skip
+        if outcome.request_errors:  # rare: the set of this step's ids is built only then
+            expected = {entry.request_id for entry in flight.entries}
+            for request_id in outcome.request_errors.keys() - expected:
+                logger.warning("worker %s: error for request %d, not in step %d: ignored",
+                               self.info.address, request_id, flight.step_id)  # fmt: skip
         for i, (seq, n, samples) in enumerate(flight.runs):
             seq.in_flight -= 1
             seq.pending -= samples

@@ -5,7 +5,6 @@ Used by `python -m yaie.worker_service` / `yaie worker`, and by tests that run a
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from concurrent import futures
@@ -45,7 +44,7 @@ class RunningWorker:
 def build_runner(config: WorkerConfig) -> tuple[ModelRunner, worker_pb2.WorkerInfo]:
     """Loads the model and allocates the KV pool (after the weights, so free memory is known).
     With config.tp > 1, first joins the tensor-parallel group (every rank calls this)."""
-    from yaie.worker_service.loader import load_model, resolve_model_dir
+    from yaie.worker_service.loader import load_model, read_config, resolve_model_dir
     from yaie.worker_service.tp import join_group
     from yaie.worker_service.warmup import log_later_compiles, warm_up
 
@@ -62,8 +61,7 @@ def build_runner(config: WorkerConfig) -> tuple[ModelRunner, worker_pb2.WorkerIn
         device,
         time.perf_counter() - start,
     )
-    model_dir = resolve_model_dir(config.model)
-    raw_config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    raw_config = read_config(resolve_model_dir(config.model))
     random_weights = bool(raw_config.get("yaie_random_weights", False))
     if random_weights:
         log.warning("%s has RANDOM weights: its output is meaningless", config.model)

@@ -86,21 +86,19 @@ def build_forward_batch(
     rows = np.fromiter((e.state.row for e in entries), np.int64, batch)
     host_tables = table.blocks[rows, :max_blocks]  # [batch, max_blocks], 0-padded
     tables = torch.from_numpy(host_tables)
-    owner = torch.repeat_interleave(torch.arange(batch), torch.tensor(num_new))  # [num_tokens]
+    new_counts = torch.tensor(num_new, dtype=torch.int32)
+    query_starts = torch.tensor(query_start, dtype=torch.int32)  # [batch + 1]
+    owner = torch.repeat_interleave(torch.arange(batch), new_counts)  # [num_tokens]
     starts = torch.tensor([e.start for e in entries], dtype=torch.int32)
-    positions = (
-        torch.arange(num_tokens, dtype=torch.int32)
-        - torch.tensor(query_start[:-1], dtype=torch.int32)[owner]
-        + starts[owner]
-    )
+    positions = torch.arange(num_tokens, dtype=torch.int32) - query_starts[owner] + starts[owner]
     slots = tables[owner, positions // block_size] * block_size + positions % block_size
-    seq_lens = starts + torch.tensor(num_new, dtype=torch.int32)
+    seq_lens = starts + new_counts
     parts = [
         torch.tensor(host_ids, dtype=torch.int32),
         positions,
         slots,
         seq_lens,
-        torch.tensor(query_start, dtype=torch.int32),
+        query_starts,
         torch.tensor(logits_indices, dtype=torch.int32),
         torch.tensor(decode_index, dtype=torch.int32),
         torch.tensor(decode_rows, dtype=torch.int32),
@@ -113,8 +111,7 @@ def build_forward_batch(
         while num_new[num_single] == 1:
             num_single += 1
         if num_single:
-            rest = query_start[num_single:]
-            parts.append(torch.tensor(rest, dtype=torch.int32) - num_single)
+            parts.append(query_starts[num_single:] - num_single)
     groups = None
     if group_prefixes and is_decode:
         lens = [e.start + 1 for e in entries]

@@ -41,10 +41,7 @@ class RequestState:
 
     @property
     def uses_penalties(self) -> bool:
-        s = self.sampling
-        return (
-            s.repetition_penalty != 1.0 or s.frequency_penalty != 0.0 or s.presence_penalty != 0.0
-        )
+        return self.sampling.uses_penalties
 
     @property
     def wants_logprobs(self) -> bool:

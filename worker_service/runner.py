@@ -152,7 +152,7 @@ class ModelRunner:
         self, table: RequestTable, plan: Plan, output: StepOutput
     ) -> list[ScheduledEntry]:
         """Validates each run entry; a bad one fails its request only."""
-        seen: set[int] = set()
+        seen: set[int] = set()  # a request that runs twice fails before any entry is scheduled
         for entry in plan.run:
             if entry.request_id in seen:
                 self._fail(table, output, entry.request_id, "request runs twice in one step")
@@ -180,8 +180,7 @@ class ModelRunner:
                     index, state, state.num_computed, entry.num_tokens, samples, is_decode
                 )
             )
-        # A request failed after an earlier entry of it was scheduled (a duplicate): drop it.
-        return [e for e in entries if e.state.request_id not in output.request_errors]
+        return entries
 
     def _execute(
         self, table: RequestTable, entries: list[ScheduledEntry], output: StepOutput

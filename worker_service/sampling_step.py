@@ -131,7 +131,7 @@ def sample_entries(
     configs = [e.state.sampling for e in sampled]
     positions = [e.start + e.num_tokens for e in sampled]  # the RNG counter of each sample
     batch = SamplingBatch.build(configs, positions, device, vocab_size)
-    if any(e.state.uses_penalties for e in sampled):
+    if batch.any_penalties:
         batch.prompt_tokens, batch.output_tokens = _penalty_inputs(sampled, device)
     result = sample(logits, batch)
     token_ids = result.token_ids
@@ -143,8 +143,7 @@ def sample_entries(
         _SampledRow(e.plan_index, e.state.wants_logprobs, e.state.sampling.top_logprobs)
         for e in sampled
     ]
-    num_top = max(r.num_top for r in rows)
-    has_logprobs = any(r.wants_logprobs for r in rows)
+    num_top, has_logprobs = batch.num_top_logprobs, batch.any_logprobs  # num_top > 0: logprobs
     parts = [token_ids.to(torch.int32)]
     if has_logprobs:  # the sampler returns logprobs (and top-n) whenever a request asked
         parts.append(result.logprobs.float().view(torch.int32))
@@ -160,9 +159,7 @@ def sample_entries(
         host.copy_(packed, non_blocking=True)
     else:
         host = packed
-    return PendingStep(
-        output, rows, host, num_top if has_logprobs else 0, has_logprobs, timer, _record(timer)
-    )
+    return PendingStep(output, rows, host, num_top, has_logprobs, timer, _record(timer))
 
 
 def _record(timer: StepTimer) -> torch.cuda.Event | None:

@@ -14,13 +14,14 @@ import triton.language as tl
 
 from yaie.kernels.attention import PrefixGroups
 from yaie.kernels.attention.triton_common import (
+    LOG2E,
     check_index,
     check_out,
     check_paged_batch,
+    check_tile,
     next_power_of_2,
 )
 from yaie.kernels.attention.triton_decode import (
-    LOG2E,
     attend_range,
     default_num_splits,
     launch_decode_reduce,
@@ -146,9 +147,8 @@ def decode_attention_grouped_triton(
     batch, num_q_heads, _ = q.shape
     if batch != seq_lens.shape[0]:
         raise ValueError(f"q batch {batch} != seq_lens batch {seq_lens.shape[0]}")
-    for name, tile in (("block_n", block_n), ("prefix_block_n", prefix_block_n)):
-        if tile < 16 or tile & (tile - 1):
-            raise ValueError(f"{name} must be a power of two >= 16, got {tile}")
+    check_tile("block_n", block_n)
+    check_tile("prefix_block_n", prefix_block_n)
     check_groups(groups, batch, q.device)
     num_groups = groups.prefix_lens.shape[0]
     max_context = block_tables.shape[1] * block_size

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+LOG2E = 1.4426950408889634  # the kernels take exp2: scores are scaled by scale * LOG2E
 
 
 def _fail(message: str) -> None:
@@ -103,6 +104,12 @@ def check_out(out: torch.Tensor | None, q: torch.Tensor) -> torch.Tensor:
     if out.numel() > 0 and out.stride(2) != 1:
         _fail("out needs a contiguous last (head_dim) dimension")
     return out
+
+
+def check_tile(name: str, size: int) -> None:
+    """A tile size (block_m, block_n, ...) must be a power of two >= 16 (tl.dot's minimum)."""
+    if size < 16 or size & (size - 1):
+        _fail(f"{name} must be a power of two >= 16, got {size}")
 
 
 def next_power_of_2(n: int) -> int:

@@ -8,13 +8,19 @@ bounds come from seq_lens on the device, so replaying a graph with new lengths s
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
-from yaie.kernels.attention.triton_common import check_out, check_paged_batch, next_power_of_2
-
-LOG2E = 1.4426950408889634
+from yaie.kernels.attention.triton_common import (
+    LOG2E,
+    check_out,
+    check_paged_batch,
+    check_tile,
+    next_power_of_2,
+)
 
 
 @triton.jit
@@ -163,12 +169,18 @@ def _decode_reduce_kernel(
     tl.store(out_ptrs, result.to(out.dtype.element_ty))
 
 
+@functools.cache
+def _num_sms(device: torch.device) -> int:
+    """The device's SM count (an H100's 132 off CUDA), looked up once: the launch path asks for
+    it per layer and per step."""
+    if device.type != "cuda":
+        return 132
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def default_num_splits(batch: int, kv_heads: int, max_context: int, device: torch.device) -> int:
     """Enough (request, kv head, split) programs to fill the GPU about twice, >= 256 tokens each."""
-    num_sms = 132
-    if device.type == "cuda":
-        num_sms = torch.cuda.get_device_properties(device).multi_processor_count
-    wanted = triton.cdiv(2 * num_sms, max(1, batch * kv_heads))
+    wanted = triton.cdiv(2 * _num_sms(device), max(1, batch * kv_heads))
     return max(1, min(wanted, triton.cdiv(max_context, 256), 64))
 
 
@@ -266,8 +278,7 @@ def decode_attention_triton(
     batch, num_q_heads, _ = q.shape
     if batch != seq_lens.shape[0]:
         raise ValueError(f"q batch {batch} != seq_lens batch {seq_lens.shape[0]}")
-    if block_n < 16 or block_n & (block_n - 1):
-        raise ValueError(f"block_n must be a power of two >= 16, got {block_n}")
+    check_tile("block_n", block_n)
     if num_splits is None:
         max_context = block_tables.shape[1] * block_size
         num_splits = default_num_splits(batch, kv_heads, max_context, q.device)

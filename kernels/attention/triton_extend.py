@@ -10,9 +10,13 @@ import torch
 import triton
 import triton.language as tl
 
-from yaie.kernels.attention.triton_common import check_index, check_out, check_paged_batch
-
-LOG2E = 1.4426950408889634
+from yaie.kernels.attention.triton_common import (
+    LOG2E,
+    check_index,
+    check_out,
+    check_paged_batch,
+    check_tile,
+)
 
 
 @triton.jit
@@ -168,9 +172,8 @@ def extend_attention_triton(
         raise ValueError(
             f"query_start must be [batch + 1] = [{batch + 1}], got {tuple(query_start.shape)}"
         )
-    for name, size in (("block_m", block_m), ("block_n", block_n)):
-        if size < 16 or size & (size - 1):
-            raise ValueError(f"{name} must be a power of two >= 16, got {size}")
+    check_tile("block_m", block_m)
+    check_tile("block_n", block_n)
     out = check_out(out, q)
     if batch == 0 or q.shape[0] == 0 or max_query_len <= 0:
         return out

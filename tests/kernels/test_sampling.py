@@ -4,6 +4,7 @@ implementation, seeded determinism across batch compositions, edge cases, valida
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -192,7 +193,7 @@ def test_all_neg_inf_but_one_returns_it(config):
     """A row with one finite logit returns that token, with a finite logprob of 0."""
     logits = torch.full((3, V), float("-inf"))
     logits[torch.arange(3), torch.tensor([0, 41, V - 1])] = torch.tensor([-5.0, 3.0, 1e4])
-    configs = [SamplingConfig(**{**config.__dict__, "top_logprobs": 2})] * 3
+    configs = [replace(config, top_logprobs=2)] * 3
     out = sample(logits, _batch(configs), backend="torch")
     assert out.token_ids.tolist() == [0, 41, V - 1]
     assert torch.allclose(out.logprobs, torch.zeros(3))

@@ -10,6 +10,8 @@ draws are seeded, so a pass is reproducible; the bounds say a correct sampler pa
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -50,8 +52,8 @@ CASES = [
 def test_draws_follow_the_exact_kept_distribution(config):
     """20k draws (10k seeds x 1 position, 1 seed x 10k positions) match the exact distribution."""
     half = N // 2
-    configs = [SamplingConfig(**{**config.__dict__, "seed": s}) for s in range(half)]
-    configs += [SamplingConfig(**{**config.__dict__, "seed": 77})] * half
+    configs = [replace(config, seed=s) for s in range(half)]
+    configs += [replace(config, seed=77)] * half
     positions = [3] * half + list(range(half))
     batch = SamplingBatch.build(configs, positions, "cpu", V)
     if config.uses_penalties:

@@ -8,6 +8,7 @@ starts the child. GPU cases run where CUDA is present.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import pytest
 import torch
@@ -63,9 +64,7 @@ def _check_against_reference(
     from yaie.kernels.sampling_triton import draw_triton
 
     rows, vocab = logits.shape
-    configs = [
-        SamplingConfig(**{**MIXED[b % len(MIXED)].__dict__, "seed": 11 * b}) for b in range(rows)
-    ]
+    configs = [replace(MIXED[b % len(MIXED)], seed=11 * b) for b in range(rows)]
     batch = SamplingBatch.build(configs, range(100, 100 + rows), logits.device, vocab)
     tau = torch.full((rows,), float("nan"), device=logits.device)
     tokens = draw_triton(
@@ -158,7 +157,7 @@ def test_interpreter_sample_with_logprobs_matches_torch_backend():
     """sample(backend="triton") equals the torch backend, logprobs included."""
     logits = _mixed_logits(10, 400, "cpu", seed=3)
     logits[2::5, :200] = 0.0  # logprobs of masked rows are -inf; keep them finite here
-    configs = [SamplingConfig(**{**c.__dict__, "top_logprobs": 3}) for c in MIXED]
+    configs = [replace(c, top_logprobs=3) for c in MIXED]
     batch = SamplingBatch.build(configs, range(10), "cpu", 400)
     a, b = sample(logits, batch, backend="triton"), sample(logits, batch, backend="torch")
     assert torch.equal(a.token_ids, b.token_ids) and torch.equal(a.top_token_ids, b.top_token_ids)
@@ -211,7 +210,7 @@ def _check_penalties(device: str, vocab: int, with_output: bool) -> None:
 @interpreter_only
 @pytest.mark.parametrize("with_output", [True, False])
 def test_interpreter_penalty_kernel_matches_torch(with_output):
-    """The one-launch penalty kernel equals apply_penalties, duplicates and padding included."""
+    """The two penalty launches equal apply_penalties, duplicates and padding included."""
     _check_penalties("cpu", 300, with_output)
 
 

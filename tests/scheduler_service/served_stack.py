@@ -1,14 +1,15 @@
 """A real public server (Engine over FakeWorkers, the built-in tokenizer) with the security and
 metrics options of issue 6, on 127.0.0.1 in a background event loop: for the auth, TLS, salt,
-metrics and fuzz tests (`import served_stack`, like fake_worker).
+metrics and fuzz tests (`import served_stack`, like fake_worker). public_stub: a plain one in the
+test's own event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
 import grpc
@@ -21,6 +22,24 @@ from yaie.scheduler_service.logs import observe_generate
 from yaie.scheduler_service.metrics import Metrics
 from yaie.scheduler_service.server import GenerationServicer, create_server, set_health
 from yaie.scheduler_service.tokenizer import Tokenizer
+from yaie.v1 import generation_pb2_grpc
+
+
+@asynccontextmanager
+async def public_stub(
+    engine: Engine, tokenizer: Tokenizer
+) -> AsyncIterator[generation_pb2_grpc.GenerationStub]:
+    """A plain public server over a started engine on a free 127.0.0.1 port, and a stub to it;
+    the channel and the server are closed at exit."""
+    server, health = create_server(GenerationServicer(engine, tokenizer))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    await set_health(health, True)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield generation_pb2_grpc.GenerationStub(channel)
+    finally:
+        await server.stop(None)
 
 
 @dataclass

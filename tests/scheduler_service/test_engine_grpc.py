@@ -7,16 +7,14 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import grpc
 import pytest
 from fake_worker import FakeWorkerConfig, engine_on_fake_workers, reference_output
+from served_stack import public_stub
 
 from yaie.cli.builtin_model import write_tokenizer
 from yaie.scheduler_service.config import SchedulerConfig
-from yaie.scheduler_service.server import GenerationServicer, create_server, set_health
 from yaie.scheduler_service.tokenizer import Tokenizer
 from yaie.v1 import generation_pb2 as pb
-from yaie.v1 import generation_pb2_grpc
 
 VOCAB = 700  # within the built-in tokenizer's 768 tokens
 
@@ -45,15 +43,8 @@ def _expected(req: pb.GenerateRequest) -> list[int]:
 async def _served_stack(tokenizer: Tokenizer, body, worker: FakeWorkerConfig) -> None:
     """Runs body(stub, fake worker) against the full stack on 127.0.0.1; stops everything."""
     async with engine_on_fake_workers(SchedulerConfig(), worker) as (engine, (handle,)):
-        server, health = create_server(GenerationServicer(engine, tokenizer))
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        await set_health(health, True)
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                await body(generation_pb2_grpc.GenerationStub(channel), handle.worker)
-        finally:
-            await server.stop(None)
+        async with public_stub(engine, tokenizer) as stub:
+            await body(stub, handle.worker)
 
 
 async def _tokens(stub, req: pb.GenerateRequest) -> tuple[list[int], pb.GenerateResponse]:

@@ -9,15 +9,14 @@ from pathlib import Path
 import grpc
 import pytest
 from fake_worker import FakeWorkerConfig, collect, engine_on_fake_workers, reference_output
+from served_stack import public_stub
 
 from yaie.cli.builtin_model import write_tokenizer
 from yaie.scheduler_service.config import SchedulerConfig
 from yaie.scheduler_service.errors import UnavailableError
 from yaie.scheduler_service.request import FinishReason, GenerationRequest, SamplingConfig
-from yaie.scheduler_service.server import GenerationServicer, create_server, set_health
 from yaie.scheduler_service.tokenizer import Tokenizer
 from yaie.v1 import generation_pb2 as pb
-from yaie.v1 import generation_pb2_grpc
 
 VOCAB = 700  # within the built-in tokenizer's 768 tokens
 
@@ -39,21 +38,15 @@ def test_client_deadline_aborts_the_request_and_frees_its_blocks(tmp_path: Path)
 
     async def main() -> None:
         async with engine_on_fake_workers(SchedulerConfig(), worker) as (engine, _):
-            server, health = create_server(GenerationServicer(engine, tokenizer))
-            port = server.add_insecure_port("127.0.0.1:0")
-            await server.start()
-            await set_health(health, True)
-            try:
-                async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                    stub = generation_pb2_grpc.GenerationStub(channel)
-                    request = pb.GenerateRequest(
-                        token_ids=pb.TokenIds(ids=[1, 2, 3]),
-                        stopping=pb.StoppingCriteria(max_new_tokens=400, ignore_eos=True),
-                    )
-                    with pytest.raises(grpc.aio.AioRpcError) as error:
-                        async for _ in stub.Generate(request, timeout=0.3):
-                            pass
-                    assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            async with public_stub(engine, tokenizer) as stub:
+                request = pb.GenerateRequest(
+                    token_ids=pb.TokenIds(ids=[1, 2, 3]),
+                    stopping=pb.StoppingCriteria(max_new_tokens=400, ignore_eos=True),
+                )
+                with pytest.raises(grpc.aio.AioRpcError) as error:
+                    async for _ in stub.Generate(request, timeout=0.3):
+                        pass
+                assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
                 for _ in range(200):
                     stats = engine.stats()
                     if stats.running == 0 and stats.workers[0].used_blocks == 0:
@@ -61,8 +54,6 @@ def test_client_deadline_aborts_the_request_and_frees_its_blocks(tmp_path: Path)
                     await asyncio.sleep(0.01)
                 assert stats.running == 0 and stats.workers[0].used_blocks == 0
                 assert stats.completed_requests == 1
-            finally:
-                await server.stop(None)
 
     asyncio.run(main())
 

@@ -14,6 +14,7 @@ import torch
 
 from yaie.cli.builtin_model import write_random_model
 from yaie.worker_service.forward_batch import ForwardBatch
+from yaie.worker_service.kv_pool import KVPool, KVPoolConfig
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +32,21 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Pa
         return made[key]
 
     return make
+
+
+def kv_pool_for(
+    model: torch.nn.Module, block_size: int, num_blocks: int, device: torch.device | str = "cpu"
+) -> KVPool:
+    """A pool of num_blocks blocks shaped for model (its layers, KV heads, head_dim, dtype)."""
+    config = KVPoolConfig(block_size, num_blocks)
+    return KVPool.allocate(
+        config,
+        model.num_layers,
+        model.num_kv_heads,
+        model.head_dim,
+        model.dtype,
+        torch.device(device),
+    )
 
 
 def build_forward_batch(

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from tests.worker_service.conftest import kv_pool_for
 from tests.worker_service.driver import sampling
 from tests.worker_service.test_runner import LocalStream
 from yaie.worker.v1 import worker_pb2
 from yaie.worker_service import batch_builder
-from yaie.worker_service.kv_pool import KVPool, KVPoolConfig
 from yaie.worker_service.loader import load_model
 from yaie.worker_service.prefix_groups import find_prefix_groups
 from yaie.worker_service.runner import ModelRunner
@@ -24,9 +24,7 @@ def model_runner(tiny_model_dir):
     model = load_model(str(tiny_model_dir("LlamaForCausalLM")), "cpu", torch.float32)
 
     def make(cascade: bool) -> ModelRunner:
-        pool = KVPool.allocate(KVPoolConfig(4, 64), model.num_layers, model.num_kv_heads,
-                               model.head_dim, model.dtype, torch.device("cpu"))  # fmt: skip
-        return ModelRunner(model, pool, cascade=cascade)
+        return ModelRunner(model, kv_pool_for(model, 4, 64), cascade=cascade)
 
     return make
 

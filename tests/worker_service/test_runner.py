@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tests.worker_service.conftest import build_forward_batch as reference_batch
+from tests.worker_service.conftest import kv_pool_for
 from tests.worker_service.driver import Driver, Seq, hf_greedy, load_hf_model, sampling
 from yaie.worker.v1 import worker_pb2
 from yaie.worker_service.batch_builder import ScheduledEntry, build_forward_batch
@@ -43,15 +44,7 @@ def model_dir(tiny_model_dir):
 @pytest.fixture(scope="module")
 def runner(model_dir) -> ModelRunner:
     model = load_model(str(model_dir), "cpu", torch.float32)
-    pool = KVPool.allocate(
-        KVPoolConfig(BLOCK_SIZE, NUM_BLOCKS),
-        model.num_layers,
-        model.num_kv_heads,
-        model.head_dim,
-        model.dtype,
-        torch.device("cpu"),
-    )
-    return ModelRunner(model, pool)
+    return ModelRunner(model, kv_pool_for(model, BLOCK_SIZE, NUM_BLOCKS))
 
 
 def generate(
@@ -194,14 +187,7 @@ def test_cuda_graph_decode_equals_eager_decode_and_transformers(model_dir, dtype
     model = load_model(str(model_dir), device, dtype, attention_backend="triton")
 
     def make_runner(graphs: bool) -> ModelRunner:
-        pool = KVPool.allocate(
-            KVPoolConfig(BLOCK_SIZE, NUM_BLOCKS),
-            model.num_layers,
-            model.num_kv_heads,
-            model.head_dim,
-            model.dtype,
-            device,
-        )
+        pool = kv_pool_for(model, BLOCK_SIZE, NUM_BLOCKS, device)
         return ModelRunner(model, pool, use_cuda_graphs=graphs, max_graph_batch_size=16)
 
     params = sampling(return_logprobs=True, top_logprobs=2)
@@ -222,9 +208,7 @@ def test_warm_up_runs_every_step_kind_and_leaves_the_runner_as_it_found_it(runne
     before = generate(runner, sampling(temperature=0.0), max_new=6)
     assert warm_up(runner) > 0.0
     assert generate(runner, sampling(temperature=0.0), max_new=6) == before
-    tiny = KVPool.allocate(KVPoolConfig(BLOCK_SIZE, 4), runner.model.num_layers,
-                           runner.model.num_kv_heads, runner.model.head_dim, runner.model.dtype,
-                           torch.device("cpu"))  # fmt: skip
+    tiny = kv_pool_for(runner.model, BLOCK_SIZE, 4)
     assert warm_up(ModelRunner(runner.model, tiny)) == 0.0  # too small a pool: skipped
 
 
@@ -283,9 +267,7 @@ def test_cuda_mixed_step_with_triton_equals_entries_alone(model_dir):
     rest, writing slices of one output) on the GPU, fp32: as each entry run alone."""
     device = torch.device("cuda")
     model = load_model(str(model_dir), device, torch.float32, attention_backend="triton")
-    pool = KVPool.allocate(KVPoolConfig(BLOCK_SIZE, NUM_BLOCKS), model.num_layers,
-                           model.num_kv_heads, model.head_dim, model.dtype, device)  # fmt: skip
-    cuda_runner = ModelRunner(model, pool)
+    cuda_runner = ModelRunner(model, kv_pool_for(model, BLOCK_SIZE, NUM_BLOCKS, device))
     together = _mixed_step_results(cuda_runner, True)
     alone = _mixed_step_results(cuda_runner, False)
     for rid in together:

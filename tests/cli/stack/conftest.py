@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -72,6 +73,14 @@ def is_running(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def wait_gone(pids: list[int], timeout_s: float = 30.0) -> list[int]:
+    """The pids still running after up to timeout_s (empty once all have exited)."""
+    deadline = time.monotonic() + timeout_s
+    while (alive := [pid for pid in pids if is_running(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return alive
+
+
 def stop(process: subprocess.Popen, timeout_s: float = 30.0) -> int:
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
@@ -102,7 +111,8 @@ def running_stack(model: Path, *extra: str) -> Iterator[Stack]:
 def tools() -> SimpleNamespace:
     """The helpers above, for test files (which cannot import this conftest)."""
     return SimpleNamespace(running_stack=running_stack, yaie=yaie, free_port=free_port,
-                           child_pids=child_pids, is_running=is_running, stop=stop)  # fmt: skip
+                           child_pids=child_pids, is_running=is_running, wait_gone=wait_gone,
+                           stop=stop)  # fmt: skip
 
 
 @pytest.fixture(scope="session")

@@ -119,8 +119,10 @@ def test_serve_with_public_mtls_gets_ready_and_serves_only_clients_with_a_certif
             time.sleep(0.5)
         assert ready in log.read_text()
         target = f"localhost:{port}"
+        # --wait probes the health service over the same TLS channel as the call
         ok = _generate(tools, target, "--tls-ca", files["ca"], "--tls-cert",
-                       files["client_cert"], "--tls-key", files["client_key"])  # fmt: skip
+                       files["client_cert"], "--tls-key", files["client_key"],
+                       "--wait", "30")  # fmt: skip
         assert ok.returncode == 0, ok.stderr
         refused = _generate(tools, target, "--tls-ca", files["ca"])
         assert refused.returncode != 0

@@ -8,23 +8,13 @@ import subprocess
 import time
 
 
-def _wait_gone(tools, pids: list[int], timeout_s: float = 30.0) -> list[int]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        alive = [pid for pid in pids if tools.is_running(pid)]
-        if not alive:
-            return []
-        time.sleep(0.1)
-    return alive
-
-
 def test_sigterm_stops_the_scheduler_and_every_worker(model_dirs, tools) -> None:
     with tools.running_stack(model_dirs["Qwen3ForCausalLM"], "--workers", "2") as stack:
         workers = tools.child_pids(stack.process.pid)
         assert len(workers) == 2
         stack.process.send_signal(signal.SIGTERM)
         assert stack.process.wait(30) == 0
-        assert _wait_gone(tools, workers) == []
+        assert tools.wait_gone(workers) == []
 
 
 def test_sigkill_of_serve_still_stops_its_workers(model_dirs, tools) -> None:
@@ -41,7 +31,7 @@ def test_sigkill_of_serve_still_stops_its_workers(model_dirs, tools) -> None:
         assert len(workers) == 1
         os.kill(process.pid, signal.SIGKILL)
         process.wait(10)
-        assert _wait_gone(tools, workers) == []
+        assert tools.wait_gone(workers) == []
     finally:
         tools.stop(process)
 
@@ -64,7 +54,7 @@ def test_demo_streams_a_generation_and_exits_with_nothing_left(model_dirs, tools
         tools.stop(process)
     assert process.returncode == 0
     assert out.startswith("The cook says") and len(out) > len("The cook says")
-    assert workers and _wait_gone(tools, workers) == []
+    assert workers and tools.wait_gone(workers) == []
 
 
 def test_sigterm_while_starting_stops_the_workers_and_removes_the_run_secret(
@@ -85,7 +75,7 @@ def test_sigterm_while_starting_stops_the_workers_and_removes_the_run_secret(
         assert workers, "no worker was started"
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) in (0, 128 + signal.SIGTERM)
-        assert _wait_gone(tools, workers) == []
+        assert tools.wait_gone(workers) == []
         assert list(tmp_path.glob("yaie-internal-secret-*")) == []
     finally:
         tools.stop(process)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import grpc
@@ -26,13 +25,6 @@ def descendants(tools, pid: int) -> list[int]:
         frontier = [child for parent in frontier for child in tools.child_pids(parent)]
         found += frontier
     return found
-
-
-def wait_gone(tools, pids: list[int], timeout_s: float = 30.0) -> list[int]:
-    deadline = time.monotonic() + timeout_s
-    while (alive := [p for p in pids if tools.is_running(p)]) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return alive
 
 
 def transformers_greedy(model_dir: Path) -> list[int]:
@@ -82,7 +74,7 @@ def test_tp2_stacks_stream_transformers_greedy_tokens_and_stop_every_rank(
         status = {arch: tools.stop(process) for arch, (process, _) in stacks.items()}
     assert status == dict.fromkeys(ARCHITECTURES, 0)
     assert len(processes) == 2 * len(ARCHITECTURES)  # per stack: rank 0 (the worker), rank 1
-    assert wait_gone(tools, processes) == []
+    assert tools.wait_gone(processes) == []
     for arch in ARCHITECTURES:
         assert [t for f in frames[arch] for t in f.token_ids] == transformers_greedy(
             model_dirs[arch]

@@ -39,7 +39,8 @@ def test_metrics_endpoint_exposes_the_named_series(tokenizer, caplog) -> None:
             request = pb.GenerateRequest(
                 request_id="metrics-1",
                 token_ids=pb.TokenIds(ids=list(range(10, 30))),
-                stopping=pb.StoppingCriteria(max_new_tokens=5),
+                # ignore_eos: the seed is random, and a drawn EOS would end it before LENGTH
+                stopping=pb.StoppingCriteria(max_new_tokens=5, ignore_eos=True),
             )
             frames = list(stub.Generate(request, timeout=10))
             assert frames[-1].finish_reason == pb.FINISH_REASON_LENGTH
