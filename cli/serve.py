@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable
 
 from yaie.scheduler_service import failover_flags, server_options
@@ -241,6 +242,7 @@ async def run_stack(args: argparse.Namespace, model: str, workers: list) -> int:
         return spawn_worker(args, model, int(address.rsplit(":", 1)[1]), gpu)
 
     watch = asyncio.create_task(_watch_children(workers, stop, serving, restart))
+    noted = asyncio.create_task(_note_stop(stop))  # set while the scheduler's handlers still are
     host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
     scheduler_serving = asyncio.Event()
     ready = asyncio.create_task(
@@ -249,7 +251,9 @@ async def run_stack(args: argparse.Namespace, model: str, workers: list) -> int:
     status = await scheduler.serve(
         scheduler.build_parser().parse_args(argv), stop, serving=scheduler_serving
     )
+    _stopping.set()  # serve() may also have returned on a failed start, with stop never set
     watch.cancel()
+    noted.cancel()
     if ready.done() and not ready.cancelled() and ready.exception() is not None:
         logger.error("demo failed: %s", ready.exception())
         status = status or 1
@@ -260,16 +264,30 @@ async def run_stack(args: argparse.Namespace, model: str, workers: list) -> int:
     return status
 
 
+_stopping = threading.Event()  # set once the stack is stopping: a repeated signal must not cut
+# short the workers' stop (a supervisor, or a test, may send SIGTERM twice)
+
+
 def _exit_on_signal(signum: int, frame: object) -> None:
+    if _stopping.is_set():
+        logger.warning("%s: already stopping", signal.Signals(signum).name)
+        return
     raise SystemExit(128 + signum)
+
+
+async def _note_stop(stop: asyncio.Event) -> None:
+    await stop.wait()
+    _stopping.set()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    # Until the scheduler installs its own handlers, SIGTERM unwinds through the finally below
-    # (children stopped, the run's secret file removed) instead of killing the process outright.
-    signal.signal(signal.SIGTERM, _exit_on_signal)
+    # Until the scheduler installs its own handlers, a signal unwinds through the finally below
+    # (children stopped, the run's secret file removed) instead of killing the process outright;
+    # once stopping, a repeated one is noted and ignored.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _exit_on_signal)
     setup_logging(args.log_level, args.log_format)
     try:
         server_options.ServerOptions.from_args(args)
@@ -301,6 +319,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
+        _stopping.set()
         stop_workers(workers)
         if run_secret is not None:
             os.unlink(run_secret)
+        # Interpreter shutdown puts SIG_DFL back for Python-level handlers (not for SIG_IGN):
+        # a signal in that last window would end an exit that is already clean with -SIGTERM.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, signal.SIG_IGN)

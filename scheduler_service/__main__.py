@@ -206,7 +206,8 @@ async def serve(
     )
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    for signum in previous:
         loop.add_signal_handler(signum, stop.set)
     start = asyncio.create_task(_start_engine(engine, servicer, args, client_factory is None))
     stopping = asyncio.create_task(stop.wait())
@@ -230,8 +231,11 @@ async def serve(
     await engine.stop()
     if metrics is not None:
         metrics.stop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    # remove_signal_handler leaves SIG_DFL, and a repeated SIGTERM would then kill a caller
+    # that is still stopping its workers: the caller's own handlers go back instead.
+    for signum, handler in previous.items():
         loop.remove_signal_handler(signum)
+        signal.signal(signum, signal.SIG_DFL if handler is None else handler)
     return status
 
 

@@ -39,6 +39,8 @@ class RunningWorker:
     def stop(self, grace: float | None = 1.0) -> None:
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        if not self.servicer.wait_streams_closed(5.0):
+            log.warning("a step stream was still open 5 s after the server stopped")
 
 
 def build_runner(config: WorkerConfig) -> tuple[ModelRunner, worker_pb2.WorkerInfo]:

@@ -99,6 +99,19 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         self.info: worker_pb2.WorkerInfo | None = None
         self.device_failed = threading.Event()  # the process must exit: the device is unusable
         self._lock = threading.Lock()  # one launch at a time across streams
+        self._open_streams = 0
+        self._streams_changed = threading.Condition()
+
+    def wait_streams_closed(self, timeout_s: float) -> bool:
+        """Waits until every Step stream has closed its table (after the server stopped, so that
+        a tensor-parallel group is stopped only once no CLOSE is left to send to it)."""
+        with self._streams_changed:
+            return self._streams_changed.wait_for(lambda: self._open_streams == 0, timeout_s)
+
+    def _count_stream(self, delta: int) -> None:
+        with self._streams_changed:
+            self._open_streams += delta
+            self._streams_changed.notify_all()
 
     def load(self, runner: ModelRunner, info: worker_pb2.WorkerInfo) -> None:
         self.runner, self.info = runner, info
@@ -123,6 +136,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         table = self.runner.new_table()
         pending: deque[PendingStep] = deque()
         last_step_id: int | None = None
+        self._count_stream(+1)
         try:
             while True:
                 try:
@@ -148,6 +162,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             closed.set()  # a reader blocked on the full queue gives up
             with self._lock:
                 self.runner.close_table(table)
+            self._count_stream(-1)
             log.info("step stream closed")
 
     def _launch(

@@ -17,6 +17,19 @@ def test_sigterm_stops_the_scheduler_and_every_worker(model_dirs, tools) -> None
         assert tools.wait_gone(workers) == []
 
 
+def test_repeated_sigterm_while_stopping_still_exits_cleanly(model_dirs, tools) -> None:
+    """A supervisor may send SIGTERM again while the stack drains and stops its workers: each
+    repeat is noted, none kills the process before its workers are stopped."""
+    with tools.running_stack(model_dirs["Qwen3ForCausalLM"]) as stack:
+        workers = tools.child_pids(stack.process.pid)
+        deadline = time.monotonic() + 30
+        while stack.process.poll() is None and time.monotonic() < deadline:
+            stack.process.send_signal(signal.SIGTERM)
+            time.sleep(0.01)
+        assert stack.process.wait(5) == 0
+        assert tools.wait_gone(workers) == []
+
+
 def test_sigkill_of_serve_still_stops_its_workers(model_dirs, tools) -> None:
     """The kernel sends the workers SIGTERM when their parent dies (PR_SET_PDEATHSIG)."""
     port = tools.free_port()
