@@ -7,6 +7,7 @@ Each subcommand lives in its own module with `main(argv) -> int`, imported only 
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 
 # subcommand -> (module with main(argv) -> int, one-line help)
@@ -49,7 +50,18 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"yaie {command}: not available in this installation", file=sys.stderr)
         return 2
-    return int(module.main(rest) or 0)
+    status = int(module.main(rest) or 0)
+    if argv is None:  # run as the program (not called from other code): it exits next
+        ignore_signals_while_exiting()
+    return status
+
+
+def ignore_signals_while_exiting() -> None:
+    """The command has stopped what it ran: interpreter shutdown would put SIG_DFL back for
+    Python-level handlers (not for SIG_IGN), and a repeated SIGTERM in that last window would
+    turn a clean exit into death by signal."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

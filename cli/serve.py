@@ -323,7 +323,3 @@ def main(argv: list[str] | None = None) -> int:
         stop_workers(workers)
         if run_secret is not None:
             os.unlink(run_secret)
-        # Interpreter shutdown puts SIG_DFL back for Python-level handlers (not for SIG_IGN):
-        # a signal in that last window would end an exit that is already clean with -SIGTERM.
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, signal.SIG_IGN)

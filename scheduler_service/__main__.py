@@ -252,4 +252,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    for signum in (signal.SIGTERM, signal.SIGINT):  # stopped: interpreter shutdown would put
+        signal.signal(signum, signal.SIG_IGN)  # SIG_DFL back, and a repeat would then kill us
+    sys.exit(status)
