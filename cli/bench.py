@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -23,8 +22,8 @@ from dataclasses import asdict, dataclass, fields
 import grpc
 
 from yaie.cli import bench_datasets as ds
+from yaie.cli import client_security
 from yaie.cli.bench_metrics import BenchMetrics, RequestResult, format_table, summarize
-from yaie.cli.client_security import API_KEY_ENV
 from yaie.v1 import generation_pb2 as pb
 from yaie.v1 import generation_pb2_grpc
 
@@ -131,8 +130,10 @@ def _metadata(api_key: str | None) -> tuple[tuple[str, str], ...] | None:
     return (("authorization", f"Bearer {api_key}"),) if api_key else None
 
 
-async def model_info(target: str, api_key: str | None = None) -> pb.ModelInfo:
-    async with grpc.aio.insecure_channel(target) as channel:
+async def model_info(target: str, api_key: str | None = None, tls: object = None) -> pb.ModelInfo:
+    """tls: anything with tls_ca / tls_cert / tls_key attributes (client_security); None:
+    plaintext."""
+    async with client_security.open_aio_channel(target, tls) as channel:
         stub = generation_pb2_grpc.GenerationStub(channel)
         return await stub.GetModelInfo(pb.GetModelInfoRequest(), metadata=_metadata(api_key))
 
@@ -156,6 +157,7 @@ async def send_requests(
     config: BenchConfig,
     api_key: str | None = None,
     timeout_s: float | None = None,
+    tls: object = None,
 ) -> RunRecord:
     """Sends requests over one channel as config says (Poisson rate and/or concurrency cap).
     After timeout_s the requests still in flight or unsent are cancelled and count as failed."""
@@ -183,7 +185,7 @@ async def send_requests(
         if bar is not None:
             bar.update(1)
 
-    async with grpc.aio.insecure_channel(target) as channel:
+    async with client_security.open_aio_channel(target, tls) as channel:
         stub = generation_pb2_grpc.GenerationStub(channel)
         await channel.channel_ready()
 
@@ -210,14 +212,18 @@ async def send_requests(
 
 
 def run_workload(
-    target: str, config: BenchConfig, api_key: str | None = None, timeout_s: float | None = None
+    target: str,
+    config: BenchConfig,
+    api_key: str | None = None,
+    timeout_s: float | None = None,
+    tls: object = None,
 ) -> tuple[BenchMetrics, pb.ModelInfo]:
     """The whole run: asks the server for its vocabulary, builds the workload, sends it."""
 
     async def run() -> tuple[BenchMetrics, pb.ModelInfo]:
-        info = await model_info(target, api_key)
+        info = await model_info(target, api_key, tls)
         requests = make_requests(config, info.vocab_size)
-        run = await send_requests(target, requests, config, api_key, timeout_s)
+        run = await send_requests(target, requests, config, api_key, timeout_s, tls)
         return run.summary(), info
 
     return asyncio.run(run())
@@ -265,8 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=d.temperature, help="0: greedy")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--output-file", default=None, help="append one JSON object per run")
-    p.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
-                   help=f"authorization: Bearer KEY (default ${API_KEY_ENV})")  # fmt: skip
+    p.add_argument("--api-key", default=None,
+                   help="authorization: Bearer KEY (visible to other users in the process "
+                        "list: prefer --api-key-file or $YAIE_API_KEY)")  # fmt: skip
+    client_security.add_arguments(p)  # --api-key-file, --tls-ca, --tls-cert, --tls-key
     p.add_argument("--disable-progress", action="store_true", help="no progress bar")
     p.add_argument("--single-frame", action="store_true",
                    help="diagnostic: one frame per request (no TTFT/ITL; shows the cost of "
@@ -286,9 +294,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         parser.error(str(error))
     try:
-        metrics, info = run_workload(args.target, config, args.api_key)
+        key = args.api_key or client_security.api_key(args.api_key_file)
+        metrics, info = run_workload(args.target, config, key, tls=args)
     except grpc.aio.AioRpcError as error:
         print(f"yaie bench: {error.code().name}: {error.details()}", file=sys.stderr)
+        return 1
+    except OSError as error:  # an unreadable key or TLS file
+        print(f"yaie bench: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -35,15 +35,30 @@ def call_metadata(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {key}"),) if key else ()
 
 
-def open_channel(target: str, args: argparse.Namespace) -> grpc.Channel:
-    """A plaintext channel, or TLS when --tls-ca is given (with a client certificate: mTLS)."""
+def channel_credentials(args: object) -> grpc.ChannelCredentials | None:
+    """TLS credentials when args has a tls_ca (and a client certificate: mTLS); else None."""
     ca = getattr(args, "tls_ca", None)
     if ca is None:
-        return grpc.insecure_channel(target)
+        return None
     cert, key = getattr(args, "tls_cert", None), getattr(args, "tls_key", None)
-    credentials = grpc.ssl_channel_credentials(
+    return grpc.ssl_channel_credentials(
         Path(ca).read_bytes(),
         Path(key).read_bytes() if key else None,
         Path(cert).read_bytes() if cert else None,
     )
+
+
+def open_channel(target: str, args: argparse.Namespace) -> grpc.Channel:
+    """A plaintext channel, or TLS when --tls-ca is given (with a client certificate: mTLS)."""
+    credentials = channel_credentials(args)
+    if credentials is None:
+        return grpc.insecure_channel(target)
     return grpc.secure_channel(target, credentials)
+
+
+def open_aio_channel(target: str, args: object) -> grpc.aio.Channel:
+    """open_channel for asyncio (args None: plaintext)."""
+    credentials = channel_credentials(args)
+    if credentials is None:
+        return grpc.aio.insecure_channel(target)
+    return grpc.aio.secure_channel(target, credentials)

@@ -53,6 +53,10 @@ class KVCacheManager:
         """The longest cached prefix of tokens in namespace (whole blocks); takes no lock."""
         return self.tree.match_prefix(tokens, namespace)
 
+    def cached_tokens(self, tokens: Sequence[int], namespace: str = "") -> int:
+        """match_prefix(tokens).num_tokens without touching the cache (no LRU, split or stats)."""
+        return self.tree.cached_tokens(tokens, namespace)
+
     def lock(self, match: PrefixMatch) -> None:
         """Hold match's blocks for a request (counted as an admission in the hit rate)."""
         self.tree.lock(match.node)

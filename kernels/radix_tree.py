@@ -76,6 +76,22 @@ class RadixTree:
         self.hit_tokens += num_tokens
         return PrefixMatch(self.path_blocks(node), num_tokens, node, len(tokens))
 
+    def cached_tokens(self, tokens: Sequence[int], namespace: str = "") -> int:
+        """How many tokens match_prefix(tokens) would match, read-only: no LRU touch, no split,
+        not counted in the hit statistics (to score where a request could go)."""
+        toks = self._full_blocks(tokens)
+        node, pos = self._root, 0
+        while pos < len(toks):
+            child = node.children.get(self._child_key(node, toks, pos, namespace))
+            if child is None:
+                break
+            n = self._blocks_in_common(child, toks, pos)
+            pos += n * self.block_size
+            if n < len(child.blocks):
+                break
+            node = child
+        return pos
+
     def insert(self, tokens: Sequence[int], blocks: Sequence[int], namespace: str = "") -> int:
         """Cache the full blocks of tokens, blocks[i] holding tokens[i*bs:(i+1)*bs].
 
@@ -226,25 +242,30 @@ class RadixTree:
     def _descend(self, toks: tuple[int, ...], namespace: str) -> tuple[_Node, int]:
         """Follow whole blocks of toks from the root, splitting the last node so the path ends
         on a node boundary; touches the path. Returns (end node, tokens matched)."""
-        bs, now = self.block_size, next(self._clock)
+        now = next(self._clock)
         node, pos = self._root, 0
         while pos < len(toks):
             child = node.children.get(self._child_key(node, toks, pos, namespace))
             if child is None:
                 break
-            n = 1  # the dict lookup compared the first block's tokens
-            limit = min(len(child.blocks), (len(toks) - pos) // bs)
-            while n < limit:
-                start = n * bs
-                if child.key[start : start + bs] != toks[pos + start : pos + start + bs]:
-                    break
-                n += 1
+            n = self._blocks_in_common(child, toks, pos)
             if n < len(child.blocks):
                 child = self._split(child, n)
             child.last_access = now
             self._offer(child)
             node, pos = child, pos + len(child.key)
         return node, pos
+
+    def _blocks_in_common(self, child: _Node, toks: tuple[int, ...], pos: int) -> int:
+        """Leading blocks of child equal to toks[pos:] (>= 1: the child's key matched the first)."""
+        bs, n = self.block_size, 1
+        limit = min(len(child.blocks), (len(toks) - pos) // bs)
+        while n < limit:
+            start = n * bs
+            if child.key[start : start + bs] != toks[pos + start : pos + start + bs]:
+                break
+            n += 1
+        return n
 
     def _split(self, node: _Node, n: int) -> _Node:
         """Move node's first n blocks into a new parent (returned); node keeps the rest, so a

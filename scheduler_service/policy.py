@@ -58,6 +58,7 @@ class BatchPolicy:
         self._blocks_pending = False  # during schedule(): freed blocks are on their way
         self.tree_epoch = 0  # bumped by the owner whenever it inserts into the tree
         self.counters = AdmissionCounters()
+        self.num_steps = 0  # schedule() calls so far
 
     def schedule(
         self, running: list[Sequence], waiting: deque[Sequence], blocks_pending: bool
@@ -86,9 +87,20 @@ class BatchPolicy:
             i += 1
         if not short:
             runs += self._admit(running, waiting, budget)
-        for seq in waiting:
-            seq.wait_steps += 1
+        self.num_steps += 1  # every request still waiting has now waited one more step
         return runs
+
+    def wait_steps(self, seq: Sequence) -> int:
+        """Steps seq has spent waiting since it was (re)queued (stamped by queue())."""
+        return self.num_steps - seq.queued_at_step
+
+    def queue(self, seq: Sequence, waiting: deque[Sequence], first: bool = False) -> None:
+        """Puts seq in waiting (at the front when first), stamped with the current step."""
+        seq.queued_at_step = self.num_steps
+        if first:
+            waiting.appendleft(seq)
+        else:
+            waiting.append(seq)
 
     def _make_room(self, seq: Sequence, need: int, running: list[Sequence]) -> bool:
         """Whether need blocks can be allocated for seq, after preempting the newest running
@@ -149,8 +161,8 @@ class BatchPolicy:
         cached prefix (ties in queue order)."""
         window = list(itertools.islice(waiting, self.config.prefix_scan_window))
         limit = self.config.max_wait_steps
-        first = [s for s in window if s.resumed or s.wait_steps > limit]
-        rest = [s for s in window if not (s.resumed or s.wait_steps > limit)]
+        first = [s for s in window if s.resumed or self.wait_steps(s) > limit]
+        rest = [s for s in window if not (s.resumed or self.wait_steps(s) > limit)]
         if self.config.enable_prefix_cache and len(rest) > 1:
             rest.sort(key=lambda s: -self._hit_estimate(s))
         return first + rest

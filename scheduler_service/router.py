@@ -73,10 +73,11 @@ class Router:
         namespace = seq.request.namespace
         best: tuple[int, int, int] | None = None
         chosen, chosen_miss = candidates[0], len(seq.token_ids)
-        for rank, loop in enumerate(candidates):
+        # One candidate needs no score (the load sums over the queue: O(queue) per request).
+        for rank, loop in enumerate(candidates if len(candidates) > 1 else ()):
             hit = 0
-            if self.enable_prefix_cache and len(candidates) > 1:
-                cached = loop.kv.match_prefix(tokens, namespace).num_tokens
+            if self.enable_prefix_cache:
+                cached = loop.kv.cached_tokens(tokens, namespace)  # read-only: no LRU touch
                 hit = max(cached, self._index(loop).match(tokens, namespace))
             miss = len(seq.token_ids) - hit
             load = loop.load_tokens()

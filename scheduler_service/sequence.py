@@ -50,7 +50,7 @@ class Sequence:
     # Whole life:
     num_cached_tokens: int = 0  # cache hit of the first admission (usage.cached_tokens)
     admitted_once: bool = False
-    wait_steps: int = 0  # steps spent waiting since (re)queued
+    queued_at_step: int = 0  # the policy's step count when (re)queued: see BatchPolicy.wait_steps
     hit_estimate: tuple[tuple, int] = ((), 0)  # (tree state, cached prefix length) for ordering
     resumed: bool = False  # requeued after a preemption: goes first
     preempt: bool = False  # retiring to be requeued (not finished)

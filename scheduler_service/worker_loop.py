@@ -103,7 +103,7 @@ class WorkerLoop:
 
     def add(self, seq: Sequence) -> None:
         seq.status = SequenceStatus.WAITING
-        self.waiting.append(seq)
+        self.policy.queue(seq, self.waiting)
         self._wake.set()
 
     def request_abort(self, seq: Sequence) -> None:
@@ -351,8 +351,7 @@ class WorkerLoop:
         seq.status = SequenceStatus.WAITING
         seq.preempt = False
         seq.resumed = True
-        seq.wait_steps = 0
-        self.waiting.appendleft(seq)
+        self.policy.queue(seq, self.waiting, first=True)
 
     def _lose(self, message: str, fail: bool) -> None:
         """The worker is gone (its pool too): unfinished requests go back to the engine with the
@@ -380,7 +379,6 @@ class WorkerLoop:
                 seq.status = SequenceStatus.WAITING
                 seq.preempt = False
                 seq.resumed = seq.admitted_once  # goes first, as a preempted request does
-                seq.wait_steps = 0
                 orphans.append(seq)
         self._reset_pool(self.info)
         self._on_orphaned(orphans)

@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from yaie.cli import bench
+from yaie.cli import bench, client_security
 from yaie.cli import bench_datasets as ds
 from yaie.cli.builtin_model import write_random_model
 from yaie.cli.health_probe import wait_for_serving
@@ -38,7 +38,7 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                "--port", str(port), "--device", "cpu", "--num-blocks", str(NUM_BLOCKS),
                "--log-level", "WARNING"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop(bench.API_KEY_ENV, None)
+    env.pop(client_security.API_KEY_ENV, None)
     process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL)
     try:
         wait_for_serving(f"127.0.0.1:{port}", 180.0)

@@ -67,7 +67,9 @@ class _Run:
         return head + tail
 
     def checked_match(self, tokens: list[int], namespace: str) -> PrefixMatch:
+        peeked = self.cache.cached_tokens(tokens, namespace)  # read-only: the match below agrees
         match = self.cache.match_prefix(tokens, namespace)
+        assert peeked == match.num_tokens
         assert match.blocks == self.shadow.expected_match(tokens, namespace)
         assert match.num_tokens == len(match.blocks) * self.bs <= len(tokens)
         for i, block in enumerate(match.blocks):  # a matched block holds exactly the query's tokens

@@ -152,3 +152,19 @@ def test_check_integrity_reports_a_wrong_counter():
     tree.num_cached_blocks += 1
     with pytest.raises(AssertionError, match="cached"):
         tree.check_integrity()
+
+
+def test_cached_tokens_counts_the_match_without_touching_the_tree():
+    """The router scores workers with cached_tokens: no LRU touch, no split, no hit counted."""
+    tree = RadixTree(block_size=2)
+    tree.insert([1, 2, 3, 4, 5, 6], [10, 11, 12])
+    tree.insert([7, 8], [13])  # more recent than [1..6]
+    hit_tokens, query_tokens = tree.hit_tokens, tree.query_tokens
+    assert tree.cached_tokens([1, 2, 3, 4, 9, 9, 9]) == 4  # ends inside the first leaf
+    assert tree.cached_tokens([1, 2, 3, 4, 5, 6], namespace="other") == 0
+    assert (tree.hit_tokens, tree.query_tokens) == (hit_tokens, query_tokens)
+    tree.check_integrity()
+    # [1..6] is still the least recently used leaf, and whole: one eviction takes all three
+    assert sorted(tree.evict(3)) == [10, 11, 12]
+    assert tree.match_prefix([1, 2, 3, 4]).num_tokens == 0
+    assert tree.match_prefix([7, 8]).blocks == [13]

@@ -89,10 +89,10 @@ def test_request_waiting_too_long_goes_first() -> None:
     shared = list(range(50, 66))
     kv.release(shared, kv.allocate(4), kv.match_prefix([]))
     old, sharer = _seq(0, [1, 2, 3]), _seq(1, shared + [9])
-    old.wait_steps = 4
+    old.queued_at_step = policy.num_steps - 4
     runs = policy.schedule([], deque([old, sharer]), blocks_pending=False)
     assert [r.seq for r in runs] == [old]
-    assert sharer.wait_steps == 1
+    assert policy.wait_steps(sharer) == 1
 
 
 def test_newest_running_request_is_preempted_when_blocks_run_out() -> None:

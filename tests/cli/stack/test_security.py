@@ -30,6 +30,15 @@ def _generate(tools, target: str, *args: str, key: str | None = None):
     return subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
 
 
+def _bench(tools, target: str, *args: str):
+    """`yaie bench`, two fixed 8-token prompts x 2 tokens, no key in the environment."""
+    env = {k: v for k, v in os.environ.items() if k != "YAIE_API_KEY"}
+    command = tools.yaie("bench", "--target", target, "--dataset", "fixed", "--num-prompts", "2",
+                         "--fixed-input-len", "8", "--fixed-output-len", "2",
+                         "--disable-progress", *args)  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+
+
 def test_serve_with_api_key_secret_and_metrics(model_dirs, tools, tmp_path) -> None:
     key_file = tmp_path / "key"
     key_file.write_text(KEY + "\n")
@@ -60,6 +69,10 @@ def test_serve_with_api_key_secret_and_metrics(model_dirs, tools, tmp_path) -> N
         url = f"http://127.0.0.1:{metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=10) as reply:
             text = reply.read().decode()
+        benched = _bench(tools, stack.target, "--api-key-file", str(key_file))
+        assert benched.returncode == 0, benched.stderr
+        refused = _bench(tools, stack.target)
+        assert refused.returncode == 1 and "UNAUTHENTICATED" in refused.stderr
     assert 'yaie_requests_total{outcome="length"} 2.0' in text
     for series in (
         "yaie_completion_tokens_total 8.0",
@@ -126,5 +139,11 @@ def test_serve_with_public_mtls_gets_ready_and_serves_only_clients_with_a_certif
         assert ok.returncode == 0, ok.stderr
         refused = _generate(tools, target, "--tls-ca", files["ca"])
         assert refused.returncode != 0
+        tls = ("--tls-ca", files["ca"], "--tls-cert", files["client_cert"],
+               "--tls-key", files["client_key"])  # fmt: skip
+        benched = _bench(tools, target, *tls)
+        assert benched.returncode == 0, benched.stderr
+        assert "Successful requests" in benched.stdout
+        assert _bench(tools, target, "--tls-ca", files["ca"]).returncode == 1
     finally:
         tools.stop(process)
