@@ -28,7 +28,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 KERNEL_FILE = "kernels/attention/triton_decode.py"
 SHAPE = dict(group=2, block_size=16, GROUP_PAD=16, HEAD_DIM=128, BLOCK_N=32)
 POINTERS = {"q": "*bf16", "k_cache": "*bf16", "v_cache": "*bf16", "block_tables": "*i32",
-            "seq_lens": "*i32", "kv_start": "*i32", "mid_out": "*fp32", "mid_lse": "*fp32"}  # fmt: skip
+            "seq_lens": "*i32", "kv_start": "*i32", "mid_out": "*fp32",
+            "mid_lse": "*fp32"}  # fmt: skip
 ALIGNED = {"q", "k_cache", "v_cache", "mid_out", "mid_lse", "stride_q_batch", "stride_q_head",
            "stride_cache_block", "stride_cache_token", "stride_cache_head"}  # fmt: skip
 # Arguments a version does not name in do_not_specialize get the divisibility a GPU run sees.

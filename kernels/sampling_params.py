@@ -6,87 +6,26 @@ Also the counter-based random numbers every sampler here shares: a uniform for e
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from types import MappingProxyType
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
 
-# Temperatures below this are greedy (as vLLM does): dividing by them only overflows.
-GREEDY_TEMPERATURE = 1e-5
+from yaie.kernels.sampling_config import (  # noqa: F401 (re-exported: the sampler's callers)
+    GREEDY_TEMPERATURE,
+    MAX_TOP_LOGPROBS,
+    SamplingConfig,
+)
+
 _MASK32 = 0xFFFFFFFF
 # top_k of a row without top-k: above any vocabulary, also one padded past the tokenizer's.
 TOP_K_OFF = 2**31 - 1
-# Alternatives per sampled token a request may ask for (the public API allows 20): bounds the
-# top-k over the vocabulary and the size of a step result.
-MAX_TOP_LOGPROBS = 64
 # Multipliers of the "lowbias32" integer mixer; both < 2^31, so x * C < 2^63 for any x < 2^32
 # and the int64 products in torch never overflow.
 _MIX_C1 = 0x21F0AAAD
 _MIX_C2 = 0x735A2D97
 _Int = TypeVar("_Int", torch.Tensor, int)  # the hash runs on device tensors and host ints alike
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    """One request's resolved sampling parameters (python values, validated on construction).
-
-    temperature 0 (or below GREEDY_TEMPERATURE) is greedy; top_k 0 (or >= vocab) is off; top_p 1
-    and min_p 0 are off; penalties of 1 / 0 / 0 are off. seed is any integer in [0, 2^64).
-    logit_bias maps token id -> additive bias. top_logprobs > 0 or return_logprobs asks for the
-    chosen token's logprob (and the top-n) of the raw logits.
-    """
-
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    seed: int = 0
-    logit_bias: Mapping[int, float] = field(default_factory=lambda: MappingProxyType({}))
-    top_logprobs: int = 0
-    return_logprobs: bool = False
-
-    def __post_init__(self) -> None:
-        checks = [
-            (math.isfinite(self.temperature) and self.temperature >= 0, "temperature >= 0"),
-            (0.0 < self.top_p <= 1.0, "0 < top_p <= 1"),
-            (self.top_k >= 0, "top_k >= 0"),
-            (0.0 <= self.min_p <= 1.0, "0 <= min_p <= 1"),
-            (
-                math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0,
-                "repetition_penalty > 0",
-            ),
-            (math.isfinite(self.frequency_penalty), "finite frequency_penalty"),
-            (math.isfinite(self.presence_penalty), "finite presence_penalty"),
-            (0 <= self.seed < 2**64, "0 <= seed < 2^64"),
-            (0 <= self.top_logprobs <= MAX_TOP_LOGPROBS, f"top_logprobs <= {MAX_TOP_LOGPROBS}"),
-            (
-                all(not math.isnan(float(v)) for v in self.logit_bias.values()),
-                "logit_bias values that are not NaN (+-inf bans or forces a token)",
-            ),
-        ]
-        for ok, what in checks:
-            if not ok:
-                raise ValueError(f"invalid sampling parameters: need {what}, got {self}")
-
-    @property
-    def is_greedy(self) -> bool:
-        """True when this request takes the argmax of its processed logits."""
-        return self.temperature < GREEDY_TEMPERATURE
-
-    @property
-    def uses_penalties(self) -> bool:
-        """True when any of the repetition / frequency / presence penalties is on."""
-        return (
-            self.repetition_penalty != 1.0
-            or self.frequency_penalty != 0.0
-            or self.presence_penalty != 0.0
-        )
 
 
 @dataclass

@@ -9,28 +9,13 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from yaie.kernels.sampling_config import SamplingConfig
+
 
 class FinishReason(enum.Enum):
     STOP = "stop"  # EOS, a stop token id, or a stop string (found by the API layer)
     LENGTH = "length"  # max_new_tokens or the model's context
     ABORT = "abort"  # Abort RPC, client cancel, deadline, or the server gave up
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    """Resolved sampling parameters (defaults applied; validated by the API layer)."""
-
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    seed: int = 0
-    logit_bias: dict[int, float] = field(default_factory=dict)
-    top_logprobs: int = 0
-    return_logprobs: bool = False
 
 
 @dataclass(frozen=True)

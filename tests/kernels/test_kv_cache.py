@@ -28,10 +28,12 @@ def _counts(cache: KVCacheManager) -> tuple[int, int, int]:
 
 
 def test_modules_import_without_torch():
-    """The scheduler imports the radix tree, block manager and cache manager without torch."""
+    """The scheduler imports the radix tree, block manager, cache manager and the sampling
+    parameters without torch."""
     code = (
         "import sys; import yaie.kernels.radix_tree, yaie.kernels.block_manager, "
-        "yaie.kernels.kv_cache; assert 'torch' not in sys.modules, 'torch imported'"
+        "yaie.kernels.kv_cache, yaie.kernels.sampling_config; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
