@@ -12,6 +12,7 @@ from typing import TypeVar
 
 import torch
 
+from yaie.kernels.host_copy import to_device
 from yaie.kernels.sampling_config import (  # noqa: F401 (re-exported: the sampler's callers)
     GREEDY_TEMPERATURE,
     MAX_TOP_LOGPROBS,
@@ -108,7 +109,7 @@ class SamplingBatch:
             pos = positions.to(device=device, dtype=torch.int64)
             assert pos.shape == (len(configs),), "one position per request"
             seeds = torch.tensor([[c.seed & _MASK32, c.seed >> 32] for c in configs])
-            seeds = seeds.to(device, non_blocking=True)
+            seeds = to_device(seeds, device)
             keys = row_keys(seeds[:, 0], seeds[:, 1], pos)
         else:  # hash on the host: B Python ints cost less than ~25 tiny device launches
             positions = list(positions)
@@ -169,7 +170,7 @@ def _rows_on_device(
     another sampling kernel for some batch sizes (a stalled step while serving)."""
     width = -(-len(rows[0]) // 4) * 4
     padded = [row + [0] * (width - len(row)) for row in rows]
-    packed = torch.tensor(padded, dtype=dtype).to(device, non_blocking=True)
+    packed = to_device(torch.tensor(padded, dtype=dtype), device)
     return [packed[i, : len(rows[0])] for i in range(len(rows))]
 
 
@@ -187,7 +188,7 @@ def _pack_logit_bias(
             if not 0 <= int(token) < vocab_size:
                 raise ValueError(f"logit_bias token id {token} outside the vocabulary")
             ids[b, i], values[b, i] = int(token), float(bias)
-    return ids.to(device, non_blocking=True), values.to(device, non_blocking=True)
+    return to_device(ids, device), to_device(values, device)
 
 
 def mix32(x: _Int) -> _Int:

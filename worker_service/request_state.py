@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from yaie.kernels.host_copy import to_device
 from yaie.kernels.sampling import SamplingConfig
 from yaie.worker_service.plan import NewRequestSpec, RunEntry
 
@@ -196,10 +197,3 @@ def append_output(state: RequestState, token_id: torch.Tensor) -> None:
         grown[:index] = state.output_tokens
         state.output_tokens = grown
     state.output_tokens[index : index + 1] = token_id
-
-
-def to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """An asynchronous host-to-device copy (a pageable-memory copy would wait for the stream)."""
-    if device.type != "cuda":
-        return host.to(device)
-    return host.pin_memory().to(device, non_blocking=True)
