@@ -44,7 +44,8 @@ def _aligned_on_device(parts: list[torch.Tensor], device: torch.device) -> list[
     starts = [0]
     for n in sizes:
         starts.append(starts[-1] + -(-n // 4) * 4)
-    packed = torch.zeros(starts[-1], dtype=torch.int32)
+    # pinned from the start on CUDA: to_device then copies it as it is (no second host copy)
+    packed = torch.zeros(starts[-1], dtype=torch.int32, pin_memory=device.type == "cuda")
     for part, start, n in zip(parts, starts, sizes, strict=False):
         packed[start : start + n] = part
     packed = to_device(packed, device)
