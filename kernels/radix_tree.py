@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 
@@ -80,17 +80,7 @@ class RadixTree:
         """How many tokens match_prefix(tokens) would match, read-only: no LRU touch, no split,
         not counted in the hit statistics (to score where a request could go)."""
         toks = self._full_blocks(tokens)
-        node, pos = self._root, 0
-        while pos < len(toks):
-            child = node.children.get(self._child_key(node, toks, pos, namespace))
-            if child is None:
-                break
-            n = self._blocks_in_common(child, toks, pos)
-            pos += n * self.block_size
-            if n < len(child.blocks):
-                break
-            node = child
-        return pos
+        return sum(n for _, n in self._walk(toks, namespace)) * self.block_size
 
     def insert(self, tokens: Sequence[int], blocks: Sequence[int], namespace: str = "") -> int:
         """Cache the full blocks of tokens, blocks[i] holding tokens[i*bs:(i+1)*bs].
@@ -244,17 +234,28 @@ class RadixTree:
         on a node boundary; touches the path. Returns (end node, tokens matched)."""
         now = next(self._clock)
         node, pos = self._root, 0
-        while pos < len(toks):
-            child = node.children.get(self._child_key(node, toks, pos, namespace))
-            if child is None:
-                break
-            n = self._blocks_in_common(child, toks, pos)
+        for child, n in self._walk(toks, namespace):
             if n < len(child.blocks):
                 child = self._split(child, n)
             child.last_access = now
             self._offer(child)
-            node, pos = child, pos + len(child.key)
+            node, pos = child, pos + n * self.block_size
         return node, pos
+
+    def _walk(self, toks: tuple[int, ...], namespace: str) -> Iterator[tuple[_Node, int]]:
+        """The nodes toks follows from the root, each with how many of its blocks match (all
+        but maybe the last node's); read-only."""
+        node, pos = self._root, 0
+        while pos < len(toks):
+            child = node.children.get(self._child_key(node, toks, pos, namespace))
+            if child is None:
+                return
+            n = self._blocks_in_common(child, toks, pos)
+            partial = n < len(child.blocks)  # decided before the caller may split child
+            yield child, n
+            if partial:
+                return
+            node, pos = child, pos + n * self.block_size
 
     def _blocks_in_common(self, child: _Node, toks: tuple[int, ...], pos: int) -> int:
         """Leading blocks of child equal to toks[pos:] (>= 1: the child's key matched the first)."""
