@@ -286,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     # Until the scheduler installs its own handlers, a signal unwinds through the finally below
     # (children stopped, the run's secret file removed) instead of killing the process outright;
     # once stopping, a repeated one is noted and ignored.
+    _stopping.clear()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _exit_on_signal)
     setup_logging(args.log_level, args.log_format)

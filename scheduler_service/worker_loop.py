@@ -87,10 +87,10 @@ class WorkerLoop:
         """A fresh allocator and tree for the worker's pool, and a fresh step stream's ids."""
         self.info = info
         self.kv = KVCacheManager(info.num_blocks, info.block_size)
-        counters = self.policy.counters if self.policy is not None else None
-        self.policy = BatchPolicy(self.config, self.kv, self._preempt)
-        if counters is not None:  # the hit rate spans the worker's whole life
-            self.policy.counters = counters
+        previous, self.policy = self.policy, BatchPolicy(self.config, self.kv, self._preempt)
+        if previous is not None:  # the hit rate spans the worker's whole life, and the step
+            self.policy.counters = previous.counters  # count too (queue stamps stay comparable)
+            self.policy.num_steps = previous.num_steps
         self._step_ids = itertools.count(1)
         self._request_ids = itertools.count(1)
         self._in_flight.clear()

@@ -160,9 +160,11 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                 yield self._finish(pending.popleft())
         finally:  # stream closed or cancelled: its requests are gone
             closed.set()  # a reader blocked on the full queue gives up
-            with self._lock:
-                self.runner.close_table(table)
-            self._count_stream(-1)
+            try:
+                with self._lock:
+                    self.runner.close_table(table)
+            finally:
+                self._count_stream(-1)
             log.info("step stream closed")
 
     def _launch(

@@ -173,9 +173,10 @@ def test_random_generate_requests_never_fail_internally_or_leak_blocks(stack) ->
         assert codes.get(grpc.StatusCode.OK, 0) > 1000, codes  # enough valid requests ran
         assert codes.get(grpc.StatusCode.INVALID_ARGUMENT, 0) > 3000, codes
         deadline = time.monotonic() + 10
-        while True:  # cancelled requests finish at their next step
+        while True:  # cancelled requests finish, and retired ones free blocks, at a next step
             stats = stub.GetServerStats(pb.GetServerStatsRequest(), timeout=5)
-            if stats.running == 0 or time.monotonic() > deadline:
+            idle = stats.running == 0 and all(w.used_blocks == 0 for w in stats.workers)
+            if idle or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
         assert stats.waiting == 0 and stats.running == 0
