@@ -71,8 +71,9 @@ class _Trace:
     def frame(self, frame: pb.GenerateResponse) -> None:
         now = time.perf_counter()
         if frame.token_ids:
-            if self.first is None:
-                self.first = now
+            if self.first is None:  # tokens that came with the first one: no gap (a frame
+                self.first = now  # merges events its reader had not taken yet, under load)
+                self.itl += [0.0] * (len(frame.token_ids) - 1)
             else:  # a frame of k tokens: k gaps of (now - last) / k each
                 gap = (now - self.last) / len(frame.token_ids)
                 self.itl += [gap] * len(frame.token_ids)
