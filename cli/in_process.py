@@ -9,13 +9,13 @@ import argparse
 import asyncio
 import logging
 import queue
-import signal
 import sys
 import threading
 from typing import TYPE_CHECKING, NoReturn
 
 import grpc
 
+from yaie.cli import stop_signals
 from yaie.scheduler_service.worker_client import (
     PlanEntry,
     StepOutcome,
@@ -203,13 +203,12 @@ async def _serve(args: argparse.Namespace, servicer: WorkerServicer) -> int:
         stop.set()
 
     watch = asyncio.create_task(watch_device())
+    noted = asyncio.create_task(stop_signals.stopping_once(stop))
     status = await serve(args, stop, lambda address: InProcessWorkerClient(servicer, address))
+    stop_signals.stopping()
     watch.cancel()
+    noted.cancel()
     return 1 if servicer.device_failed.is_set() else status
-
-
-def _exit_on_signal(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,8 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if scheduler_args.switch_interval_ms is not None:  # a diagnostic of the GIL's share
         sys.setswitchinterval(scheduler_args.switch_interval_ms / 1e3)
-    # Until serve() installs its handlers, SIGTERM exits (status 143) instead of killing outright.
-    signal.signal(signal.SIGTERM, _exit_on_signal)
+    stop_signals.install()  # until serve() installs its own: SystemExit(128 + signal)
     from yaie.worker_service.app import build_runner
     from yaie.worker_service.server import WorkerServicer
 
@@ -240,8 +238,6 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as error:  # no such model, unsupported config
         logger.error("cannot load the worker: %s", error)
         return 1
-    except KeyboardInterrupt:
-        return 130
     return asyncio.run(_serve(scheduler_args, servicer))
 
 

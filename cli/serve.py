@@ -15,14 +15,13 @@ import asyncio
 import logging
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 from collections.abc import Callable
 
+from yaie.cli import stop_signals
 from yaie.scheduler_service import failover_flags, server_options
 from yaie.scheduler_service.logs import setup_logging
 
@@ -242,7 +241,7 @@ async def run_stack(args: argparse.Namespace, model: str, workers: list) -> int:
         return spawn_worker(args, model, int(address.rsplit(":", 1)[1]), gpu)
 
     watch = asyncio.create_task(_watch_children(workers, stop, serving, restart))
-    noted = asyncio.create_task(_note_stop(stop))  # set while the scheduler's handlers still are
+    noted = asyncio.create_task(stop_signals.stopping_once(stop))
     host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
     scheduler_serving = asyncio.Event()
     ready = asyncio.create_task(
@@ -251,7 +250,7 @@ async def run_stack(args: argparse.Namespace, model: str, workers: list) -> int:
     status = await scheduler.serve(
         scheduler.build_parser().parse_args(argv), stop, serving=scheduler_serving
     )
-    _stopping.set()  # serve() may also have returned on a failed start, with stop never set
+    stop_signals.stopping()  # serve() may also have returned on a failed start (stop unset)
     watch.cancel()
     noted.cancel()
     if ready.done() and not ready.cancelled() and ready.exception() is not None:
@@ -264,31 +263,10 @@ async def run_stack(args: argparse.Namespace, model: str, workers: list) -> int:
     return status
 
 
-_stopping = threading.Event()  # set once the stack is stopping: a repeated signal must not cut
-# short the workers' stop (a supervisor, or a test, may send SIGTERM twice)
-
-
-def _exit_on_signal(signum: int, frame: object) -> None:
-    if _stopping.is_set():
-        logger.warning("%s: already stopping", signal.Signals(signum).name)
-        return
-    raise SystemExit(128 + signum)
-
-
-async def _note_stop(stop: asyncio.Event) -> None:
-    await stop.wait()
-    _stopping.set()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    # Until the scheduler installs its own handlers, a signal unwinds through the finally below
-    # (children stopped, the run's secret file removed) instead of killing the process outright;
-    # once stopping, a repeated one is noted and ignored.
-    _stopping.clear()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, _exit_on_signal)
+    stop_signals.install()  # a signal before serving unwinds through the finally below
     setup_logging(args.log_level, args.log_format)
     try:
         server_options.ServerOptions.from_args(args)
@@ -317,10 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         # Fork the workers first, from the main thread, before gRPC or asyncio start any thread.
         start_workers(args, model, workers)
         return asyncio.run(run_stack(args, model, workers))
-    except KeyboardInterrupt:
-        return 130
     finally:
-        _stopping.set()
+        stop_signals.stopping()  # a repeated signal must not cut the workers' stop short
         stop_workers(workers)
         if run_secret is not None:
             os.unlink(run_secret)

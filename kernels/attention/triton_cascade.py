@@ -17,15 +17,17 @@ from yaie.kernels.attention.triton_common import (
     LOG2E,
     check_index,
     check_out,
-    check_paged_batch,
     check_tile,
     next_power_of_2,
 )
 from yaie.kernels.attention.triton_decode import (
     attend_range,
+    check_decode_batch,
     default_num_splits,
     launch_decode_reduce,
     launch_decode_splits,
+    max_context,
+    split_partials,
 )
 
 MAX_PREFIX_SPLITS = 8  # default cap: with one suffix split the reduce's slot tile stays at 16
@@ -141,23 +143,18 @@ def decode_attention_grouped_triton(
     A prefix program holds up to block_m // gqa rows of a group (tile rows = rows x gqa, padded
     to a power of two >= 16). Split counts default to values derived from shapes only.
     """
-    block_size, kv_heads, head_dim, group = check_paged_batch(
-        q, k_cache, v_cache, block_tables, seq_lens
-    )
-    batch, num_q_heads, _ = q.shape
-    if batch != seq_lens.shape[0]:
-        raise ValueError(f"q batch {batch} != seq_lens batch {seq_lens.shape[0]}")
-    check_tile("block_n", block_n)
+    kv_heads, group = check_decode_batch(q, k_cache, v_cache, block_tables, seq_lens, block_n)
     check_tile("prefix_block_n", prefix_block_n)
+    batch = q.shape[0]
     check_groups(groups, batch, q.device)
     num_groups = groups.prefix_lens.shape[0]
-    max_context = block_tables.shape[1] * block_size
+    context = max_context(k_cache, block_tables)
     if num_splits is None:
-        num_splits = default_num_splits(batch, kv_heads, max_context, q.device)
+        num_splits = default_num_splits(batch, kv_heads, context, q.device)
     rows_per_chunk = max(1, block_m // group)
     num_chunks = triton.cdiv(groups.max_rows, rows_per_chunk)
     if num_prefix_splits is None:
-        wanted = default_num_splits(num_groups * num_chunks, kv_heads, max_context, q.device)
+        wanted = default_num_splits(num_groups * num_chunks, kv_heads, context, q.device)
         num_prefix_splits = min(wanted, MAX_PREFIX_SPLITS)
     out = check_out(out, q)
     if batch == 0:
@@ -165,10 +162,7 @@ def decode_attention_grouped_triton(
     if num_groups == 0 or num_chunks == 0:
         num_prefix_splits = 0  # nothing shared: the plain split-K decode
     num_slots = num_splits + num_prefix_splits
-    mid_out = torch.empty(
-        batch, num_q_heads, num_slots, head_dim, dtype=torch.float32, device=q.device
-    )
-    mid_lse = torch.empty(batch, num_q_heads, num_slots, dtype=torch.float32, device=q.device)
+    mid_out, mid_lse = split_partials(q, num_slots)
     kv_start = groups.kv_start if num_prefix_splits else None
     launch_decode_splits(
         q, k_cache, v_cache, block_tables, seq_lens, kv_start, mid_out, mid_lse, num_splits, scale,
@@ -197,10 +191,10 @@ def decode_attention_grouped_triton(
             num_splits,
             num_slots,
             group=group,
-            block_size=block_size,
+            block_size=k_cache.shape[1],
             ROWS=rows_per_chunk,
             TILE_M=max(16, next_power_of_2(rows_per_chunk * group)),
-            HEAD_DIM=head_dim,
+            HEAD_DIM=q.shape[2],
             BLOCK_N=prefix_block_n,
             num_warps=num_warps,
             num_stages=2,

@@ -254,6 +254,39 @@ def launch_decode_reduce(
     )
 
 
+def check_decode_batch(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    block_n: int,
+) -> tuple[int, int]:
+    """check_paged_batch for one query per request, and the key tile; returns (kv_heads, GQA
+    group)."""
+    _, kv_heads, _, group = check_paged_batch(q, k_cache, v_cache, block_tables, seq_lens)
+    if q.shape[0] != seq_lens.shape[0]:
+        raise ValueError(f"q batch {q.shape[0]} != seq_lens batch {seq_lens.shape[0]}")
+    check_tile("block_n", block_n)
+    return kv_heads, group
+
+
+def max_context(k_cache: torch.Tensor, block_tables: torch.Tensor) -> int:
+    """Tokens a block table row can address (what the default split counts are derived from)."""
+    return block_tables.shape[1] * k_cache.shape[1]
+
+
+def split_partials(q: torch.Tensor, num_slots: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Empty pass-1 outputs for q [batch, q_heads, D]: mid_out [batch, q_heads, slots, D] and
+    mid_lse [batch, q_heads, slots], fp32."""
+    batch, num_q_heads, head_dim = q.shape
+    mid_out = torch.empty(
+        batch, num_q_heads, num_slots, head_dim, dtype=torch.float32, device=q.device
+    )
+    mid_lse = torch.empty(batch, num_q_heads, num_slots, dtype=torch.float32, device=q.device)
+    return mid_out, mid_lse
+
+
 def decode_attention_triton(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -272,23 +305,15 @@ def decode_attention_triton(
     num_splits defaults to a value derived from shapes only (batch, kv_heads, block_tables width).
     Default tiles are the fastest measured on an H100 at head_dim 128 (benchmarks/NOTES.md).
     """
-    block_size, kv_heads, head_dim, _ = check_paged_batch(
-        q, k_cache, v_cache, block_tables, seq_lens
-    )
-    batch, num_q_heads, _ = q.shape
-    if batch != seq_lens.shape[0]:
-        raise ValueError(f"q batch {batch} != seq_lens batch {seq_lens.shape[0]}")
-    check_tile("block_n", block_n)
+    kv_heads, _ = check_decode_batch(q, k_cache, v_cache, block_tables, seq_lens, block_n)
+    batch = q.shape[0]
     if num_splits is None:
-        max_context = block_tables.shape[1] * block_size
-        num_splits = default_num_splits(batch, kv_heads, max_context, q.device)
+        context = max_context(k_cache, block_tables)
+        num_splits = default_num_splits(batch, kv_heads, context, q.device)
     out = check_out(out, q)
     if batch == 0:
         return out
-    mid_out = torch.empty(
-        batch, num_q_heads, num_splits, head_dim, dtype=torch.float32, device=q.device
-    )
-    mid_lse = torch.empty(batch, num_q_heads, num_splits, dtype=torch.float32, device=q.device)
+    mid_out, mid_lse = split_partials(q, num_splits)
     launch_decode_splits(
         q, k_cache, v_cache, block_tables, seq_lens, None, mid_out, mid_lse, num_splits, scale,
         block_n, num_warps, num_stages,
