@@ -1,8 +1,9 @@
 """Paged radix attention: store K/V by slot, extend (prefill) and decode attention over a pool.
 
 One public function per operation, each with a backend choice: "torch" (the reference, which is
-the specification), "triton" (CUDA, or the CPU under TRITON_INTERPRET=1), or "auto" (Triton on
-CUDA tensors when Triton imports, else torch).
+the specification), "sdpa" (the CPU fast path: torch's fused attention over gathered blocks),
+"triton" (CUDA, or the CPU under TRITON_INTERPRET=1), or "auto" (Triton on CUDA tensors when
+Triton imports, else sdpa).
 
 Layouts (every operation):
   k_cache, v_cache: [num_blocks, block_size, kv_heads, head_dim]; slot = block * block_size + offset
@@ -21,6 +22,7 @@ from yaie.kernels.attention.reference import (
     extend_attention_reference,
     store_kv_reference,
 )
+from yaie.kernels.attention.sdpa import decode_attention_sdpa, extend_attention_sdpa
 
 __all__ = [
     "store_kv",
@@ -31,21 +33,21 @@ __all__ = [
     "resolve_backend",
 ]
 
-BACKENDS = ("auto", "torch", "triton")
+BACKENDS = ("auto", "torch", "sdpa", "triton")
 
 
 def resolve_backend(backend: str, is_cuda: bool) -> str:
-    """Maps "auto" to "triton" for CUDA tensors when Triton is importable, else "torch"."""
+    """Maps "auto" to "triton" for CUDA tensors when Triton is importable, else "sdpa"."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; expected one of {BACKENDS}")
     if backend != "auto":
         return backend
     if not is_cuda:
-        return "torch"
+        return "sdpa"
     try:
         import triton  # noqa: F401
     except ImportError:
-        return "torch"
+        return "sdpa"
     return "triton"
 
 
@@ -80,13 +82,18 @@ def extend_attention(
     Returns [num_tokens, q_heads, head_dim] (written into out when given: a row-contiguous
     tensor of that shape, e.g. a slice of a larger output).
     """
-    if resolve_backend(backend, q.is_cuda) == "triton":
+    resolved = resolve_backend(backend, q.is_cuda)
+    if resolved == "triton":
         from yaie.kernels.attention.triton_extend import extend_attention_triton
 
         return extend_attention_triton(
             q, k_cache, v_cache, block_tables, seq_lens, query_start, max_query_len, scale,
             out=out,
         )  # fmt: skip
+    if resolved == "sdpa":
+        return extend_attention_sdpa(
+            q, k_cache, v_cache, block_tables, seq_lens, query_start, scale, out=out
+        )
     result = extend_attention_reference(
         q, k_cache, v_cache, block_tables, seq_lens, query_start, scale
     )
@@ -101,10 +108,13 @@ def decode_attention(
 
     Capturable in a CUDA graph with the triton backend (no host sync; shapes fixed by the inputs).
     """
-    if resolve_backend(backend, q.is_cuda) == "triton":
+    resolved = resolve_backend(backend, q.is_cuda)
+    if resolved == "triton":
         from yaie.kernels.attention.triton_decode import decode_attention_triton
 
         return decode_attention_triton(q, k_cache, v_cache, block_tables, seq_lens, scale, out=out)
+    if resolved == "sdpa":
+        return decode_attention_sdpa(q, k_cache, v_cache, block_tables, seq_lens, scale, out=out)
     result = decode_attention_reference(q, k_cache, v_cache, block_tables, seq_lens, scale)
     return result if out is None else out.copy_(result)
 
@@ -170,7 +180,8 @@ def decode_attention_grouped(
     every row PROVIDED the caller guarantees, for each group g and each of its rows r:
     block_tables[r, :prefix_lens[g] // block_size] equals that of the group's first row, and
     prefix_lens[g] < seq_lens[r]; kv_start[r] = prefix_lens[g], 0 for rows in no group. Nothing
-    checks it (that would need a device sync). The torch backend ignores groups (same answer).
+    checks it (that would need a device sync). The torch and sdpa backends ignore groups (same
+    answer).
     Not meant for CUDA-graph capture (the grid depends on the group count and max_rows).
     """
     if resolve_backend(backend, q.is_cuda) == "triton":
@@ -179,5 +190,4 @@ def decode_attention_grouped(
         return decode_attention_grouped_triton(
             q, k_cache, v_cache, block_tables, seq_lens, scale, groups, out=out
         )
-    result = decode_attention_reference(q, k_cache, v_cache, block_tables, seq_lens, scale)
-    return result if out is None else out.copy_(result)
+    return decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, backend, out)

@@ -1,0 +1,95 @@
+"""The CPU fast path of paged attention: gathers each request's blocks and calls torch's fused
+scaled_dot_product_attention (GQA in the call, no repeated K/V, no host loop per decode row).
+
+Same contract and results (to float rounding) as reference.py, which stays the specification.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _pool_rows(cache: torch.Tensor, block_table: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """The first num_tokens of one request's K or V: [kv_heads, num_tokens, D] (a gather)."""
+    block_size = cache.shape[1]
+    num_blocks = (num_tokens + block_size - 1) // block_size
+    rows = cache[block_table[:num_blocks].long()].flatten(0, 1)[:num_tokens]
+    return rows.transpose(0, 1)
+
+
+def extend_attention_sdpa(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    query_start: torch.Tensor,
+    scale: float,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """See yaie.kernels.attention.extend_attention (one fused call per request)."""
+    out = torch.empty_like(q) if out is None else out
+    starts = query_start.tolist()
+    for b, seq_len in enumerate(seq_lens.tolist()):
+        lo, hi = starts[b], starts[b + 1]
+        n = hi - lo
+        if n == 0:
+            continue
+        k = _pool_rows(k_cache, block_tables[b], seq_len).to(q.dtype)[None]  # [1, Hkv, S, D]
+        v = _pool_rows(v_cache, block_tables[b], seq_len).to(q.dtype)[None]
+        mask = None
+        if 1 < n < seq_len:  # queries sit at positions seq_len - n .. seq_len - 1
+            q_pos = torch.arange(seq_len - n, seq_len, device=q.device)[:, None]
+            mask = torch.arange(seq_len, device=q.device)[None, :] <= q_pos  # [n, S]
+        result = F.scaled_dot_product_attention(
+            q[lo:hi].transpose(0, 1)[None],  # [1, Hq, n, D]
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=n == seq_len and n > 1,
+            scale=scale,
+            enable_gqa=True,
+        )
+        out[lo:hi] = result[0].transpose(0, 1)
+    return out
+
+
+def decode_attention_sdpa(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """See yaie.kernels.attention.decode_attention: every row at once over its block row padded
+    to the longest, keys past its seq_len zeroed and masked out (whatever the pool holds there).
+    A row of seq_len 0 (a padded slot) reads nothing and yields zeros."""
+    batch, num_q_heads, head_dim = q.shape
+    block_size = k_cache.shape[1]
+    num_blocks = (int(seq_lens.max()) + block_size - 1) // block_size if batch else 0
+    if num_blocks == 0:
+        result = torch.zeros_like(q)
+        return result if out is None else out.copy_(result)
+    ids = block_tables[:, :num_blocks].long()
+    keys = torch.arange(num_blocks * block_size, device=q.device)
+    valid = (keys[None, :] < seq_lens[:, None])[:, None, :, None]  # [batch, 1, S, 1]
+
+    def gather(cache: torch.Tensor) -> torch.Tensor:  # [batch, kv_heads, S, D]
+        rows = cache[ids].flatten(1, 2).transpose(1, 2).to(q.dtype)
+        return torch.where(valid, rows, 0.0)
+
+    mask = valid[..., 0][:, :, None, :]  # [batch, 1, 1, S]
+    result = F.scaled_dot_product_attention(
+        q[:, :, None, :],
+        gather(k_cache),
+        gather(v_cache),
+        attn_mask=mask,
+        scale=scale,
+        enable_gqa=True,
+    )
+    result = result.view(batch, num_q_heads, head_dim)
+    result = torch.where((seq_lens > 0)[:, None, None], result, 0.0)  # all-masked rows are NaN
+    return result if out is None else out.copy_(result)
