@@ -73,7 +73,7 @@ def test_describe_reports_model_pool_and_protocol(channel, model_dir):
     info = worker_pb2_grpc.WorkerStub(channel).Describe(worker_pb2.DescribeRequest())
     assert info.protocol_version == worker_pb2.PROTOCOL_VERSION_CURRENT
     assert info.model == str(model_dir) and info.architecture == "LlamaForCausalLM"
-    assert (info.dtype, info.device, info.attention_backend) == ("float32", "cpu", "torch")
+    assert (info.dtype, info.device, info.attention_backend) == ("float32", "cpu", "sdpa")
     assert (info.block_size, info.num_blocks) == (BLOCK_SIZE, NUM_BLOCKS)
     assert info.vocab_size % 64 == 0 and info.vocab_size > 0
     assert info.max_context == 2048 and info.random_weights
