@@ -32,7 +32,8 @@ def test_modules_import_without_torch():
     parameters without torch."""
     code = (
         "import sys; import yaie.kernels.cache, yaie.kernels.cache.radix_tree, "
-        "yaie.kernels.cache.block_manager, yaie.kernels.cache.kv_cache, yaie.kernels.sampling_config; "
+        "yaie.kernels.cache.block_manager, yaie.kernels.cache.kv_cache, "
+        "yaie.kernels.sampling, yaie.kernels.sampling.config; "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
