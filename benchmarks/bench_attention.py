@@ -12,16 +12,25 @@ import itertools
 import json
 import os
 import random
+import sys
+from pathlib import Path
 
 import torch
 from triton.testing import do_bench
 
 from yaie.kernels.attention import PrefixGroups, decode_attention, extend_attention
-from yaie.kernels.attention.testing import PagedBatch, make_paged_batch, relative_error
 from yaie.kernels.attention.triton_cascade import _prefix_kernel, decode_attention_grouped_triton
 from yaie.kernels.attention.triton_decode import _decode_split_kernel, decode_attention_triton
 from yaie.kernels.attention.triton_extend import _extend_kernel, extend_attention_triton
 from yaie.kernels.attention.triton_store import store_kv_triton
+
+# The random paged inputs are the attention tests' fixture: import it as the tests do.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.kernels.attention.paged_batch import (  # noqa: E402
+    PagedBatch,
+    make_paged_batch,
+    relative_error,
+)
 
 Q_HEADS, KV_HEADS, HEAD_DIM = 16, 8, 128  # Qwen3-0.6B
 ROWS: list[dict] = []

@@ -52,9 +52,9 @@ from yaie.kernels.sampling import (  # noqa: E402
     process_logits,
     sample,
 )
-from yaie.kernels.sampling_params import gumbel_noise  # noqa: E402
-from yaie.kernels.sampling_penalties import apply_penalties_triton  # noqa: E402
-from yaie.kernels.sampling_triton import draw_triton, row_logsumexp  # noqa: E402
+from yaie.kernels.sampling.noise import gumbel_noise  # noqa: E402
+from yaie.kernels.sampling.triton_penalties import apply_penalties_triton  # noqa: E402
+from yaie.kernels.sampling.triton_sample import draw_triton, row_logsumexp  # noqa: E402
 
 # BENCH_DRY=1: a tiny CPU dry run of this script (TRITON_INTERPRET=1), for its own sake only.
 DRY = os.environ.get("BENCH_DRY") == "1"

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from yaie.kernels.kv_cache import KVCacheManager, PrefixMatch
+from yaie.kernels.cache import KVCacheManager, PrefixMatch
 from yaie.scheduler_service.config import SchedulerConfig
 from yaie.scheduler_service.sequence import Sequence, SequenceStatus
 

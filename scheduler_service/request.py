@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from yaie.kernels.sampling_config import SamplingConfig
+from yaie.kernels.sampling.config import SamplingConfig
 
 
 class FinishReason(enum.Enum):

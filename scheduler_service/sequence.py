@@ -6,7 +6,7 @@ import asyncio
 import enum
 from dataclasses import dataclass, field
 
-from yaie.kernels.kv_cache import PrefixMatch
+from yaie.kernels.cache import PrefixMatch
 from yaie.scheduler_service.request import (
     FinishReason,
     GenerationRequest,

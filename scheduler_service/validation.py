@@ -11,7 +11,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Protocol
 
-from yaie.kernels.sampling_config import SamplingConfig
+from yaie.kernels.sampling.config import SamplingConfig
 from yaie.scheduler_service.request import GenerationRequest
 from yaie.v1 import generation_pb2 as pb
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from yaie.kernels.sampling_config import SamplingConfig
+from yaie.kernels.sampling.config import SamplingConfig
 from yaie.scheduler_service.channel_security import open_worker_channel
 from yaie.scheduler_service.request import TokenLogprobs
 from yaie.worker.v1 import worker_pb2, worker_pb2_grpc

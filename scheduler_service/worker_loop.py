@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from yaie.kernels.kv_cache import KVCacheManager
+from yaie.kernels.cache import KVCacheManager
 from yaie.scheduler_service import health_monitor
 from yaie.scheduler_service.config import SchedulerConfig
 from yaie.scheduler_service.policy import BatchPolicy, Run

@@ -18,7 +18,7 @@ import torch
 
 from yaie.kernels.attention import PrefixGroups, decode_attention_grouped
 from yaie.kernels.sampling import SamplingConfig, sample
-from yaie.kernels.sampling_params import SamplingBatch
+from yaie.kernels.sampling.batch import SamplingBatch
 from yaie.worker_service.plan import NewRequestSpec, Plan, RunEntry
 from yaie.worker_service.runner import ModelRunner
 

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from yaie.kernels.attention import PrefixGroups
+from yaie.kernels.attention.prefix_groups import PrefixGroups
 from yaie.kernels.attention.triton_common import (
     LOG2E,
     check_index,

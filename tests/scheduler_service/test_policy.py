@@ -6,7 +6,7 @@ from collections import deque
 
 import pytest
 
-from yaie.kernels.kv_cache import KVCacheManager
+from yaie.kernels.cache import KVCacheManager
 from yaie.scheduler_service.config import SchedulerConfig
 from yaie.scheduler_service.policy import BatchPolicy, Run
 from yaie.scheduler_service.request import GenerationRequest, SamplingConfig

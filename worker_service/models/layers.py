@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from yaie.kernels.attention import resolve_backend
+from yaie.kernels.elementwise import add_rms_norm, rms_norm, rotary_tables, silu_and_mul
 from yaie.worker_service.models.parallel import RowParallelLinear
 
 if TYPE_CHECKING:
@@ -41,24 +42,13 @@ class RMSNorm(nn.Module):
         self.eps, self.backend = eps, backend
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 2 and use_triton(x, self.backend):
-            from yaie.worker_service.models.fused import add_rms_norm
-
-            return add_rms_norm(x, self.weight, self.eps)
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(x.dtype)
+        return rms_norm(x, self.weight, self.eps, self.backend)
 
     def forward_add(
         self, x: torch.Tensor, residual: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(norm(x + residual), x + residual); the Triton path updates residual in place."""
-        if use_triton(x, self.backend):
-            from yaie.worker_service.models.fused import add_rms_norm
-
-            return add_rms_norm(x, self.weight, self.eps, residual), residual
-        residual = x + residual
-        return self.forward(residual), residual
+        return add_rms_norm(x, residual, self.weight, self.eps, self.backend)
 
 
 def _base_inv_freq(theta: float, head_dim: int) -> torch.Tensor:
@@ -132,11 +122,6 @@ def rope_inv_freq(
     return inv_freq, 1.0
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 @dataclass
 class RopeInputs:
     """The rotary embedding's inputs for one forward pass, shared by every layer."""
@@ -167,16 +152,9 @@ class RotaryEmbedding(nn.Module):
         fused kernel computes them itself)."""
         rope = RopeInputs(positions, self.inv_freq, self.attention_scaling)
         if not fused:
-            freqs = positions[:, None].float() * self.inv_freq[None, :].float()  # [T, D / 2]
-            emb = torch.cat((freqs, freqs), dim=-1)
-            rope.cos = (emb.cos() * self.attention_scaling).to(dtype)[:, None, :]
-            rope.sin = (emb.sin() * self.attention_scaling).to(dtype)[:, None, :]
+            tables = rotary_tables(positions, self.inv_freq, self.attention_scaling, dtype)
+            rope.cos, rope.sin = tables
         return rope
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [T, heads, head_dim] rotated by position (the rotate-half convention of transformers)."""
-    return x * cos + _rotate_half(x) * sin
 
 
 class GatedMLP(nn.Module):
@@ -199,9 +177,7 @@ class GatedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate_up = self.gate_up_proj(x)
-        if self.act_name == "silu" and use_triton(x, self.backend):
-            from yaie.worker_service.models.fused import silu_and_mul
-
-            return self.down_proj(silu_and_mul(gate_up))
+        if self.act_name == "silu":
+            return self.down_proj(silu_and_mul(gate_up, self.backend))
         gate, up = gate_up.split(self.intermediate, dim=-1)
         return self.down_proj(self.act(gate) * up)

@@ -19,6 +19,7 @@ from yaie.kernels.attention import (
     extend_attention,
     store_kv,
 )
+from yaie.kernels.elementwise import apply_rotary
 from yaie.worker_service.forward_batch import ForwardBatch
 from yaie.worker_service.models.base import CausalLM, describe_names
 from yaie.worker_service.models.config import ModelConfig
@@ -27,7 +28,6 @@ from yaie.worker_service.models.layers import (
     RMSNorm,
     RopeInputs,
     RotaryEmbedding,
-    apply_rotary,
     use_triton,
 )
 from yaie.worker_service.models.parallel import (
@@ -88,10 +88,10 @@ class Attention(nn.Module):
         num_tokens = x.shape[0]
         qkv = self.qkv_proj(x)
         if rope.cos is None:  # fused: norm and rotate q and k in place inside qkv
-            from yaie.worker_service.models.fused import qk_norm_rope_
+            from yaie.kernels.elementwise.triton_fused import qk_norm_rope_triton
 
             norms = (self.q_norm.weight, self.k_norm.weight) if self.qk_norm else (None, None)
-            qk_norm_rope_(
+            qk_norm_rope_triton(
                 qkv, self.num_heads, self.num_kv_heads, self.head_dim, rope.positions,
                 rope.inv_freq, rope.attention_scaling, *norms, eps=self.eps,
             )  # fmt: skip

@@ -61,7 +61,7 @@ def _check_against_reference(
 ) -> None:
     """Kept sets equal but for at most max_differing tokens (fp32 sums in another order can put
     a top-p crossing one token over: seen 5-9 of 256 x 151,936 on an H100); tokens equal."""
-    from yaie.kernels.sampling_triton import draw_triton
+    from yaie.kernels.sampling.triton_sample import draw_triton
 
     rows, vocab = logits.shape
     configs = [replace(MIXED[b % len(MIXED)], seed=11 * b) for b in range(rows)]
@@ -117,7 +117,7 @@ def test_interpreter_flat_top_p_rows_drawn_without_a_final_row_pass(sample):
     top-p only: sample pivots (or uniform ones: a bigger copy, compacted), the bracket copy with
     the best noisy key above it (cut winners are drawn from both, some from each), one-value
     brackets: same kept sets and tokens."""
-    from yaie.kernels.sampling_triton import draw_triton
+    from yaie.kernels.sampling.triton_sample import draw_triton
 
     rows, vocab = 12, 3000
     g = torch.Generator().manual_seed(5)
@@ -138,7 +138,7 @@ def test_interpreter_flat_top_p_rows_drawn_without_a_final_row_pass(sample):
 @interpreter_only
 def test_interpreter_edge_rows():
     """All -inf but one, fewer finite tokens than k, a single token: no NaN, the right token."""
-    from yaie.kernels.sampling_triton import draw_triton
+    from yaie.kernels.sampling.triton_sample import draw_triton
 
     logits = torch.full((4, 300), float("-inf"))
     logits[0, 17] = 2.0
@@ -168,7 +168,7 @@ def test_interpreter_sample_with_logprobs_matches_torch_backend():
 @interpreter_only
 def test_interpreter_row_logsumexp_matches_torch():
     """One-pass logsumexp over several tiles, with -inf entries and an all -inf but one row."""
-    from yaie.kernels.sampling_triton import row_logsumexp
+    from yaie.kernels.sampling.triton_sample import row_logsumexp
 
     x = torch.randn(3, 5000, generator=torch.Generator().manual_seed(8)) * 5
     x[0, ::3] = float("-inf")
@@ -181,7 +181,7 @@ def test_interpreter_row_logsumexp_matches_torch():
 
 
 def _check_penalties(device: str, vocab: int, with_output: bool) -> None:
-    from yaie.kernels.sampling_penalties import apply_penalties_triton
+    from yaie.kernels.sampling.triton_penalties import apply_penalties_triton
 
     g = torch.Generator().manual_seed(vocab)
     configs = [

@@ -1,6 +1,6 @@
 """Triton repetition / frequency / presence penalties: two launches over (row, entry block).
 
-Same function as sampling.apply_penalties (the specification): for every distinct token of the
+Same function as reference.apply_penalties (the specification): for every distinct token of the
 row's prompt + output, HF repetition penalty, then minus frequency * (count in the output) and
 presence * (present in the output). Launch 1 computes every entry's new value from the unmodified
 row into a [B, L] buffer, launch 2 scatters them back: no program writes while another reads, so
@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from yaie.kernels.sampling_params import SamplingBatch
+from yaie.kernels.sampling.batch import SamplingBatch
 
 
 @triton.jit
@@ -84,7 +84,7 @@ def _penalty_scatter_kernel(
 
 
 def apply_penalties_triton(work: torch.Tensor, batch: SamplingBatch, block: int = 128) -> None:
-    """In place on fp32 work [B, V]; what sampling.apply_penalties does, in two launches."""
+    """In place on fp32 work [B, V]; what reference.apply_penalties does, in two launches."""
     assert work.dtype == torch.float32 and work.stride(1) == 1
     rows, vocab = work.shape
     tokens = batch.penalty_tokens().contiguous()

@@ -1,46 +1,19 @@
-"""Per-request sampling parameters and their batched device form (SamplingBatch).
-
-Also the counter-based random numbers every sampler here shares: a uniform for each
-(seed, position, token id), so a request's draws never depend on what else is in its batch.
-"""
+"""A batch's sampling parameters in their device form (SamplingBatch), packed from the requests'
+SamplingConfigs with two host->device copies and host flags that let sample() skip work."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
 import torch
 
 from yaie.kernels.host_copy import to_device
-from yaie.kernels.sampling_config import (  # noqa: F401 (re-exported: the sampler's callers)
-    GREEDY_TEMPERATURE,
-    MAX_TOP_LOGPROBS,
-    SamplingConfig,
-)
+from yaie.kernels.sampling.config import SamplingConfig
+from yaie.kernels.sampling.noise import MASK32, row_keys
 
-_MASK32 = 0xFFFFFFFF
 # top_k of a row without top-k: above any vocabulary, also one padded past the tokenizer's.
 TOP_K_OFF = 2**31 - 1
-# Multipliers of the "lowbias32" integer mixer; both < 2^31, so x * C < 2^63 for any x < 2^32
-# and the int64 products in torch never overflow.
-_MIX_C1 = 0x21F0AAAD
-_MIX_C2 = 0x735A2D97
-_Int = TypeVar("_Int", torch.Tensor, int)  # the hash runs on device tensors and host ints alike
-
-
-@dataclass
-class SampleOutput:
-    """What sample() returns; n = the largest top_logprobs in the batch.
-
-    token_ids [B] int64; logprobs [B] fp32 (log_softmax of the raw logits at the chosen token),
-    top_token_ids [B, n] int64 and top_logprobs [B, n] fp32, each None when no request asked.
-    """
-
-    token_ids: torch.Tensor
-    logprobs: torch.Tensor | None = None
-    top_token_ids: torch.Tensor | None = None
-    top_logprobs: torch.Tensor | None = None
 
 
 @dataclass
@@ -108,7 +81,7 @@ class SamplingBatch:
         if isinstance(positions, torch.Tensor):  # on the device already: hash there
             pos = positions.to(device=device, dtype=torch.int64)
             assert pos.shape == (len(configs),), "one position per request"
-            seeds = torch.tensor([[c.seed & _MASK32, c.seed >> 32] for c in configs])
+            seeds = torch.tensor([[c.seed & MASK32, c.seed >> 32] for c in configs])
             seeds = to_device(seeds, device)
             keys = row_keys(seeds[:, 0], seeds[:, 1], pos)
         else:  # hash on the host: B Python ints cost less than ~25 tiny device launches
@@ -191,39 +164,6 @@ def _pack_logit_bias(
     return to_device(ids, device), to_device(values, device)
 
 
-def mix32(x: _Int) -> _Int:
-    """The lowbias32 integer hash on values in [0, 2^32): int64 tensors, or one Python int (the
-    same arithmetic, for hashing on the host)."""
-    x = x ^ (x >> 16)
-    x = (x * _MIX_C1) & _MASK32
-    x = x ^ (x >> 15)
-    x = (x * _MIX_C2) & _MASK32
-    return x ^ (x >> 15)
-
-
 def _row_key_host(seed: int, position: int) -> int:
     """row_keys for one row, on the host."""
-    return row_keys(seed & _MASK32, seed >> 32, position)
-
-
-def row_keys(seeds_lo: _Int, seeds_hi: _Int, positions: _Int) -> _Int:
-    """[B] int64 keys in [0, 2^32) from the two halves of each 64-bit seed and the position
-    (tensors; or Python ints for one row)."""
-    h = mix32(seeds_lo)
-    h = mix32(h ^ seeds_hi)
-    return mix32(h ^ (positions & _MASK32))
-
-
-def uniforms(keys: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-    """fp32 uniforms in (0, 1) for keys [B] and token ids [B, N] (or [N]): one per pair.
-
-    23 random bits, centred: u = (bits + 0.5) / 2^23 (exact in fp32, so never 0 or 1) and
-    log(-log(u)) is finite.
-    """
-    bits = mix32(mix32(token_ids.to(torch.int64)) ^ keys.unsqueeze(-1)) >> 9
-    return (bits.to(torch.float32) + 0.5) * (1.0 / 8388608.0)
-
-
-def gumbel_noise(keys: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-    """-log(-log(u)): Gumbel(0, 1) noise; argmax(log p + noise) draws from p (Gumbel-max)."""
-    return -torch.log(-torch.log(uniforms(keys, token_ids)))
+    return row_keys(seed & MASK32, seed >> 32, position)

@@ -19,7 +19,7 @@ NO_ID = tl.constexpr(2147483647)
 
 @triton.jit
 def _mix32(x):
-    # lowbias32 on uint32 (multiplies wrap mod 2^32), same as sampling_params.mix32
+    # lowbias32 on uint32 (multiplies wrap mod 2^32), same as noise.mix32
     x = x ^ (x >> 16)
     x = x * 0x21F0AAAD
     x = x ^ (x >> 15)

@@ -1,8 +1,10 @@
-"""Triton kernels for the decoder's elementwise work on CUDA (the torch code in layers.py is the
-specification): residual add + RMSNorm, q/k RMSNorm + rotary embedding in place, SiLU-and-multiply.
+"""Triton kernels for the decoder's elementwise work on CUDA (reference.py is the specification):
+residual add + RMSNorm, q/k RMSNorm + rotary embedding in place, SiLU-and-multiply.
 
 Each kernel rounds to the activation dtype wherever transformers' torch code does, so results
 match the torch path up to the order of one reduction. One launch replaces 5-10 small kernels.
+qk_norm_rope_triton computes what rms_norm_reference of each q and k head (Qwen3) then
+apply_rotary with the rotary_tables of its positions compute.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def _add_rms_norm_kernel(
     tl.store(out + row * stride_o + cols, (w * normed).to(out.dtype.element_ty), mask=mask)
 
 
-def add_rms_norm(
+def add_rms_norm_triton(
     x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
 ) -> torch.Tensor:
     """RMSNorm of x [T, H] (of x + residual, stored into residual, when residual is given)."""
@@ -79,7 +81,7 @@ def _qk_norm_rope_kernel(
     tl.store(base + offs, (a + b).to(dtype))
 
 
-def qk_norm_rope_(
+def qk_norm_rope_triton(
     qkv: torch.Tensor, num_q_heads: int, num_kv_heads: int, head_dim: int,
     positions: torch.Tensor, inv_freq: torch.Tensor, attention_scaling: float,
     q_weight: torch.Tensor | None = None, k_weight: torch.Tensor | None = None, eps: float = 0.0,
@@ -110,7 +112,7 @@ def _silu_mul_kernel(gate_up, out, stride_in, stride_out, n_cols, BLOCK: tl.cons
     tl.store(out + row * stride_out + cols, (act * up).to(dtype), mask=mask)
 
 
-def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
+def silu_and_mul_triton(gate_up: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up for gate_up [T, 2 * I] (gate first) -> [T, I]."""
     num_rows, n_cols = gate_up.shape[0], gate_up.shape[1] // 2
     out = torch.empty((num_rows, n_cols), dtype=gate_up.dtype, device=gate_up.device)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from yaie.kernels.kv_cache import CacheStats, KVCacheManager, OutOfBlocksError
+from yaie.kernels.cache import CacheStats, KVCacheManager, OutOfBlocksError
 
 
 def cache_admit(cache: KVCacheManager, tokens: list[int], namespace: str = ""):
@@ -31,8 +31,9 @@ def test_modules_import_without_torch():
     """The scheduler imports the radix tree, block manager, cache manager and the sampling
     parameters without torch."""
     code = (
-        "import sys; import yaie.kernels.radix_tree, yaie.kernels.block_manager, "
-        "yaie.kernels.kv_cache, yaie.kernels.sampling_config; "
+        "import sys; import yaie.kernels.cache, yaie.kernels.cache.radix_tree, "
+        "yaie.kernels.cache.block_manager, yaie.kernels.cache.kv_cache, "
+        "yaie.kernels.sampling, yaie.kernels.sampling.config; "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -13,8 +13,8 @@ from dataclasses import dataclass, replace
 import pytest
 import torch
 
+from tests.kernels.attention.paged_batch import relative_error
 from yaie.kernels.attention import PrefixGroups, decode_attention, decode_attention_grouped
-from yaie.kernels.attention.testing import relative_error
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 interpreter_only = pytest.mark.skipif(not INTERPRET, reason="runs in the TRITON_INTERPRET child")

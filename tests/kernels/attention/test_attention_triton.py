@@ -17,13 +17,13 @@ from dataclasses import replace
 import pytest
 import torch
 
-from yaie.kernels.attention import decode_attention, extend_attention, store_kv
-from yaie.kernels.attention.testing import (
+from tests.kernels.attention.paged_batch import (
     PagedBatch,
     make_paged_batch,
     random_ragged_lengths,
     relative_error,
 )
+from yaie.kernels.attention import decode_attention, extend_attention, store_kv
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 interpreter_only = pytest.mark.skipif(not INTERPRET, reason="runs in the TRITON_INTERPRET child")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from yaie.kernels.kv_cache import KVCacheManager, OutOfBlocksError, PrefixMatch
+from yaie.kernels.cache import KVCacheManager, OutOfBlocksError, PrefixMatch
 
 NAMESPACES = ("", "tenant")
 

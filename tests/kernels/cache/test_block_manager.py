@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from yaie.kernels.block_manager import BlockManager, OutOfBlocksError
+from yaie.kernels.cache import BlockManager, OutOfBlocksError
 
 
 def test_allocate_and_free_move_blocks_between_free_and_used():

@@ -1,6 +1,6 @@
 """Triton pieces of the sampler's row passes: hashed Gumbel noise, pass A (max, min, count, mass,
 unfiltered winner), the final draws (over the row or over the compacted copy) and the lane-maxima
-bounds that let a filter start from a small copy. Used by sampling_triton._sample_kernel.
+bounds that let a filter start from a small copy. Used by triton_sample._sample_kernel.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from yaie.kernels.sampling_search import (
+from yaie.kernels.sampling.triton_search import (
     NEG_INF,
     NO_ID,
     POS_INF,

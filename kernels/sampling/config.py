@@ -1,5 +1,5 @@
 """One request's sampling parameters, resolved and validated: shared by the scheduler (which
-must not import torch) and the worker's sampler (kernels/sampling_params.py batches them)."""
+must not import torch) and the worker's sampler (kernels/sampling/batch.py batches them)."""
 
 from __future__ import annotations
 

@@ -7,13 +7,13 @@ import random
 import pytest
 import torch
 
-from yaie.kernels.attention import decode_attention, extend_attention, store_kv
-from yaie.kernels.attention.testing import (
+from tests.kernels.attention.paged_batch import (
     PagedBatch,
     make_paged_batch,
     random_ragged_lengths,
     relative_error,
 )
+from yaie.kernels.attention import decode_attention, extend_attention, store_kv
 
 BLOCK_SIZES = (1, 16, 64, 256)
 GQA_RATIOS = (1, 2, 4, 8)

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from yaie.kernels.block_manager import BlockManager, OutOfBlocksError
-from yaie.kernels.radix_tree import PrefixMatch, RadixTree
+from yaie.kernels.cache.block_manager import BlockManager, OutOfBlocksError
+from yaie.kernels.cache.radix_tree import PrefixMatch, RadixTree
 
 __all__ = ["CacheStats", "KVCacheManager", "OutOfBlocksError", "PrefixMatch"]
 

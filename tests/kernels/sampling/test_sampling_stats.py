@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from yaie.kernels.sampling import SamplingBatch, SamplingConfig, process_logits, sample
-from yaie.kernels.sampling_params import uniforms
+from yaie.kernels.sampling.noise import uniforms
 
 N = 20_000
 PROBS = torch.tensor([0.3, 0.2, 0.15, 0.12, 0.1, 0.08, 0.03, 0.02])

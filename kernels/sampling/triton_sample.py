@@ -1,4 +1,4 @@
-"""Triton sampler: the thresholds of sampling.filter_thresholds without sorting the vocabulary.
+"""Triton sampler: the thresholds of reference.filter_thresholds without sorting the vocabulary.
 
 One program per row streams the row a few times. Pass A: max, min, the unfiltered Gumbel-max
 candidate; for top-p without top-k also the first pass of its search, at pivots estimated from a
@@ -20,9 +20,21 @@ import torch
 import triton
 import triton.language as tl
 
-from yaie.kernels.sampling_draw import draw_copy, draw_kept, lane_bound, sample_pivots, scan_pass
-from yaie.kernels.sampling_params import SamplingBatch
-from yaie.kernels.sampling_search import NEG_INF, POS_INF, better, copy_pass, threshold_search
+from yaie.kernels.sampling.batch import SamplingBatch
+from yaie.kernels.sampling.triton_draw import (
+    draw_copy,
+    draw_kept,
+    lane_bound,
+    sample_pivots,
+    scan_pass,
+)
+from yaie.kernels.sampling.triton_search import (
+    NEG_INF,
+    POS_INF,
+    better,
+    copy_pass,
+    threshold_search,
+)
 
 
 @triton.jit
@@ -208,7 +220,7 @@ def draw_triton(
     profile: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """[B] int64 tokens from processed logits work [B, V] (fp32, bf16 or fp16, read as fp32); as
-    sampling.draw_reference (up to float summation order at a top-p boundary).
+    reference.draw_reference (up to float summation order at a top-p boundary).
 
     Each loop reads [rows_per_tile, block] tiles, 4 of them in flight; num_pivots (>= 3) is the
     search's fan-out per pass; max_registers (per thread) keeps two programs of 8 warps on an SM

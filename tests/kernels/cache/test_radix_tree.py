@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from yaie.kernels.radix_tree import RadixTree
+from yaie.kernels.cache import RadixTree
 
 
 def _tree_with(block_size: int, *entries: tuple[list[int], list[int]]) -> RadixTree:
