@@ -8,8 +8,12 @@ import random
 import pytest
 import torch
 
+from tests.kernels.attention.paged_batch import (
+    make_paged_batch,
+    random_ragged_lengths,
+    relative_error,
+)
 from yaie.kernels.attention import decode_attention, extend_attention, resolve_backend
-from yaie.kernels.attention.testing import make_paged_batch, random_ragged_lengths, relative_error
 
 
 @pytest.mark.parametrize("block_size", (1, 16, 64))
