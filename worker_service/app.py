@@ -14,16 +14,16 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from yaie.kernels.attention import resolve_backend
-from yaie.worker.v1 import worker_pb2_grpc
+from yaie.worker.v1 import worker_pb2, worker_pb2_grpc
 from yaie.worker_service.auth import WorkerSecurity
 from yaie.worker_service.config import WorkerConfig, dtype_name
 from yaie.worker_service.loader import load_model, read_config, resolve_model_dir
-from yaie.worker_service.protocol import WorkerDescription
 from yaie.worker_service.server import WorkerServicer
 from yaie.worker_service.step.kv_pool import KVPool
 from yaie.worker_service.step.runner import ModelRunner
 from yaie.worker_service.step.warmup import log_later_compiles, warm_up
 from yaie.worker_service.tp.collectives import join_group
+from yaie.worker_service.wire import worker_info
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class RunningWorker:
             log.warning("a step stream was still open 5 s after the server stopped")
 
 
-def build_runner(config: WorkerConfig) -> tuple[ModelRunner, WorkerDescription]:
+def build_runner(config: WorkerConfig) -> tuple[ModelRunner, worker_pb2.WorkerInfo]:
     """Loads the model and allocates the KV pool (after the weights, so free memory is known).
     With config.tp > 1, first joins the tensor-parallel group (every rank calls this)."""
     tp = join_group(config) if config.tp > 1 else None
@@ -84,19 +84,7 @@ def build_runner(config: WorkerConfig) -> tuple[ModelRunner, WorkerDescription]:
     if device.type == "cuda" and tp is None:  # compile every kernel variant before serving
         warm_up(runner)
         log_later_compiles()
-    description = WorkerDescription(
-        model=config.model,
-        architecture=model.architecture,
-        dtype=dtype_name(model.dtype),
-        device=str(device),
-        vocab_size=model.vocab_size,
-        max_context=model.max_context,
-        block_size=pool.block_size,
-        num_blocks=pool.num_blocks,
-        random_weights=random_weights,
-        attention_backend=backend,
-    )
-    return runner, description
+    return runner, worker_info(config.model, model, pool, device, random_weights, backend)
 
 
 def start_worker(config: WorkerConfig, security: WorkerSecurity | None = None) -> RunningWorker:

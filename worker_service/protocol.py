@@ -1,6 +1,6 @@
-"""The worker protocol (yaie.worker.v1) as plain dataclasses: a step plan, its result, and what
-Describe reports. wire.py converts them to and from protobuf at the process edge; the rest of
-the worker sees only these.
+"""The step protocol (yaie.worker.v1) as plain dataclasses: a step plan and its result.
+wire.py converts them to and from protobuf at the process edge; the rest of the worker sees
+only these.
 """
 
 from __future__ import annotations
@@ -57,18 +57,3 @@ class StepOutput:
     error: str = ""
     request_errors: dict[int, str] = field(default_factory=dict)
 
-
-@dataclass(frozen=True)
-class WorkerDescription:
-    """What Describe reports: the model, and the KV pool the scheduler sizes its allocator by."""
-
-    model: str
-    architecture: str
-    dtype: str
-    device: str
-    vocab_size: int
-    max_context: int
-    block_size: int
-    num_blocks: int
-    random_weights: bool
-    attention_backend: str

@@ -16,11 +16,11 @@ from collections.abc import Iterator
 import grpc
 
 from yaie.worker.v1 import worker_pb2, worker_pb2_grpc
-from yaie.worker_service.protocol import StepOutput, WorkerDescription
+from yaie.worker_service.protocol import StepOutput
 from yaie.worker_service.step.request_state import RequestTable
 from yaie.worker_service.step.runner import MAX_IN_FLIGHT, ModelRunner
 from yaie.worker_service.step.sampling_step import PendingStep
-from yaie.worker_service.wire import BadPlan, info_to_proto, plan_from_proto, result_to_proto
+from yaie.worker_service.wire import BadPlan, plan_from_proto, result_to_proto
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             self._open_streams += delta
             self._streams_changed.notify_all()
 
-    def load(self, runner: ModelRunner, description: WorkerDescription) -> None:
-        self.runner, self.info = runner, info_to_proto(description)
+    def load(self, runner: ModelRunner, info: worker_pb2.WorkerInfo) -> None:
+        self.runner, self.info = runner, info
 
     def Describe(self, request, context) -> worker_pb2.WorkerInfo:
         if self.info is None:

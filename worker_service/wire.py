@@ -1,21 +1,24 @@
-"""Every conversion between yaie.worker.v1 messages and the worker's dataclasses (protocol.py):
-StepPlan -> Plan, StepOutput -> StepResult, WorkerDescription -> WorkerInfo, and a Plan as the
-StepPlan bytes rank 0 shares with the other ranks of a tensor-parallel group.
+"""Every conversion between yaie.worker.v1 messages and the worker's objects: StepPlan -> Plan,
+StepOutput -> StepResult (protocol.py), the loaded model and pool -> WorkerInfo, and a Plan as
+the StepPlan bytes rank 0 shares with the other ranks of a tensor-parallel group.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from collections.abc import Iterable
+from dataclasses import fields
+from typing import TYPE_CHECKING
 
 from yaie.kernels.sampling import SamplingConfig
 from yaie.worker.v1 import worker_pb2
-from yaie.worker_service.protocol import (
-    NewRequestSpec,
-    Plan,
-    RunEntry,
-    StepOutput,
-    WorkerDescription,
-)
+from yaie.worker_service.config import dtype_name
+from yaie.worker_service.protocol import NewRequestSpec, Plan, RunEntry, StepOutput
+
+if TYPE_CHECKING:
+    import torch
+
+    from yaie.worker_service.models import CausalLM
+    from yaie.worker_service.step.kv_pool import KVPool
 
 
 class BadPlan(ValueError):
@@ -56,42 +59,61 @@ def plan_from_proto(message: worker_pb2.StepPlan, last_step_id: int | None = Non
     ):
         run.append(RunEntry(request_id, num_tokens, block_ids[offset : offset + num_new]))
         offset += num_new
-    new_requests, rejected = [], {}
-    for r in message.new_requests:
+    new_requests, rejected = _new_requests_from_proto(message.new_requests)
+    release = list(message.release_request_ids)
+    return Plan(message.step_id, new_requests, run, release, rejected)
+
+
+def _new_requests_from_proto(
+    messages: Iterable[worker_pb2.NewRequest],
+) -> tuple[list[NewRequestSpec], dict[int, str]]:
+    """The specs whose sampling decodes, and why each other one does not (by request id)."""
+    specs, rejected = [], {}
+    for r in messages:
         try:
             sampling = SamplingConfig.from_message(r.sampling)
         except ValueError as exc:
             rejected.setdefault(r.request_id, str(exc))
             continue
-        new_requests.append(
+        specs.append(
             NewRequestSpec(
                 r.request_id, list(r.token_ids), r.num_prompt_tokens, r.num_cached_tokens, sampling
             )
         )
-    release = list(message.release_request_ids)
-    return Plan(message.step_id, new_requests, run, release, rejected)
+    return specs, rejected
 
 
 def result_to_proto(output: StepOutput) -> worker_pb2.StepResult:
-    return worker_pb2.StepResult(
-        step_id=output.step_id,
-        token_ids=output.token_ids,
-        logprobs=output.logprobs,
-        top_token_ids=output.top_token_ids,
-        top_logprobs=output.top_logprobs,
-        forward_ms=output.forward_ms,
-        sample_ms=output.sample_ms,
-        error=output.error,
-        request_errors=[
-            worker_pb2.RequestError(request_id=i, message=m)
-            for i, m in output.request_errors.items()
-        ],
-    )
+    """Field by field (StepOutput has StepResult's fields); request_errors as RequestErrors."""
+    values = {f.name: getattr(output, f.name) for f in fields(output)}
+    errors = [
+        worker_pb2.RequestError(request_id=i, message=m)
+        for i, m in values.pop("request_errors").items()
+    ]
+    return worker_pb2.StepResult(**values, request_errors=errors)
 
 
-def info_to_proto(description: WorkerDescription) -> worker_pb2.WorkerInfo:
+def worker_info(
+    model_name: str,
+    model: CausalLM,
+    pool: KVPool,
+    device: torch.device,
+    random_weights: bool,
+    attention_backend: str,
+) -> worker_pb2.WorkerInfo:
+    """What Describe reports of a loaded worker (the scheduler sizes its allocator by the pool)."""
     return worker_pb2.WorkerInfo(
-        protocol_version=worker_pb2.PROTOCOL_VERSION_CURRENT, **asdict(description)
+        protocol_version=worker_pb2.PROTOCOL_VERSION_CURRENT,
+        model=model_name,
+        architecture=model.architecture,
+        dtype=dtype_name(model.dtype),
+        device=str(device),
+        vocab_size=model.vocab_size,
+        max_context=model.max_context,
+        block_size=pool.block_size,
+        num_blocks=pool.num_blocks,
+        random_weights=random_weights,
+        attention_backend=attention_backend,
     )
 
 
@@ -106,13 +128,7 @@ def plan_to_bytes(plan: Plan) -> bytes:
     message = worker_pb2.StepPlan(
         step_id=plan.step_id,
         new_requests=[
-            worker_pb2.NewRequest(
-                request_id=spec.request_id,
-                token_ids=spec.token_ids,
-                num_prompt_tokens=spec.num_prompt_tokens,
-                num_cached_tokens=spec.num_cached_tokens,
-                sampling=worker_pb2.SamplingParams(**spec.sampling.message_fields()),
-            )
+            _new_request_to_proto(spec)
             for spec in plan.new_requests
             if spec.request_id not in rejected
         ],
@@ -123,6 +139,13 @@ def plan_to_bytes(plan: Plan) -> bytes:
         release_request_ids=[*plan.release_request_ids, *rejected],
     )
     return message.SerializeToString()
+
+
+def _new_request_to_proto(spec: NewRequestSpec) -> worker_pb2.NewRequest:
+    """Field by field (NewRequestSpec has NewRequest's fields), sampling by its codec."""
+    values = {f.name: getattr(spec, f.name) for f in fields(spec)}
+    values["sampling"] = worker_pb2.SamplingParams(**spec.sampling.message_fields())
+    return worker_pb2.NewRequest(**values)
 
 
 def plan_from_bytes(data: bytes) -> Plan:

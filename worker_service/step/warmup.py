@@ -26,10 +26,19 @@ log = logging.getLogger(__name__)
 
 _GREEDY = SamplingConfig(temperature=0.0)
 # Every filter, every penalty, logit bias and logprobs: the sampler's slowest variant.
-_EVERYTHING = SamplingConfig(temperature=0.8, top_p=0.9, top_k=40, min_p=0.05,
-                             repetition_penalty=1.1, frequency_penalty=0.1, presence_penalty=0.1,
-                             seed=7, logit_bias={3: 1.0}, top_logprobs=2,
-                             return_logprobs=True)  # fmt: skip
+_EVERYTHING = SamplingConfig(
+    temperature=0.8,
+    top_p=0.9,
+    top_k=40,
+    min_p=0.05,
+    repetition_penalty=1.1,
+    frequency_penalty=0.1,
+    presence_penalty=0.1,
+    seed=7,
+    logit_bias={3: 1.0},
+    top_logprobs=2,
+    return_logprobs=True,
+)
 _TOP_P = SamplingConfig(temperature=1.0, top_p=0.95)
 
 
