@@ -14,10 +14,10 @@ import torch
 from worker_agreement import GREEDY, Blocks, agreement, step
 
 from yaie.cli.builtin_model import write_random_model
-from yaie.worker_service.kv_pool import KVPool
 from yaie.worker_service.loader import load_model
-from yaie.worker_service.plan import NewRequestSpec, Plan, RunEntry
-from yaie.worker_service.runner import ModelRunner
+from yaie.worker_service.protocol import NewRequestSpec, Plan, RunEntry
+from yaie.worker_service.step.kv_pool import KVPool
+from yaie.worker_service.step.runner import ModelRunner
 
 # Qwen3-0.6B's config.json (Qwen/Qwen3-0.6B): the shape only, weights random.
 QWEN3_0_6B = dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,

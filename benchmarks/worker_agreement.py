@@ -8,11 +8,12 @@ import time
 
 import torch
 
-from yaie.worker_service.plan import NewRequestSpec, Plan, RunEntry, StepOutput
-from yaie.worker_service.runner import ModelRunner
+from yaie.kernels.sampling import SamplingConfig
+from yaie.worker_service.protocol import NewRequestSpec, Plan, RunEntry, StepOutput
+from yaie.worker_service.step.runner import ModelRunner
 
-GREEDY = dict(temperature=0.0)
-GREEDY_TOP2 = dict(temperature=0.0, top_logprobs=2)
+GREEDY = SamplingConfig(temperature=0.0)
+GREEDY_TOP2 = SamplingConfig(temperature=0.0, top_logprobs=2)
 
 
 class Blocks:

@@ -114,19 +114,7 @@ def encode_plan(
 
 
 def _encode_sampling(s: SamplingConfig) -> worker_pb2.SamplingParams:
-    return worker_pb2.SamplingParams(
-        temperature=s.temperature,
-        top_p=s.top_p,
-        top_k=s.top_k,
-        min_p=s.min_p,
-        repetition_penalty=s.repetition_penalty,
-        frequency_penalty=s.frequency_penalty,
-        presence_penalty=s.presence_penalty,
-        seed=s.seed,
-        logit_bias=s.logit_bias,
-        top_logprobs=s.top_logprobs,
-        return_logprobs=s.return_logprobs,
-    )
+    return worker_pb2.SamplingParams(**s.message_fields())
 
 
 def decode_result(result: worker_pb2.StepResult, entries: list[PlanEntry]) -> StepOutcome:

@@ -13,8 +13,12 @@ import threading
 
 from yaie.kernels.attention import BACKENDS
 from yaie.worker_service.auth import WorkerSecurity, is_loopback
-from yaie.worker_service.config import DTYPES, WorkerConfig
-from yaie.worker_service.kv_pool import DEFAULT_CPU_MEMORY_BYTES, DEFAULT_MEMORY_FRACTION
+from yaie.worker_service.config import (
+    DEFAULT_CPU_MEMORY_BYTES,
+    DEFAULT_MEMORY_FRACTION,
+    DTYPES,
+    WorkerConfig,
+)
 
 log = logging.getLogger("yaie.worker_service")
 
@@ -133,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         if config.tp > 1:  # this process is rank 0 of a tensor-parallel group
-            from yaie.worker_service.tp_group import run_group
+            from yaie.worker_service.tp.ranks import run_group
 
             serve = lambda: _serve(config, stop, stopped_by, security, loaded)  # noqa: E731
             return run_group(config, stop, stopped_by, serve)

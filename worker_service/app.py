@@ -17,9 +17,13 @@ from yaie.kernels.attention import resolve_backend
 from yaie.worker.v1 import worker_pb2, worker_pb2_grpc
 from yaie.worker_service.auth import WorkerSecurity
 from yaie.worker_service.config import WorkerConfig, dtype_name
-from yaie.worker_service.kv_pool import KVPool
-from yaie.worker_service.runner import ModelRunner
+from yaie.worker_service.loader import load_model, read_config, resolve_model_dir
 from yaie.worker_service.server import WorkerServicer
+from yaie.worker_service.step.kv_pool import KVPool
+from yaie.worker_service.step.runner import ModelRunner
+from yaie.worker_service.step.warmup import log_later_compiles, warm_up
+from yaie.worker_service.tp.collectives import join_group
+from yaie.worker_service.wire import worker_info
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +50,6 @@ class RunningWorker:
 def build_runner(config: WorkerConfig) -> tuple[ModelRunner, worker_pb2.WorkerInfo]:
     """Loads the model and allocates the KV pool (after the weights, so free memory is known).
     With config.tp > 1, first joins the tensor-parallel group (every rank calls this)."""
-    from yaie.worker_service.loader import load_model, read_config, resolve_model_dir
-    from yaie.worker_service.tp import join_group
-    from yaie.worker_service.warmup import log_later_compiles, warm_up
-
     tp = join_group(config) if config.tp > 1 else None
     device = tp.device if tp is not None else config.torch_device()
     dtype = config.torch_dtype(device)
@@ -84,20 +84,7 @@ def build_runner(config: WorkerConfig) -> tuple[ModelRunner, worker_pb2.WorkerIn
     if device.type == "cuda" and tp is None:  # compile every kernel variant before serving
         warm_up(runner)
         log_later_compiles()
-    info = worker_pb2.WorkerInfo(
-        protocol_version=worker_pb2.PROTOCOL_VERSION_CURRENT,
-        model=config.model,
-        architecture=model.architecture,
-        dtype=dtype_name(model.dtype),
-        device=str(device),
-        vocab_size=model.vocab_size,
-        max_context=model.max_context,
-        block_size=pool.block_size,
-        num_blocks=pool.num_blocks,
-        random_weights=random_weights,
-        attention_backend=backend,
-    )
-    return runner, info
+    return runner, worker_info(config.model, model, pool, device, random_weights, backend)
 
 
 def start_worker(config: WorkerConfig, security: WorkerSecurity | None = None) -> RunningWorker:

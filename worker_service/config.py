@@ -1,4 +1,5 @@
-"""WorkerConfig: the one frozen configuration of a worker process, validated on construction."""
+"""WorkerConfig: the one frozen configuration of a worker process, validated on construction,
+and the KV pool's sizing settings it carries. Imports nothing of the worker."""
 
 from __future__ import annotations
 
@@ -7,14 +8,31 @@ from dataclasses import dataclass
 import torch
 
 from yaie.kernels.attention import BACKENDS
-from yaie.worker_service.kv_pool import (
-    DEFAULT_CPU_MEMORY_BYTES,
-    DEFAULT_MEMORY_FRACTION,
-    KVPoolConfig,
-)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEVICES = ("auto", "cpu", "cuda")
+DEFAULT_MEMORY_FRACTION = 0.85
+DEFAULT_CPU_MEMORY_BYTES = 512 * 1024**2
+
+
+@dataclass(frozen=True)
+class KVPoolConfig:
+    """How to size the pool: num_blocks wins; else memory_fraction (CUDA) or cpu_memory_bytes."""
+
+    block_size: int = 16
+    num_blocks: int | None = None
+    memory_fraction: float = DEFAULT_MEMORY_FRACTION
+    cpu_memory_bytes: int = DEFAULT_CPU_MEMORY_BYTES
+
+    def __post_init__(self) -> None:
+        if self.block_size <= 0:
+            raise ValueError(f"block_size must be positive, got {self.block_size}")
+        if self.num_blocks is not None and self.num_blocks <= 0:
+            raise ValueError(f"num_blocks must be positive, got {self.num_blocks}")
+        if not 0.0 < self.memory_fraction <= 1.0:
+            raise ValueError(f"memory_fraction must be in (0, 1], got {self.memory_fraction}")
+        if self.cpu_memory_bytes <= 0:
+            raise ValueError(f"cpu_memory_bytes must be positive, got {self.cpu_memory_bytes}")
 
 
 @dataclass(frozen=True)

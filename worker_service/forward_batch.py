@@ -36,7 +36,7 @@ class ForwardBatch:
     # extend attention, with extend_query_start [batch - num_single + 1] = query_start[d:] - d.
     num_single: int = 0
     extend_query_start: torch.Tensor | None = None
-    # A decode batch whose rows share cached prefix blocks (worker_service/prefix_groups.py):
+    # A decode batch whose rows share cached prefix blocks (worker_service/step/prefix_groups.py):
     # attention reads each shared prefix once per group. None: plain decode attention.
     prefix_groups: PrefixGroups | None = None
 

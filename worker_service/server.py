@@ -1,4 +1,5 @@
-"""The worker's gRPC servicer (yaie.worker.v1.Worker) and health; protobuf stops here.
+"""The worker's gRPC servicer (yaie.worker.v1.Worker): each RPC decodes (wire.py), calls the
+runner, encodes.
 
 Step reads plans on a helper thread so that plan N+1 can be launched while step N computes;
 results still go back strictly in step order.
@@ -15,80 +16,15 @@ from collections.abc import Iterator
 import grpc
 
 from yaie.worker.v1 import worker_pb2, worker_pb2_grpc
-from yaie.worker_service.plan import NewRequestSpec, Plan, RunEntry, StepOutput
-from yaie.worker_service.request_state import RequestTable
-from yaie.worker_service.runner import ModelRunner
-from yaie.worker_service.sampling_step import PendingStep
+from yaie.worker_service.protocol import StepOutput
+from yaie.worker_service.step.request_state import RequestTable
+from yaie.worker_service.step.runner import MAX_IN_FLIGHT, ModelRunner
+from yaie.worker_service.step.sampling_step import PendingStep
+from yaie.worker_service.wire import BadPlan, plan_from_proto, result_to_proto
 
 log = logging.getLogger(__name__)
 
-MAX_IN_FLIGHT = 2  # launched steps whose results are not read yet
 _END = object()  # the client closed its side of the stream
-_SAMPLING_FIELDS = (
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "repetition_penalty",
-    "frequency_penalty",
-    "presence_penalty",
-    "seed",
-    "top_logprobs",
-    "return_logprobs",
-)
-
-
-def plan_from_proto(message: worker_pb2.StepPlan) -> Plan:
-    """ValueError when the plan's packed arrays do not line up (a step-level error)."""
-    num_run = len(message.run_request_ids)
-    if len(message.run_num_tokens) != num_run or len(message.run_num_new_blocks) != num_run:
-        raise ValueError(
-            f"run_request_ids, run_num_tokens and run_num_new_blocks differ in length "
-            f"({num_run}, {len(message.run_num_tokens)}, {len(message.run_num_new_blocks)})"
-        )
-    block_ids = list(message.new_block_ids)
-    if sum(message.run_num_new_blocks) != len(block_ids):
-        raise ValueError(
-            f"run_num_new_blocks sum to {sum(message.run_num_new_blocks)}, "
-            f"new_block_ids holds {len(block_ids)}"
-        )
-    run, offset = [], 0
-    for request_id, num_tokens, num_new in zip(
-        message.run_request_ids, message.run_num_tokens, message.run_num_new_blocks, strict=True
-    ):
-        run.append(RunEntry(request_id, num_tokens, block_ids[offset : offset + num_new]))
-        offset += num_new
-    new_requests = [
-        NewRequestSpec(
-            request_id=r.request_id,
-            token_ids=list(r.token_ids),
-            num_prompt_tokens=r.num_prompt_tokens,
-            num_cached_tokens=r.num_cached_tokens,
-            sampling={
-                **{name: getattr(r.sampling, name) for name in _SAMPLING_FIELDS},
-                "logit_bias": dict(r.sampling.logit_bias),
-            },
-        )
-        for r in message.new_requests
-    ]
-    return Plan(message.step_id, new_requests, run, list(message.release_request_ids))
-
-
-def result_to_proto(output: StepOutput) -> worker_pb2.StepResult:
-    return worker_pb2.StepResult(
-        step_id=output.step_id,
-        token_ids=output.token_ids,
-        logprobs=output.logprobs,
-        top_token_ids=output.top_token_ids,
-        top_logprobs=output.top_logprobs,
-        forward_ms=output.forward_ms,
-        sample_ms=output.sample_ms,
-        error=output.error,
-        request_errors=[
-            worker_pb2.RequestError(request_id=i, message=m)
-            for i, m in output.request_errors.items()
-        ],
-    )
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServicer):
@@ -152,8 +88,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                     # already have handed to other requests.
                     break
                 pending.append(self._launch(table, message, last_step_id))
-                if last_step_id is None or message.step_id > last_step_id:
-                    last_step_id = message.step_id  # a rejected lower id must not lower it
+                step_id = pending[-1].output.step_id
+                if last_step_id is None or step_id > last_step_id:
+                    last_step_id = step_id  # a rejected lower id must not lower it
                 if len(pending) >= MAX_IN_FLIGHT:
                     yield self._finish(pending.popleft())
             while pending:
@@ -171,14 +108,11 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         self, table: RequestTable, message: worker_pb2.StepPlan, last_step_id: int | None
     ) -> PendingStep:
         try:
-            if last_step_id is not None and message.step_id <= last_step_id:
-                raise ValueError(f"step_id {message.step_id} after {last_step_id}: not increasing")
-            plan = plan_from_proto(message)
-        except ValueError as exc:  # nothing runs; releases apply, the step's requests are dropped
+            plan = plan_from_proto(message, last_step_id)
+        except BadPlan as bad:  # nothing runs; releases apply, the step's requests are dropped
             with self._lock:
-                self.runner.release(table, [*message.release_request_ids, *message.run_request_ids])
-            num_run = len(message.run_request_ids)
-            return PendingStep.done(StepOutput(message.step_id, [-1] * num_run, error=str(exc)))
+                self.runner.release(table, bad.drop_request_ids)
+            return PendingStep.done(StepOutput(bad.step_id, [-1] * bad.num_run, error=str(bad)))
         with self._lock:
             pending = self.runner.launch(table, plan)
         if self.runner.device_failure is not None:

@@ -131,7 +131,7 @@ class SamplingBatch:
             any_top_p=any(c.top_p < 1.0 for c in sampled),
             any_min_p=any(c.min_p > 0.0 for c in sampled),
             any_penalties=any(c.uses_penalties for c in configs),
-            any_logprobs=any(c.return_logprobs or c.top_logprobs > 0 for c in configs),
+            any_logprobs=any(c.wants_logprobs for c in configs),
         )
 
 

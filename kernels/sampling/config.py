@@ -1,12 +1,14 @@
 """One request's sampling parameters, resolved and validated: shared by the scheduler (which
-must not import torch) and the worker's sampler (kernels/sampling/batch.py batches them)."""
+must not import torch) and the worker's sampler (kernels/sampling/batch.py batches them).
+The one codec to and from a message with the same fields (from_message, message_fields)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
+from typing import Any
 
 # Temperatures below this are greedy (as vLLM does): dividing by them only overflows.
 GREEDY_TEMPERATURE = 1e-5
@@ -60,6 +62,18 @@ class SamplingConfig:
             if not ok:
                 raise ValueError(f"invalid sampling parameters: need {what}, got {self}")
 
+    @classmethod
+    def from_message(cls, message: object) -> SamplingConfig:
+        """The config of any object with one attribute per field, read by name (the worker
+        protocol's SamplingParams, say); mappings are copied into dicts. ValueError as on
+        construction; AttributeError when the object lacks a field."""
+        return cls(**{f.name: _plain(getattr(message, f.name)) for f in fields(cls)})
+
+    def message_fields(self) -> dict[str, Any]:
+        """Every field by name, mappings as dicts: the keyword arguments of a message with the
+        same fields (worker_pb2.SamplingParams(**config.message_fields()))."""
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+
     @property
     def is_greedy(self) -> bool:
         """True when this request takes the argmax of its processed logits."""
@@ -73,3 +87,13 @@ class SamplingConfig:
             or self.frequency_penalty != 0.0
             or self.presence_penalty != 0.0
         )
+
+    @property
+    def wants_logprobs(self) -> bool:
+        """True when the sampled token's logprob (and maybe the top-n) goes back."""
+        return self.return_logprobs or self.top_logprobs > 0
+
+
+def _plain(value: object) -> object:
+    """A mapping (a message's map field, a MappingProxyType) as a dict; anything else as is."""
+    return dict(value) if isinstance(value, Mapping) else value

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from yaie.cli.builtin_model import write_random_model
+from yaie.worker_service.config import KVPoolConfig
 from yaie.worker_service.forward_batch import ForwardBatch
-from yaie.worker_service.kv_pool import KVPool, KVPoolConfig
+from yaie.worker_service.step.kv_pool import KVPool
 
 
 @pytest.fixture(scope="session")

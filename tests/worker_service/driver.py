@@ -12,21 +12,14 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from yaie.kernels.sampling import SamplingConfig
 from yaie.worker.v1 import worker_pb2, worker_pb2_grpc
 
-GREEDY = dict(
-    temperature=0.0,
-    top_p=1.0,
-    top_k=0,
-    min_p=0.0,
-    repetition_penalty=1.0,
-    frequency_penalty=0.0,
-    presence_penalty=0.0,
-    seed=0,
-)
+# Every option off but temperature 0, as the wire carries it (a proto3 zero is not "unset").
+GREEDY = SamplingConfig(temperature=0.0).message_fields()
 
 
-def sampling(**overrides) -> worker_pb2.SamplingParams:
+def sampling(**overrides: object) -> worker_pb2.SamplingParams:
     return worker_pb2.SamplingParams(**{**GREEDY, **overrides})
 
 

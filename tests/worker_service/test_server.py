@@ -126,6 +126,24 @@ def test_bad_plans_get_errors_and_the_stream_keeps_working(channel, reference):
     stream.close()
 
 
+def test_sampling_that_does_not_decode_fails_only_its_request(channel, reference):
+    """top_p 0 on the wire (SamplingConfig refuses it at the edge): request 2 fails, request 1
+    of the same step runs, and the stream goes on."""
+    stream = StepStream(channel)
+    result = stream.step(
+        new_requests=[new_request(2, top_p=0.0), new_request(1)],
+        **run([2, 1], [6, 6], [2, 2], [2, 3, 0, 1]),
+    )
+    assert not result.error
+    assert [e.request_id for e in result.request_errors] == [2]
+    assert "top_p" in result.request_errors[0].message
+    assert list(result.token_ids) == [-1, reference[0]]
+    result = stream.step(**run([1], [1]))
+    assert not result.error and not result.request_errors
+    assert list(result.token_ids) == reference[1:2]
+    stream.close()
+
+
 def test_inconsistent_plans_fail_the_step_and_the_stream_keeps_working(channel, reference):
     stream = StepStream(channel)
     fields = run([1], [6], [2], [0, 1])

@@ -6,7 +6,7 @@ N+1 can be launched before result N is read: decodes read their input token on t
 
 Under tensor parallelism rank 0's runner shares every change to a request table (each plan,
 each release, each closed table) with the other ranks, whose runners apply the same changes
-(tp_group.follow_plans), so every rank builds the same batches and runs the same collectives.
+(tp/ranks.follow_plans), so every rank builds the same batches and runs the same collectives.
 """
 
 from __future__ import annotations
@@ -17,18 +17,20 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from yaie.worker_service.batch_builder import ScheduledEntry, build_forward_batch
-from yaie.worker_service.cuda_graphs import DecodeGraphs
-from yaie.worker_service.kv_pool import KVPool
-from yaie.worker_service.plan import Plan, StepOutput
-from yaie.worker_service.request_state import RequestTable, check_run_entry
-from yaie.worker_service.sampling_step import PendingStep, StepTimer, sample_entries
-from yaie.worker_service.tp import PlanOp
+from yaie.worker_service.protocol import Plan, StepOutput
+from yaie.worker_service.step.batch_builder import ScheduledEntry, build_forward_batch
+from yaie.worker_service.step.cuda_graphs import DecodeGraphs
+from yaie.worker_service.step.kv_pool import KVPool
+from yaie.worker_service.step.request_state import RequestTable, check_run_entry
+from yaie.worker_service.step.sampling_step import PendingStep, StepTimer, sample_entries
+from yaie.worker_service.tp.plan_channel import PlanOp, share_plan
 
 if TYPE_CHECKING:
     from yaie.worker_service.tp import TPGroup
 
 log = logging.getLogger(__name__)
+
+MAX_IN_FLIGHT = 2  # launched steps of one stream whose results are not read yet
 
 
 class ModelRunner:
@@ -90,7 +92,7 @@ class ModelRunner:
         if self.tp is None or self.tp.rank != 0:
             return True
         try:
-            self.tp.share_plan(op, self._table_ids[id(table)], plan)
+            share_plan(self.tp, op, self._table_ids[id(table)], plan)
             return True
         except RuntimeError as exc:
             log.critical("cannot reach the other tensor-parallel ranks: %s", exc)
@@ -134,6 +136,8 @@ class ModelRunner:
         table.release(request_id)
 
     def _admit(self, table: RequestTable, plan: Plan, output: StepOutput) -> None:
+        for request_id, message in plan.rejected_requests.items():
+            self._fail(table, output, request_id, f"bad NewRequest: {message}")
         for spec in plan.new_requests:
             if spec.request_id in table or spec.request_id in output.request_errors:
                 self._fail(

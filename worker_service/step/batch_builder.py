@@ -14,8 +14,8 @@ import torch
 from yaie.kernels.attention import PrefixGroups
 from yaie.kernels.host_copy import to_device
 from yaie.worker_service.forward_batch import ForwardBatch
-from yaie.worker_service.prefix_groups import find_prefix_groups
-from yaie.worker_service.request_state import RequestState, RequestTable
+from yaie.worker_service.step.prefix_groups import find_prefix_groups
+from yaie.worker_service.step.request_state import RequestState, RequestTable
 
 # Grouped (cascade) decode attention only where it pays (not yet tuned on a GPU): a shared
 # prefix of at least MIN_PREFIX_TOKENS, and groups that save at least MIN_SAVED_TOKENS token

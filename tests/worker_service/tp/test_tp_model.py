@@ -15,8 +15,7 @@ import torch
 from yaie.worker.v1 import worker_pb2
 from yaie.worker_service.loader import load_model
 from yaie.worker_service.models import build_model
-from yaie.worker_service.server import plan_from_proto
-from yaie.worker_service.tp import plan_from_bytes, plan_to_bytes
+from yaie.worker_service.wire import plan_from_bytes, plan_from_proto, plan_to_bytes
 
 BLOCK_SIZE, NEW_TOKENS = 4, 8
 MODELS = [
@@ -143,8 +142,9 @@ def test_a_plan_crosses_to_the_other_ranks_unchanged() -> None:
         new_requests=[worker_pb2.NewRequest(
             request_id=3, token_ids=[5, 6, 7], num_prompt_tokens=2, num_cached_tokens=0,
             sampling=worker_pb2.SamplingParams(temperature=0.7, top_p=0.9, top_k=5,
-                                               seed=2**64 - 1, logit_bias={4: -1.5},
-                                               top_logprobs=2, return_logprobs=True))],
+                                               repetition_penalty=1.0, seed=2**64 - 1,
+                                               logit_bias={4: -1.5}, top_logprobs=2,
+                                               return_logprobs=True))],
         run_request_ids=[3, 9], run_num_tokens=[3, 1], run_num_new_blocks=[1, 2],
         new_block_ids=[10, 11, 12], release_request_ids=[1, 2],
     )  # fmt: skip

@@ -8,38 +8,16 @@ that padded rows of a CUDA-graph batch write into; it is never handed to the sch
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+
+from yaie.worker_service.config import KVPoolConfig
 
 if TYPE_CHECKING:
     from yaie.worker_service.tp import TPGroup
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MEMORY_FRACTION = 0.85
-DEFAULT_CPU_MEMORY_BYTES = 512 * 1024**2
-
-
-@dataclass(frozen=True)
-class KVPoolConfig:
-    """How to size the pool: num_blocks wins; else memory_fraction (CUDA) or cpu_memory_bytes."""
-
-    block_size: int = 16
-    num_blocks: int | None = None
-    memory_fraction: float = DEFAULT_MEMORY_FRACTION
-    cpu_memory_bytes: int = DEFAULT_CPU_MEMORY_BYTES
-
-    def __post_init__(self) -> None:
-        if self.block_size <= 0:
-            raise ValueError(f"block_size must be positive, got {self.block_size}")
-        if self.num_blocks is not None and self.num_blocks <= 0:
-            raise ValueError(f"num_blocks must be positive, got {self.num_blocks}")
-        if not 0.0 < self.memory_fraction <= 1.0:
-            raise ValueError(f"memory_fraction must be in (0, 1], got {self.memory_fraction}")
-        if self.cpu_memory_bytes <= 0:
-            raise ValueError(f"cpu_memory_bytes must be positive, got {self.cpu_memory_bytes}")
 
 
 def bytes_per_block(

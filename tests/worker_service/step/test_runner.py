@@ -11,14 +11,15 @@ from tests.worker_service.conftest import build_forward_batch as reference_batch
 from tests.worker_service.conftest import kv_pool_for
 from tests.worker_service.driver import Driver, Seq, hf_greedy, load_hf_model, sampling
 from yaie.worker.v1 import worker_pb2
-from yaie.worker_service.batch_builder import ScheduledEntry, build_forward_batch
-from yaie.worker_service.cuda_graphs import graph_batch_sizes
-from yaie.worker_service.kv_pool import KVPool, KVPoolConfig, bytes_per_block
+from yaie.worker_service.config import KVPoolConfig
 from yaie.worker_service.loader import load_model
-from yaie.worker_service.request_state import RequestState, RequestTable
-from yaie.worker_service.runner import ModelRunner
-from yaie.worker_service.server import plan_from_proto, result_to_proto
-from yaie.worker_service.warmup import warm_up
+from yaie.worker_service.step.batch_builder import ScheduledEntry, build_forward_batch
+from yaie.worker_service.step.cuda_graphs import graph_batch_sizes
+from yaie.worker_service.step.kv_pool import KVPool, bytes_per_block
+from yaie.worker_service.step.request_state import RequestState, RequestTable
+from yaie.worker_service.step.runner import ModelRunner
+from yaie.worker_service.step.warmup import warm_up
+from yaie.worker_service.wire import plan_from_proto, result_to_proto
 
 BLOCK_SIZE, NUM_BLOCKS = 4, 128
 PROMPTS = [[5, 6, 7, 8, 9], [40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50], [300, 301]]

@@ -19,19 +19,27 @@ import torch
 from yaie.kernels.attention import PrefixGroups, decode_attention_grouped
 from yaie.kernels.sampling import SamplingConfig, sample
 from yaie.kernels.sampling.batch import SamplingBatch
-from yaie.worker_service.plan import NewRequestSpec, Plan, RunEntry
-from yaie.worker_service.runner import ModelRunner
+from yaie.worker_service.protocol import NewRequestSpec, Plan, RunEntry
+from yaie.worker_service.step.runner import ModelRunner
 
 log = logging.getLogger(__name__)
 
-_GREEDY = dict(temperature=0.0, top_p=1.0, top_k=0, min_p=0.0, repetition_penalty=1.0,
-               frequency_penalty=0.0, presence_penalty=0.0, seed=0, logit_bias={},
-               top_logprobs=0, return_logprobs=False)  # fmt: skip
+_GREEDY = SamplingConfig(temperature=0.0)
 # Every filter, every penalty, logit bias and logprobs: the sampler's slowest variant.
-_EVERYTHING = dict(_GREEDY, temperature=0.8, top_p=0.9, top_k=40, min_p=0.05,
-                   repetition_penalty=1.1, frequency_penalty=0.1, presence_penalty=0.1, seed=7,
-                   logit_bias={3: 1.0}, top_logprobs=2, return_logprobs=True)  # fmt: skip
-_TOP_P = dict(_GREEDY, temperature=1.0, top_p=0.95)
+_EVERYTHING = SamplingConfig(
+    temperature=0.8,
+    top_p=0.9,
+    top_k=40,
+    min_p=0.05,
+    repetition_penalty=1.1,
+    frequency_penalty=0.1,
+    presence_penalty=0.1,
+    seed=7,
+    logit_bias={3: 1.0},
+    top_logprobs=2,
+    return_logprobs=True,
+)
+_TOP_P = SamplingConfig(temperature=1.0, top_p=0.95)
 
 
 def warm_up(runner: ModelRunner) -> float:

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 import torch
 
 from yaie.kernels.sampling import SamplingBatch, sample
-from yaie.worker_service.batch_builder import ScheduledEntry
-from yaie.worker_service.plan import StepOutput
-from yaie.worker_service.request_state import RequestTable, append_output
+from yaie.worker_service.protocol import StepOutput
+from yaie.worker_service.step.batch_builder import ScheduledEntry
+from yaie.worker_service.step.request_state import RequestTable, append_output
 
 
 class StepTimer:

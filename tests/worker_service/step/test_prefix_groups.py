@@ -9,13 +9,13 @@ import torch
 
 from tests.worker_service.conftest import kv_pool_for
 from tests.worker_service.driver import sampling
-from tests.worker_service.test_runner import LocalStream
+from tests.worker_service.step.test_runner import LocalStream
 from yaie.worker.v1 import worker_pb2
-from yaie.worker_service import batch_builder
 from yaie.worker_service.loader import load_model
-from yaie.worker_service.prefix_groups import find_prefix_groups
-from yaie.worker_service.runner import ModelRunner
-from yaie.worker_service.warmup import warm_up
+from yaie.worker_service.step import batch_builder
+from yaie.worker_service.step.prefix_groups import find_prefix_groups
+from yaie.worker_service.step.runner import ModelRunner
+from yaie.worker_service.step.warmup import warm_up
 
 
 @pytest.fixture(scope="module")

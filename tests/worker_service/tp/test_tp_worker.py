@@ -21,10 +21,12 @@ from tests.worker_service.driver import (
     StepStream,
     hf_greedy,
     load_hf_model,
+    sampling,
     start_cpu_worker,
     stop_worker,
 )
 from yaie.cli.health_probe import wait_for_serving
+from yaie.worker.v1 import worker_pb2
 
 BLOCK_SIZE, NUM_BLOCKS = 4, 64
 
@@ -182,6 +184,43 @@ def test_a_bad_plan_and_a_new_stream_keep_every_rank_in_step(group) -> None:
     first.close()
     second.close()
     assert retry.outputs == other.outputs and len(other.outputs) == 3
+
+
+def test_sampling_that_does_not_decode_fails_its_request_alone_on_every_rank(group) -> None:
+    """A NewRequest with top_p 0 for a live id drops that request on both ranks (rank 1 hears
+    of it as a release); the new request beside it runs, and so does the next step (the ranks
+    would hang or diverge otherwise)."""
+    stream = StepStream(group.channel, timeout=30)
+    tokens = prompt(9, 6)
+
+    def new(request_id: int, **params: object) -> worker_pb2.NewRequest:
+        return worker_pb2.NewRequest(
+            request_id=request_id,
+            token_ids=tokens,
+            num_prompt_tokens=len(tokens),
+            sampling=sampling(**params),
+        )
+
+    first = stream.step(
+        new_requests=[new(1)],
+        run_request_ids=[1],
+        run_num_tokens=[6],
+        run_num_new_blocks=[2],
+        new_block_ids=[0, 1],
+    )
+    assert not first.error and not first.request_errors
+    second = stream.step(
+        new_requests=[new(1, top_p=0.0), new(2)],
+        run_request_ids=[1, 2],
+        run_num_tokens=[1, 6],
+        run_num_new_blocks=[0, 2],
+        new_block_ids=[2, 3],
+    )
+    assert not second.error and [e.request_id for e in second.request_errors] == [1]
+    assert list(second.token_ids) == [-1, first.token_ids[0]]  # the same prompt, greedy
+    third = stream.step(run_request_ids=[2], run_num_tokens=[1], run_num_new_blocks=[0])
+    assert not third.error and not third.request_errors and third.token_ids[0] >= 0
+    stream.close()
 
 
 def test_rank_0_killed_while_loading_takes_rank_1_down(model_dir) -> None:

@@ -11,7 +11,7 @@ import torch
 
 from yaie.kernels.host_copy import to_device
 from yaie.kernels.sampling import SamplingConfig
-from yaie.worker_service.plan import NewRequestSpec, RunEntry
+from yaie.worker_service.protocol import NewRequestSpec, RunEntry
 
 
 @dataclass
@@ -46,7 +46,7 @@ class RequestState:
 
     @property
     def wants_logprobs(self) -> bool:
-        return self.sampling.return_logprobs or self.sampling.top_logprobs > 0
+        return self.sampling.wants_logprobs
 
 
 def check_new_request(
@@ -55,7 +55,7 @@ def check_new_request(
     """Raises ValueError when a NewRequest is inconsistent."""
     num_tokens = len(spec.token_ids)
     bad_ids = [t for t in spec.token_ids if not 0 <= t < vocab_size]
-    bad_ids += [t for t in spec.sampling.get("logit_bias", {}) if not 0 <= t < vocab_size]
+    bad_ids += [t for t in spec.sampling.logit_bias if not 0 <= t < vocab_size]
     if bad_ids:
         raise ValueError(f"token ids {bad_ids[:4]} outside the vocabulary [0, {vocab_size})")
     if num_tokens == 0:
@@ -131,7 +131,6 @@ class RequestTable:
         """Checks the spec and admits the request (ValueError when it is inconsistent)."""
         assert spec.request_id not in self._requests
         check_new_request(spec, block_size, max_context, vocab_size)
-        sampling = SamplingConfig(**spec.sampling)
         # A fully cached prompt still runs its last token (K/V rewritten, same values).
         num_computed = min(spec.num_cached_tokens, len(spec.token_ids) - 1)
         state = RequestState(
@@ -141,7 +140,7 @@ class RequestTable:
             spec.num_prompt_tokens,
             num_computed,
             [],
-            sampling,
+            spec.sampling,
         )
         if state.uses_penalties:
             earlier = spec.token_ids[spec.num_prompt_tokens :]

@@ -1,12 +1,13 @@
-"""A step plan and its result as plain dataclasses: what the runner sees of the step protocol.
-
-server.py converts yaie.worker.v1 messages to and from these at the process edge.
+"""The step protocol (yaie.worker.v1) as plain dataclasses: a step plan and its result.
+wire.py converts them to and from protobuf at the process edge; the rest of the worker sees
+only these.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+
+from yaie.kernels.sampling import SamplingConfig
 
 
 @dataclass(frozen=True)
@@ -17,7 +18,7 @@ class NewRequestSpec:
     token_ids: list[int]
     num_prompt_tokens: int
     num_cached_tokens: int
-    sampling: dict[str, Any]  # SamplingConfig keyword arguments, checked when the request is added
+    sampling: SamplingConfig
 
 
 @dataclass(frozen=True)
@@ -31,10 +32,15 @@ class RunEntry:
 
 @dataclass(frozen=True)
 class Plan:
+    """One step: releases apply first, then new requests are admitted, then run entries run."""
+
     step_id: int
     new_requests: list[NewRequestSpec]
     run: list[RunEntry]
     release_request_ids: list[int]
+    # New requests the edge could not decode (request id -> why): each fails alone, like a
+    # NewRequest the runner rejects, and a live request of that id is dropped with it.
+    rejected_requests: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -50,3 +56,4 @@ class StepOutput:
     sample_ms: float = 0.0
     error: str = ""
     request_errors: dict[int, str] = field(default_factory=dict)
+

@@ -1,5 +1,5 @@
 """The processes of a tensor-parallel worker. Rank 0 is the `yaie worker --tp N` process: it
-serves gRPC, starts ranks 1..N-1 as child processes (`python -m yaie.worker_service.tp_group`)
+serves gRPC, starts ranks 1..N-1 as child processes (`python -m yaie.worker_service.tp.ranks`)
 and watches them; each of those loads its shard and applies the plans rank 0 shares.
 
 A rank that dies takes the group down: rank 0 stops and exits 1 (its scheduler sees the worker
@@ -23,9 +23,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from yaie.worker_service.app import build_runner
 from yaie.worker_service.config import WorkerConfig
-from yaie.worker_service.runner import ModelRunner
-from yaie.worker_service.tp import PlanOp
+from yaie.worker_service.loader import read_config, resolve_model_dir
+from yaie.worker_service.models import check_tp_config, parse_config
+from yaie.worker_service.step.runner import MAX_IN_FLIGHT, ModelRunner
+from yaie.worker_service.tp.plan_channel import PlanOp, receive_plan
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +53,6 @@ def _signal_on_parent_death() -> None:
 
 def check_model_fits(config: WorkerConfig) -> None:
     """ValueError (before any process starts) when config.tp cannot split the model."""
-    from yaie.worker_service.loader import read_config, resolve_model_dir
-    from yaie.worker_service.models import check_tp_config, parse_config
-
     check_tp_config(parse_config(read_config(resolve_model_dir(config.model))), config.tp)
 
 
@@ -164,14 +164,12 @@ def follow_plans(runner: ModelRunner) -> int:
     """Ranks > 0: applies each message rank 0 shares to a mirror of its request tables, so that
     this rank runs the same batches (and collectives) in the same order. Returns an exit status
     once rank 0 is gone (its broadcast fails) or a step failed."""
-    from yaie.worker_service.server import MAX_IN_FLIGHT
-
     assert runner.tp is not None and runner.tp.rank > 0
     tables = {}
     pending: deque = deque()
     while True:
         try:
-            op, table_id, plan = runner.tp.receive_plan()
+            op, table_id, plan = receive_plan(runner.tp)
         except RuntimeError as exc:
             log.info("rank 0 is gone (%s): exiting", exc)
             return 1
@@ -213,8 +211,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     _exit_with_parent()
     config = WorkerConfig(**json.loads(args.config))
-    from yaie.worker_service.app import build_runner
-
     try:
         runner, _ = build_runner(config)
     except Exception:
