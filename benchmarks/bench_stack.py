@@ -47,6 +47,12 @@ SHAPES: dict[str, tuple[str, dict]] = {
         num_key_value_heads=8, head_dim=128, vocab_size=128256, tie_word_embeddings=False,
         max_position_embeddings=131072, rms_norm_eps=1e-5,
         rope_parameters={**_LLAMA3_ROPE, "factor": 8.0})),
+    # the built-in model's shape (SmolLM2-135M-Instruct): measures the engine's own ceiling
+    "smollm2-135m": ("LlamaForCausalLM", dict(
+        hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+        num_key_value_heads=3, head_dim=64, vocab_size=49152, tie_word_embeddings=True,
+        max_position_embeddings=8192, rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e5})),
     # --tiny: a vocabulary larger than the tokenizer's, like the real shapes' here
     "tiny": ("Qwen3ForCausalLM", dict(
         hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
