@@ -8,7 +8,7 @@ import json
 import os
 from pathlib import Path
 
-from yaie.scheduler_service.step_trace import ENV, summarize
+from yaie.scheduler_service.ops.step_trace import ENV, summarize
 
 
 def parse(spec: str) -> list[tuple[str, list[str]]]:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, NoReturn
 import grpc
 
 from yaie.cli import stop_signals
-from yaie.scheduler_service.worker_client import (
+from yaie.scheduler_service.workers.worker_client import (
     PlanEntry,
     StepOutcome,
     WorkerDescription,
@@ -161,7 +161,7 @@ class InProcessWorkerClient:
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.Namespace]:
     """(scheduler flags, worker flags): `yaie scheduler`'s parser takes its own flags (--host,
     --port, --model, ...), `yaie worker`'s the rest (--device, --dtype, --num-blocks, ...)."""
-    from yaie.scheduler_service.__main__ import build_parser as scheduler_parser
+    from yaie.scheduler_service.app import build_parser as scheduler_parser
     from yaie.worker_service.__main__ import build_parser as worker_parser
 
     own = argparse.ArgumentParser(prog="yaie in-process", add_help=False)
@@ -192,7 +192,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.Nam
 
 async def _serve(args: argparse.Namespace, servicer: WorkerServicer) -> int:
     """The scheduler's serve() over the in-process worker; a device failure stops it (1)."""
-    from yaie.scheduler_service.__main__ import serve
+    from yaie.scheduler_service.app import serve
 
     stop = asyncio.Event()
 
@@ -212,9 +212,9 @@ async def _serve(args: argparse.Namespace, servicer: WorkerServicer) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from yaie.scheduler_service.__main__ import scheduler_config
-    from yaie.scheduler_service.logs import setup_logging
-    from yaie.scheduler_service.server_options import ServerOptions
+    from yaie.scheduler_service.app import scheduler_config
+    from yaie.scheduler_service.ops.logs import setup_logging
+    from yaie.scheduler_service.ops.server_options import ServerOptions
     from yaie.worker_service.__main__ import config_from_args
 
     scheduler_args, worker_args = parse_args(argv)

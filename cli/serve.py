@@ -22,8 +22,9 @@ import tempfile
 from collections.abc import Callable
 
 from yaie.cli import stop_signals
-from yaie.scheduler_service import failover_flags, server_options
-from yaie.scheduler_service.logs import setup_logging
+from yaie.scheduler_service.ops import flags as failover_flags
+from yaie.scheduler_service.ops import server_options
+from yaie.scheduler_service.ops.logs import setup_logging
 
 logger = logging.getLogger("yaie.serve")
 _PR_SET_PDEATHSIG = 1
@@ -222,7 +223,7 @@ def _write_run_secret() -> str:
 
 async def run_stack(args: argparse.Namespace, model: str, workers: list) -> int:
     """The scheduler over the started workers, until a signal, a dead worker or the demo's end."""
-    from yaie.scheduler_service import __main__ as scheduler
+    from yaie.scheduler_service import app as scheduler
 
     argv = [a for w in [w for w, _ in workers] + args.worker for a in ("--worker", w)]
     argv += ["--host", args.host, "--port", str(args.port), "--model", model]

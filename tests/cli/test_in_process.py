@@ -19,9 +19,9 @@ import pytest
 from yaie.cli.health_probe import wait_for_serving
 from yaie.cli.in_process import InProcessWorkerClient
 from yaie.scheduler_service.config import SchedulerConfig
-from yaie.scheduler_service.engine import Engine
-from yaie.scheduler_service.request import GenerationRequest, SamplingConfig
-from yaie.scheduler_service.worker_client import (
+from yaie.scheduler_service.engine.engine import Engine
+from yaie.scheduler_service.engine.request import GenerationRequest, SamplingConfig
+from yaie.scheduler_service.workers.worker_client import (
     NewRequestSpec,
     PlanEntry,
     WorkerHungError,
