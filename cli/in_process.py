@@ -16,10 +16,8 @@ from typing import TYPE_CHECKING, NoReturn
 import grpc
 
 from yaie.cli import stop_signals
+from yaie.scheduler_service.workers.step_plan import StepOutcome, StepPlan, WorkerDescription
 from yaie.scheduler_service.workers.worker_client import (
-    PlanEntry,
-    StepOutcome,
-    WorkerDescription,
     WorkerStreamError,
     decode_result,
     describe_info,
@@ -99,7 +97,7 @@ class _StepCall:
 
 
 class InProcessWorkerClient:
-    """scheduler_service.worker_client.WorkerClient's interface and semantics over a loaded
+    """scheduler_service.workers.worker_client.WorkerClient's interface and semantics over a loaded
     WorkerServicer of this process. Use it from one event loop (as the engine does)."""
 
     def __init__(self, servicer: WorkerServicer, address: str = ADDRESS) -> None:
@@ -130,18 +128,19 @@ class InProcessWorkerClient:
             return "NOT_SERVING"
         return "SERVING"
 
-    async def send(self, step_id: int, entries: list[PlanEntry], release_ids: list[int]) -> None:
+    async def send(self, plan: StepPlan) -> None:
         call = self._live_call()
         if not call.thread.is_alive():
-            raise WorkerStreamError(f"sending step {step_id} to {self.address}: the stream ended")
-        call.plans.put(encode_plan(step_id, entries, release_ids))
+            step = plan.step_id
+            raise WorkerStreamError(f"sending step {step} to {self.address}: the stream ended")
+        call.plans.put(encode_plan(plan))
 
-    async def receive(self, entries: list[PlanEntry], timeout: float) -> StepOutcome:
+    async def receive(self, plan: StepPlan, timeout: float) -> StepOutcome:
         """The next StepResult, decoded against the entries of its plan."""
         call = self._live_call()
         item = (await read_within(call.results.get(), timeout, self.address)).result()
         if isinstance(item, worker_pb2.StepResult):
-            return decode_result(item, entries)
+            return decode_result(item, plan.entries)
         call.results.put_nowait(item)  # the end stays: later reads see it too
         if item is _CANCELLED:
             raise WorkerStreamError(f"{self.address}: the step stream was cancelled")

@@ -17,7 +17,7 @@ from yaie.scheduler_service.config import SchedulerConfig
 from yaie.scheduler_service.engine.errors import ResourceExhaustedError, UnavailableError
 from yaie.scheduler_service.engine.request import FinishReason, GenerationRequest, OutputEvent
 from yaie.scheduler_service.engine.router import Router
-from yaie.scheduler_service.engine.sequence import Sequence, SequenceStatus
+from yaie.scheduler_service.engine.sequence import Sequence
 from yaie.scheduler_service.engine.worker_loop import WorkerLoop
 from yaie.scheduler_service.workers.worker_client import WorkerClient, WorkerStreamError
 
@@ -181,9 +181,8 @@ class Engine:
             await asyncio.sleep(0.05)
         cancelled = list(self._live)
         for request_id in cancelled:
-            seq = self._live[request_id]
-            seq.error = "the server is shutting down: the drain timeout passed"
-            self.abort(request_id)
+            error = "the server is shutting down: the drain timeout passed"
+            self._request_end(request_id, FinishReason.ABORT, error)
         deadline = loop.time() + 2.0  # the step loops act on aborts at their next step
         while self._live and loop.time() < deadline:
             await asyncio.sleep(0.02)
@@ -199,9 +198,7 @@ class Engine:
         await asyncio.gather(*(loop.client.close() for loop in self._loops))
         self._parked.clear()
         for seq in list(self._live.values()):
-            seq.finish_reason = FinishReason.ABORT
-            seq.error = "the server is shutting down"
-            seq.emit([], [])
+            seq.finish(FinishReason.ABORT, "the server is shutting down")
             self._on_finished(seq)
 
     def check_admissible(self, req: GenerationRequest) -> None:
@@ -260,15 +257,18 @@ class Engine:
     def finish(self, request_id: str) -> None:
         self._request_end(request_id, FinishReason.STOP)
 
-    def _request_end(self, request_id: str, reason: FinishReason) -> bool:
+    def _request_end(self, request_id: str, reason: FinishReason, error: str | None = None) -> bool:
+        """Ends the live request request_id with reason (its final event carrying error) at
+        its worker's next step, or now when it is parked; the first end asked for wins."""
         seq = self._live.get(request_id)
         if seq is None:
             return False
         if seq.abort_requested is None:
             seq.abort_requested = reason
+            seq.abort_error = error
             if seq in self._parked:
                 self._parked.remove(seq)
-                self._end(seq, reason, seq.error)
+                self._end(seq, reason, error)
             else:
                 self._loops[seq.worker_index].request_abort(seq)
         return True
@@ -321,10 +321,7 @@ class Engine:
 
     def _end(self, seq: Sequence, reason: FinishReason, error: str | None) -> None:
         """Finish a request that is on no worker (parked, or just orphaned)."""
-        seq.finish_reason = reason
-        seq.error = error
-        seq.status = SequenceStatus.FINISHED
-        seq.emit([], [])
+        seq.finish(reason, error)
         self._on_finished(seq)
 
     def _on_finished(self, seq: Sequence) -> None:
@@ -338,7 +335,7 @@ class Engine:
         (re-prefilled there from prompt + output), parked while none is healthy."""
         for seq in seqs:
             if seq.abort_requested is not None:
-                self._end(seq, seq.abort_requested, seq.error)
+                self._end(seq, seq.abort_requested, seq.abort_error)
             else:
                 self._add(seq)
 

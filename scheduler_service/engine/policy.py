@@ -1,13 +1,17 @@
-"""Batch formation for one worker: which requests run how many tokens in the next step.
+"""Batch formation for one worker: which requests run how many tokens in the next step, and
+the KV blocks they hold (allocated, cached in the radix tree, released).
 
 Continuous batching with chunked prefill under a per-step token budget: running requests go
 first, oldest first (a decode costs 1 token, a prefill continues with a chunk); waiting requests
-are then admitted longest-cached-prefix first, except that resumed (preempted) requests and
-requests waiting longer than max_wait_steps go first in arrival order, so none starves. A
-request whose prompt shares 2+ blocks with a prompt still being computed waits for those blocks
-to enter the tree rather than computing them twice. When a running request needs a block and
-the pool has none, the newest running request is preempted (recomputed later from its tokens,
-its computed blocks cached in the tree).
+are then admitted longest-cached-prefix first, except that resumed requests (preempted, or moved
+from a lost worker: admitted before) and requests waiting longer than max_wait_steps go first in
+arrival order, so none starves. A request whose prompt shares 2+ blocks with a prompt still
+being computed waits for those blocks to enter the tree rather than computing them twice. When
+a running request needs a block and the pool has none, the newest running request is preempted
+(recomputed later from its tokens, its computed blocks cached in the tree).
+
+Of each Sequence the policy alone writes the admission and block fields (queued_at_step,
+hit_estimate, admitted_once, num_cached_tokens, block_ids, match).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from dataclasses import dataclass
 
 from yaie.kernels.kv_cache import KVCacheManager, PrefixMatch
 from yaie.scheduler_service.config import SchedulerConfig
-from yaie.scheduler_service.engine.sequence import Sequence, SequenceStatus
+from yaie.scheduler_service.engine.sequence import Sequence
 
 
 @dataclass
@@ -43,7 +47,8 @@ class AdmissionCounters:
 
 
 class BatchPolicy:
-    """Forms the runs of each step; allocates (and locks) the blocks they write."""
+    """Forms the runs of each step; allocates (and locks) the blocks they write, caches the
+    computed ones in the tree and frees them when their request is done with them."""
 
     def __init__(
         self,
@@ -56,9 +61,17 @@ class BatchPolicy:
         self.block_size = kv.block_size
         self._preempt = preempt  # takes seq out of running; frees its blocks when it can
         self._blocks_pending = False  # during schedule(): freed blocks are on their way
-        self.tree_epoch = 0  # bumped by the owner whenever it inserts into the tree
+        self.tree_epoch = 0  # bumped whenever blocks enter the tree (see _hit_estimate)
         self.counters = AdmissionCounters()
         self.num_steps = 0  # schedule() calls so far
+
+    def successor(self, kv: KVCacheManager) -> BatchPolicy:
+        """A policy for the worker's fresh pool (after it was lost): the hit rate spans the
+        worker's whole life, and the step count goes on (queue stamps stay comparable)."""
+        policy = BatchPolicy(self.config, kv, self._preempt)
+        policy.counters = self.counters
+        policy.num_steps = self.num_steps
+        return policy
 
     def schedule(
         self, running: list[Sequence], waiting: deque[Sequence], blocks_pending: bool
@@ -77,7 +90,7 @@ class BatchPolicy:
             need = self._num_blocks(seq.num_scheduled + n) - len(seq.block_ids)
             if need > 0 and not self._make_room(seq, need, running):
                 short = True
-                i += 1 if seq.status is SequenceStatus.RUNNING else 0  # else: it was the last
+                i += 1  # past seq, or past the end when seq itself was preempted (the last)
                 continue
             if need > 0:
                 seq.block_ids += self.kv.allocate(need)
@@ -101,6 +114,29 @@ class BatchPolicy:
             waiting.appendleft(seq)
         else:
             waiting.append(seq)
+
+    def cache_prompt(self, seq: Sequence, end: int) -> None:
+        """A prefill chunk of seq is computed up to end (its result is in): its full blocks go
+        into the tree now, so requests admitted while seq still runs hit them."""
+        assert seq.match is not None
+        bs = self.block_size
+        if self.config.enable_prefix_cache and end // bs * bs > seq.match.num_tokens:
+            tokens = seq.token_ids[:end]
+            seq.match = self.kv.cache_running(
+                tokens, seq.block_ids, seq.match, seq.request.namespace
+            )
+            self.tree_epoch += 1
+
+    def release(self, seq: Sequence, cache: bool) -> None:
+        """No plan in flight runs seq: its blocks go back to the pool, its computed full blocks
+        into the tree when cache (and the prefix cache is on)."""
+        assert seq.match is not None
+        num_kv = min(seq.num_scheduled, len(seq.token_ids))
+        cache = cache and self.config.enable_prefix_cache
+        self.kv.release(
+            seq.token_ids[:num_kv], seq.block_ids, seq.match, seq.request.namespace, cache=cache
+        )
+        self.tree_epoch += cache
 
     def _make_room(self, seq: Sequence, need: int, running: list[Sequence]) -> bool:
         """Whether need blocks can be allocated for seq, after preempting the newest running
@@ -131,7 +167,7 @@ class BatchPolicy:
         for seq in self._admission_order(waiting):
             if len(running) >= self.config.max_running_requests or budget <= 0:
                 break
-            if not seq.resumed and self._worth_waiting(seq, self._hit_estimate(seq), sharing):
+            if not seq.admitted_once and self._worth_waiting(seq, self._hit_estimate(seq), sharing):
                 continue
             match = self._match(seq)
             n = min(len(seq.token_ids) - match.num_tokens, budget, self.config.prefill_chunk_size)
@@ -141,14 +177,11 @@ class BatchPolicy:
             self.kv.lock(match)
             seq.match = match
             seq.block_ids = match.blocks + self.kv.allocate(need)
-            seq.num_scheduled = match.num_tokens
             if not seq.admitted_once:
                 seq.admitted_once = True
                 seq.num_cached_tokens = match.num_tokens
                 self.counters.prompt_tokens += seq.num_prompt_tokens
                 self.counters.cached_tokens += match.num_tokens
-            seq.status = SequenceStatus.RUNNING
-            seq.resumed = False
             waiting.remove(seq)
             running.append(seq)
             runs.append(Run(seq, n))
@@ -161,8 +194,8 @@ class BatchPolicy:
         cached prefix (ties in queue order)."""
         window = list(itertools.islice(waiting, self.config.prefix_scan_window))
         limit = self.config.max_wait_steps
-        first = [s for s in window if s.resumed or self.wait_steps(s) > limit]
-        rest = [s for s in window if not (s.resumed or self.wait_steps(s) > limit)]
+        first = [s for s in window if s.admitted_once or self.wait_steps(s) > limit]
+        rest = [s for s in window if not (s.admitted_once or self.wait_steps(s) > limit)]
         if self.config.enable_prefix_cache and len(rest) > 1:
             rest.sort(key=lambda s: -self._hit_estimate(s))
         return first + rest

@@ -7,9 +7,10 @@ engine, and the engine's OutputEvents back into GenerateResponse frames.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from yaie.kernels.sampling_config import SamplingConfig
+from yaie.scheduler_service.workers.step_plan import TokenLogprobs
 
 
 class FinishReason(enum.Enum):
@@ -32,15 +33,6 @@ class GenerationRequest:
     stop_token_ids: frozenset[int] = frozenset()
     # Prefix-cache namespace: requests with different namespaces never share cached blocks.
     namespace: str = ""
-
-
-@dataclass(frozen=True)
-class TokenLogprobs:
-    """A generated token's log-probability and its top alternatives (log-softmax, raw logits)."""
-
-    token_id: int
-    logprob: float
-    top: list[tuple[int, float]] = field(default_factory=list)
 
 
 @dataclass

@@ -24,45 +24,53 @@ class SequenceStatus(enum.Enum):
 
 @dataclass(eq=False)
 class Sequence:
-    """One GenerationRequest as the engine sees it.
+    """One GenerationRequest as the engine sees it; each field has one writer, named below.
 
-    Positions: [0, num_scheduled) have their K/V written by plans already sent; of the known
-    tokens (token_ids: prompt + outputs received so far), [num_scheduled, len) are still to be
-    computed; `pending` more tokens were sampled by plans in flight whose results have not come
-    back (overlap scheduling), so the worker knows len(token_ids) + pending tokens.
+    Positions: [0, num_scheduled) have their K/V in its blocks (the cached prefix, then what the
+    plans already sent write); of the known tokens (token_ids: prompt + outputs received so
+    far), [num_scheduled, len) are still to be computed; `pending` more tokens were sampled by
+    plans in flight whose results have not come back (overlap scheduling), so the worker knows
+    len(token_ids) + pending tokens.
+
+    An incarnation is its stay on one worker, from admission to preemption or the worker's
+    loss; reset_incarnation() then returns the per-incarnation fields to their defaults.
     """
 
     request: GenerationRequest
     arrival: int  # a global admission counter: FIFO order
+    # Its own (append_token, finish, emit):
     token_ids: list[int] = field(default_factory=list)
-    status: SequenceStatus = SequenceStatus.WAITING
-    worker_index: int = -1  # the engine's worker loop that holds it
-    # Per incarnation (reset on preemption):
-    worker_request_id: int = 0  # the uint64 id on the step stream; fresh after a preemption
-    num_scheduled: int = 0
-    pending: int = 0
-    block_ids: list[int] = field(default_factory=list)
-    num_blocks_sent: int = 0  # how many of block_ids the worker knows
-    match: PrefixMatch | None = None
-    sent: bool = False  # NewRequest sent for this incarnation
-    in_flight: int = 0  # plans in flight that run it
-    worker_dropped: bool = False  # the worker reported an error for it and dropped its state
-    # Whole life:
-    num_cached_tokens: int = 0  # cache hit of the first admission (usage.cached_tokens)
-    admitted_once: bool = False
-    queued_at_step: int = 0  # the policy's step count when (re)queued: see BatchPolicy.wait_steps
-    hit_estimate: tuple[tuple, int] = ((), 0)  # (tree state, cached prefix length) for ordering
-    resumed: bool = False  # requeued after a preemption: goes first
-    preempt: bool = False  # retiring to be requeued (not finished)
     finish_reason: FinishReason | None = None
     matched_stop_token: int | None = None
-    error: str | None = None
+    error: str | None = None  # why the server gave up on it (an ABORT)
     emitted: int = 0  # output tokens already sent in events
-    abort_requested: FinishReason | None = None  # set by abort()/finish(); acted on next step
-    unavailable: bool = False  # ended because no worker was left: the client gets UNAVAILABLE
-    parked_at: float | None = None  # loop time it started waiting for a worker (none healthy)
-    route_cost: int = 0  # prompt tokens its worker must compute (the router's load estimate)
     events: Outbox = field(default_factory=lambda: Outbox())
+    # The engine's (engine.py): where it is, and how its client ended it.
+    worker_index: int = -1  # the engine's worker loop that holds it
+    parked_at: float | None = None  # loop time it started waiting for a worker (none healthy)
+    abort_requested: FinishReason | None = None  # set by abort()/finish(); acted on next step
+    abort_error: str | None = None  # the error its final event carries, with abort_requested
+    unavailable: bool = False  # ended because no worker was left: the client gets UNAVAILABLE
+    # The router's (router.py):
+    route_cost: int = 0  # prompt tokens its worker must compute (the router's load estimate)
+    # Its worker loop's (worker_loop.py):
+    status: SequenceStatus = SequenceStatus.WAITING
+    # The batch policy's (policy.py), for its whole life:
+    admitted_once: bool = False  # waiting again after that: resumed (goes first)
+    num_cached_tokens: int = 0  # cache hit of the first admission (usage.cached_tokens)
+    queued_at_step: int = 0  # the policy's step count when (re)queued: see BatchPolicy.wait_steps
+    hit_estimate: tuple[tuple, int] = ((), 0)  # (tree state, cached prefix length) for ordering
+    # ... and per incarnation:
+    block_ids: list[int] = field(default_factory=list)
+    match: PrefixMatch | None = None  # its cached prefix, locked in the tree
+    # The step stream's (step_stream.py), per incarnation: what the worker knows of it.
+    sent: bool = False  # NewRequest sent
+    worker_request_id: int = 0  # its id on the step stream (fresh each incarnation)
+    num_scheduled: int = 0
+    num_blocks_sent: int = 0  # how many of block_ids the worker knows
+    pending: int = 0
+    in_flight: int = 0  # plans in flight that run it
+    worker_dropped: bool = False  # the worker reported an error for it and dropped its state
 
     def __post_init__(self) -> None:
         if not self.token_ids:
@@ -101,8 +109,15 @@ class Sequence:
         elif self.num_output_tokens >= req.max_new_tokens or len(self.token_ids) >= max_context:
             self.finish_reason = FinishReason.LENGTH
 
+    def finish(self, reason: FinishReason, error: str | None = None) -> None:
+        """End it with reason (error: why the server gave up) and push its final event."""
+        self.finish_reason = reason
+        self.error = error
+        self.emit([], [])
+
     def reset_incarnation(self) -> None:
-        """Forget the worker-side state after a preemption (blocks already released)."""
+        """Forget the worker-side state when it leaves its worker (its blocks already released,
+        or gone with the worker's pool)."""
         self.num_scheduled = 0
         self.pending = 0
         self.block_ids = []

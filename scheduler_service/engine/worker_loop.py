@@ -1,4 +1,5 @@
-"""The step loop of one worker: form a plan, send it, read results, update the requests.
+"""The step loop of one worker: the policy forms the next runs, the step stream sends them as a
+plan, and each result updates the requests (tokens, stops, events, retirement).
 
 Overlap and block lifetimes (shared/DESIGN.md, "Known hazards"). With overlap on, plan N+1 is
 sent before result N is read, so when result N shows that a request finished (or it is aborted
@@ -10,30 +11,29 @@ blocks go back to the KV cache manager (full ones into the tree) only when no pl
 runs it, i.e. once the result of the last plan that ran it has been read. Only then can a block
 be handed to another request or matched from the tree, so no write in flight lands in another
 request's block and every cached block holds K/V already written.
+
+Of each Sequence the loop alone writes `status` (its place here: waiting, running, retiring).
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from yaie.kernels.kv_cache import KVCacheManager
 from yaie.scheduler_service.config import SchedulerConfig
 from yaie.scheduler_service.engine.policy import BatchPolicy, Run
 from yaie.scheduler_service.engine.request import FinishReason
 from yaie.scheduler_service.engine.sequence import Sequence, SequenceStatus
+from yaie.scheduler_service.engine.step_stream import InFlight, StepStream
 from yaie.scheduler_service.ops.step_trace import StepTrace
 from yaie.scheduler_service.workers import health_monitor
+from yaie.scheduler_service.workers.step_plan import StepOutcome, WorkerDescription
 from yaie.scheduler_service.workers.worker_client import (
-    NewRequestSpec,
-    PlanEntry,
     WorkerClient,
-    WorkerDescription,
     WorkerHungError,
     WorkerStreamError,
 )
@@ -41,17 +41,9 @@ from yaie.scheduler_service.workers.worker_client import (
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class _InFlight:
-    step_id: int
-    runs: list[tuple[Sequence, int, bool]]  # (request, tokens run, whether it samples)
-    entries: list[PlanEntry]
-    ends: list[int]  # per entry: its request's num_scheduled after it
-    trace: dict | None = None  # the step's timeline fields (ops/step_trace.py), when tracing
-
-
 class WorkerLoop:
-    """Requests routed to one worker, its KV cache manager, and the task that drives it."""
+    """Requests routed to one worker (waiting, running, retiring), its KV pool's policy, its step
+    stream, and the task that drives them."""
 
     def __init__(
         self,
@@ -76,25 +68,19 @@ class WorkerLoop:
         self._lost: str | None = None  # set by the health check: end the session
         self._hung = False  # lost by a deadline: it may resume and run its old stream's plans
         self._aborts: list[Sequence] = []
-        self._release_ids: list[int] = []
-        self._in_flight: deque[_InFlight] = deque()
         self._wake = asyncio.Event()
-        self.policy: BatchPolicy | None = None
         self._trace = StepTrace.from_env()
-        self._reset_pool(info)
-
-    def _reset_pool(self, info: WorkerDescription) -> None:
-        """A fresh allocator and tree for the worker's pool, and a fresh step stream's ids."""
         self.info = info
         self.kv = KVCacheManager(info.num_blocks, info.block_size)
-        previous, self.policy = self.policy, BatchPolicy(self.config, self.kv, self._preempt)
-        if previous is not None:  # the hit rate spans the worker's whole life, and the step
-            self.policy.counters = previous.counters  # count too (queue stamps stay comparable)
-            self.policy.num_steps = previous.num_steps
-        self._step_ids = itertools.count(1)
-        self._request_ids = itertools.count(1)
-        self._in_flight.clear()
-        self._release_ids.clear()
+        self.policy = BatchPolicy(config, self.kv, self._preempt)
+        self.stream = StepStream(client)
+
+    def _reset_pool(self, info: WorkerDescription) -> None:
+        """A fresh allocator and tree for the worker's pool, and a fresh step stream."""
+        self.info = info
+        self.kv = KVCacheManager(info.num_blocks, info.block_size)
+        self.policy = self.policy.successor(self.kv)
+        self.stream = StepStream(self.client)
 
     def load_tokens(self) -> int:
         """Tokens queued and running here that the worker has yet to compute (routing load)."""
@@ -137,11 +123,12 @@ class WorkerLoop:
                 self._finalize(seq)
             start = time.perf_counter()
             runs = self.policy.schedule(self.running, self.waiting, bool(self.retiring))
-            if runs or self._release_ids:
+            if runs or self.stream.has_releases:
                 await self._send(runs, start)
-            if self._in_flight and (len(self._in_flight) > depth or not runs):
+            in_flight = self.stream.num_in_flight
+            if in_flight and (in_flight > depth or not runs):
                 await self._receive()
-            elif not self._in_flight and not runs:
+            elif not in_flight and not runs:
                 await self._wake.wait()
                 self._wake.clear()
 
@@ -171,86 +158,51 @@ class WorkerLoop:
     async def _send(self, runs: list[Run], start: float) -> None:
         """start: when this step's scheduling began (for the trace)."""
         scheduled = time.perf_counter()
-        entries: list[PlanEntry] = []
-        record: list[tuple[Sequence, int, bool]] = []
         for run in runs:
-            seq, n = run.seq, run.num_tokens
-            spec = None
-            if not seq.sent:
-                seq.sent = True
-                seq.worker_request_id = next(self._request_ids)
-                spec = NewRequestSpec(
-                    list(seq.token_ids),
-                    seq.num_prompt_tokens,
-                    seq.num_scheduled,
-                    seq.request.sampling,
-                )
-            samples = seq.num_scheduled + n == len(seq.token_ids) + seq.pending
-            sampling = seq.request.sampling
-            wants_lp = sampling.return_logprobs or sampling.top_logprobs > 0
-            new_blocks = seq.block_ids[seq.num_blocks_sent :]
-            entries.append(
-                PlanEntry(
-                    seq.worker_request_id,
-                    n,
-                    new_blocks,
-                    spec,
-                    sampling.top_logprobs if wants_lp else None,
-                )
-            )
-            record.append((seq, n, samples))
-            seq.num_scheduled += n
-            seq.num_blocks_sent = len(seq.block_ids)
-            seq.pending += samples
-            seq.in_flight += 1
-        step_id = next(self._step_ids)
-        release_ids, self._release_ids = self._release_ids, []
-        ends = [run.seq.num_scheduled for run in runs]
-        flight = _InFlight(step_id, record, entries, ends)
-        self._in_flight.append(flight)
-        await self.client.send(step_id, entries, release_ids)
+            if run.seq.status is SequenceStatus.WAITING:  # admitted by this step's schedule()
+                run.seq.status = SequenceStatus.RUNNING
+        flight = await self.stream.send(runs)
         if self._trace is not None:
-            sent = time.perf_counter()
-            # a run is prefill unless it is one token at or past the prompt's end (a decode)
-            prefill_tokens = sum(
-                run.num_tokens
-                for run, end in zip(runs, ends, strict=True)
-                if run.num_tokens > 1 or end - 1 < run.seq.num_prompt_tokens
-            )
-            flight.trace = dict(
-                step=step_id,
-                entries=len(runs),
-                tokens=sum(run.num_tokens for run in runs),
-                prefill_tokens=prefill_tokens,
-                running=len(self.running),
-                waiting=len(self.waiting),
-                schedule_ms=(scheduled - start) * 1e3,
-                send_ms=(sent - scheduled) * 1e3,
-                t_sent=sent,
-            )
+            flight.trace = self._trace_fields(flight, runs, start, scheduled)
+
+    def _trace_fields(
+        self, flight: InFlight, runs: list[Run], start: float, scheduled: float
+    ) -> dict:
+        """A sent plan's fields of the step trace (ops/step_trace.py)."""
+        sent = time.perf_counter()
+        # a run is prefill unless it is one token at or past the prompt's end (a decode)
+        prefill_tokens = sum(
+            run.num_tokens
+            for run, end in zip(runs, flight.ends, strict=True)
+            if run.num_tokens > 1 or end - 1 < run.seq.num_prompt_tokens
+        )
+        return dict(
+            step=flight.plan.step_id,
+            entries=len(runs),
+            tokens=sum(run.num_tokens for run in runs),
+            prefill_tokens=prefill_tokens,
+            running=len(self.running),
+            waiting=len(self.waiting),
+            schedule_ms=(scheduled - start) * 1e3,
+            send_ms=(sent - scheduled) * 1e3,
+            t_sent=sent,
+        )
 
     async def _receive(self) -> None:
-        flight = self._in_flight.popleft()
-        outcome = await self.client.receive(flight.entries, self.config.step_timeout_s)
+        flight, outcome = await self.stream.receive(self.config.step_timeout_s)
         arrived = time.perf_counter()
-        if outcome.step_id != flight.step_id:
-            raise WorkerStreamError(f"result of step {outcome.step_id}, expected {flight.step_id}")
         loaded = len(self.running) >= self.config.stream_interval_min_batch
         interval = self.config.stream_interval if loaded else 1  # see SchedulerConfig
-        if outcome.request_errors:  # rare: the set of this step's ids is built only then
-            expected = {entry.request_id for entry in flight.entries}
-            for request_id in outcome.request_errors.keys() - expected:
-                logger.warning("worker %s: error for request %d, not in step %d: ignored",
-                               self.info.address, request_id, flight.step_id)  # fmt: skip
+        entries = flight.plan.entries
+        if outcome.request_errors:
+            self._warn_unknown_errors(flight, outcome)
         for i, (seq, n, samples) in enumerate(flight.runs):
-            seq.in_flight -= 1
-            seq.pending -= samples
-            request_error = outcome.request_errors.get(flight.entries[i].request_id)
+            request_error = outcome.request_errors.get(entries[i].request_id)
             if outcome.error:
                 self._fail(seq, f"worker step failed: {outcome.error}")
                 continue
             if request_error is not None:
-                seq.worker_dropped = True
+                self.stream.note_dropped(seq)
                 self._fail(seq, f"worker error: {request_error}")
                 continue
             token = outcome.token_ids[i]
@@ -259,7 +211,7 @@ class WorkerLoop:
                                 f"{self.info.vocab_size}) where sampled={samples}")  # fmt: skip
                 continue
             if n > 1 and seq.status is SequenceStatus.RUNNING:
-                self._cache_prompt(seq, flight.ends[i])
+                self.policy.cache_prompt(seq, flight.ends[i])
             if samples and not seq.is_finished:  # a finished request drops tokens in flight
                 seq.append_token(token, self.info.max_context)
                 logprobs = outcome.logprobs[i]
@@ -273,25 +225,19 @@ class WorkerLoop:
                                sample_ms=outcome.sample_ms,
                                process_ms=(time.perf_counter() - arrived) * 1e3)  # fmt: skip
 
-    def _cache_prompt(self, seq: Sequence, end: int) -> None:
-        """A prefill chunk of seq is computed (its result is in): share its full blocks in the
-        tree now, so requests admitted while seq still runs hit them."""
-        bs = self.kv.block_size
-        assert seq.match is not None
-        if self.config.enable_prefix_cache and end // bs * bs > seq.match.num_tokens:
-            tokens = seq.token_ids[:end]
-            seq.match = self.kv.cache_running(
-                tokens, seq.block_ids, seq.match, seq.request.namespace
-            )
-            self.policy.tree_epoch += 1
+    def _warn_unknown_errors(self, flight: InFlight, outcome: StepOutcome) -> None:
+        """Errors for ids the step did not run (rare: the set of its ids is built only then)."""
+        expected = {entry.request_id for entry in flight.plan.entries}
+        for request_id in outcome.request_errors.keys() - expected:
+            logger.warning("worker %s: error for request %d, not in step %d: ignored",
+                           self.info.address, request_id, flight.plan.step_id)  # fmt: skip
 
     def _apply_aborts(self) -> None:
         aborts, self._aborts = self._aborts, []
         for seq in aborts:
             if seq.is_finished or seq.abort_requested is None:
                 continue
-            seq.finish_reason = seq.abort_requested
-            seq.emit([], [])
+            seq.finish(seq.abort_requested, seq.abort_error)
             self._on_finished(seq)
             if seq.status is SequenceStatus.WAITING:
                 self.waiting.remove(seq)
@@ -303,9 +249,7 @@ class WorkerLoop:
     def _fail(self, seq: Sequence, message: str) -> None:
         if seq.is_finished:
             return
-        seq.error = message
-        seq.finish_reason = FinishReason.ABORT
-        seq.emit([], [])
+        seq.finish(FinishReason.ABORT, message)
         self._on_finished(seq)
         self._retire(seq)
 
@@ -320,15 +264,13 @@ class WorkerLoop:
     def _start_retiring(self, seq: Sequence) -> None:
         seq.status = SequenceStatus.RETIRING
         self.retiring.append(seq)
-        if seq.sent and not seq.worker_dropped:
-            self._release_ids.append(seq.worker_request_id)
+        self.stream.release(seq)
 
     def _preempt(self, seq: Sequence) -> None:
         """The policy took seq out of running: recompute it later (blocks freed now if none of
         its plans is in flight, which lets the policy allocate at once)."""
         self.num_preemptions += 1
         seq.events.release()  # tokens held by the stream interval go out now, not on resume
-        seq.preempt = True
         self._start_retiring(seq)
         if seq.in_flight == 0:
             self._finalize(seq)
@@ -337,20 +279,12 @@ class WorkerLoop:
         """No plan in flight runs seq: its computed blocks go into the tree (the rest freed);
         a preempted request goes back to the front of the queue."""
         self.retiring.remove(seq)
-        num_kv = min(seq.num_scheduled, len(seq.token_ids))
-        cache = self.config.enable_prefix_cache and seq.error is None
-        assert seq.match is not None
-        self.kv.release(
-            seq.token_ids[:num_kv], seq.block_ids, seq.match, seq.request.namespace, cache=cache
-        )
-        self.policy.tree_epoch += cache
+        self.policy.release(seq, cache=seq.error is None)  # a failed request's K/V: not shared
         if seq.is_finished:
             seq.status = SequenceStatus.FINISHED
             return
         seq.reset_incarnation()
         seq.status = SequenceStatus.WAITING
-        seq.preempt = False
-        seq.resumed = True
         self.policy.queue(seq, self.waiting, first=True)
 
     def _lose(self, message: str, fail: bool) -> None:
@@ -367,18 +301,15 @@ class WorkerLoop:
         self._aborts.clear()  # the engine acts on abort_requested of what it gets back
         orphans = []
         for seq in seqs:
-            if seq.is_finished:  # retiring: its last event is out already
+            if fail and not seq.is_finished:
+                seq.finish(FinishReason.ABORT, f"worker {self.info.address} failed: {message}")
+                self._on_finished(seq)
+            if seq.is_finished:  # retiring ones: their last event is out already
                 seq.status = SequenceStatus.FINISHED
-            elif fail:
-                seq.status = SequenceStatus.RETIRING
-                self._fail(seq, f"worker {self.info.address} failed: {message}")
-                seq.status = SequenceStatus.FINISHED
-            else:
+            else:  # to another worker; if admitted before, it goes first there (resumed)
                 seq.events.release()  # held tokens go out while it waits to be re-routed
                 seq.reset_incarnation()
                 seq.status = SequenceStatus.WAITING
-                seq.preempt = False
-                seq.resumed = seq.admitted_once  # goes first, as a preempted request does
                 orphans.append(seq)
         self._reset_pool(self.info)
         self._on_orphaned(orphans)

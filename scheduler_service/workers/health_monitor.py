@@ -8,11 +8,8 @@ import logging
 from collections.abc import Callable
 
 from yaie.scheduler_service.config import SchedulerConfig
-from yaie.scheduler_service.workers.worker_client import (
-    WorkerClient,
-    WorkerDescription,
-    WorkerStreamError,
-)
+from yaie.scheduler_service.workers.step_plan import WorkerDescription
+from yaie.scheduler_service.workers.worker_client import WorkerClient, WorkerStreamError
 
 logger = logging.getLogger(__name__)
 

@@ -1,20 +1,26 @@
 """One worker connection: Describe, the long-lived Step stream, and plan/result conversion.
 
-Protobuf stays in this file: the engine hands in PlanEntry dataclasses and gets StepOutcomes.
+Protobuf stays in this file: the engine hands in StepPlans and gets StepOutcomes (step_plan.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from yaie.kernels.sampling_config import SamplingConfig
-from yaie.scheduler_service.engine.request import TokenLogprobs
 from yaie.scheduler_service.ops.channel_security import open_worker_channel
+from yaie.scheduler_service.workers.step_plan import (
+    PlanEntry,
+    StepOutcome,
+    StepPlan,
+    TokenLogprobs,
+    WorkerDescription,
+)
 from yaie.worker.v1 import worker_pb2, worker_pb2_grpc
 
 
@@ -24,53 +30,6 @@ class WorkerStreamError(Exception):
 
 class WorkerHungError(WorkerStreamError):
     """No answer in time: the worker process may still be alive (and resume later)."""
-
-
-@dataclass(frozen=True)
-class WorkerDescription:
-    """What Describe reported."""
-
-    address: str
-    model: str
-    architecture: str
-    dtype: str
-    device: str
-    vocab_size: int
-    max_context: int
-    block_size: int
-    num_blocks: int
-    random_weights: bool
-    attention_backend: str
-
-
-@dataclass
-class NewRequestSpec:
-    token_ids: list[int]
-    num_prompt_tokens: int
-    num_cached_tokens: int
-    sampling: SamplingConfig
-
-
-@dataclass
-class PlanEntry:
-    """One run entry: compute num_tokens of a request, appending new_block_ids to its table."""
-
-    request_id: int
-    num_tokens: int
-    new_block_ids: list[int]
-    new_request: NewRequestSpec | None = None  # set the first time the worker sees the request
-    top_logprobs: int | None = None  # None: no logprobs asked; else the top-n to read back
-
-
-@dataclass
-class StepOutcome:
-    step_id: int
-    token_ids: list[int]  # per entry, -1 where nothing was sampled
-    logprobs: list[TokenLogprobs | None]  # per entry
-    error: str = ""
-    request_errors: dict[int, str] = field(default_factory=dict)
-    forward_ms: float = 0.0
-    sample_ms: float = 0.0
 
 
 def describe_info(address: str, info: worker_pb2.WorkerInfo) -> WorkerDescription:
@@ -84,17 +43,16 @@ def describe_info(address: str, info: worker_pb2.WorkerInfo) -> WorkerDescriptio
     return WorkerDescription(address, **{name: getattr(info, name) for name in names})
 
 
-def encode_plan(
-    step_id: int, entries: list[PlanEntry], release_ids: list[int]
-) -> worker_pb2.StepPlan:
+def encode_plan(plan: StepPlan) -> worker_pb2.StepPlan:
     """The packed-diff StepPlan of the proto (repeated fields built from lists in one
     constructor call: per-element appends took ~3x longer at a batch of 256, on every step)."""
+    entries = plan.entries
     new_block_ids: list[int] = []
     for entry in entries:
         new_block_ids += entry.new_block_ids
     return worker_pb2.StepPlan(
-        step_id=step_id,
-        release_request_ids=release_ids,
+        step_id=plan.step_id,
+        release_request_ids=plan.release_ids,
         new_requests=[
             worker_pb2.NewRequest(
                 request_id=entry.request_id,
@@ -239,15 +197,16 @@ class WorkerClient:
             return exc.code().name
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
-    async def send(self, step_id: int, entries: list[PlanEntry], release_ids: list[int]) -> None:
+    async def send(self, plan: StepPlan) -> None:
         if self._call is None:
             raise WorkerStreamError(f"{self.address}: the step stream was abandoned")
         try:
-            await self._call.write(encode_plan(step_id, entries, release_ids))
+            await self._call.write(encode_plan(plan))
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
-            raise WorkerStreamError(f"sending step {step_id} to {self.address}: {exc}") from exc
+            step = plan.step_id
+            raise WorkerStreamError(f"sending step {step} to {self.address}: {exc}") from exc
 
-    async def receive(self, entries: list[PlanEntry], timeout: float) -> StepOutcome:
+    async def receive(self, plan: StepPlan, timeout: float) -> StepOutcome:
         """The next StepResult, decoded against the entries of its plan."""
         if self._call is None:
             raise WorkerStreamError(f"{self.address}: the step stream was abandoned")
@@ -260,7 +219,7 @@ class WorkerClient:
             raise WorkerStreamError(f"{self.address}: step stream failed: {exc.details()}") from exc
         if result is grpc.aio.EOF:
             raise WorkerStreamError(f"{self.address}: the worker closed the step stream")
-        return decode_result(result, entries)
+        return decode_result(result, plan.entries)
 
     async def close(self) -> None:
         self.abandon_stream()

@@ -13,12 +13,8 @@ from yaie.cli.builtin_model import write_random_model
 from yaie.scheduler_service.engine.request import SamplingConfig
 from yaie.scheduler_service.ops import channel_security
 from yaie.scheduler_service.ops.channel_security import WorkerChannelSecurity
-from yaie.scheduler_service.workers.worker_client import (
-    NewRequestSpec,
-    PlanEntry,
-    WorkerClient,
-    WorkerStreamError,
-)
+from yaie.scheduler_service.workers.step_plan import NewRequestSpec, PlanEntry, StepPlan
+from yaie.scheduler_service.workers.worker_client import WorkerClient, WorkerStreamError
 
 SECRET = b"internal-secret-42"
 
@@ -59,8 +55,9 @@ async def _describe_and_step(address: str) -> list[int]:
         client.open_stream()
         spec = NewRequestSpec([5, 6, 7], 3, 0, SamplingConfig(temperature=0.0, seed=1))
         entries = [PlanEntry(request_id=1, num_tokens=3, new_block_ids=[0], new_request=spec)]
-        await client.send(1, entries, [])
-        outcome = await client.receive(entries, timeout=30)
+        plan = StepPlan(1, entries)
+        await client.send(plan)
+        outcome = await client.receive(plan, timeout=30)
         assert not outcome.error
         return outcome.token_ids
     finally:
