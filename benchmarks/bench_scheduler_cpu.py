@@ -1,7 +1,7 @@
 """The scheduler process's CPU cost per generated token, on the CPU, with no GPU.
 
 Three processes: a FakeWorker (tests/scheduler_service/fake_worker.py, cheap_next_token: a step
-costs O(batch)), the real scheduler (`yaie.scheduler_service.app.main`: public gRPC server +
+costs O(batch)), the real scheduler (`yaie.scheduler_service.__main__.main`: public gRPC server +
 Engine) and this one, the load generator (`yaie.cli.bench`). The scheduler's CPU time is read
 from /proc/PID/stat around each run. `--profile` adds one run with the scheduler under cProfile
 (enabled and dumped by signals, so startup is left out).
@@ -63,7 +63,7 @@ def run_scheduler(profile_path: str, interval: int | None, argv: list[str]) -> i
     interval: the scheduler's --stream-interval (1: one frame per token at any load)."""
     import cProfile
 
-    from yaie.scheduler_service.app import main
+    from yaie.scheduler_service.__main__ import main
 
     if interval is not None:
         argv = [*argv, "--stream-interval", str(interval)]

@@ -14,7 +14,7 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("yaie.cli.serve", "run the scheduler and N local workers: the one-command stack"),
     "scheduler": (
-        "yaie.scheduler_service.app",
+        "yaie.scheduler_service.__main__",
         "run the scheduler alone (--worker HOST:PORT)",
     ),
     "worker": ("yaie.worker_service.__main__", "run one GPU worker alone (--model M --port P)"),

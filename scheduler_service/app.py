@@ -1,7 +1,7 @@
-"""The scheduler process: `python -m yaie.scheduler_service --worker HOST:PORT [--worker ...]`.
-
-Serves yaie.v1.Generation, grpc.health.v1 (SERVING once every worker is ready) and server
-reflection. SIGTERM or Ctrl-C stops it cleanly.
+"""The scheduler process, assembled: the engine over its workers, the public server (yaie.v1
+Generation, grpc.health.v1: SERVING once every worker is ready, server reflection), metrics and
+request logs. serve() runs it until SIGTERM or Ctrl-C and stops it cleanly; `yaie scheduler`
+(__main__.py), `yaie serve` and `yaie in-process` call it with their parsed flags (ops/flags.py).
 """
 
 from __future__ import annotations
@@ -11,97 +11,19 @@ import asyncio
 import importlib
 import logging
 import signal
-import sys
 from collections.abc import Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from yaie.scheduler_service.api.server import GenerationServicer, create_server, set_health
-from yaie.scheduler_service.config import SchedulerConfig
 from yaie.scheduler_service.engine.engine import Engine
-from yaie.scheduler_service.ops import flags as failover_flags
-from yaie.scheduler_service.ops import server_options
+from yaie.scheduler_service.ops import flags
 from yaie.scheduler_service.ops.channel_security import configure_workers, open_worker_channel
-from yaie.scheduler_service.ops.logs import observe_generate, setup_logging
+from yaie.scheduler_service.ops.logs import observe_generate
 from yaie.scheduler_service.workers.worker_client import WorkerClient
 
 logger = logging.getLogger("yaie.scheduler")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="yaie scheduler", description=__doc__)
-    parser.add_argument(
-        "--worker",
-        action="append",
-        required=True,
-        metavar="HOST:PORT",
-        help="a worker's address (repeat for several workers)",
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=50051, help="port to listen on (0: any free)")
-    parser.add_argument(
-        "--model",
-        default=None,
-        help="tokenizer directory or hub id (default: the model the workers serve)",
-    )
-    parser.add_argument(
-        "--max-queue",
-        type=int,
-        default=SchedulerConfig.max_queue_size,
-        help="waiting requests beyond which Generate answers RESOURCE_EXHAUSTED",
-    )
-    parser.add_argument(
-        "--max-running-requests",
-        type=int,
-        default=SchedulerConfig.max_running_requests,
-        help="per worker",
-    )
-    parser.add_argument(
-        "--max-num-batched-tokens",
-        type=int,
-        default=SchedulerConfig.max_num_batched_tokens,
-        help="tokens per step",
-    )
-    parser.add_argument(
-        "--prefill-chunk-size",
-        type=int,
-        default=None,
-        help="prompt tokens per request per step (default: the step budget)",
-    )
-    parser.add_argument(
-        "--stream-interval",
-        type=int,
-        default=SchedulerConfig.stream_interval,
-        help="under load (>= 64 running), one frame per this many tokens per request",
-    )
-    parser.add_argument("--no-overlap", action="store_true", help="wait for each step's result")
-    parser.add_argument("--no-prefix-cache", action="store_true", help="never share KV blocks")
-    parser.add_argument(
-        "--worker-wait",
-        type=float,
-        default=600.0,
-        metavar="SECONDS",
-        help="how long to wait for the workers to load their model",
-    )
-    parser.add_argument("--log-level", default="INFO")
-    server_options.add_arguments(parser)  # API key, TLS, worker channel security, metrics, logs
-    failover_flags.add_arguments(parser)  # step deadline, health checks, no-worker wait, drain
-    return parser
-
-
-def scheduler_config(args: argparse.Namespace) -> SchedulerConfig:
-    budget = args.max_num_batched_tokens
-    return SchedulerConfig(
-        max_num_batched_tokens=budget,
-        max_running_requests=args.max_running_requests,
-        max_queue_size=args.max_queue,
-        prefill_chunk_size=min(args.prefill_chunk_size or budget, budget),
-        stream_interval=args.stream_interval,
-        enable_overlap=not args.no_overlap,
-        enable_prefix_cache=not args.no_prefix_cache,
-        **failover_flags.config_kwargs(args),
-    )
 
 
 async def wait_for_serving(address: str, timeout_s: float, worker: bool = False) -> None:
@@ -182,9 +104,9 @@ async def serve(
     when handed in: their addresses are then not polled over gRPC before the engine starts.
     serving is set once health first says SERVING (for a caller in this process: no probe
     over the public port, which may demand a client certificate)."""
-    options = server_options.ServerOptions.from_args(args)
+    options = flags.server_options(args)
     configure_workers(options.workers)
-    engine = Engine(args.worker, scheduler_config(args), client_factory or WorkerClient)
+    engine = Engine(args.worker, flags.engine_config(args), client_factory or WorkerClient)
     servicer = GenerationServicer(engine)
     try:
         metrics = options.start_metrics(engine)
@@ -238,22 +160,3 @@ async def serve(
         loop.remove_signal_handler(signum)
         signal.signal(signum, signal.SIG_DFL if handler is None else handler)
     return status
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        scheduler_config(args)
-        server_options.ServerOptions.from_args(args)
-    except ValueError as error:
-        parser.error(str(error))  # exits with status 2
-    setup_logging(args.log_level, args.log_format)
-    return asyncio.run(serve(args))
-
-
-if __name__ == "__main__":
-    status = main()
-    for signum in (signal.SIGTERM, signal.SIGINT):  # stopped: interpreter shutdown would put
-        signal.signal(signum, signal.SIG_IGN)  # SIG_DFL back, and a repeat would then kill us
-    sys.exit(status)

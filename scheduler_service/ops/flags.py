@@ -1,13 +1,21 @@
-"""Command-line flags for worker failures and draining (`yaie scheduler` and `yaie serve`)."""
+"""The scheduler's command-line flags, each declared once, in option groups.
+
+`yaie scheduler`, `yaie serve` and `yaie in-process` add the groups they take to their parsers;
+engine_config() and server_options() turn the parsed flags into the configs (ValueError on a bad
+value, combination or file). The worker's own flags are worker_service/__main__.py's.
+"""
 
 from __future__ import annotations
 
 import argparse
 
 from yaie.scheduler_service.config import SchedulerConfig
+from yaie.scheduler_service.ops.auth import API_KEY_ENV, load_api_key
+from yaie.scheduler_service.ops.channel_security import WorkerChannelSecurity, server_credentials
+from yaie.scheduler_service.ops.server_options import ServerOptions
 
-# flag -> (SchedulerConfig field, help)
-_FLAGS: dict[str, tuple[str, str]] = {
+# flag -> (SchedulerConfig field, help): the failure and drain timeouts, in seconds
+_FAILOVER_FLAGS: dict[str, tuple[str, str]] = {
     "--step-timeout": (
         "step_timeout_s",
         "seconds a worker may take for a step result (or a health answer, at most 10 s) before "
@@ -25,25 +33,150 @@ _FLAGS: dict[str, tuple[str, str]] = {
 }
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("worker failures and draining")
-    for flag, (name, help_) in _FLAGS.items():
+def add_worker_arguments(parser: argparse.ArgumentParser, required: bool, help: str) -> None:
+    """--worker HOST:PORT (repeatable; help: what the command does with it) and --worker-wait."""
+    parser.add_argument(
+        "--worker",
+        action="append",
+        required=required,
+        default=None if required else [],
+        metavar="HOST:PORT",
+        help=help,
+    )
+    parser.add_argument(
+        "--worker-wait",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="how long to wait for the workers to load their model",
+    )
+
+
+def add_scheduler_arguments(parser: argparse.ArgumentParser, model_help: str) -> None:
+    """Every scheduler flag but the workers': its address, --model (model_help: what the command
+    loads from it), batching, worker failures, security, metrics and logs."""
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=50051, help="port to listen on (0: any free)")
+    parser.add_argument("--model", default=None, help=model_help)
+    _add_batching(parser.add_argument_group("batching"))
+    _add_failover(parser.add_argument_group("worker failures and draining"))
+    _add_public_security(parser.add_argument_group("public API security"))
+    _add_worker_security(parser.add_argument_group("worker channel security"))
+    _add_observability(parser.add_argument_group("metrics and logs"))
+
+
+def engine_config(args: argparse.Namespace) -> SchedulerConfig:
+    """The engine's config from the batching and failover flags."""
+    budget = args.max_num_batched_tokens
+    return SchedulerConfig(
+        max_num_batched_tokens=budget,
+        max_running_requests=args.max_running_requests,
+        max_queue_size=args.max_queue,
+        prefill_chunk_size=min(args.prefill_chunk_size or budget, budget),
+        stream_interval=args.stream_interval,
+        enable_overlap=not args.no_overlap,
+        enable_prefix_cache=not args.no_prefix_cache,
+        **{name: getattr(args, _dest(flag)) for flag, (name, _) in _FAILOVER_FLAGS.items()},
+    )
+
+
+def server_options(args: argparse.Namespace) -> ServerOptions:
+    """The security and metrics flags resolved (key and certificate files read)."""
+    return ServerOptions(
+        api_key=load_api_key(args.api_key_file),
+        credentials=server_credentials(args.tls_cert, args.tls_key, args.tls_ca),
+        workers=WorkerChannelSecurity.from_files(
+            args.internal_secret_file, args.worker_tls_ca, args.worker_tls_cert, args.worker_tls_key
+        ),
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
+    )
+
+
+def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exits through parser.error (status 2) when the scheduler flags do not resolve."""
+    try:
+        engine_config(args)
+        server_options(args)
+    except ValueError as error:
+        parser.error(str(error))
+
+
+def _add_batching(group: argparse._ArgumentGroup) -> None:
+    defaults = SchedulerConfig
+    group.add_argument(
+        "--max-queue",
+        type=int,
+        default=defaults.max_queue_size,
+        help="waiting requests beyond which Generate answers RESOURCE_EXHAUSTED",
+    )
+    group.add_argument(
+        "--max-running-requests", type=int, default=defaults.max_running_requests, help="per worker"
+    )
+    group.add_argument(
+        "--max-num-batched-tokens",
+        type=int,
+        default=defaults.max_num_batched_tokens,
+        help="tokens per step",
+    )
+    group.add_argument(
+        "--prefill-chunk-size",
+        type=int,
+        default=None,
+        help="prompt tokens per request per step (default: the step budget)",
+    )
+    group.add_argument(
+        "--stream-interval",
+        type=int,
+        default=defaults.stream_interval,
+        help="under load (>= 64 running), one frame per this many tokens per request",
+    )
+    group.add_argument("--no-overlap", action="store_true", help="wait for each step's result")
+    group.add_argument("--no-prefix-cache", action="store_true", help="never share KV blocks")
+
+
+def _add_failover(group: argparse._ArgumentGroup) -> None:
+    for flag, (name, help_) in _FAILOVER_FLAGS.items():
         default = getattr(SchedulerConfig, name)
-        group.add_argument(flag, type=float, default=default, metavar="SECONDS",
-                           help=f"{help_} (default {default:g})")  # fmt: skip
+        help_ = f"{help_} (default {default:g})"
+        group.add_argument(flag, type=float, default=default, metavar="SECONDS", help=help_)
 
 
-def config_kwargs(args: argparse.Namespace) -> dict[str, float]:
-    """SchedulerConfig keyword arguments from the parsed flags."""
-    return {name: getattr(args, _dest(flag)) for flag, (name, _) in _FLAGS.items()}
+def _add_public_security(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--api-key-file",
+        default=None,
+        help=f"file holding the API key clients must send (default: ${API_KEY_ENV}; neither: "
+        "no key needed)",
+    )
+    group.add_argument("--tls-cert", default=None, help="PEM certificate (enables TLS)")
+    group.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
+    group.add_argument(
+        "--tls-ca", default=None, help="PEM CA that client certificates must chain to (mTLS)"
+    )
 
 
-def forward(args: argparse.Namespace) -> list[str]:
-    """The flags again, for a scheduler command line built from args."""
-    argv: list[str] = []
-    for flag in _FLAGS:
-        argv += [flag, repr(float(getattr(args, _dest(flag))))]
-    return argv
+def _add_worker_security(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--internal-secret-file", default=None, help="file holding the secret the workers check"
+    )
+    group.add_argument(
+        "--worker-tls-ca", default=None, help="PEM CA of the workers' certificates (enables TLS)"
+    )
+    group.add_argument("--worker-tls-cert", default=None, help="client certificate (mTLS)")
+    group.add_argument("--worker-tls-key", default=None, help="client key (mTLS)")
+
+
+def _add_observability(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics at /metrics (default: off)",
+    )
+    group.add_argument("--metrics-host", default="127.0.0.1", help="metrics address")
+    group.add_argument("--log-level", default="INFO")
+    group.add_argument("--log-format", default="text", choices=["text", "json"])
 
 
 def _dest(flag: str) -> str:
