@@ -14,7 +14,20 @@ from yaie.scheduler_service.ops.auth import API_KEY_ENV, load_api_key
 from yaie.scheduler_service.ops.channel_security import WorkerChannelSecurity, server_credentials
 from yaie.scheduler_service.ops.server_options import ServerOptions
 
-# flag -> (SchedulerConfig field, help): the failure and drain timeouts, in seconds
+# flag -> (SchedulerConfig field, help): the batching knobs taken as they are (whole numbers)
+_BATCHING_FLAGS: dict[str, tuple[str, str]] = {
+    "--max-queue": (
+        "max_queue_size",
+        "waiting requests beyond which Generate answers RESOURCE_EXHAUSTED",
+    ),
+    "--max-running-requests": ("max_running_requests", "per worker"),
+    "--max-num-batched-tokens": ("max_num_batched_tokens", "tokens per step"),
+    "--stream-interval": (
+        "stream_interval",
+        "under load (>= 64 running), one frame per this many tokens per request",
+    ),
+}
+# ... and the failure and drain timeouts, in seconds
 _FAILOVER_FLAGS: dict[str, tuple[str, str]] = {
     "--step-timeout": (
         "step_timeout_s",
@@ -67,16 +80,14 @@ def add_scheduler_arguments(parser: argparse.ArgumentParser, model_help: str) ->
 
 def engine_config(args: argparse.Namespace) -> SchedulerConfig:
     """The engine's config from the batching and failover flags."""
-    budget = args.max_num_batched_tokens
+    tables = (_BATCHING_FLAGS | _FAILOVER_FLAGS).items()
+    values = {name: getattr(args, _dest(flag)) for flag, (name, _) in tables}
+    budget = values["max_num_batched_tokens"]
     return SchedulerConfig(
-        max_num_batched_tokens=budget,
-        max_running_requests=args.max_running_requests,
-        max_queue_size=args.max_queue,
         prefill_chunk_size=min(args.prefill_chunk_size or budget, budget),
-        stream_interval=args.stream_interval,
         enable_overlap=not args.no_overlap,
         enable_prefix_cache=not args.no_prefix_cache,
-        **{name: getattr(args, _dest(flag)) for flag, (name, _) in _FAILOVER_FLAGS.items()},
+        **values,
     )
 
 
@@ -103,43 +114,32 @@ def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 
 
 def _add_batching(group: argparse._ArgumentGroup) -> None:
-    defaults = SchedulerConfig
-    group.add_argument(
-        "--max-queue",
-        type=int,
-        default=defaults.max_queue_size,
-        help="waiting requests beyond which Generate answers RESOURCE_EXHAUSTED",
-    )
-    group.add_argument(
-        "--max-running-requests", type=int, default=defaults.max_running_requests, help="per worker"
-    )
-    group.add_argument(
-        "--max-num-batched-tokens",
-        type=int,
-        default=defaults.max_num_batched_tokens,
-        help="tokens per step",
-    )
+    _add_table(group, _BATCHING_FLAGS, int, None)
     group.add_argument(
         "--prefill-chunk-size",
         type=int,
         default=None,
         help="prompt tokens per request per step (default: the step budget)",
     )
-    group.add_argument(
-        "--stream-interval",
-        type=int,
-        default=defaults.stream_interval,
-        help="under load (>= 64 running), one frame per this many tokens per request",
-    )
     group.add_argument("--no-overlap", action="store_true", help="wait for each step's result")
     group.add_argument("--no-prefix-cache", action="store_true", help="never share KV blocks")
 
 
 def _add_failover(group: argparse._ArgumentGroup) -> None:
-    for flag, (name, help_) in _FAILOVER_FLAGS.items():
+    _add_table(group, _FAILOVER_FLAGS, float, "SECONDS")
+
+
+def _add_table(
+    group: argparse._ArgumentGroup,
+    table: dict[str, tuple[str, str]],
+    type: type,
+    metavar: str | None,
+) -> None:
+    """The flags of table, their defaults SchedulerConfig's."""
+    for flag, (name, help_) in table.items():
         default = getattr(SchedulerConfig, name)
         help_ = f"{help_} (default {default:g})"
-        group.add_argument(flag, type=float, default=default, metavar="SECONDS", help=help_)
+        group.add_argument(flag, type=type, default=default, metavar=metavar, help=help_)
 
 
 def _add_public_security(group: argparse._ArgumentGroup) -> None:
