@@ -50,16 +50,21 @@ def _status_code(error: Exception) -> grpc.StatusCode | None:
     return None
 
 
+async def _abort(context: grpc.aio.ServicerContext, error: Exception) -> None:
+    """Ends the call with error's status code; an error with none is raised again."""
+    code = _status_code(error)
+    if code is None:
+        raise error
+    await context.abort(code, str(error))
+
+
 def _unary(method: Callable) -> Callable:
     @functools.wraps(method)
     async def handler(self: GenerationServicer, request: Any, context: grpc.aio.ServicerContext):
         try:
             return await method(self, request, context)
         except Exception as error:
-            code = _status_code(error)
-            if code is None:
-                raise
-            await context.abort(code, str(error))
+            await _abort(context, error)
 
     return handler
 
@@ -71,10 +76,7 @@ def _stream(method: Callable) -> Callable:
             async for frame in method(self, request, context):
                 yield frame
         except Exception as error:
-            code = _status_code(error)
-            if code is None:
-                raise
-            await context.abort(code, str(error))
+            await _abort(context, error)
 
     return handler
 
