@@ -1,6 +1,6 @@
 """bench_stack.py --variants: the random workload again under other scheduler flags (each on a
 fresh scheduler over the same loaded worker, so no prefix-cache hits carry over), every run with
-a step timeline (scheduler_service/step_trace.py) summarised per phase."""
+a step timeline (scheduler_service/ops/step_trace.py) summarised per phase."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """The engine: requests in, OutputEvents out, over one WorkerLoop per GPU worker.
 
 The API layer (api/server.py) codes against Engine's public methods below; everything about
-batching lives in policy.py (what runs next) and worker_loop.py (the step loop per worker).
+batching lives in policy.py (what runs next), worker_loop.py (the step loop per worker) and
+step_stream.py (the plans it sends); router.py picks each request's worker.
 """
 
 from __future__ import annotations
