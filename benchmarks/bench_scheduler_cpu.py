@@ -121,7 +121,7 @@ def one_run(target: str, pids: dict[str, int], config, profile: bool = False) ->
 
 
 def wait_serving(target: str, worker: bool = False) -> None:
-    from yaie.scheduler_service.__main__ import wait_for_serving
+    from yaie.scheduler_service.app import wait_for_serving
 
     asyncio.run(wait_for_serving(target, 60.0, worker=worker))
 

@@ -1,6 +1,6 @@
 """bench_stack.py --variants: the random workload again under other scheduler flags (each on a
 fresh scheduler over the same loaded worker, so no prefix-cache hits carry over), every run with
-a step timeline (scheduler_service/step_trace.py) summarised per phase."""
+a step timeline (scheduler_service/ops/step_trace.py) summarised per phase."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import os
 from pathlib import Path
 
-from yaie.scheduler_service.step_trace import ENV, summarize
+from yaie.scheduler_service.ops.step_trace import ENV, summarize
 
 
 def parse(spec: str) -> list[tuple[str, list[str]]]:

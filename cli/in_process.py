@@ -16,10 +16,8 @@ from typing import TYPE_CHECKING, NoReturn
 import grpc
 
 from yaie.cli import stop_signals
-from yaie.scheduler_service.worker_client import (
-    PlanEntry,
-    StepOutcome,
-    WorkerDescription,
+from yaie.scheduler_service.workers.step_plan import StepOutcome, StepPlan, WorkerDescription
+from yaie.scheduler_service.workers.worker_client import (
     WorkerStreamError,
     decode_result,
     describe_info,
@@ -99,7 +97,7 @@ class _StepCall:
 
 
 class InProcessWorkerClient:
-    """scheduler_service.worker_client.WorkerClient's interface and semantics over a loaded
+    """scheduler_service.workers.worker_client.WorkerClient's interface and semantics over a loaded
     WorkerServicer of this process. Use it from one event loop (as the engine does)."""
 
     def __init__(self, servicer: WorkerServicer, address: str = ADDRESS) -> None:
@@ -130,18 +128,19 @@ class InProcessWorkerClient:
             return "NOT_SERVING"
         return "SERVING"
 
-    async def send(self, step_id: int, entries: list[PlanEntry], release_ids: list[int]) -> None:
+    async def send(self, plan: StepPlan) -> None:
         call = self._live_call()
         if not call.thread.is_alive():
-            raise WorkerStreamError(f"sending step {step_id} to {self.address}: the stream ended")
-        call.plans.put(encode_plan(step_id, entries, release_ids))
+            step = plan.step_id
+            raise WorkerStreamError(f"sending step {step} to {self.address}: the stream ended")
+        call.plans.put(encode_plan(plan))
 
-    async def receive(self, entries: list[PlanEntry], timeout: float) -> StepOutcome:
+    async def receive(self, plan: StepPlan, timeout: float) -> StepOutcome:
         """The next StepResult, decoded against the entries of its plan."""
         call = self._live_call()
         item = (await read_within(call.results.get(), timeout, self.address)).result()
         if isinstance(item, worker_pb2.StepResult):
-            return decode_result(item, entries)
+            return decode_result(item, plan.entries)
         call.results.put_nowait(item)  # the end stays: later reads see it too
         if item is _CANCELLED:
             raise WorkerStreamError(f"{self.address}: the step stream was cancelled")
@@ -159,26 +158,34 @@ class InProcessWorkerClient:
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.Namespace]:
-    """(scheduler flags, worker flags): `yaie scheduler`'s parser takes its own flags (--host,
-    --port, --model, ...), `yaie worker`'s the rest (--device, --dtype, --num-blocks, ...)."""
-    from yaie.scheduler_service.__main__ import build_parser as scheduler_parser
+    """(scheduler flags, worker flags): the scheduler's flags (ops/flags.py: --host, --port,
+    --model, ...) first, `yaie worker`'s parser takes the rest (--device, --dtype, ...)."""
+    from yaie.scheduler_service.ops import flags
     from yaie.worker_service.__main__ import build_parser as worker_parser
 
     own = argparse.ArgumentParser(prog="yaie in-process", add_help=False)
     own.add_argument("--switch-interval-ms", type=float, default=None,
                      help="the GIL switch interval (default: Python's, 5 ms)")  # fmt: skip
     own_args, argv = own.parse_known_args(sys.argv[1:] if argv is None else argv)
-    schedulers, workers = scheduler_parser(), worker_parser()
-    schedulers.prog = workers.prog = "yaie in-process"
+    schedulers = argparse.ArgumentParser(prog="yaie in-process")
+    flags.add_worker_arguments(schedulers, required=False, help=argparse.SUPPRESS)
+    model_help = (
+        "Hugging Face model directory or cached hub id, for the worker and the tokenizer "
+        "(default: the built-in random-weight model)"
+    )
+    flags.add_scheduler_arguments(schedulers, model_help)
+    workers = worker_parser()
+    workers.prog = "yaie in-process"
     if {"-h", "--help"} & set(argv):
         print(f"{__doc__}\n{own.format_help()}\nScheduler flags (no --worker: it runs here):\n"
               f"{schedulers.format_help()}\nWorker flags (not --host/--port/--tp/security):\n"
               f"{workers.format_help()}")  # fmt: skip
         raise SystemExit(0)
-    scheduler_args, rest = schedulers.parse_known_args([*argv, "--worker", ADDRESS])
+    scheduler_args, rest = schedulers.parse_known_args(argv)
     scheduler_args.switch_interval_ms = own_args.switch_interval_ms
-    if scheduler_args.worker != [ADDRESS]:
+    if scheduler_args.worker:
         schedulers.error("--worker: the worker runs in this process")
+    scheduler_args.worker = [ADDRESS]
     if scheduler_args.model is None:
         from yaie.cli.builtin_model import ensure_builtin_model
 
@@ -192,7 +199,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.Nam
 
 async def _serve(args: argparse.Namespace, servicer: WorkerServicer) -> int:
     """The scheduler's serve() over the in-process worker; a device failure stops it (1)."""
-    from yaie.scheduler_service.__main__ import serve
+    from yaie.scheduler_service.app import serve
 
     stop = asyncio.Event()
 
@@ -212,16 +219,15 @@ async def _serve(args: argparse.Namespace, servicer: WorkerServicer) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from yaie.scheduler_service.__main__ import scheduler_config
-    from yaie.scheduler_service.logs import setup_logging
-    from yaie.scheduler_service.server_options import ServerOptions
+    from yaie.scheduler_service.ops import flags
+    from yaie.scheduler_service.ops.logs import setup_logging
     from yaie.worker_service.__main__ import config_from_args
 
     scheduler_args, worker_args = parse_args(argv)
     setup_logging(scheduler_args.log_level, scheduler_args.log_format)
     try:
-        scheduler_config(scheduler_args)
-        ServerOptions.from_args(scheduler_args)
+        flags.engine_config(scheduler_args)
+        flags.server_options(scheduler_args)
         config = config_from_args(worker_args)
     except ValueError as error:
         logger.error("%s", error)

@@ -22,8 +22,8 @@ import tempfile
 from collections.abc import Callable
 
 from yaie.cli import stop_signals
-from yaie.scheduler_service import failover_flags, server_options
-from yaie.scheduler_service.logs import setup_logging
+from yaie.scheduler_service.ops import flags
+from yaie.scheduler_service.ops.logs import setup_logging
 
 logger = logging.getLogger("yaie.serve")
 _PR_SET_PDEATHSIG = 1
@@ -31,30 +31,24 @@ _PR_SET_PDEATHSIG = 1
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="yaie serve", description=__doc__.splitlines()[0])
-    p.add_argument("--model", default=None,
-                   help="Hugging Face model directory or cached hub id (default: the built-in "
-                        "random-weight model, written on first use)")  # fmt: skip
-    p.add_argument("--host", default="127.0.0.1", help="scheduler address to listen on")
-    p.add_argument("--port", type=int, default=50051, help="scheduler port")
     p.add_argument("--workers", type=int, default=1, help="local worker processes (one per GPU)")
     p.add_argument("--tp", type=int, default=1,
                    help="tensor-parallel ranks (GPUs) per worker")  # fmt: skip
-    p.add_argument("--worker", action="append", default=[], metavar="HOST:PORT",
-                   help="a remote worker to use as well (repeatable)")  # fmt: skip
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--dtype", default="auto", help="worker weight dtype (auto | float32 | ...)")
     p.add_argument("--num-blocks", type=int, default=None, help="KV blocks per worker")
-    p.add_argument("--max-queue", type=int, default=None, help="see yaie scheduler --help")
-    p.add_argument("--no-prefix-cache", action="store_true", help="never share KV blocks")
-    p.add_argument("--no-overlap", action="store_true", help="wait for each step's result")
     p.add_argument("--demo", metavar="PROMPT", default=None,
                    help="stream one greedy generation of PROMPT once ready, then stop")  # fmt: skip
     p.add_argument("--demo-tokens", type=int, default=48, help="tokens the demo generates")
-    p.add_argument("--log-level", default="INFO")
-    failover_flags.add_arguments(p)
-    # API key, public TLS, worker channel security, metrics, log format (as `yaie scheduler`).
-    # Without --internal-secret-file, one is made for this run (in a private temporary file).
-    server_options.add_arguments(p)
+    remote = "a remote worker to use as well (repeatable)"
+    flags.add_worker_arguments(p, required=False, help=remote)
+    # The scheduler's own flags, as `yaie scheduler` takes them. Without --internal-secret-file,
+    # one is made for this run (in a private temporary file).
+    model_help = (
+        "Hugging Face model directory or cached hub id (default: the built-in random-weight "
+        "model, written on first use)"
+    )
+    flags.add_scheduler_arguments(p, model_help)
     return p
 
 
@@ -222,16 +216,12 @@ def _write_run_secret() -> str:
 
 async def run_stack(args: argparse.Namespace, model: str, workers: list) -> int:
     """The scheduler over the started workers, until a signal, a dead worker or the demo's end."""
-    from yaie.scheduler_service import __main__ as scheduler
+    from yaie.scheduler_service.app import serve
 
-    argv = [a for w in [w for w, _ in workers] + args.worker for a in ("--worker", w)]
-    argv += ["--host", args.host, "--port", str(args.port), "--model", model]
-    argv += ["--log-level", args.log_level, *failover_flags.forward(args)]
-    argv += server_options.forward(args)
-    if args.max_queue:
-        argv += ["--max-queue", str(args.max_queue)]
-    argv += [flag for flag, on in (("--no-prefix-cache", args.no_prefix_cache),
-                                   ("--no-overlap", args.no_overlap)) if on]  # fmt: skip
+    # The scheduler takes our flags as they are (ops/flags.py), with the workers and the model.
+    scheduler_args = argparse.Namespace(**vars(args))
+    scheduler_args.worker = [w for w, _ in workers] + args.worker
+    scheduler_args.model = model
     stop, serving = asyncio.Event(), asyncio.Event()
 
     def restart(address: str) -> subprocess.Popen:
@@ -247,9 +237,7 @@ async def run_stack(args: argparse.Namespace, model: str, workers: list) -> int:
     ready = asyncio.create_task(
         _when_ready(f"{host}:{args.port}", args, stop, serving, scheduler_serving)
     )
-    status = await scheduler.serve(
-        scheduler.build_parser().parse_args(argv), stop, serving=scheduler_serving
-    )
+    status = await serve(scheduler_args, stop, serving=scheduler_serving)
     stop_signals.stopping()  # serve() may also have returned on a failed start (stop unset)
     watch.cancel()
     noted.cancel()
@@ -268,10 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     stop_signals.install()  # a signal before serving unwinds through the finally below
     setup_logging(args.log_level, args.log_format)
-    try:
-        server_options.ServerOptions.from_args(args)
-    except ValueError as error:
-        parser.error(str(error))  # exits with status 2
+    flags.check(parser, args)  # exits with status 2
     if args.demo is not None and args.tls_ca is not None:
         message = "--demo has no client certificate for a --tls-ca (mTLS) server: start it "
         parser.error(message + "without --demo, then `yaie generate --tls-cert C --tls-key K`")

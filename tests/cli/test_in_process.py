@@ -19,14 +19,10 @@ import pytest
 from yaie.cli.health_probe import wait_for_serving
 from yaie.cli.in_process import InProcessWorkerClient
 from yaie.scheduler_service.config import SchedulerConfig
-from yaie.scheduler_service.engine import Engine
-from yaie.scheduler_service.request import GenerationRequest, SamplingConfig
-from yaie.scheduler_service.worker_client import (
-    NewRequestSpec,
-    PlanEntry,
-    WorkerHungError,
-    WorkerStreamError,
-)
+from yaie.scheduler_service.engine.engine import Engine
+from yaie.scheduler_service.engine.request import GenerationRequest, SamplingConfig
+from yaie.scheduler_service.workers.step_plan import NewRequestSpec, PlanEntry, StepPlan
+from yaie.scheduler_service.workers.worker_client import WorkerHungError, WorkerStreamError
 from yaie.v1 import generation_pb2 as pb
 from yaie.v1 import generation_pb2_grpc
 
@@ -129,11 +125,11 @@ def test_abandoned_stream_drops_the_workers_requests_and_fails_a_read(servicer, 
         client = InProcessWorkerClient(servicer)
         client.open_stream()
         call = client._call
-        first = [_entry(1, PROMPTS[0], 6, [0, 1]), _entry(2, PROMPTS[1], 3, [2])]
-        await client.send(1, first, [])
+        first = StepPlan(1, [_entry(1, PROMPTS[0], 6, [0, 1]), _entry(2, PROMPTS[1], 3, [2])])
+        await client.send(first)
         assert min((await client.receive(first, 30.0)).token_ids) >= 0
-        decode = [_entry(1, None, 1, []), _entry(2, None, 1, [])]
-        await client.send(2, decode, [])
+        decode = StepPlan(2, [_entry(1, None, 1, []), _entry(2, None, 1, [])])
+        await client.send(decode)
         assert len((await client.receive(decode, 30.0)).token_ids) == 2
         assert len(tables[-1]) == 2  # both requests live on the worker
         read = asyncio.create_task(client.receive(decode, 30.0))  # no plan in flight: waits
@@ -142,7 +138,7 @@ def test_abandoned_stream_drops_the_workers_requests_and_fails_a_read(servicer, 
         with pytest.raises(WorkerStreamError, match="cancelled"):
             await read
         with pytest.raises(WorkerStreamError, match="abandoned"):
-            await client.send(3, decode, [])
+            await client.send(StepPlan(3, decode.entries))
         await asyncio.to_thread(call.thread.join, 10.0)
         assert not call.thread.is_alive() and len(tables[-1]) == 0
         await client.close()
@@ -156,10 +152,10 @@ def test_receive_timeout_raises_worker_hung_and_the_stream_still_works(servicer)
         assert await client.health(1.0) == "SERVING"
         assert (await client.describe(1.0)).num_blocks == NUM_BLOCKS
         client.open_stream()
-        plan = [_entry(1, PROMPTS[1], 3, [0])]
+        plan = StepPlan(1, [_entry(1, PROMPTS[1], 3, [0])])
         with pytest.raises(WorkerHungError):
             await client.receive(plan, 0.1)  # nothing sent: no result comes
-        await client.send(1, plan, [])
+        await client.send(plan)
         outcome = await client.receive(plan, 30.0)
         assert outcome.step_id == 1 and outcome.token_ids[0] >= 0
         await client.close()

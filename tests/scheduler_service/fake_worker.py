@@ -21,8 +21,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 
 from yaie.scheduler_service.config import SchedulerConfig
-from yaie.scheduler_service.engine import Engine
-from yaie.scheduler_service.request import OutputEvent
+from yaie.scheduler_service.engine.engine import Engine
+from yaie.scheduler_service.engine.request import OutputEvent
 from yaie.worker.v1 import worker_pb2, worker_pb2_grpc
 
 _MOD = (1 << 61) - 1

@@ -16,12 +16,12 @@ import grpc
 from fake_worker import FakeWorkerConfig, FakeWorkerHandle, start_fake_worker
 
 from tests.pki import Pki, make_pki  # noqa: F401 (re-exported for the api tests)
+from yaie.scheduler_service.api.server import GenerationServicer, create_server, set_health
+from yaie.scheduler_service.api.tokenizer import Tokenizer
 from yaie.scheduler_service.config import SchedulerConfig
-from yaie.scheduler_service.engine import Engine
-from yaie.scheduler_service.logs import observe_generate
-from yaie.scheduler_service.metrics import Metrics
-from yaie.scheduler_service.server import GenerationServicer, create_server, set_health
-from yaie.scheduler_service.tokenizer import Tokenizer
+from yaie.scheduler_service.engine.engine import Engine
+from yaie.scheduler_service.ops.logs import observe_generate
+from yaie.scheduler_service.ops.metrics import Metrics
 from yaie.v1 import generation_pb2_grpc
 
 

@@ -1,4 +1,4 @@
-"""Fixtures of the public API tests: the built-in tokenizer, a scripted engine, a served stack.
+"""Fixtures of the public API tests: a scripted engine and the service served over it.
 
 The scripted engine stands in for scheduler_service.engine.Engine: each request "generates" a
 fixed token list, one token per event, honouring stop token ids, min/max_new_tokens and abort.
@@ -9,22 +9,20 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 from types import SimpleNamespace
 
 import grpc
 import pytest
 
-from yaie.cli.builtin_model import write_tokenizer
-from yaie.scheduler_service.errors import ResourceExhaustedError
-from yaie.scheduler_service.request import (
+from yaie.scheduler_service.api.server import GenerationServicer, create_server, set_health
+from yaie.scheduler_service.api.tokenizer import Tokenizer
+from yaie.scheduler_service.engine.errors import ResourceExhaustedError
+from yaie.scheduler_service.engine.request import (
     FinishReason,
     GenerationRequest,
     OutputEvent,
     TokenLogprobs,
 )
-from yaie.scheduler_service.server import GenerationServicer, create_server, set_health
-from yaie.scheduler_service.tokenizer import Tokenizer
 from yaie.v1 import generation_pb2_grpc
 
 Script = Callable[[GenerationRequest], list[int]]
@@ -108,15 +106,6 @@ class ScriptedEngine:
         done = len(self.submitted) - len(self._live)
         return SimpleNamespace(waiting=0, running=len(self._live), workers=[worker],
                                num_preemptions=0, completed_requests=done)  # fmt: skip
-
-
-@pytest.fixture(scope="session")
-def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Tokenizer:
-    """The built-in byte-level BPE tokenizer (768 tokens, EOS ids from generation_config)."""
-    path: Path = tmp_path_factory.mktemp("tokenizer")
-    write_tokenizer(path)
-    (path / "generation_config.json").write_text('{"eos_token_id": [1, 6]}')
-    return Tokenizer(path)
 
 
 class ServedEngine(SimpleNamespace):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from yaie.scheduler_service.detokenizer import IncrementalDetokenizer
-from yaie.scheduler_service.tokenizer import Tokenizer
+from yaie.scheduler_service.api.detokenizer import IncrementalDetokenizer
+from yaie.scheduler_service.api.tokenizer import Tokenizer
 
 MULTI_BYTE_TEXT = "naïve café — 日本語 🙂 ok"
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from yaie.scheduler_service.output_stream import OutputStream
-from yaie.scheduler_service.request import (
+from yaie.scheduler_service.api.output_stream import OutputStream
+from yaie.scheduler_service.api.tokenizer import Tokenizer
+from yaie.scheduler_service.api.validation import ValidatedRequest
+from yaie.scheduler_service.engine.request import (
     FinishReason,
     GenerationRequest,
     OutputEvent,
     SamplingConfig,
 )
-from yaie.scheduler_service.tokenizer import Tokenizer
-from yaie.scheduler_service.validation import ValidatedRequest
 
 TEXT = " the cook says: naïve café, 日本語 🙂 and then STOP here and more words after it"
 

@@ -8,7 +8,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, json_format, messag
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from yaie.scheduler_service.tokenizer import Tokenizer
+from yaie.scheduler_service.api.tokenizer import Tokenizer
 from yaie.v1 import generation_pb2 as pb
 
 EOS = 1  # <|eos|> of the built-in tokenizer

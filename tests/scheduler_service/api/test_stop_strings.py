@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from yaie.scheduler_service.stop_strings import StopStringMatcher
+from yaie.scheduler_service.api.stop_strings import StopStringMatcher
 
 
 def _run(matcher: StopStringMatcher, deltas: list[str]) -> tuple[list[str], str | None]:

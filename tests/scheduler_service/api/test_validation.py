@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from yaie.scheduler_service.tokenizer import Tokenizer
-from yaie.scheduler_service.validation import ModelLimits, validate_generate
+from yaie.scheduler_service.api.tokenizer import Tokenizer
+from yaie.scheduler_service.api.validation import ModelLimits, validate_generate
 from yaie.v1 import generation_pb2 as pb
 
 LIMITS = ModelLimits(vocab_size=768, max_context=128, eos_token_ids=frozenset({1, 6}))

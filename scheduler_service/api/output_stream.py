@@ -1,0 +1,109 @@
+"""One request's engine events -> GenerateResponse frames: text deltas, stop strings, usage.
+
+Tokens are detokenized one at a time so that a stop string is caught at the token that
+completes it; tokens after it are dropped.
+"""
+
+from __future__ import annotations
+
+from yaie.scheduler_service.api.detokenizer import Decoder, IncrementalDetokenizer
+from yaie.scheduler_service.api.stop_strings import StopStringMatcher
+from yaie.scheduler_service.api.validation import ValidatedRequest
+from yaie.scheduler_service.engine.request import FinishReason, OutputEvent, TokenLogprobs
+from yaie.v1 import generation_pb2 as pb
+
+FINISH_REASONS = {
+    FinishReason.STOP: pb.FINISH_REASON_STOP,
+    FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
+    FinishReason.ABORT: pb.FINISH_REASON_ABORT,
+}
+
+
+def _logprob_to_proto(item: TokenLogprobs) -> pb.TokenLogprob:
+    top = [pb.TopLogprob(token_id=t, logprob=lp) for t, lp in item.top]
+    return pb.TokenLogprob(token_id=item.token_id, logprob=item.logprob, top=top)
+
+
+class OutputStream:
+    """Builds the frames of one Generate call from the engine's OutputEvents."""
+
+    def __init__(self, request: ValidatedRequest, decoder: Decoder) -> None:
+        self._request_id = request.generation.request_id
+        self._min_new_tokens = request.generation.min_new_tokens
+        self._detokenizer = IncrementalDetokenizer(
+            decoder, request.generation.prompt_ids, request.skip_special_tokens
+        )
+        # None: no stop strings, the text goes out as the detokenizer gives it.
+        self._stops: StopStringMatcher | None = None
+        if request.stop_strings:
+            self._stops = StopStringMatcher(
+                list(request.stop_strings), request.include_stop_str_in_output
+            )
+        self.num_completion_tokens = 0
+        # Set once a stop string ended the request: the engine must be told to finish it.
+        self.matched_stop: str | None = None
+        self.finished = False
+
+    def frame(self, event: OutputEvent) -> pb.GenerateResponse | None:
+        """The frame for one event, or None when it carries nothing to send."""
+        assert not self.finished, "no events after the final frame"
+        parts: list[str] = []
+        sent: list[int] = []  # the event's tokens up to a stop string
+        add_token, stops = self._detokenizer.add_token, self._stops
+        for token_id in event.token_ids:
+            self.num_completion_tokens += 1
+            sent.append(token_id)
+            if stops is None:
+                parts.append(add_token(token_id))
+                continue
+            can_stop = self.num_completion_tokens >= self._min_new_tokens
+            check = stops.feed(add_token(token_id), can_stop)
+            parts.append(check.text)
+            if check.matched is not None:
+                self.matched_stop = check.matched
+                break
+        if self.matched_stop is None and event.finish_reason is None and not sent:
+            return None
+        # Built in one constructor call (repeated fields from lists), not field by field.
+        logprobs = [_logprob_to_proto(item) for item in event.logprobs[: len(sent)]]
+        frame = pb.GenerateResponse(request_id=self._request_id, token_ids=sent, logprobs=logprobs)
+        if self.matched_stop is not None:
+            self.finished = True
+            frame.finish_reason = pb.FINISH_REASON_STOP
+            frame.matched_stop = self.matched_stop
+        elif event.finish_reason is not None:
+            self.finished = True
+            parts.append(self._flush())
+            frame.finish_reason = FINISH_REASONS[event.finish_reason]
+            if self.matched_stop is not None:  # the flushed text completed a stop string
+                frame.finish_reason = pb.FINISH_REASON_STOP
+                frame.matched_stop = self.matched_stop
+            elif event.matched_stop_token is not None:
+                frame.matched_stop_token_id = event.matched_stop_token
+            frame.error = event.error or ""
+        frame.text = "".join(parts)
+        frame.usage.prompt_tokens = event.num_prompt_tokens
+        frame.usage.cached_tokens = event.num_cached_tokens
+        frame.usage.completion_tokens = self.num_completion_tokens
+        return frame
+
+    def _flush(self) -> str:
+        """Text held back by the detokenizer and the stop matcher, at the end of the stream."""
+        if self._stops is None:
+            return self._detokenizer.flush()
+        can_stop = self.num_completion_tokens >= self._min_new_tokens
+        check = self._stops.feed(self._detokenizer.flush(), can_stop)
+        if check.matched is not None:
+            self.matched_stop = check.matched
+            return check.text
+        return check.text + self._stops.flush()
+
+
+def merge_frames(frames: list[pb.GenerateResponse]) -> pb.GenerateResponse:
+    """One frame holding a whole stream (OutputOptions.single_frame)."""
+    merged = pb.GenerateResponse()
+    for frame in frames:
+        text = merged.text + frame.text
+        merged.MergeFrom(frame)  # repeated fields append; set scalars and messages overwrite
+        merged.text = text
+    return merged

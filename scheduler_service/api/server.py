@@ -1,0 +1,290 @@
+"""The public yaie.v1.Generation service: decode the proto, call one engine method, encode.
+
+Exceptions become status codes in one place (`_status_code`); request bytes are decoded by
+deserializers that turn invalid UTF-8 into INVALID_ARGUMENT instead of gRPC's INTERNAL.
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, Protocol
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from yaie.scheduler_service.api.output_stream import OutputStream, merge_frames
+from yaie.scheduler_service.api.tokenizer import Tokenizer
+from yaie.scheduler_service.api.validation import ModelLimits, check_text_length, validate_generate
+from yaie.scheduler_service.api.wire import UndecodableRequest, safe_deserializer
+from yaie.scheduler_service.engine.errors import ResourceExhaustedError, UnavailableError
+from yaie.scheduler_service.engine.request import GenerationRequest, OutputEvent
+from yaie.v1 import generation_pb2 as pb
+
+SERVICE_NAME = "yaie.v1.Generation"
+
+
+class EngineApi(Protocol):
+    """The part of scheduler_service.engine.Engine this service calls."""
+
+    model_info: Any
+    ready: bool
+
+    def check_admissible(self, request: GenerationRequest) -> None: ...
+    def submit(self, request: GenerationRequest) -> AsyncIterator[OutputEvent]: ...
+    def abort(self, request_id: str) -> bool: ...
+    def finish(self, request_id: str) -> None: ...
+    def stats(self) -> Any: ...
+
+
+def _status_code(error: Exception) -> grpc.StatusCode | None:
+    """The one map from exceptions to status codes (None: a bug, left to gRPC as UNKNOWN)."""
+    if isinstance(error, ValueError):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(error, ResourceExhaustedError):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+    if isinstance(error, UnavailableError):
+        return grpc.StatusCode.UNAVAILABLE
+    return None
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: Exception) -> None:
+    """Ends the call with error's status code; an error with none is raised again."""
+    code = _status_code(error)
+    if code is None:
+        raise error
+    await context.abort(code, str(error))
+
+
+def _unary(method: Callable) -> Callable:
+    @functools.wraps(method)
+    async def handler(self: GenerationServicer, request: Any, context: grpc.aio.ServicerContext):
+        try:
+            return await method(self, request, context)
+        except Exception as error:
+            await _abort(context, error)
+
+    return handler
+
+
+def _stream(method: Callable) -> Callable:
+    @functools.wraps(method)
+    async def handler(self: GenerationServicer, request: Any, context: grpc.aio.ServicerContext):
+        try:
+            async for frame in method(self, request, context):
+                yield frame
+        except Exception as error:
+            await _abort(context, error)
+
+    return handler
+
+
+def _decoded(request: Any) -> Any:
+    if isinstance(request, UndecodableRequest):
+        raise ValueError(request.reason)
+    return request
+
+
+class GenerationServicer:
+    """Serves yaie.v1.Generation over an engine; answers UNAVAILABLE until `attach_tokenizer`."""
+
+    def __init__(self, engine: EngineApi, tokenizer: Tokenizer | None = None) -> None:
+        self._engine = engine
+        self._tokenizer = tokenizer
+        self._live: set[str] = set()
+
+    def attach_tokenizer(self, tokenizer: Tokenizer) -> None:
+        self._tokenizer = tokenizer
+
+    def _ready_tokenizer(self) -> Tokenizer:
+        if self._tokenizer is None or not self._engine.ready:
+            raise UnavailableError("the server is starting (workers not ready) or draining")
+        return self._tokenizer
+
+    def _limits(self, tokenizer: Tokenizer) -> ModelLimits:
+        info = self._engine.model_info
+        return ModelLimits(info.vocab_size, info.max_context, tokenizer.eos_token_ids)
+
+    @_stream
+    async def Generate(self, request: Any, context: grpc.aio.ServicerContext):
+        request = _decoded(request)
+        tokenizer = self._ready_tokenizer()
+        request_id = request.request_id or uuid.uuid4().hex
+        if request_id in self._live:
+            raise ValueError(f"request_id {request_id!r} is already live")
+        validated = validate_generate(request, request_id, tokenizer, self._limits(tokenizer))
+        self._engine.check_admissible(validated.generation)
+        stream = OutputStream(validated, tokenizer)
+        single_frame = request.output.single_frame
+        frames: list[pb.GenerateResponse] = []
+        events = self._engine.submit(validated.generation)
+        self._live.add(request_id)
+        try:
+            async for event in events:
+                frame = stream.frame(event)
+                if stream.matched_stop is not None and event.finish_reason is None:
+                    self._engine.finish(request_id)
+                if frame is None:
+                    continue
+                if single_frame:
+                    frames.append(frame)
+                else:
+                    yield frame
+                if stream.finished:
+                    break
+            if single_frame:
+                yield merge_frames(frames)
+        finally:
+            # Client cancel, deadline, or an error: the engine must drop the request.
+            self._live.discard(request_id)
+            if not stream.finished:
+                self._engine.abort(request_id)
+            aclose = getattr(events, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    @_unary
+    async def Tokenize(self, request: Any, context: grpc.aio.ServicerContext):
+        request = _decoded(request)
+        tokenizer = self._ready_tokenizer()
+        check_text_length("text", len(request.text), self._engine.model_info.max_context)
+        ids = tokenizer.encode(request.text, request.add_special_tokens)
+        return pb.TokenizeResponse(ids=ids)
+
+    @_unary
+    async def Detokenize(self, request: pb.DetokenizeRequest, context: grpc.aio.ServicerContext):
+        tokenizer = self._ready_tokenizer()
+        vocab_size = self._engine.model_info.vocab_size
+        bad = [i for i in request.ids if not 0 <= i < vocab_size]
+        if bad:
+            raise ValueError(f"ids: token id {bad[0]} is outside the vocabulary [0, {vocab_size})")
+        return pb.DetokenizeResponse(
+            text=tokenizer.decode(list(request.ids), request.skip_special_tokens)
+        )
+
+    @_unary
+    async def GetModelInfo(
+        self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
+    ):
+        tokenizer = self._ready_tokenizer()
+        info = self._engine.model_info
+        return pb.ModelInfo(
+            model=info.model,
+            architecture=info.architecture,
+            dtype=info.dtype,
+            vocab_size=info.vocab_size,
+            max_context=info.max_context,
+            block_size=info.block_size,
+            random_weights=info.random_weights,
+            eos_token_ids=sorted(tokenizer.eos_token_ids),
+            num_workers=info.num_workers,
+        )
+
+    @_unary
+    async def GetServerStats(
+        self, request: pb.GetServerStatsRequest, context: grpc.aio.ServicerContext
+    ):
+        stats = self._engine.stats()
+        workers = [
+            pb.WorkerStats(
+                address=w.address,
+                healthy=w.healthy,
+                total_blocks=w.total_blocks,
+                free_blocks=w.free_blocks,
+                used_blocks=w.used_blocks,
+                cached_blocks=w.cached_blocks,
+                cache_hit_rate=w.cache_hit_rate,
+            )
+            for w in stats.workers
+        ]
+        return pb.ServerStats(
+            waiting=stats.waiting,
+            running=stats.running,
+            workers=workers,
+            num_preemptions=stats.num_preemptions,
+            completed_requests=stats.completed_requests,
+        )
+
+    @_unary
+    async def Abort(self, request: Any, context: grpc.aio.ServicerContext):
+        request = _decoded(request)
+        return pb.AbortResponse(found=self._engine.abort(request.request_id))
+
+
+def generation_handler(
+    servicer: GenerationServicer, observe: Callable[[Callable], Callable] | None = None
+) -> grpc.GenericRpcHandler:
+    """The service's method handlers, with never-raising deserializers for string-carrying input
+    (observe: wraps Generate, e.g. logs.observe_generate for request logs and metrics)."""
+
+    def unary(method: Callable, request_class: type, safe: bool = False) -> grpc.RpcMethodHandler:
+        decode = safe_deserializer(request_class) if safe else request_class.FromString
+        return grpc.unary_unary_rpc_method_handler(
+            method, request_deserializer=decode, response_serializer=_serialize
+        )
+
+    handlers = {
+        "Generate": grpc.unary_stream_rpc_method_handler(
+            servicer.Generate if observe is None else observe(servicer.Generate),
+            request_deserializer=safe_deserializer(pb.GenerateRequest),
+            response_serializer=_serialize,
+        ),
+        "Tokenize": unary(servicer.Tokenize, pb.TokenizeRequest, safe=True),
+        "Detokenize": unary(servicer.Detokenize, pb.DetokenizeRequest),
+        "GetModelInfo": unary(servicer.GetModelInfo, pb.GetModelInfoRequest),
+        "GetServerStats": unary(servicer.GetServerStats, pb.GetServerStatsRequest),
+        "Abort": unary(servicer.Abort, pb.AbortRequest, safe=True),
+    }
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
+
+
+def _serialize(message: Any) -> bytes:
+    return message.SerializeToString()
+
+
+async def set_health(health_servicer: health.aio.HealthServicer, serving: bool) -> None:
+    """Sets the overall status and this service's status."""
+    status = health_pb2.HealthCheckResponse.NOT_SERVING
+    if serving:
+        status = health_pb2.HealthCheckResponse.SERVING
+    for service in ("", SERVICE_NAME):
+        await health_servicer.set(service, status)
+
+
+# The public server's channel options, each value chosen for this API:
+PUBLIC_SERVER_OPTIONS = [
+    # No SO_REUSEPORT: a second server on a port in use must fail, not share its traffic.
+    ("grpc.so_reuseport", 0),
+    # A request is at most a max-context prompt (128k tokens of text or ids: ~1 MiB) with its
+    # stop strings and logit bias; 16 MiB refuses absurd ones before they are held in memory.
+    ("grpc.max_receive_message_length", 16 << 20),
+    # The largest reply is one single_frame response of a max-context generation with top-20
+    # logprobs (~25 MiB); frames of a stream are far smaller.
+    ("grpc.max_send_message_length", 64 << 20),
+    # Ping clients with a stream open every 60 s (20 s to answer): a client gone without a FIN
+    # has its streams cancelled, so its requests are aborted and their KV blocks freed.
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    # Clients may ping as often as every 10 s (gRPC's default of 5 min would answer common
+    # client keepalive settings with GOAWAY and drop their streams).
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+]
+
+
+def create_server(
+    servicer: GenerationServicer,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    observe: Callable[[Callable], Callable] | None = None,
+) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+    """A grpc.aio server with Generation, grpc.health.v1 and reflection (await set_health next:
+    a new health servicer reports the overall status as SERVING). interceptors: e.g. the API
+    key check of ops/auth.py; observe: see generation_handler."""
+    health_servicer = health.aio.HealthServicer()
+    server = grpc.aio.server(interceptors=interceptors, options=PUBLIC_SERVER_OPTIONS)
+    server.add_generic_rpc_handlers((generation_handler(servicer, observe),))
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    services = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
+    reflection.enable_server_reflection(services, server)
+    return server, health_servicer

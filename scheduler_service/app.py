@@ -1,0 +1,162 @@
+"""The scheduler process, assembled: the engine over its workers, the public server (yaie.v1
+Generation, grpc.health.v1: SERVING once every worker is ready, server reflection), metrics and
+request logs. serve() runs it until SIGTERM or Ctrl-C and stops it cleanly; `yaie scheduler`
+(__main__.py), `yaie serve` and `yaie in-process` call it with their parsed flags (ops/flags.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import signal
+from collections.abc import Callable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from yaie.scheduler_service.api.server import GenerationServicer, create_server, set_health
+from yaie.scheduler_service.engine.engine import Engine
+from yaie.scheduler_service.ops import flags
+from yaie.scheduler_service.ops.channel_security import configure_workers, open_worker_channel
+from yaie.scheduler_service.ops.logs import observe_generate
+from yaie.scheduler_service.workers.worker_client import WorkerClient
+
+logger = logging.getLogger("yaie.scheduler")
+
+
+async def wait_for_serving(address: str, timeout_s: float, worker: bool = False) -> None:
+    """Polls grpc.health.v1 at address until it says SERVING (a worker: its model is loaded;
+    worker=True: over the worker channel's TLS, see channel_security)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    if worker:
+        channel = open_worker_channel(address, with_secret=False)
+    else:
+        channel = grpc.aio.insecure_channel(address)
+    async with channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=2.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass  # not listening yet
+            if loop.time() > deadline:
+                raise TimeoutError(f"{address} was not SERVING after {timeout_s:.0f} s")
+            await asyncio.sleep(0.25)
+
+
+async def _start_engine(
+    engine, servicer: GenerationServicer, args: argparse.Namespace, wait_for_workers: bool = True
+) -> None:
+    # transformers takes seconds to import: do it while the workers load their model.
+    tokenizer_module = asyncio.create_task(
+        asyncio.to_thread(importlib.import_module, "yaie.scheduler_service.api.tokenizer")
+    )
+    if wait_for_workers:
+        await asyncio.gather(
+            *(wait_for_serving(address, args.worker_wait, worker=True) for address in args.worker)
+        )
+    await engine.start()
+    info = engine.model_info
+    label = " (RANDOM WEIGHTS: its text is meaningless)" if info.random_weights else ""
+    logger.info(
+        "workers ready: %s (%s, %s) on %d worker(s)%s",
+        info.model,
+        info.architecture,
+        info.dtype,
+        info.num_workers,
+        label,
+    )
+    module = await tokenizer_module
+    tokenizer = await asyncio.to_thread(module.Tokenizer, args.model or info.model)
+    servicer.attach_tokenizer(tokenizer)
+
+
+async def _watch_health(
+    engine, health_servicer: health.aio.HealthServicer, first_serving: asyncio.Event | None
+) -> None:
+    """SERVING only while the engine is serving (taking requests, and some worker is up: a
+    lost one's requests move on); first_serving is set the first time."""
+    serving = None
+    while True:
+        ready = bool(engine.serving)
+        if ready != serving:
+            await set_health(health_servicer, ready)
+            logger.info("health: %s", "SERVING" if ready else "NOT_SERVING")
+            serving = ready
+            if ready and first_serving is not None:
+                first_serving.set()
+        await asyncio.sleep(0.5)
+
+
+async def serve(
+    args: argparse.Namespace,
+    stop: asyncio.Event | None = None,
+    client_factory: Callable[[str], WorkerClient] | None = None,
+    serving: asyncio.Event | None = None,
+) -> int:
+    """Runs until SIGINT/SIGTERM (or `stop` is set); returns the exit status. client_factory
+    (address -> client, default a gRPC WorkerClient) gives clients of workers that are ready
+    when handed in: their addresses are then not polled over gRPC before the engine starts.
+    serving is set once health first says SERVING (for a caller in this process: no probe
+    over the public port, which may demand a client certificate)."""
+    options = flags.server_options(args)
+    configure_workers(options.workers)
+    engine = Engine(args.worker, flags.engine_config(args), client_factory or WorkerClient)
+    servicer = GenerationServicer(engine)
+    try:
+        metrics = options.start_metrics(engine)
+    except OSError as error:
+        logger.error("cannot serve metrics on port %s: %s", options.metrics_port, error)
+        return 1
+    observe = observe_generate(metrics)  # request logs, and metrics when they are on
+    server, health_servicer = create_server(servicer, options.interceptors(), observe)
+    await set_health(health_servicer, False)
+    try:
+        port = options.add_port(server, f"{args.host}:{args.port}")
+    except RuntimeError as error:  # the port is in use, or the host is not ours
+        logger.error("cannot listen on %s:%d: %s", args.host, args.port, error)
+        if metrics is not None:
+            metrics.stop()
+        return 1
+    await server.start()
+    logger.info(
+        "scheduler listening on %s:%d (workers: %s)", args.host, port, ", ".join(args.worker)
+    )
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    for signum in previous:
+        loop.add_signal_handler(signum, stop.set)
+    start = asyncio.create_task(_start_engine(engine, servicer, args, client_factory is None))
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({start, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    status, watch = 0, None
+    if start.done() and start.exception() is None:
+        watch = asyncio.create_task(_watch_health(engine, health_servicer, serving))
+        await stopping
+    elif start.done():
+        logger.error("start failed: %s", start.exception())
+        status = 1
+    logger.info("stopping")
+    for task in (start, stopping, watch):
+        if task is not None:
+            task.cancel()
+    await set_health(health_servicer, False)
+    if watch is not None:  # drain: no new requests; streams in flight finish or are cancelled
+        cancelled = await engine.drain()
+        logger.info("drained (%d stream(s) cancelled after the drain timeout)", cancelled)
+    await server.stop(grace=3.0)
+    await engine.stop()
+    if metrics is not None:
+        metrics.stop()
+    # remove_signal_handler leaves SIG_DFL, and a repeated SIGTERM would then kill a caller
+    # that is still stopping its workers: the caller's own handlers go back instead.
+    for signum, handler in previous.items():
+        loop.remove_signal_handler(signum)
+        signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+    return status

@@ -1,0 +1,363 @@
+"""The engine: requests in, OutputEvents out, over one WorkerLoop per GPU worker.
+
+The API layer (api/server.py) codes against Engine's public methods below; everything about
+batching lives in policy.py (what runs next), worker_loop.py (the step loop per worker) and
+step_stream.py (the plans it sends); router.py picks each request's worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from yaie.scheduler_service.config import SchedulerConfig
+from yaie.scheduler_service.engine.errors import ResourceExhaustedError, UnavailableError
+from yaie.scheduler_service.engine.request import FinishReason, GenerationRequest, OutputEvent
+from yaie.scheduler_service.engine.router import Router
+from yaie.scheduler_service.engine.sequence import Sequence
+from yaie.scheduler_service.engine.worker_loop import WorkerLoop
+from yaie.scheduler_service.workers.worker_client import WorkerClient, WorkerStreamError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerModelInfo:
+    """What the workers serve (from Describe; every worker must agree)."""
+
+    model: str
+    architecture: str
+    dtype: str
+    vocab_size: int
+    max_context: int
+    block_size: int
+    random_weights: bool
+    num_workers: int
+
+
+@dataclass(frozen=True)
+class WorkerStats:
+    address: str
+    healthy: bool
+    total_blocks: int
+    free_blocks: int
+    used_blocks: int  # held by live requests (private blocks and locked cached ones)
+    cached_blocks: int  # in the radix tree and evictable
+    cache_hit_rate: float  # cached prompt tokens / prompt tokens, over admissions
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    waiting: int  # queued, over all workers
+    running: int  # admitted and not yet done with their blocks (finishing ones included)
+    num_preemptions: int  # since start
+    completed_requests: int  # requests whose last event is out (aborted ones included)
+    workers: list[WorkerStats]
+
+
+class Engine:
+    """Continuous batching over every worker's KV pool (one radix tree per pool).
+
+    Contract for the API layer:
+    - `await start()` connects and Describes every worker (protocol version checked; failure:
+      UnavailableError), sizes a KV cache manager per worker, starts the step loops and health
+      checks; `ready` is then True (requests are taken) until drain() or stop(); `serving` is
+      True while, in addition, some worker is healthy (the health service reports it).
+      `await drain()` refuses new requests, lets live ones run for config.drain_timeout_s,
+      then ends the rest with ABORT. `await stop()` cancels the loops, closes the streams and
+      finishes live requests with ABORT.
+    - A lost worker's unfinished requests are re-routed with their output so far (re-prefilled
+      elsewhere; no token repeated or lost). With no healthy worker, requests wait up to
+      config.no_worker_timeout_s for one; past that their iterator raises UnavailableError.
+    - `check_admissible(req)` raises ValueError (prompt empty, token id outside the vocabulary,
+      prompt + max_new_tokens beyond max_context), ResourceExhaustedError (queue full, or the
+      request could never fit in a KV pool) or UnavailableError (not started, or draining).
+    - `submit(req)` checks admissibility (and that request_id is not live: ValueError) and
+      returns an async iterator of OutputEvents (undelivered ones coalesced: a slow reader gets
+      fewer, larger events; under load one event per config.stream_interval tokens, the
+      first token alone); the last one has finish_reason set. Closing the
+      iterator early aborts the request.
+    - `abort(request_id)` -> whether a live request had that id; idempotent. The request ends
+      with ABORT at the next step. `finish(request_id)` ends it with STOP (a stop string found
+      by the API layer); tokens still in flight are dropped.
+    - `stats()` -> EngineStats; `model_info` -> WorkerModelInfo.
+    Token-level stopping happens here: stop_token_ids after min_new_tokens (STOP, the token
+    kept, matched_stop_token set), max_new_tokens or a full context (LENGTH).
+    """
+
+    def __init__(
+        self,
+        worker_addresses: list[str],
+        config: SchedulerConfig,
+        client_factory: Callable[[str], WorkerClient] = WorkerClient,
+    ) -> None:
+        if not worker_addresses:
+            raise ValueError("at least one worker address is needed")
+        self.worker_addresses = list(worker_addresses)
+        self.config = config
+        # address -> client: a gRPC WorkerClient, or another with its interface (in-process)
+        self._client_factory = client_factory
+        self._started = False
+        self._loops: list[WorkerLoop] = []
+        self._tasks: list[asyncio.Task] = []
+        self._live: dict[str, Sequence] = {}
+        self._arrivals = itertools.count()
+        self._completed = 0
+        self._model_info: WorkerModelInfo | None = None
+        self._router = Router(config.enable_prefix_cache)
+        self._parked: deque[Sequence] = deque()  # no healthy worker: waiting for one
+        self._draining = False
+
+    @property
+    def ready(self) -> bool:
+        """Started (every worker described once) and taking requests (not draining)."""
+        return self._started and not self._draining
+
+    @property
+    def serving(self) -> bool:
+        """Ready, and some worker is healthy now."""
+        return self.ready and any(loop.healthy for loop in self._loops)
+
+    @property
+    def model_info(self) -> WorkerModelInfo:
+        if self._model_info is None:
+            raise UnavailableError("the engine has not described its workers yet")
+        return self._model_info
+
+    async def start(self) -> None:
+        clients = [self._client_factory(address) for address in self.worker_addresses]
+        try:
+            infos = await asyncio.gather(
+                *(c.describe(self.config.connect_timeout_s) for c in clients)
+            )
+        except WorkerStreamError as exc:
+            await asyncio.gather(*(c.close() for c in clients))
+            raise UnavailableError(str(exc)) from exc
+        first = infos[0]
+        for info in infos[1:]:
+            same = (info.model, info.vocab_size, info.max_context)
+            if same != (first.model, first.vocab_size, first.max_context):
+                await asyncio.gather(*(c.close() for c in clients))
+                raise ValueError(f"workers serve different models: {first} vs {info}")
+        self._model_info = WorkerModelInfo(
+            model=first.model,
+            architecture=first.architecture,
+            dtype=first.dtype,
+            vocab_size=first.vocab_size,
+            max_context=first.max_context,
+            block_size=first.block_size,
+            random_weights=first.random_weights,
+            num_workers=len(infos),
+        )
+        for client, info in zip(clients, infos, strict=True):
+            client.open_stream()
+            loop = WorkerLoop(
+                client, info, self.config, self._on_finished, self._on_orphaned, self._on_rejoined
+            )
+            self._loops.append(loop)
+            self._tasks.append(asyncio.create_task(loop.run(), name=f"worker {info.address}"))
+            self._tasks.append(asyncio.create_task(loop.watch_health(), name="health checks"))
+            logger.info(
+                "worker %s: %s (%s), %d blocks of %d tokens",
+                info.address,
+                info.model,
+                info.device,
+                info.num_blocks,
+                info.block_size,
+            )
+        self._tasks.append(asyncio.create_task(self._expire_parked(), name="parked requests"))
+        self._started = True
+
+    async def drain(self) -> int:
+        """Refuse new requests; wait up to config.drain_timeout_s for the live ones, then end
+        the rest with ABORT (their final events go out). Returns how many were cancelled."""
+        self._draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.drain_timeout_s
+        while self._live and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        cancelled = list(self._live)
+        for request_id in cancelled:
+            error = "the server is shutting down: the drain timeout passed"
+            self._request_end(request_id, FinishReason.ABORT, error)
+        deadline = loop.time() + 2.0  # the step loops act on aborts at their next step
+        while self._live and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        return len(cancelled)
+
+    async def stop(self) -> None:
+        self._started = False
+        pending = set(self._tasks)
+        while pending:  # cancel again should a library call swallow the cancellation
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.5)
+        await asyncio.gather(*(loop.client.close() for loop in self._loops))
+        self._parked.clear()
+        for seq in list(self._live.values()):
+            seq.finish(FinishReason.ABORT, "the server is shutting down")
+            self._on_finished(seq)
+
+    def check_admissible(self, req: GenerationRequest) -> None:
+        if not self._started or self._draining:
+            raise UnavailableError("the server is not taking requests (starting or draining)")
+        info = self.model_info
+        if not req.prompt_ids:
+            raise ValueError("the prompt has no tokens")
+        if req.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {req.max_new_tokens}")
+        bad = [t for t in req.prompt_ids if not 0 <= t < info.vocab_size]
+        if bad:
+            raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {info.vocab_size})")
+        total = len(req.prompt_ids) + req.max_new_tokens
+        if total > info.max_context:
+            raise ValueError(
+                f"prompt ({len(req.prompt_ids)} tokens) + max_new_tokens ({req.max_new_tokens}) "
+                f"exceeds the model's context of {info.max_context} tokens"
+            )
+        # Every token's K/V (the last one's too: overlap may compute it) must fit in some pool
+        # (of a healthy worker; of any while none is, since the request may wait for one).
+        loops = [lp for lp in self._loops if lp.healthy] or self._loops
+        if not any(_num_blocks(total, lp.kv.block_size) <= lp.kv.num_blocks for lp in loops):
+            raise ResourceExhaustedError(f"{total} tokens need more KV blocks than a worker holds")
+        if self._num_waiting() >= self.config.max_queue_size:
+            raise ResourceExhaustedError(f"the queue is full ({self.config.max_queue_size})")
+
+    def submit(self, req: GenerationRequest) -> AsyncIterator[OutputEvent]:
+        self.check_admissible(req)
+        if req.request_id in self._live:
+            raise ValueError(f"request_id {req.request_id!r} is already live")
+        seq = Sequence(req, next(self._arrivals))
+        self._live[req.request_id] = seq
+        self._add(seq)
+        return self._events(seq)
+
+    async def _events(self, seq: Sequence) -> AsyncIterator[OutputEvent]:
+        try:
+            while True:
+                event = await seq.events.get()
+                if seq.unavailable and event.finish_reason is not None:
+                    raise UnavailableError(event.error or "no worker is available")
+                yield event
+                if event.finish_reason is not None:
+                    return
+        finally:
+            if not seq.is_finished:
+                self.abort(seq.request_id)
+            # The client's stream is over (its last event, a stop string, a cancel): the id is
+            # free for a new request at once, though the worker loop may drop the old one later.
+            self._on_finished(seq)
+
+    def abort(self, request_id: str) -> bool:
+        return self._request_end(request_id, FinishReason.ABORT)
+
+    def finish(self, request_id: str) -> None:
+        self._request_end(request_id, FinishReason.STOP)
+
+    def _request_end(self, request_id: str, reason: FinishReason, error: str | None = None) -> bool:
+        """Ends the live request request_id with reason (its final event carrying error) at
+        its worker's next step, or now when it is parked; the first end asked for wins."""
+        seq = self._live.get(request_id)
+        if seq is None:
+            return False
+        if seq.abort_requested is None:
+            seq.abort_requested = reason
+            seq.abort_error = error
+            if seq in self._parked:
+                self._parked.remove(seq)
+                self._end(seq, reason, error)
+            else:
+                self._loops[seq.worker_index].request_abort(seq)
+        return True
+
+    def stats(self) -> EngineStats:
+        workers = []
+        for loop in self._loops:
+            s = loop.kv.stats()
+            workers.append(
+                WorkerStats(
+                    address=loop.info.address,
+                    healthy=loop.healthy,
+                    total_blocks=s.total_blocks,
+                    free_blocks=s.free_blocks,
+                    used_blocks=s.used_blocks,
+                    cached_blocks=s.cached_blocks,
+                    cache_hit_rate=loop.policy.counters.hit_rate,
+                )
+            )
+        return EngineStats(
+            waiting=self._num_waiting(),
+            running=sum(len(lp.running) + len(lp.retiring) for lp in self._loops),
+            num_preemptions=sum(lp.num_preemptions for lp in self._loops),
+            completed_requests=self._completed,
+            workers=workers,
+        )
+
+    def _num_waiting(self) -> int:
+        return len(self._parked) + sum(len(lp.waiting) for lp in self._loops)
+
+    def _add(self, seq: Sequence) -> None:
+        """To the best healthy worker whose pool can hold it (router.py), or parked until one
+        is back (an orphan may fit only the lost worker's pool)."""
+        total = seq.num_prompt_tokens + seq.request.max_new_tokens
+        loops = [
+            lp
+            for lp in self._loops
+            if lp.healthy and _num_blocks(total, lp.kv.block_size) <= lp.kv.num_blocks
+        ]
+        if not loops:
+            if seq.parked_at is None:
+                seq.parked_at = asyncio.get_running_loop().time()
+            seq.worker_index = -1
+            self._parked.append(seq)
+            return
+        loop = self._router.pick(seq, loops)
+        seq.parked_at = None
+        seq.worker_index = self._loops.index(loop)
+        loop.add(seq)
+
+    def _end(self, seq: Sequence, reason: FinishReason, error: str | None) -> None:
+        """Finish a request that is on no worker (parked, or just orphaned)."""
+        seq.finish(reason, error)
+        self._on_finished(seq)
+
+    def _on_finished(self, seq: Sequence) -> None:
+        """seq's last event is out: its request_id may be used again."""
+        if self._live.get(seq.request_id) is seq:
+            del self._live[seq.request_id]
+            self._completed += 1
+
+    def _on_orphaned(self, seqs: list[Sequence]) -> None:
+        """Unfinished requests of a lost worker, with their output so far: to another worker
+        (re-prefilled there from prompt + output), parked while none is healthy."""
+        for seq in seqs:
+            if seq.abort_requested is not None:
+                self._end(seq, seq.abort_requested, seq.abort_error)
+            else:
+                self._add(seq)
+
+    def _on_rejoined(self, loop: WorkerLoop) -> None:
+        parked, self._parked = list(self._parked), deque()
+        for seq in parked:
+            self._add(seq)
+
+    async def _expire_parked(self) -> None:
+        """Parked requests fail with UNAVAILABLE after config.no_worker_timeout_s."""
+        timeout = self.config.no_worker_timeout_s
+        clock = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(0.1, max(timeout / 4, 0.01)))
+            now = clock.time()
+            expired = [s for s in self._parked if now - (s.parked_at or now) >= timeout]
+            for seq in expired:
+                self._parked.remove(seq)
+                seq.unavailable = True
+                self._end(seq, FinishReason.ABORT, f"no worker became available in {timeout} s")
+
+
+def _num_blocks(num_tokens: int, block_size: int) -> int:
+    return -(-num_tokens // block_size)

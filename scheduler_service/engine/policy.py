@@ -1,0 +1,259 @@
+"""Batch formation for one worker: which requests run how many tokens in the next step, and
+the KV blocks they hold (allocated, cached in the radix tree, released).
+
+Continuous batching with chunked prefill under a per-step token budget: running requests go
+first, oldest first (a decode costs 1 token, a prefill continues with a chunk); waiting requests
+are then admitted longest-cached-prefix first, except that resumed requests (preempted, or moved
+from a lost worker: admitted before) and requests waiting longer than max_wait_steps go first in
+arrival order, so none starves. A request whose prompt shares 2+ blocks with a prompt still
+being computed waits for those blocks to enter the tree rather than computing them twice. When
+a running request needs a block and the pool has none, the newest running request is preempted
+(recomputed later from its tokens, its computed blocks cached in the tree).
+
+Of each Sequence the policy alone writes the admission and block fields (queued_at_step,
+hit_estimate, admitted_once, num_cached_tokens, block_ids, match).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from yaie.kernels.cache import KVCacheManager, PrefixMatch
+from yaie.scheduler_service.config import SchedulerConfig
+from yaie.scheduler_service.engine.sequence import Sequence
+
+
+@dataclass
+class Run:
+    """One run entry of the next plan: compute num_tokens of seq."""
+
+    seq: Sequence
+    num_tokens: int
+
+
+@dataclass
+class AdmissionCounters:
+    """Prompt tokens over first admissions, and how many of them were cache hits."""
+
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+
+    @property
+    def hit_rate(self) -> float:
+        return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
+
+
+class BatchPolicy:
+    """Forms the runs of each step; allocates (and locks) the blocks they write, caches the
+    computed ones in the tree and frees them when their request is done with them."""
+
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        kv: KVCacheManager,
+        preempt: Callable[[Sequence], None],
+    ) -> None:
+        self.config = config
+        self.kv = kv
+        self.block_size = kv.block_size
+        self._preempt = preempt  # takes seq out of running; frees its blocks when it can
+        self._blocks_pending = False  # during schedule(): freed blocks are on their way
+        self.tree_epoch = 0  # bumped whenever blocks enter the tree (see _hit_estimate)
+        self.counters = AdmissionCounters()
+        self.num_steps = 0  # schedule() calls so far
+
+    def successor(self, kv: KVCacheManager) -> BatchPolicy:
+        """A policy for the worker's fresh pool (after it was lost): the hit rate spans the
+        worker's whole life, and the step count goes on (queue stamps stay comparable)."""
+        policy = BatchPolicy(self.config, kv, self._preempt)
+        policy.counters = self.counters
+        policy.num_steps = self.num_steps
+        return policy
+
+    def schedule(
+        self, running: list[Sequence], waiting: deque[Sequence], blocks_pending: bool
+    ) -> list[Run]:
+        """The next step's runs. running and waiting are updated in place (admissions,
+        preemptions). blocks_pending: some retiring request will free blocks once its plans in
+        flight are back; a request short of blocks then waits a step instead of preempting."""
+        budget = self.config.max_num_batched_tokens
+        runs: list[Run] = []
+        short = False  # some running request could not get its blocks (or was preempted)
+        self._blocks_pending = blocks_pending
+        i = 0
+        while i < len(running) and budget > 0:
+            seq = running[i]
+            n = self._next_chunk(seq, budget)
+            need = self._num_blocks(seq.num_scheduled + n) - len(seq.block_ids)
+            if need > 0 and not self._make_room(seq, need, running):
+                short = True
+                i += 1  # past seq, or past the end when seq itself was preempted (the last)
+                continue
+            if need > 0:
+                seq.block_ids += self.kv.allocate(need)
+            if n > 0:
+                runs.append(Run(seq, n))
+                budget -= n
+            i += 1
+        if not short:
+            runs += self._admit(running, waiting, budget)
+        self.num_steps += 1  # every request still waiting has now waited one more step
+        return runs
+
+    def wait_steps(self, seq: Sequence) -> int:
+        """Steps seq has spent waiting since it was (re)queued (stamped by queue())."""
+        return self.num_steps - seq.queued_at_step
+
+    def queue(self, seq: Sequence, waiting: deque[Sequence], first: bool = False) -> None:
+        """Puts seq in waiting (at the front when first), stamped with the current step."""
+        seq.queued_at_step = self.num_steps
+        if first:
+            waiting.appendleft(seq)
+        else:
+            waiting.append(seq)
+
+    def cache_prompt(self, seq: Sequence, end: int) -> None:
+        """A prefill chunk of seq is computed up to end (its result is in): its full blocks go
+        into the tree now, so requests admitted while seq still runs hit them."""
+        assert seq.match is not None
+        bs = self.block_size
+        if self.config.enable_prefix_cache and end // bs * bs > seq.match.num_tokens:
+            tokens = seq.token_ids[:end]
+            seq.match = self.kv.cache_running(
+                tokens, seq.block_ids, seq.match, seq.request.namespace
+            )
+            self.tree_epoch += 1
+
+    def release(self, seq: Sequence, cache: bool) -> None:
+        """No plan in flight runs seq: its blocks go back to the pool, its computed full blocks
+        into the tree when cache (and the prefix cache is on)."""
+        assert seq.match is not None
+        num_kv = min(seq.num_scheduled, len(seq.token_ids))
+        cache = cache and self.config.enable_prefix_cache
+        self.kv.release(
+            seq.token_ids[:num_kv], seq.block_ids, seq.match, seq.request.namespace, cache=cache
+        )
+        self.tree_epoch += cache
+
+    def _make_room(self, seq: Sequence, need: int, running: list[Sequence]) -> bool:
+        """Whether need blocks can be allocated for seq, after preempting the newest running
+        requests (seq included, last) while no freed blocks are on their way anyway."""
+        while not self.kv.can_allocate(need):
+            if self._blocks_pending:
+                return False
+            victim = running.pop()  # the newest: never one already in this step's runs
+            self._preempt(victim)
+            self._blocks_pending = victim.in_flight > 0  # else freed at once
+            if victim is seq:
+                return False
+        return True
+
+    def _next_chunk(self, seq: Sequence, budget: int) -> int:
+        """Tokens seq runs next: the rest of its known tokens in chunks, or 1 (a decode); 0 when
+        the tokens in flight already finish it by length (no step is wasted on it)."""
+        outputs_known = len(seq.token_ids) + seq.pending - seq.num_prompt_tokens
+        if seq.pending and outputs_known >= seq.request.max_new_tokens:
+            return 0
+        return min(seq.num_remaining, budget, self.config.prefill_chunk_size)
+
+    def _admit(self, running: list[Sequence], waiting: deque[Sequence], budget: int) -> list[Run]:
+        runs: list[Run] = []
+        if not waiting or len(running) >= self.config.max_running_requests or budget <= 0:
+            return runs  # (ordering the queue costs a prefix match per waiting request)
+        sharing = self._prompts_being_computed(running)
+        for seq in self._admission_order(waiting):
+            if len(running) >= self.config.max_running_requests or budget <= 0:
+                break
+            if not seq.admitted_once and self._worth_waiting(seq, self._hit_estimate(seq), sharing):
+                continue
+            match = self._match(seq)
+            n = min(len(seq.token_ids) - match.num_tokens, budget, self.config.prefill_chunk_size)
+            need = self._num_blocks(match.num_tokens + n) - len(match.blocks)
+            if not self.kv.can_allocate(need, match):
+                break  # head of line: no later request jumps a request that does not fit
+            self.kv.lock(match)
+            seq.match = match
+            seq.block_ids = match.blocks + self.kv.allocate(need)
+            if not seq.admitted_once:
+                seq.admitted_once = True
+                seq.num_cached_tokens = match.num_tokens
+                self.counters.prompt_tokens += seq.num_prompt_tokens
+                self.counters.cached_tokens += match.num_tokens
+            waiting.remove(seq)
+            running.append(seq)
+            runs.append(Run(seq, n))
+            budget -= n
+            self._note_prompt_being_computed(seq, sharing)
+        return runs
+
+    def _admission_order(self, waiting: deque[Sequence]) -> list[Sequence]:
+        """Resumed requests, then overdue ones (both in queue order), then the rest by longest
+        cached prefix (ties in queue order)."""
+        window = list(itertools.islice(waiting, self.config.prefix_scan_window))
+        limit = self.config.max_wait_steps
+        first = [s for s in window if s.admitted_once or self.wait_steps(s) > limit]
+        rest = [s for s in window if not (s.admitted_once or self.wait_steps(s) > limit)]
+        if self.config.enable_prefix_cache and len(rest) > 1:
+            rest.sort(key=lambda s: -self._hit_estimate(s))
+        return first + rest
+
+    def _prompts_being_computed(self, running: list[Sequence]) -> dict[tuple, list[Sequence]]:
+        """Running requests whose prompt blocks are not all in the tree yet, by first block."""
+        found: dict[tuple, list[Sequence]] = {}
+        for seq in running:
+            self._note_prompt_being_computed(seq, found)
+        return found
+
+    def _note_prompt_being_computed(
+        self, seq: Sequence, found: dict[tuple, list[Sequence]]
+    ) -> None:
+        bs = self.block_size
+        assert seq.match is not None
+        if (
+            self.config.enable_prefix_cache
+            and seq.match.num_tokens < seq.num_prompt_tokens // bs * bs
+        ):
+            key = (seq.request.namespace, tuple(seq.token_ids[:bs]))
+            found.setdefault(key, []).append(seq)
+
+    def _worth_waiting(
+        self, seq: Sequence, num_cached: int, sharing: dict[tuple, list[Sequence]]
+    ) -> bool:
+        """Whether a running request is computing at least two more blocks of seq's prompt than
+        the tree holds now: seq then waits for them (they are shared once computed) instead of
+        computing them again."""
+        bs = self.block_size
+        key = (seq.request.namespace, tuple(seq.token_ids[:bs]))
+        for other in sharing.get(key, ()):
+            limit = min(len(seq.token_ids) - 1, other.num_prompt_tokens)
+            common = 0
+            while common + bs <= limit and (
+                seq.token_ids[common : common + bs] == other.token_ids[common : common + bs]
+            ):
+                common += bs
+            if common - num_cached >= 2 * bs:
+                return True
+        return False
+
+    def _hit_estimate(self, seq: Sequence) -> int:
+        """seq's cached prefix length for ordering, recomputed only when the tree changed (a
+        match costs O(prompt); an estimate gone stale only reorders, admission matches anew)."""
+        tree = self.kv.tree
+        state = (self.tree_epoch, tree.num_cached_blocks)
+        if seq.hit_estimate[0] != state:
+            seq.hit_estimate = (state, self._match(seq).num_tokens)
+        return seq.hit_estimate[1]
+
+    def _match(self, seq: Sequence) -> PrefixMatch:
+        """Cached prefix of all but the last known token: the hit is then a whole number of
+        blocks short of the tokens, so at least one token runs and yields logits."""
+        namespace = seq.request.namespace
+        if not self.config.enable_prefix_cache:
+            return self.kv.match_prefix([], namespace)
+        return self.kv.match_prefix(seq.token_ids[:-1], namespace)
+
+    def _num_blocks(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.block_size)

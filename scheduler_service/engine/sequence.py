@@ -1,0 +1,188 @@
+"""A request's state inside the engine: its tokens, KV progress, blocks and output stream."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from dataclasses import dataclass, field
+
+from yaie.kernels.cache import PrefixMatch
+from yaie.scheduler_service.engine.request import (
+    FinishReason,
+    GenerationRequest,
+    OutputEvent,
+    TokenLogprobs,
+)
+
+
+class SequenceStatus(enum.Enum):
+    WAITING = "waiting"  # in a worker's queue, holds no block
+    RUNNING = "running"  # on the worker: holds blocks, scheduled each step
+    RETIRING = "retiring"  # finished or preempted; blocks wait for its in-flight plans
+    FINISHED = "finished"
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One GenerationRequest as the engine sees it; each field has one writer, named below.
+
+    Positions: [0, num_scheduled) have their K/V in its blocks (the cached prefix, then what the
+    plans already sent write); of the known tokens (token_ids: prompt + outputs received so
+    far), [num_scheduled, len) are still to be computed; `pending` more tokens were sampled by
+    plans in flight whose results have not come back (overlap scheduling), so the worker knows
+    len(token_ids) + pending tokens.
+
+    An incarnation is its stay on one worker, from admission to preemption or the worker's
+    loss; reset_incarnation() then returns the per-incarnation fields to their defaults.
+    """
+
+    request: GenerationRequest
+    arrival: int  # a global admission counter: FIFO order
+    # Its own (append_token, finish, emit):
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: FinishReason | None = None
+    matched_stop_token: int | None = None
+    error: str | None = None  # why the server gave up on it (an ABORT)
+    emitted: int = 0  # output tokens already sent in events
+    events: Outbox = field(default_factory=lambda: Outbox())
+    # The engine's (engine.py): where it is, and how its client ended it.
+    worker_index: int = -1  # the engine's worker loop that holds it
+    parked_at: float | None = None  # loop time it started waiting for a worker (none healthy)
+    abort_requested: FinishReason | None = None  # set by abort()/finish(); acted on next step
+    abort_error: str | None = None  # the error its final event carries, with abort_requested
+    unavailable: bool = False  # ended because no worker was left: the client gets UNAVAILABLE
+    # The router's (router.py):
+    route_cost: int = 0  # prompt tokens its worker must compute (the router's load estimate)
+    # Its worker loop's (worker_loop.py):
+    status: SequenceStatus = SequenceStatus.WAITING
+    # The batch policy's (policy.py), for its whole life:
+    admitted_once: bool = False  # waiting again after that: resumed (goes first)
+    num_cached_tokens: int = 0  # cache hit of the first admission (usage.cached_tokens)
+    queued_at_step: int = 0  # the policy's step count when (re)queued: see BatchPolicy.wait_steps
+    hit_estimate: tuple[tuple, int] = ((), 0)  # (tree state, cached prefix length) for ordering
+    # ... and per incarnation:
+    block_ids: list[int] = field(default_factory=list)
+    match: PrefixMatch | None = None  # its cached prefix, locked in the tree
+    # The step stream's (step_stream.py), per incarnation: what the worker knows of it.
+    sent: bool = False  # NewRequest sent
+    worker_request_id: int = 0  # its id on the step stream (fresh each incarnation)
+    num_scheduled: int = 0
+    num_blocks_sent: int = 0  # how many of block_ids the worker knows
+    pending: int = 0
+    in_flight: int = 0  # plans in flight that run it
+    worker_dropped: bool = False  # the worker reported an error for it and dropped its state
+
+    def __post_init__(self) -> None:
+        if not self.token_ids:
+            self.token_ids = list(self.request.prompt_ids)
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.request.prompt_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def num_remaining(self) -> int:
+        """Tokens the worker knows but has not computed: the next run's maximum."""
+        return len(self.token_ids) + self.pending - self.num_scheduled
+
+    @property
+    def is_finished(self) -> bool:
+        return self.finish_reason is not None
+
+    def append_token(self, token: int, max_context: int) -> None:
+        """Record a sampled token and apply the token-level stop conditions: a stop token after
+        min_new_tokens (STOP, the token kept), max_new_tokens or a full context (LENGTH)."""
+        num_before = self.num_output_tokens
+        self.token_ids.append(token)
+        req = self.request
+        if token in req.stop_token_ids and num_before >= req.min_new_tokens:
+            self.finish_reason = FinishReason.STOP
+            self.matched_stop_token = token
+        elif self.num_output_tokens >= req.max_new_tokens or len(self.token_ids) >= max_context:
+            self.finish_reason = FinishReason.LENGTH
+
+    def finish(self, reason: FinishReason, error: str | None = None) -> None:
+        """End it with reason (error: why the server gave up) and push its final event."""
+        self.finish_reason = reason
+        self.error = error
+        self.emit([], [])
+
+    def reset_incarnation(self) -> None:
+        """Forget the worker-side state when it leaves its worker (its blocks already released,
+        or gone with the worker's pool)."""
+        self.num_scheduled = 0
+        self.pending = 0
+        self.block_ids = []
+        self.num_blocks_sent = 0
+        self.match = None
+        self.sent = False
+        self.in_flight = 0
+        self.worker_dropped = False
+
+    def emit(
+        self, new_tokens: list[int], logprobs: list[TokenLogprobs], min_tokens: int = 1
+    ) -> None:
+        """Push an OutputEvent with new_tokens (and the finish state, if finished); min_tokens:
+        the stream interval, see Outbox.put."""
+        self.emitted += len(new_tokens)
+        event = OutputEvent(
+            request_id=self.request_id,
+            token_ids=new_tokens,
+            logprobs=logprobs,
+            num_prompt_tokens=self.num_prompt_tokens,
+            num_cached_tokens=self.num_cached_tokens,
+            num_output_tokens=self.emitted,
+            finish_reason=self.finish_reason,
+            matched_stop_token=self.matched_stop_token,
+            error=self.error,
+        )
+        self.events.put(event, min_tokens)
+
+
+class Outbox:
+    """A request's undelivered output, coalesced into one pending event.
+
+    Why not a queue of events: a client that reads slowly would make the scheduler hold one
+    event object per token for it, without bound over a long generation. Merging undelivered
+    events into one delta keeps exactly the tokens (and logprobs) not yet delivered, so the
+    buffer is bounded by that request's own output (max_new_tokens), never by the step rate,
+    and a slow consumer costs nothing to the other requests (no bounded queue to block on).
+    """
+
+    def __init__(self) -> None:
+        self._pending: OutputEvent | None = None
+        self._ready = asyncio.Event()
+
+    def put(self, event: OutputEvent, min_tokens: int = 1) -> None:
+        """Adds event to the pending delta. The reader is woken once the delta holds min_tokens
+        tokens (the stream interval: fewer, larger frames under load) or the request finished;
+        until then the tokens wait for the next put or release()."""
+        pending = self._pending
+        if pending is not None:  # merge: the newest event's counters and finish state win
+            pending.token_ids += event.token_ids  # the outbox owns the pending event's lists
+            pending.logprobs += event.logprobs
+            event.token_ids, event.logprobs = pending.token_ids, pending.logprobs
+        self._pending = event
+        if min_tokens <= max(1, len(event.token_ids)) or event.finish_reason is not None:
+            self._ready.set()
+
+    def release(self) -> None:
+        """Wake the reader for whatever is pending (tokens held by the stream interval)."""
+        if self._pending is not None:
+            self._ready.set()
+
+    async def get(self) -> OutputEvent:
+        """Every event put since the last get(), as one (waits for one)."""
+        await self._ready.wait()
+        event, self._pending = self._pending, None
+        self._ready.clear()
+        assert event is not None
+        return event

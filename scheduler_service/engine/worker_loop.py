@@ -1,0 +1,315 @@
+"""The step loop of one worker: the policy forms the next runs, the step stream sends them as a
+plan, and each result updates the requests (tokens, stops, events, retirement).
+
+Overlap and block lifetimes (shared/DESIGN.md, "Known hazards"). With overlap on, plan N+1 is
+sent before result N is read, so when result N shows that a request finished (or it is aborted
+or preempted), plan N+1 may already run it and write K/V into its blocks. Such a request
+*retires*: (1) it is scheduled no more, and its id goes into release_request_ids of the next plan
+sent (the worker drops its state after the earlier plans ran); (2) tokens that plans in flight
+sampled for it are dropped (kept when it was only preempted: they are valid output); (3) its
+blocks go back to the KV cache manager (full ones into the tree) only when no plan in flight
+runs it, i.e. once the result of the last plan that ran it has been read. Only then can a block
+be handed to another request or matched from the tree, so no write in flight lands in another
+request's block and every cached block holds K/V already written.
+
+Of each Sequence the loop alone writes `status` (its place here: waiting, running, retiring).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+
+from yaie.kernels.cache import KVCacheManager
+from yaie.scheduler_service.config import SchedulerConfig
+from yaie.scheduler_service.engine.policy import BatchPolicy, Run
+from yaie.scheduler_service.engine.request import FinishReason
+from yaie.scheduler_service.engine.sequence import Sequence, SequenceStatus
+from yaie.scheduler_service.engine.step_stream import InFlight, StepStream
+from yaie.scheduler_service.ops.step_trace import StepTrace
+from yaie.scheduler_service.workers import health_monitor
+from yaie.scheduler_service.workers.step_plan import StepOutcome, WorkerDescription
+from yaie.scheduler_service.workers.worker_client import (
+    WorkerClient,
+    WorkerHungError,
+    WorkerStreamError,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class WorkerLoop:
+    """Requests routed to one worker (waiting, running, retiring), its KV pool's policy, its step
+    stream, and the task that drives them."""
+
+    def __init__(
+        self,
+        client: WorkerClient,
+        info: WorkerDescription,
+        config: SchedulerConfig,
+        on_finished: Callable[[Sequence], None],
+        on_orphaned: Callable[[list[Sequence]], None],
+        on_rejoined: Callable[[WorkerLoop], None] = lambda loop: None,
+    ) -> None:
+        self.client = client
+        self.config = config
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.retiring: list[Sequence] = []
+        self.healthy = True  # connected: Described and its step stream open
+        self.num_preemptions = 0
+        self.num_losses = 0  # times the worker was lost
+        self._on_finished = on_finished  # the client saw the last event
+        self._on_orphaned = on_orphaned  # unfinished requests of a lost worker, to re-route
+        self._on_rejoined = on_rejoined  # the worker is back (the engine routes parked requests)
+        self._lost: str | None = None  # set by the health check: end the session
+        self._hung = False  # lost by a deadline: it may resume and run its old stream's plans
+        self._aborts: list[Sequence] = []
+        self._wake = asyncio.Event()
+        self._trace = StepTrace.from_env()
+        self.info = info
+        self.kv = KVCacheManager(info.num_blocks, info.block_size)
+        self.policy = BatchPolicy(config, self.kv, self._preempt)
+        self.stream = StepStream(client)
+
+    def _reset_pool(self, info: WorkerDescription) -> None:
+        """A fresh allocator and tree for the worker's pool, and a fresh step stream."""
+        self.info = info
+        self.kv = KVCacheManager(info.num_blocks, info.block_size)
+        self.policy = self.policy.successor(self.kv)
+        self.stream = StepStream(self.client)
+
+    def load_tokens(self) -> int:
+        """Tokens queued and running here that the worker has yet to compute (routing load)."""
+        queued = sum(s.route_cost for s in self.waiting)
+        return queued + sum(max(1, len(s.token_ids) - s.num_scheduled) for s in self.running)
+
+    def add(self, seq: Sequence) -> None:
+        seq.status = SequenceStatus.WAITING
+        self.policy.queue(seq, self.waiting)
+        self._wake.set()
+
+    def request_abort(self, seq: Sequence) -> None:
+        """Finish seq with seq.abort_requested at the next step."""
+        self._aborts.append(seq)
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Until cancelled: steps while connected; a lost worker is requeued and rejoined."""
+        while True:
+            if not self.healthy:
+                await self._rejoin()
+            try:
+                await self._steps()
+            except WorkerStreamError as exc:
+                logger.error("worker %s lost: %s", self.info.address, exc)
+                self._hung = isinstance(exc, WorkerHungError) or self._lost is not None
+                self._lose(str(exc), fail=False)
+            except Exception as exc:  # a bug here must not leave clients waiting forever
+                logger.exception("step loop of worker %s crashed", self.info.address)
+                self._lose(f"scheduler error: {exc!r}", fail=True)
+
+    async def _steps(self) -> None:
+        """With overlap, one plan stays in flight; raises WorkerStreamError when it is lost."""
+        depth = 1 if self.config.enable_overlap else 0
+        while True:
+            if self._lost is not None:
+                raise WorkerHungError(self._lost)
+            self._apply_aborts()
+            for seq in [s for s in self.retiring if s.in_flight == 0]:
+                self._finalize(seq)
+            start = time.perf_counter()
+            runs = self.policy.schedule(self.running, self.waiting, bool(self.retiring))
+            if runs or self.stream.has_releases:
+                await self._send(runs, start)
+            in_flight = self.stream.num_in_flight
+            if in_flight and (in_flight > depth or not runs):
+                await self._receive()
+            elif not in_flight and not runs:
+                await self._wake.wait()
+                self._wake.clear()
+
+    async def watch_health(self) -> None:
+        """Health checks while connected (workers/health_monitor.py): a failed one loses it."""
+        await health_monitor.watch(
+            self.client, self.config, lambda: self.healthy and self._lost is None, self.mark_lost
+        )
+
+    def mark_lost(self, reason: str) -> None:
+        """End the current session: the step loop fails with WorkerHungError(reason)."""
+        if self.healthy and self._lost is None:
+            self._lost = reason
+            self.client.abandon_stream()  # a read or write in progress fails now
+            self._wake.set()
+
+    async def _rejoin(self) -> None:
+        """Once the worker is back (workers/health_monitor.py), a fresh pool and step stream."""
+        info = await health_monitor.wait_until_back(self.client, self.config, self.info, self._hung)
+        self._reset_pool(info)
+        self.client.open_stream()
+        self._lost = None
+        self.healthy = True
+        logger.info("worker %s rejoined (%d blocks)", info.address, info.num_blocks)
+        self._on_rejoined(self)
+
+    async def _send(self, runs: list[Run], start: float) -> None:
+        """start: when this step's scheduling began (for the trace)."""
+        scheduled = time.perf_counter()
+        for run in runs:
+            if run.seq.status is SequenceStatus.WAITING:  # admitted by this step's schedule()
+                run.seq.status = SequenceStatus.RUNNING
+        flight = await self.stream.send(runs)
+        if self._trace is not None:
+            flight.trace = self._trace_fields(flight, runs, start, scheduled)
+
+    def _trace_fields(
+        self, flight: InFlight, runs: list[Run], start: float, scheduled: float
+    ) -> dict:
+        """A sent plan's fields of the step trace (ops/step_trace.py)."""
+        sent = time.perf_counter()
+        # a run is prefill unless it is one token at or past the prompt's end (a decode)
+        prefill_tokens = sum(
+            run.num_tokens
+            for run, end in zip(runs, flight.ends, strict=True)
+            if run.num_tokens > 1 or end - 1 < run.seq.num_prompt_tokens
+        )
+        return dict(
+            step=flight.plan.step_id,
+            entries=len(runs),
+            tokens=sum(run.num_tokens for run in runs),
+            prefill_tokens=prefill_tokens,
+            running=len(self.running),
+            waiting=len(self.waiting),
+            schedule_ms=(scheduled - start) * 1e3,
+            send_ms=(sent - scheduled) * 1e3,
+            t_sent=sent,
+        )
+
+    async def _receive(self) -> None:
+        flight, outcome = await self.stream.receive(self.config.step_timeout_s)
+        arrived = time.perf_counter()
+        loaded = len(self.running) >= self.config.stream_interval_min_batch
+        interval = self.config.stream_interval if loaded else 1  # see SchedulerConfig
+        entries = flight.plan.entries
+        if outcome.request_errors:
+            self._warn_unknown_errors(flight, outcome)
+        for i, (seq, n, samples) in enumerate(flight.runs):
+            request_error = outcome.request_errors.get(entries[i].request_id)
+            if outcome.error:
+                self._fail(seq, f"worker step failed: {outcome.error}")
+                continue
+            if request_error is not None:
+                self.stream.note_dropped(seq)
+                self._fail(seq, f"worker error: {request_error}")
+                continue
+            token = outcome.token_ids[i]
+            if samples != (token >= 0) or not -1 <= token < self.info.vocab_size:
+                self._fail(seq, f"worker returned token id {token} (vocabulary "
+                                f"{self.info.vocab_size}) where sampled={samples}")  # fmt: skip
+                continue
+            if n > 1 and seq.status is SequenceStatus.RUNNING:
+                self.policy.cache_prompt(seq, flight.ends[i])
+            if samples and not seq.is_finished:  # a finished request drops tokens in flight
+                seq.append_token(token, self.info.max_context)
+                logprobs = outcome.logprobs[i]
+                lps = [logprobs] if logprobs is not None else []
+                seq.emit([token], lps, interval if seq.emitted else 1)  # first token: at once
+                if seq.is_finished:
+                    self._on_finished(seq)
+                    self._retire(seq)
+        if flight.trace is not None and self._trace is not None:
+            self._trace.record(**flight.trace, t_result=arrived, forward_ms=outcome.forward_ms,
+                               sample_ms=outcome.sample_ms,
+                               process_ms=(time.perf_counter() - arrived) * 1e3)  # fmt: skip
+
+    def _warn_unknown_errors(self, flight: InFlight, outcome: StepOutcome) -> None:
+        """Errors for ids the step did not run (rare: the set of its ids is built only then)."""
+        expected = {entry.request_id for entry in flight.plan.entries}
+        for request_id in outcome.request_errors.keys() - expected:
+            logger.warning("worker %s: error for request %d, not in step %d: ignored",
+                           self.info.address, request_id, flight.plan.step_id)  # fmt: skip
+
+    def _apply_aborts(self) -> None:
+        aborts, self._aborts = self._aborts, []
+        for seq in aborts:
+            if seq.is_finished or seq.abort_requested is None:
+                continue
+            seq.finish(seq.abort_requested, seq.abort_error)
+            self._on_finished(seq)
+            if seq.status is SequenceStatus.WAITING:
+                self.waiting.remove(seq)
+                seq.status = SequenceStatus.FINISHED
+            elif seq.status is SequenceStatus.RUNNING:
+                self._retire(seq)
+            # RETIRING (being preempted): _finalize now finishes it instead of requeueing it
+
+    def _fail(self, seq: Sequence, message: str) -> None:
+        if seq.is_finished:
+            return
+        seq.finish(FinishReason.ABORT, message)
+        self._on_finished(seq)
+        self._retire(seq)
+
+    def _retire(self, seq: Sequence) -> None:
+        """Stop scheduling seq; release its worker state next plan, its blocks when safe."""
+        if seq.status is SequenceStatus.RETIRING:
+            return
+        if seq.status is SequenceStatus.RUNNING:
+            self.running.remove(seq)
+        self._start_retiring(seq)
+
+    def _start_retiring(self, seq: Sequence) -> None:
+        seq.status = SequenceStatus.RETIRING
+        self.retiring.append(seq)
+        self.stream.release(seq)
+
+    def _preempt(self, seq: Sequence) -> None:
+        """The policy took seq out of running: recompute it later (blocks freed now if none of
+        its plans is in flight, which lets the policy allocate at once)."""
+        self.num_preemptions += 1
+        seq.events.release()  # tokens held by the stream interval go out now, not on resume
+        self._start_retiring(seq)
+        if seq.in_flight == 0:
+            self._finalize(seq)
+
+    def _finalize(self, seq: Sequence) -> None:
+        """No plan in flight runs seq: its computed blocks go into the tree (the rest freed);
+        a preempted request goes back to the front of the queue."""
+        self.retiring.remove(seq)
+        self.policy.release(seq, cache=seq.error is None)  # a failed request's K/V: not shared
+        if seq.is_finished:
+            seq.status = SequenceStatus.FINISHED
+            return
+        seq.reset_incarnation()
+        seq.status = SequenceStatus.WAITING
+        self.policy.queue(seq, self.waiting, first=True)
+
+    def _lose(self, message: str, fail: bool) -> None:
+        """The worker is gone (its pool too): unfinished requests go back to the engine with the
+        tokens received so far (or fail, after a scheduler bug); the allocator starts afresh."""
+        self.healthy = False
+        self.num_losses += 1
+        self._lost = None
+        self.client.abandon_stream()
+        seqs = sorted(self.running + self.retiring + list(self.waiting), key=lambda s: s.arrival)
+        self.running.clear()
+        self.retiring.clear()
+        self.waiting.clear()
+        self._aborts.clear()  # the engine acts on abort_requested of what it gets back
+        orphans = []
+        for seq in seqs:
+            if fail and not seq.is_finished:
+                seq.finish(FinishReason.ABORT, f"worker {self.info.address} failed: {message}")
+                self._on_finished(seq)
+            if seq.is_finished:  # retiring ones: their last event is out already
+                seq.status = SequenceStatus.FINISHED
+            else:  # to another worker; if admitted before, it goes first there (resumed)
+                seq.events.release()  # held tokens go out while it waits to be re-routed
+                seq.reset_incarnation()
+                seq.status = SequenceStatus.WAITING
+                orphans.append(seq)
+        self._reset_pool(self.info)
+        self._on_orphaned(orphans)

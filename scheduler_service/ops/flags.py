@@ -1,0 +1,183 @@
+"""The scheduler's command-line flags, each declared once, in option groups.
+
+`yaie scheduler`, `yaie serve` and `yaie in-process` add the groups they take to their parsers;
+engine_config() and server_options() turn the parsed flags into the configs (ValueError on a bad
+value, combination or file). The worker's own flags are worker_service/__main__.py's.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from yaie.scheduler_service.config import SchedulerConfig
+from yaie.scheduler_service.ops.auth import API_KEY_ENV, load_api_key
+from yaie.scheduler_service.ops.channel_security import WorkerChannelSecurity, server_credentials
+from yaie.scheduler_service.ops.server_options import ServerOptions
+
+# flag -> (SchedulerConfig field, help): the batching knobs taken as they are (whole numbers)
+_BATCHING_FLAGS: dict[str, tuple[str, str]] = {
+    "--max-queue": (
+        "max_queue_size",
+        "waiting requests beyond which Generate answers RESOURCE_EXHAUSTED",
+    ),
+    "--max-running-requests": ("max_running_requests", "per worker"),
+    "--max-num-batched-tokens": ("max_num_batched_tokens", "tokens per step"),
+    "--stream-interval": (
+        "stream_interval",
+        "under load (>= 64 running), one frame per this many tokens per request",
+    ),
+}
+# ... and the failure and drain timeouts, in seconds
+_FAILOVER_FLAGS: dict[str, tuple[str, str]] = {
+    "--step-timeout": (
+        "step_timeout_s",
+        "seconds a worker may take for a step result (or a health answer, at most 10 s) before "
+        "it counts as lost (hung); its requests then finish on the other workers",
+    ),
+    "--health-interval": ("health_check_interval_s", "seconds between worker health checks"),
+    "--no-worker-timeout": (
+        "no_worker_timeout_s",
+        "with no worker left, seconds requests wait for one before they fail UNAVAILABLE",
+    ),
+    "--drain-timeout": (
+        "drain_timeout_s",
+        "on SIGTERM, seconds streams in flight may still run before they are cancelled",
+    ),
+}
+
+
+def add_worker_arguments(parser: argparse.ArgumentParser, required: bool, help: str) -> None:
+    """--worker HOST:PORT (repeatable; help: what the command does with it) and --worker-wait."""
+    parser.add_argument(
+        "--worker",
+        action="append",
+        required=required,
+        default=None if required else [],
+        metavar="HOST:PORT",
+        help=help,
+    )
+    parser.add_argument(
+        "--worker-wait",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="how long to wait for the workers to load their model",
+    )
+
+
+def add_scheduler_arguments(parser: argparse.ArgumentParser, model_help: str) -> None:
+    """Every scheduler flag but the workers': its address, --model (model_help: what the command
+    loads from it), batching, worker failures, security, metrics and logs."""
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=50051, help="port to listen on (0: any free)")
+    parser.add_argument("--model", default=None, help=model_help)
+    _add_batching(parser.add_argument_group("batching"))
+    _add_failover(parser.add_argument_group("worker failures and draining"))
+    _add_public_security(parser.add_argument_group("public API security"))
+    _add_worker_security(parser.add_argument_group("worker channel security"))
+    _add_observability(parser.add_argument_group("metrics and logs"))
+
+
+def engine_config(args: argparse.Namespace) -> SchedulerConfig:
+    """The engine's config from the batching and failover flags."""
+    tables = (_BATCHING_FLAGS | _FAILOVER_FLAGS).items()
+    values = {name: getattr(args, _dest(flag)) for flag, (name, _) in tables}
+    budget = values["max_num_batched_tokens"]
+    return SchedulerConfig(
+        prefill_chunk_size=min(args.prefill_chunk_size or budget, budget),
+        enable_overlap=not args.no_overlap,
+        enable_prefix_cache=not args.no_prefix_cache,
+        **values,
+    )
+
+
+def server_options(args: argparse.Namespace) -> ServerOptions:
+    """The security and metrics flags resolved (key and certificate files read)."""
+    return ServerOptions(
+        api_key=load_api_key(args.api_key_file),
+        credentials=server_credentials(args.tls_cert, args.tls_key, args.tls_ca),
+        workers=WorkerChannelSecurity.from_files(
+            args.internal_secret_file, args.worker_tls_ca, args.worker_tls_cert, args.worker_tls_key
+        ),
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
+    )
+
+
+def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exits through parser.error (status 2) when the scheduler flags do not resolve."""
+    try:
+        engine_config(args)
+        server_options(args)
+    except ValueError as error:
+        parser.error(str(error))
+
+
+def _add_batching(group: argparse._ArgumentGroup) -> None:
+    _add_table(group, _BATCHING_FLAGS, int, None)
+    group.add_argument(
+        "--prefill-chunk-size",
+        type=int,
+        default=None,
+        help="prompt tokens per request per step (default: the step budget)",
+    )
+    group.add_argument("--no-overlap", action="store_true", help="wait for each step's result")
+    group.add_argument("--no-prefix-cache", action="store_true", help="never share KV blocks")
+
+
+def _add_failover(group: argparse._ArgumentGroup) -> None:
+    _add_table(group, _FAILOVER_FLAGS, float, "SECONDS")
+
+
+def _add_table(
+    group: argparse._ArgumentGroup,
+    table: dict[str, tuple[str, str]],
+    type: type,
+    metavar: str | None,
+) -> None:
+    """The flags of table, their defaults SchedulerConfig's."""
+    for flag, (name, help_) in table.items():
+        default = getattr(SchedulerConfig, name)
+        help_ = f"{help_} (default {default:g})"
+        group.add_argument(flag, type=type, default=default, metavar=metavar, help=help_)
+
+
+def _add_public_security(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--api-key-file",
+        default=None,
+        help=f"file holding the API key clients must send (default: ${API_KEY_ENV}; neither: "
+        "no key needed)",
+    )
+    group.add_argument("--tls-cert", default=None, help="PEM certificate (enables TLS)")
+    group.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
+    group.add_argument(
+        "--tls-ca", default=None, help="PEM CA that client certificates must chain to (mTLS)"
+    )
+
+
+def _add_worker_security(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--internal-secret-file", default=None, help="file holding the secret the workers check"
+    )
+    group.add_argument(
+        "--worker-tls-ca", default=None, help="PEM CA of the workers' certificates (enables TLS)"
+    )
+    group.add_argument("--worker-tls-cert", default=None, help="client certificate (mTLS)")
+    group.add_argument("--worker-tls-key", default=None, help="client key (mTLS)")
+
+
+def _add_observability(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics at /metrics (default: off)",
+    )
+    group.add_argument("--metrics-host", default="127.0.0.1", help="metrics address")
+    group.add_argument("--log-level", default="INFO")
+    group.add_argument("--log-format", default="text", choices=["text", "json"])
+
+
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")

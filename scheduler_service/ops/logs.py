@@ -1,0 +1,138 @@
+"""Structured logs (`--log-format json|text`) and the per-request trace of Generate calls: one
+line at start and one at finish with the request id, token counts and durations, and the same
+numbers into Metrics when the endpoint is on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+
+from yaie.scheduler_service.ops.metrics import Metrics
+from yaie.v1 import generation_pb2 as pb
+
+request_log = logging.getLogger("yaie.requests")
+GenerateHandler = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[pb.GenerateResponse]]
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and the record's `fields`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            **getattr(record, "fields", {}),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def setup_logging(level: str = "INFO", log_format: str = "text") -> None:
+    """Configures the root logger on stderr (replacing earlier handlers)."""
+    if log_format not in ("text", "json"):
+        raise ValueError(f"log format must be text or json, got {log_format!r}")
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+def _log(message: str, fields: dict[str, Any]) -> None:
+    if not request_log.isEnabledFor(logging.INFO):
+        return
+    text = " ".join(f"{key}={value}" for key, value in fields.items())
+    request_log.info("%s %s", message, text, extra={"fields": fields})
+
+
+class _Trace:
+    """Timing and usage of one Generate call, read from the frames it sends."""
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        self.start = self.last = time.perf_counter()
+        self.first: float | None = None
+        self.itl: list[float] = []
+        self.usage = pb.Usage()
+        self.outcome = "cancelled"  # unless a last frame or a status code says otherwise
+
+    def frame(self, frame: pb.GenerateResponse) -> None:
+        now = time.perf_counter()
+        if frame.token_ids:
+            if self.first is None:  # tokens that came with the first one: no gap (a frame
+                self.first = now  # merges events its reader had not taken yet, under load)
+                self.itl += [0.0] * (len(frame.token_ids) - 1)
+            else:  # a frame of k tokens: k gaps of (now - last) / k each
+                gap = (now - self.last) / len(frame.token_ids)
+                self.itl += [gap] * len(frame.token_ids)
+            self.last = now
+        self.usage = frame.usage
+        if frame.finish_reason != pb.FINISH_REASON_UNSPECIFIED:
+            self.outcome = (
+                pb.FinishReason.Name(frame.finish_reason).removeprefix("FINISH_REASON_").lower()
+            )
+
+
+def observe_generate(metrics: Metrics | None) -> Callable[[GenerateHandler], GenerateHandler]:
+    """Wraps the Generate handler: assigns a request id when the client gave none, logs the
+    call's start and finish, and records outcome, tokens, TTFT and ITL into metrics."""
+
+    def wrap(generate: GenerateHandler) -> GenerateHandler:
+        async def traced(request: Any, context: grpc.aio.ServicerContext):
+            if isinstance(request, pb.GenerateRequest) and not request.request_id:
+                request.request_id = uuid.uuid4().hex
+            trace = _Trace(getattr(request, "request_id", "") or "-")
+            _log("request start", {"request_id": trace.request_id, "peer": context.peer()})
+            try:
+                async for frame in generate(request, context):
+                    trace.frame(frame)
+                    yield frame
+            except BaseException:
+                code = context.code()
+                if isinstance(code, grpc.StatusCode) and code != grpc.StatusCode.OK:
+                    trace.outcome = code.name.lower()
+                elif trace.outcome == "cancelled":
+                    trace.outcome = "error"
+                raise
+            finally:
+                _finish(trace, metrics)
+
+        return traced
+
+    return wrap
+
+
+def _finish(trace: _Trace, metrics: Metrics | None) -> None:
+    usage, now = trace.usage, time.perf_counter()
+    ttft = None if trace.first is None else trace.first - trace.start
+    fields = {
+        "request_id": trace.request_id,
+        "outcome": trace.outcome,
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "cached_tokens": usage.cached_tokens,
+        "ttft_ms": None if ttft is None else round(ttft * 1000, 2),
+        "duration_ms": round((now - trace.start) * 1000, 2),
+    }
+    _log("request finish", fields)
+    if metrics is None:
+        return
+    metrics.record_finished(
+        trace.outcome, usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens
+    )
+    if ttft is not None:
+        metrics.ttft.observe(ttft)
+    for gap in trace.itl:
+        metrics.itl.observe(gap)

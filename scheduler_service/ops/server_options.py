@@ -1,0 +1,42 @@
+"""What the scheduler's security and metrics flags resolve to (flags.server_options), and what
+that builds: the API key interceptor, the public port's TLS, Metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import grpc
+
+from yaie.scheduler_service.ops.auth import ApiKeyInterceptor
+from yaie.scheduler_service.ops.channel_security import WorkerChannelSecurity
+from yaie.scheduler_service.ops.metrics import Metrics
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """The resolved options (files read); built by flags.server_options."""
+
+    api_key: bytes | None
+    credentials: grpc.ServerCredentials | None
+    workers: WorkerChannelSecurity
+    metrics_port: int | None
+    metrics_host: str
+
+    def interceptors(self) -> list[grpc.aio.ServerInterceptor]:
+        return [ApiKeyInterceptor(self.api_key)] if self.api_key is not None else []
+
+    def add_port(self, server: grpc.aio.Server, address: str) -> int:
+        if self.credentials is None:
+            return server.add_insecure_port(address)
+        return server.add_secure_port(address, self.credentials)
+
+    def start_metrics(self, engine) -> Metrics | None:
+        """Metrics with the engine's gauges, served on metrics_port; None when off."""
+        if self.metrics_port is None:
+            return None
+        metrics = Metrics()
+        metrics.watch_engine(engine.stats, asyncio.get_running_loop())
+        metrics.serve(self.metrics_port, self.metrics_host)
+        return metrics

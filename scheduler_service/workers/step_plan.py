@@ -1,0 +1,81 @@
+"""What one step tells a worker (StepPlan) and what the worker answers (StepOutcome), and what
+its Describe reports: plain dataclasses. worker_client.py alone turns them into protobuf.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from yaie.kernels.sampling.config import SamplingConfig
+
+
+@dataclass(frozen=True)
+class WorkerDescription:
+    """What Describe reported."""
+
+    address: str
+    model: str
+    architecture: str
+    dtype: str
+    device: str
+    vocab_size: int
+    max_context: int
+    block_size: int
+    num_blocks: int
+    random_weights: bool
+    attention_backend: str
+
+
+@dataclass
+class NewRequestSpec:
+    """A request the worker has not seen on this stream: its known tokens (prompt and output so
+    far), how many of them are the prompt, the cached prefix it starts from, and its sampling."""
+
+    token_ids: list[int]
+    num_prompt_tokens: int
+    num_cached_tokens: int
+    sampling: SamplingConfig
+
+
+@dataclass
+class PlanEntry:
+    """One run entry: compute num_tokens of a request, appending new_block_ids to its table."""
+
+    request_id: int  # the request's id on this step stream
+    num_tokens: int
+    new_block_ids: list[int]
+    new_request: NewRequestSpec | None = None  # set the first time the worker sees the request
+    top_logprobs: int | None = None  # None: no logprobs asked; else the top-n to read back
+
+
+@dataclass
+class StepPlan:
+    """One step of one worker: its entries in run order (the result answers in this order), and
+    the requests whose worker state goes once the earlier plans ran (finished, aborted or
+    preempted)."""
+
+    step_id: int
+    entries: list[PlanEntry]
+    release_ids: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TokenLogprobs:
+    """A generated token's log-probability and its top alternatives (log-softmax, raw logits)."""
+
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)
+
+
+@dataclass
+class StepOutcome:
+    """A step's result, per entry of its plan."""
+
+    step_id: int
+    token_ids: list[int]  # per entry, -1 where nothing was sampled
+    logprobs: list[TokenLogprobs | None]  # per entry
+    error: str = ""  # the whole step failed
+    request_errors: dict[int, str] = field(default_factory=dict)  # request id -> why it failed
+    forward_ms: float = 0.0
+    sample_ms: float = 0.0

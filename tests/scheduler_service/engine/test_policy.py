@@ -1,0 +1,155 @@
+"""BatchPolicy on a real KVCacheManager, no gRPC: budget, chunking, ordering, preemption."""
+
+from __future__ import annotations
+
+from collections import deque
+
+import pytest
+
+from yaie.kernels.cache import KVCacheManager
+from yaie.scheduler_service.config import SchedulerConfig
+from yaie.scheduler_service.engine.policy import BatchPolicy, Run
+from yaie.scheduler_service.engine.request import GenerationRequest, SamplingConfig
+from yaie.scheduler_service.engine.sequence import Sequence, SequenceStatus
+
+BS = 4
+
+
+def _seq(i: int, prompt: list[int], max_new: int = 8) -> Sequence:
+    return Sequence(GenerationRequest(f"r{i}", prompt, SamplingConfig(seed=i), max_new), i)
+
+
+def _policy(num_blocks: int = 64, **kw) -> tuple[BatchPolicy, KVCacheManager, list[Sequence]]:
+    kv = KVCacheManager(num_blocks, BS)
+    preempted: list[Sequence] = []
+
+    def preempt(seq: Sequence) -> None:  # as WorkerLoop does when no plan of seq is in flight
+        preempted.append(seq)
+        kv.release(seq.token_ids[: seq.num_scheduled], seq.block_ids, seq.match, cache=True)
+        seq.reset_incarnation()
+        seq.status = SequenceStatus.WAITING
+
+    return BatchPolicy(SchedulerConfig(**kw), kv, preempt), kv, preempted
+
+
+def _sent(runs: list[Run]) -> None:
+    """What sending the plan and reading its result does to the runs' requests."""
+    for run in runs:
+        run.seq.num_scheduled += run.num_tokens
+        if run.seq.num_scheduled == len(run.seq.token_ids):
+            run.seq.token_ids.append(1)  # a sampled token
+
+
+def test_step_token_budget_mixes_decodes_and_prefill_chunks() -> None:
+    """Each step runs <= max_num_batched_tokens: decodes cost 1, prompts go in chunks."""
+    policy, _, _ = _policy(max_num_batched_tokens=16, prefill_chunk_size=8)
+    running: list[Sequence] = []
+    waiting = deque(_seq(i, list(range(100 * i, 100 * i + 20 + i))) for i in range(4))
+    seen_mixed = False
+    for _ in range(30):
+        runs = policy.schedule(running, waiting, blocks_pending=False)
+        assert sum(r.num_tokens for r in runs) <= 16
+        assert all(r.num_tokens <= 8 for r in runs)
+        sizes = {r.num_tokens for r in runs}
+        seen_mixed |= 1 in sizes and max(sizes) > 1
+        for run in runs:
+            assert len(run.seq.block_ids) * BS >= run.seq.num_scheduled + run.num_tokens
+        _sent(runs)
+    assert seen_mixed and not waiting
+    assert all(s.num_output_tokens > 0 for s in running)
+
+
+def test_longest_cached_prefix_admitted_first() -> None:
+    """With one admission slot, the request sharing a cached prefix goes before an older one."""
+    policy, kv, _ = _policy(max_running_requests=1)
+    shared = list(range(50, 66))
+    blocks = kv.allocate(4)
+    kv.release(shared, blocks, kv.match_prefix([]))  # 16 tokens cached in the tree
+    old, sharer = _seq(0, [1, 2, 3, 4, 5, 6, 7, 8, 9]), _seq(1, shared + [7, 7])
+    running: list[Sequence] = []
+    runs = policy.schedule(running, deque([old, sharer]), blocks_pending=False)
+    assert [r.seq for r in runs] == [sharer]
+    assert sharer.num_cached_tokens == 16 and runs[0].num_tokens == 2
+    assert sharer.block_ids[:4] == blocks
+
+
+def test_fully_cached_prompt_still_runs_its_last_token() -> None:
+    """A prompt entirely in the tree: num_cached is a multiple of block_size below its length."""
+    policy, kv, _ = _policy()
+    prompt = list(range(10, 26))  # 16 tokens = 4 full blocks, all cached
+    kv.release(prompt, kv.allocate(4), kv.match_prefix([]))
+    seq = _seq(0, prompt)
+    runs = policy.schedule([], deque([seq]), blocks_pending=False)
+    assert seq.num_cached_tokens == 12 and runs[0].num_tokens == 4
+
+
+def test_request_waiting_too_long_goes_first() -> None:
+    """Past max_wait_steps, arrival order beats a longer cached prefix: no starvation."""
+    policy, kv, _ = _policy(max_running_requests=1, max_wait_steps=3)
+    shared = list(range(50, 66))
+    kv.release(shared, kv.allocate(4), kv.match_prefix([]))
+    old, sharer = _seq(0, [1, 2, 3]), _seq(1, shared + [9])
+    old.queued_at_step = policy.num_steps - 4
+    runs = policy.schedule([], deque([old, sharer]), blocks_pending=False)
+    assert [r.seq for r in runs] == [old]
+    assert policy.wait_steps(sharer) == 1
+
+
+def test_newest_running_request_is_preempted_when_blocks_run_out() -> None:
+    """A decode needing a block in a full pool preempts the newest request, not the oldest."""
+    policy, kv, preempted = _policy(num_blocks=6)
+    running: list[Sequence] = []
+    seqs = [_seq(i, list(range(i, i + 8)), max_new=20) for i in range(3)]  # 2 blocks each
+    runs = policy.schedule(running, deque(seqs), blocks_pending=False)
+    assert len(runs) == 3 and kv.stats().free_blocks == 0
+    _sent(runs)  # each now has 9 tokens: its next decode needs a third block
+    runs = policy.schedule(running, deque(), blocks_pending=False)
+    assert preempted == [seqs[2]] and running == seqs[:2]
+    assert [r.seq for r in runs] == seqs[:2]
+    kv.check_integrity()
+
+
+def test_short_of_blocks_waits_while_retiring_blocks_are_pending() -> None:
+    """With blocks about to be freed (plans in flight), nothing is preempted or admitted."""
+    policy, kv, preempted = _policy(num_blocks=4)
+    running: list[Sequence] = []
+    a, b = _seq(0, list(range(8))), _seq(1, [5, 6, 7])
+    runs = policy.schedule(running, deque([a]), blocks_pending=False)
+    kv.allocate(kv.stats().free_blocks)  # someone else's blocks, freed "later"
+    _sent(runs)
+    waiting = deque([b])
+    assert policy.schedule(running, waiting, blocks_pending=True) == []
+    assert not preempted and list(waiting) == [b]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"max_num_batched_tokens": 0},
+        {"prefill_chunk_size": 0},
+        {"max_wait_steps": -1},
+        {"step_timeout_s": 0},
+    ],
+)
+def test_config_rejects_bad_values(kwargs: dict) -> None:
+    """SchedulerConfig validates on construction."""
+    with pytest.raises(ValueError):
+        SchedulerConfig(**kwargs)
+
+
+def test_request_waits_for_a_shared_prompt_being_computed() -> None:
+    """Two queued prompts sharing 16 tokens: the second waits until the first's blocks are in
+    the tree, then is admitted with them cached."""
+    policy, kv, _ = _policy()
+    shared = list(range(200, 216))
+    a, b = _seq(0, shared + [1, 2]), _seq(1, shared + [3, 4, 5])
+    running: list[Sequence] = []
+    waiting = deque([a, b])
+    runs = policy.schedule(running, waiting, blocks_pending=False)
+    assert [r.seq for r in runs] == [a] and list(waiting) == [b]
+    a.match = kv.cache_running(shared + [1, 2], a.block_ids, a.match)  # a's prefill is done
+    policy.tree_epoch += 1
+    _sent(runs)
+    runs = policy.schedule(running, waiting, blocks_pending=False)
+    assert [r.seq for r in runs] == [a, b] and b.num_cached_tokens == 16
+    assert b.block_ids[:4] == a.block_ids[:4]

@@ -1,0 +1,78 @@
+"""The stream interval: under load a request's reader is woken once per stream_interval tokens
+(first and last token at once), and the tokens it gets stay exact."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fake_worker import FakeWorkerConfig, collect, engine_on_fake_workers, reference_output
+
+from yaie.scheduler_service.config import SchedulerConfig
+from yaie.scheduler_service.engine.request import (
+    FinishReason,
+    GenerationRequest,
+    OutputEvent,
+    SamplingConfig,
+)
+from yaie.scheduler_service.engine.sequence import Outbox
+
+VOCAB = FakeWorkerConfig().vocab_size
+
+
+def _event(tokens: list[int], done: bool = False) -> OutputEvent:
+    reason = FinishReason.LENGTH if done else None
+    return OutputEvent("r", tokens, [], 3, 0, len(tokens), finish_reason=reason)
+
+
+def test_outbox_wakes_the_reader_at_min_tokens_at_the_end_or_on_release() -> None:
+    """Held tokens are not lost: they come out merged once min_tokens are pending, when the
+    request finishes, or on release(); min_tokens=1 wakes on every event."""
+
+    async def main() -> None:
+        box = Outbox()
+        box.put(_event([1]), 3)
+        box.put(_event([2]), 3)
+        assert not box._ready.is_set()
+        box.put(_event([3]), 3)
+        assert (await box.get()).token_ids == [1, 2, 3]
+        box.put(_event([4]), 3)
+        box.release()
+        assert (await box.get()).token_ids == [4]
+        box.put(_event([5]), 3)
+        box.put(_event([6], done=True), 3)
+        last = await box.get()
+        assert last.token_ids == [5, 6] and last.finish_reason is FinishReason.LENGTH
+        box.put(_event([7]))
+        assert box._ready.is_set()
+
+    asyncio.run(main())
+
+
+# The interval on at any batch size (as under load).
+LOADED = SchedulerConfig(stream_interval=4, stream_interval_min_batch=1)
+
+
+def test_under_load_events_carry_the_interval_and_outputs_stay_exact() -> None:
+    """With the interval on at any batch size, every event but the first and the last carries
+    at least stream_interval tokens; each request's tokens equal the reference."""
+    reqs = [
+        GenerationRequest(
+            f"s{i}", [(i * 7 + j) % VOCAB for j in range(5)], SamplingConfig(seed=i), 13 + i
+        )  # fmt: skip
+        for i in range(6)
+    ]
+
+    async def main() -> None:
+        async with engine_on_fake_workers(LOADED, FakeWorkerConfig()) as (engine, _):
+            results = await asyncio.gather(*(collect(engine.submit(r)) for r in reqs))
+        for req, (tokens, events) in zip(reqs, results, strict=True):
+            expected = reference_output(
+                req.prompt_ids, req.sampling.seed, req.max_new_tokens, VOCAB
+            )
+            assert tokens == expected
+            assert len(events[0].token_ids) == 1  # the first token is not held (TTFT)
+            assert all(len(e.token_ids) >= 4 for e in events[1:-1])
+            assert len(events) <= 2 + (len(tokens) - 1) // 4
+            assert events[-1].num_output_tokens == len(tokens)
+
+    asyncio.run(main())
