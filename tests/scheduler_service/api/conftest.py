@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import grpc
 import pytest
 
-from yaie.cli.builtin_model import write_tokenizer
+from yaie.cli.random_model import write_tokenizer
 from yaie.scheduler_service.errors import ResourceExhaustedError
 from yaie.scheduler_service.request import (
     FinishReason,

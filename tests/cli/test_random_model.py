@@ -1,20 +1,18 @@
-"""The offline tokenizer and random-weight model writers, and the cached built-in model."""
+"""The offline tokenizer and random-weight model writers (the tests' and benchmarks' models)."""
 
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from yaie.cli.builtin_model import (
+from yaie.cli.random_model import (
     BOS,
     EOS,
     SPECIAL_TOKENS,
-    ensure_builtin_model,
     write_random_model,
     write_tokenizer,
 )
@@ -63,16 +61,3 @@ def test_config_overrides_reach_the_saved_config(tmp_path, architecture):
     config = json.loads((path / "config.json").read_text())
     assert (config["num_hidden_layers"], config["tie_word_embeddings"]) == (3, True)
     assert "lm_head.weight" not in load_file(path / "model.safetensors")
-
-
-def test_builtin_model_is_written_once_even_when_two_callers_race(tmp_path):
-    with ThreadPoolExecutor(2) as pool:
-        paths = list(pool.map(lambda _: ensure_builtin_model(tmp_path), range(2)))
-    assert paths[0] == paths[1] == tmp_path / paths[0].name
-    assert [p.name for p in tmp_path.iterdir()] == [paths[0].name]  # no temporary left over
-    stamp = (paths[0] / "model.safetensors").stat().st_mtime_ns
-    assert ensure_builtin_model(tmp_path) == paths[0]
-    assert (paths[0] / "model.safetensors").stat().st_mtime_ns == stamp
-    config = json.loads((paths[0] / "config.json").read_text())
-    assert config["yaie_random_weights"] and config["architectures"] == ["LlamaForCausalLM"]
-    assert config["hidden_size"] // config["num_attention_heads"] == 64
