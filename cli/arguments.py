@@ -33,9 +33,11 @@ class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def add_log_level(parser: argparse.ArgumentParser, default: str | None = "INFO") -> None:
+def add_log_level(
+    parser: argparse.ArgumentParser, default: str | None = "INFO", note: str = ""
+) -> None:
     parser.add_argument("--log-level", default=default, type=str.upper, choices=LOG_LEVELS,
-                        help="how much the processes log (to stderr)")  # fmt: skip
+                        help=f"how much the processes log, to stderr{note}")  # fmt: skip
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:

@@ -129,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"yaie generate: {error.code().name}: {error.details()}{hint}", file=sys.stderr)
         return 1
     except TimeoutError as error:
-        print(f"yaie generate: {error}: start one with `yaie serve`, or wait longer with "
-              "--wait SECONDS", file=sys.stderr)  # fmt: skip
+        print(f"yaie generate: {error}: is a server running there? Start one with `yaie serve`, "
+              "or wait longer with --wait SECONDS", file=sys.stderr)  # fmt: skip
         return 1
     except OSError as error:  # an unreadable key or CA file
         print(f"yaie generate: {error}", file=sys.stderr)
