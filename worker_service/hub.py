@@ -79,12 +79,11 @@ def _cached_snapshot(model: str, revision: str | None, cache: Path) -> Path | No
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(
-            snapshot_download(
-                model, revision=revision, cache_dir=cache, local_files_only=True,
-                allow_patterns=ALLOW_PATTERNS,
-            )  # fmt: skip
-        )
+        snapshot = snapshot_download(
+            model, revision=revision, cache_dir=cache, local_files_only=True,
+            allow_patterns=ALLOW_PATTERNS,
+        )  # fmt: skip
+        return Path(snapshot)
     except Exception:  # not cached (or incompletely): a download decides
         return None
 
