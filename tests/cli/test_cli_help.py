@@ -52,8 +52,9 @@ def test_generate_waits_for_a_local_target_by_default_only() -> None:
 
 
 def _yaie(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "yaie.cli.main", *args], capture_output=True,
-                          text=True, timeout=120, stdin=subprocess.DEVNULL, check=False)  # fmt: skip
+    command = [sys.executable, "-m", "yaie.cli.main", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL, check=False)  # fmt: skip
 
 
 def test_generate_with_no_server_says_what_to_do(unused_port: int) -> None:
