@@ -14,7 +14,7 @@ from tqdm import tqdm
 STEPS = ("reading the tokenizer", "dequantizing the weights", "writing safetensors")
 
 
-def convert_gguf(gguf_file: Path, out: Path, model_max_length: int | None = None) -> None:
+def convert_gguf(gguf_file: Path, out: Path) -> None:
     """Writes the Hugging Face folder of gguf_file into out (an existing, empty folder), with a
     progress bar over the steps (transformers shows its own bar per tensor)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
@@ -35,7 +35,7 @@ def convert_gguf(gguf_file: Path, out: Path, model_max_length: int | None = None
         _save_plain_model(loaded, config, out)
         del loaded
         tokenizer.save_pretrained(out)
-        _tidy_tokenizer_config(out, model_max_length or config.max_position_embeddings)
+        _tidy_tokenizer_config(out, config.max_position_embeddings)
         GenerationConfig(
             bos_token_id=config.bos_token_id,
             eos_token_id=config.eos_token_id,
