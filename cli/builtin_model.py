@@ -64,7 +64,10 @@ def ensure_builtin_model(cache_root: str | os.PathLike | None = None) -> Path:
 
 
 def _build(out: Path) -> None:
-    logger.info("building the built-in model %s once, in %s", DESCRIPTION, out.parent)
+    # Printed, not logged: like the progress bars it heads, it shows at every log level (the
+    # demo's is WARNING), and on stderr (stdout may be carrying a demo's answer).
+    print(f"Building the built-in model once (then reused): {DESCRIPTION}, into {out.parent}",
+          file=sys.stderr, flush=True)  # fmt: skip
     from yaie.cli.gguf_convert import convert_gguf
 
     with tempfile.TemporaryDirectory(prefix=".download-", dir=out.parent) as work:
