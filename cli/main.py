@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     ),
     "worker": ("yaie.worker_service.__main__", "run one GPU worker alone (--model M --port P)"),
     "generate": ("yaie.cli.generate", "stream a generation from a running stack to the terminal"),
+    "chat": ("yaie.cli.chat", "chat with a running stack in the terminal (history kept)"),
     "bench": ("yaie.cli.bench", "drive a running stack with a benchmark workload"),
     "in-process": (
         "yaie.cli.in_process",
@@ -30,7 +31,18 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 def usage() -> str:
     lines = ["usage: yaie <command> [options]   (yaie <command> --help for its options)", ""]
     lines += [f"  {name:<10} {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
+    lines += ["", "  --version  print the installed version"]
     return "\n".join(lines)
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("mini-yaie")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help"):
         print(usage())
         return 0 if args else 2
+    if args[0] in ("-V", "--version"):
+        print(f"yaie {version()}")
+        return 0
     command, rest = args[0], args[1:]
     if command not in SUBCOMMANDS:
         print(f"yaie: unknown command {command!r}\n\n{usage()}", file=sys.stderr)

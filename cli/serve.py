@@ -5,7 +5,7 @@ reports SERVING once every one has loaded the model. Ctrl-C or SIGTERM drains th
 stops the workers. A worker that dies before the stack is SERVING takes it down; later, it is
 restarted on its port and rejoins (its requests finish on the other workers meanwhile).
 Children also get SIGTERM from the kernel if this process is killed outright, so none is ever
-left behind. --demo PROMPT starts the stack, streams one generation and stops.
+left behind. --demo [QUESTION] starts the stack, streams one greedy answer and stops.
 """
 
 from __future__ import annotations
@@ -21,34 +21,45 @@ import sys
 import tempfile
 from collections.abc import Callable
 
-from yaie.cli import stop_signals
+from yaie.cli import arguments, stop_signals
+from yaie.cli.builtin_model import MODEL_NAME
+from yaie.cli.model_choice import ModelUnavailable, served_model
 from yaie.scheduler_service.ops import flags
 from yaie.scheduler_service.ops.logs import setup_logging
 
 logger = logging.getLogger("yaie.serve")
 _PR_SET_PDEATHSIG = 1
+DEMO_QUESTION = "What is the capital of France?"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="yaie serve", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="yaie serve", description=__doc__.splitlines()[0],
+                                formatter_class=arguments.DefaultsFormatter)  # fmt: skip
+    p.add_argument("--revision", default=None,
+                   help="branch, tag or commit of a hub --model (default: main)")  # fmt: skip
     p.add_argument("--workers", type=int, default=1, help="local worker processes (one per GPU)")
     p.add_argument("--tp", type=int, default=1,
                    help="tensor-parallel ranks (GPUs) per worker")  # fmt: skip
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--dtype", default="auto", help="worker weight dtype (auto | float32 | ...)")
-    p.add_argument("--num-blocks", type=int, default=None, help="KV blocks per worker")
-    p.add_argument("--demo", metavar="PROMPT", default=None,
-                   help="stream one greedy generation of PROMPT once ready, then stop")  # fmt: skip
-    p.add_argument("--demo-tokens", type=int, default=48, help="tokens the demo generates")
+    p.add_argument("--num-blocks", type=int, default=None,
+                   help="KV blocks per worker (default: as many as its memory budget holds)")
+    p.add_argument("--demo", metavar="QUESTION", nargs="?", const=DEMO_QUESTION, default=None,
+                   help="once ready, stream the greedy answer to QUESTION (a chat message; "
+                        f"plain text for a model without a chat template), then stop "
+                        f"(QUESTION left out: {DEMO_QUESTION!r})")  # fmt: skip
+    p.add_argument("--demo-tokens", type=int, default=48, help="most tokens the demo generates")
     remote = "a remote worker to use as well (repeatable)"
     flags.add_worker_arguments(p, required=False, help=remote)
     # The scheduler's own flags, as `yaie scheduler` takes them. Without --internal-secret-file,
     # one is made for this run (in a private temporary file).
     model_help = (
-        "Hugging Face model directory or cached hub id (default: the built-in random-weight "
-        "model, written on first use)"
+        "Hugging Face model directory or hub id (downloaded unless cached) "
+        f"(default: the built-in {MODEL_NAME}, fetched and converted on first use)"
     )
     flags.add_scheduler_arguments(p, model_help)
+    # Left unset, the log level is INFO, or WARNING with --demo (no log line in the answer).
+    p.set_defaults(log_level=None)
     return p
 
 
@@ -181,24 +192,40 @@ async def _when_ready(
     """Announces readiness (the scheduler in this process says SERVING: no probe over the
     public port, so public mTLS needs no client certificate here); with --demo, streams the
     demo generation and then stops the stack."""
-    from yaie.cli import generate
-
     await scheduler_serving.wait()
     serving.set()
     if args.demo is None:
         logger.info('SERVING on %s: try  yaie generate --target %s "Hello"', target, target)
         return
     logger.info("SERVING on %s: streaming the demo generation", target)
-    demo = [args.demo, "--max-new-tokens", str(args.demo_tokens), "--temperature", "0",
-            "--skip-special-tokens"]  # fmt: skip
-    request = generate.build_request(generate.build_parser().parse_args(demo))
     try:
-        sys.stdout.write(args.demo)  # the prompt, then its continuation as it streams
-        await asyncio.to_thread(
-            generate.stream, target, request, sys.stdout, False, None, _client(args)
-        )
+        # The question, then its answer as it streams: stdout holds nothing else.
+        sys.stdout.write(f"{args.demo}\n")
+        sys.stdout.flush()
+        await asyncio.to_thread(_stream_demo, target, args)
     finally:
         stop.set()
+
+
+def _stream_demo(target: str, args: argparse.Namespace) -> None:
+    """The demo's greedy answer: to a chat message, or to plain text when the model has no
+    chat template (the server refuses messages then, before generating anything)."""
+    import grpc
+
+    from yaie.cli import generate
+
+    demo = [args.demo, "--chat", "--max-new-tokens", str(args.demo_tokens), "--temperature",
+            "0", "--skip-special-tokens"]  # fmt: skip
+    request = generate.build_request(generate.build_parser().parse_args(demo))
+    try:
+        generate.stream(target, request, sys.stdout, False, None, _client(args))
+    except grpc.RpcError as error:
+        if error.code() != grpc.StatusCode.INVALID_ARGUMENT or "chat template" not in str(
+            error.details()
+        ):
+            raise
+        request.text = args.demo  # the oneof: replaces the messages
+        generate.stream(target, request, sys.stdout, False, None, _client(args))
 
 
 def _client(args: argparse.Namespace) -> argparse.Namespace:
@@ -254,6 +281,8 @@ async def run_stack(args: argparse.Namespace, model: str, workers: list) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.log_level is None:  # the demo's answer on stdout, and no log lines breaking into it
+        args.log_level = "WARNING" if args.demo is not None else "INFO"
     stop_signals.install()  # a signal before serving unwinds through the finally below
     setup_logging(args.log_level, args.log_format)
     flags.check(parser, args)  # exits with status 2
@@ -265,13 +294,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.port == 0:
         args.port = free_port(args.host)
-    model = args.model
-    if model is None:
-        from yaie.cli.builtin_model import ensure_builtin_model
-
-        model = str(ensure_builtin_model())
-        logger.warning("no --model: serving the built-in model %s (RANDOM WEIGHTS: its text is "
-                       "meaningless; pass --model for a real one)", model)  # fmt: skip
+    try:
+        model = served_model(args.model, args.revision)
+    except ModelUnavailable as error:
+        logger.error("%s", error)
+        return 1
     run_secret = None
     workers: list[tuple[str, subprocess.Popen]] = []
     try:

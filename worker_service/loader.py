@@ -1,10 +1,10 @@
-"""Loads a model from a local Hugging Face directory or a hub id already in the local HF cache:
-config.json plus single or sharded safetensors, streamed tensor by tensor into the parameters."""
+"""Loads a model from a local Hugging Face directory or a hub id (from the local HF cache, or
+downloaded: hub.py): config.json plus single or sharded safetensors, streamed tensor by tensor
+into the parameters."""
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tqdm import tqdm
 
+from yaie.worker_service.hub import resolve_model_dir
 from yaie.worker_service.models import CausalLM, build_model
 
 if TYPE_CHECKING:
@@ -20,37 +21,6 @@ if TYPE_CHECKING:
 SHARD_INDEX = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 PROGRESS_MIN_BYTES = 256 * 2**20  # a smaller checkpoint loads too fast for a progress bar
-
-
-def hub_cache_dir() -> Path:
-    """The HF hub cache as huggingface_hub resolves it, read at call time (not import time)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    from huggingface_hub import constants
-
-    return Path(constants.HF_HUB_CACHE)
-
-
-def resolve_model_dir(model: str) -> Path:
-    """A local model directory, or the snapshot of hub id `model` in the local HF cache (never
-    downloads). FileNotFoundError saying which of the two was looked for and where."""
-    path = Path(model).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise FileNotFoundError(f"model {model!r} is a file, not a model directory")
-    from huggingface_hub import snapshot_download
-
-    cache = hub_cache_dir()
-    try:
-        return Path(snapshot_download(model, cache_dir=cache, local_files_only=True))
-    except Exception as exc:  # not cached, or not a valid repo id
-        raise FileNotFoundError(
-            f"model {model!r} is neither a local directory nor a hub id in the local Hugging Face "
-            f"cache {cache} (nothing is downloaded; fetch it first, e.g. `hf download {model}`)"
-        ) from exc
 
 
 def read_config(model_dir: Path) -> dict[str, Any]:

@@ -175,7 +175,13 @@ def _add_observability(group: argparse._ArgumentGroup) -> None:
         help="serve Prometheus metrics at /metrics (default: off)",
     )
     group.add_argument("--metrics-host", default="127.0.0.1", help="metrics address")
-    group.add_argument("--log-level", default="INFO")
+    group.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="how much the process logs, to stderr",
+    )
     group.add_argument("--log-format", default="text", choices=["text", "json"])
 
 

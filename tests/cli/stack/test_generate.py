@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 
 import grpc
@@ -105,3 +106,18 @@ def test_a_request_too_long_for_the_kv_pool_is_resource_exhausted(llama_stack) -
             list(stub.Generate(request, timeout=30))
         assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert stub.GetServerStats(pb.GetServerStatsRequest()).workers[0].total_blocks == 96
+
+
+def test_top_logprobs_without_json_prints_each_tokens_alternatives(llama_stack, tools) -> None:
+    result = _run(tools, PROMPT, "--target", llama_stack.target, "--temperature", "0",
+                  "--max-new-tokens", "4", "--top-logprobs", "3")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    text = "".join(f.text for f in _api_greedy(llama_stack, 4))
+    assert result.stdout.startswith(text + "\n")
+    table = result.stdout[len(text) + 1 :].splitlines()
+    assert table[0].split() == ["token", "logprob", "most", "likely"]
+    rows = table[1:]
+    assert len(rows) == 4 and all(row.count(" | ") == 2 for row in rows)
+    for row in rows:  # greedy: the chosen token's logprob is that of the first alternative
+        match = re.search(r" (-?\d+\.\d{3})   .*? (-?\d+\.\d{3}) \| ", row)
+        assert match and match[1] == match[2], row

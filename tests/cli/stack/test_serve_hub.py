@@ -1,0 +1,36 @@
+"""`yaie serve --model ORG/NAME --revision R` with the model not in the local cache: downloaded
+once (from HF_ENDPOINT, here a stand-in on 127.0.0.1) before the workers start, then served."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+from tests.hub_stand_in import HubStandIn, Repo
+
+REPO = "yaie-test/tiny-llama"
+
+
+def test_serve_downloads_a_hub_model_at_its_revision_and_serves_it(model_dirs, tools, tmp_path):
+    hub = HubStandIn({REPO: Repo({"main": model_dirs["Qwen3ForCausalLM"],
+                                  "v1": model_dirs["LlamaForCausalLM"]})})  # fmt: skip
+    env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp_path / "hf-home"),
+           "HF_TOKEN": "hf_stand_in_token", "OMP_NUM_THREADS": "1"}  # fmt: skip
+    for name in ("HF_HUB_CACHE", "HF_HUB_OFFLINE"):
+        env.pop(name, None)
+    command = tools.yaie("serve", "--model", REPO, "--revision", "v1", "--port", "0",
+                         "--device", "cpu", "--num-blocks", "64", "--demo", "The cook says",
+                         "--demo-tokens", "4")  # fmt: skip
+    try:
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240,
+                                stdin=subprocess.DEVNULL, check=False)  # fmt: skip
+    finally:
+        hub.stop()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("The cook says\n") and len(result.stdout) > 15
+    commit = hub.repos[REPO].commits["v1"]
+    snapshot = tmp_path / "hf-home/hub/models--yaie-test--tiny-llama/snapshots" / commit
+    assert (snapshot / "model.safetensors").is_file()
+    assert "model.safetensors" in hub.downloaded()
+    # Downloaded once, by `yaie serve` itself: the workers and the scheduler load the snapshot.
+    assert hub.downloaded().count("model.safetensors") == 1
