@@ -11,10 +11,19 @@ import torch
 from yaie.worker_service.forward_batch import ForwardBatch
 from yaie.worker_service.models import build_model
 
-QWEN3_0_6B = dict(architectures=["Qwen3ForCausalLM"], hidden_size=1024, intermediate_size=3072,
-                  num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
-                  head_dim=128, vocab_size=151936, tie_word_embeddings=True,
-                  max_position_embeddings=40960, rope_theta=1e6)  # fmt: skip
+QWEN3_0_6B = dict(
+    architectures=["Qwen3ForCausalLM"],
+    hidden_size=1024,
+    intermediate_size=3072,
+    num_hidden_layers=28,
+    num_attention_heads=16,
+    num_key_value_heads=8,
+    head_dim=128,
+    vocab_size=151936,
+    tie_word_embeddings=True,
+    max_position_embeddings=40960,
+    rope_theta=1e6,
+)
 
 
 def decode_batch(batch: int, context: int, block_size: int) -> ForwardBatch:
@@ -22,12 +31,16 @@ def decode_batch(batch: int, context: int, block_size: int) -> ForwardBatch:
     tables = tables.view(batch, -1)
     last = torch.full((batch,), context - 1, device="cuda")
     return ForwardBatch(
-        input_ids=torch.randint(0, 1000, (batch,), device="cuda"), positions=last,
-        slots=tables[:, -1].long() * block_size + block_size - 1, block_tables=tables,
+        input_ids=torch.randint(0, 1000, (batch,), device="cuda"),
+        positions=last,
+        slots=tables[:, -1].long() * block_size + block_size - 1,
+        block_tables=tables,
         seq_lens=torch.full((batch,), context, dtype=torch.int32, device="cuda"),
-        query_start=torch.arange(batch + 1, dtype=torch.int32, device="cuda"), max_query_len=1,
-        is_decode=True, logits_indices=torch.arange(batch, device="cuda"),
-    )  # fmt: skip
+        query_start=torch.arange(batch + 1, dtype=torch.int32, device="cuda"),
+        max_query_len=1,
+        is_decode=True,
+        logits_indices=torch.arange(batch, device="cuda"),
+    )
 
 
 def timed_ms(fn, iters: int = 20) -> float:
@@ -49,8 +62,14 @@ def main() -> None:
     model = build_model(QWEN3_0_6B, torch.bfloat16, torch.device("cuda"))
     for param in model.parameters():
         param.normal_(0, 0.02)
-    shape = (model.num_layers, 2, args.batch * args.context // args.block_size, args.block_size,
-             model.num_kv_heads, model.head_dim)  # fmt: skip
+    shape = (
+        model.num_layers,
+        2,
+        args.batch * args.context // args.block_size,
+        args.block_size,
+        model.num_kv_heads,
+        model.head_dim,
+    )
     kv_cache = torch.zeros(shape, dtype=torch.bfloat16, device="cuda")
     batch = decode_batch(args.batch, args.context, args.block_size)
     with torch.inference_mode():

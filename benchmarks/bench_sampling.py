@@ -198,11 +198,20 @@ def main() -> None:
     for scale in (1.0, 3.0):
         logits = torch.randn(B, V, device=DEV) * scale
         tied = logits.bfloat16().float()  # bf16 values: many exact ties
-        row(f"  draw fp32 mixed scale {scale}, bf16 values (default S+ F+ C+)", draw_triton, tied,
-            batch)  # fmt: skip
+        row(
+            f"  draw fp32 mixed scale {scale}, bf16 values (default S+ F+ C+)",
+            draw_triton,
+            tied,
+            batch,
+        )
         for vname, options in variants.items():
-            row(f"  draw fp32 mixed scale {scale}, bf16 values: {vname}", draw_triton, tied,
-                batch, **options)  # fmt: skip
+            row(
+                f"  draw fp32 mixed scale {scale}, bf16 values: {vname}",
+                draw_triton,
+                tied,
+                batch,
+                **options,
+            )
         row(f"  draw fp32 mixed scale {scale} (default)", draw_triton, logits, batch)
         safe_profile(tied, batch)
     safe_profile(tied, batch, fuse=False)

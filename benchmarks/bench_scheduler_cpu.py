@@ -45,8 +45,13 @@ def run_worker(port: int, vocab_size: int) -> None:
     sys.path.insert(0, str(HERE.parent / "tests" / "scheduler_service"))
     from fake_worker import FakeWorkerConfig, start_fake_worker
 
-    config = FakeWorkerConfig(vocab_size=vocab_size, max_context=4096, num_blocks=8192,
-                              block_size=16, cheap_next_token=True)  # fmt: skip
+    config = FakeWorkerConfig(
+        vocab_size=vocab_size,
+        max_context=4096,
+        num_blocks=8192,
+        block_size=16,
+        cheap_next_token=True,
+    )
 
     async def serve() -> None:
         handle = await start_fake_worker(config, port)
@@ -135,8 +140,12 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--profile", action="store_true", help="one more run under cProfile")
     parser.add_argument("--top", type=int, default=15)
-    parser.add_argument("--stream-interval", type=int, default=None,
-                        help="the scheduler --stream-interval of this run")  # fmt: skip
+    parser.add_argument(
+        "--stream-interval",
+        type=int,
+        default=None,
+        help="the scheduler --stream-interval of this run",
+    )
     parser.add_argument("--role", choices=["worker", "scheduler"], help=argparse.SUPPRESS)
     parser.add_argument("--worker-port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--profile-path", default="", help=argparse.SUPPRESS)
@@ -154,23 +163,45 @@ def main() -> int:
     worker_port, sched_port = free_port(), free_port()
     worker_addr, target = f"127.0.0.1:{worker_port}", f"127.0.0.1:{sched_port}"
     profile_path = tmp / "scheduler.prof"
-    procs = {"worker": start(["--role", "worker", "--worker-port", str(worker_port),
-                              "--vocab", str(args.vocab)])}  # fmt: skip
+    procs = {
+        "worker": start(
+            ["--role", "worker", "--worker-port", str(worker_port), "--vocab", str(args.vocab)]
+        )
+    }
     try:
         wait_serving(worker_addr, worker=True)
         interval = (
             [] if args.stream_interval is None else [f"--stream-interval={args.stream_interval}"]
         )
-        procs["scheduler"] = start(["--role", "scheduler", "--profile-path", str(profile_path),
-                                    *interval, "--worker", worker_addr, "--port", str(sched_port),
-                                    "--model", str(tokenizer), "--log-level=WARNING"])  # fmt: skip
+        procs["scheduler"] = start(
+            [
+                "--role",
+                "scheduler",
+                "--profile-path",
+                str(profile_path),
+                *interval,
+                "--worker",
+                worker_addr,
+                "--port",
+                str(sched_port),
+                "--model",
+                str(tokenizer),
+                "--log-level=WARNING",
+            ]
+        )
         wait_serving(target)
         pids = {name: p.pid for name, p in procs.items()}
-        config = bench.BenchConfig("fixed", args.requests, fixed_input_len=args.input_len,
-                                   fixed_output_len=args.output_len, seed=0,
-                                   disable_progress=True)  # fmt: skip
-        warm = bench.BenchConfig("fixed", 32, fixed_input_len=16, fixed_output_len=16,
-                                 seed=5, disable_progress=True)  # fmt: skip
+        config = bench.BenchConfig(
+            "fixed",
+            args.requests,
+            fixed_input_len=args.input_len,
+            fixed_output_len=args.output_len,
+            seed=0,
+            disable_progress=True,
+        )
+        warm = bench.BenchConfig(
+            "fixed", 32, fixed_input_len=16, fixed_output_len=16, seed=5, disable_progress=True
+        )
         one_run(target, pids, warm)
         rows = []
         for i in range(args.repeats):
@@ -194,16 +225,28 @@ def main() -> int:
 
 
 def print_table(rows: list[tuple[str, dict]], args: argparse.Namespace) -> None:
-    print(f"\n{args.requests} requests at once, {args.input_len} in / {args.output_len} out, "
-          f"vocab {args.vocab}, stream interval {args.stream_interval or 'default'}, "
-          f"load average {os.getloadavg()[0]:.2f} (2 cores shared)")  # fmt: skip
-    head = ("run", "ok", "out tok/s", "sched CPU us/tok", "worker us/tok", "client us/tok",
-            "frames/tok", "median ITL ms")  # fmt: skip
+    print(
+        f"\n{args.requests} requests at once, {args.input_len} in / {args.output_len} out, "
+        f"vocab {args.vocab}, stream interval {args.stream_interval or 'default'}, "
+        f"load average {os.getloadavg()[0]:.2f} (2 cores shared)"
+    )
+    head = (
+        "run",
+        "ok",
+        "out tok/s",
+        "sched CPU us/tok",
+        "worker us/tok",
+        "client us/tok",
+        "frames/tok",
+        "median ITL ms",
+    )
     print(" | ".join(head))
     for name, r in rows:
-        print(f"{name} | {r['ok']}/{r['ok'] + r['failed']} | {r['tok_s']:,.0f} | "
-              f"{r['sched_us']:.1f} | {r['worker_us']:.1f} | {r['client_us']:.1f} | "
-              f"{r['frames_tok']:.3f} | {r['itl_ms']:.1f}")  # fmt: skip
+        print(
+            f"{name} | {r['ok']}/{r['ok'] + r['failed']} | {r['tok_s']:,.0f} | "
+            f"{r['sched_us']:.1f} | {r['worker_us']:.1f} | {r['client_us']:.1f} | "
+            f"{r['frames_tok']:.3f} | {r['itl_ms']:.1f}"
+        )
 
 
 if __name__ == "__main__":

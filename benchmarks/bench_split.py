@@ -33,15 +33,27 @@ class InProcessStack(stack_launch.Stack):
     def start(self, timeout_s: float) -> None:
         port = stack_launch.free_port()
         self.target = f"127.0.0.1:{port}"
-        self.scheduler = self._spawn("in_process", ["in-process", "--model", str(self.model),
-                                                    "--device", self.device, "--port", str(port),
-                                                    "--log-level", "WARNING",
-                                                    *self.worker_args])  # fmt: skip
+        self.scheduler = self._spawn(
+            "in_process",
+            [
+                "in-process",
+                "--model",
+                str(self.model),
+                "--device",
+                self.device,
+                "--port",
+                str(port),
+                "--log-level",
+                "WARNING",
+                *self.worker_args,
+            ],
+        )
         self._wait(self.target, self.scheduler, timeout_s)
 
 
-def start_stack(mode: str, model: Path, device: str, logs: Path, worker_args: list[str],
-                timeout_s: float) -> stack_launch.Stack:  # fmt: skip
+def start_stack(
+    mode: str, model: Path, device: str, logs: Path, worker_args: list[str], timeout_s: float
+) -> stack_launch.Stack:
     """The stack of mode, SERVING (a failed start stops what it had started)."""
     if mode == "split":
         stack = stack_launch.Stack(model, device, logs, worker_args)
@@ -105,14 +117,20 @@ def summary(runs: list[dict]) -> dict:
 
 
 def table(runs: list[dict], result: dict) -> str:
-    lines = [f"{'run':<4}{'stack':<18}{'start s':>8}{'output tok/s':>14}{'done':>6}"
-             f"{'TPOT ms':>9}{'TTFT ms':>9}  CPU us/token (share of wall)"]  # fmt: skip
+    lines = [
+        f"{'run':<4}{'stack':<18}{'start s':>8}{'output tok/s':>14}{'done':>6}"
+        f"{'TPOT ms':>9}{'TTFT ms':>9}  CPU us/token (share of wall)"
+    ]
     for i, r in enumerate(runs, 1):
-        cpu = ", ".join(f"{name} {us:.0f} ({r['cpu_share_of_wall'][name]:.2f})"
-                        for name, us in r["cpu_us_per_token"].items())  # fmt: skip
-        lines.append(f"{i:<4}{r['mode']:<18}{r['start_s']:>8.1f}{r['output_tok_s']:>14,.0f}"
-                     f"{r['completed']:>6}{r['median_tpot_ms'] or 0:>9.1f}"
-                     f"{r['median_ttft_ms'] or 0:>9.0f}  {cpu}")  # fmt: skip
+        cpu = ", ".join(
+            f"{name} {us:.0f} ({r['cpu_share_of_wall'][name]:.2f})"
+            for name, us in r["cpu_us_per_token"].items()
+        )
+        lines.append(
+            f"{i:<4}{r['mode']:<18}{r['start_s']:>8.1f}{r['output_tok_s']:>14,.0f}"
+            f"{r['completed']:>6}{r['median_tpot_ms'] or 0:>9.1f}"
+            f"{r['median_ttft_ms'] or 0:>9.0f}  {cpu}"
+        )
     for mode, rate in result["median_output_tok_s"].items():
         lines.append(f"median {mode}: " + (f"{rate:,.0f} output tok/s" if rate else "not run"))
     cost = result["split_cost"]
@@ -122,8 +140,10 @@ def table(runs: list[dict], result: dict) -> str:
     whole = result["median_output_tok_s"]["in-process"]
     for r in runs:
         if "@" in r["mode"] and whole:
-            lines.append(f"diagnostic {r['mode']} (GIL switch interval, not in the medians): "
-                         f"{r['output_tok_s'] / whole:.2f}x the in-process median")  # fmt: skip
+            lines.append(
+                f"diagnostic {r['mode']} (GIL switch interval, not in the medians): "
+                f"{r['output_tok_s'] / whole:.2f}x the in-process median"
+            )
     return "\n".join(lines)
 
 
@@ -144,8 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shape", default="qwen3-0.6b", choices=shapes)
     p.add_argument("--tiny", action="store_true", help="tiny model on the CPU, tiny workload")
     p.add_argument("--runs", type=int, default=2, help="runs of each stack (alternating)")
-    p.add_argument("--switch-diagnostic-ms", type=float, default=0.5,
-                   help="GIL switch interval of the diagnostic run (0: none)")  # fmt: skip
+    p.add_argument(
+        "--switch-diagnostic-ms",
+        type=float,
+        default=0.5,
+        help="GIL switch interval of the diagnostic run (0: none)",
+    )
     p.add_argument("--budget-s", type=float, default=380.0, help="runs that do not fit skip")
     p.add_argument("--out-dir", default=os.environ.get("OUT") or None)
     return p
@@ -182,8 +206,11 @@ def main(argv: list[str] | None = None) -> int:
             stack.stop()
         run.update(start_s=started - start, total_s=time.perf_counter() - started)
         runs.append(run)
-        print(f"run {len(runs)} ({mode}): {run['output_tok_s']:,.0f} output tok/s, "
-              f"{run['completed']} done", flush=True)  # fmt: skip
+        print(
+            f"run {len(runs)} ({mode}): {run['output_tok_s']:,.0f} output tok/s, "
+            f"{run['completed']} done",
+            flush=True,
+        )
         result.update(summary(runs))
         (out / "bench_split.json").write_text(json.dumps(result, indent=1) + "\n")
     print(f"\nshape {shape} on {result['device']}; results in {out}")

@@ -63,8 +63,9 @@ QUIET = dict(disable_progress=True)
 NANO_VLLM = bench.BenchConfig("random", 256, 1024, 1024, ds.NANO_VLLM_RANGE_RATIO, seed=0, **QUIET)
 SGLANG_8B = bench.BenchConfig("random", 500, 4096, 2048, 0.0, seed=0, **QUIET)
 SHARED = bench.BenchConfig("shared-prefix", seed=0, **QUIET)  # 64 x 16, 2048 + 128, 256
-LIGHT = bench.BenchConfig("fixed", 30, fixed_input_len=128, fixed_output_len=256,
-                          request_rate=1.0, seed=0, **QUIET)  # fmt: skip
+LIGHT = bench.BenchConfig(
+    "fixed", 30, fixed_input_len=128, fixed_output_len=256, request_rate=1.0, seed=0, **QUIET
+)
 WARMUP = bench.BenchConfig("random", 64, 1024, 16, 0.05, seed=99, **QUIET)
 TINY = dict(
     random=bench.BenchConfig("random", 16, 64, 32, 0.25, seed=0, **QUIET),
@@ -75,7 +76,7 @@ TINY = dict(
         gsp_system_prompt_len=64,
         gsp_question_len=16,
         gsp_output_len=16,
-    ),  # fmt: skip
+    ),
     light=replace(LIGHT, num_prompts=4, fixed_input_len=32, fixed_output_len=16, request_rate=4.0),
     warmup=replace(WARMUP, num_prompts=4, random_input_len=32),
 )
@@ -109,12 +110,15 @@ def ceilings(device: str) -> tuple[float, float]:
 def model_shape(config: dict) -> rf.ModelShape:
     heads = config["num_attention_heads"]
     return rf.ModelShape(
-        num_layers=config["num_hidden_layers"], hidden=config["hidden_size"],
-        intermediate=config["intermediate_size"], num_q_heads=heads,
+        num_layers=config["num_hidden_layers"],
+        hidden=config["hidden_size"],
+        intermediate=config["intermediate_size"],
+        num_q_heads=heads,
         num_kv_heads=config["num_key_value_heads"],
         head_dim=config.get("head_dim", config["hidden_size"] // heads),
-        vocab=config["vocab_size"], tied=config["tie_word_embeddings"],
-    )  # fmt: skip
+        vocab=config["vocab_size"],
+        tied=config["tie_word_embeddings"],
+    )
 
 
 def write_model(shape: str, root: Path, device: str) -> Path:
@@ -184,8 +188,12 @@ def run_hf(model: Path, config: bench.BenchConfig, vocab: int, n: int, device: s
     """transformers' continuous batching on the first n requests of the workload, in a child
     process (it frees the GPU when done and can be killed at the deadline)."""
     requests = bench.make_requests(config, vocab)[:n]
-    job = {"model": str(model), "device": device, "limit_s": left - 15,
-           "requests": [[r.prompt_ids, r.output_len] for r in requests]}  # fmt: skip
+    job = {
+        "model": str(model),
+        "device": device,
+        "limit_s": left - 15,
+        "requests": [[r.prompt_ids, r.output_len] for r in requests],
+    }
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(job, f)
     command = [sys.executable, str(Path(__file__).with_name("stack_hf.py")), f.name]
@@ -219,8 +227,13 @@ def bar_row(name, ours, peer, floor, bar, passed) -> tuple[str, ...]:
 def table(rows: list[tuple[str, ...]]) -> str:
     head = ("figure", "ours", "peer", "roofline", "of roofline", "bar", "")
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
-                       enumerate(zip(r, widths, strict=True))) for r in [head, *rows]]  # fmt: skip
+    lines = [
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
+        for r in [head, *rows]
+    ]
     return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
 
 
@@ -234,12 +247,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hf-prompts", type=int, default=64, help="transformers runs this subset")
     p.add_argument("--random-prompts", type=int, default=None, help="override the random size")
     p.add_argument("--worker-args", default="", help='worker flags: --worker-args="--flag ..."')
-    p.add_argument("--variants", default="",
-                   help='the random workload again per scheduler flag set, each traced: '
-                        '"name=--flag v ...;name2=..."')  # fmt: skip
-    p.add_argument("--diagnose", action="store_true",
-                   help="also run the random workload with one frame per request, and again "
-                        "with the scheduler under cProfile (top functions printed)")  # fmt: skip
+    p.add_argument(
+        "--variants",
+        default="",
+        help="the random workload again per scheduler flag set, each traced: "
+        '"name=--flag v ...;name2=..."',
+    )
+    p.add_argument(
+        "--diagnose",
+        action="store_true",
+        help="also run the random workload with one frame per request, and again "
+        "with the scheduler under cProfile (top functions printed)",
+    )
     return p
 
 
@@ -261,8 +280,11 @@ def main(argv: list[str] | None = None) -> int:
     ceil = ceilings(device)
     torch.cuda.empty_cache()  # the worker sizes its KV pool from the free memory
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-    print(f"device {name}: copy {ceil[0] / 1e12:.2f} TB/s (read + write), "
-          f"bf16 matmul {ceil[1] / 1e12:.0f} TFLOP/s", flush=True)  # fmt: skip
+    print(
+        f"device {name}: copy {ceil[0] / 1e12:.2f} TB/s (read + write), "
+        f"bf16 matmul {ceil[1] / 1e12:.0f} TFLOP/s",
+        flush=True,
+    )
     model = write_model(shape_name, Path(tempfile.mkdtemp(prefix="bench_model_")), device)
     worker_args = ["--num-blocks", "512"] if args.tiny else []
     stack = stack_launch.Stack(model, device, out, worker_args + args.worker_args.split())
@@ -271,8 +293,11 @@ def main(argv: list[str] | None = None) -> int:
         default_trace = stack_variants.start_traced(stack, "default", [], out)
         info = asyncio.run(bench.model_info(stack.target))
         kv_tokens = kv_capacity(stack.target) * info.block_size
-        print(f"serving {info.architecture} {info.dtype}, vocab {info.vocab_size}, "
-              f"KV pool {kv_tokens} tokens", flush=True)  # fmt: skip
+        print(
+            f"serving {info.architecture} {info.dtype}, vocab {info.vocab_size}, "
+            f"KV pool {kv_tokens} tokens",
+            flush=True,
+        )
         runner.workload("warmup", stack.target, cfg["warmup"], 0)
         stages = [("random", 60), ("light", 40), ("shared", 80)]
         for name, need in stages:
@@ -341,8 +366,11 @@ def bar_rows(results: dict, shape_name: str, cfg: dict, info, ceil, kv_tokens) -
     if "random" in results:
         m, hf = results["random"], results.get("hf", {})
         floor = roofline_of(shape, cfg["random"], vocab, ceil, block, kv_tokens).output_tok_s
-        peer = (f"HF {fmt(hf['output_tok_s'])} ({hf['completed']}/{hf['num_requests']} req)"
-                if "output_tok_s" in hf else "HF: " + hf.get("error", "not run")[:40])  # fmt: skip
+        peer = (
+            f"HF {fmt(hf['output_tok_s'])} ({hf['completed']}/{hf['num_requests']} req)"
+            if "output_tok_s" in hf
+            else "HF: " + hf.get("error", "not run")[:40]
+        )
         bar, ok = ("-", None)
         if qwen:
             bar, ok = ">= 15,000", m["output_throughput"] >= 15000
@@ -355,38 +383,106 @@ def bar_rows(results: dict, shape_name: str, cfg: dict, info, ceil, kv_tokens) -
         c = cfg["light"]
         itl = rf.step_floor_s(shape, [c.fixed_input_len + c.fixed_output_len // 2], ceil[0])
         ttft = shape.prefill_flops(c.fixed_input_len, 0) / ceil[1] + shape.weight_bytes / ceil[0]
-        rows.append(bar_row("light load median ITL, ms", m["median_itl_ms"], "-", itl * 1e3,
-                            "<= 6 ms", m["median_itl_ms"] <= 6 if qwen else None))  # fmt: skip
-        rows.append(bar_row("light load median TTFT, ms", m["median_ttft_ms"], "-", ttft * 1e3,
-                            "<= 40 ms", m["median_ttft_ms"] <= 40 if qwen else None))  # fmt: skip
+        rows.append(
+            bar_row(
+                "light load median ITL, ms",
+                m["median_itl_ms"],
+                "-",
+                itl * 1e3,
+                "<= 6 ms",
+                m["median_itl_ms"] <= 6 if qwen else None,
+            )
+        )
+        rows.append(
+            bar_row(
+                "light load median TTFT, ms",
+                m["median_ttft_ms"],
+                "-",
+                ttft * 1e3,
+                "<= 40 ms",
+                m["median_ttft_ms"] <= 40 if qwen else None,
+            )
+        )
     c = cfg["shared"]
     if "shared" in results:
         m = results["shared"]
         cached_floor = roofline_of(shape, c, vocab, ceil, block, kv_tokens).output_tok_s
-        rows.append(bar_row("shared-prefix, cache, output tok/s", m["output_throughput"], "-",
-                            cached_floor, "-", None))  # fmt: skip
+        rows.append(
+            bar_row(
+                "shared-prefix, cache, output tok/s",
+                m["output_throughput"],
+                "-",
+                cached_floor,
+                "-",
+                None,
+            )
+        )
         prompt_len = c.gsp_system_prompt_len + c.gsp_question_len
         total_in = c.gsp_num_groups * c.gsp_prompts_per_group * prompt_len
-        ideal = ds.ideal_cached_tokens(c.gsp_num_groups, c.gsp_prompts_per_group,
-                                       c.gsp_system_prompt_len, block) / total_in  # fmt: skip
-        rows.append(bar_row("shared-prefix hit rate / ideal", m["cache_hit_rate"] / ideal,
-                            f"ideal {ideal:.3f}", None, ">= 0.90",
-                            m["cache_hit_rate"] >= 0.9 * ideal))  # fmt: skip
+        ideal = (
+            ds.ideal_cached_tokens(
+                c.gsp_num_groups, c.gsp_prompts_per_group, c.gsp_system_prompt_len, block
+            )
+            / total_in
+        )
+        rows.append(
+            bar_row(
+                "shared-prefix hit rate / ideal",
+                m["cache_hit_rate"] / ideal,
+                f"ideal {ideal:.3f}",
+                None,
+                ">= 0.90",
+                m["cache_hit_rate"] >= 0.9 * ideal,
+            )
+        )
     if "shared_nocache" in results:
         m = results["shared_nocache"]
         floor = roofline_of(shape, c, vocab, ceil, 10**9, kv_tokens).output_tok_s  # no block hits
-        rows.append(bar_row("shared-prefix, no cache, output tok/s", m["output_throughput"],
-                            "-", floor, "-", None))  # fmt: skip
+        rows.append(
+            bar_row(
+                "shared-prefix, no cache, output tok/s",
+                m["output_throughput"],
+                "-",
+                floor,
+                "-",
+                None,
+            )
+        )
         if "shared" in results:
             ratio = results["shared"]["output_throughput"] / m["output_throughput"]
-            rows.append(bar_row("shared-prefix cache / no cache", ratio, "-",
-                                cached_floor / floor, ">= 4x", ratio >= 4))  # fmt: skip
+            rows.append(
+                bar_row(
+                    "shared-prefix cache / no cache",
+                    ratio,
+                    "-",
+                    cached_floor / floor,
+                    ">= 4x",
+                    ratio >= 4,
+                )
+            )
     if "random_single_frame" in results:
         m = results["random_single_frame"]
-        rows.append(bar_row("random, one frame per request, output tok/s",
-                            m["output_throughput"], "-", None, "diagnostic", None))  # fmt: skip
-    rows.append(("gRPC split vs in-process worker", "-", "-", "-", "-", "<= 5% cost",
-                 "see benchmarks/bench_split.py"))  # fmt: skip
+        rows.append(
+            bar_row(
+                "random, one frame per request, output tok/s",
+                m["output_throughput"],
+                "-",
+                None,
+                "diagnostic",
+                None,
+            )
+        )
+    rows.append(
+        (
+            "gRPC split vs in-process worker",
+            "-",
+            "-",
+            "-",
+            "-",
+            "<= 5% cost",
+            "see benchmarks/bench_split.py",
+        )
+    )
     return rows
 
 

@@ -20,14 +20,31 @@ from yaie.worker_service.step.kv_pool import KVPool
 from yaie.worker_service.step.runner import ModelRunner
 
 # Qwen3-0.6B's config.json (Qwen/Qwen3-0.6B): the shape only, weights random.
-QWEN3_0_6B = dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
-                  num_attention_heads=16, num_key_value_heads=8, head_dim=128, vocab_size=151936,
-                  tie_word_embeddings=True, max_position_embeddings=40960, rms_norm_eps=1e-6,
-                  attention_bias=False,
-                  rope_parameters={"rope_type": "default", "rope_theta": 1e6})  # fmt: skip
-TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=16, vocab_size=2048, tie_word_embeddings=True,
-            max_position_embeddings=2048)  # fmt: skip
+QWEN3_0_6B = dict(
+    hidden_size=1024,
+    intermediate_size=3072,
+    num_hidden_layers=28,
+    num_attention_heads=16,
+    num_key_value_heads=8,
+    head_dim=128,
+    vocab_size=151936,
+    tie_word_embeddings=True,
+    max_position_embeddings=40960,
+    rms_norm_eps=1e-6,
+    attention_bias=False,
+    rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+)
+TINY = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    vocab_size=2048,
+    tie_word_embeddings=True,
+    max_position_embeddings=2048,
+)
 
 
 def sync(device: torch.device) -> None:
@@ -62,9 +79,15 @@ def timed_decode(runner, blocks, batch: int, context: int, warmup: int, iters: i
     for first in range(0, batch, chunk):
         ids = range(first, min(batch, first + chunk))
         new = [
-            NewRequestSpec(i, torch.randint(0, vocab, (prompt_len,), generator=gen).tolist(),
-                           prompt_len, 0, GREEDY) for i in ids
-        ]  # fmt: skip
+            NewRequestSpec(
+                i,
+                torch.randint(0, vocab, (prompt_len,), generator=gen).tolist(),
+                prompt_len,
+                0,
+                GREEDY,
+            )
+            for i in ids
+        ]
         taken = [blocks.take(prompt_len + warmup + 2 * iters + 40) for _ in ids]
         owned += [b for t in taken for b in t]
         run = [RunEntry(i, prompt_len, t) for i, t in zip(ids, taken, strict=True)]
@@ -115,9 +138,14 @@ def timed_decode(runner, blocks, batch: int, context: int, warmup: int, iters: i
     step(runner, table, step_id, release=range(batch))
     blocks.give(owned)
     mean_seq = seq_start + (iters - 1) / 2 + 1  # seq_len the lock-step steps read, on average
-    return dict(wall=statistics.median(walls) * 1e3, device=statistics.median(device_ms),
-                launch=statistics.median(launches) * 1e3, pipelined=pipelined * 1e3,
-                replay=replay, mean_seq=mean_seq)  # fmt: skip
+    return dict(
+        wall=statistics.median(walls) * 1e3,
+        device=statistics.median(device_ms),
+        launch=statistics.median(launches) * 1e3,
+        pipelined=pipelined * 1e3,
+        replay=replay,
+        mean_seq=mean_seq,
+    )
 
 
 def host_checks(runner, table, decode, step_id: int, batch: int) -> int:
@@ -137,8 +165,10 @@ def host_checks(runner, table, decode, step_id: int, batch: int) -> int:
         pending = runner.launch(table, Plan(step_id + 1, [], decode, []))
         launch = (time.perf_counter() - start) * 1e3
         pending.wait()
-        print(f"batch {batch}: launch() behind a {begin.elapsed_time(end):.1f} ms sleep kernel "
-              f"took {launch:.3f} ms on the host")  # fmt: skip
+        print(
+            f"batch {batch}: launch() behind a {begin.elapsed_time(end):.1f} ms sleep kernel "
+            f"took {launch:.3f} ms on the host"
+        )
         step_id += 1
     profiler = cProfile.Profile()
     profiler.enable()
@@ -196,28 +226,44 @@ def main() -> None:
     block_size = 16
     per_request = -(-(context + args.iters * 2 + 48) // block_size)
     num_blocks = max(batches) * per_request + 8 * -(-(513 + args.steps) // block_size) + 16
-    pool = KVPool(model.num_layers, model.num_kv_heads, model.head_dim, dtype, device,
-                  block_size, num_blocks)  # fmt: skip
+    pool = KVPool(
+        model.num_layers, model.num_kv_heads, model.head_dim, dtype, device, block_size, num_blocks
+    )
     start = time.perf_counter()
     runner = ModelRunner(model, pool, use_cuda_graphs=device.type == "cuda")
-    print(f"weights {weight_bytes / 1e9:.4f} GB, KV {kv_token_bytes} B/token, pool {num_blocks} "
-          f"blocks; runner + graph capture {time.perf_counter() - start:.1f} s")  # fmt: skip
+    print(
+        f"weights {weight_bytes / 1e9:.4f} GB, KV {kv_token_bytes} B/token, pool {num_blocks} "
+        f"blocks; runner + graph capture {time.perf_counter() - start:.1f} s"
+    )
     blocks = Blocks(block_size, num_blocks)
 
     rows, tau, total = agreement(runner, blocks, model_dir, device, args.steps, model.vocab_size)
     # The same check on an untied variant: its lm_head (std 2/sqrt(hidden), write_random_model)
     # gives small logits with many near-ties, a harder test than the tied model's.
     untied_dir = model_dir.parent / "untied"
-    write_random_model(untied_dir, "Qwen3ForCausalLM", seed=0, dtype=dtype,
-                       **{**shape, "tie_word_embeddings": False})  # fmt: skip
+    write_random_model(
+        untied_dir,
+        "Qwen3ForCausalLM",
+        seed=0,
+        dtype=dtype,
+        **{**shape, "tie_word_embeddings": False},
+    )
     untied = load_model(str(untied_dir), device, dtype, "auto")
-    untied_pool = KVPool(untied.num_layers, untied.num_kv_heads, untied.head_dim, dtype, device,
-                         block_size, 8 * -(-(513 + 2 * args.steps) // block_size) + 16)  # fmt: skip
+    untied_pool = KVPool(
+        untied.num_layers,
+        untied.num_kv_heads,
+        untied.head_dim,
+        dtype,
+        device,
+        block_size,
+        8 * -(-(513 + 2 * args.steps) // block_size) + 16,
+    )
     untied_runner = ModelRunner(untied, untied_pool, device.type == "cuda", max_graph_batch_size=8)
     untied_blocks = Blocks(block_size, untied_pool.num_blocks)
     print("untied variant:")
-    rows2, tau2, _ = agreement(untied_runner, untied_blocks, untied_dir, device, args.steps,
-                               untied.vocab_size)  # fmt: skip
+    rows2, tau2, _ = agreement(
+        untied_runner, untied_blocks, untied_dir, device, args.steps, untied.vocab_size
+    )
     del untied, untied_pool, untied_runner
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -231,15 +277,19 @@ def main() -> None:
         results.append(r)
         print(f"batch {b}: {r}")
 
-    print(f"\nagreement over {total} greedy steps (8 prompts x {args.steps}), reference "
-          f"transformers fp32, tie threshold {tau:.4f}:")  # fmt: skip
+    print(
+        f"\nagreement over {total} greedy steps (8 prompts x {args.steps}), reference "
+        f"transformers fp32, tie threshold {tau:.4f}:"
+    )
     for name, (agreed, ties, bad) in rows.items():
         print(f"  {name:19s} agreed {agreed}/{total}, ties {ties}, true mismatches {bad}")
     print(f"untied variant, tie threshold {tau2:.4f}:")
     for name, (agreed, ties, bad) in rows2.items():
         print(f"  {name:19s} agreed {agreed}/{total}, ties {ties}, true mismatches {bad}")
-    print(f"\ndecode step, context ~{context}, copy {copy_bw / 1e12:.3f} TB/s, weights "
-          f"{weight_bytes / 1e9:.3f} GB")  # fmt: skip
+    print(
+        f"\ndecode step, context ~{context}, copy {copy_bw / 1e12:.3f} TB/s, weights "
+        f"{weight_bytes / 1e9:.3f} GB"
+    )
     print(
         "| batch | bytes read (GB) | roofline ms | graph replay ms | step device ms | launch host "
         "ms | step wall ms (launch+wait) | pipelined ms/step | roofline/replay | roofline/wall | "
@@ -248,10 +298,12 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
         replay = r["replay"] if r["replay"] is not None else float("nan")
-        print(f"| {r['batch']} | {r['bytes'] / 1e9:.3f} | {r['roofline']:.3f} | {replay:.3f} | "
-              f"{r['device']:.3f} | {r['launch']:.3f} | {r['wall']:.3f} | {r['pipelined']:.3f} | "
-              f"{r['roofline'] / replay:.0%} | {r['roofline'] / r['wall']:.0%} | "
-              f"{r['roofline'] / r['pipelined']:.0%} |")  # fmt: skip
+        print(
+            f"| {r['batch']} | {r['bytes'] / 1e9:.3f} | {r['roofline']:.3f} | {replay:.3f} | "
+            f"{r['device']:.3f} | {r['launch']:.3f} | {r['wall']:.3f} | {r['pipelined']:.3f} | "
+            f"{r['roofline'] / replay:.0%} | {r['roofline'] / r['wall']:.0%} | "
+            f"{r['roofline'] / r['pipelined']:.0%} |"
+        )
 
 
 if __name__ == "__main__":

@@ -27,11 +27,28 @@ from triton.compiler import ASTSource
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 KERNEL_FILE = "kernels/attention/triton_decode.py"
 SHAPE = dict(group=2, block_size=16, GROUP_PAD=16, HEAD_DIM=128, BLOCK_N=32)
-POINTERS = {"q": "*bf16", "k_cache": "*bf16", "v_cache": "*bf16", "block_tables": "*i32",
-            "seq_lens": "*i32", "kv_start": "*i32", "mid_out": "*fp32",
-            "mid_lse": "*fp32"}  # fmt: skip
-ALIGNED = {"q", "k_cache", "v_cache", "mid_out", "mid_lse", "stride_q_batch", "stride_q_head",
-           "stride_cache_block", "stride_cache_token", "stride_cache_head"}  # fmt: skip
+POINTERS = {
+    "q": "*bf16",
+    "k_cache": "*bf16",
+    "v_cache": "*bf16",
+    "block_tables": "*i32",
+    "seq_lens": "*i32",
+    "kv_start": "*i32",
+    "mid_out": "*fp32",
+    "mid_lse": "*fp32",
+}
+ALIGNED = {
+    "q",
+    "k_cache",
+    "v_cache",
+    "mid_out",
+    "mid_lse",
+    "stride_q_batch",
+    "stride_q_head",
+    "stride_cache_block",
+    "stride_cache_token",
+    "stride_cache_head",
+}
 # Arguments a version does not name in do_not_specialize get the divisibility a GPU run sees.
 MAYBE_ALIGNED = {"block_tables", "seq_lens", "stride_table"}
 
@@ -80,17 +97,26 @@ def compile_sass(kernel, num_stages: int) -> tuple[int, collections.Counter]:
 
 def main() -> None:
     revision = sys.argv[1] if len(sys.argv) > 1 else "cf7442e"
-    old_source = subprocess.run(["git", "show", f"{revision}:{KERNEL_FILE}"], cwd=ROOT,
-                                capture_output=True, text=True, check=True).stdout  # fmt: skip
-    versions = {revision: load_kernel(old_source),
-                "working tree": load_kernel((ROOT / KERNEL_FILE).read_text())}  # fmt: skip
+    old_source = subprocess.run(
+        ["git", "show", f"{revision}:{KERNEL_FILE}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    versions = {
+        revision: load_kernel(old_source),
+        "working tree": load_kernel((ROOT / KERNEL_FILE).read_text()),
+    }
     for num_stages in (1, 2):
         print(f"num_stages={num_stages}")
         results = {name: compile_sass(kernel, num_stages) for name, kernel in versions.items()}
         for name, (shared, ops) in results.items():
-            print(f"  {name:13s} SASS {sum(ops.values()):4d}  LDG {ops['LDG']:2d}  "
-                  f"HMMA {ops['HMMA']:2d}  MUFU {ops['MUFU']:2d}  BRA {ops['BRA']}  "
-                  f"shared {shared} B")  # fmt: skip
+            print(
+                f"  {name:13s} SASS {sum(ops.values()):4d}  LDG {ops['LDG']:2d}  "
+                f"HMMA {ops['HMMA']:2d}  MUFU {ops['MUFU']:2d}  BRA {ops['BRA']}  "
+                f"shared {shared} B"
+            )
         (_, a), (_, b) = results.values()
         differ = {op: (a[op], b[op]) for op in sorted(set(a) | set(b)) if a[op] != b[op]}
         print(f"  opcodes whose count differs ({revision}, working tree): {differ}")

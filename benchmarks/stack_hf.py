@@ -29,15 +29,19 @@ def main(job_path: str) -> int:
     load_s = time.perf_counter() - start
     requests = job["requests"]
     config = transformers.GenerationConfig(
-        do_sample=False, max_new_tokens=max(n for _, n in requests), eos_token_id=-1,
+        do_sample=False,
+        max_new_tokens=max(n for _, n in requests),
+        eos_token_id=-1,
         pad_token_id=0,
-    )  # fmt: skip
+    )
     limit = job.get("limit_s", float("inf"))  # from our start: then report what finished
     with model.continuous_batching_context_manager(generation_config=config, timeout=10) as manager:
         warm_s = time.perf_counter() - start - load_s
         begin = time.perf_counter()
-        ids = [manager.add_request(ids, request_id=f"r{i}", max_new_tokens=n, eos_token_id=-1)
-               for i, (ids, n) in enumerate(requests)]  # fmt: skip
+        ids = [
+            manager.add_request(ids, request_id=f"r{i}", max_new_tokens=n, eos_token_id=-1)
+            for i, (ids, n) in enumerate(requests)
+        ]
         outputs = {}
         while len(outputs) < len(ids) and time.perf_counter() - start < limit:
             result = manager.get_result(timeout=1.0)
@@ -47,13 +51,21 @@ def main(job_path: str) -> int:
                 break
         seconds = time.perf_counter() - begin
     tokens = sum(len(out.generated_tokens) for out in outputs.values() if out.error is None)
-    print(json.dumps({
-        "transformers": transformers.__version__, "num_requests": len(requests),
-        "completed": sum(out.error is None for out in outputs.values()),
-        "requested_tokens": sum(n for _, n in requests), "output_tokens": tokens,
-        "seconds": seconds, "output_tok_s": tokens / seconds, "load_s": load_s,
-        "warmup_s": warm_s,
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "transformers": transformers.__version__,
+                "num_requests": len(requests),
+                "completed": sum(out.error is None for out in outputs.values()),
+                "requested_tokens": sum(n for _, n in requests),
+                "output_tokens": tokens,
+                "seconds": seconds,
+                "output_tok_s": tokens / seconds,
+                "load_s": load_s,
+                "warmup_s": warm_s,
+            }
+        )
+    )
     return 0
 
 

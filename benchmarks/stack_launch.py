@@ -45,17 +45,30 @@ class Stack:
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 (the child owns it)
         python = [sys.executable, *(["-m", "cProfile", "-o", str(profile)] if profile else [])]
         command = [*python, "-m", "yaie.cli.main", *args]
-        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)  # fmt: skip
+        return subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
 
     def start_worker(self, timeout_s: float) -> float:
         """Starts the worker and waits until its model is loaded; returns the seconds taken."""
         start = time.perf_counter()
         port = free_port()
         self._worker_address = f"127.0.0.1:{port}"
-        self.worker = self._spawn("worker", ["worker", "--model", str(self.model), "--port",
-                                             str(port), "--device", self.device,
-                                             "--log-level", "INFO", *self.worker_args])  # fmt: skip
+        self.worker = self._spawn(
+            "worker",
+            [
+                "worker",
+                "--model",
+                str(self.model),
+                "--port",
+                str(port),
+                "--device",
+                self.device,
+                "--log-level",
+                "INFO",
+                *self.worker_args,
+            ],
+        )
         self._wait(self._worker_address, self.worker, timeout_s)
         return time.perf_counter() - start
 
@@ -66,17 +79,30 @@ class Stack:
         _stop(self.scheduler)
         port = free_port()
         self.target = f"127.0.0.1:{port}"
-        self.scheduler = self._spawn(name, ["scheduler", "--worker", self._worker_address,
-                                            "--port", str(port), "--log-level", "WARNING",
-                                            *extra], profile)  # fmt: skip
+        self.scheduler = self._spawn(
+            name,
+            [
+                "scheduler",
+                "--worker",
+                self._worker_address,
+                "--port",
+                str(port),
+                "--log-level",
+                "WARNING",
+                *extra,
+            ],
+            profile,
+        )
         self._wait(self.target, self.scheduler, timeout_s)
 
     def _wait(self, address: str, process: subprocess.Popen, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"{address}: the process exited with {process.returncode} "
-                                   f"(see the logs in {self.logs})")  # fmt: skip
+                raise RuntimeError(
+                    f"{address}: the process exited with {process.returncode} "
+                    f"(see the logs in {self.logs})"
+                )
             try:
                 wait_for_serving(address, 2.0)
                 return

@@ -109,9 +109,17 @@ def teacher_forced(hf16, prompt: list[int], ref: list[int], ref_logits, tau: flo
 def hf_greedy(model, prompt: list[int], steps: int, device) -> tuple[list[int], torch.Tensor]:
     """transformers' greedy generate (no early stop): tokens and raw logits [steps, vocab] fp32."""
     ids = torch.tensor([prompt], device=device)
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=steps,
-                         min_new_tokens=steps, do_sample=False, eos_token_id=None, pad_token_id=0,
-                         output_logits=True, return_dict_in_generate=True)  # fmt: skip
+    out = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=steps,
+        min_new_tokens=steps,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=0,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
     logits = torch.cat([step_logits.float() for step_logits in out.logits])
     return out.sequences[0, len(prompt) :].tolist(), logits
 
@@ -142,13 +150,18 @@ def noise_threshold(hf32, hf16, sequences: list[list[int]], device) -> tuple[flo
 def describe_refs(prompts, refs, tau: float) -> None:
     """How hard the reference is: distinct tokens, repeats of the input token, top-2 margins."""
     margins = torch.cat([r[1].topk(2, dim=-1).values.diff(dim=-1).neg().flatten() for r in refs])
-    repeats = sum(t == ([*p, *r[0]][len(p) + k - 1]) for p, r in zip(prompts, refs, strict=True)
-                  for k, t in enumerate(r[0]))  # fmt: skip
+    repeats = sum(
+        t == ([*p, *r[0]][len(p) + k - 1])
+        for p, r in zip(prompts, refs, strict=True)
+        for k, t in enumerate(r[0])
+    )
     distinct = [len(set(r[0])) for r in refs]
-    print(f"reference: distinct tokens per prompt {distinct}; next token == input token in "
-          f"{repeats}/{margins.numel()} steps; top-2 margin min {margins.min().item():.3f}, "
-          f"median {margins.median().item():.3f}, below tau in {(margins < tau).sum().item()} "
-          "steps")  # fmt: skip
+    print(
+        f"reference: distinct tokens per prompt {distinct}; next token == input token in "
+        f"{repeats}/{margins.numel()} steps; top-2 margin min {margins.min().item():.3f}, "
+        f"median {margins.median().item():.3f}, below tau in {(margins < tau).sum().item()} "
+        "steps"
+    )
 
 
 def agreement(runner, blocks, model_dir, device, steps: int, vocab: int):
@@ -169,9 +182,11 @@ def agreement(runner, blocks, model_dir, device, steps: int, vocab: int):
         hf32, hf16, [p + r[0] for p, r in zip(prompts, refs, strict=True)], device
     )
     tau = max(q99, 2 * bf16_ulp(top1))
-    print(f"bf16 margin noise (transformers bf16 vs fp32, teacher-forced): q99 {q99:.4f}, "
-          f"max {err_max:.4f}; median |top1 logit| {top1:.2f} (bf16 ulp {bf16_ulp(top1):.4f}); "
-          f"tie threshold tau = max(q99, 2 ulp) = {tau:.4f}")  # fmt: skip
+    print(
+        f"bf16 margin noise (transformers bf16 vs fp32, teacher-forced): q99 {q99:.4f}, "
+        f"max {err_max:.4f}; median |top1 logit| {top1:.2f} (bf16 ulp {bf16_ulp(top1):.4f}); "
+        f"tie threshold tau = max(q99, 2 ulp) = {tau:.4f}"
+    )
     describe_refs(prompts, refs, tau)
     counts, details = runner_resync(runner, blocks, prompts, refs, tau)
     hf_counts = [
@@ -179,17 +194,23 @@ def agreement(runner, blocks, model_dir, device, steps: int, vocab: int):
     ]
     for name, rows in (("runner", counts), ("hf-bf16", hf_counts)):
         for i, (agreed, ties, bad, first) in enumerate(rows):
-            print(f"  {name} prompt {i} (len {lengths[i]}): {agreed}/{steps} agreed, {ties} ties, "
-                  f"{bad} mismatches, first divergence at step {first}")  # fmt: skip
+            print(
+                f"  {name} prompt {i} (len {lengths[i]}): {agreed}/{steps} agreed, {ties} ties, "
+                f"{bad} mismatches, first divergence at step {first}"
+            )
     for i, t, margin, deficit, ours, tie in details:
-        print(f"  runner divergence prompt {i} step {t}: ref top-2 margin {margin:.4f}, ref "
-              f"deficit of our token {deficit:.4f}, our top-2 margin {ours:.4f} -> "
-              f"{'tie' if tie else 'MISMATCH'}")  # fmt: skip
+        print(
+            f"  runner divergence prompt {i} step {t}: ref top-2 margin {margin:.4f}, ref "
+            f"deficit of our token {deficit:.4f}, our top-2 margin {ours:.4f} -> "
+            f"{'tie' if tie else 'MISMATCH'}"
+        )
     del hf32, hf16
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    rows = {name: [sum(r[k] for r in rows) for k in range(3)]
-            for name, rows in (("runner", counts), ("hf-bf16", hf_counts))}  # fmt: skip
+    rows = {
+        name: [sum(r[k] for r in rows) for k in range(3)]
+        for name, rows in (("runner", counts), ("hf-bf16", hf_counts))
+    }
     # The brief's count: each prompt compared only up to its first divergence.
     firsts = {i: tie for i, _, _, _, _, tie in reversed(details)}  # prompt -> first one a tie?
     agreed = sum(r[3] if r[3] is not None else steps for r in counts)

@@ -36,15 +36,24 @@ class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def add_log_level(
     parser: argparse.ArgumentParser, default: str | None = "INFO", note: str = ""
 ) -> None:
-    parser.add_argument("--log-level", default=default, type=str.upper, choices=LOG_LEVELS,
-                        help=f"how much the processes log, to stderr{note}")  # fmt: skip
+    parser.add_argument(
+        "--log-level",
+        default=default,
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help=f"how much the processes log, to stderr{note}",
+    )
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("sampling (unset: the server's default, shown)")
     for name, (kind, server_default) in SAMPLING.items():
-        group.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None,
-                           help=f"server default: {server_default}")  # fmt: skip
+        group.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=kind,
+            default=None,
+            help=f"server default: {server_default}",
+        )
 
 
 def fill_sampling(args: argparse.Namespace, sampling: pb.SamplingParams) -> None:

@@ -69,14 +69,27 @@ class BenchConfig:
 def make_requests(config: BenchConfig, vocab_size: int) -> list[ds.BenchRequest]:
     c = config
     if c.dataset == "random":
-        return ds.random_requests(c.num_prompts, c.random_input_len, c.random_output_len,
-                                  c.random_range_ratio, vocab_size, c.seed)  # fmt: skip
+        return ds.random_requests(
+            c.num_prompts,
+            c.random_input_len,
+            c.random_output_len,
+            c.random_range_ratio,
+            vocab_size,
+            c.seed,
+        )
     if c.dataset == "shared-prefix":
-        return ds.shared_prefix_requests(c.gsp_num_groups, c.gsp_prompts_per_group,
-                                         c.gsp_system_prompt_len, c.gsp_question_len,
-                                         c.gsp_output_len, vocab_size, c.seed)  # fmt: skip
-    return ds.fixed_requests(c.num_prompts, c.fixed_input_len, c.fixed_output_len, vocab_size,
-                             c.seed)  # fmt: skip
+        return ds.shared_prefix_requests(
+            c.gsp_num_groups,
+            c.gsp_prompts_per_group,
+            c.gsp_system_prompt_len,
+            c.gsp_question_len,
+            c.gsp_output_len,
+            vocab_size,
+            c.seed,
+        )
+    return ds.fixed_requests(
+        c.num_prompts, c.fixed_input_len, c.fixed_output_len, vocab_size, c.seed
+    )
 
 
 def _to_proto(request: ds.BenchRequest, request_id: str, config: BenchConfig) -> pb.GenerateRequest:
@@ -236,16 +249,21 @@ def run_workload(
 
 def describe_workload(config: BenchConfig, requests: list[ds.BenchRequest]) -> str:
     """The workload as drawn: its requests' input and output lengths (ranges and totals)."""
-    sending = "all at once" if math.isinf(config.request_rate) else (
-        f"{config.request_rate:g} req/s (Poisson)")  # fmt: skip
+    sending = (
+        "all at once"
+        if math.isinf(config.request_rate)
+        else (f"{config.request_rate:g} req/s (Poisson)")
+    )
     if config.max_concurrency:
         sending += f", at most {config.max_concurrency} in flight"
     ranges = ""
     if config.dataset == "random":
         low_in, high_in = ds.length_range(config.random_input_len, config.random_range_ratio)
         low_out, high_out = ds.length_range(config.random_output_len, config.random_range_ratio)
-        ranges = (f" (uniform in [{low_in}, {high_in}] in, [{low_out}, {high_out}] out: "
-                  f"--random-range-ratio {config.random_range_ratio:.4g})")  # fmt: skip
+        ranges = (
+            f" (uniform in [{low_in}, {high_in}] in, [{low_out}, {high_out}] out: "
+            f"--random-range-ratio {config.random_range_ratio:.4g})"
+        )
     return f"workload: {config.dataset}{ranges}, {ds.describe(requests)}; sent {sending}"
 
 
@@ -253,8 +271,10 @@ def record(
     metrics: BenchMetrics, config: BenchConfig, target: str, info: pb.ModelInfo | None
 ) -> dict:
     """The JSON object of one run (--output-file): config, server and metrics side by side."""
-    settings = {k: (None if isinstance(v, float) and math.isinf(v) else v)
-                for k, v in asdict(config).items()}  # fmt: skip
+    settings = {
+        k: (None if isinstance(v, float) and math.isinf(v) else v)
+        for k, v in asdict(config).items()
+    }
     return {
         "backend": "yaie",
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -268,21 +288,40 @@ def record(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="yaie bench", description=__doc__.splitlines()[0],
-                                formatter_class=arguments.DefaultsFormatter)  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog="yaie bench",
+        description=__doc__.splitlines()[0],
+        formatter_class=arguments.DefaultsFormatter,
+    )
     d = BenchConfig()
     p.add_argument("--target", default=DEFAULT_TARGET, help="scheduler HOST:PORT")
     p.add_argument("--dataset", default=d.dataset, choices=ds.DATASETS, help="the workload")
-    p.add_argument("--num-prompts", type=int, default=d.num_prompts,
-                   help="requests of a random or fixed workload")  # fmt: skip
-    p.add_argument("--random-input-len", type=int, default=d.random_input_len,
-                   help="most prompt tokens of a random request")  # fmt: skip
-    p.add_argument("--random-output-len", type=int, default=d.random_output_len,
-                   help="most output tokens of a random request")  # fmt: skip
-    p.add_argument("--random-range-ratio", type=float, default=d.random_range_ratio,
-                   help="lengths uniform in [max(1, int(len * ratio)), len] (default: "
-                        f"{d.random_range_ratio:.4f} = 100/1024, nano-vllm's [100, 1024]; "
-                        "1: exactly len)")  # fmt: skip
+    p.add_argument(
+        "--num-prompts",
+        type=int,
+        default=d.num_prompts,
+        help="requests of a random or fixed workload",
+    )
+    p.add_argument(
+        "--random-input-len",
+        type=int,
+        default=d.random_input_len,
+        help="most prompt tokens of a random request",
+    )
+    p.add_argument(
+        "--random-output-len",
+        type=int,
+        default=d.random_output_len,
+        help="most output tokens of a random request",
+    )
+    p.add_argument(
+        "--random-range-ratio",
+        type=float,
+        default=d.random_range_ratio,
+        help="lengths uniform in [max(1, int(len * ratio)), len] (default: "
+        f"{d.random_range_ratio:.4f} = 100/1024, nano-vllm's [100, 1024]; "
+        "1: exactly len)",
+    )
     gsp = {
         "num_groups": "groups (one system prompt each)",
         "prompts_per_group": "prompts per group",
@@ -293,24 +332,42 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_ in gsp.items():
         flag, default = f"--gsp-{name.replace('_', '-')}", getattr(d, f"gsp_{name}")
         p.add_argument(flag, type=int, default=default, help=f"shared-prefix: {help_}")
-    p.add_argument("--fixed-input-len", type=int, default=d.fixed_input_len,
-                   help="fixed: prompt tokens per request")  # fmt: skip
-    p.add_argument("--fixed-output-len", type=int, default=d.fixed_output_len,
-                   help="fixed: output tokens per request")  # fmt: skip
-    p.add_argument("--request-rate", type=float, default=d.request_rate,
-                   help="requests/s with Poisson arrivals (default inf: all at once)")  # fmt: skip
+    p.add_argument(
+        "--fixed-input-len",
+        type=int,
+        default=d.fixed_input_len,
+        help="fixed: prompt tokens per request",
+    )
+    p.add_argument(
+        "--fixed-output-len",
+        type=int,
+        default=d.fixed_output_len,
+        help="fixed: output tokens per request",
+    )
+    p.add_argument(
+        "--request-rate",
+        type=float,
+        default=d.request_rate,
+        help="requests/s with Poisson arrivals (default inf: all at once)",
+    )
     p.add_argument("--max-concurrency", type=int, default=None, help="requests in flight at most")
     p.add_argument("--temperature", type=float, default=d.temperature, help="0: greedy")
     p.add_argument("--seed", type=int, default=d.seed, help="of the workload's random draws")
     p.add_argument("--output-file", default=None, help="append one JSON object per run")
-    p.add_argument("--api-key", default=None,
-                   help="authorization: Bearer KEY (visible to other users in the process "
-                        "list: prefer --api-key-file or $YAIE_API_KEY)")  # fmt: skip
+    p.add_argument(
+        "--api-key",
+        default=None,
+        help="authorization: Bearer KEY (visible to other users in the process "
+        "list: prefer --api-key-file or $YAIE_API_KEY)",
+    )
     client_security.add_arguments(p)  # --api-key-file, --tls-ca, --tls-cert, --tls-key
     p.add_argument("--disable-progress", action="store_true", help="no progress bar")
-    p.add_argument("--single-frame", action="store_true",
-                   help="diagnostic: one frame per request (no TTFT/ITL; shows the cost of "
-                        "streaming a frame per step)")  # fmt: skip
+    p.add_argument(
+        "--single-frame",
+        action="store_true",
+        help="diagnostic: one frame per request (no TTFT/ITL; shows the cost of "
+        "streaming a frame per step)",
+    )
     return p
 
 

@@ -104,5 +104,7 @@ def describe(requests: list[BenchRequest]) -> str:
         return "no requests"
     ins = [len(r.prompt_ids) for r in requests]
     outs = [r.output_len for r in requests]
-    return (f"{len(requests)} requests, input {min(ins)}-{max(ins)} tokens ({sum(ins)} in all), "
-            f"output {min(outs)}-{max(outs)} tokens ({sum(outs)} in all)")  # fmt: skip
+    return (
+        f"{len(requests)} requests, input {min(ins)}-{max(ins)} tokens ({sum(ins)} in all), "
+        f"output {min(outs)}-{max(outs)} tokens ({sum(outs)} in all)"
+    )

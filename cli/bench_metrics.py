@@ -66,8 +66,10 @@ class BenchMetrics:
 
     def to_dict(self) -> dict:
         """JSON-safe: NaN becomes None."""
-        return {k: (None if isinstance(v, float) and math.isnan(v) else v)
-                for k, v in asdict(self).items()}  # fmt: skip
+        return {
+            k: (None if isinstance(v, float) and math.isnan(v) else v)
+            for k, v in asdict(self).items()
+        }
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -114,10 +116,18 @@ def summarize(
         input_throughput=input_tokens * per_s,
         output_throughput=output_tokens * per_s,
         total_throughput=(input_tokens + output_tokens) * per_s,
-        mean_ttft_ms=ttft[0], median_ttft_ms=ttft[1], p99_ttft_ms=ttft[2],
-        mean_tpot_ms=tpot[0], median_tpot_ms=tpot[1], p99_tpot_ms=tpot[2],
-        mean_itl_ms=itl[0], median_itl_ms=itl[1], p99_itl_ms=itl[2],
-        mean_e2e_latency_ms=e2e[0], median_e2e_latency_ms=e2e[1], p99_e2e_latency_ms=e2e[2],
+        mean_ttft_ms=ttft[0],
+        median_ttft_ms=ttft[1],
+        p99_ttft_ms=ttft[2],
+        mean_tpot_ms=tpot[0],
+        median_tpot_ms=tpot[1],
+        p99_tpot_ms=tpot[2],
+        mean_itl_ms=itl[0],
+        median_itl_ms=itl[1],
+        p99_itl_ms=itl[2],
+        mean_e2e_latency_ms=e2e[0],
+        median_e2e_latency_ms=e2e[1],
+        p99_e2e_latency_ms=e2e[2],
         cache_hit_rate=cached / input_tokens if input_tokens else 0.0,
         cached_tokens=cached,
         max_in_flight=max_in_flight,
@@ -125,7 +135,7 @@ def summarize(
         client_cpu_us_per_frame=client_cpu_s * 1e6 / num_frames if num_frames else math.nan,
         num_frames=num_frames,
         errors=[r.error for r in results if not r.ok][:5],
-    )  # fmt: skip
+    )
 
 
 _LATENCY_SECTIONS = (

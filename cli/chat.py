@@ -23,16 +23,24 @@ LEAVE, CLEAR = ("/bye", "/exit"), "/clear"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="yaie chat", description=__doc__.splitlines()[0],
-                                epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=arguments.DefaultsFormatter)  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog="yaie chat",
+        description=__doc__.splitlines()[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=arguments.DefaultsFormatter,
+    )
     p.add_argument("--target", default=DEFAULT_TARGET, help="scheduler HOST:PORT")
     p.add_argument("--system", default=None, help="a system message to start the conversation")
     p.add_argument("--max-new-tokens", type=int, default=512, help="most tokens of one reply")
     arguments.add_sampling_arguments(p)
-    p.add_argument("--wait", type=float, default=None, metavar="SECONDS",
-                   help="first wait this long for the server's health to say SERVING (default: "
-                        f"{LOCAL_WAIT_S:g} for a target on this machine, else 0)")  # fmt: skip
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="first wait this long for the server's health to say SERVING (default: "
+        f"{LOCAL_WAIT_S:g} for a target on this machine, else 0)",
+    )
     p.add_argument("--timeout", type=float, default=None, help="deadline of each reply, seconds")
     client_security.add_arguments(p)
     return p
@@ -59,8 +67,11 @@ class Chat:
     def reply(self, text: str) -> None:
         """Sends text with the history, streams the answer to stdout, keeps both (a failed
         or interrupted reply keeps neither)."""
-        request = pb.GenerateRequest(messages=pb.ChatMessages(messages=[
-            *self.messages, pb.ChatMessage(role="user", content=text)]))  # fmt: skip
+        request = pb.GenerateRequest(
+            messages=pb.ChatMessages(
+                messages=[*self.messages, pb.ChatMessage(role="user", content=text)]
+            )
+        )
         arguments.fill_sampling(self.args, request.sampling)
         request.stopping.max_new_tokens = self.args.max_new_tokens
         request.output.skip_special_tokens = True
@@ -77,12 +88,16 @@ class Chat:
             raise
         sys.stdout.write("\n")
         if last.finish_reason == pb.FINISH_REASON_LENGTH:
-            print(f"[reply cut at {last.usage.completion_tokens} tokens: --max-new-tokens]",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"[reply cut at {last.usage.completion_tokens} tokens: --max-new-tokens]",
+                file=sys.stderr,
+            )
         # The answer as generated: the history then renders to the tokens the model wrote,
         # which the prefix cache still holds.
-        self.messages += [pb.ChatMessage(role="user", content=text),
-                          pb.ChatMessage(role="assistant", content="".join(answer))]  # fmt: skip
+        self.messages += [
+            pb.ChatMessage(role="user", content=text),
+            pb.ChatMessage(role="assistant", content="".join(answer)),
+        ]
 
 
 def converse(chat: Chat) -> None:
@@ -118,8 +133,11 @@ def main(argv: list[str] | None = None) -> int:
             wait_for_serving(args.target, wait, security=args)
         with client_security.open_channel(args.target, args) as channel:
             chat = Chat(args, channel)
-            print(f"chatting with {chat.model_name()} at {args.target}: Ctrl-D or /bye leaves, "
-                  "/clear forgets the conversation", file=sys.stderr)  # fmt: skip
+            print(
+                f"chatting with {chat.model_name()} at {args.target}: Ctrl-D or /bye leaves, "
+                "/clear forgets the conversation",
+                file=sys.stderr,
+            )
             converse(chat)
     except KeyboardInterrupt:
         sys.stdout.write("\n")
@@ -128,8 +146,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"yaie chat: {error.code().name}: {error.details()}", file=sys.stderr)
         return 1
     except TimeoutError as error:
-        print(f"yaie chat: {error}: is a server running there? Start one with `yaie serve`, "
-              "or wait longer with --wait SECONDS", file=sys.stderr)  # fmt: skip
+        print(
+            f"yaie chat: {error}: is a server running there? Start one with `yaie serve`, "
+            "or wait longer with --wait SECONDS",
+            file=sys.stderr,
+        )
         return 1
     except OSError as error:  # an unreadable key or CA file
         print(f"yaie chat: {error}", file=sys.stderr)

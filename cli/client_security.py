@@ -14,10 +14,12 @@ API_KEY_ENV = "YAIE_API_KEY"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--api-key-file", default=None,
-                        help=f"file holding the API key (default: ${API_KEY_ENV})")  # fmt: skip
-    parser.add_argument("--tls-ca", default=None,
-                        help="PEM CA to trust: connect with TLS (default: plaintext)")  # fmt: skip
+    parser.add_argument(
+        "--api-key-file", default=None, help=f"file holding the API key (default: ${API_KEY_ENV})"
+    )
+    parser.add_argument(
+        "--tls-ca", default=None, help="PEM CA to trust: connect with TLS (default: plaintext)"
+    )
     parser.add_argument("--tls-cert", default=None, help="client certificate (mTLS)")
     parser.add_argument("--tls-key", default=None, help="client key (mTLS)")
 

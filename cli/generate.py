@@ -27,8 +27,11 @@ _LOCAL_HOSTS = ("localhost", "::1", "0.0.0.0")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="yaie generate", description=__doc__.splitlines()[0],
-                                formatter_class=arguments.DefaultsFormatter)  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog="yaie generate",
+        description=__doc__.splitlines()[0],
+        formatter_class=arguments.DefaultsFormatter,
+    )
     p.add_argument("prompt", help="prompt text (with --chat: the user message)")
     p.add_argument("--target", default=DEFAULT_TARGET, help="scheduler HOST:PORT")
     p.add_argument("--chat", action="store_true", help="send the prompt as a chat user message")
@@ -37,17 +40,32 @@ def build_parser() -> argparse.ArgumentParser:
     arguments.add_sampling_arguments(p)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--ignore-eos", action="store_true", help="generate past end-of-sequence")
-    p.add_argument("--skip-special-tokens", action="store_true",
-                   help="leave special tokens (such as <|im_end|>) out of the text")  # fmt: skip
-    p.add_argument("--top-logprobs", type=int, default=0,
-                   help="show each token's N most likely alternatives, with logprobs")  # fmt: skip
+    p.add_argument(
+        "--skip-special-tokens",
+        action="store_true",
+        help="leave special tokens (such as <|im_end|>) out of the text",
+    )
+    p.add_argument(
+        "--top-logprobs",
+        type=int,
+        default=0,
+        help="show each token's N most likely alternatives, with logprobs",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per frame on stdout")
-    p.add_argument("--wait", type=float, default=None, metavar="SECONDS",
-                   help="first wait this long for the server's health to say SERVING (default: "
-                        f"{LOCAL_WAIT_S:g} for a target on this machine, else 0)")  # fmt: skip
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="first wait this long for the server's health to say SERVING (default: "
+        f"{LOCAL_WAIT_S:g} for a target on this machine, else 0)",
+    )
     p.add_argument("--timeout", type=float, default=None, help="deadline of the call, seconds")
-    p.add_argument("--cache-salt", default="",
-                   help="prefix-cache namespace (per tenant): equal salts share cache")  # fmt: skip
+    p.add_argument(
+        "--cache-salt",
+        default="",
+        help="prefix-cache namespace (per tenant): equal salts share cache",
+    )
     client_security.add_arguments(p)  # --api-key-file (or $YAIE_API_KEY), --tls-ca, ...
     return p
 
@@ -84,10 +102,14 @@ def build_request(args: argparse.Namespace) -> pb.GenerateRequest:
 
 
 def stream(
-    target: str, request: pb.GenerateRequest, out: TextIO, as_json: bool = False,
-    timeout: float | None = None, security: argparse.Namespace | None = None,
+    target: str,
+    request: pb.GenerateRequest,
+    out: TextIO,
+    as_json: bool = False,
+    timeout: float | None = None,
+    security: argparse.Namespace | None = None,
     logprobs: list[pb.TokenLogprob] | None = None,
-) -> pb.GenerateResponse:  # fmt: skip
+) -> pb.GenerateResponse:
     """Writes each frame to out as it arrives; returns the last frame. security: the
     client_security flags (default: plaintext, the key from $YAIE_API_KEY if set); logprobs,
     when given, collects every frame's."""
@@ -129,8 +151,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"yaie generate: {error.code().name}: {error.details()}{hint}", file=sys.stderr)
         return 1
     except TimeoutError as error:
-        print(f"yaie generate: {error}: is a server running there? Start one with `yaie serve`, "
-              "or wait longer with --wait SECONDS", file=sys.stderr)  # fmt: skip
+        print(
+            f"yaie generate: {error}: is a server running there? Start one with `yaie serve`, "
+            "or wait longer with --wait SECONDS",
+            file=sys.stderr,
+        )
         return 1
     except OSError as error:  # an unreadable key or CA file
         print(f"yaie generate: {error}", file=sys.stderr)
@@ -139,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     reason = pb.FinishReason.Name(last.finish_reason).removeprefix("FINISH_REASON_").lower()
     usage = last.usage
-    print(f"[{reason}: {usage.completion_tokens} tokens after a {usage.prompt_tokens}-token "
-          f"prompt in {time.monotonic() - started:.2f} s]", file=sys.stderr)  # fmt: skip
+    print(
+        f"[{reason}: {usage.completion_tokens} tokens after a {usage.prompt_tokens}-token "
+        f"prompt in {time.monotonic() - started:.2f} s]",
+        file=sys.stderr,
+    )
     return 0

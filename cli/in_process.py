@@ -165,10 +165,15 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.Nam
     from yaie.worker_service.__main__ import build_parser as worker_parser
 
     own = argparse.ArgumentParser(prog="yaie in-process", add_help=False)
-    own.add_argument("--switch-interval-ms", type=float, default=None,
-                     help="the GIL switch interval (default: Python's, 5 ms)")  # fmt: skip
-    own.add_argument("--revision", default=None,
-                     help="branch, tag or commit of a hub --model (default: main)")  # fmt: skip
+    own.add_argument(
+        "--switch-interval-ms",
+        type=float,
+        default=None,
+        help="the GIL switch interval (default: Python's, 5 ms)",
+    )
+    own.add_argument(
+        "--revision", default=None, help="branch, tag or commit of a hub --model (default: main)"
+    )
     own_args, argv = own.parse_known_args(sys.argv[1:] if argv is None else argv)
     schedulers = argparse.ArgumentParser(prog="yaie in-process")
     flags.add_worker_arguments(schedulers, required=False, help=argparse.SUPPRESS)
@@ -180,9 +185,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.Nam
     workers = worker_parser()
     workers.prog = "yaie in-process"
     if {"-h", "--help"} & set(argv):
-        print(f"{__doc__}\n{own.format_help()}\nScheduler flags (no --worker: it runs here):\n"
-              f"{schedulers.format_help()}\nWorker flags (not --host/--port/--tp/security):\n"
-              f"{workers.format_help()}")  # fmt: skip
+        print(
+            f"{__doc__}\n{own.format_help()}\nScheduler flags (no --worker: it runs here):\n"
+            f"{schedulers.format_help()}\nWorker flags (not --host/--port/--tp/security):\n"
+            f"{workers.format_help()}"
+        )
         raise SystemExit(0)
     scheduler_args, rest = schedulers.parse_known_args(argv)
     scheduler_args.switch_interval_ms = own_args.switch_interval_ms

@@ -33,21 +33,34 @@ DEMO_QUESTION = "What is the capital of France?"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="yaie serve", description=__doc__.splitlines()[0],
-                                formatter_class=arguments.DefaultsFormatter)  # fmt: skip
-    p.add_argument("--revision", default=None,
-                   help="branch, tag or commit of a hub --model (default: main)")  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog="yaie serve",
+        description=__doc__.splitlines()[0],
+        formatter_class=arguments.DefaultsFormatter,
+    )
+    p.add_argument(
+        "--revision", default=None, help="branch, tag or commit of a hub --model (default: main)"
+    )
     p.add_argument("--workers", type=int, default=1, help="local worker processes (one per GPU)")
-    p.add_argument("--tp", type=int, default=1,
-                   help="tensor-parallel ranks (GPUs) per worker")  # fmt: skip
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (GPUs) per worker")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--dtype", default="auto", help="worker weight dtype (auto | float32 | ...)")
-    p.add_argument("--num-blocks", type=int, default=None,
-                   help="KV blocks per worker (default: as many as its memory budget holds)")
-    p.add_argument("--demo", metavar="QUESTION", nargs="?", const=DEMO_QUESTION, default=None,
-                   help="once ready, stream the greedy answer to QUESTION (a chat message; "
-                        f"plain text for a model without a chat template), then stop "
-                        f"(QUESTION left out: {DEMO_QUESTION!r})")  # fmt: skip
+    p.add_argument(
+        "--num-blocks",
+        type=int,
+        default=None,
+        help="KV blocks per worker (default: as many as its memory budget holds)",
+    )
+    p.add_argument(
+        "--demo",
+        metavar="QUESTION",
+        nargs="?",
+        const=DEMO_QUESTION,
+        default=None,
+        help="once ready, stream the greedy answer to QUESTION (a chat message; "
+        f"plain text for a model without a chat template), then stop "
+        f"(QUESTION left out: {DEMO_QUESTION!r})",
+    )
     p.add_argument("--demo-tokens", type=int, default=48, help="most tokens the demo generates")
     remote = "a remote worker to use as well (repeatable)"
     flags.add_worker_arguments(p, required=False, help=remote)
@@ -112,9 +125,23 @@ def spawn_worker(
     of its own (Ctrl-C reaches only us, and we stop the workers in order), that the kernel stops
     when we die. The child sets that parent-death signal itself before exec'ing the worker: a
     preexec_fn is unsafe once this process runs threads (torch's import starts some)."""
-    command = [sys.executable, "-m", "yaie.worker_service", "--model", model,
-               "--host", "127.0.0.1", "--port", str(port), "--device", args.device,
-               "--dtype", args.dtype, "--log-level", args.log_level]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "yaie.worker_service",
+        "--model",
+        model,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--device",
+        args.device,
+        "--dtype",
+        args.dtype,
+        "--log-level",
+        args.log_level,
+    ]
     if args.num_blocks:
         command += ["--num-blocks", str(args.num_blocks)]
     if args.tp > 1:  # the child is rank 0 of a group: it starts and stops the other ranks
@@ -214,8 +241,15 @@ def _stream_demo(target: str, args: argparse.Namespace) -> None:
 
     from yaie.cli import generate
 
-    demo = [args.demo, "--chat", "--max-new-tokens", str(args.demo_tokens), "--temperature",
-            "0", "--skip-special-tokens"]  # fmt: skip
+    demo = [
+        args.demo,
+        "--chat",
+        "--max-new-tokens",
+        str(args.demo_tokens),
+        "--temperature",
+        "0",
+        "--skip-special-tokens",
+    ]
     request = generate.build_request(generate.build_parser().parse_args(demo))
     try:
         generate.stream(target, request, sys.stdout, False, None, _client(args))

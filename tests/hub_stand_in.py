@@ -63,8 +63,11 @@ class HubStandIn:
 
     def downloaded(self) -> list[str]:
         """The file paths fetched with GET .../resolve/..."""
-        return [m["path"] for verb, path, _ in self.requests
-                if verb == "GET" and (m := _RESOLVE.match(path))]  # fmt: skip
+        return [
+            m["path"]
+            for verb, path, _ in self.requests
+            if verb == "GET" and (m := _RESOLVE.match(path))
+        ]
 
 
 def _oid(path: Path) -> str:
@@ -111,11 +114,17 @@ class _Handler(BaseHTTPRequestHandler):
         files = sorted(p for p in folder.rglob("*") if p.is_file())
         names = [str(p.relative_to(folder)) for p in files]
         if kind == "revision":
-            body = {"id": repo_id, "sha": commit, "private": False,
-                    "siblings": [{"rfilename": name} for name in names]}  # fmt: skip
+            body = {
+                "id": repo_id,
+                "sha": commit,
+                "private": False,
+                "siblings": [{"rfilename": name} for name in names],
+            }
         else:
-            body = [{"type": "file", "path": name, "size": p.stat().st_size, "oid": _oid(p)}
-                    for name, p in zip(names, files, strict=True)]  # fmt: skip
+            body = [
+                {"type": "file", "path": name, "size": p.stat().st_size, "oid": _oid(p)}
+                for name, p in zip(names, files, strict=True)
+            ]
         self._send(200, json.dumps(body).encode(), {"Content-Type": "application/json"})
 
     def _file(self, repo_id: str, revision: str, name: str) -> None:
@@ -128,8 +137,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(404, "EntryNotFound")
             return
         data = path.read_bytes()
-        headers = {"X-Repo-Commit": commit, "ETag": f'"{_oid(path)}"',
-                   "Content-Type": "application/octet-stream"}  # fmt: skip
+        headers = {
+            "X-Repo-Commit": commit,
+            "ETag": f'"{_oid(path)}"',
+            "Content-Type": "application/octet-stream",
+        }
         self._send(200, data, headers)
 
     def _error(self, status: int, code: str) -> None:

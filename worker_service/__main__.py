@@ -74,12 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--log-level", default="INFO")
     security = parser.add_argument_group("internal channel security")
-    security.add_argument("--internal-secret-file", default=None,
-                          help="file holding the secret the scheduler must send")  # fmt: skip
+    security.add_argument(
+        "--internal-secret-file",
+        default=None,
+        help="file holding the secret the scheduler must send",
+    )
     security.add_argument("--tls-cert", default=None, help="PEM certificate (enables TLS)")
     security.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
-    security.add_argument("--tls-client-ca", default=None,
-                          help="PEM CA that client certificates must chain to (mTLS)")  # fmt: skip
+    security.add_argument(
+        "--tls-client-ca", default=None, help="PEM CA that client certificates must chain to (mTLS)"
+    )
     return parser
 
 
@@ -118,8 +122,11 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return 2
     if not is_loopback(config.host) and security.secret is None and security.credentials is None:
-        log.warning("listening on %s with no --internal-secret-file or TLS: anyone who reaches "
-                    "this port can run plans", config.host)  # fmt: skip
+        log.warning(
+            "listening on %s with no --internal-secret-file or TLS: anyone who reaches "
+            "this port can run plans",
+            config.host,
+        )
     stop = threading.Event()
     stopped_by: list[str] = []
     loaded = threading.Event()

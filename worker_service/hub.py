@@ -80,9 +80,12 @@ def _cached_snapshot(model: str, revision: str | None, cache: Path) -> Path | No
 
     try:
         snapshot = snapshot_download(
-            model, revision=revision, cache_dir=cache, local_files_only=True,
+            model,
+            revision=revision,
+            cache_dir=cache,
+            local_files_only=True,
             allow_patterns=ALLOW_PATTERNS,
-        )  # fmt: skip
+        )
         return Path(snapshot)
     except Exception:  # not cached (or incompletely): a download decides
         return None
@@ -100,13 +103,17 @@ def _download(model: str, revision: str | None, cache: Path) -> Path:
 
     endpoint = os.environ.get("HF_ENDPOINT") or None  # None: huggingface_hub's default hub
     where = endpoint or "the Hugging Face hub"
-    log.info("downloading %s (revision %s) from %s into %s", model, revision or "main", where,
-             cache)  # fmt: skip
+    log.info(
+        "downloading %s (revision %s) from %s into %s", model, revision or "main", where, cache
+    )
     try:
         snapshot = snapshot_download(
-            model, revision=revision, cache_dir=cache, endpoint=endpoint,
+            model,
+            revision=revision,
+            cache_dir=cache,
+            endpoint=endpoint,
             allow_patterns=ALLOW_PATTERNS,
-        )  # fmt: skip
+        )
     except GatedRepoError as error:
         raise FileNotFoundError(
             f"{model} on {where} is gated: accept its terms there and set HF_TOKEN to a token "

@@ -56,4 +56,3 @@ class StepOutput:
     sample_ms: float = 0.0
     error: str = ""
     request_errors: dict[int, str] = field(default_factory=dict)
-

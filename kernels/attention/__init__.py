@@ -84,9 +84,16 @@ def extend_attention(
         from yaie.kernels.attention.triton_extend import extend_attention_triton
 
         return extend_attention_triton(
-            q, k_cache, v_cache, block_tables, seq_lens, query_start, max_query_len, scale,
+            q,
+            k_cache,
+            v_cache,
+            block_tables,
+            seq_lens,
+            query_start,
+            max_query_len,
+            scale,
             out=out,
-        )  # fmt: skip
+        )
     if resolved == "sdpa":
         return extend_attention_sdpa(
             q, k_cache, v_cache, block_tables, seq_lens, query_start, scale, out=out

@@ -37,10 +37,16 @@ MAX_PREFIX_SPLITS = 8  # default cap: with one suffix split the reduce's slot ti
 # serving stalls a step ~1 s (see triton_decode.py).
 @triton.jit(
     do_not_specialize=[
-        "block_tables", "rows", "starts", "prefix_lens", "stride_table", "num_chunks",
-        "first_slot", "num_slots",
+        "block_tables",
+        "rows",
+        "starts",
+        "prefix_lens",
+        "stride_table",
+        "num_chunks",
+        "first_slot",
+        "num_slots",
     ]
-)  # fmt: skip
+)
 def _prefix_kernel(
     q,
     k_cache,
@@ -165,9 +171,20 @@ def decode_attention_grouped_triton(
     mid_out, mid_lse = split_partials(q, num_slots)
     kv_start = groups.kv_start if num_prefix_splits else None
     launch_decode_splits(
-        q, k_cache, v_cache, block_tables, seq_lens, kv_start, mid_out, mid_lse, num_splits, scale,
-        block_n, num_warps, 2,
-    )  # fmt: skip
+        q,
+        k_cache,
+        v_cache,
+        block_tables,
+        seq_lens,
+        kv_start,
+        mid_out,
+        mid_lse,
+        num_splits,
+        scale,
+        block_n,
+        num_warps,
+        2,
+    )
     if num_prefix_splits:
         mid_lse[:, :, num_splits:].fill_(float("-inf"))  # rows in no group: no prefix partial
         _prefix_kernel[(num_groups * num_chunks, kv_heads, num_prefix_splits)](

@@ -74,9 +74,14 @@ def attend_range(
 # class: == 1, multiple of 16, other), so a new batch composition never stalls on a compile.
 @triton.jit(
     do_not_specialize=[
-        "block_tables", "seq_lens", "kv_start", "stride_table", "num_splits", "num_slots"
+        "block_tables",
+        "seq_lens",
+        "kv_start",
+        "stride_table",
+        "num_splits",
+        "num_slots",
     ]
-)  # fmt: skip
+)
 def _decode_split_kernel(
     q,
     k_cache,
@@ -315,8 +320,19 @@ def decode_attention_triton(
         return out
     mid_out, mid_lse = split_partials(q, num_splits)
     launch_decode_splits(
-        q, k_cache, v_cache, block_tables, seq_lens, None, mid_out, mid_lse, num_splits, scale,
-        block_n, num_warps, num_stages,
-    )  # fmt: skip
+        q,
+        k_cache,
+        v_cache,
+        block_tables,
+        seq_lens,
+        None,
+        mid_out,
+        mid_lse,
+        num_splits,
+        scale,
+        block_n,
+        num_warps,
+        num_stages,
+    )
     launch_decode_reduce(mid_out, mid_lse, out)
     return out

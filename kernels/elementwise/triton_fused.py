@@ -16,9 +16,18 @@ import triton.language as tl
 
 @triton.jit
 def _add_rms_norm_kernel(
-    x, residual, out, weight, stride_x, stride_r, stride_o, n_cols, eps,
-    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
-):  # fmt: skip
+    x,
+    residual,
+    out,
+    weight,
+    stride_x,
+    stride_r,
+    stride_o,
+    n_cols,
+    eps,
+    HAS_RESIDUAL: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     mask = cols < n_cols
@@ -44,17 +53,35 @@ def add_rms_norm_triton(
         return out
     res = residual if residual is not None else x
     _add_rms_norm_kernel[(num_rows,)](
-        x, res, out, weight, x.stride(0), res.stride(0), out.stride(0), n_cols, eps,
-        HAS_RESIDUAL=residual is not None, BLOCK=triton.next_power_of_2(n_cols),
-    )  # fmt: skip
+        x,
+        res,
+        out,
+        weight,
+        x.stride(0),
+        res.stride(0),
+        out.stride(0),
+        n_cols,
+        eps,
+        HAS_RESIDUAL=residual is not None,
+        BLOCK=triton.next_power_of_2(n_cols),
+    )
     return out
 
 
 @triton.jit
 def _qk_norm_rope_kernel(
-    qkv, positions, inv_freq, q_weight, k_weight, stride_t, num_q_heads, eps, scaling,
-    HAS_NORM: tl.constexpr, HEAD_DIM: tl.constexpr,
-):  # fmt: skip
+    qkv,
+    positions,
+    inv_freq,
+    q_weight,
+    k_weight,
+    stride_t,
+    num_q_heads,
+    eps,
+    scaling,
+    HAS_NORM: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+):
     # Program (token t, head h): h < num_q_heads is a q head, the next num_kv_heads are k heads.
     t = tl.program_id(0)
     head = tl.program_id(1)
@@ -82,10 +109,17 @@ def _qk_norm_rope_kernel(
 
 
 def qk_norm_rope_triton(
-    qkv: torch.Tensor, num_q_heads: int, num_kv_heads: int, head_dim: int,
-    positions: torch.Tensor, inv_freq: torch.Tensor, attention_scaling: float,
-    q_weight: torch.Tensor | None = None, k_weight: torch.Tensor | None = None, eps: float = 0.0,
-) -> None:  # fmt: skip
+    qkv: torch.Tensor,
+    num_q_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    positions: torch.Tensor,
+    inv_freq: torch.Tensor,
+    attention_scaling: float,
+    q_weight: torch.Tensor | None = None,
+    k_weight: torch.Tensor | None = None,
+    eps: float = 0.0,
+) -> None:
     """In place on qkv [T, (q_heads + 2 kv_heads) * head_dim]: optional per-head RMSNorm of the
     q and k heads, then the rotary embedding at positions [T] (v untouched)."""
     num_tokens = qkv.shape[0]
@@ -94,10 +128,18 @@ def qk_norm_rope_triton(
     assert qkv.stride(1) == 1 and inv_freq.dtype == torch.float32
     has_norm = q_weight is not None
     _qk_norm_rope_kernel[(num_tokens, num_q_heads + num_kv_heads)](
-        qkv, positions, inv_freq, q_weight if has_norm else inv_freq,
-        k_weight if has_norm else inv_freq, qkv.stride(0), num_q_heads, eps, attention_scaling,
-        HAS_NORM=has_norm, HEAD_DIM=head_dim,
-    )  # fmt: skip
+        qkv,
+        positions,
+        inv_freq,
+        q_weight if has_norm else inv_freq,
+        k_weight if has_norm else inv_freq,
+        qkv.stride(0),
+        num_q_heads,
+        eps,
+        attention_scaling,
+        HAS_NORM=has_norm,
+        HEAD_DIM=head_dim,
+    )
 
 
 @triton.jit

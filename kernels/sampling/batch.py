@@ -88,8 +88,10 @@ class SamplingBatch:
             positions = list(positions)
             assert len(positions) == len(configs), "one position per request"
             # greedy rows draw no noise: their key is never read
-            keys = [0 if c.is_greedy else _row_key_host(c.seed, p)
-                    for c, p in zip(configs, positions, strict=True)]  # fmt: skip
+            keys = [
+                0 if c.is_greedy else _row_key_host(c.seed, p)
+                for c, p in zip(configs, positions, strict=True)
+            ]
         # Two host->device copies for all per-row vectors (each copy is a launch and a sync
         # point for pageable memory): floats [6, B], ints [3, B] (or [2, B] with device keys).
         floats = _rows_on_device(

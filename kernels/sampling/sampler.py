@@ -135,4 +135,3 @@ def _with_logprobs(raw: torch.Tensor, tokens: torch.Tensor, n: int, fused: bool)
         return SampleOutput(token_ids=tokens, logprobs=chosen)
     top_values, top_ids = raw.topk(n, dim=-1)  # exact in the logits' own dtype
     return SampleOutput(tokens, chosen, top_ids, top_values.float() - lse.unsqueeze(1))
-

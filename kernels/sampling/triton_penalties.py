@@ -97,9 +97,18 @@ def apply_penalties_triton(work: torch.Tensor, batch: SamplingBatch, block: int 
     grid = (rows, triton.cdiv(length, block))
     params = (batch.repetition_penalty, batch.frequency_penalty, batch.presence_penalty, new)
     _penalty_values_kernel[grid](
-        work, work.stride(0), tokens, length, output, output.shape[1], vocab, *params,
-        BLOCK_E=block, BLOCK_O=64, num_warps=4,
-    )  # fmt: skip
+        work,
+        work.stride(0),
+        tokens,
+        length,
+        output,
+        output.shape[1],
+        vocab,
+        *params,
+        BLOCK_E=block,
+        BLOCK_O=64,
+        num_warps=4,
+    )
     _penalty_scatter_kernel[grid](
         work, work.stride(0), tokens, length, vocab, *params, BLOCK_E=block, num_warps=4
     )

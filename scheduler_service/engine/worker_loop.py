@@ -207,8 +207,11 @@ class WorkerLoop:
                 continue
             token = outcome.token_ids[i]
             if samples != (token >= 0) or not -1 <= token < self.info.vocab_size:
-                self._fail(seq, f"worker returned token id {token} (vocabulary "
-                                f"{self.info.vocab_size}) where sampled={samples}")  # fmt: skip
+                self._fail(
+                    seq,
+                    f"worker returned token id {token} (vocabulary "
+                    f"{self.info.vocab_size}) where sampled={samples}",
+                )
                 continue
             if n > 1 and seq.status is SequenceStatus.RUNNING:
                 self.policy.cache_prompt(seq, flight.ends[i])
@@ -221,16 +224,24 @@ class WorkerLoop:
                     self._on_finished(seq)
                     self._retire(seq)
         if flight.trace is not None and self._trace is not None:
-            self._trace.record(**flight.trace, t_result=arrived, forward_ms=outcome.forward_ms,
-                               sample_ms=outcome.sample_ms,
-                               process_ms=(time.perf_counter() - arrived) * 1e3)  # fmt: skip
+            self._trace.record(
+                **flight.trace,
+                t_result=arrived,
+                forward_ms=outcome.forward_ms,
+                sample_ms=outcome.sample_ms,
+                process_ms=(time.perf_counter() - arrived) * 1e3,
+            )
 
     def _warn_unknown_errors(self, flight: InFlight, outcome: StepOutcome) -> None:
         """Errors for ids the step did not run (rare: the set of its ids is built only then)."""
         expected = {entry.request_id for entry in flight.plan.entries}
         for request_id in outcome.request_errors.keys() - expected:
-            logger.warning("worker %s: error for request %d, not in step %d: ignored",
-                           self.info.address, request_id, flight.plan.step_id)  # fmt: skip
+            logger.warning(
+                "worker %s: error for request %d, not in step %d: ignored",
+                self.info.address,
+                request_id,
+                flight.plan.step_id,
+            )
 
     def _apply_aborts(self) -> None:
         aborts, self._aborts = self._aborts, []

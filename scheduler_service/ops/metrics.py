@@ -72,22 +72,28 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "yaie_requests", "Generate calls by outcome (finish reason or status code)",
-            ["outcome"], registry=r,
-        )  # fmt: skip
+            "yaie_requests",
+            "Generate calls by outcome (finish reason or status code)",
+            ["outcome"],
+            registry=r,
+        )
         self.prompt_tokens = Counter("yaie_prompt_tokens", "Prompt tokens", registry=r)
         self.completion_tokens = Counter("yaie_completion_tokens", "Tokens out", registry=r)
         self.cached_tokens = Counter(
             "yaie_cached_tokens", "Prompt tokens served from the prefix cache", registry=r
         )
         self.ttft = Histogram(
-            "yaie_time_to_first_token_seconds", "Call start to the first token",
-            buckets=TTFT_BUCKETS, registry=r,
-        )  # fmt: skip
+            "yaie_time_to_first_token_seconds",
+            "Call start to the first token",
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
         self.itl = Histogram(
-            "yaie_inter_token_latency_seconds", "Time between streamed tokens",
-            buckets=ITL_BUCKETS, registry=r,
-        )  # fmt: skip
+            "yaie_inter_token_latency_seconds",
+            "Time between streamed tokens",
+            buckets=ITL_BUCKETS,
+            registry=r,
+        )
         self._server: Any = None
 
     def watch_engine(self, stats: Callable[[], Any], loop: asyncio.AbstractEventLoop) -> None:

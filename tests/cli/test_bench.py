@@ -34,9 +34,22 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    command = [sys.executable, "-m", "yaie.cli.main", "serve", "--model", str(model),
-               "--port", str(port), "--device", "cpu", "--num-blocks", str(NUM_BLOCKS),
-               "--log-level", "WARNING"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "yaie.cli.main",
+        "serve",
+        "--model",
+        str(model),
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+        "--num-blocks",
+        str(NUM_BLOCKS),
+        "--log-level",
+        "WARNING",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop(client_security.API_KEY_ENV, None)
     process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL)
@@ -67,8 +80,9 @@ def test_random_dataset_counts_exactly_the_requested_tokens(target: str) -> None
     assert (m.completed, m.failed) == (8, 0)
     assert m.total_output_tokens == sum(r.output_len for r in requests)
     assert m.total_input_tokens == sum(len(r.prompt_ids) for r in requests)
-    assert all(r.completion_tokens == r.output_tokens == r.requested_output_len
-               for r in run.results)  # fmt: skip
+    assert all(
+        r.completion_tokens == r.output_tokens == r.requested_output_len for r in run.results
+    )
     assert all(0 < r.ttft <= r.latency for r in run.results)
     assert all(len(r.itls) >= 1 for r in run.results if r.output_tokens > 1)
     assert m.output_throughput > 0 and m.max_in_flight == 8
@@ -79,9 +93,15 @@ def test_shared_prefix_hit_rate_is_near_the_ideal(target: str) -> None:
     """2 groups x 4 prompts behind a 64-token system prompt (4 blocks): ideal hit rate =
     2 * 3 * 64 / (8 * 72) = 0.667; the server's must be within [0.9 x ideal, ideal] (cache hits
     are whole blocks, so a random 8-token question can add none)."""
-    config = bench.BenchConfig("shared-prefix", gsp_num_groups=2, gsp_prompts_per_group=4,
-                               gsp_system_prompt_len=64, gsp_question_len=8, gsp_output_len=8,
-                               **QUIET)  # fmt: skip
+    config = bench.BenchConfig(
+        "shared-prefix",
+        gsp_num_groups=2,
+        gsp_prompts_per_group=4,
+        gsp_system_prompt_len=64,
+        gsp_question_len=8,
+        gsp_output_len=8,
+        **QUIET,
+    )
     m, info = bench.run_workload(target, config)
     ideal = ds.ideal_cached_tokens(2, 4, 64, info.block_size) / (8 * 72)
     assert (m.completed, m.total_input_tokens, m.total_output_tokens) == (8, 8 * 72, 8 * 8)
@@ -92,20 +112,55 @@ def test_cli_fixed_dataset_appends_one_json_record_per_run(
     target: str, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     out = tmp_path / "runs.jsonl"
-    argv = ["--target", target, "--dataset", "fixed", "--num-prompts", "4",
-            "--fixed-input-len", "20", "--fixed-output-len", "6", "--output-file", str(out),
-            "--disable-progress"]  # fmt: skip
+    argv = [
+        "--target",
+        target,
+        "--dataset",
+        "fixed",
+        "--num-prompts",
+        "4",
+        "--fixed-input-len",
+        "20",
+        "--fixed-output-len",
+        "6",
+        "--output-file",
+        str(out),
+        "--disable-progress",
+    ]
     assert bench.main(argv) == 0
     assert bench.main([*argv, "--request-rate", "50"]) == 0
     assert "Output token throughput (tok/s):" in capsys.readouterr().out
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(records) == 2
-    for key in ("backend", "date", "target", "model", "dataset", "num_prompts", "request_rate",
-                "max_concurrency", "completed", "failed", "duration_s", "request_throughput",
-                "input_throughput", "output_throughput", "mean_ttft_ms", "median_ttft_ms",
-                "p99_ttft_ms", "mean_tpot_ms", "median_tpot_ms", "p99_tpot_ms", "mean_itl_ms",
-                "median_itl_ms", "p99_itl_ms", "mean_e2e_latency_ms", "cache_hit_rate",
-                "total_input_tokens", "total_output_tokens"):  # fmt: skip
+    for key in (
+        "backend",
+        "date",
+        "target",
+        "model",
+        "dataset",
+        "num_prompts",
+        "request_rate",
+        "max_concurrency",
+        "completed",
+        "failed",
+        "duration_s",
+        "request_throughput",
+        "input_throughput",
+        "output_throughput",
+        "mean_ttft_ms",
+        "median_ttft_ms",
+        "p99_ttft_ms",
+        "mean_tpot_ms",
+        "median_tpot_ms",
+        "p99_tpot_ms",
+        "mean_itl_ms",
+        "median_itl_ms",
+        "p99_itl_ms",
+        "mean_e2e_latency_ms",
+        "cache_hit_rate",
+        "total_input_tokens",
+        "total_output_tokens",
+    ):
         assert key in records[0], key
     assert records[0]["request_rate"] is None and records[1]["request_rate"] == 50
     assert [r["total_output_tokens"] for r in records] == [24, 24]
@@ -127,8 +182,9 @@ def test_max_concurrency_caps_requests_in_flight(target: str) -> None:
     poller = threading.Thread(target=poll)
     poller.start()
     try:
-        config = bench.BenchConfig("fixed", 8, fixed_input_len=16, fixed_output_len=24,
-                                   max_concurrency=2, **QUIET)  # fmt: skip
+        config = bench.BenchConfig(
+            "fixed", 8, fixed_input_len=16, fixed_output_len=24, max_concurrency=2, **QUIET
+        )
         m, _ = bench.run_workload(target, config)
     finally:
         stop.set()
@@ -148,8 +204,9 @@ def test_a_request_the_server_rejects_is_counted_as_failed(target: str) -> None:
 
 
 def test_single_frame_requests_get_all_tokens_in_one_frame(target: str) -> None:
-    config = bench.BenchConfig("fixed", 3, fixed_input_len=12, fixed_output_len=9,
-                               single_frame=True, **QUIET)  # fmt: skip
+    config = bench.BenchConfig(
+        "fixed", 3, fixed_input_len=12, fixed_output_len=9, single_frame=True, **QUIET
+    )
     info = asyncio.run(bench.model_info(target))
     run = send(target, bench.make_requests(config, info.vocab_size), config)
     assert all(r.ok and r.output_tokens == 9 and not r.itls for r in run.results)

@@ -51,8 +51,17 @@ def test_percentile_interpolates_like_numpy() -> None:
 
 def test_itl_counts_each_frame_gap_once_and_tpot_spreads_over_tokens() -> None:
     """A request of 5 tokens in frames of 1, 3, 1: two ITL gaps; TPOT = (E2E - TTFT) / 4."""
-    done = RequestResult(10, 5, ok=True, ttft=0.1, latency=0.5, output_tokens=5,
-                         itls=[0.3, 0.1], prompt_tokens=10, cached_tokens=4)  # fmt: skip
+    done = RequestResult(
+        10,
+        5,
+        ok=True,
+        ttft=0.1,
+        latency=0.5,
+        output_tokens=5,
+        itls=[0.3, 0.1],
+        prompt_tokens=10,
+        cached_tokens=4,
+    )
     failed = RequestResult(3, 2, error="INVALID_ARGUMENT: too long")
     m = summarize([done, failed], duration_s=2.0, max_in_flight=2, client_cpu_s=0.003)
     assert (m.completed, m.failed, m.total_output_tokens, m.total_input_tokens) == (1, 1, 5, 10)

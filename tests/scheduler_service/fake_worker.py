@@ -206,9 +206,12 @@ class _Stream:
             self.worker.num_resumed += new.num_prompt_tokens < len(new.token_ids)
             s = new.sampling
             self.requests[new.request_id] = _Request(
-                list(new.token_ids), new.num_cached_tokens, s.seed, s.top_logprobs,
+                list(new.token_ids),
+                new.num_cached_tokens,
+                s.seed,
+                s.top_logprobs,
                 s.return_logprobs,
-            )  # fmt: skip
+            )
         block_pos = 0
         for i, rid in enumerate(plan.run_request_ids):
             num_new = plan.run_num_new_blocks[i]

@@ -66,7 +66,7 @@ def test_health_follows_the_workers_and_requests_fail_unavailable_without_one(
                 "1",
                 "--log-level",
                 "WARNING",
-            ]  # fmt: skip
+            ]
         )
         stop = asyncio.Event()
         scheduler = asyncio.create_task(serve(args, stop))

@@ -47,8 +47,14 @@ def test_an_uncached_hub_id_is_downloaded_with_the_serving_files_only(hub, tmp_p
     commit = hub.repos[REPO].commits["main"]
     assert snapshot == tmp_path / "hf-home/hub/models--yaie-test--tiny-llama/snapshots" / commit
     main = tmp_path / "main"
-    served = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-              "tokenizer_config.json", "special_tokens_map.json"}  # fmt: skip
+    served = {
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    }
     assert {p.name for p in snapshot.iterdir()} == served
     assert sorted(hub.downloaded()) == sorted(served)
     for name in served:

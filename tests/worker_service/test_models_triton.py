@@ -28,8 +28,10 @@ def test_model_on_fused_kernels_matches_the_torch_path(tiny_model_dir, make_forw
 
     model_dir = tiny_model_dir("Qwen3ForCausalLM", head_dim=32)
     device = "cuda" if CUDA else "cpu"
-    models = [load_model(str(model_dir), device, torch.float32, backend) for backend in
-              ("torch", "triton")]  # fmt: skip
+    models = [
+        load_model(str(model_dir), device, torch.float32, backend)
+        for backend in ("torch", "triton")
+    ]
     prompts = [[5, 9, 200, 31, 77], list(range(40, 63))]
     results = []
     for model in models:

@@ -263,10 +263,25 @@ def test_command_line_worker_leaves_at_once_on_sigterm_while_loading(model_dir):
         "loader.load_model = lambda *a, **k: (time.sleep(60), real(*a, **k))[1]; "
         "from yaie.worker_service.__main__ import main; sys.exit(main(sys.argv[1:]))"
     )
-    command = [sys.executable, "-c", slow_load, "--model", str(model_dir), "--port",
-               str(_free_port()), "--device", "cpu", "--num-blocks", "32"]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    command = [
+        sys.executable,
+        "-c",
+        slow_load,
+        "--model",
+        str(model_dir),
+        "--port",
+        str(_free_port()),
+        "--device",
+        "cpu",
+        "--num-blocks",
+        "32",
+    ]
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     try:
         deadline = time.monotonic() + 60
         while b"loading" not in process.stderr.peek() and time.monotonic() < deadline:

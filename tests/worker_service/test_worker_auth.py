@@ -33,8 +33,14 @@ PLAN = worker_pb2.StepPlan(
 @pytest.fixture(scope="module")
 def secured(tiny_model_dir):
     """(worker, channel, launches): launches counts plans the runner received."""
-    config = WorkerConfig(model=str(tiny_model_dir("LlamaForCausalLM")), host="127.0.0.1",
-                          port=0, device="cpu", block_size=4, num_blocks=16)  # fmt: skip
+    config = WorkerConfig(
+        model=str(tiny_model_dir("LlamaForCausalLM")),
+        host="127.0.0.1",
+        port=0,
+        device="cpu",
+        block_size=4,
+        num_blocks=16,
+    )
     worker = start_worker(config, WorkerSecurity(secret=SECRET))
     launches: list[int] = []
     runner = worker.servicer.runner
@@ -53,11 +59,15 @@ def _step(channel: grpc.Channel, metadata: tuple) -> list[worker_pb2.StepResult]
 
 @pytest.mark.parametrize(
     "metadata",
-    [(), ((SECRET_METADATA_KEY, "wrong"),), ((SECRET_METADATA_KEY, SECRET.decode()[:-1]),),
-     (("authorization", f"Bearer {SECRET.decode()}"),),
-     ((SECRET_METADATA_KEY, "wrong"), (SECRET_METADATA_KEY, SECRET.decode()))],
+    [
+        (),
+        ((SECRET_METADATA_KEY, "wrong"),),
+        ((SECRET_METADATA_KEY, SECRET.decode()[:-1]),),
+        (("authorization", f"Bearer {SECRET.decode()}"),),
+        ((SECRET_METADATA_KEY, "wrong"), (SECRET_METADATA_KEY, SECRET.decode())),
+    ],
     ids=["missing", "wrong", "prefix", "other-header", "two-values"],
-)  # fmt: skip
+)
 def test_calls_without_the_secret_are_refused_before_any_plan_runs(secured, metadata) -> None:
     _, channel, launches = secured
     before = len(launches)
@@ -98,7 +108,7 @@ def test_security_files_are_checked(tmp_path) -> None:
         (str(tmp_path / "absent"), None, None, None),
     ):
         with pytest.raises(ValueError):
-            WorkerSecurity.from_files(*args)  # fmt: skip
+            WorkerSecurity.from_files(*args)
 
 
 def test_worker_binds_to_loopback_by_default() -> None:

@@ -163,9 +163,15 @@ class GatedMLP(nn.Module):
     columns of down (row-parallel: its partial sums are all-reduced)."""
 
     def __init__(
-        self, hidden: int, intermediate: int, act: str, bias: bool, dtype: torch.dtype,
-        backend: str = "torch", tp: TPGroup | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        hidden: int,
+        intermediate: int,
+        act: str,
+        bias: bool,
+        dtype: torch.dtype,
+        backend: str = "torch",
+        tp: TPGroup | None = None,
+    ) -> None:
         super().__init__()
         if act not in ACTIVATIONS:
             raise ValueError(f"unsupported hidden_act {act!r}; supported: {', '.join(ACTIVATIONS)}")

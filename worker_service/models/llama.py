@@ -92,9 +92,16 @@ class Attention(nn.Module):
 
             norms = (self.q_norm.weight, self.k_norm.weight) if self.qk_norm else (None, None)
             qk_norm_rope_triton(
-                qkv, self.num_heads, self.num_kv_heads, self.head_dim, rope.positions,
-                rope.inv_freq, rope.attention_scaling, *norms, eps=self.eps,
-            )  # fmt: skip
+                qkv,
+                self.num_heads,
+                self.num_kv_heads,
+                self.head_dim,
+                rope.positions,
+                rope.inv_freq,
+                rope.attention_scaling,
+                *norms,
+                eps=self.eps,
+            )
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(num_tokens, self.num_heads, self.head_dim)
         k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
@@ -114,30 +121,61 @@ class Attention(nn.Module):
         store_kv(k_cache, v_cache, k, v, batch.slots, backend=self.backend)
         if batch.prefix_groups is not None:  # decode rows sharing cached prefix blocks
             out = decode_attention_grouped(
-                q, k_cache, v_cache, batch.block_tables, batch.seq_lens, self.scale,
-                batch.prefix_groups, backend=self.backend,
-            )  # fmt: skip
+                q,
+                k_cache,
+                v_cache,
+                batch.block_tables,
+                batch.seq_lens,
+                self.scale,
+                batch.prefix_groups,
+                backend=self.backend,
+            )
         elif batch.is_decode:
             out = decode_attention(
-                q, k_cache, v_cache, batch.block_tables, batch.seq_lens, self.scale,
+                q,
+                k_cache,
+                v_cache,
+                batch.block_tables,
+                batch.seq_lens,
+                self.scale,
                 backend=self.backend,
-            )  # fmt: skip
+            )
         elif batch.num_single:  # mixed: single-token requests first, through the decode kernel
             d, out = batch.num_single, torch.empty_like(q)
             decode_attention(
-                q[:d], k_cache, v_cache, batch.block_tables[:d], batch.seq_lens[:d], self.scale,
-                backend=self.backend, out=out[:d],
-            )  # fmt: skip
+                q[:d],
+                k_cache,
+                v_cache,
+                batch.block_tables[:d],
+                batch.seq_lens[:d],
+                self.scale,
+                backend=self.backend,
+                out=out[:d],
+            )
             extend_attention(
-                q[d:], k_cache, v_cache, batch.block_tables[d:], batch.seq_lens[d:],
-                batch.extend_query_start, batch.max_query_len, self.scale, backend=self.backend,
+                q[d:],
+                k_cache,
+                v_cache,
+                batch.block_tables[d:],
+                batch.seq_lens[d:],
+                batch.extend_query_start,
+                batch.max_query_len,
+                self.scale,
+                backend=self.backend,
                 out=out[d:],
-            )  # fmt: skip
+            )
         else:
             out = extend_attention(
-                q, k_cache, v_cache, batch.block_tables, batch.seq_lens, batch.query_start,
-                batch.max_query_len, self.scale, backend=self.backend,
-            )  # fmt: skip
+                q,
+                k_cache,
+                v_cache,
+                batch.block_tables,
+                batch.seq_lens,
+                batch.query_start,
+                batch.max_query_len,
+                self.scale,
+                backend=self.backend,
+            )
         return self.o_proj(out.reshape(x.shape[0], self.q_size))
 
 
@@ -148,16 +186,25 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.self_attn = Attention(cfg, dtype, backend, tp)
         self.mlp = GatedMLP(
-            cfg.hidden_size, cfg.intermediate_size, cfg.hidden_act, cfg.mlp_bias, dtype, backend,
+            cfg.hidden_size,
+            cfg.intermediate_size,
+            cfg.hidden_act,
+            cfg.mlp_bias,
+            dtype,
+            backend,
             tp,
-        )  # fmt: skip
+        )
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, backend)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, backend)
 
     def forward(
-        self, h: torch.Tensor, residual: torch.Tensor | None, rope: RopeInputs,
-        kv_cache: torch.Tensor, batch: ForwardBatch,
-    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        self,
+        h: torch.Tensor,
+        residual: torch.Tensor | None,
+        rope: RopeInputs,
+        kv_cache: torch.Tensor,
+        batch: ForwardBatch,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The residual stream is carried separately so that each residual add fuses with the
         norm after it; (h, residual) out sum to transformers' hidden state after this layer."""
         if residual is None:

@@ -70,9 +70,13 @@ class RowParallelLinear(nn.Linear):
     once. weight [out, in / size]; with tp None, exactly nn.Linear."""
 
     def __init__(
-        self, in_features: int, out_features: int, bias: bool, dtype: torch.dtype,
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool,
+        dtype: torch.dtype,
         tp: TPGroup | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__(in_features, out_features, bias=bias, dtype=dtype)
         self.tp = tp
 

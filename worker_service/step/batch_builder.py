@@ -121,8 +121,10 @@ def build_forward_batch(
         groups = find_prefix_groups(host_tables, lens, block_size, min_blocks, MIN_SAVED_TOKENS)
     first_group_part = len(parts)
     if groups is not None:
-        parts += [torch.tensor(g, dtype=torch.int32) for g in
-                  (groups.rows, groups.starts, groups.prefix_lens, groups.kv_start)]  # fmt: skip
+        parts += [
+            torch.tensor(g, dtype=torch.int32)
+            for g in (groups.rows, groups.starts, groups.prefix_lens, groups.kv_start)
+        ]
     pieces = _aligned_on_device(parts, device)
     input_ids, positions_d, slots_d, seq_lens_d, query_start_d, logits_d = pieces[:6]
     decode_index_d, decode_rows_d, sample_rows, tables_d = pieces[6:10]

@@ -55,8 +55,10 @@ def warm_up(runner: ModelRunner) -> float:
     free = iter(range(runner.pool.num_blocks))
     tables = {rid: [next(free) for _ in range(-(-n // bs))] for rid, n in lengths.items()}
     tables[3] = tables[1][:2] + tables[3]
-    prompts = {rid: [(rid * 31 + i * 7) % vocab for i in range(n)]
-               for rid, n in ((1, 37), (2, 64), (3, 2 * bs + 5), (4, 20))}  # fmt: skip
+    prompts = {
+        rid: [(rid * 31 + i * 7) % vocab for i in range(n)]
+        for rid, n in ((1, 37), (2, 64), (3, 2 * bs + 5), (4, 20))
+    }
     prompts[3][: 2 * bs] = prompts[1][: 2 * bs]
     sampling = {1: _GREEDY, 2: _EVERYTHING, 3: _TOP_P, 4: _EVERYTHING}
 
@@ -85,8 +87,9 @@ def warm_up(runner: ModelRunner) -> float:
         for plan in plans:
             output = runner.launch(table, plan).wait()
             if output.error or output.request_errors:
-                raise RuntimeError(f"warm-up step {plan.step_id} failed: "
-                                   f"{output.error or output.request_errors}")  # fmt: skip
+                raise RuntimeError(
+                    f"warm-up step {plan.step_id} failed: {output.error or output.request_errors}"
+                )
     finally:
         runner.close_table(table)
     _warm_sampler_filters(runner)
@@ -116,8 +119,16 @@ def _warm_grouped_attention(runner: ModelRunner) -> None:
     tables = torch.tensor([[0, 1], [0, 2]], dtype=torch.int32, device=runner.device)
     seq_lens = torch.tensor([bs + 1, bs + 1], dtype=torch.int32, device=runner.device)
     groups = PrefixGroups.from_lists([[0, 1]], [bs], 2, runner.device)
-    decode_attention_grouped(q, k_cache, v_cache, tables, seq_lens, model.head_dim**-0.5,
-                             groups, backend=model.attention_backend)  # fmt: skip
+    decode_attention_grouped(
+        q,
+        k_cache,
+        v_cache,
+        tables,
+        seq_lens,
+        model.head_dim**-0.5,
+        groups,
+        backend=model.attention_backend,
+    )
 
 
 def log_later_compiles() -> None:
@@ -132,7 +143,9 @@ def log_later_compiles() -> None:
         compiled = kwargs.get("compile") or {}
         log.warning(
             "Triton compiled a kernel while serving: %s; specialization %s; constants %s",
-            kwargs.get("repr"), compiled.get("configs"), compiled.get("constants"),
-        )  # fmt: skip
+            kwargs.get("repr"),
+            compiled.get("configs"),
+            compiled.get("constants"),
+        )
 
     knobs.runtime.jit_post_compile_hook = hook

@@ -77,16 +77,21 @@ class RankProcesses:
         }
         os.environ.update(group_env, RANK="0", LOCAL_RANK="0")
         command = [
-            sys.executable, "-m", __name__,
-            "--config", json.dumps(dataclasses.asdict(config), default=str),
-            "--log-level", logging.getLevelName(logging.getLogger().getEffectiveLevel()),
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            __name__,
+            "--config",
+            json.dumps(dataclasses.asdict(config), default=str),
+            "--log-level",
+            logging.getLevelName(logging.getLogger().getEffectiveLevel()),
+        ]
         processes = []
         for rank in range(1, config.tp):
             env = {**os.environ, **group_env, "RANK": str(rank), "LOCAL_RANK": str(rank)}
             # A session of its own: a terminal's Ctrl-C reaches rank 0 only, which stops the rest.
-            process = subprocess.Popen(command, env=env, start_new_session=True,
-                                       preexec_fn=_signal_on_parent_death)  # fmt: skip
+            process = subprocess.Popen(
+                command, env=env, start_new_session=True, preexec_fn=_signal_on_parent_death
+            )
             log.info("tensor-parallel rank %d: pid %d", rank, process.pid)
             processes.append(process)
         return cls(processes)

@@ -22,8 +22,10 @@ from yaie.worker.v1 import worker_pb2, worker_pb2_grpc
 pytestmark = pytest.mark.slow
 BLOCK_SIZE, NUM_BLOCKS = 16, 64
 NEW_TOKENS = 8
-SYSTEM = ("You are a concise assistant. Answer every question in one short sentence, with no "
-          "lists, no preamble and no follow-up questions; if you do not know, say so.")
+SYSTEM = (
+    "You are a concise assistant. Answer every question in one short sentence, with no "
+    "lists, no preamble and no follow-up questions; if you do not know, say so."
+)
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +72,10 @@ def test_plain_and_chat_prompts_batched_equal_transformers(driver, hf_model, hf_
     plain = hf_tokenizer("The capital of France is").input_ids
     story = hf_tokenizer("Once upon a time, in a small village by the sea,").input_ids
     chat = chat_ids(hf_tokenizer, "What is the capital of France?")
-    seqs = [driver.add(Seq(i + 1, ids, len(ids), NEW_TOKENS))
-            for i, ids in enumerate([plain, story, chat])]  # fmt: skip
+    seqs = [
+        driver.add(Seq(i + 1, ids, len(ids), NEW_TOKENS))
+        for i, ids in enumerate([plain, story, chat])
+    ]
     driver.run()
     assert_matches_hf(hf_model, seqs)
 

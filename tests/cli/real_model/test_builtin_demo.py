@@ -20,23 +20,40 @@ DEMO_TOKENS = 48  # yaie serve's --demo-tokens default
 def transformers_answer(hf_model, hf_tokenizer, question: str) -> str:
     """Greedy, until EOS or DEMO_TOKENS tokens, special tokens left out (as the demo asks)."""
     messages = [{"role": "user", "content": question}]
-    rendered = hf_tokenizer.apply_chat_template(messages, tokenize=False,
-                                                add_generation_prompt=True)  # fmt: skip
+    rendered = hf_tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True
+    )
     prompt = hf_tokenizer(rendered, add_special_tokens=False, return_tensors="pt").input_ids
     with torch.no_grad():
-        output = hf_model.generate(prompt, attention_mask=torch.ones_like(prompt),
-                                   max_new_tokens=DEMO_TOKENS, do_sample=False)  # fmt: skip
+        output = hf_model.generate(
+            prompt,
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=DEMO_TOKENS,
+            do_sample=False,
+        )
     return hf_tokenizer.decode(output[0, prompt.shape[1] :], skip_special_tokens=True)
 
 
 def test_serve_demo_answers_the_capital_of_france_like_transformers(
     builtin_cache, hf_model, hf_tokenizer
 ) -> None:
-    command = [sys.executable, "-m", "yaie.cli.main", "serve", "--demo", "--port", "0",
-               "--device", "cpu", "--num-blocks", "64"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "yaie.cli.main",
+        "serve",
+        "--demo",
+        "--port",
+        "0",
+        "--device",
+        "cpu",
+        "--num-blocks",
+        "64",
+    ]
     env = {**os.environ, "YAIE_CACHE": str(builtin_cache)}
-    result = subprocess.run(command, env=env, capture_output=True, stdin=subprocess.DEVNULL,
-                            timeout=300, check=False)  # fmt: skip
+    result = subprocess.run(
+        command, env=env, capture_output=True, stdin=subprocess.DEVNULL, timeout=300, check=False
+    )
     out, err = result.stdout.decode(), result.stderr.decode()
     assert result.returncode == 0, err
     expected = transformers_answer(hf_model, hf_tokenizer, DEMO_QUESTION)

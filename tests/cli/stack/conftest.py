@@ -95,8 +95,20 @@ def stop(process: subprocess.Popen, timeout_s: float = 30.0) -> int:
 def running_stack(model: Path, *extra: str) -> Iterator[Stack]:
     """`yaie serve --model model` on a free port, SERVING, stopped on exit."""
     port = free_port()
-    command = yaie("serve", "--model", str(model), "--port", str(port), "--device", "cpu",
-                   "--num-blocks", "128", "--log-level", "WARNING", *extra)  # fmt: skip
+    command = yaie(
+        "serve",
+        "--model",
+        str(model),
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+        "--num-blocks",
+        "128",
+        "--log-level",
+        "WARNING",
+        *extra,
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL)
     try:
@@ -110,9 +122,15 @@ def running_stack(model: Path, *extra: str) -> Iterator[Stack]:
 @pytest.fixture(scope="session")
 def tools() -> SimpleNamespace:
     """The helpers above, for test files (which cannot import this conftest)."""
-    return SimpleNamespace(running_stack=running_stack, yaie=yaie, free_port=free_port,
-                           child_pids=child_pids, is_running=is_running, wait_gone=wait_gone,
-                           stop=stop)  # fmt: skip
+    return SimpleNamespace(
+        running_stack=running_stack,
+        yaie=yaie,
+        free_port=free_port,
+        child_pids=child_pids,
+        is_running=is_running,
+        wait_gone=wait_gone,
+        stop=stop,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -16,8 +16,9 @@ NEW_TOKENS = 6
 def _api_reply(stack, conversation: list[tuple[str, str]]) -> str:
     """The greedy reply of the API to these (role, content) messages, as chat asks for it."""
     request = pb.GenerateRequest(
-        messages=pb.ChatMessages(messages=[pb.ChatMessage(role=r, content=c)
-                                           for r, c in conversation]),  # fmt: skip
+        messages=pb.ChatMessages(
+            messages=[pb.ChatMessage(role=r, content=c) for r, c in conversation]
+        ),
         sampling=pb.SamplingParams(temperature=0.0),
         stopping=pb.StoppingCriteria(max_new_tokens=NEW_TOKENS),
         output=pb.OutputOptions(skip_special_tokens=True),
@@ -27,16 +28,28 @@ def _api_reply(stack, conversation: list[tuple[str, str]]) -> str:
 
 
 def test_chat_keeps_the_history_and_clears_it(llama_stack, tools) -> None:
-    command = tools.yaie("chat", "--target", llama_stack.target, "--temperature", "0",
-                         "--max-new-tokens", str(NEW_TOKENS), "--system", "Be brief.")  # fmt: skip
+    command = tools.yaie(
+        "chat",
+        "--target",
+        llama_stack.target,
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        str(NEW_TOKENS),
+        "--system",
+        "Be brief.",
+    )
     lines = "The morning train\nThe cook says\n/clear\nThe cook says\n"
-    result = subprocess.run(command, input=lines.encode(), capture_output=True, timeout=120,
-                            check=False)  # fmt: skip
+    result = subprocess.run(
+        command, input=lines.encode(), capture_output=True, timeout=120, check=False
+    )
     assert result.returncode == 0, result.stderr.decode()
     system = [("system", "Be brief.")]
     first = _api_reply(llama_stack, [*system, ("user", "The morning train")])
-    second = _api_reply(llama_stack, [*system, ("user", "The morning train"),
-                                      ("assistant", first), ("user", "The cook says")])  # fmt: skip
+    second = _api_reply(
+        llama_stack,
+        [*system, ("user", "The morning train"), ("assistant", first), ("user", "The cook says")],
+    )
     fresh = _api_reply(llama_stack, [*system, ("user", "The cook says")])
     assert result.stdout.decode() == f">>> {first}\n>>> {second}\n>>> >>> {fresh}\n>>> \n"
     err = result.stderr.decode()
@@ -45,8 +58,9 @@ def test_chat_keeps_the_history_and_clears_it(llama_stack, tools) -> None:
 
 def test_ctrl_c_at_the_prompt_leaves_cleanly(llama_stack, tools) -> None:
     command = tools.yaie("chat", "--target", llama_stack.target)
-    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE)  # fmt: skip
+    process = subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     try:
         assert process.stdout.read(4) == b">>> "  # waiting for a line
         process.send_signal(signal.SIGINT)

@@ -21,8 +21,15 @@ def test_yaie_lists_its_commands_and_refuses_unknown_ones(capsys) -> None:
 
 def test_scheduler_without_a_ready_worker_is_not_serving_then_gives_up(tools) -> None:
     port = tools.free_port()
-    command = tools.yaie("scheduler", "--worker", f"127.0.0.1:{tools.free_port()}",
-                         "--port", str(port), "--worker-wait", "4")  # fmt: skip
+    command = tools.yaie(
+        "scheduler",
+        "--worker",
+        f"127.0.0.1:{tools.free_port()}",
+        "--port",
+        str(port),
+        "--worker-wait",
+        "4",
+    )
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         statuses = set()

@@ -29,10 +29,17 @@ NUM_NEW_TOKENS = 40
 
 @pytest.fixture(scope="module")
 def stack(model_dirs, tools) -> Iterator:
-    with tools.running_stack(model_dirs["LlamaForCausalLM"], "--workers", "2",
-                             "--step-timeout", str(STEP_TIMEOUT_S),
-                             "--health-interval", str(HEALTH_INTERVAL_S),
-                             "--drain-timeout", "60") as stack:  # fmt: skip
+    with tools.running_stack(
+        model_dirs["LlamaForCausalLM"],
+        "--workers",
+        "2",
+        "--step-timeout",
+        str(STEP_TIMEOUT_S),
+        "--health-interval",
+        str(HEALTH_INTERVAL_S),
+        "--drain-timeout",
+        "60",
+    ) as stack:
         yield stack
 
 

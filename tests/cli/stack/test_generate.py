@@ -33,8 +33,19 @@ def _run(tools, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_generate_json_prints_one_object_per_frame(llama_stack, tools) -> None:
-    result = _run(tools, PROMPT, "--target", llama_stack.target, "--temperature", "0",
-                  "--max-new-tokens", "12", "--json", "--wait", "30")  # fmt: skip
+    result = _run(
+        tools,
+        PROMPT,
+        "--target",
+        llama_stack.target,
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "12",
+        "--json",
+        "--wait",
+        "30",
+    )
     assert result.returncode == 0, result.stderr
     frames = [json.loads(line) for line in result.stdout.splitlines()]
     expected = _api_greedy(llama_stack, 12)
@@ -47,8 +58,16 @@ def test_generate_json_prints_one_object_per_frame(llama_stack, tools) -> None:
 
 
 def test_generate_streams_plain_text_and_reports_errors(llama_stack, tools) -> None:
-    result = _run(tools, PROMPT, "--target", llama_stack.target, "--temperature", "0",
-                  "--max-new-tokens", "12")  # fmt: skip
+    result = _run(
+        tools,
+        PROMPT,
+        "--target",
+        llama_stack.target,
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "12",
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout == "".join(f.text for f in _api_greedy(llama_stack, 12)) + "\n"
     assert "tokens after a" in result.stderr
@@ -109,8 +128,18 @@ def test_a_request_too_long_for_the_kv_pool_is_resource_exhausted(llama_stack) -
 
 
 def test_top_logprobs_without_json_prints_each_tokens_alternatives(llama_stack, tools) -> None:
-    result = _run(tools, PROMPT, "--target", llama_stack.target, "--temperature", "0",
-                  "--max-new-tokens", "4", "--top-logprobs", "3")  # fmt: skip
+    result = _run(
+        tools,
+        PROMPT,
+        "--target",
+        llama_stack.target,
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "4",
+        "--top-logprobs",
+        "3",
+    )
     assert result.returncode == 0, result.stderr
     text = "".join(f.text for f in _api_greedy(llama_stack, 4))
     assert result.stdout.startswith(text + "\n")

@@ -25,17 +25,30 @@ def _generate(tools, target: str, *args: str, key: str | None = None):
     env = {k: v for k, v in os.environ.items() if k != "YAIE_API_KEY"}
     if key is not None:
         env["YAIE_API_KEY"] = key
-    command = tools.yaie("generate", "Hello", "--target", target, "--max-new-tokens", "4",
-                         "--ignore-eos", *args)  # fmt: skip
+    command = tools.yaie(
+        "generate", "Hello", "--target", target, "--max-new-tokens", "4", "--ignore-eos", *args
+    )
     return subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
 
 
 def _bench(tools, target: str, *args: str):
     """`yaie bench`, two fixed 8-token prompts x 2 tokens, no key in the environment."""
     env = {k: v for k, v in os.environ.items() if k != "YAIE_API_KEY"}
-    command = tools.yaie("bench", "--target", target, "--dataset", "fixed", "--num-prompts", "2",
-                         "--fixed-input-len", "8", "--fixed-output-len", "2",
-                         "--disable-progress", *args)  # fmt: skip
+    command = tools.yaie(
+        "bench",
+        "--target",
+        target,
+        "--dataset",
+        "fixed",
+        "--num-prompts",
+        "2",
+        "--fixed-input-len",
+        "8",
+        "--fixed-output-len",
+        "2",
+        "--disable-progress",
+        *args,
+    )
     return subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
 
 
@@ -43,8 +56,14 @@ def test_serve_with_api_key_secret_and_metrics(model_dirs, tools, tmp_path) -> N
     key_file = tmp_path / "key"
     key_file.write_text(KEY + "\n")
     metrics_port = tools.free_port()
-    extra = ("--api-key-file", str(key_file), "--metrics-port", str(metrics_port),
-             "--log-format", "json")  # fmt: skip
+    extra = (
+        "--api-key-file",
+        str(key_file),
+        "--metrics-port",
+        str(metrics_port),
+        "--log-format",
+        "json",
+    )
     with tools.running_stack(model_dirs["LlamaForCausalLM"], *extra) as stack:
         refused = _generate(tools, stack.target)
         assert refused.returncode == 1 and "UNAUTHENTICATED" in refused.stderr
@@ -83,14 +102,17 @@ def test_serve_with_api_key_secret_and_metrics(model_dirs, tools, tmp_path) -> N
         "yaie_cache_hit_rate{",
         "yaie_worker_healthy{",
     ):
-        assert series in text, series  # fmt: skip
+        assert series in text, series
 
 
 def test_no_service_imports_pickle() -> None:
     """The wire carries protobuf only: no pickle (or its relatives) in the services or the CLI."""
     pattern = re.compile(r"^\s*(import|from)\s+(c?pickle|dill|cloudpickle|marshal|shelve)\b", re.M)
-    sources = [p for d in ("scheduler_service", "worker_service", "kernels", "cli")
-               for p in (ROOT / d).rglob("*.py")]  # fmt: skip
+    sources = [
+        p
+        for d in ("scheduler_service", "worker_service", "kernels", "cli")
+        for p in (ROOT / d).rglob("*.py")
+    ]
     assert len(sources) > 20
     offenders = [str(p) for p in sources if pattern.search(p.read_text(encoding="utf-8"))]
     assert offenders == []
@@ -107,23 +129,41 @@ def test_serve_with_public_mtls_gets_ready_and_serves_only_clients_with_a_certif
     from tests.pki import make_pki
 
     pki = make_pki()
-    pem = {"ca": pki.ca, "cert": pki.server_cert, "key": pki.server_key,
-           "client_cert": pki.client_cert, "client_key": pki.client_key}  # fmt: skip
+    pem = {
+        "ca": pki.ca,
+        "cert": pki.server_cert,
+        "key": pki.server_key,
+        "client_cert": pki.client_cert,
+        "client_key": pki.client_key,
+    }
     for name, data in pem.items():
         (tmp_path / name).write_bytes(data)
     files = {name: str(tmp_path / name) for name in pem}
     tls = ("--tls-cert", files["cert"], "--tls-key", files["key"], "--tls-ca", files["ca"])
-    demo = subprocess.run(tools.yaie("serve", "--demo", "Hi", *tls), capture_output=True,
-                          text=True, timeout=120)  # fmt: skip
+    demo = subprocess.run(
+        tools.yaie("serve", "--demo", "Hi", *tls), capture_output=True, text=True, timeout=120
+    )
     assert demo.returncode == 2 and "--demo has no client certificate" in demo.stderr
     port = tools.free_port()
-    command = tools.yaie("serve", "--model", str(model_dirs["LlamaForCausalLM"]), "--port",
-                         str(port), "--device", "cpu", "--num-blocks", "128", "--log-level",
-                         "INFO", *tls)  # fmt: skip
+    command = tools.yaie(
+        "serve",
+        "--model",
+        str(model_dirs["LlamaForCausalLM"]),
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+        "--num-blocks",
+        "128",
+        "--log-level",
+        "INFO",
+        *tls,
+    )
     log = tmp_path / "serve.log"
     with open(log, "w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL)  # fmt: skip
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
     ready = f"SERVING on 127.0.0.1:{port}"  # the stack's line (a worker logs its own port)
     try:
         deadline = time.monotonic() + 180
@@ -133,14 +173,29 @@ def test_serve_with_public_mtls_gets_ready_and_serves_only_clients_with_a_certif
         assert ready in log.read_text()
         target = f"localhost:{port}"
         # --wait probes the health service over the same TLS channel as the call
-        ok = _generate(tools, target, "--tls-ca", files["ca"], "--tls-cert",
-                       files["client_cert"], "--tls-key", files["client_key"],
-                       "--wait", "30")  # fmt: skip
+        ok = _generate(
+            tools,
+            target,
+            "--tls-ca",
+            files["ca"],
+            "--tls-cert",
+            files["client_cert"],
+            "--tls-key",
+            files["client_key"],
+            "--wait",
+            "30",
+        )
         assert ok.returncode == 0, ok.stderr
         refused = _generate(tools, target, "--tls-ca", files["ca"])
         assert refused.returncode != 0
-        tls = ("--tls-ca", files["ca"], "--tls-cert", files["client_cert"],
-               "--tls-key", files["client_key"])  # fmt: skip
+        tls = (
+            "--tls-ca",
+            files["ca"],
+            "--tls-cert",
+            files["client_cert"],
+            "--tls-key",
+            files["client_key"],
+        )
         benched = _bench(tools, target, *tls)
         assert benched.returncode == 0, benched.stderr
         assert "Successful requests" in benched.stdout

@@ -25,8 +25,9 @@ def transformers_greedy(model_dir: Path, num_new_tokens: int) -> tuple[list[int]
     prompt = tokenizer(PROMPT, return_tensors="pt").input_ids
     model.generation_config.eos_token_id = None  # run all num_new_tokens, as ignore_eos does
     with torch.no_grad():
-        output = model.generate(prompt, max_new_tokens=num_new_tokens, do_sample=False,
-                                min_new_tokens=num_new_tokens)  # fmt: skip
+        output = model.generate(
+            prompt, max_new_tokens=num_new_tokens, do_sample=False, min_new_tokens=num_new_tokens
+        )
     new = output[0, prompt.shape[1] :].tolist()
     return prompt[0].tolist(), new, tokenizer.decode(new)
 
@@ -53,8 +54,9 @@ def test_greedy_stream_equals_transformers_generate(
         frames = served_greedy(stack, NUM_NEW_TOKENS)
         with grpc.insecure_channel(stack.target) as channel:
             info = stack.stub(channel).GetModelInfo(pb.GetModelInfoRequest())
-    prompt_ids, expected_ids, expected_text = transformers_greedy(model_dirs[architecture],
-                                                                  NUM_NEW_TOKENS)  # fmt: skip
+    prompt_ids, expected_ids, expected_text = transformers_greedy(
+        model_dirs[architecture], NUM_NEW_TOKENS
+    )
     assert (info.architecture, info.random_weights) == (architecture, True)
     assert [t for f in frames for t in f.token_ids] == expected_ids
     assert "".join(f.text for f in frames) == expected_text

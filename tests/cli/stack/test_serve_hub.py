@@ -12,18 +12,45 @@ REPO = "yaie-test/tiny-llama"
 
 
 def test_serve_downloads_a_hub_model_at_its_revision_and_serves_it(model_dirs, tools, tmp_path):
-    hub = HubStandIn({REPO: Repo({"main": model_dirs["Qwen3ForCausalLM"],
-                                  "v1": model_dirs["LlamaForCausalLM"]})})  # fmt: skip
-    env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp_path / "hf-home"),
-           "HF_TOKEN": "hf_stand_in_token", "OMP_NUM_THREADS": "1"}  # fmt: skip
+    hub = HubStandIn(
+        {REPO: Repo({"main": model_dirs["Qwen3ForCausalLM"], "v1": model_dirs["LlamaForCausalLM"]})}
+    )
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": hub.endpoint,
+        "HF_HOME": str(tmp_path / "hf-home"),
+        "HF_TOKEN": "hf_stand_in_token",
+        "OMP_NUM_THREADS": "1",
+    }
     for name in ("HF_HUB_CACHE", "HF_HUB_OFFLINE"):
         env.pop(name, None)
-    command = tools.yaie("serve", "--model", REPO, "--revision", "v1", "--port", "0",
-                         "--device", "cpu", "--num-blocks", "64", "--demo", "The cook says",
-                         "--demo-tokens", "4")  # fmt: skip
+    command = tools.yaie(
+        "serve",
+        "--model",
+        REPO,
+        "--revision",
+        "v1",
+        "--port",
+        "0",
+        "--device",
+        "cpu",
+        "--num-blocks",
+        "64",
+        "--demo",
+        "The cook says",
+        "--demo-tokens",
+        "4",
+    )
     try:
-        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240,
-                                stdin=subprocess.DEVNULL, check=False)  # fmt: skip
+        result = subprocess.run(
+            command,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
     finally:
         hub.stop()
     assert result.returncode == 0, result.stderr

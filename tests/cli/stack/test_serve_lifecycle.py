@@ -33,8 +33,17 @@ def test_repeated_sigterm_while_stopping_still_exits_cleanly(model_dirs, tools) 
 def test_sigkill_of_serve_still_stops_its_workers(model_dirs, tools) -> None:
     """The kernel sends the workers SIGTERM when their parent dies (PR_SET_PDEATHSIG)."""
     port = tools.free_port()
-    command = tools.yaie("serve", "--model", str(model_dirs["MistralForCausalLM"]),
-                         "--port", str(port), "--device", "cpu", "--num-blocks", "64")  # fmt: skip
+    command = tools.yaie(
+        "serve",
+        "--model",
+        str(model_dirs["MistralForCausalLM"]),
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+        "--num-blocks",
+        "64",
+    )
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
@@ -51,11 +60,22 @@ def test_sigkill_of_serve_still_stops_its_workers(model_dirs, tools) -> None:
 
 def test_demo_streams_a_generation_and_exits_with_nothing_left(model_dirs, tools) -> None:
     port = tools.free_port()
-    command = tools.yaie("serve", "--model", str(model_dirs["LlamaForCausalLM"]),
-                         "--port", str(port), "--device", "cpu", "--num-blocks", "64",
-                         "--demo", "The cook says", "--demo-tokens", "8")  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                               text=True)  # fmt: skip
+    command = tools.yaie(
+        "serve",
+        "--model",
+        str(model_dirs["LlamaForCausalLM"]),
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+        "--num-blocks",
+        "64",
+        "--demo",
+        "The cook says",
+        "--demo-tokens",
+        "8",
+    )
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
     try:
         workers: list[int] = []
         deadline = time.monotonic() + 60
@@ -76,8 +96,17 @@ def test_sigterm_while_starting_stops_the_workers_and_removes_the_run_secret(
     """SIGTERM as soon as the first worker exists (before SERVING): the workers stop and the
     run's internal-secret file is gone."""
     port = tools.free_port()
-    command = tools.yaie("serve", "--model", str(model_dirs["LlamaForCausalLM"]),
-                         "--port", str(port), "--device", "cpu", "--num-blocks", "64")  # fmt: skip
+    command = tools.yaie(
+        "serve",
+        "--model",
+        str(model_dirs["LlamaForCausalLM"]),
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+        "--num-blocks",
+        "64",
+    )
     env = {**os.environ, "TMPDIR": str(tmp_path)}  # where the run's secret file is written
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL, env=env)
     try:

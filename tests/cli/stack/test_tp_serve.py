@@ -33,16 +33,30 @@ def transformers_greedy(model_dir: Path) -> list[int]:
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     model.generation_config.eos_token_id = None
     with torch.no_grad():
-        out = model.generate(torch.tensor([PROMPT_IDS]), do_sample=False,
-                             max_new_tokens=NUM_NEW_TOKENS)  # fmt: skip
+        out = model.generate(
+            torch.tensor([PROMPT_IDS]), do_sample=False, max_new_tokens=NUM_NEW_TOKENS
+        )
     return out[0, len(PROMPT_IDS) :].tolist()
 
 
 def start_stack(tools, model: Path) -> tuple[subprocess.Popen, str]:
     """`yaie serve --tp 2` on a free port (not yet SERVING)."""
     port = tools.free_port()
-    command = tools.yaie("serve", "--model", str(model), "--port", str(port), "--device", "cpu",
-                         "--num-blocks", "64", "--tp", "2", "--log-level", "WARNING")  # fmt: skip
+    command = tools.yaie(
+        "serve",
+        "--model",
+        str(model),
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+        "--num-blocks",
+        "64",
+        "--tp",
+        "2",
+        "--log-level",
+        "WARNING",
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL), f"127.0.0.1:{port}"
 
@@ -89,8 +103,19 @@ def test_a_model_two_ranks_cannot_split_fails_with_the_reason(
     from yaie.cli.random_model import write_random_model
 
     model = write_random_model(tmp_path_factory.mktemp("kv1"), num_key_value_heads=1)
-    command = tools.yaie("worker", "--model", str(model), "--port", "0", "--device", "cpu",
-                         "--tp", "2", "--log-level", "WARNING")  # fmt: skip
+    command = tools.yaie(
+        "worker",
+        "--model",
+        str(model),
+        "--port",
+        "0",
+        "--device",
+        "cpu",
+        "--tp",
+        "2",
+        "--log-level",
+        "WARNING",
+    )
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert "tensor parallelism 2 needs num_key_value_heads (1) divisible by 2" in result.stderr

@@ -29,8 +29,16 @@ class PagedBatch:
 
     def extend_args(self) -> tuple:
         """Positional arguments of extend_attention (backend left to the caller)."""
-        return (self.q, self.k_cache, self.v_cache, self.block_tables, self.seq_lens,
-                self.query_start, self.max_query_len, self.scale)  # fmt: skip
+        return (
+            self.q,
+            self.k_cache,
+            self.v_cache,
+            self.block_tables,
+            self.seq_lens,
+            self.query_start,
+            self.max_query_len,
+            self.scale,
+        )
 
     def decode_args(self) -> tuple:
         """Positional arguments of decode_attention (one new token per request)."""

@@ -61,8 +61,12 @@ def test_qk_norm_rope_matches_torch(device, dtype, with_norm):
     from yaie.kernels.elementwise.triton_fused import qk_norm_rope_triton
 
     heads, kv_heads, head_dim, tokens = 4, 2, 32, 8
-    rope = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
-            "original_max_position_embeddings": 64}  # fmt: skip
+    rope = {
+        "rope_type": "yarn",
+        "rope_theta": 10000.0,
+        "factor": 4.0,
+        "original_max_position_embeddings": 64,
+    }
     rotary = RotaryEmbedding(rope, head_dim, 256).to(device)
     q_norm, k_norm = RMSNorm(head_dim, 1e-6, dtype), RMSNorm(head_dim, 1e-6, dtype)
     q_norm.weight.data.uniform_(0.5, 1.5)
@@ -79,8 +83,17 @@ def test_qk_norm_rope_matches_torch(device, dtype, with_norm):
     expected_k = apply_rotary(k, inputs.cos, inputs.sin).reshape(tokens, -1)
     expected_v = v.clone()
     norms = (q_norm.weight, k_norm.weight) if with_norm else (None, None)
-    qk_norm_rope_triton(qkv, heads, kv_heads, head_dim, positions, rotary.inv_freq,
-                        rotary.attention_scaling, *norms, eps=1e-6)  # fmt: skip
+    qk_norm_rope_triton(
+        qkv,
+        heads,
+        kv_heads,
+        head_dim,
+        positions,
+        rotary.inv_freq,
+        rotary.attention_scaling,
+        *norms,
+        eps=1e-6,
+    )
     q_out, k_out, v_out = qkv.split(
         [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], -1
     )

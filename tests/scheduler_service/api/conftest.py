@@ -34,10 +34,15 @@ class ScriptedEngine:
     def __init__(self, script: Script, vocab_size: int, max_context: int = 256) -> None:
         self.script = script
         self.model_info = SimpleNamespace(
-            model="scripted", architecture="LlamaForCausalLM", dtype="float32",
-            vocab_size=vocab_size, max_context=max_context, block_size=16,
-            random_weights=True, num_workers=1,
-        )  # fmt: skip
+            model="scripted",
+            architecture="LlamaForCausalLM",
+            dtype="float32",
+            vocab_size=vocab_size,
+            max_context=max_context,
+            block_size=16,
+            random_weights=True,
+            num_workers=1,
+        )
         self.ready = True
         self.pool_tokens = 10_000
         self.submitted: list[GenerationRequest] = []
@@ -83,9 +88,15 @@ class ScriptedEngine:
             logprobs = [TokenLogprobs(token, -0.25, top[: request.sampling.top_logprobs])]
         stop_token = token if finish is FinishReason.STOP else None
         return OutputEvent(
-            request.request_id, [token], logprobs, len(request.prompt_ids), 0, count, finish,
+            request.request_id,
+            [token],
+            logprobs,
+            len(request.prompt_ids),
+            0,
+            count,
+            finish,
             matched_stop_token=stop_token,
-        )  # fmt: skip
+        )
 
     def abort(self, request_id: str) -> bool:
         self.aborted.append(request_id)
@@ -100,12 +111,22 @@ class ScriptedEngine:
 
     def stats(self) -> SimpleNamespace:
         worker = SimpleNamespace(
-            address="127.0.0.1:1", healthy=True, total_blocks=64, free_blocks=60, used_blocks=3,
-            cached_blocks=1, cache_hit_rate=0.5,
-        )  # fmt: skip
+            address="127.0.0.1:1",
+            healthy=True,
+            total_blocks=64,
+            free_blocks=60,
+            used_blocks=3,
+            cached_blocks=1,
+            cache_hit_rate=0.5,
+        )
         done = len(self.submitted) - len(self._live)
-        return SimpleNamespace(waiting=0, running=len(self._live), workers=[worker],
-                               num_preemptions=0, completed_requests=done)  # fmt: skip
+        return SimpleNamespace(
+            waiting=0,
+            running=len(self._live),
+            workers=[worker],
+            num_preemptions=0,
+            completed_requests=done,
+        )
 
 
 class ServedEngine(SimpleNamespace):
@@ -137,8 +158,12 @@ def served(tokenizer: Tokenizer) -> Iterator[ServedEngine]:
     address = f"127.0.0.1:{port}"
     channel = grpc.insecure_channel(address)
     try:
-        yield ServedEngine(engine=engine, stub=generation_pb2_grpc.GenerationStub(channel),
-                           channel=channel, address=address)  # fmt: skip
+        yield ServedEngine(
+            engine=engine,
+            stub=generation_pb2_grpc.GenerationStub(channel),
+            channel=channel,
+            address=address,
+        )
     finally:
         channel.close()
         asyncio.run_coroutine_threadsafe(server.stop(0), loop).result(10)

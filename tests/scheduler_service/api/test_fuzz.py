@@ -157,8 +157,13 @@ def test_random_generate_requests_never_fail_internally_or_leak_blocks(stack) ->
     stub = generation_pb2_grpc.GenerationStub(channel)
     codes: dict[grpc.StatusCode, int] = {}
 
-    @settings(max_examples=10_000, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @settings(
+        max_examples=10_000,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(data=generate_requests())
     def check(data: bytes) -> None:
         cancel = len(data) % 10 == 0  # about one call in ten is cancelled after its first frame

@@ -27,8 +27,9 @@ def _run(tokenizer: Tokenizer, stops: tuple[str, ...], ids: list[int], size: int
     for start in range(0, len(ids), size):
         chunk = ids[start : start + size]
         done = start + size >= len(ids)
-        event = OutputEvent("r", chunk, [], 3, 0, start + len(chunk),
-                            FinishReason.LENGTH if done else None)  # fmt: skip
+        event = OutputEvent(
+            "r", chunk, [], 3, 0, start + len(chunk), FinishReason.LENGTH if done else None
+        )
         frame = stream.frame(event)
         if frame is not None:
             tokens += frame.token_ids

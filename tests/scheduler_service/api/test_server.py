@@ -79,8 +79,11 @@ def test_usage_in_every_frame_and_top_logprobs_when_asked(served) -> None:
 def test_single_frame_holds_the_whole_generation(served, tokenizer: Tokenizer) -> None:
     served.engine.script = _script(tokenizer, "the warm day is here")
     streamed = _frames(served, stopping=pb.StoppingCriteria(max_new_tokens=4))
-    single = _frames(served, stopping=pb.StoppingCriteria(max_new_tokens=4),
-                     output=pb.OutputOptions(single_frame=True))  # fmt: skip
+    single = _frames(
+        served,
+        stopping=pb.StoppingCriteria(max_new_tokens=4),
+        output=pb.OutputOptions(single_frame=True),
+    )
     assert len(single) == 1
     assert single[0].text == "".join(f.text for f in streamed)
     assert list(single[0].token_ids) == [t for f in streamed for t in f.token_ids]

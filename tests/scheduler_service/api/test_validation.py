@@ -55,12 +55,17 @@ def test_the_edges_of_each_valid_range_are_accepted(tokenizer: Tokenizer, sampli
 
 def test_stopping_and_output_options_are_carried(tokenizer: Tokenizer) -> None:
     stopping = pb.StoppingCriteria(
-        max_new_tokens=5, min_new_tokens=5, stop=["x"] * 16, stop_token_ids=[9],
-        ignore_eos=True, include_stop_str_in_output=True,
-    )  # fmt: skip
+        max_new_tokens=5,
+        min_new_tokens=5,
+        stop=["x"] * 16,
+        stop_token_ids=[9],
+        ignore_eos=True,
+        include_stop_str_in_output=True,
+    )
     output = pb.OutputOptions(top_logprobs=20, skip_special_tokens=True)
-    validated = _validate(tokenizer, token_ids=pb.TokenIds(ids=[3, 4]), stopping=stopping,
-                          output=output)  # fmt: skip
+    validated = _validate(
+        tokenizer, token_ids=pb.TokenIds(ids=[3, 4]), stopping=stopping, output=output
+    )
     request = validated.generation
     assert (request.prompt_ids, request.max_new_tokens, request.min_new_tokens) == ([3, 4], 5, 5)
     assert request.stop_token_ids == frozenset({9}), "ignore_eos leaves EOS out"

@@ -56,13 +56,14 @@ def test_requests_with_nothing_shared_spread_evenly() -> None:
     reqs = [
         GenerationRequest(
             f"u{i}", [(i * 31 + j * 17 + 3) % VOCAB for j in range(20)], SamplingConfig(seed=i), 4
-        )  # fmt: skip
+        )
         for i in range(32)
     ]
 
     async def main() -> list[int]:
-        async with engine_on_fake_workers(SchedulerConfig(), FakeWorkerConfig(),
-                                          FakeWorkerConfig()) as (engine, handles):  # fmt: skip
+        async with engine_on_fake_workers(
+            SchedulerConfig(), FakeWorkerConfig(), FakeWorkerConfig()
+        ) as (engine, handles):
             await asyncio.gather(*(collect(engine.submit(r)) for r in reqs))
             return [h.worker.num_new_requests for h in handles]
 

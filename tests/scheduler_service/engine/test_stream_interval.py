@@ -58,7 +58,7 @@ def test_under_load_events_carry_the_interval_and_outputs_stay_exact() -> None:
     reqs = [
         GenerationRequest(
             f"s{i}", [(i * 7 + j) % VOCAB for j in range(5)], SamplingConfig(seed=i), 13 + i
-        )  # fmt: skip
+        )
         for i in range(6)
     ]
 

@@ -30,15 +30,19 @@ BAD_AUTHORIZATION = {
 
 Call = Callable[[generation_pb2_grpc.GenerationStub, tuple], object]
 CALLS: dict[str, Call] = {
-    "Generate": lambda stub, md: list(stub.Generate(pb.GenerateRequest(
-        text="hi", stopping=pb.StoppingCriteria(max_new_tokens=2)), metadata=md, timeout=10)),
+    "Generate": lambda stub, md: list(
+        stub.Generate(
+            pb.GenerateRequest(text="hi", stopping=pb.StoppingCriteria(max_new_tokens=2)),
+            metadata=md,
+            timeout=10,
+        )
+    ),
     "Tokenize": lambda stub, md: stub.Tokenize(pb.TokenizeRequest(text="hi"), metadata=md),
     "Detokenize": lambda stub, md: stub.Detokenize(pb.DetokenizeRequest(ids=[70]), metadata=md),
     "GetModelInfo": lambda stub, md: stub.GetModelInfo(pb.GetModelInfoRequest(), metadata=md),
-    "GetServerStats": lambda stub, md: stub.GetServerStats(
-        pb.GetServerStatsRequest(), metadata=md),
+    "GetServerStats": lambda stub, md: stub.GetServerStats(pb.GetServerStatsRequest(), metadata=md),
     "Abort": lambda stub, md: stub.Abort(pb.AbortRequest(request_id="x"), metadata=md),
-}  # fmt: skip
+}
 
 
 @pytest.fixture(scope="module")

@@ -78,8 +78,9 @@ def test_metrics_endpoint_exposes_the_named_series(tokenizer, caplog) -> None:
 
 def test_json_log_lines_carry_the_request_fields() -> None:
     """--log-format json: one JSON object per line, the request fields at the top level."""
-    record = logging.LogRecord("yaie.requests", logging.INFO, __file__, 1, "request finish %s",
-                               ("x",), None)  # fmt: skip
+    record = logging.LogRecord(
+        "yaie.requests", logging.INFO, __file__, 1, "request finish %s", ("x",), None
+    )
     record.fields = {"request_id": "r1", "completion_tokens": 3}
     entry = json.loads(JsonFormatter().format(record))
     assert entry["message"] == "request finish x" and entry["level"] == "INFO"

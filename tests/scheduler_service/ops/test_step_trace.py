@@ -20,8 +20,10 @@ def test_the_trace_has_a_line_per_step_that_accounts_for_every_token(
 ) -> None:
     trace = tmp_path / "steps.jsonl"
     monkeypatch.setenv(ENV, str(trace))
-    reqs = [GenerationRequest(f"t{i}", [1 + i, 2, 3, 4, 5, 6, 7], SamplingConfig(seed=i), 5)
-            for i in range(3)]  # fmt: skip
+    reqs = [
+        GenerationRequest(f"t{i}", [1 + i, 2, 3, 4, 5, 6, 7], SamplingConfig(seed=i), 5)
+        for i in range(3)
+    ]
 
     async def main() -> None:
         config = SchedulerConfig(max_num_batched_tokens=8, prefill_chunk_size=4)

@@ -40,8 +40,9 @@ def worker_address(pki, tmp_path_factory):
     security = WorkerSecurity.from_files(
         str(root / "secret"), str(root / "cert"), str(root / "key"), str(root / "ca")
     )
-    config = WorkerConfig(model=str(model), host="127.0.0.1", port=0, device="cpu",
-                          block_size=4, num_blocks=16)  # fmt: skip
+    config = WorkerConfig(
+        model=str(model), host="127.0.0.1", port=0, device="cpu", block_size=4, num_blocks=16
+    )
     worker = start_worker(config, security)
     yield f"localhost:{worker.port}"
     worker.stop(grace=None)

@@ -159,8 +159,11 @@ def test_bad_worker_reply_fails_only_the_affected_requests(fault: str) -> None:
         async with engine_on_fake_workers(SchedulerConfig(), worker) as (engine, (handle,)):
             reqs = [_request(i) for i in range(6)]
             results = await asyncio.gather(*(collect(engine.submit(r)) for r in reqs))
-            failed = [req for req, (_, events) in zip(reqs, results, strict=True)
-                      if events[-1].finish_reason is FinishReason.ABORT]  # fmt: skip
+            failed = [
+                req
+                for req, (_, events) in zip(reqs, results, strict=True)
+                if events[-1].finish_reason is FinishReason.ABORT
+            ]
             for req, (tokens, events) in zip(reqs, results, strict=True):
                 if req in failed:
                     assert events[-1].error and tokens == _expected(req)[: len(tokens)]

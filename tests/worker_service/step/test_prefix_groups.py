@@ -35,15 +35,17 @@ def _tables(rows: list[list[int]]) -> np.ndarray:
 
 
 def test_rows_sharing_leading_blocks_group_and_the_prefix_is_what_all_share():
-    tables = _tables([
-        [1, 2, 3, 4, 50],      # group A: shares 1, 2, 3 with the two below
-        [1, 2, 3, 60],
-        [9, 8, 70, 71],        # group B
-        [1, 2, 3, 4, 5, 80],
-        [9, 8, 90],
-        [7, 100],              # alone
-        [1, 200],              # shares only block 1 with group A: left out at min_blocks 2
-    ])  # fmt: skip
+    tables = _tables(
+        [
+            [1, 2, 3, 4, 50],  # group A: shares 1, 2, 3 with the two below
+            [1, 2, 3, 60],
+            [9, 8, 70, 71],  # group B
+            [1, 2, 3, 4, 5, 80],
+            [9, 8, 90],
+            [7, 100],  # alone
+            [1, 200],  # shares only block 1 with group A: left out at min_blocks 2
+        ]
+    )
     seq_lens = [65, 60, 50, 90, 40, 20, 20]
     groups = find_prefix_groups(tables, seq_lens, block_size=16, min_blocks=2, min_saved=1)
     assert groups is not None
@@ -77,30 +79,45 @@ def _cascade_tokens(runner, monkeypatch, steps: int = 6) -> tuple[list[list[int]
     monkeypatch.setattr(batch_builder, "MIN_SAVED_TOKENS", 1)
     grouped = []
     real = batch_builder.find_prefix_groups
-    monkeypatch.setattr(batch_builder, "find_prefix_groups",
-                        lambda *a: grouped.append(real(*a)) or grouped[-1])  # fmt: skip
+    monkeypatch.setattr(
+        batch_builder, "find_prefix_groups", lambda *a: grouped.append(real(*a)) or grouped[-1]
+    )
     greedy = sampling()
     shared = [11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22]
     prompts = {1: shared + [23, 24], 2: shared + [30, 31], 3: shared + [40, 41]}
     tables = {1: [0, 1, 2, 3, 4, 5], 2: [0, 1, 2, 10, 11, 12], 3: [0, 1, 2, 20, 21, 22]}
 
     def new(rid: int, cached: int) -> worker_pb2.NewRequest:
-        return worker_pb2.NewRequest(request_id=rid, token_ids=prompts[rid],
-                                     num_prompt_tokens=14, num_cached_tokens=cached,
-                                     sampling=greedy)  # fmt: skip
+        return worker_pb2.NewRequest(
+            request_id=rid,
+            token_ids=prompts[rid],
+            num_prompt_tokens=14,
+            num_cached_tokens=cached,
+            sampling=greedy,
+        )
 
     stream, out = LocalStream(runner), {1: [], 2: [], 3: []}
-    first = stream.step(new_requests=[new(1, 0)], run_request_ids=[1], run_num_tokens=[14],
-                        run_num_new_blocks=[6], new_block_ids=tables[1])  # fmt: skip
+    first = stream.step(
+        new_requests=[new(1, 0)],
+        run_request_ids=[1],
+        run_num_tokens=[14],
+        run_num_new_blocks=[6],
+        new_block_ids=tables[1],
+    )
     out[1] += first.token_ids
-    second = stream.step(new_requests=[new(2, 12), new(3, 12)], run_request_ids=[1, 2, 3],
-                         run_num_tokens=[1, 2, 2], run_num_new_blocks=[0, 6, 6],
-                         new_block_ids=tables[2] + tables[3])  # fmt: skip
+    second = stream.step(
+        new_requests=[new(2, 12), new(3, 12)],
+        run_request_ids=[1, 2, 3],
+        run_num_tokens=[1, 2, 2],
+        run_num_new_blocks=[0, 6, 6],
+        new_block_ids=tables[2] + tables[3],
+    )
     for rid, token in zip((1, 2, 3), second.token_ids, strict=True):
         out[rid].append(token)
     for _ in range(steps):
-        result = stream.step(run_request_ids=[1, 2, 3], run_num_tokens=[1, 1, 1],
-                             run_num_new_blocks=[0, 0, 0])  # fmt: skip
+        result = stream.step(
+            run_request_ids=[1, 2, 3], run_num_tokens=[1, 1, 1], run_num_new_blocks=[0, 0, 0]
+        )
         for rid, token in zip((1, 2, 3), result.token_ids, strict=True):
             out[rid].append(token)
     runner.close_table(stream.table)

@@ -222,28 +222,43 @@ def _mixed_step_results(runner: ModelRunner, together: bool) -> dict[int, tuple]
 
     def new(rid: int) -> worker_pb2.NewRequest:
         p = prompts[rid]
-        return worker_pb2.NewRequest(request_id=rid, token_ids=p, num_prompt_tokens=len(p),
-                                     num_cached_tokens=0, sampling=params)  # fmt: skip
+        return worker_pb2.NewRequest(
+            request_id=rid,
+            token_ids=p,
+            num_prompt_tokens=len(p),
+            num_cached_tokens=0,
+            sampling=params,
+        )
 
     def plan(runs: list[tuple[int, int, bool]]) -> dict:  # (request, tokens, is new)
         fresh = [r for r, _, is_new in runs if is_new]
-        return dict(new_requests=[new(r) for r in fresh],
-                    run_request_ids=[r for r, _, _ in runs],
-                    run_num_tokens=[n for _, n, _ in runs],
-                    run_num_new_blocks=[4 if r in fresh else 0 for r, _, _ in runs],
-                    new_block_ids=[b for r in fresh for b in blocks[r]])  # fmt: skip
+        return dict(
+            new_requests=[new(r) for r in fresh],
+            run_request_ids=[r for r, _, _ in runs],
+            run_num_tokens=[n for _, n, _ in runs],
+            run_num_new_blocks=[4 if r in fresh else 0 for r, _, _ in runs],
+            new_block_ids=[b for r in fresh for b in blocks[r]],
+        )
 
     stream = LocalStream(runner)
     stream.step(**plan([(2, len(prompts[2]), True), (4, len(prompts[4]), True)]))
     second = [(1, len(prompts[1]), True), (2, 1, False), (3, len(prompts[3]), True), (4, 1, False)]
-    results = [stream.step(**plan(second))] if together else [
-        stream.step(**plan([run])) for run in second]  # fmt: skip
+    results = (
+        [stream.step(**plan(second))]
+        if together
+        else [stream.step(**plan([run])) for run in second]
+    )
     out, order = {}, [r for r, _, _ in second]
     for result in results:
         ids = order[: len(result.token_ids)] if together else [order[len(out)]]
         for i, rid in enumerate(ids):
-            top = list(zip(result.top_token_ids[2 * i : 2 * i + 2],
-                           result.top_logprobs[2 * i : 2 * i + 2], strict=True))  # fmt: skip
+            top = list(
+                zip(
+                    result.top_token_ids[2 * i : 2 * i + 2],
+                    result.top_logprobs[2 * i : 2 * i + 2],
+                    strict=True,
+                )
+            )
             out[rid] = (result.token_ids[i], result.logprobs[i], top)
     stream.runner.close_table(stream.table)
     return out

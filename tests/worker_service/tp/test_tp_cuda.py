@@ -24,9 +24,25 @@ def test_tp2_on_two_gpus_gives_transformers_greedy_tokens(architecture, tiny_mod
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    command = [sys.executable, "-m", "yaie.worker_service", "--model", str(model_dir),
-               "--port", str(port), "--device", "cuda", "--dtype", "float32", "--tp", "2",
-               "--block-size", "16", "--num-blocks", "64"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "yaie.worker_service",
+        "--model",
+        str(model_dir),
+        "--port",
+        str(port),
+        "--device",
+        "cuda",
+        "--dtype",
+        "float32",
+        "--tp",
+        "2",
+        "--block-size",
+        "16",
+        "--num-blocks",
+        "64",
+    ]
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
     try:
         wait_for_serving(f"127.0.0.1:{port}", 300.0)

@@ -26,7 +26,7 @@ MODELS = [
     (
         "LlamaForCausalLM",
         dict(tie_word_embeddings=True, vocab_size=771, attention_bias=True, mlp_bias=True),
-    ),  # fmt: skip
+    ),
 ]
 
 
@@ -85,9 +85,14 @@ def prompts() -> list[list[int]]:
 
 @pytest.mark.parametrize(("architecture", "overrides"), MODELS)
 def test_two_ranks_give_the_logits_and_tokens_of_one_model(
-    architecture, overrides, tiny_model_dir, paged_engine, paged_sequence, make_forward_batch,
+    architecture,
+    overrides,
+    tiny_model_dir,
+    paged_engine,
+    paged_sequence,
+    make_forward_batch,
     hf_reference,
-) -> None:  # fmt: skip
+) -> None:
     model_dir = tiny_model_dir(architecture, **overrides)
     batch = make_forward_batch([p[:4] for p in prompts()], [0, 0, 0], [[0], [1], [2]], BLOCK_SIZE)
 
@@ -101,7 +106,7 @@ def test_two_ranks_give_the_logits_and_tokens_of_one_model(
         engine.generate(seqs, NEW_TOKENS, chunk_size=5)  # chunked prefill beside decodes
         return logits, [s.output for s in seqs], model
 
-    (full_logits, full_tokens, full), = run_ranks(1, lambda _: generate(None))  # fmt: skip
+    ((full_logits, full_tokens, full),) = run_ranks(1, lambda _: generate(None))
     ranks = run_ranks(2, generate)
     shard = ranks[0][2]
     attn = shard.model.layers[0].self_attn
@@ -121,14 +126,29 @@ def test_two_ranks_give_the_logits_and_tokens_of_one_model(
 
 @pytest.mark.parametrize(
     ("dims", "named"),
-    [(dict(num_key_value_heads=1), "num_key_value_heads (1)"),
-     (dict(num_attention_heads=3, num_key_value_heads=3), "num_attention_heads (3), num_key_value_heads (3)"),  # noqa: E501
-     (dict(intermediate_size=129), "intermediate_size (129)")],
-)  # fmt: skip
+    [
+        (dict(num_key_value_heads=1), "num_key_value_heads (1)"),
+        (
+            dict(num_attention_heads=3, num_key_value_heads=3),
+            "num_attention_heads (3), num_key_value_heads (3)",
+        ),  # noqa: E501
+        (dict(intermediate_size=129), "intermediate_size (129)"),
+    ],
+)
 def test_a_model_that_two_ranks_cannot_split_is_refused_with_the_reason(dims, named) -> None:
-    config = dict(architectures=["LlamaForCausalLM"], vocab_size=64, hidden_size=96, head_dim=16,
-                  intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
-                  num_key_value_heads=2) | dims  # fmt: skip
+    config = (
+        dict(
+            architectures=["LlamaForCausalLM"],
+            vocab_size=64,
+            hidden_size=96,
+            head_dim=16,
+            intermediate_size=128,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+        | dims
+    )
     with pytest.raises(
         ValueError, match=re.escape(f"tensor parallelism 2 needs {named} divisible by 2")
     ):
@@ -139,14 +159,29 @@ def test_a_plan_crosses_to_the_other_ranks_unchanged() -> None:
     """Plans travel between ranks as StepPlan bytes; every field, sampling included, survives."""
     message = worker_pb2.StepPlan(
         step_id=7,
-        new_requests=[worker_pb2.NewRequest(
-            request_id=3, token_ids=[5, 6, 7], num_prompt_tokens=2, num_cached_tokens=0,
-            sampling=worker_pb2.SamplingParams(temperature=0.7, top_p=0.9, top_k=5,
-                                               repetition_penalty=1.0, seed=2**64 - 1,
-                                               logit_bias={4: -1.5}, top_logprobs=2,
-                                               return_logprobs=True))],
-        run_request_ids=[3, 9], run_num_tokens=[3, 1], run_num_new_blocks=[1, 2],
-        new_block_ids=[10, 11, 12], release_request_ids=[1, 2],
-    )  # fmt: skip
+        new_requests=[
+            worker_pb2.NewRequest(
+                request_id=3,
+                token_ids=[5, 6, 7],
+                num_prompt_tokens=2,
+                num_cached_tokens=0,
+                sampling=worker_pb2.SamplingParams(
+                    temperature=0.7,
+                    top_p=0.9,
+                    top_k=5,
+                    repetition_penalty=1.0,
+                    seed=2**64 - 1,
+                    logit_bias={4: -1.5},
+                    top_logprobs=2,
+                    return_logprobs=True,
+                ),
+            )
+        ],
+        run_request_ids=[3, 9],
+        run_num_tokens=[3, 1],
+        run_num_new_blocks=[1, 2],
+        new_block_ids=[10, 11, 12],
+        release_request_ids=[1, 2],
+    )
     plan = plan_from_proto(message)
     assert plan_from_bytes(plan_to_bytes(plan)) == plan

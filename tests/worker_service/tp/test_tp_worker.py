@@ -77,9 +77,25 @@ def free_port() -> int:
 def start_group(model_dir: Path) -> tuple[subprocess.Popen, str]:
     """`python -m yaie.worker_service --tp 2` on a free port, SERVING."""
     port = free_port()
-    command = [sys.executable, "-m", "yaie.worker_service", "--model", str(model_dir),
-               "--port", str(port), "--device", "cpu", "--tp", "2", "--log-level", "WARNING",
-               "--block-size", str(BLOCK_SIZE), "--num-blocks", str(NUM_BLOCKS)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "yaie.worker_service",
+        "--model",
+        str(model_dir),
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+        "--tp",
+        "2",
+        "--log-level",
+        "WARNING",
+        "--block-size",
+        str(BLOCK_SIZE),
+        "--num-blocks",
+        str(NUM_BLOCKS),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL)
     try:
@@ -224,8 +240,19 @@ def test_sampling_that_does_not_decode_fails_its_request_alone_on_every_rank(gro
 
 
 def test_rank_0_killed_while_loading_takes_rank_1_down(model_dir) -> None:
-    command = [sys.executable, "-m", "yaie.worker_service", "--model", str(model_dir),
-               "--port", "0", "--device", "cpu", "--tp", "2"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "yaie.worker_service",
+        "--model",
+        str(model_dir),
+        "--port",
+        "0",
+        "--device",
+        "cpu",
+        "--tp",
+        "2",
+    ]
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
