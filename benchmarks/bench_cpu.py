@@ -105,7 +105,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args()
     if args.model is None:
-        from yaie.cli.builtin_model import ensure_builtin_model
+        from yaie.cli.models.builtin_model import ensure_builtin_model
 
         args.model = str(ensure_builtin_model())
     batches = [int(b) for b in args.batches.split(",")]

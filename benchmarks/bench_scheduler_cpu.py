@@ -89,7 +89,7 @@ def write_tokenizer(root: Path, vocab_size: int) -> Path:
     the detokenizer sees real text for every id the fake worker emits."""
     from bench_stack import cover_vocab
 
-    from yaie.cli.random_model import write_tokenizer as write
+    from yaie.cli.models.random_model import write_tokenizer as write
 
     write(root, model_max_length=4096)
     cover_vocab(root, vocab_size)

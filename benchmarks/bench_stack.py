@@ -122,7 +122,7 @@ def model_shape(config: dict) -> rf.ModelShape:
 
 
 def write_model(shape: str, root: Path, device: str) -> Path:
-    from yaie.cli.random_model import write_random_model
+    from yaie.cli.models.random_model import write_random_model
 
     architecture, config = SHAPES[shape]
     dtype = torch.bfloat16 if device == "cuda" else torch.float32

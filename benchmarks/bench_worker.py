@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from worker_agreement import GREEDY, Blocks, agreement, step
 
-from yaie.cli.random_model import write_random_model
+from yaie.cli.models.random_model import write_random_model
 from yaie.worker_service.loader import load_model
 from yaie.worker_service.protocol import NewRequestSpec, Plan, RunEntry
 from yaie.worker_service.step.kv_pool import KVPool

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, NoReturn
 import grpc
 
 from yaie.cli import stop_signals
-from yaie.cli.model_choice import ModelUnavailable, served_model
+from yaie.cli.models.model_choice import ModelUnavailable, served_model
 from yaie.scheduler_service.workers.step_plan import StepOutcome, StepPlan, WorkerDescription
 from yaie.scheduler_service.workers.worker_client import (
     WorkerStreamError,

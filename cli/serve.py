@@ -22,8 +22,8 @@ import tempfile
 from collections.abc import Callable
 
 from yaie.cli import arguments, stop_signals
-from yaie.cli.builtin_model import MODEL_NAME
-from yaie.cli.model_choice import ModelUnavailable, served_model
+from yaie.cli.models.builtin_model import MODEL_NAME
+from yaie.cli.models.model_choice import ModelUnavailable, served_model
 from yaie.scheduler_service.ops import flags
 from yaie.scheduler_service.ops.logs import setup_logging
 

@@ -20,7 +20,7 @@ import pytest
 from yaie.cli import bench, client_security
 from yaie.cli import bench_datasets as ds
 from yaie.cli.health_probe import wait_for_serving
-from yaie.cli.random_model import write_random_model
+from yaie.cli.models.random_model import write_random_model
 from yaie.v1 import generation_pb2 as pb
 from yaie.v1 import generation_pb2_grpc
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from yaie.cli import builtin_model
-from yaie.cli.builtin_model import BuiltinModelUnavailable, ensure_builtin_model
+from yaie.cli.models import builtin_model
+from yaie.cli.models.builtin_model import BuiltinModelUnavailable, ensure_builtin_model
 
 
 @pytest.fixture

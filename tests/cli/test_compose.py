@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from yaie.cli.builtin_model import FOLDER
 from yaie.cli.health_probe import main as probe_main
+from yaie.cli.models.builtin_model import FOLDER
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,7 +47,7 @@ def test_compose_file_has_the_two_services_with_gpu_health_ports_and_volume() ->
 def test_the_model_service_converts_the_builtin_model_the_worker_serves() -> None:
     services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
     model, worker = services["model"], services["worker"]
-    assert model["entrypoint"] == ["python", "-m", "yaie.cli.builtin_model"]
+    assert model["entrypoint"] == ["python", "-m", "yaie.cli.models.builtin_model"]
     assert model["command"] == ["/models"]
     default = worker["command"][worker["command"].index("--model") + 1]
     assert default == f"${{YAIE_MODEL:-/models/{FOLDER}}}"

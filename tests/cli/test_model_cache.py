@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from yaie.cli.model_cache import MANIFEST, check_folder, ensure_folder
-from yaie.cli.random_model import write_random_model
+from yaie.cli.models.model_cache import MANIFEST, check_folder, ensure_folder
+from yaie.cli.models.random_model import write_random_model
 
 RECIPE = "tiny llama, seed 0"
 

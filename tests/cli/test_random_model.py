@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from yaie.cli.random_model import (
+from yaie.cli.models.random_model import (
     BOS,
     EOS,
     SPECIAL_TOKENS,

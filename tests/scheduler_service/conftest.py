@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from yaie.cli.random_model import write_tokenizer
+from yaie.cli.models.random_model import write_tokenizer
 from yaie.scheduler_service.api.tokenizer import Tokenizer
 
 sys.path.insert(0, str(Path(__file__).parent))  # `import fake_worker` under --import-mode=importlib

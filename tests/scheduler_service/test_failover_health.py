@@ -13,7 +13,7 @@ import grpc
 from fake_worker import FakeWorkerConfig, start_fake_worker
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from yaie.cli.random_model import write_tokenizer
+from yaie.cli.models.random_model import write_tokenizer
 from yaie.scheduler_service.__main__ import build_parser
 from yaie.scheduler_service.app import serve, wait_for_serving
 from yaie.v1 import generation_pb2 as pb

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from yaie.cli.random_model import write_random_model
+from yaie.cli.models.random_model import write_random_model
 from yaie.worker_service.config import KVPoolConfig
 from yaie.worker_service.forward_batch import ForwardBatch
 from yaie.worker_service.step.kv_pool import KVPool

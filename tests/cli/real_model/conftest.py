@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from yaie.cli.builtin_model import ensure_builtin_model
+from yaie.cli.models.builtin_model import ensure_builtin_model
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from tests.worker_service.driver import (
     start_cpu_worker,
     stop_worker,
 )
-from yaie.cli.builtin_model import FOLDER
+from yaie.cli.models.builtin_model import FOLDER
 from yaie.worker.v1 import worker_pb2, worker_pb2_grpc
 
 pytestmark = pytest.mark.slow

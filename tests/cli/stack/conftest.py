@@ -22,7 +22,7 @@ import grpc
 import pytest
 
 from yaie.cli.health_probe import wait_for_serving
-from yaie.cli.random_model import write_random_model
+from yaie.cli.models.random_model import write_random_model
 from yaie.v1 import generation_pb2_grpc
 
 ARCHITECTURES = ["LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MistralForCausalLM"]

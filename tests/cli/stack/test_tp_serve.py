@@ -100,7 +100,7 @@ def test_a_model_two_ranks_cannot_split_fails_with_the_reason(
     tmp_path_factory: pytest.TempPathFactory, tools
 ) -> None:
     """`yaie worker --tp 2` refuses a model with one KV head before it starts any other rank."""
-    from yaie.cli.random_model import write_random_model
+    from yaie.cli.models.random_model import write_random_model
 
     model = write_random_model(tmp_path_factory.mktemp("kv1"), num_key_value_heads=1)
     command = tools.yaie(

@@ -19,7 +19,7 @@ pytest.importorskip("torch")
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from yaie.cli.random_model import write_random_model
+    from yaie.cli.models.random_model import write_random_model
 
     return write_random_model(tmp_path_factory.mktemp("llama"), "LlamaForCausalLM", seed=0)
 

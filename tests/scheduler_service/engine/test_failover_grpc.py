@@ -11,7 +11,7 @@ import pytest
 from fake_worker import FakeWorkerConfig, collect, engine_on_fake_workers, reference_output
 from served_stack import public_stub
 
-from yaie.cli.random_model import write_tokenizer
+from yaie.cli.models.random_model import write_tokenizer
 from yaie.scheduler_service.api.tokenizer import Tokenizer
 from yaie.scheduler_service.config import SchedulerConfig
 from yaie.scheduler_service.engine.errors import UnavailableError

@@ -9,7 +9,7 @@ import asyncio
 import pytest
 import served_stack
 
-from yaie.cli.random_model import write_random_model
+from yaie.cli.models.random_model import write_random_model
 from yaie.scheduler_service.engine.request import SamplingConfig
 from yaie.scheduler_service.ops import channel_security
 from yaie.scheduler_service.ops.channel_security import WorkerChannelSecurity

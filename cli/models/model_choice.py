@@ -37,7 +37,11 @@ def served_model(model: str | None, revision: str | None = None) -> str:
 
 
 def _builtin() -> str:
-    from yaie.cli.builtin_model import DESCRIPTION, BuiltinModelUnavailable, ensure_builtin_model
+    from yaie.cli.models.builtin_model import (
+        DESCRIPTION,
+        BuiltinModelUnavailable,
+        ensure_builtin_model,
+    )
 
     try:
         path = ensure_builtin_model()

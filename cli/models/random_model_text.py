@@ -1,5 +1,5 @@
 """A short English text, written for this project, on which the random test models' tokenizer is
-trained (cli/random_model.py)."""
+trained (cli/models/random_model.py)."""
 
 TRAINING_TEXT = """\
 The morning train leaves the station at seven, and most of the people on it are going to work.

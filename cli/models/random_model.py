@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from yaie.cli.random_model_text import TRAINING_TEXT
+from yaie.cli.models.random_model_text import TRAINING_TEXT
 
 BOS, EOS, PAD, END = "<|bos|>", "<|eos|>", "<|pad|>", "<|end|>"
 SPECIAL_TOKENS = [BOS, EOS, PAD, "<|system|>", "<|user|>", "<|assistant|>", END]

@@ -14,7 +14,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from yaie.cli.model_cache import ensure_folder
+from yaie.cli.models.model_cache import ensure_folder
 
 logger = logging.getLogger("yaie.builtin_model")
 MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -71,7 +71,7 @@ def _build(out: Path) -> None:
         file=sys.stderr,
         flush=True,
     )
-    from yaie.cli.gguf_convert import convert_gguf
+    from yaie.cli.models.gguf_convert import convert_gguf
 
     with tempfile.TemporaryDirectory(prefix=".download-", dir=out.parent) as work:
         gguf, license_text = _find_gguf(Path(work))
@@ -146,7 +146,7 @@ Or serve a model of your own: --model /path/to/hf-model."""
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m yaie.cli.builtin_model [CACHE_DIR]`: builds the folder, prints its path."""
+    """`python -m yaie.cli.models.builtin_model [CACHE_DIR]`: builds the folder, prints its path."""
     args = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
