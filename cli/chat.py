@@ -142,19 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stdout.write("\n")
         return 0
-    except grpc.RpcError as error:
-        print(f"yaie chat: {error.code().name}: {error.details()}", file=sys.stderr)
-        return 1
-    except TimeoutError as error:
-        print(
-            f"yaie chat: {error}: is a server running there? Start one with `yaie serve`, "
-            "or wait longer with --wait SECONDS",
-            file=sys.stderr,
-        )
-        return 1
-    except OSError as error:  # an unreadable key or CA file
-        print(f"yaie chat: {error}", file=sys.stderr)
-        return 1
+    except (grpc.RpcError, TimeoutError, OSError) as error:
+        return client_security.report_failure("yaie chat", args.target, error)
     return 0
 
 

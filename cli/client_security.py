@@ -1,11 +1,13 @@
 """Client side of the public API's security for the CLI tools: the API key (sent as
-`authorization: Bearer <key>`), TLS trust roots, and a channel built from both.
+`authorization: Bearer <key>`), TLS trust roots, and a channel built from both; and how a
+client command reports a call that failed.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 import grpc
@@ -64,3 +66,25 @@ def open_aio_channel(target: str, args: object) -> grpc.aio.Channel:
     if credentials is None:
         return grpc.aio.insecure_channel(target)
     return grpc.aio.secure_channel(target, credentials)
+
+
+def report_failure(command: str, target: str, error: Exception) -> int:
+    """Prints what went wrong with a client command's call on stderr; returns the exit status.
+    Handles grpc.RpcError, TimeoutError (no server became ready) and OSError (a key or CA file
+    that cannot be read); anything else is re-raised."""
+    if isinstance(error, grpc.RpcError):
+        hint = ""
+        if error.code() == grpc.StatusCode.UNAVAILABLE:
+            hint = f" (is a server running at {target}? --wait SECONDS waits for one)"
+        print(f"{command}: {error.code().name}: {error.details()}{hint}", file=sys.stderr)
+    elif isinstance(error, TimeoutError):
+        print(
+            f"{command}: {error}: is a server running there? Start one with `yaie serve`, "
+            "or wait longer with --wait SECONDS",
+            file=sys.stderr,
+        )
+    elif isinstance(error, OSError):  # an unreadable key or CA file
+        print(f"{command}: {error}", file=sys.stderr)
+    else:
+        raise error
+    return 1

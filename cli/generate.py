@@ -144,22 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         if logprobs:
             texts = logprob_table.token_texts(args.target, logprobs, args)
             sys.stdout.write(logprob_table.format_table(logprobs, texts))
-    except grpc.RpcError as error:
-        hint = ""
-        if error.code() == grpc.StatusCode.UNAVAILABLE:
-            hint = f" (is a server running at {args.target}? --wait SECONDS waits for one)"
-        print(f"yaie generate: {error.code().name}: {error.details()}{hint}", file=sys.stderr)
-        return 1
-    except TimeoutError as error:
-        print(
-            f"yaie generate: {error}: is a server running there? Start one with `yaie serve`, "
-            "or wait longer with --wait SECONDS",
-            file=sys.stderr,
-        )
-        return 1
-    except OSError as error:  # an unreadable key or CA file
-        print(f"yaie generate: {error}", file=sys.stderr)
-        return 1
+    except (grpc.RpcError, TimeoutError, OSError) as error:
+        return client_security.report_failure("yaie generate", args.target, error)
     except KeyboardInterrupt:
         return 130
     reason = pb.FinishReason.Name(last.finish_reason).removeprefix("FINISH_REASON_").lower()

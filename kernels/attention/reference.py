@@ -21,7 +21,7 @@ def store_kv_reference(
     v_cache.view(num_slots, *v_cache.shape[2:])[slots] = v.to(v_cache.dtype)
 
 
-def _gather_kv(cache: torch.Tensor, block_table: torch.Tensor, seq_len: int) -> torch.Tensor:
+def gather_kv(cache: torch.Tensor, block_table: torch.Tensor, seq_len: int) -> torch.Tensor:
     """Request's first seq_len tokens of K or V: [seq_len, kv_heads, D] (float32)."""
     block_size = cache.shape[1]
     num_blocks = (seq_len + block_size - 1) // block_size
@@ -60,8 +60,8 @@ def extend_attention_reference(
         lo, hi = starts[b], starts[b + 1]
         if hi == lo:
             continue
-        k = _gather_kv(k_cache, block_tables[b], seq_len)
-        v = _gather_kv(v_cache, block_tables[b], seq_len)
+        k = gather_kv(k_cache, block_tables[b], seq_len)
+        v = gather_kv(v_cache, block_tables[b], seq_len)
         out[lo:hi] = _attend(q[lo:hi], k, v, seq_len - (hi - lo), scale).to(q.dtype)
     return out
 

@@ -9,13 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
-def _pool_rows(cache: torch.Tensor, block_table: torch.Tensor, num_tokens: int) -> torch.Tensor:
-    """The first num_tokens of one request's K or V: [kv_heads, num_tokens, D] (a gather)."""
-    block_size = cache.shape[1]
-    num_blocks = (num_tokens + block_size - 1) // block_size
-    rows = cache[block_table[:num_blocks].long()].flatten(0, 1)[:num_tokens]
-    return rows.transpose(0, 1)
+from yaie.kernels.attention.reference import gather_kv
 
 
 def extend_attention_sdpa(
@@ -36,8 +30,9 @@ def extend_attention_sdpa(
         n = hi - lo
         if n == 0:
             continue
-        k = _pool_rows(k_cache, block_tables[b], seq_len).to(q.dtype)[None]  # [1, Hkv, S, D]
-        v = _pool_rows(v_cache, block_tables[b], seq_len).to(q.dtype)[None]
+        k = gather_kv(k_cache, block_tables[b], seq_len).transpose(0, 1).to(q.dtype)[None]
+        v = gather_kv(v_cache, block_tables[b], seq_len).transpose(0, 1).to(q.dtype)[None]
+        # k, v: [1, kv_heads, seq_len, D]
         mask = None
         if 1 < n < seq_len:  # queries sit at positions seq_len - n .. seq_len - 1
             q_pos = torch.arange(seq_len - n, seq_len, device=q.device)[:, None]
