@@ -70,9 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
         "Hugging Face model directory or hub id (downloaded unless cached) "
         f"(default: the built-in {MODEL_NAME}, fetched and converted on first use)"
     )
-    flags.add_scheduler_arguments(p, model_help)
-    # Left unset, the log level is INFO, or WARNING with --demo (no log line in the answer).
-    p.set_defaults(log_level=None)
+    demo_quiet = (
+        " (default: INFO; WARNING with --demo, so that log lines do not break into the answer)"
+    )
+    flags.add_scheduler_arguments(p, model_help, log_level=(None, demo_quiet))
     return p
 
 

@@ -65,9 +65,14 @@ def add_worker_arguments(parser: argparse.ArgumentParser, required: bool, help: 
     )
 
 
-def add_scheduler_arguments(parser: argparse.ArgumentParser, model_help: str) -> None:
+def add_scheduler_arguments(
+    parser: argparse.ArgumentParser,
+    model_help: str,
+    log_level: tuple[str | None, str] = ("INFO", ""),
+) -> None:
     """Every scheduler flag but the workers': its address, --model (model_help: what the command
-    loads from it), batching, worker failures, security, metrics and logs."""
+    loads from it), batching, worker failures, security, metrics and logs (log_level: the
+    --log-level default, and a note for its help where the command resolves a None itself)."""
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=50051, help="port to listen on (0: any free)")
     parser.add_argument("--model", default=None, help=model_help)
@@ -75,7 +80,7 @@ def add_scheduler_arguments(parser: argparse.ArgumentParser, model_help: str) ->
     _add_failover(parser.add_argument_group("worker failures and draining"))
     _add_public_security(parser.add_argument_group("public API security"))
     _add_worker_security(parser.add_argument_group("worker channel security"))
-    _add_observability(parser.add_argument_group("metrics and logs"))
+    _add_observability(parser.add_argument_group("metrics and logs"), *log_level)
 
 
 def engine_config(args: argparse.Namespace) -> SchedulerConfig:
@@ -167,7 +172,9 @@ def _add_worker_security(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--worker-tls-key", default=None, help="client key (mTLS)")
 
 
-def _add_observability(group: argparse._ArgumentGroup) -> None:
+def _add_observability(
+    group: argparse._ArgumentGroup, log_level_default: str | None, log_level_note: str
+) -> None:
     group.add_argument(
         "--metrics-port",
         type=int,
@@ -177,10 +184,10 @@ def _add_observability(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--metrics-host", default="127.0.0.1", help="metrics address")
     group.add_argument(
         "--log-level",
-        default="INFO",
+        default=log_level_default,
         type=str.upper,
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-        help="how much the process logs, to stderr",
+        help=f"how much the processes log, to stderr{log_level_note}",
     )
     group.add_argument("--log-format", default="text", choices=["text", "json"])
 
