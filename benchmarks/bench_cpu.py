@@ -43,7 +43,10 @@ QUESTIONS = [
 
 def prompt_ids(tokenizer, batch: int) -> list[list[int]]:
     chats = [[{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}] for i in range(batch)]
-    return [tokenizer.apply_chat_template(c, add_generation_prompt=True) for c in chats]
+    texts = [
+        tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in chats
+    ]
+    return [tokenizer(text, add_special_tokens=False).input_ids for text in texts]
 
 
 def yaie_batch(stub, prompts: list[list[int]], tokens: int) -> tuple[float, list[list[int]]]:
@@ -51,7 +54,7 @@ def yaie_batch(stub, prompts: list[list[int]], tokens: int) -> tuple[float, list
         request = pb.GenerateRequest(
             token_ids=pb.TokenIds(ids=ids),
             sampling=pb.SamplingParams(temperature=0.0),
-            stopping=pb.StoppingCriteria(max_new_tokens=tokens, ignore_eos=True),
+            stopping=pb.StoppingCriteria(max_new_tokens=tokens, min_new_tokens=tokens),
         )
         return [t for frame in stub.Generate(request, timeout=600) for t in frame.token_ids]
 
@@ -77,6 +80,13 @@ def hf_batch(model, tokenizer, prompts: list[list[int]], tokens: int):
             pad_token_id=pad,
         )
     return time.perf_counter() - start, out[:, width:].tolist()
+
+
+def _agree(ours: list[int], theirs: list[int], eos: int) -> bool:
+    """Equal up to our first EOS: past it the engines differ by contract (transformers'
+    min_new_tokens bans EOS; ours, as documented in the proto, only ignores it as a stop)."""
+    end = ours.index(eos) if eos in ours else len(ours)
+    return ours[:end] == theirs[:end]
 
 
 def start_server(model: str, port: int) -> subprocess.Popen:
@@ -128,7 +138,9 @@ def main() -> None:
                 t_hf, theirs = hf_batch(model, tokenizer, prompts, args.tokens)
                 times.setdefault(("yaie", batch), []).append(t_yaie)
                 times.setdefault(("hf", batch), []).append(t_hf)
-                same[batch] = sum(a == b for a, b in zip(ours, theirs, strict=True))
+                same[batch] = sum(
+                    _agree(a, b, tokenizer.eos_token_id) for a, b in zip(ours, theirs)
+                )
         channel.close()
     finally:
         server.terminate()
@@ -137,7 +149,7 @@ def main() -> None:
         f"\nmodel {args.model}, {args.tokens} greedy tokens per request, "
         f"{torch.get_num_threads()} torch threads, median of {args.reps}"
     )
-    print("| batch | yaie tok/s | transformers tok/s | ratio | identical outputs |")
+    print("| batch | yaie tok/s | transformers tok/s | ratio | outputs equal (to the first EOS) |")
     print("| --- | --- | --- | --- | --- |")
     for batch in batches:
         ours = batch * args.tokens / statistics.median(times[("yaie", batch)])

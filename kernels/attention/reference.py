@@ -25,7 +25,7 @@ def gather_kv(cache: torch.Tensor, block_table: torch.Tensor, seq_len: int) -> t
     """Request's first seq_len tokens of K or V: [seq_len, kv_heads, D] (float32)."""
     block_size = cache.shape[1]
     num_blocks = (seq_len + block_size - 1) // block_size
-    blocks = cache[block_table[:num_blocks].long()]  # [nb, block_size, kv_heads, D]
+    blocks = cache.index_select(0, block_table[:num_blocks].long())  # [nb, block_size, kv_heads, D]
     return blocks.reshape(-1, *cache.shape[2:])[:seq_len].float()
 
 

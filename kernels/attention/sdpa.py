@@ -68,12 +68,15 @@ def decode_attention_sdpa(
     if num_blocks == 0:
         result = torch.zeros_like(q)
         return result if out is None else out.copy_(result)
+    if batch == 1:  # one request (the CPU's common case): its exact rows, nothing to mask
+        return _decode_one(q, k_cache, v_cache, block_tables[0], int(seq_lens[0]), scale, out)
     ids = block_tables[:, :num_blocks].long()
     keys = torch.arange(num_blocks * block_size, device=q.device)
     valid = (keys[None, :] < seq_lens[:, None])[:, None, :, None]  # [batch, 1, S, 1]
 
     def gather(cache: torch.Tensor) -> torch.Tensor:  # [batch, kv_heads, S, D]
-        rows = cache[ids].flatten(1, 2).transpose(1, 2).to(q.dtype)
+        rows = cache.index_select(0, ids.flatten()).view(batch, -1, *cache.shape[2:])
+        rows = rows.transpose(1, 2).to(q.dtype)
         return torch.where(valid, rows, 0.0)
 
     mask = valid[..., 0][:, :, None, :]  # [batch, 1, 1, S]
@@ -87,4 +90,23 @@ def decode_attention_sdpa(
     )
     result = result.view(batch, num_q_heads, head_dim)
     result = torch.where((seq_lens > 0)[:, None, None], result, 0.0)  # all-masked rows are NaN
+    return result if out is None else out.copy_(result)
+
+
+def _decode_one(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    seq_len: int,
+    scale: float,
+    out: torch.Tensor | None,
+) -> torch.Tensor:
+    """decode_attention_sdpa of a batch of one: q [1, q_heads, D] over its seq_len tokens."""
+    k = gather_kv(k_cache, block_table, seq_len).transpose(0, 1).to(q.dtype)  # [kv_heads, S, D]
+    v = gather_kv(v_cache, block_table, seq_len).transpose(0, 1).to(q.dtype)
+    result = F.scaled_dot_product_attention(
+        q[:, :, None, :], k[None], v[None], scale=scale, enable_gqa=True
+    )
+    result = result.view(q.shape)
     return result if out is None else out.copy_(result)
