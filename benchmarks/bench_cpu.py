@@ -139,7 +139,7 @@ def main() -> None:
                 times.setdefault(("yaie", batch), []).append(t_yaie)
                 times.setdefault(("hf", batch), []).append(t_hf)
                 same[batch] = sum(
-                    _agree(a, b, tokenizer.eos_token_id) for a, b in zip(ours, theirs)
+                    _agree(a, b, tokenizer.eos_token_id) for a, b in zip(ours, theirs, strict=True)
                 )
         channel.close()
     finally:
