@@ -13,9 +13,9 @@ from typing import Any, Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from yaie.scheduler_service.api.output_stream import OutputStream, merge_frames
+from yaie.scheduler_service.api.reflection import enable_reflection
 from yaie.scheduler_service.api.tokenizer import Tokenizer
 from yaie.scheduler_service.api.validation import ModelLimits, check_text_length, validate_generate
 from yaie.scheduler_service.api.wire import UndecodableRequest, safe_deserializer
@@ -285,6 +285,5 @@ def create_server(
     server = grpc.aio.server(interceptors=interceptors, options=PUBLIC_SERVER_OPTIONS)
     server.add_generic_rpc_handlers((generation_handler(servicer, observe),))
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    services = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
-    reflection.enable_server_reflection(services, server)
+    enable_reflection((SERVICE_NAME, health.SERVICE_NAME), server)
     return server, health_servicer

@@ -91,6 +91,23 @@ def test_health_and_reflection_need_no_key(tokenizer) -> None:
             assert "yaie.v1.Generation" in names
 
 
+def test_reflection_v1_answers_as_v1alpha_does(tokenizer) -> None:
+    """grpc.reflection.v1 (what newer grpcurl asks first) lists the services and describes them."""
+    ask_list = reflection_pb2.ServerReflectionRequest(list_services="")
+    ask_file = reflection_pb2.ServerReflectionRequest(file_containing_symbol="yaie.v1.Generation")
+    with served_stack.served_stack(tokenizer, interceptors=[ApiKeyInterceptor(b"k")]) as stack:
+        with grpc.insecure_channel(stack.address) as channel:
+            info = channel.stream_stream(
+                "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+            )
+            listed, described = list(info(iter([ask_list, ask_file]), timeout=5))
+    names = {s.name for s in listed.list_services_response.service}
+    assert {"yaie.v1.Generation", "grpc.health.v1.Health"} <= names
+    assert described.file_descriptor_response.file_descriptor_proto
+
+
 def test_key_loading_from_file_and_environment(tmp_path) -> None:
     key_file = tmp_path / "key"
     key_file.write_text(f"  {KEY}\n")
