@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 
 from yaie.cli import arguments, client_security
-from yaie.cli.generate import DEFAULT_TARGET, LOCAL_WAIT_S, wait_seconds
+from yaie.cli.generate import DEFAULT_TARGET, add_wait_argument, wait_seconds
 from yaie.cli.health_probe import wait_for_serving
 from yaie.v1 import generation_pb2 as pb
 from yaie.v1 import generation_pb2_grpc
@@ -33,14 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system", default=None, help="a system message to start the conversation")
     p.add_argument("--max-new-tokens", type=int, default=512, help="most tokens of one reply")
     arguments.add_sampling_arguments(p)
-    p.add_argument(
-        "--wait",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="first wait this long for the server's health to say SERVING (default: "
-        f"{LOCAL_WAIT_S:g} for a target on this machine, else 0)",
-    )
+    add_wait_argument(p)
     p.add_argument("--timeout", type=float, default=None, help="deadline of each reply, seconds")
     client_security.add_arguments(p)
     return p

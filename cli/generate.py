@@ -52,14 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="show each token's N most likely alternatives, with logprobs",
     )
     p.add_argument("--json", action="store_true", help="one JSON object per frame on stdout")
-    p.add_argument(
-        "--wait",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="first wait this long for the server's health to say SERVING (default: "
-        f"{LOCAL_WAIT_S:g} for a target on this machine, else 0)",
-    )
+    add_wait_argument(p)
     p.add_argument("--timeout", type=float, default=None, help="deadline of the call, seconds")
     p.add_argument(
         "--cache-salt",
@@ -74,6 +67,18 @@ def is_local(target: str) -> bool:
     """Whether HOST:PORT (or [V6]:PORT) names this machine."""
     host = target[1 : target.find("]")] if target.startswith("[") else target.rsplit(":", 1)[0]
     return host.startswith("127.") or host in _LOCAL_HOSTS
+
+
+def add_wait_argument(parser: argparse.ArgumentParser) -> None:
+    """--wait SECONDS: how long a client command first waits for the server to be SERVING."""
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="first wait this long for the server's health to say SERVING (default: "
+        f"{LOCAL_WAIT_S:g} for a target on this machine, else 0)",
+    )
 
 
 def wait_seconds(args: argparse.Namespace) -> float:
