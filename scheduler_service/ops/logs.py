@@ -101,8 +101,11 @@ def observe_generate(metrics: Metrics | None) -> Callable[[GenerateHandler], Gen
                     yield frame
             except BaseException:
                 code = context.code()
+                remaining = context.time_remaining()
                 if isinstance(code, grpc.StatusCode) and code != grpc.StatusCode.OK:
                     trace.outcome = code.name.lower()
+                elif remaining is not None and remaining <= 0:  # gRPC ended it at its deadline
+                    trace.outcome = "deadline_exceeded"
                 elif trace.outcome == "cancelled":
                     trace.outcome = "error"
                 raise

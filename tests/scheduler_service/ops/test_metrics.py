@@ -4,6 +4,7 @@ the request log has one start and one finish line per call, with its request id.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import urllib.request
@@ -13,7 +14,7 @@ import pytest
 import served_stack
 from prometheus_client.parser import text_string_to_metric_families
 
-from yaie.scheduler_service.ops.logs import JsonFormatter, setup_logging
+from yaie.scheduler_service.ops.logs import JsonFormatter, observe_generate, setup_logging
 from yaie.v1 import generation_pb2 as pb
 from yaie.v1 import generation_pb2_grpc
 
@@ -100,3 +101,39 @@ def test_every_token_after_the_first_gets_one_inter_token_sample() -> None:
     trace.frame(pb.GenerateResponse(token_ids=[8, 9]))
     assert len(trace.itl) == 4 and trace.itl[:2] == [0.0, 0.0]
     assert trace.itl[2] == trace.itl[3] >= 0.0
+
+
+class _EndedContext:
+    """The handler context of a call that gRPC ended: no status code set, time_remaining given."""
+
+    def __init__(self, time_remaining: float | None) -> None:
+        self._remaining = time_remaining
+
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:1"
+
+    def code(self) -> None:
+        return None
+
+    def time_remaining(self) -> float | None:
+        return self._remaining
+
+
+@pytest.mark.parametrize(("remaining", "outcome"), [(0.0, "deadline_exceeded"), (None, "error")])
+def test_a_call_ended_at_its_deadline_is_logged_as_such(caplog, remaining, outcome) -> None:
+    """A Generate that gRPC cancels at the client's deadline logs outcome=deadline_exceeded, not
+    error (which stays for an exception with no deadline passed)."""
+    async def generate(request, context):
+        yield pb.GenerateResponse(token_ids=[1])
+        raise asyncio.CancelledError
+
+    async def drive() -> None:
+        traced = observe_generate(None)(generate)
+        with pytest.raises(asyncio.CancelledError):
+            async for _ in traced(pb.GenerateRequest(request_id="late"), _EndedContext(remaining)):
+                pass
+
+    caplog.set_level(logging.INFO, logger="yaie.requests")
+    asyncio.run(drive())
+    finish = [r.fields for r in caplog.records if r.getMessage().startswith("request finish")]
+    assert finish[0]["request_id"] == "late" and finish[0]["outcome"] == outcome
