@@ -123,6 +123,7 @@ class _EndedContext:
 def test_a_call_ended_at_its_deadline_is_logged_as_such(caplog, remaining, outcome) -> None:
     """A Generate that gRPC cancels at the client's deadline logs outcome=deadline_exceeded, not
     error (which stays for an exception with no deadline passed)."""
+
     async def generate(request, context):
         yield pb.GenerateResponse(token_ids=[1])
         raise asyncio.CancelledError
