@@ -110,6 +110,11 @@ def decode_result(result: worker_pb2.StepResult, entries: list[PlanEntry]) -> St
     return outcome
 
 
+def _reason(error: grpc.aio.AioRpcError) -> str:
+    """A failed call's status and details (a transport failure often has no details)."""
+    return f"{error.code().name}: {error.details() or 'no details from the transport'}"
+
+
 async def read_within(read: Awaitable, timeout: float, address: str) -> asyncio.Future:
     """Awaits read for up to timeout seconds; returns its finished future (WorkerHungError if
     none came). Not asyncio.wait_for: before Python 3.12 it can swallow a cancellation that
@@ -161,7 +166,7 @@ class WorkerClient:
         try:
             info = await self._stub.Describe(worker_pb2.DescribeRequest(), timeout=timeout)
         except grpc.aio.AioRpcError as exc:
-            raise WorkerStreamError(f"Describe of {self.address} failed: {exc.details()}") from exc
+            raise WorkerStreamError(f"Describe of {self.address} failed: {_reason(exc)}") from exc
         return describe_info(self.address, info)
 
     def open_stream(self) -> None:
@@ -204,7 +209,7 @@ class WorkerClient:
         except asyncio.CancelledError as exc:  # the call itself was cancelled, not this task
             raise WorkerStreamError(f"{self.address}: the step stream was cancelled") from exc
         except grpc.aio.AioRpcError as exc:
-            raise WorkerStreamError(f"{self.address}: step stream failed: {exc.details()}") from exc
+            raise WorkerStreamError(f"{self.address}: step stream failed: {_reason(exc)}") from exc
         if result is grpc.aio.EOF:
             raise WorkerStreamError(f"{self.address}: the worker closed the step stream")
         return decode_result(result, plan.entries)
