@@ -39,6 +39,16 @@ def test_sdpa_decode_equals_reference(block_size: int) -> None:
     assert relative_error(out, ref) < 1e-5
 
 
+@pytest.mark.parametrize("seq_len", (1, 17, 300))
+def test_sdpa_decode_of_one_request_equals_reference(seq_len: int) -> None:
+    """A batch of one takes its own path (its exact rows, no mask)."""
+    batch = make_paged_batch([seq_len - 1], [1], 16, 3, 9, 64, seed=seq_len)
+    ref = decode_attention(*batch.decode_args(), backend="torch")
+    out = torch.full_like(ref, float("nan"))
+    decode_attention(*batch.decode_args(), backend="sdpa", out=out)
+    assert relative_error(out, ref) < 1e-5
+
+
 def test_sdpa_decode_of_empty_request_is_zero() -> None:
     """A padded slot (seq_len 0) reads nothing and yields zeros, as the reference does."""
     batch = make_paged_batch([0, 5], [1, 1], 16, 1, 2, 16)
