@@ -87,7 +87,7 @@ def run_scheduler(profile_path: str, interval: int | None, argv: list[str]) -> i
 def write_tokenizer(root: Path, vocab_size: int) -> Path:
     """The built-in BPE tokenizer with every id up to vocab_size given a text (cover_vocab), so
     the detokenizer sees real text for every id the fake worker emits."""
-    from bench_stack import cover_vocab
+    from stack_models import cover_vocab
 
     from yaie.cli.models.random_model import write_tokenizer as write
 

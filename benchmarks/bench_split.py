@@ -20,6 +20,7 @@ from pathlib import Path
 
 import bench_stack
 import stack_launch
+import stack_models
 
 from yaie.cli import bench
 
@@ -160,7 +161,7 @@ def device_name(device: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    shapes = [s for s in bench_stack.SHAPES if s != "tiny"]
+    shapes = [s for s in stack_models.SHAPES if s != "tiny"]
     p.add_argument("--shape", default="qwen3-0.6b", choices=shapes)
     p.add_argument("--tiny", action="store_true", help="tiny model on the CPU, tiny workload")
     p.add_argument("--runs", type=int, default=2, help="runs of each stack (alternating)")
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     worker_args = ["--num-blocks", "512"] if args.tiny else []
     out = Path(args.out_dir or tempfile.mkdtemp(prefix="bench_split_"))
     out.mkdir(parents=True, exist_ok=True)
-    model = bench_stack.write_model(shape, Path(tempfile.mkdtemp(prefix="bench_model_")), device)
+    model = stack_models.write_model(shape, Path(tempfile.mkdtemp(prefix="bench_model_")), device)
     runs: list[dict] = []
     result = {"shape": shape, "device": device_name(device), "runs": runs, **summary(runs)}
     modes = list(MODES * args.runs)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import subprocess
 import sys
@@ -20,45 +19,15 @@ from dataclasses import replace
 from pathlib import Path
 
 import stack_launch
-import stack_roofline as rf
 import stack_variants
 import torch
+from stack_models import SHAPES, write_model
+from stack_report import bar_rows, table
 
 from yaie.cli import bench
 from yaie.cli import bench_datasets as ds
 from yaie.cli.bench_metrics import format_table
 
-# Real configs (config.json of the hub models): the shape only, weights random, bf16.
-_LLAMA3_ROPE = dict(rope_type="llama3", low_freq_factor=1.0, high_freq_factor=4.0,
-                    original_max_position_embeddings=8192, rope_theta=500000.0)  # fmt: skip
-SHAPES: dict[str, tuple[str, dict]] = {
-    "qwen3-0.6b": ("Qwen3ForCausalLM", dict(
-        hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
-        num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=True,
-        max_position_embeddings=40960, rms_norm_eps=1e-6, attention_bias=False,
-        rope_parameters={"rope_type": "default", "rope_theta": 1e6})),
-    "llama-3.2-1b": ("LlamaForCausalLM", dict(
-        hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-        num_key_value_heads=8, head_dim=64, vocab_size=128256, tie_word_embeddings=True,
-        max_position_embeddings=131072, rms_norm_eps=1e-5,
-        rope_parameters={**_LLAMA3_ROPE, "factor": 32.0})),
-    "llama-3.1-8b": ("LlamaForCausalLM", dict(
-        hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-        num_key_value_heads=8, head_dim=128, vocab_size=128256, tie_word_embeddings=False,
-        max_position_embeddings=131072, rms_norm_eps=1e-5,
-        rope_parameters={**_LLAMA3_ROPE, "factor": 8.0})),
-    # the built-in model's shape (SmolLM2-135M-Instruct): measures the engine's own ceiling
-    "smollm2-135m": ("LlamaForCausalLM", dict(
-        hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-        num_key_value_heads=3, head_dim=64, vocab_size=49152, tie_word_embeddings=True,
-        max_position_embeddings=8192, rms_norm_eps=1e-5,
-        rope_parameters={"rope_type": "default", "rope_theta": 1e5})),
-    # --tiny: a vocabulary larger than the tokenizer's, like the real shapes' here
-    "tiny": ("Qwen3ForCausalLM", dict(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, vocab_size=4096, tie_word_embeddings=True,
-        max_position_embeddings=4096)),
-}  # fmt: skip
 QUIET = dict(disable_progress=True)
 NANO_VLLM = bench.BenchConfig("random", 256, 1024, 1024, ds.NANO_VLLM_RANGE_RATIO, seed=0, **QUIET)
 SGLANG_8B = bench.BenchConfig("random", 500, 4096, 2048, 0.0, seed=0, **QUIET)
@@ -107,60 +76,6 @@ def ceilings(device: str) -> tuple[float, float]:
     return copy, matmul
 
 
-def model_shape(config: dict) -> rf.ModelShape:
-    heads = config["num_attention_heads"]
-    return rf.ModelShape(
-        num_layers=config["num_hidden_layers"],
-        hidden=config["hidden_size"],
-        intermediate=config["intermediate_size"],
-        num_q_heads=heads,
-        num_kv_heads=config["num_key_value_heads"],
-        head_dim=config.get("head_dim", config["hidden_size"] // heads),
-        vocab=config["vocab_size"],
-        tied=config["tie_word_embeddings"],
-    )
-
-
-def write_model(shape: str, root: Path, device: str) -> Path:
-    from yaie.cli.models.random_model import write_random_model
-
-    architecture, config = SHAPES[shape]
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    start = time.perf_counter()
-    path = write_random_model(root / shape, architecture, seed=0, dtype=dtype, **config)
-    cover_vocab(path, config["vocab_size"])
-    print(f"model {shape} ({architecture}, {dtype}) written in {time.perf_counter() - start:.1f} s")
-    return path
-
-
-def cover_vocab(model_dir: Path, vocab_size: int) -> None:
-    """Gives every id of the model's vocabulary a text in the tokenizer (" t<id>"), as a real
-    tokenizer has: write_random_model's tokenizer knows 768 ids, and an id with no text keeps
-    the scheduler's incremental detokenizer from advancing, which makes it quadratic in the
-    output length (seen on the GPU: 40% of the scheduler's time). Unreachable by encoding (no
-    merges), so prompts given as text tokenize as before."""
-    path = model_dir / "tokenizer.json"
-    data = json.loads(path.read_text(encoding="utf-8"))
-    vocab = data["model"]["vocab"]
-    taken = set(vocab.values()) | {t["id"] for t in data.get("added_tokens", [])}
-    vocab.update({f"\u0120t{i}": i for i in range(vocab_size) if i not in taken})  # Ġ = space
-    path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
-
-
-def roofline_of(
-    shape: rf.ModelShape, config: bench.BenchConfig, vocab: int, ceil: tuple, block: int, kv: float
-) -> rf.Roofline:
-    requests = bench.make_requests(config, vocab)
-    if config.dataset == "shared-prefix":  # the first of each group computes the system prompt
-        shared = config.gsp_system_prompt_len // block * block
-        first = range(0, len(requests), config.gsp_prompts_per_group)
-        cached = [0 if i in first else shared for i in range(len(requests))]
-    else:
-        cached = [0] * len(requests)
-    triples = [(len(r.prompt_ids), c, r.output_len) for r, c in zip(requests, cached, strict=True)]
-    return rf.simulate(shape, triples, ceil[0], ceil[1], kv_capacity_tokens=kv)
-
-
 class Runner:
     """Runs stages against a deadline and keeps every result (printed, and JSON under out)."""
 
@@ -207,34 +122,6 @@ def run_hf(model: Path, config: bench.BenchConfig, vocab: int, n: int, device: s
     if done.returncode or not lines:
         return {"error": f"exit {done.returncode}: {done.stderr[-2000:]}"}
     return json.loads(lines[-1])
-
-
-def fmt(value: float | None, digits: int = 1) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return f"{value:,.{digits}f}"
-
-
-def bar_row(name, ours, peer, floor, bar, passed) -> tuple[str, ...]:
-    """One table row: the figure, ours, the peer's, the roofline, ours / roofline, the bar."""
-    ratio = ours / floor if ours is not None and floor else None
-    if ratio is not None and "ms" in name:  # a latency: the floor over ours is the fraction
-        ratio = floor / ours if ours else None
-    verdict = "-" if passed is None else ("PASS" if passed else "FAIL")
-    return name, fmt(ours), peer, fmt(floor), fmt(ratio, 2), bar, verdict
-
-
-def table(rows: list[tuple[str, ...]]) -> str:
-    head = ("figure", "ours", "peer", "roofline", "of roofline", "bar", "")
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    lines = [
-        "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(r, widths, strict=True))
-        )
-        for r in [head, *rows]
-    ]
-    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -355,135 +242,6 @@ def kv_capacity(target: str) -> int:
             pb.GetServerStatsRequest()
         )
     return sum(worker.total_blocks for worker in stats.workers)
-
-
-def bar_rows(results: dict, shape_name: str, cfg: dict, info, ceil, kv_tokens) -> list:
-    _, config = SHAPES[shape_name]
-    shape = model_shape(config)
-    vocab, block = info.vocab_size, info.block_size
-    rows = [bar_row("copy bandwidth, TB/s (read + write)", ceil[0] / 1e12, "-", None, "-", None)]
-    qwen, big = shape_name == "qwen3-0.6b", shape_name == "llama-3.1-8b"
-    if "random" in results:
-        m, hf = results["random"], results.get("hf", {})
-        floor = roofline_of(shape, cfg["random"], vocab, ceil, block, kv_tokens).output_tok_s
-        peer = (
-            f"HF {fmt(hf['output_tok_s'])} ({hf['completed']}/{hf['num_requests']} req)"
-            if "output_tok_s" in hf
-            else "HF: " + hf.get("error", "not run")[:40]
-        )
-        bar, ok = ("-", None)
-        if qwen:
-            bar, ok = ">= 15,000", m["output_throughput"] >= 15000
-        elif big:
-            bar, ok = ">= 3,800", m["output_throughput"] >= 3800
-        name = f"random {cfg['random'].num_prompts} req, output tok/s ({m['completed']} done)"
-        rows.append(bar_row(name, m["output_throughput"], peer, floor, bar, ok))
-    if "light" in results:
-        m = results["light"]
-        c = cfg["light"]
-        itl = rf.step_floor_s(shape, [c.fixed_input_len + c.fixed_output_len // 2], ceil[0])
-        ttft = shape.prefill_flops(c.fixed_input_len, 0) / ceil[1] + shape.weight_bytes / ceil[0]
-        rows.append(
-            bar_row(
-                "light load median ITL, ms",
-                m["median_itl_ms"],
-                "-",
-                itl * 1e3,
-                "<= 6 ms",
-                m["median_itl_ms"] <= 6 if qwen else None,
-            )
-        )
-        rows.append(
-            bar_row(
-                "light load median TTFT, ms",
-                m["median_ttft_ms"],
-                "-",
-                ttft * 1e3,
-                "<= 40 ms",
-                m["median_ttft_ms"] <= 40 if qwen else None,
-            )
-        )
-    c = cfg["shared"]
-    if "shared" in results:
-        m = results["shared"]
-        cached_floor = roofline_of(shape, c, vocab, ceil, block, kv_tokens).output_tok_s
-        rows.append(
-            bar_row(
-                "shared-prefix, cache, output tok/s",
-                m["output_throughput"],
-                "-",
-                cached_floor,
-                "-",
-                None,
-            )
-        )
-        prompt_len = c.gsp_system_prompt_len + c.gsp_question_len
-        total_in = c.gsp_num_groups * c.gsp_prompts_per_group * prompt_len
-        ideal = (
-            ds.ideal_cached_tokens(
-                c.gsp_num_groups, c.gsp_prompts_per_group, c.gsp_system_prompt_len, block
-            )
-            / total_in
-        )
-        rows.append(
-            bar_row(
-                "shared-prefix hit rate / ideal",
-                m["cache_hit_rate"] / ideal,
-                f"ideal {ideal:.3f}",
-                None,
-                ">= 0.90",
-                m["cache_hit_rate"] >= 0.9 * ideal,
-            )
-        )
-    if "shared_nocache" in results:
-        m = results["shared_nocache"]
-        floor = roofline_of(shape, c, vocab, ceil, 10**9, kv_tokens).output_tok_s  # no block hits
-        rows.append(
-            bar_row(
-                "shared-prefix, no cache, output tok/s",
-                m["output_throughput"],
-                "-",
-                floor,
-                "-",
-                None,
-            )
-        )
-        if "shared" in results:
-            ratio = results["shared"]["output_throughput"] / m["output_throughput"]
-            rows.append(
-                bar_row(
-                    "shared-prefix cache / no cache",
-                    ratio,
-                    "-",
-                    cached_floor / floor,
-                    ">= 4x",
-                    ratio >= 4,
-                )
-            )
-    if "random_single_frame" in results:
-        m = results["random_single_frame"]
-        rows.append(
-            bar_row(
-                "random, one frame per request, output tok/s",
-                m["output_throughput"],
-                "-",
-                None,
-                "diagnostic",
-                None,
-            )
-        )
-    rows.append(
-        (
-            "gRPC split vs in-process worker",
-            "-",
-            "-",
-            "-",
-            "-",
-            "<= 5% cost",
-            "see benchmarks/bench_split.py",
-        )
-    )
-    return rows
 
 
 if __name__ == "__main__":
