@@ -99,26 +99,9 @@ def draw_copy(buf_ptr, ibuf_ptr, n, key, tau, BLOCK: tl.constexpr, FAST_LOG: tl.
 
 @triton.jit
 def _scan_tile(
-    s,
-    idx,
-    V,
-    key,
-    noisy,
-    vmax,
-    vmin,
-    nfin,
-    best,
-    best_i,
-    best_s,
-    need_z,
-    ref,
-    zl,
-    tally,
-    piv,
-    cnt,
-    mass,
-    FAST_LOG: tl.constexpr,
-):
+    s, idx, V, key, noisy, vmax, vmin, nfin, best, best_i, best_s, need_z, ref, zl, tally, piv,
+    cnt, mass, FAST_LOG: tl.constexpr,
+):  # fmt: skip
     """Pass A on one tile: per-lane max, min of finite values, finite count, best key, (if
     need_z) the mass sum(exp(s - ref)) and (if tally) the counts and masses at the pivots."""
     fin = s > NEG_INF
@@ -142,19 +125,9 @@ def _scan_tile(
 
 @triton.jit
 def scan_pass(
-    row_ptr,
-    V,
-    inv_t,
-    key,
-    noisy,
-    need_z,
-    tally,
-    piv,
-    BLOCK: tl.constexpr,
-    ROWS: tl.constexpr,
-    NPIV: tl.constexpr,
-    FAST_LOG: tl.constexpr,
-):
+    row_ptr, V, inv_t, key, noisy, need_z, tally, piv,
+    BLOCK: tl.constexpr, ROWS: tl.constexpr, NPIV: tl.constexpr, FAST_LOG: tl.constexpr,
+):  # fmt: skip
     """Pass A over s = row * inv_t. Returns per-lane [BLOCK] max, min of finite values, finite
     count, best key (s + noise if noisy, else s), its index and s there; if need_z, the mass
     sum(exp(s - ref)) with ref = the max of the first tiles and ref itself (the mass is inf when
@@ -183,95 +156,27 @@ def scan_pass(
         s = t0.to(tl.float32) * inv_t
         t0 = load_tile(row_ptr, start + offs, V)
         vmax, vmin, nfin, best, best_i, best_s, zl, cnt, mass = _scan_tile(
-            s,
-            idx,
-            V,
-            key,
-            noisy,
-            vmax,
-            vmin,
-            nfin,
-            best,
-            best_i,
-            best_s,
-            need_z,
-            ref,
-            zl,
-            tally,
-            piv,
-            cnt,
-            mass,
-            FAST_LOG,
-        )
+            s, idx, V, key, noisy, vmax, vmin, nfin, best, best_i, best_s, need_z, ref, zl,
+            tally, piv, cnt, mass, FAST_LOG,
+        )  # fmt: skip
         s = t1.to(tl.float32) * inv_t
         t1 = load_tile(row_ptr, start + T + offs, V)
         vmax, vmin, nfin, best, best_i, best_s, zl, cnt, mass = _scan_tile(
-            s,
-            idx + T,
-            V,
-            key,
-            noisy,
-            vmax,
-            vmin,
-            nfin,
-            best,
-            best_i,
-            best_s,
-            need_z,
-            ref,
-            zl,
-            tally,
-            piv,
-            cnt,
-            mass,
-            FAST_LOG,
-        )
+            s, idx + T, V, key, noisy, vmax, vmin, nfin, best, best_i, best_s, need_z, ref, zl,
+            tally, piv, cnt, mass, FAST_LOG,
+        )  # fmt: skip
         s = t2.to(tl.float32) * inv_t
         t2 = load_tile(row_ptr, start + 2 * T + offs, V)
         vmax, vmin, nfin, best, best_i, best_s, zl, cnt, mass = _scan_tile(
-            s,
-            idx + 2 * T,
-            V,
-            key,
-            noisy,
-            vmax,
-            vmin,
-            nfin,
-            best,
-            best_i,
-            best_s,
-            need_z,
-            ref,
-            zl,
-            tally,
-            piv,
-            cnt,
-            mass,
-            FAST_LOG,
-        )
+            s, idx + 2 * T, V, key, noisy, vmax, vmin, nfin, best, best_i, best_s, need_z, ref,
+            zl, tally, piv, cnt, mass, FAST_LOG,
+        )  # fmt: skip
         s = t3.to(tl.float32) * inv_t
         t3 = load_tile(row_ptr, start + 3 * T + offs, V)
         vmax, vmin, nfin, best, best_i, best_s, zl, cnt, mass = _scan_tile(
-            s,
-            idx + 3 * T,
-            V,
-            key,
-            noisy,
-            vmax,
-            vmin,
-            nfin,
-            best,
-            best_i,
-            best_s,
-            need_z,
-            ref,
-            zl,
-            tally,
-            piv,
-            cnt,
-            mass,
-            FAST_LOG,
-        )
+            s, idx + 3 * T, V, key, noisy, vmax, vmin, nfin, best, best_i, best_s, need_z, ref,
+            zl, tally, piv, cnt, mass, FAST_LOG,
+        )  # fmt: skip
     return vmax, vmin, nfin, best, best_i, best_s, zl, ref, tl.sum(cnt, 1), tl.sum(mass, 1)
 
 
@@ -304,17 +209,9 @@ def lane_bound(vmax, m, k, target, IS_MASS: tl.constexpr, STEPS: tl.constexpr = 
 
 @triton.jit
 def sample_pivots(
-    row_ptr,
-    V,
-    inv_t,
-    top,
-    lo,
-    p,
-    NPIV: tl.constexpr,
-    NSAMP: tl.constexpr,
-    CHUNK: tl.constexpr,
-    STEPS: tl.constexpr = 16,
-):
+    row_ptr, V, inv_t, top, lo, p,
+    NPIV: tl.constexpr, NSAMP: tl.constexpr, CHUNK: tl.constexpr, STEPS: tl.constexpr = 16,
+):  # fmt: skip
     """First-pass pivots [NPIV] for a top-p search over s >= lo from a sample of the row:
     NSAMP // CHUNK runs of CHUNK tokens spread evenly over it. Pivot j (< NPIV - 1) estimates
     the value above which the sample's mass fraction is p + d_j, d_j a ladder of multiples of

@@ -128,20 +128,9 @@ def _sample_kernel(
                 x = lane_bound(vmax, m, 0.0, target, True)
         if x > NEG_INF:  # copy s >= x with ids; the search and the draw then read the copy
             n, _, _ = copy_pass(
-                row_ptr,
-                V,
-                inv_t,
-                x,
-                POS_INF,
-                buf_ptr,
-                ibuf_ptr,
-                cap,
-                key,
-                0,
-                BLOCK,
-                ROWS,
+                row_ptr, V, inv_t, x, POS_INF, buf_ptr, ibuf_ptr, cap, key, 0, BLOCK, ROWS,
                 FAST_LOG,
-            )
+            )  # fmt: skip
             if n <= cap:
                 copied, n_buf, full_lo, lo, c_lo = n * 0 + 1, n, x, x, n.to(tl.float32)
     nz_top, nzk, nzi = m * 0.0 + POS_INF, m * 0.0 + NEG_INF, cand  # see threshold_search
@@ -152,37 +141,10 @@ def _sample_kernel(
     if HAS_TOP_K:
         if sampled & (k_row < c_k):
             tau_k, c_k, copied, n_buf, full_lo, nz_top, nzk, nzi, passes = threshold_search(
-                row_ptr,
-                buf_ptr,
-                ibuf_ptr,
-                cap,
-                V,
-                inv_t,
-                m,
-                lo,
-                c_lo,
-                k_row,
-                0.0,
-                copied,
-                n_buf,
-                full_lo,
-                piv0,
-                0,
-                key,
-                need_from,
-                0,
-                cnt0,
-                mass0,
-                m,
-                min_recopy,
-                BLOCK,
-                ROWS,
-                NPIV,
-                False,
-                MAX_PASSES,
-                COMPACT,
-                FAST_LOG,
-            )
+                row_ptr, buf_ptr, ibuf_ptr, cap, V, inv_t, m, lo, c_lo, k_row, 0.0, copied,
+                n_buf, full_lo, piv0, 0, key, need_from, 0, cnt0, mass0, m, min_recopy, BLOCK,
+                ROWS, NPIV, False, MAX_PASSES, COMPACT, FAST_LOG,
+            )  # fmt: skip
             tau = tau_k
             lo, c_lo = tau_k, c_k
     if PROFILE:
@@ -212,37 +174,10 @@ def _sample_kernel(
             # by the search's first pass (the top-k set)
             target = tl.where(copied != 0, target, 0.0)
             tau_p, c_p, copied, n_buf, full_lo, nz_top, nzk, nzi, passes_p = threshold_search(
-                row_ptr,
-                buf_ptr,
-                ibuf_ptr,
-                cap,
-                V,
-                inv_t,
-                m,
-                lo,
-                c_lo,
-                p_row,
-                target,
-                copied,
-                n_buf,
-                full_lo,
-                piv0,
-                use0,
-                key,
-                need_from,
-                pre,
-                cnt0,
-                mass0,
-                z,
-                min_recopy,
-                BLOCK,
-                ROWS,
-                NPIV,
-                True,
-                MAX_PASSES,
-                COMPACT,
-                FAST_LOG,
-            )
+                row_ptr, buf_ptr, ibuf_ptr, cap, V, inv_t, m, lo, c_lo, p_row, target, copied,
+                n_buf, full_lo, piv0, use0, key, need_from, pre, cnt0, mass0, z, min_recopy,
+                BLOCK, ROWS, NPIV, True, MAX_PASSES, COMPACT, FAST_LOG,
+            )  # fmt: skip
             tau = tl.maximum(tau, tau_p)
             passes += 1000 * passes_p
     if PROFILE:

@@ -131,20 +131,9 @@ def _pivot_pass(
 
 @triton.jit
 def _copy_tile(
-    s,
-    idx,
-    lo,
-    hi_x,
-    buf_ptr,
-    ibuf_ptr,
-    cap,
-    written,
-    key,
-    noisy,
-    nzk,
-    nzi,
+    s, idx, lo, hi_x, buf_ptr, ibuf_ptr, cap, written, key, noisy, nzk, nzi,
     FAST_LOG: tl.constexpr,
-):
+):  # fmt: skip
     """Appends the values of tile s in [lo, hi_x) to buf (and their token ids to ibuf) at
     written.. (those past cap are counted, not stored); returns the new count. Slots go in
     column-major order (any bijection will do: buf is a multiset): down a column within the
@@ -178,20 +167,9 @@ def _best_of(nzk, nzi):
 
 @triton.jit
 def copy_pass(
-    row_ptr,
-    V,
-    inv_t,
-    lo,
-    hi_x,
-    buf_ptr,
-    ibuf_ptr,
-    cap,
-    key,
-    noisy,
-    BLOCK: tl.constexpr,
-    ROWS: tl.constexpr,
-    FAST_LOG: tl.constexpr,
-):
+    row_ptr, V, inv_t, lo, hi_x, buf_ptr, ibuf_ptr, cap, key, noisy,
+    BLOCK: tl.constexpr, ROWS: tl.constexpr, FAST_LOG: tl.constexpr,
+):  # fmt: skip
     """Copies the values s = row * inv_t in [lo, hi_x) and their ids to buf / ibuf (room for
     cap); returns how many there are (a copy is complete only if that is <= cap) and, if noisy,
     the best noisy key over s >= hi_x and its token (else -inf, NO_ID). Each tile's slots come
@@ -221,37 +199,15 @@ def copy_pass(
         s = t2.to(tl.float32) * inv_t
         t2 = load_tile(row_ptr, start + 2 * T + offs, V)
         written, nzk, nzi = _copy_tile(
-            s,
-            idx + 2 * T,
-            lo,
-            hi_x,
-            buf_ptr,
-            ibuf_ptr,
-            cap,
-            written,
-            key,
-            noisy,
-            nzk,
-            nzi,
+            s, idx + 2 * T, lo, hi_x, buf_ptr, ibuf_ptr, cap, written, key, noisy, nzk, nzi,
             FAST_LOG,
-        )
+        )  # fmt: skip
         s = t3.to(tl.float32) * inv_t
         t3 = load_tile(row_ptr, start + 3 * T + offs, V)
         written, nzk, nzi = _copy_tile(
-            s,
-            idx + 3 * T,
-            lo,
-            hi_x,
-            buf_ptr,
-            ibuf_ptr,
-            cap,
-            written,
-            key,
-            noisy,
-            nzk,
-            nzi,
+            s, idx + 3 * T, lo, hi_x, buf_ptr, ibuf_ptr, cap, written, key, noisy, nzk, nzi,
             FAST_LOG,
-        )
+        )  # fmt: skip
     tl.debug_barrier()  # the copy's stores before any thread of the block reads it
     top, top_i = _best_of(nzk, nzi)
     return written, top, top_i
@@ -259,17 +215,9 @@ def copy_pass(
 
 @triton.jit
 def recopy_pass(
-    buf_ptr,
-    ibuf_ptr,
-    n,
-    lo,
-    hi_x,
-    key,
-    noisy,
-    BLOCK: tl.constexpr,
-    ROWS: tl.constexpr,
-    FAST_LOG: tl.constexpr,
-):
+    buf_ptr, ibuf_ptr, n, lo, hi_x, key, noisy,
+    BLOCK: tl.constexpr, ROWS: tl.constexpr, FAST_LOG: tl.constexpr,
+):  # fmt: skip
     """Compacts buf[:n] / ibuf[:n] in place to the values in [lo, hi_x); returns how many and,
     if noisy, the best noisy key among the values >= hi_x it drops, and its token. Safe in
     place: a tile's values go to slots below its own end, and _copy_tile's cumsum (a block
@@ -303,37 +251,11 @@ def recopy_pass(
 
 @triton.jit
 def threshold_search(
-    row_ptr,
-    buf_ptr,
-    ibuf_ptr,
-    cap,
-    V,
-    inv_t,
-    m,
-    lo,
-    c_lo,
-    goal,
-    target_in,
-    copied,
-    n_buf,
-    full_lo,
-    piv0,
-    use0,
-    key,
-    need_from,
-    pre,
-    cnt0,
-    mass0,
-    mass_lo0,
-    min_recopy,
-    BLOCK: tl.constexpr,
-    ROWS: tl.constexpr,
-    NPIV: tl.constexpr,
-    IS_MASS: tl.constexpr,
-    MAX_PASSES: tl.constexpr,
-    COMPACT: tl.constexpr,
-    FAST_LOG: tl.constexpr,
-):
+    row_ptr, buf_ptr, ibuf_ptr, cap, V, inv_t, m, lo, c_lo, goal, target_in, copied, n_buf,
+    full_lo, piv0, use0, key, need_from, pre, cnt0, mass0, mass_lo0, min_recopy,
+    BLOCK: tl.constexpr, ROWS: tl.constexpr, NPIV: tl.constexpr, IS_MASS: tl.constexpr,
+    MAX_PASSES: tl.constexpr, COMPACT: tl.constexpr, FAST_LOG: tl.constexpr,
+):  # fmt: skip
     """Largest lo (a data value or just below one) with F(lo) >= target, F = count or mass of
     s >= v over the row s = row * inv_t (m: its max). target = goal (a count), or target_in if
     > 0, else goal * F(lo at entry) (a fraction of the mass). Invariant: lo feasible, hi not;
@@ -384,20 +306,9 @@ def threshold_search(
             # few enough left: copy them once, then every pass reads only the copy
             noisy = (hi_x < POS_INF) & (need_from < hi_x)
             n_buf, nzk, nzi = copy_pass(
-                row_ptr,
-                V,
-                inv_t,
-                lo,
-                hi_x,
-                buf_ptr,
-                ibuf_ptr,
-                cap,
-                key,
-                noisy,
-                BLOCK,
-                ROWS,
+                row_ptr, V, inv_t, lo, hi_x, buf_ptr, ibuf_ptr, cap, key, noisy, BLOCK, ROWS,
                 FAST_LOG,
-            )
+            )  # fmt: skip
             nz_top = tl.where(noisy, hi_x, POS_INF)
             copied = tl.full([], 1, tl.int32)
             full_lo = tl.where(hi_x < POS_INF, POS_INF, lo)
