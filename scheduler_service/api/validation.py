@@ -185,6 +185,9 @@ def validate_generate(
     _check_ids("stop_token_ids", list(stopping.stop_token_ids), limits.vocab_size)
     if len(request.cache_salt.encode("utf-8")) > MAX_CACHE_SALT_BYTES:
         raise ValueError(f"cache_salt must be at most {MAX_CACHE_SALT_BYTES} bytes")
+    if request.response_format.WhichOneof("format") is not None:
+        # Until the structured-output path lands, a constraint is refused, never silently ignored.
+        raise ValueError("response_format is not supported by this server yet")
     stop_ids = set(stopping.stop_token_ids)
     if not stopping.ignore_eos:
         stop_ids |= limits.eos_token_ids
