@@ -142,6 +142,8 @@ def spawn_worker(
         args.dtype,
         "--log-level",
         args.log_level,
+        "--log-format",
+        args.log_format,  # one format for the whole stack's stderr
     ]
     if args.num_blocks:
         command += ["--num-blocks", str(args.num_blocks)]

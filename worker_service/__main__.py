@@ -19,6 +19,8 @@ from yaie.worker_service.config import (
     DTYPES,
     WorkerConfig,
 )
+from yaie.worker_service.hub import model_argument
+from yaie.worker_service.logs import LOG_FORMATS, setup_worker_logging
 
 log = logging.getLogger("yaie.worker_service")
 
@@ -72,7 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="tensor-parallel ranks: processes (one GPU each) that split the model",
     )
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument(
+        "--revision", default=None, help="branch, tag or commit of a hub --model (default: main)"
+    )
+    parser.add_argument("--log-level", default="INFO", help="DEBUG | INFO | WARNING | ERROR")
+    parser.add_argument(
+        "--log-format", default="text", choices=LOG_FORMATS, help="text (default) or JSON lines"
+    )
     security = parser.add_argument_group("internal channel security")
     security.add_argument(
         "--internal-secret-file",
@@ -108,11 +116,12 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_worker_logging(args.log_level, args.log_format)
+    try:
+        args.model = model_argument(args.model, args.revision)  # a hub id: its local snapshot
+    except FileNotFoundError as exc:
+        log.error("cannot start the worker: %s", exc)
+        return 1
     try:
         config = config_from_args(args)
         security = WorkerSecurity.from_files(
@@ -166,12 +175,10 @@ def _serve(
     from yaie.worker_service.app import start_worker  # heavy imports after argument parsing
 
     try:
-        worker = start_worker(config, security)
+        worker = start_worker(config, security, loaded)
     except (OSError, ValueError) as exc:  # no such model, unsupported config, port taken
         log.error("cannot start the worker: %s", exc)
         return 1
-    if loaded is not None:
-        loaded.set()
     device_failed = worker.servicer.device_failed
     # A device failure ends the wait too; poll because Event.wait is not signal-interruptible.
     while not stop.wait(0.2) and not device_failed.is_set():

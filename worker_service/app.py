@@ -6,6 +6,7 @@ Used by `python -m yaie.worker_service` / `yaie worker`, and by tests that run a
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from concurrent import futures
 from dataclasses import dataclass
@@ -87,8 +88,14 @@ def build_runner(config: WorkerConfig) -> tuple[ModelRunner, worker_pb2.WorkerIn
     return runner, worker_info(config.model, model, pool, device, random_weights, backend)
 
 
-def start_worker(config: WorkerConfig, security: WorkerSecurity | None = None) -> RunningWorker:
-    """Binds config.host:config.port (0 picks a free port), then loads; returns once SERVING."""
+def start_worker(
+    config: WorkerConfig,
+    security: WorkerSecurity | None = None,
+    loaded: threading.Event | None = None,
+) -> RunningWorker:
+    """Binds config.host:config.port (0 picks a free port), then loads; returns once SERVING.
+    loaded is set as soon as the model is in (before SERVING): from then on a stop request
+    waits for the returned worker instead of interrupting the load."""
     security = security or WorkerSecurity()
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="worker-rpc"),
@@ -115,7 +122,9 @@ def start_worker(config: WorkerConfig, security: WorkerSecurity | None = None) -
     log.info("worker listening on %s:%d, loading %s", config.host, port, config.model)
     try:
         servicer.load(*build_runner(config))
-    except BaseException:
+        if loaded is not None:
+            loaded.set()
+    except BaseException:  # an interrupted load too (SystemExit from a signal handler)
         server.stop(None)
         raise
     for name in ("", SERVICE_NAME):

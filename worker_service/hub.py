@@ -75,6 +75,19 @@ def resolve_model_dir(model: str, revision: str | None = None) -> Path:
     return _download(model, revision, cache)
 
 
+def model_argument(model: str, revision: str | None = None) -> str:
+    """--model as every process of a worker (or stack) is given it: a local directory as given,
+    a hub id as its local snapshot at revision. FileNotFoundError saying why (--revision with a
+    directory included)."""
+    if Path(model).expanduser().is_dir():
+        if revision is not None:
+            raise FileNotFoundError(f"--revision needs a hub --model; {model} is a directory")
+        return model  # as given: GetModelInfo shows it so
+    path = resolve_model_dir(model, revision)
+    log.info("model %s (revision %s): %s", model, revision or "main", path)
+    return str(path)
+
+
 def _cached_snapshot(model: str, revision: str | None, cache: Path) -> Path | None:
     from huggingface_hub import snapshot_download
 

@@ -5,7 +5,6 @@ id resolved once to its local snapshot (downloaded first when it is not cached),
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 logger = logging.getLogger("yaie.model")
 
@@ -22,18 +21,12 @@ def served_model(model: str | None, revision: str | None = None) -> str:
         if revision is not None:
             raise ModelUnavailable("--revision needs a hub --model")
         return _builtin()
-    if Path(model).expanduser().is_dir():
-        if revision is not None:
-            raise ModelUnavailable(f"--revision needs a hub --model; {model} is a directory")
-        return model  # as given: GetModelInfo shows it so
-    from yaie.worker_service.hub import resolve_model_dir
+    from yaie.worker_service.hub import model_argument
 
     try:
-        path = resolve_model_dir(model, revision)
+        return model_argument(model, revision)
     except FileNotFoundError as error:
         raise ModelUnavailable(str(error)) from error
-    logger.info("model %s (revision %s): %s", model, revision or "main", path)
-    return str(path)
 
 
 def _builtin() -> str:
