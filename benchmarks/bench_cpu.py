@@ -1,9 +1,12 @@
 """Mini-YAIE against transformers' own `generate` on the CPU: the same model folder, the same
 chat prompts (token ids), greedy, fixed output length, batches 1..N; runs interleaved, medians.
 
-    python benchmarks/bench_cpu.py [--model DIR] [--batches 1,4,8] [--tokens 48] [--reps 3]
+    python benchmarks/bench_cpu.py [--model DIR | --random-shape smollm2-135m] [--batches 1,4,8]
+        [--tokens 48] [--reps 3] [--worker-threads N]
 
-With no --model it uses the built-in model (SmolLM2-135M-Instruct, converted on first use).
+With no --model it uses the built-in model (SmolLM2-135M-Instruct, converted on first use);
+--random-shape writes random weights of a stack_models shape instead (where the real file
+cannot travel, as to the lent GPU machine); --worker-threads sets the server's torch threads.
 Output tok/s = batch * tokens / wall time of the whole batch (yaie: first request sent to last
 frame; transformers: one `generate` call on the left-padded batch).
 """
@@ -11,9 +14,11 @@ frame; transformers: one `generate` call on the left-padded batch).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -89,7 +94,7 @@ def _agree(ours: list[int], theirs: list[int], eos: int) -> bool:
     return ours[:end] == theirs[:end]
 
 
-def start_server(model: str, port: int) -> subprocess.Popen:
+def start_server(model: str, port: int, threads: int | None) -> subprocess.Popen:
     command = [
         sys.executable,
         "-m",
@@ -104,7 +109,10 @@ def start_server(model: str, port: int) -> subprocess.Popen:
         "--log-level",
         "WARNING",
     ]
-    return subprocess.Popen(command, stdin=subprocess.DEVNULL)
+    env = dict(os.environ)
+    if threads is not None:  # torch's intra-op threads in the scheduler and worker processes
+        env["OMP_NUM_THREADS"] = str(threads)
+    return subprocess.Popen(command, stdin=subprocess.DEVNULL, env=env)
 
 
 def main() -> None:
@@ -113,8 +121,14 @@ def main() -> None:
     parser.add_argument("--batches", default="1,4,8")
     parser.add_argument("--tokens", type=int, default=48)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--random-shape", default=None, help="a stack_models shape, random weights")
+    parser.add_argument("--worker-threads", type=int, default=None, help="default: torch's")
     args = parser.parse_args()
-    if args.model is None:
+    if args.random_shape is not None:
+        from stack_models import write_model
+
+        args.model = str(write_model(args.random_shape, Path(tempfile.mkdtemp()), "cpu"))
+    elif args.model is None:
         from yaie.cli.models.builtin_model import ensure_builtin_model
 
         args.model = str(ensure_builtin_model())
@@ -122,7 +136,7 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
     port = free_port()
-    server = start_server(args.model, port)
+    server = start_server(args.model, port, args.worker_threads)
     try:
         wait_for_serving(f"127.0.0.1:{port}", timeout_s=300)
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
@@ -147,7 +161,8 @@ def main() -> None:
         server.wait(60)
     print(
         f"\nmodel {args.model}, {args.tokens} greedy tokens per request, "
-        f"{torch.get_num_threads()} torch threads, median of {args.reps}"
+        f"{torch.get_num_threads()} torch threads (server: {args.worker_threads or 'default'}), "
+        f"median of {args.reps}"
     )
     print("| batch | yaie tok/s | transformers tok/s | ratio | outputs equal (to the first EOS) |")
     print("| --- | --- | --- | --- | --- |")
