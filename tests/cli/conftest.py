@@ -83,18 +83,10 @@ def running_stack(model: Path, *extra: str) -> Iterator[Stack]:
 def tools() -> SimpleNamespace:
     """The helpers above and tests/processes.py's, for test files (which cannot import a
     conftest)."""
-    return SimpleNamespace(
-        running_stack=running_stack,
-        yaie=yaie,
-        serve_command=serve_command,
-        run_yaie=run_yaie,
-        run_to_end=processes.run_to_end,
-        free_port=processes.free_port,
-        start_serving=processes.start_serving,
-        child_pids=processes.child_pids,
-        descendants=processes.descendants,
-        is_running=processes.is_running,
-        wait_gone=processes.wait_gone,
-        wait_for_children=processes.wait_for_children,
-        stop=processes.stop,
+    helpers = (
+        *(running_stack, yaie, serve_command, run_yaie),
+        *(processes.free_port, processes.start_serving, processes.run_to_end, processes.stop),
+        *(processes.child_pids, processes.descendants, processes.is_running),
+        *(processes.wait_gone, processes.wait_for_children),
     )
+    return SimpleNamespace(**{helper.__name__: helper for helper in helpers})
