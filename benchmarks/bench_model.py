@@ -7,23 +7,13 @@ import argparse
 import time
 
 import torch
+from stack_models import SHAPES
 
 from yaie.worker_service.forward_batch import ForwardBatch
 from yaie.worker_service.models import build_model
 
-QWEN3_0_6B = dict(
-    architectures=["Qwen3ForCausalLM"],
-    hidden_size=1024,
-    intermediate_size=3072,
-    num_hidden_layers=28,
-    num_attention_heads=16,
-    num_key_value_heads=8,
-    head_dim=128,
-    vocab_size=151936,
-    tie_word_embeddings=True,
-    max_position_embeddings=40960,
-    rope_theta=1e6,
-)
+ARCHITECTURE, SHAPE = SHAPES["qwen3-0.6b"]  # the real checkpoint's shape, weights random
+QWEN3_0_6B = {"architectures": [ARCHITECTURE], **SHAPE}
 
 
 def decode_batch(batch: int, context: int, block_size: int) -> ForwardBatch:

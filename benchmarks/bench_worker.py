@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import torch
+from stack_models import SHAPES
 from worker_agreement import GREEDY, Blocks, agreement, step
 
 from yaie.cli.models.random_model import write_random_model
@@ -19,32 +20,8 @@ from yaie.worker_service.protocol import NewRequestSpec, Plan, RunEntry
 from yaie.worker_service.step.kv_pool import KVPool
 from yaie.worker_service.step.runner import ModelRunner
 
-# Qwen3-0.6B's config.json (Qwen/Qwen3-0.6B): the shape only, weights random.
-QWEN3_0_6B = dict(
-    hidden_size=1024,
-    intermediate_size=3072,
-    num_hidden_layers=28,
-    num_attention_heads=16,
-    num_key_value_heads=8,
-    head_dim=128,
-    vocab_size=151936,
-    tie_word_embeddings=True,
-    max_position_embeddings=40960,
-    rms_norm_eps=1e-6,
-    attention_bias=False,
-    rope_parameters={"rope_type": "default", "rope_theta": 1e6},
-)
-TINY = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=16,
-    vocab_size=2048,
-    tie_word_embeddings=True,
-    max_position_embeddings=2048,
-)
+QWEN3_0_6B = SHAPES["qwen3-0.6b"][1]  # the real checkpoint's shape, weights random
+TINY = dict(vocab_size=2048, tie_word_embeddings=True)  # write_random_model's own tiny shape
 
 
 def sync(device: torch.device) -> None:

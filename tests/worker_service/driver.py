@@ -2,12 +2,14 @@
 
 Blocks come from a free list; each step runs every admitted request (a prefill chunk of at most
 `chunk` tokens, or one decode token) and waits for its result (lock-step), unless a test sends
-plans by hand through StepStream.
+plans by hand through StepStream. Also: a worker in this process (start_cpu_worker) or the
+command line of one as a child process (worker_command), and transformers' greedy reference.
 """
 
 from __future__ import annotations
 
 import queue
+import sys
 from dataclasses import dataclass, field
 
 import grpc
@@ -193,6 +195,21 @@ def stop_worker(handle) -> None:
     worker, channel = handle
     channel.close()
     worker.stop(grace=None)
+
+
+def worker_command(model_dir, port: int, *extra: str) -> list[str]:
+    """The command line of `python -m yaie.worker_service` serving model_dir on port, for a
+    worker (or tensor-parallel group) as a child process; extra: its other flags."""
+    return [
+        sys.executable,
+        "-m",
+        "yaie.worker_service",
+        "--model",
+        str(model_dir),
+        "--port",
+        str(port),
+        *extra,
+    ]
 
 
 def load_hf_model(model_dir):

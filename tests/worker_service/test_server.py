@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.processes import free_port
 from tests.worker_service.driver import (
     StepStream,
     hf_greedy,
@@ -22,6 +21,7 @@ from tests.worker_service.driver import (
     sampling,
     start_cpu_worker,
     stop_worker,
+    worker_command,
 )
 from yaie.worker.v1 import worker_pb2, worker_pb2_grpc
 from yaie.worker_service.__main__ import main as worker_main
@@ -194,33 +194,19 @@ def test_released_and_closed_stream_requests_are_dropped(channel):
     other.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def test_command_line_worker_serves_and_exits_0_on_sigterm(model_dir):
-    port = _free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "yaie.worker_service",
-        "--model",
-        str(model_dir),
-        "--port",
-        str(port),
-        "--device",
-        "cpu",
-        "--num-blocks",
-        "32",
-    ]
-    process = subprocess.Popen(
-        command,
+def _start_command_line_worker(command: list[str]) -> subprocess.Popen:
+    """command with the test's CPU pool of 32 blocks; stderr piped, unbuffered."""
+    return subprocess.Popen(
+        [*command, "--device", "cpu", "--num-blocks", "32"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
+
+
+def test_command_line_worker_serves_and_exits_0_on_sigterm(model_dir):
+    port = free_port()
+    process = _start_command_line_worker(worker_command(model_dir, port))
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = health_pb2_grpc.HealthStub(channel)
@@ -263,25 +249,9 @@ def test_command_line_worker_leaves_at_once_on_sigterm_while_loading(model_dir):
         "loader.load_model = lambda *a, **k: (time.sleep(60), real(*a, **k))[1]; "
         "from yaie.worker_service.__main__ import main; sys.exit(main(sys.argv[1:]))"
     )
-    command = [
-        sys.executable,
-        "-c",
-        slow_load,
-        "--model",
-        str(model_dir),
-        "--port",
-        str(_free_port()),
-        "--device",
-        "cpu",
-        "--num-blocks",
-        "32",
-    ]
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    command = worker_command(model_dir, free_port())
+    command[1:3] = ["-c", slow_load]  # the same command line, the worker run through slow_load
+    process = _start_command_line_worker(command)
     try:
         deadline = time.monotonic() + 60
         while b"loading" not in process.stderr.peek() and time.monotonic() < deadline:

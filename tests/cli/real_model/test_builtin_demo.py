@@ -5,8 +5,6 @@ answer on the same folder, which names Paris."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -35,26 +33,12 @@ def transformers_answer(hf_model, hf_tokenizer, question: str) -> str:
 
 
 def test_serve_demo_answers_the_capital_of_france_like_transformers(
-    builtin_cache, hf_model, hf_tokenizer
+    builtin_cache, hf_model, hf_tokenizer, tools
 ) -> None:
-    command = [
-        sys.executable,
-        "-m",
-        "yaie.cli.main",
-        "serve",
-        "--demo",
-        "--port",
-        "0",
-        "--device",
-        "cpu",
-        "--num-blocks",
-        "64",
-    ]
     env = {**os.environ, "YAIE_CACHE": str(builtin_cache)}
-    result = subprocess.run(
-        command, env=env, capture_output=True, stdin=subprocess.DEVNULL, timeout=300, check=False
-    )
-    out, err = result.stdout.decode(), result.stderr.decode()
+    demo = ("serve", "--demo", "--port", "0", "--device", "cpu", "--num-blocks", "64")
+    result = tools.run_yaie(*demo, env=env, timeout=300)
+    out, err = result.stdout, result.stderr
     assert result.returncode == 0, err
     expected = transformers_answer(hf_model, hf_tokenizer, DEMO_QUESTION)
     assert "Paris" in expected

@@ -24,28 +24,23 @@ def _api_greedy(stack, max_new_tokens: int) -> list[pb.GenerateResponse]:
         return list(stack.stub(channel).Generate(request, timeout=60))
 
 
-def _run(tools, *args: str) -> subprocess.CompletedProcess:
-    command = tools.yaie("generate", *args)
-    result = subprocess.run(command, capture_output=True, timeout=120, check=False)
-    # Decoded by hand: text=True would turn a generated "\r" into "\n".
-    result.stdout, result.stderr = result.stdout.decode(), result.stderr.decode()
-    return result
-
-
-def test_generate_json_prints_one_object_per_frame(llama_stack, tools) -> None:
-    result = _run(
-        tools,
+def _generate_greedy(tools, stack, max_new_tokens: int, *args: str) -> subprocess.CompletedProcess:
+    """`yaie generate PROMPT` at temperature 0 against stack."""
+    return tools.run_yaie(
+        "generate",
         PROMPT,
         "--target",
-        llama_stack.target,
+        stack.target,
         "--temperature",
         "0",
         "--max-new-tokens",
-        "12",
-        "--json",
-        "--wait",
-        "30",
+        str(max_new_tokens),
+        *args,
     )
+
+
+def test_generate_json_prints_one_object_per_frame(llama_stack, tools) -> None:
+    result = _generate_greedy(tools, llama_stack, 12, "--json", "--wait", "30")
     assert result.returncode == 0, result.stderr
     frames = [json.loads(line) for line in result.stdout.splitlines()]
     expected = _api_greedy(llama_stack, 12)
@@ -58,20 +53,11 @@ def test_generate_json_prints_one_object_per_frame(llama_stack, tools) -> None:
 
 
 def test_generate_streams_plain_text_and_reports_errors(llama_stack, tools) -> None:
-    result = _run(
-        tools,
-        PROMPT,
-        "--target",
-        llama_stack.target,
-        "--temperature",
-        "0",
-        "--max-new-tokens",
-        "12",
-    )
+    result = _generate_greedy(tools, llama_stack, 12)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "".join(f.text for f in _api_greedy(llama_stack, 12)) + "\n"
     assert "tokens after a" in result.stderr
-    bad = _run(tools, PROMPT, "--target", llama_stack.target, "--top-p", "0")
+    bad = tools.run_yaie("generate", PROMPT, "--target", llama_stack.target, "--top-p", "0")
     assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr and "top_p" in bad.stderr
 
 
@@ -128,18 +114,7 @@ def test_a_request_too_long_for_the_kv_pool_is_resource_exhausted(llama_stack) -
 
 
 def test_top_logprobs_without_json_prints_each_tokens_alternatives(llama_stack, tools) -> None:
-    result = _run(
-        tools,
-        PROMPT,
-        "--target",
-        llama_stack.target,
-        "--temperature",
-        "0",
-        "--max-new-tokens",
-        "4",
-        "--top-logprobs",
-        "3",
-    )
+    result = _generate_greedy(tools, llama_stack, 4, "--top-logprobs", "3")
     assert result.returncode == 0, result.stderr
     text = "".join(f.text for f in _api_greedy(llama_stack, 4))
     assert result.stdout.startswith(text + "\n")

@@ -25,16 +25,14 @@ def _generate(tools, target: str, *args: str, key: str | None = None):
     env = {k: v for k, v in os.environ.items() if k != "YAIE_API_KEY"}
     if key is not None:
         env["YAIE_API_KEY"] = key
-    command = tools.yaie(
-        "generate", "Hello", "--target", target, "--max-new-tokens", "4", "--ignore-eos", *args
-    )
-    return subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    generate = ("generate", "Hello", "--target", target, "--max-new-tokens", "4", "--ignore-eos")
+    return tools.run_yaie(*generate, *args, env=env)
 
 
 def _bench(tools, target: str, *args: str):
     """`yaie bench`, two fixed 8-token prompts x 2 tokens, no key in the environment."""
     env = {k: v for k, v in os.environ.items() if k != "YAIE_API_KEY"}
-    command = tools.yaie(
+    return tools.run_yaie(
         "bench",
         "--target",
         target,
@@ -48,8 +46,8 @@ def _bench(tools, target: str, *args: str):
         "2",
         "--disable-progress",
         *args,
+        env=env,
     )
-    return subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
 
 
 def test_serve_with_api_key_secret_and_metrics(model_dirs, tools, tmp_path) -> None:
@@ -140,24 +138,11 @@ def test_serve_with_public_mtls_gets_ready_and_serves_only_clients_with_a_certif
         (tmp_path / name).write_bytes(data)
     files = {name: str(tmp_path / name) for name in pem}
     tls = ("--tls-cert", files["cert"], "--tls-key", files["key"], "--tls-ca", files["ca"])
-    demo = subprocess.run(
-        tools.yaie("serve", "--demo", "Hi", *tls), capture_output=True, text=True, timeout=120
-    )
+    demo = tools.run_yaie("serve", "--demo", "Hi", *tls)
     assert demo.returncode == 2 and "--demo has no client certificate" in demo.stderr
     port = tools.free_port()
-    command = tools.yaie(
-        "serve",
-        "--model",
-        str(model_dirs["LlamaForCausalLM"]),
-        "--port",
-        str(port),
-        "--device",
-        "cpu",
-        "--num-blocks",
-        "128",
-        "--log-level",
-        "INFO",
-        *tls,
+    command = tools.serve_command(
+        model_dirs["LlamaForCausalLM"], port, 128, "--log-level", "INFO", *tls
     )
     log = tmp_path / "serve.log"
     with open(log, "w") as out:
@@ -172,31 +157,20 @@ def test_serve_with_public_mtls_gets_ready_and_serves_only_clients_with_a_certif
             time.sleep(0.5)
         assert ready in log.read_text()
         target = f"localhost:{port}"
-        # --wait probes the health service over the same TLS channel as the call
-        ok = _generate(
-            tools,
-            target,
+        client_tls = (
             "--tls-ca",
             files["ca"],
             "--tls-cert",
             files["client_cert"],
             "--tls-key",
             files["client_key"],
-            "--wait",
-            "30",
         )
+        # --wait probes the health service over the same TLS channel as the call
+        ok = _generate(tools, target, *client_tls, "--wait", "30")
         assert ok.returncode == 0, ok.stderr
         refused = _generate(tools, target, "--tls-ca", files["ca"])
         assert refused.returncode != 0
-        tls = (
-            "--tls-ca",
-            files["ca"],
-            "--tls-cert",
-            files["client_cert"],
-            "--tls-key",
-            files["client_key"],
-        )
-        benched = _bench(tools, target, *tls)
+        benched = _bench(tools, target, *client_tls)
         assert benched.returncode == 0, benched.stderr
         assert "Successful requests" in benched.stdout
         assert _bench(tools, target, "--tls-ca", files["ca"]).returncode == 1

@@ -4,7 +4,6 @@ once (from HF_ENDPOINT, here a stand-in on 127.0.0.1) before the workers start, 
 from __future__ import annotations
 
 import os
-import subprocess
 
 from tests.hub_stand_in import HubStandIn, Repo
 
@@ -24,33 +23,10 @@ def test_serve_downloads_a_hub_model_at_its_revision_and_serves_it(model_dirs, t
     }
     for name in ("HF_HUB_CACHE", "HF_HUB_OFFLINE"):
         env.pop(name, None)
-    command = tools.yaie(
-        "serve",
-        "--model",
-        REPO,
-        "--revision",
-        "v1",
-        "--port",
-        "0",
-        "--device",
-        "cpu",
-        "--num-blocks",
-        "64",
-        "--demo",
-        "The cook says",
-        "--demo-tokens",
-        "4",
-    )
+    demo = ("--demo", "The cook says", "--demo-tokens", "4")
+    command = tools.serve_command(REPO, 0, 64, "--revision", "v1", *demo)
     try:
-        result = subprocess.run(
-            command,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=240,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
+        result = tools.run_to_end(command, env, timeout=240)
     finally:
         hub.stop()
     assert result.returncode == 0, result.stderr

@@ -32,24 +32,10 @@ def test_repeated_sigterm_while_stopping_still_exits_cleanly(model_dirs, tools) 
 
 def test_sigkill_of_serve_still_stops_its_workers(model_dirs, tools) -> None:
     """The kernel sends the workers SIGTERM when their parent dies (PR_SET_PDEATHSIG)."""
-    port = tools.free_port()
-    command = tools.yaie(
-        "serve",
-        "--model",
-        str(model_dirs["MistralForCausalLM"]),
-        "--port",
-        str(port),
-        "--device",
-        "cpu",
-        "--num-blocks",
-        "64",
-    )
+    command = tools.serve_command(model_dirs["MistralForCausalLM"], tools.free_port(), 64)
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 60
-        while not tools.child_pids(process.pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        workers = tools.child_pids(process.pid)
+        workers = tools.wait_for_children(process)
         assert len(workers) == 1
         os.kill(process.pid, signal.SIGKILL)
         process.wait(10)
@@ -59,29 +45,11 @@ def test_sigkill_of_serve_still_stops_its_workers(model_dirs, tools) -> None:
 
 
 def test_demo_streams_a_generation_and_exits_with_nothing_left(model_dirs, tools) -> None:
-    port = tools.free_port()
-    command = tools.yaie(
-        "serve",
-        "--model",
-        str(model_dirs["LlamaForCausalLM"]),
-        "--port",
-        str(port),
-        "--device",
-        "cpu",
-        "--num-blocks",
-        "64",
-        "--demo",
-        "The cook says",
-        "--demo-tokens",
-        "8",
-    )
+    demo = ("--demo", "The cook says", "--demo-tokens", "8")
+    command = tools.serve_command(model_dirs["LlamaForCausalLM"], tools.free_port(), 64, *demo)
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
     try:
-        workers: list[int] = []
-        deadline = time.monotonic() + 60
-        while not workers and process.poll() is None and time.monotonic() < deadline:
-            workers = tools.child_pids(process.pid)
-            time.sleep(0.05)
+        workers = tools.wait_for_children(process)
         out, _ = process.communicate(timeout=180)
     finally:
         tools.stop(process)
@@ -95,25 +63,11 @@ def test_sigterm_while_starting_stops_the_workers_and_removes_the_run_secret(
 ) -> None:
     """SIGTERM as soon as the first worker exists (before SERVING): the workers stop and the
     run's internal-secret file is gone."""
-    port = tools.free_port()
-    command = tools.yaie(
-        "serve",
-        "--model",
-        str(model_dirs["LlamaForCausalLM"]),
-        "--port",
-        str(port),
-        "--device",
-        "cpu",
-        "--num-blocks",
-        "64",
-    )
+    command = tools.serve_command(model_dirs["LlamaForCausalLM"], tools.free_port(), 64)
     env = {**os.environ, "TMPDIR": str(tmp_path)}  # where the run's secret file is written
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL, env=env)
     try:
-        deadline = time.monotonic() + 60
-        while not tools.child_pids(process.pid) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        workers = tools.child_pids(process.pid)
+        workers = tools.wait_for_children(process, poll_s=0.02)
         assert workers, "no worker was started"
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) in (0, 128 + signal.SIGTERM)

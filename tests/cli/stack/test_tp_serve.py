@@ -19,14 +19,6 @@ NUM_NEW_TOKENS = 16
 ARCHITECTURES = ["LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"]
 
 
-def descendants(tools, pid: int) -> list[int]:
-    found, frontier = [], [pid]
-    while frontier:
-        frontier = [child for parent in frontier for child in tools.child_pids(parent)]
-        found += frontier
-    return found
-
-
 def transformers_greedy(model_dir: Path) -> list[int]:
     from transformers import AutoModelForCausalLM
 
@@ -42,21 +34,7 @@ def transformers_greedy(model_dir: Path) -> list[int]:
 def start_stack(tools, model: Path) -> tuple[subprocess.Popen, str]:
     """`yaie serve --tp 2` on a free port (not yet SERVING)."""
     port = tools.free_port()
-    command = tools.yaie(
-        "serve",
-        "--model",
-        str(model),
-        "--port",
-        str(port),
-        "--device",
-        "cpu",
-        "--num-blocks",
-        "64",
-        "--tp",
-        "2",
-        "--log-level",
-        "WARNING",
-    )
+    command = tools.serve_command(model, port, 64, "--tp", "2", "--log-level", "WARNING")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL), f"127.0.0.1:{port}"
 
@@ -78,7 +56,7 @@ def test_tp2_stacks_stream_transformers_greedy_tokens_and_stop_every_rank(
     try:
         for arch, (process, target) in stacks.items():
             wait_for_serving(target, 180.0)
-            processes += descendants(tools, process.pid)
+            processes += tools.descendants(process.pid)
             with grpc.insecure_channel(target) as channel:
                 stub = generation_pb2_grpc.GenerationStub(channel)
                 frames[arch] = list(stub.Generate(request, timeout=120))
@@ -103,19 +81,7 @@ def test_a_model_two_ranks_cannot_split_fails_with_the_reason(
     from yaie.cli.models.random_model import write_random_model
 
     model = write_random_model(tmp_path_factory.mktemp("kv1"), num_key_value_heads=1)
-    command = tools.yaie(
-        "worker",
-        "--model",
-        str(model),
-        "--port",
-        "0",
-        "--device",
-        "cpu",
-        "--tp",
-        "2",
-        "--log-level",
-        "WARNING",
-    )
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    worker = ("worker", "--model", str(model), "--port", "0", "--device", "cpu", "--tp", "2")
+    result = tools.run_yaie(*worker, "--log-level", "WARNING")
     assert result.returncode == 1
     assert "tensor parallelism 2 needs num_key_value_heads (1) divisible by 2" in result.stderr

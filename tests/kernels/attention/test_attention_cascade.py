@@ -6,7 +6,6 @@ test_attention_triton.py's docstring; the parent never imports a kernel module w
 
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import dataclass, replace
 
@@ -14,13 +13,9 @@ import pytest
 import torch
 
 from tests.kernels.attention.paged_batch import relative_error
+from tests.kernels.triton_modes import gpu_only, interpreter_only
 from yaie.kernels.attention import PrefixGroups, decode_attention, decode_attention_grouped
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-interpreter_only = pytest.mark.skipif(not INTERPRET, reason="runs in the TRITON_INTERPRET child")
-gpu_only = pytest.mark.skipif(
-    INTERPRET or not torch.cuda.is_available(), reason="needs CUDA (and no interpreter)"
-)
 EXPECTED_CHILD_TESTS = 8
 
 

@@ -10,8 +10,8 @@ the parent process never imports a kernel module unless it has CUDA.
 
 from __future__ import annotations
 
-import os
 import random
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
@@ -23,14 +23,11 @@ from tests.kernels.attention.paged_batch import (
     random_ragged_lengths,
     relative_error,
 )
+from tests.kernels.triton_modes import gpu_only, interpreter_only
 from yaie.kernels.attention import decode_attention, extend_attention, store_kv
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-interpreter_only = pytest.mark.skipif(not INTERPRET, reason="runs in the TRITON_INTERPRET child")
-gpu_only = pytest.mark.skipif(
-    INTERPRET or not torch.cuda.is_available(), reason="needs CUDA (and no interpreter)"
-)
 EXPECTED_CHILD_TESTS = 12
+Runner = Callable[..., torch.Tensor]  # _run_extend or _run_decode: (batch, backend, **launch)
 
 
 def _run_extend(batch: PagedBatch, backend: str, **kwargs) -> torch.Tensor:
@@ -49,6 +46,44 @@ def _run_decode(batch: PagedBatch, backend: str, **kwargs) -> torch.Tensor:
 
     out = torch.full_like(batch.q, float("nan"))
     return decode_attention_triton(*batch.decode_args(), out=out, **kwargs)
+
+
+def _assert_interpreter_matches_reference(
+    run: Runner,
+    prefix: list[int],
+    new: list[int],
+    block_size: int,
+    gqa: int,
+    head_dim: int,
+    dtype: torch.dtype,
+    **kw: int | None,
+) -> None:
+    """run's Triton output (kw: its launch parameters) on a batch of 2 KV heads (1 at GQA 8),
+    each shared by gqa query heads, is within the dtype's tolerance of the torch reference."""
+    kv_heads = 2 if gqa < 8 else 1
+    batch = make_paged_batch(prefix, new, block_size, kv_heads, kv_heads * gqa, head_dim, dtype)
+    out = run(batch, "triton", **kw)
+    tol = 1e-5 if dtype == torch.float32 else 2e-3
+    assert relative_error(out, run(batch, "torch")) < tol
+
+
+def _assert_gpu_bf16_matches_fp32_reference(
+    run: Runner,
+    prefix: list[int],
+    new: list[int],
+    block_size: int,
+    gqa: int,
+    head_dim: int,
+    seed: int,
+) -> None:
+    """run's Triton output on a bf16 CUDA batch of 8 query heads (8 // gqa KV heads, 1 at GQA 8)
+    is within 1% of the fp32 torch reference."""
+    kv_heads = 8 // gqa if gqa < 8 else 1
+    batch = make_paged_batch(
+        prefix, new, block_size, kv_heads, kv_heads * gqa, head_dim, torch.bfloat16, "cuda", seed
+    )
+    out = run(batch, "triton")
+    assert relative_error(out, run(batch.upcast(), "torch")) <= 1e-2
 
 
 def test_kernels_match_reference_under_triton_interpreter(interpreter_child) -> None:
@@ -71,11 +106,10 @@ INTERP_EXTEND = [
 )
 def test_interpreter_extend_matches_reference(block_size, gqa, head_dim, dtype, block_m, block_n):
     prefix, new = random_ragged_lengths(block_size + gqa, batch=3, max_prefix=90, max_new=40)
-    kv_heads = 2 if gqa < 8 else 1
-    batch = make_paged_batch(prefix, new, block_size, kv_heads, kv_heads * gqa, head_dim, dtype)
-    out = _run_extend(batch, "triton", block_m=block_m, block_n=block_n, num_warps=4)
-    tol = 1e-5 if dtype == torch.float32 else 2e-3
-    assert relative_error(out, _run_extend(batch, "torch")) < tol
+    launch = dict(block_m=block_m, block_n=block_n, num_warps=4)
+    _assert_interpreter_matches_reference(
+        _run_extend, prefix, new, block_size, gqa, head_dim, dtype, **launch
+    )
 
 
 # (block_size, gqa, head_dim, dtype, num_splits, block_n)
@@ -93,11 +127,10 @@ INTERP_DECODE = [
 )
 def test_interpreter_decode_matches_reference(block_size, gqa, head_dim, dtype, splits, block_n):
     prefix, _ = random_ragged_lengths(block_size * gqa, batch=4, max_prefix=150, max_new=1)
-    kv_heads = 2 if gqa < 8 else 1
-    batch = make_paged_batch(prefix, [1] * 4, block_size, kv_heads, kv_heads * gqa, head_dim, dtype)
-    out = _run_decode(batch, "triton", num_splits=splits, block_n=block_n)
-    tol = 1e-5 if dtype == torch.float32 else 2e-3
-    assert relative_error(out, _run_decode(batch, "torch")) < tol
+    launch = dict(num_splits=splits, block_n=block_n)
+    _assert_interpreter_matches_reference(
+        _run_decode, prefix, [1] * 4, block_size, gqa, head_dim, dtype, **launch
+    )
 
 
 @interpreter_only
@@ -176,20 +209,9 @@ def test_gpu_extend_bf16_matches_fp32_reference(
     batch_size, max_prefix, max_new, block_size, gqa, head_dim
 ):
     prefix, new = random_ragged_lengths(batch_size + max_prefix, batch_size, max_prefix, max_new)
-    kv_heads = 8 // gqa if gqa < 8 else 1
-    batch = make_paged_batch(
-        prefix,
-        new,
-        block_size,
-        kv_heads,
-        kv_heads * gqa,
-        head_dim,
-        torch.bfloat16,
-        "cuda",
-        seed=batch_size,
+    _assert_gpu_bf16_matches_fp32_reference(
+        _run_extend, prefix, new, block_size, gqa, head_dim, seed=batch_size
     )
-    out = _run_extend(batch, "triton")
-    assert relative_error(out, _run_extend(batch.upcast(), "torch")) <= 1e-2
 
 
 # (batch, max_context, block_size, gqa, head_dim)
@@ -207,20 +229,10 @@ GPU_DECODE = [
 def test_gpu_decode_bf16_matches_fp32_reference(batch_size, max_context, block_size, gqa, head_dim):
     rng = random.Random(batch_size)
     contexts = [max_context] + [rng.randint(1, max_context) for _ in range(batch_size - 1)]
-    kv_heads = 8 // gqa if gqa < 8 else 1
-    batch = make_paged_batch(
-        [c - 1 for c in contexts],
-        [1] * batch_size,
-        block_size,
-        kv_heads,
-        kv_heads * gqa,
-        head_dim,
-        torch.bfloat16,
-        "cuda",
-        seed=batch_size,
+    prefix = [c - 1 for c in contexts]
+    _assert_gpu_bf16_matches_fp32_reference(
+        _run_decode, prefix, [1] * batch_size, block_size, gqa, head_dim, seed=batch_size
     )
-    out = _run_decode(batch, "triton")
-    assert relative_error(out, _run_decode(batch.upcast(), "torch")) <= 1e-2
 
 
 @gpu_only

@@ -7,12 +7,12 @@ starts the child. GPU cases run where CUDA is present.
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 
 import pytest
 import torch
 
+from tests.kernels.triton_modes import gpu_only, interpreter_only
 from yaie.kernels.sampling import (
     SamplingBatch,
     SamplingConfig,
@@ -22,11 +22,6 @@ from yaie.kernels.sampling import (
     sample,
 )
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-interpreter_only = pytest.mark.skipif(not INTERPRET, reason="runs in the TRITON_INTERPRET child")
-gpu_only = pytest.mark.skipif(
-    INTERPRET or not torch.cuda.is_available(), reason="needs CUDA (and no interpreter)"
-)
 EXPECTED_CHILD_TESTS = 12
 
 MIXED = [

@@ -4,16 +4,20 @@ stream equal transformers' on the CPU, fp32 (the multi-GPU counterpart of test_t
 from __future__ import annotations
 
 import signal
-import socket
-import subprocess
-import sys
 
 import grpc
 import pytest
 import torch
 
-from tests.worker_service.driver import Driver, Seq, StepStream, hf_greedy, load_hf_model
-from yaie.cli.health_probe import wait_for_serving
+from tests.processes import free_port, start_serving
+from tests.worker_service.driver import (
+    Driver,
+    Seq,
+    StepStream,
+    hf_greedy,
+    load_hf_model,
+    worker_command,
+)
 
 pytestmark = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
 
@@ -21,17 +25,10 @@ pytestmark = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two
 @pytest.mark.parametrize("architecture", ["LlamaForCausalLM", "Qwen3ForCausalLM"])
 def test_tp2_on_two_gpus_gives_transformers_greedy_tokens(architecture, tiny_model_dir) -> None:
     model_dir = tiny_model_dir(architecture)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    command = [
-        sys.executable,
-        "-m",
-        "yaie.worker_service",
-        "--model",
-        str(model_dir),
-        "--port",
-        str(port),
+    port = free_port()
+    command = worker_command(
+        model_dir,
+        port,
         "--device",
         "cuda",
         "--dtype",
@@ -42,10 +39,9 @@ def test_tp2_on_two_gpus_gives_transformers_greedy_tokens(architecture, tiny_mod
         "16",
         "--num-blocks",
         "64",
-    ]
-    process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+    )
+    process = start_serving(command, f"127.0.0.1:{port}", 300.0)
     try:
-        wait_for_serving(f"127.0.0.1:{port}", 300.0)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stream = StepStream(channel)
             driver = Driver(stream, 16, 64)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from tests.processes import descendants, free_port, start_serving, stop, wait_gone
 from tests.worker_service.driver import (
     Driver,
     Seq,
@@ -24,67 +24,19 @@ from tests.worker_service.driver import (
     sampling,
     start_cpu_worker,
     stop_worker,
+    worker_command,
 )
-from yaie.cli.health_probe import wait_for_serving
 from yaie.worker.v1 import worker_pb2
 
 BLOCK_SIZE, NUM_BLOCKS = 4, 64
 
 
-def descendants(pid: int) -> list[int]:
-    """Live (non-zombie) descendants of pid, from /proc."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[0] != "Z":
-                parents[int(entry.name)] = int(fields[1])
-    found, frontier = [], [pid]
-    while frontier:
-        children = [p for p, parent in parents.items() if parent in frontier]
-        found += children
-        frontier = children
-    return found
-
-
-def wait_gone(pids: list[int], timeout_s: float = 20.0) -> list[int]:
-    deadline = time.monotonic() + timeout_s
-    while (alive := [p for p in pids if Path(f"/proc/{p}").exists() and _running(p)]) and (
-        time.monotonic() < deadline
-    ):
-        time.sleep(0.1)
-    return alive
-
-
-def _running(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_group(model_dir: Path) -> tuple[subprocess.Popen, str]:
     """`python -m yaie.worker_service --tp 2` on a free port, SERVING."""
     port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "yaie.worker_service",
-        "--model",
-        str(model_dir),
-        "--port",
-        str(port),
+    command = worker_command(
+        model_dir,
+        port,
         "--device",
         "cpu",
         "--tp",
@@ -95,25 +47,9 @@ def start_group(model_dir: Path) -> tuple[subprocess.Popen, str]:
         str(BLOCK_SIZE),
         "--num-blocks",
         str(NUM_BLOCKS),
-    ]
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL)
-    try:
-        wait_for_serving(f"127.0.0.1:{port}", 120.0)
-    except BaseException:
-        stop(process)
-        raise
-    return process, f"127.0.0.1:{port}"
-
-
-def stop(process: subprocess.Popen) -> int:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    try:
-        return process.wait(30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        return process.wait()
+    return start_serving(command, f"127.0.0.1:{port}", 120.0, env), f"127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +76,7 @@ def group(model_dir):
     channel.close()
     if process.poll() is None:
         assert stop(process) == 0
-    assert wait_gone(ranks) == []
+    assert wait_gone(ranks, 20.0) == []
 
 
 def prompt(seed: int, length: int) -> list[int]:
@@ -240,19 +176,7 @@ def test_sampling_that_does_not_decode_fails_its_request_alone_on_every_rank(gro
 
 
 def test_rank_0_killed_while_loading_takes_rank_1_down(model_dir) -> None:
-    command = [
-        sys.executable,
-        "-m",
-        "yaie.worker_service",
-        "--model",
-        str(model_dir),
-        "--port",
-        "0",
-        "--device",
-        "cpu",
-        "--tp",
-        "2",
-    ]
+    command = worker_command(model_dir, 0, "--device", "cpu", "--tp", "2")
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
@@ -262,7 +186,7 @@ def test_rank_0_killed_while_loading_takes_rank_1_down(model_dir) -> None:
         time.sleep(1.0)  # rank 1 is importing or joining the group
         process.kill()
         process.wait(10)
-        assert wait_gone([rank_1]) == []
+        assert wait_gone([rank_1], 20.0) == []
     finally:
         stop(process)
 
