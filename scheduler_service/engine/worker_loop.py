@@ -231,6 +231,7 @@ class WorkerLoop:
                 t_result=arrived,
                 forward_ms=outcome.forward_ms,
                 sample_ms=outcome.sample_ms,
+                grammar_ms=outcome.grammar_ms,
                 process_ms=(time.perf_counter() - arrived) * 1e3,
             )
 
