@@ -18,6 +18,7 @@ import sys
 import time
 import uuid
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import TextIO
 
 import grpc
@@ -56,6 +57,8 @@ class BenchConfig:
     # Ask for one frame per request (OutputOptions.single_frame): a diagnostic that takes the
     # per-frame streaming cost out; TTFT then equals E2E and there are no ITLs.
     single_frame: bool = False
+    # Structured output: every request's output constrained by this JSON schema (its text).
+    json_schema: str | None = None
 
     def __post_init__(self) -> None:
         if self.dataset not in ds.DATASETS:
@@ -93,12 +96,16 @@ def make_requests(config: BenchConfig, vocab_size: int) -> list[ds.BenchRequest]
 
 
 def _to_proto(request: ds.BenchRequest, request_id: str, config: BenchConfig) -> pb.GenerateRequest:
+    """With a JSON schema an output may end (STOP) before output_len: its grammar completed."""
     return pb.GenerateRequest(
         request_id=request_id,
         token_ids=pb.TokenIds(ids=request.prompt_ids),
         sampling=pb.SamplingParams(temperature=config.temperature),
         stopping=pb.StoppingCriteria(max_new_tokens=request.output_len, ignore_eos=True),
         output=pb.OutputOptions(single_frame=config.single_frame),
+        response_format=pb.ResponseFormat(json_schema=config.json_schema)
+        if config.json_schema
+        else None,
     )
 
 
@@ -363,6 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
     client_security.add_arguments(p)  # --api-key-file, --tls-ca, --tls-cert, --tls-key
     p.add_argument("--disable-progress", action="store_true", help="no progress bar")
     p.add_argument(
+        "--json-schema",
+        metavar="FILE",
+        default=None,
+        help="structured output: constrain every output by this JSON schema",
+    )
+    p.add_argument(
         "--single-frame",
         action="store_true",
         help="diagnostic: one frame per request (no TTFT/ITL; shows the cost of "
@@ -372,7 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
-    return BenchConfig(**{f.name: getattr(args, f.name) for f in fields(BenchConfig)})
+    values = {f.name: getattr(args, f.name) for f in fields(BenchConfig) if f.name != "json_schema"}
+    schema = Path(args.json_schema).read_text(encoding="utf-8") if args.json_schema else None
+    return BenchConfig(**values, json_schema=schema)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 from typing import TextIO
 
 import grpc
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="show each token's N most likely alternatives, with logprobs",
     )
     p.add_argument("--json", action="store_true", help="one JSON object per frame on stdout")
+    _add_response_format(p)
     add_wait_argument(p)
     p.add_argument("--timeout", type=float, default=None, help="deadline of the call, seconds")
     p.add_argument(
@@ -103,7 +105,29 @@ def build_request(args: argparse.Namespace) -> pb.GenerateRequest:
     request.output.skip_special_tokens = args.skip_special_tokens
     request.output.top_logprobs = args.top_logprobs
     request.cache_salt = getattr(args, "cache_salt", "")
+    fill_response_format(args, request.response_format)
     return request
+
+
+def _add_response_format(p: argparse.ArgumentParser) -> None:
+    """Structured output: at most one constraint on the whole output."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--json-schema", metavar="FILE", help="output is JSON valid against FILE")
+    group.add_argument("--json-object", action="store_true", help="output is any JSON object")
+    group.add_argument("--regex", metavar="R", help="output fully matches the regex R")
+    group.add_argument("--ebnf", metavar="FILE", help="output is a sentence of FILE's grammar")
+
+
+def fill_response_format(args: argparse.Namespace, fmt: pb.ResponseFormat) -> None:
+    """Sets fmt from --json-schema / --json-object / --regex / --ebnf (files read here)."""
+    if getattr(args, "json_schema", None):
+        fmt.json_schema = Path(args.json_schema).read_text(encoding="utf-8")
+    elif getattr(args, "json_object", False):
+        fmt.json_object = True
+    elif getattr(args, "regex", None):
+        fmt.regex = args.regex
+    elif getattr(args, "ebnf", None):
+        fmt.ebnf = Path(args.ebnf).read_text(encoding="utf-8")
 
 
 def stream(

@@ -50,6 +50,9 @@ class SchedulerConfig:
     max_wait_steps: int = 32
     # Waiting requests considered for prefix ordering per step (the queue head; bounds the cost).
     prefix_scan_window: int = 256
+    # Structured output: append the tokens a request's grammar forces (a JSON key, `": "`)
+    # without a decode step each (SGLang's jump-forward decoding).
+    enable_jump_forward: bool = True
 
     def __post_init__(self) -> None:
         positive = {

@@ -20,6 +20,7 @@ from yaie.worker_service.auth import WorkerSecurity
 from yaie.worker_service.config import WorkerConfig, dtype_name
 from yaie.worker_service.loader import load_model, read_config, resolve_model_dir
 from yaie.worker_service.server import WorkerServicer
+from yaie.worker_service.step.grammar import GrammarBackend
 from yaie.worker_service.step.kv_pool import KVPool
 from yaie.worker_service.step.runner import ModelRunner
 from yaie.worker_service.step.warmup import log_later_compiles, warm_up
@@ -79,8 +80,16 @@ def build_runner(config: WorkerConfig) -> tuple[ModelRunner, worker_pb2.WorkerIn
     )
     backend = resolve_backend(config.attention_backend, device.type == "cuda")
     use_graphs = config.cuda_graphs and device.type == "cuda" and backend == "triton"
+    # Structured output reads the model folder's tokenizer on the first constrained request.
+    grammars = GrammarBackend(resolve_model_dir(config.model), model.vocab_size)
     runner = ModelRunner(
-        model, pool, use_graphs, config.max_graph_batch_size, tp, config.cascade_attention
+        model,
+        pool,
+        use_graphs,
+        config.max_graph_batch_size,
+        tp,
+        config.cascade_attention,
+        grammars,
     )
     if device.type == "cuda" and tp is None:  # compile every kernel variant before serving
         warm_up(runner)

@@ -56,3 +56,10 @@ class StepOutput:
     sample_ms: float = 0.0
     error: str = ""
     request_errors: dict[int, str] = field(default_factory=dict)
+    # Structured output: requests whose grammar this step completed, and per request whose
+    # grammar forced tokens after this step's token, how many and which (concatenated).
+    grammar_done_request_ids: list[int] = field(default_factory=list)
+    jump_request_ids: list[int] = field(default_factory=list)
+    jump_num_tokens: list[int] = field(default_factory=list)
+    jump_token_ids: list[int] = field(default_factory=list)
+    grammar_ms: float = 0.0

@@ -37,6 +37,11 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         self._lock = threading.Lock()  # one launch at a time across streams
         self._open_streams = 0
         self._streams_changed = threading.Condition()
+        self._tables: set[RequestTable] = set()  # of the open streams (for tests and stats)
+
+    def live_tables(self) -> list[RequestTable]:
+        """The request tables of the open Step streams."""
+        return list(self._tables)
 
     def wait_streams_closed(self, timeout_s: float) -> bool:
         """Waits until every Step stream has closed its table (after the server stopped, so that
@@ -70,6 +75,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             name="step-reader",
         ).start()
         table = self.runner.new_table()
+        self._tables.add(table)
         pending: deque[PendingStep] = deque()
         last_step_id: int | None = None
         self._count_stream(+1)
@@ -97,6 +103,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                 yield self._finish(pending.popleft())
         finally:  # stream closed or cancelled: its requests are gone
             closed.set()  # a reader blocked on the full queue gives up
+            self._tables.discard(table)
             try:
                 with self._lock:
                     self.runner.close_table(table)

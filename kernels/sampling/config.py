@@ -15,6 +15,8 @@ GREEDY_TEMPERATURE = 1e-5
 # Alternatives per sampled token a request may ask for (the public API allows 20): bounds the
 # top-k over the vocabulary and the size of a step result.
 MAX_TOP_LOGPROBS = 64
+# What a structured-output constraint's text is (grammar_kind): "" means unconstrained.
+GRAMMAR_KINDS = ("", "json_schema", "json_object", "regex", "ebnf")
 
 
 @dataclass(frozen=True)
@@ -24,7 +26,10 @@ class SamplingConfig:
     temperature 0 (or below GREEDY_TEMPERATURE) is greedy; top_k 0 (or >= vocab) is off; top_p 1
     and min_p 0 are off; penalties of 1 / 0 / 0 are off. seed is any integer in [0, 2^64).
     logit_bias maps token id -> additive bias. top_logprobs > 0 or return_logprobs asks for the
-    chosen token's logprob (and the top-n) of the raw logits.
+    chosen token's logprob (and the top-n) of the raw logits. grammar_kind (GRAMMAR_KINDS) and
+    grammar (its text: a JSON schema, a regex, an EBNF grammar; empty for json_object) constrain
+    the output (the worker compiles them, worker_service/step/grammar.py); jump_forward lets the
+    worker append the tokens such a grammar forces without a decode step each.
     """
 
     temperature: float = 1.0
@@ -38,6 +43,9 @@ class SamplingConfig:
     logit_bias: Mapping[int, float] = field(default_factory=lambda: MappingProxyType({}))
     top_logprobs: int = 0
     return_logprobs: bool = False
+    grammar_kind: str = ""
+    grammar: str = ""
+    jump_forward: bool = True
 
     def __post_init__(self) -> None:
         checks = [
@@ -57,6 +65,8 @@ class SamplingConfig:
                 all(not math.isnan(float(v)) for v in self.logit_bias.values()),
                 "logit_bias values that are not NaN (+-inf bans or forces a token)",
             ),
+            (self.grammar_kind in GRAMMAR_KINDS, f"grammar_kind in {GRAMMAR_KINDS}"),
+            (bool(self.grammar_kind) or not self.grammar, "a grammar_kind for the grammar text"),
         ]
         for ok, what in checks:
             if not ok:
@@ -87,6 +97,11 @@ class SamplingConfig:
             or self.frequency_penalty != 0.0
             or self.presence_penalty != 0.0
         )
+
+    @property
+    def is_constrained(self) -> bool:
+        """True when a grammar constrains the output (structured output)."""
+        return bool(self.grammar_kind)
 
     @property
     def wants_logprobs(self) -> bool:

@@ -105,7 +105,9 @@ class GenerationServicer:
 
     def _limits(self, tokenizer: Tokenizer) -> ModelLimits:
         info = self._engine.model_info
-        return ModelLimits(info.vocab_size, info.max_context, tokenizer.eos_token_ids)
+        config = getattr(self._engine, "config", None)  # a test's fake engine may have none
+        jump_forward = getattr(config, "enable_jump_forward", True)
+        return ModelLimits(info.vocab_size, info.max_context, tokenizer.eos_token_ids, jump_forward)
 
     @_stream
     async def Generate(self, request: Any, context: grpc.aio.ServicerContext):

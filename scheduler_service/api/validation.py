@@ -6,12 +6,14 @@ INVALID_ARGUMENT before any worker is reached.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import secrets
 from dataclasses import dataclass
 from typing import Protocol
 
 from yaie.kernels.sampling.config import SamplingConfig
+from yaie.kernels.sampling.grammar import check_grammar
 from yaie.scheduler_service.engine.request import GenerationRequest
 from yaie.v1 import generation_pb2 as pb
 
@@ -32,6 +34,8 @@ class ModelLimits:
     vocab_size: int
     max_context: int
     eos_token_ids: frozenset[int] = frozenset()
+    # The server's treatment of constrained requests (SchedulerConfig.enable_jump_forward).
+    jump_forward: bool = True
 
 
 @dataclass(frozen=True)
@@ -148,6 +152,24 @@ def sampling_config(
     )
 
 
+def _with_constraint(
+    sampling: SamplingConfig, response_format: pb.ResponseFormat, jump_forward: bool
+) -> SamplingConfig:
+    """sampling with the response format's constraint, whose syntax XGrammar checked (without
+    the vocabulary: the worker compiles it); ValueError with the compiler's reason."""
+    kind = response_format.WhichOneof("format")
+    if kind is None:
+        return sampling
+    if kind == "json_object" and not response_format.json_object:
+        raise ValueError("response_format.json_object must be true when set")
+    text = "" if kind == "json_object" else getattr(response_format, kind)
+    try:
+        check_grammar(kind, text)
+    except ValueError as exc:
+        raise ValueError(f"response_format.{exc}") from exc
+    return dataclasses.replace(sampling, grammar_kind=kind, grammar=text, jump_forward=jump_forward)
+
+
 def _max_new_tokens(stopping: pb.StoppingCriteria, num_prompt: int, max_context: int) -> int:
     if num_prompt >= max_context:
         raise ValueError(
@@ -185,9 +207,7 @@ def validate_generate(
     _check_ids("stop_token_ids", list(stopping.stop_token_ids), limits.vocab_size)
     if len(request.cache_salt.encode("utf-8")) > MAX_CACHE_SALT_BYTES:
         raise ValueError(f"cache_salt must be at most {MAX_CACHE_SALT_BYTES} bytes")
-    if request.response_format.WhichOneof("format") is not None:
-        # Until the structured-output path lands, a constraint is refused, never silently ignored.
-        raise ValueError("response_format is not supported by this server yet")
+    sampling = _with_constraint(sampling, request.response_format, limits.jump_forward)
     stop_ids = set(stopping.stop_token_ids)
     if not stopping.ignore_eos:
         stop_ids |= limits.eos_token_ids

@@ -83,6 +83,16 @@ class StepStream:
             seq.pending -= samples
         return flight, outcome
 
+    def cancel_next_sample(self, seq: Sequence) -> None:
+        """The worker found a jump-forward after seq's last token: the decode of seq in flight
+        (if any) computes that token but samples nothing (the forced tokens come first)."""
+        for flight in self._in_flight:
+            for j, (other, n, samples) in enumerate(flight.runs):
+                if other is seq and samples:
+                    flight.runs[j] = (seq, n, False)
+                    seq.pending -= 1
+                    return
+
     def _plan(self, runs: list[Run]) -> InFlight:
         """A run samples when it reaches the last token the worker knows; only the blocks the
         worker has not been sent go with it."""

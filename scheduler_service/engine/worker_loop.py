@@ -31,7 +31,11 @@ from yaie.scheduler_service.engine.sequence import Sequence, SequenceStatus
 from yaie.scheduler_service.engine.step_stream import InFlight, StepStream
 from yaie.scheduler_service.ops.step_trace import StepTrace
 from yaie.scheduler_service.workers import health_monitor
-from yaie.scheduler_service.workers.step_plan import StepOutcome, WorkerDescription
+from yaie.scheduler_service.workers.step_plan import (
+    StepOutcome,
+    TokenLogprobs,
+    WorkerDescription,
+)
 from yaie.scheduler_service.workers.worker_client import (
     WorkerClient,
     WorkerHungError,
@@ -216,10 +220,8 @@ class WorkerLoop:
             if n > 1 and seq.status is SequenceStatus.RUNNING:
                 self.policy.cache_prompt(seq, flight.ends[i])
             if samples and not seq.is_finished:  # a finished request drops tokens in flight
-                seq.append_token(token, self.info.max_context)
-                logprobs = outcome.logprobs[i]
-                lps = [logprobs] if logprobs is not None else []
-                seq.emit([token], lps, interval if seq.emitted else 1)  # first token: at once
+                tokens, lps = self._take_tokens(seq, token, outcome, i, entries[i].request_id)
+                seq.emit(tokens, lps, interval if seq.emitted else 1)  # first token: at once
                 if seq.is_finished:
                     self._on_finished(seq)
                     self._retire(seq)
@@ -229,8 +231,35 @@ class WorkerLoop:
                 t_result=arrived,
                 forward_ms=outcome.forward_ms,
                 sample_ms=outcome.sample_ms,
+                grammar_ms=outcome.grammar_ms,
                 process_ms=(time.perf_counter() - arrived) * 1e3,
             )
+
+    def _take_tokens(
+        self, seq: Sequence, token: int, outcome: StepOutcome, index: int, worker_id: int
+    ) -> tuple[list[int], list[TokenLogprobs]]:
+        """Appends an entry's sampled token to seq, then the tokens its grammar forced after it
+        (jump-forward: output the worker computes as the next chunk) and the grammar's finish;
+        returns the tokens and logprobs to emit (a forced token's logprob is 0: it was certain)."""
+        seq.append_token(token, self.info.max_context)
+        tokens = [token]
+        logprobs = outcome.logprobs[index]
+        lps = [logprobs] if logprobs is not None else []
+        forced = outcome.jumps.get(worker_id, [])
+        if forced:
+            # A decode of seq already in flight computes `token` but samples nothing now.
+            self.stream.cancel_next_sample(seq)
+        for forced_token in forced:
+            if seq.is_finished:
+                break
+            seq.append_token(forced_token, self.info.max_context)
+            tokens.append(forced_token)
+            if logprobs is not None:
+                lps.append(TokenLogprobs(forced_token, 0.0, []))
+        complete = len(tokens) == 1 + len(forced)
+        if worker_id in outcome.grammar_done and complete and seq.matched_stop_token is None:
+            seq.finish_reason = FinishReason.STOP  # the output is complete (even at the length)
+        return tokens, lps
 
     def _warn_unknown_errors(self, flight: InFlight, outcome: StepOutcome) -> None:
         """Errors for ids the step did not run (rare: the set of its ids is built only then)."""

@@ -79,3 +79,8 @@ class StepOutcome:
     request_errors: dict[int, str] = field(default_factory=dict)  # request id -> why it failed
     forward_ms: float = 0.0
     sample_ms: float = 0.0
+    # Structured output, by request id: grammars this step's token completed (the request is
+    # finished), and the tokens a grammar forced after this step's token (jump-forward).
+    grammar_done: frozenset[int] = frozenset()
+    jumps: dict[int, list[int]] = field(default_factory=dict)
+    grammar_ms: float = 0.0

@@ -86,8 +86,14 @@ def decode_result(result: worker_pb2.StepResult, entries: list[PlanEntry]) -> St
         request_errors={e.request_id: e.message for e in result.request_errors},
         forward_ms=result.forward_ms,
         sample_ms=result.sample_ms,
+        grammar_done=frozenset(result.grammar_done_request_ids),
+        jumps=_decode_jumps(result) or {},
+        grammar_ms=result.grammar_ms,
     )
     if result.error:
+        return outcome
+    if _decode_jumps(result) is None:
+        outcome.error = "the result's jump_* arrays do not line up"
         return outcome
     if len(outcome.token_ids) != len(entries):
         outcome.error = f"{len(outcome.token_ids)} token ids for {len(entries)} run entries"
@@ -108,6 +114,18 @@ def decode_result(result: worker_pb2.StepResult, entries: list[PlanEntry]) -> St
         num_lp += 1
         top_pos += n
     return outcome
+
+
+def _decode_jumps(result: worker_pb2.StepResult) -> dict[int, list[int]] | None:
+    """The packed jump_* arrays as request id -> forced tokens; None when they do not line up."""
+    ids, counts, tokens = result.jump_request_ids, result.jump_num_tokens, result.jump_token_ids
+    if len(ids) != len(counts) or sum(counts) != len(tokens):
+        return None
+    jumps, start = {}, 0
+    for request_id, n in zip(ids, counts, strict=True):
+        jumps[request_id] = list(tokens[start : start + n])
+        start += n
+    return jumps
 
 
 def _reason(error: grpc.aio.AioRpcError) -> str:

@@ -5,6 +5,7 @@ device-resident last sampled token that feeds each decode (so plan N+1 needs no 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -12,6 +13,9 @@ import torch
 from yaie.kernels.host_copy import to_device
 from yaie.kernels.sampling import SamplingConfig
 from yaie.worker_service.protocol import NewRequestSpec, RunEntry
+
+if TYPE_CHECKING:
+    from yaie.worker_service.step.grammar import RequestGrammar
 
 
 @dataclass
@@ -31,6 +35,7 @@ class RequestState:
     # sampled here) [capacity] int64, first num_outputs valid.
     prompt_tokens: torch.Tensor | None = None
     output_tokens: torch.Tensor | None = None
+    grammar: RequestGrammar | None = None  # its matcher, when a grammar constrains it
 
     @property
     def num_tokens(self) -> int:
@@ -122,6 +127,9 @@ class RequestTable:
     def __len__(self) -> int:
         return len(self._requests)
 
+    def states(self) -> list[RequestState]:
+        return list(self._requests.values())
+
     def get(self, request_id: int) -> RequestState | None:
         return self._requests.get(request_id)
 
@@ -196,3 +204,17 @@ def append_output(state: RequestState, token_id: torch.Tensor) -> None:
         grown[:index] = state.output_tokens
         state.output_tokens = grown
     state.output_tokens[index : index + 1] = token_id
+
+
+def append_known(state: RequestState, sampled: list[int], forced: list[int]) -> None:
+    """Moves a constrained request's host-known tokens into token_ids: the ones it sampled here
+    (all num_sampled of them, already in output_tokens), then the tokens its grammar forced,
+    which the next run computes as a prefill chunk."""
+    assert len(sampled) == state.num_sampled, "sampled tokens not all read back"
+    state.token_ids.extend(sampled)
+    state.num_sampled = 0
+    for token in forced:
+        if state.output_tokens is not None:
+            device = state.output_tokens.device
+            append_output(state, torch.tensor([token], dtype=torch.int64, device=device))
+        state.token_ids.append(token)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from typing import TYPE_CHECKING
 
 import torch
@@ -20,8 +21,14 @@ import torch
 from yaie.worker_service.protocol import Plan, StepOutput
 from yaie.worker_service.step.batch_builder import ScheduledEntry, build_forward_batch
 from yaie.worker_service.step.cuda_graphs import DecodeGraphs
+from yaie.worker_service.step.grammar import GrammarBackend
+from yaie.worker_service.step.grammar_step import (
+    advance_grammars,
+    apply_grammar_masks,
+    catch_up_before_run,
+)
 from yaie.worker_service.step.kv_pool import KVPool
-from yaie.worker_service.step.request_state import RequestTable, check_run_entry
+from yaie.worker_service.step.request_state import RequestState, RequestTable, check_run_entry
 from yaie.worker_service.step.sampling_step import PendingStep, StepTimer, sample_entries
 from yaie.worker_service.tp.plan_channel import PlanOp, share_plan
 
@@ -44,8 +51,10 @@ class ModelRunner:
         max_graph_batch_size: int = 256,
         tp: TPGroup | None = None,
         cascade: bool = False,
+        grammars: GrammarBackend | None = None,
     ) -> None:
         self.model = model
+        self.grammars = grammars  # structured output (None: constrained requests fail)
         self.cascade = cascade  # decode steps group rows that share cached prefix blocks
         self.pool = pool
         self.tp = tp
@@ -148,9 +157,23 @@ class ModelRunner:
                 )
                 continue
             try:
-                table.add(spec, self.pool.block_size, self.max_context, self.vocab_size)
+                state = table.add(spec, self.pool.block_size, self.max_context, self.vocab_size)
             except (ValueError, TypeError) as exc:
                 self._fail(table, output, spec.request_id, f"bad NewRequest: {exc}")
+                continue
+            if spec.sampling.is_constrained:
+                self._add_grammar(table, output, state)
+
+    def _add_grammar(self, table: RequestTable, output: StepOutput, state: RequestState) -> None:
+        """The request's matcher (compiled once per distinct constraint); a constraint that
+        does not compile fails this request only."""
+        try:
+            if self.grammars is None:
+                raise ValueError("this worker does not serve structured output")
+            earlier_output = state.token_ids[state.num_prompt_tokens :]
+            state.grammar = self.grammars.new_grammar(state.sampling, earlier_output)
+        except ValueError as exc:
+            self._fail(table, output, state.request_id, f"constraint: {exc}")
 
     def _schedule(
         self, table: RequestTable, plan: Plan, output: StepOutput
@@ -170,6 +193,7 @@ class ModelRunner:
                 self._fail(table, output, entry.request_id, f"unknown request {entry.request_id}")
                 continue
             try:
+                catch_up_before_run(state, entry.num_tokens)
                 samples = check_run_entry(
                     state, entry, self.pool.block_size, self.pool.num_blocks, self.max_context
                 )
@@ -201,6 +225,14 @@ class ModelRunner:
         else:
             logits = self.model.forward(batch, self.pool.cache)  # [num_sampled, vocab] fp32
         timer.mark()
+        if any(e.samples and e.state.grammar is not None for e in entries):
+            started = time.perf_counter()
+            entries, keep = advance_grammars(entries)  # waits for constrained rows only
+            if keep is not None:
+                rows = torch.tensor(keep, dtype=torch.int64, device=logits.device)
+                logits, sample_rows = logits[rows], sample_rows[rows]
+            apply_grammar_masks(logits, [e for e in entries if e.samples])
+            output.grammar_ms = (time.perf_counter() - started) * 1e3
         pending = sample_entries(
             logits, entries, sample_rows, table, self.vocab_size, output, timer
         )

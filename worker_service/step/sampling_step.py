@@ -14,6 +14,7 @@ import torch
 from yaie.kernels.sampling import SamplingBatch, sample
 from yaie.worker_service.protocol import StepOutput
 from yaie.worker_service.step.batch_builder import ScheduledEntry
+from yaie.worker_service.step.grammar import PendingToken, RequestGrammar
 from yaie.worker_service.step.request_state import RequestTable, append_output
 
 
@@ -59,6 +60,8 @@ class PendingStep:
     has_logprobs: bool = False
     timer: StepTimer | None = None
     done_event: torch.cuda.Event | None = None
+    # Constrained rows: (request id, its grammar, the token it waits for), in plan order.
+    grammar_rows: list[tuple[int, RequestGrammar, PendingToken]] = field(default_factory=list)
 
     @classmethod
     def done(cls, output: StepOutput) -> PendingStep:
@@ -91,7 +94,24 @@ class PendingStep:
                 out.logprobs.append(logprobs[i])
                 out.top_token_ids.extend(top_ids[i][: row.num_top] if row.num_top else [])
                 out.top_logprobs.extend(top_lps[i][: row.num_top] if row.num_top else [])
+        self._report_grammars(out)
         return out
+
+    def _report_grammars(self, out: StepOutput) -> None:
+        """Advances each constrained row's matcher over its token (unless the next step already
+        did) and reports grammars completed and tokens forced."""
+        for request_id, grammar, token in self.grammar_rows:
+            if grammar.pending is token:
+                started = time.perf_counter()
+                with torch.inference_mode():  # its bitmask was made in the step's inference mode
+                    grammar.catch_up()
+                out.grammar_ms += (time.perf_counter() - started) * 1e3
+            if token.done:
+                out.grammar_done_request_ids.append(request_id)
+            if token.jump:
+                out.jump_request_ids.append(request_id)
+                out.jump_num_tokens.append(len(token.jump))
+                out.jump_token_ids.extend(token.jump)
 
 
 def _penalty_inputs(
@@ -159,7 +179,13 @@ def sample_entries(
         host.copy_(packed, non_blocking=True)
     else:
         host = packed
-    return PendingStep(output, rows, host, num_top, has_logprobs, timer, _record(timer))
+    done_event = _record(timer)
+    grammar_rows = [
+        (e.state.request_id, e.state.grammar, e.state.grammar.expect(host, i, done_event))
+        for i, e in enumerate(sampled)
+        if e.state.grammar is not None
+    ]
+    return PendingStep(output, rows, host, num_top, has_logprobs, timer, done_event, grammar_rows)
 
 
 def _record(timer: StepTimer) -> torch.cuda.Event | None:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1byaie/worker/v1/worker.proto\x12\x0eyaie.worker.v1\"\x11\n\x0f\x44\x65scribeRequest\"\xee\x01\n\nWorkerInfo\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\r\n\x05model\x18\x02 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\x12\n\nvocab_size\x18\x06 \x01(\r\x12\x13\n\x0bmax_context\x18\x07 \x01(\r\x12\x12\n\nblock_size\x18\x08 \x01(\r\x12\x12\n\nnum_blocks\x18\t \x01(\r\x12\x16\n\x0erandom_weights\x18\n \x01(\x08\x12\x19\n\x11\x61ttention_backend\x18\x0b \x01(\t\"\xd5\x02\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_p\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\r\n\x05min_p\x18\x04 \x01(\x02\x12\x1a\n\x12repetition_penalty\x18\x05 \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\x06 \x01(\x02\x12\x18\n\x10presence_penalty\x18\x07 \x01(\x02\x12\x0c\n\x04seed\x18\x08 \x01(\x04\x12\x41\n\nlogit_bias\x18\t \x03(\x0b\x32-.yaie.worker.v1.SamplingParams.LogitBiasEntry\x12\x14\n\x0ctop_logprobs\x18\n \x01(\r\x12\x17\n\x0freturn_logprobs\x18\x0b \x01(\x08\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"\x9b\x01\n\nNewRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x19\n\x11num_prompt_tokens\x18\x03 \x01(\r\x12\x19\n\x11num_cached_tokens\x18\x04 \x01(\r\x12\x30\n\x08sampling\x18\x05 \x01(\x0b\x32\x1e.yaie.worker.v1.SamplingParams\"\xe2\x01\n\x08StepPlan\x12\x0f\n\x07step_id\x18\x01 \x01(\x04\x12\x30\n\x0cnew_requests\x18\x02 \x03(\x0b\x32\x1a.yaie.worker.v1.NewRequest\x12\x1b\n\x0frun_request_ids\x18\x03 \x03(\x04\x42\x02\x10\x01\x12\x1a\n\x0erun_num_tokens\x18\x04 \x03(\rB\x02\x10\x01\x12\x1e\n\x12run_num_new_blocks\x18\x05 \x03(\rB\x02\x10\x01\x12\x19\n\rnew_block_ids\x18\x06 \x03(\rB\x02\x10\x01\x12\x1f\n\x13release_request_ids\x18\x07 \x03(\x04\x42\x02\x10\x01\"3\n\x0cRequestError\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xeb\x01\n\nStepResult\x12\x0f\n\x07step_id\x18\x01 \x01(\x04\x12\x15\n\ttoken_ids\x18\x02 \x03(\x05\x42\x02\x10\x01\x12\x14\n\x08logprobs\x18\x03 \x03(\x02\x42\x02\x10\x01\x12\x19\n\rtop_token_ids\x18\x04 \x03(\x05\x42\x02\x10\x01\x12\x18\n\x0ctop_logprobs\x18\x05 \x03(\x02\x42\x02\x10\x01\x12\x12\n\nforward_ms\x18\x06 \x01(\x02\x12\x11\n\tsample_ms\x18\x07 \x01(\x02\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12\x34\n\x0erequest_errors\x18\t \x03(\x0b\x32\x1c.yaie.worker.v1.RequestError*Q\n\x0fProtocolVersion\x12 \n\x1cPROTOCOL_VERSION_UNSPECIFIED\x10\x00\x12\x1c\n\x18PROTOCOL_VERSION_CURRENT\x10\x01\x32\x93\x01\n\x06Worker\x12G\n\x08\x44\x65scribe\x12\x1f.yaie.worker.v1.DescribeRequest\x1a\x1a.yaie.worker.v1.WorkerInfo\x12@\n\x04Step\x12\x18.yaie.worker.v1.StepPlan\x1a\x1a.yaie.worker.v1.StepResult(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1byaie/worker/v1/worker.proto\x12\x0eyaie.worker.v1\"\x11\n\x0f\x44\x65scribeRequest\"\xee\x01\n\nWorkerInfo\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\r\n\x05model\x18\x02 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\x12\n\nvocab_size\x18\x06 \x01(\r\x12\x13\n\x0bmax_context\x18\x07 \x01(\r\x12\x12\n\nblock_size\x18\x08 \x01(\r\x12\x12\n\nnum_blocks\x18\t \x01(\r\x12\x16\n\x0erandom_weights\x18\n \x01(\x08\x12\x19\n\x11\x61ttention_backend\x18\x0b \x01(\t\"\x92\x03\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_p\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\r\n\x05min_p\x18\x04 \x01(\x02\x12\x1a\n\x12repetition_penalty\x18\x05 \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\x06 \x01(\x02\x12\x18\n\x10presence_penalty\x18\x07 \x01(\x02\x12\x0c\n\x04seed\x18\x08 \x01(\x04\x12\x41\n\nlogit_bias\x18\t \x03(\x0b\x32-.yaie.worker.v1.SamplingParams.LogitBiasEntry\x12\x14\n\x0ctop_logprobs\x18\n \x01(\r\x12\x17\n\x0freturn_logprobs\x18\x0b \x01(\x08\x12\x14\n\x0cgrammar_kind\x18\x0c \x01(\t\x12\x0f\n\x07grammar\x18\r \x01(\t\x12\x14\n\x0cjump_forward\x18\x0e \x01(\x08\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"\x9b\x01\n\nNewRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x19\n\x11num_prompt_tokens\x18\x03 \x01(\r\x12\x19\n\x11num_cached_tokens\x18\x04 \x01(\r\x12\x30\n\x08sampling\x18\x05 \x01(\x0b\x32\x1e.yaie.worker.v1.SamplingParams\"\xe2\x01\n\x08StepPlan\x12\x0f\n\x07step_id\x18\x01 \x01(\x04\x12\x30\n\x0cnew_requests\x18\x02 \x03(\x0b\x32\x1a.yaie.worker.v1.NewRequest\x12\x1b\n\x0frun_request_ids\x18\x03 \x03(\x04\x42\x02\x10\x01\x12\x1a\n\x0erun_num_tokens\x18\x04 \x03(\rB\x02\x10\x01\x12\x1e\n\x12run_num_new_blocks\x18\x05 \x03(\rB\x02\x10\x01\x12\x19\n\rnew_block_ids\x18\x06 \x03(\rB\x02\x10\x01\x12\x1f\n\x13release_request_ids\x18\x07 \x03(\x04\x42\x02\x10\x01\"3\n\x0cRequestError\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xfc\x02\n\nStepResult\x12\x0f\n\x07step_id\x18\x01 \x01(\x04\x12\x15\n\ttoken_ids\x18\x02 \x03(\x05\x42\x02\x10\x01\x12\x14\n\x08logprobs\x18\x03 \x03(\x02\x42\x02\x10\x01\x12\x19\n\rtop_token_ids\x18\x04 \x03(\x05\x42\x02\x10\x01\x12\x18\n\x0ctop_logprobs\x18\x05 \x03(\x02\x42\x02\x10\x01\x12\x12\n\nforward_ms\x18\x06 \x01(\x02\x12\x11\n\tsample_ms\x18\x07 \x01(\x02\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12\x34\n\x0erequest_errors\x18\t \x03(\x0b\x32\x1c.yaie.worker.v1.RequestError\x12$\n\x18grammar_done_request_ids\x18\n \x03(\x04\x42\x02\x10\x01\x12\x1c\n\x10jump_request_ids\x18\x0b \x03(\x04\x42\x02\x10\x01\x12\x1b\n\x0fjump_num_tokens\x18\x0c \x03(\rB\x02\x10\x01\x12\x1a\n\x0ejump_token_ids\x18\r \x03(\x05\x42\x02\x10\x01\x12\x12\n\ngrammar_ms\x18\x0e \x01(\x02*Q\n\x0fProtocolVersion\x12 \n\x1cPROTOCOL_VERSION_UNSPECIFIED\x10\x00\x12\x1c\n\x18PROTOCOL_VERSION_CURRENT\x10\x01\x32\x93\x01\n\x06Worker\x12G\n\x08\x44\x65scribe\x12\x1f.yaie.worker.v1.DescribeRequest\x1a\x1a.yaie.worker.v1.WorkerInfo\x12@\n\x04Step\x12\x18.yaie.worker.v1.StepPlan\x1a\x1a.yaie.worker.v1.StepResult(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -51,24 +51,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STEPRESULT'].fields_by_name['top_token_ids']._serialized_options = b'\020\001'
   _globals['_STEPRESULT'].fields_by_name['top_logprobs']._loaded_options = None
   _globals['_STEPRESULT'].fields_by_name['top_logprobs']._serialized_options = b'\020\001'
-  _globals['_PROTOCOLVERSION']._serialized_start=1329
-  _globals['_PROTOCOLVERSION']._serialized_end=1410
+  _globals['_STEPRESULT'].fields_by_name['grammar_done_request_ids']._loaded_options = None
+  _globals['_STEPRESULT'].fields_by_name['grammar_done_request_ids']._serialized_options = b'\020\001'
+  _globals['_STEPRESULT'].fields_by_name['jump_request_ids']._loaded_options = None
+  _globals['_STEPRESULT'].fields_by_name['jump_request_ids']._serialized_options = b'\020\001'
+  _globals['_STEPRESULT'].fields_by_name['jump_num_tokens']._loaded_options = None
+  _globals['_STEPRESULT'].fields_by_name['jump_num_tokens']._serialized_options = b'\020\001'
+  _globals['_STEPRESULT'].fields_by_name['jump_token_ids']._loaded_options = None
+  _globals['_STEPRESULT'].fields_by_name['jump_token_ids']._serialized_options = b'\020\001'
+  _globals['_PROTOCOLVERSION']._serialized_start=1535
+  _globals['_PROTOCOLVERSION']._serialized_end=1616
   _globals['_DESCRIBEREQUEST']._serialized_start=47
   _globals['_DESCRIBEREQUEST']._serialized_end=64
   _globals['_WORKERINFO']._serialized_start=67
   _globals['_WORKERINFO']._serialized_end=305
   _globals['_SAMPLINGPARAMS']._serialized_start=308
-  _globals['_SAMPLINGPARAMS']._serialized_end=649
-  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_start=601
-  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_end=649
-  _globals['_NEWREQUEST']._serialized_start=652
-  _globals['_NEWREQUEST']._serialized_end=807
-  _globals['_STEPPLAN']._serialized_start=810
-  _globals['_STEPPLAN']._serialized_end=1036
-  _globals['_REQUESTERROR']._serialized_start=1038
-  _globals['_REQUESTERROR']._serialized_end=1089
-  _globals['_STEPRESULT']._serialized_start=1092
-  _globals['_STEPRESULT']._serialized_end=1327
-  _globals['_WORKER']._serialized_start=1413
-  _globals['_WORKER']._serialized_end=1560
+  _globals['_SAMPLINGPARAMS']._serialized_end=710
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_start=662
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_end=710
+  _globals['_NEWREQUEST']._serialized_start=713
+  _globals['_NEWREQUEST']._serialized_end=868
+  _globals['_STEPPLAN']._serialized_start=871
+  _globals['_STEPPLAN']._serialized_end=1097
+  _globals['_REQUESTERROR']._serialized_start=1099
+  _globals['_REQUESTERROR']._serialized_end=1150
+  _globals['_STEPRESULT']._serialized_start=1153
+  _globals['_STEPRESULT']._serialized_end=1533
+  _globals['_WORKER']._serialized_start=1619
+  _globals['_WORKER']._serialized_end=1766
 # @@protoc_insertion_point(module_scope)

@@ -45,7 +45,7 @@ class WorkerInfo(_message.Message):
     def __init__(self, protocol_version: _Optional[int] = ..., model: _Optional[str] = ..., architecture: _Optional[str] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., vocab_size: _Optional[int] = ..., max_context: _Optional[int] = ..., block_size: _Optional[int] = ..., num_blocks: _Optional[int] = ..., random_weights: _Optional[bool] = ..., attention_backend: _Optional[str] = ...) -> None: ...
 
 class SamplingParams(_message.Message):
-    __slots__ = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "frequency_penalty", "presence_penalty", "seed", "logit_bias", "top_logprobs", "return_logprobs")
+    __slots__ = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "frequency_penalty", "presence_penalty", "seed", "logit_bias", "top_logprobs", "return_logprobs", "grammar_kind", "grammar", "jump_forward")
     class LogitBiasEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +64,9 @@ class SamplingParams(_message.Message):
     LOGIT_BIAS_FIELD_NUMBER: _ClassVar[int]
     TOP_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     RETURN_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    GRAMMAR_KIND_FIELD_NUMBER: _ClassVar[int]
+    GRAMMAR_FIELD_NUMBER: _ClassVar[int]
+    JUMP_FORWARD_FIELD_NUMBER: _ClassVar[int]
     temperature: float
     top_p: float
     top_k: int
@@ -75,7 +78,10 @@ class SamplingParams(_message.Message):
     logit_bias: _containers.ScalarMap[int, float]
     top_logprobs: int
     return_logprobs: bool
-    def __init__(self, temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., min_p: _Optional[float] = ..., repetition_penalty: _Optional[float] = ..., frequency_penalty: _Optional[float] = ..., presence_penalty: _Optional[float] = ..., seed: _Optional[int] = ..., logit_bias: _Optional[_Mapping[int, float]] = ..., top_logprobs: _Optional[int] = ..., return_logprobs: _Optional[bool] = ...) -> None: ...
+    grammar_kind: str
+    grammar: str
+    jump_forward: bool
+    def __init__(self, temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., min_p: _Optional[float] = ..., repetition_penalty: _Optional[float] = ..., frequency_penalty: _Optional[float] = ..., presence_penalty: _Optional[float] = ..., seed: _Optional[int] = ..., logit_bias: _Optional[_Mapping[int, float]] = ..., top_logprobs: _Optional[int] = ..., return_logprobs: _Optional[bool] = ..., grammar_kind: _Optional[str] = ..., grammar: _Optional[str] = ..., jump_forward: _Optional[bool] = ...) -> None: ...
 
 class NewRequest(_message.Message):
     __slots__ = ("request_id", "token_ids", "num_prompt_tokens", "num_cached_tokens", "sampling")
@@ -118,7 +124,7 @@ class RequestError(_message.Message):
     def __init__(self, request_id: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class StepResult(_message.Message):
-    __slots__ = ("step_id", "token_ids", "logprobs", "top_token_ids", "top_logprobs", "forward_ms", "sample_ms", "error", "request_errors")
+    __slots__ = ("step_id", "token_ids", "logprobs", "top_token_ids", "top_logprobs", "forward_ms", "sample_ms", "error", "request_errors", "grammar_done_request_ids", "jump_request_ids", "jump_num_tokens", "jump_token_ids", "grammar_ms")
     STEP_ID_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     LOGPROBS_FIELD_NUMBER: _ClassVar[int]
@@ -128,6 +134,11 @@ class StepResult(_message.Message):
     SAMPLE_MS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    GRAMMAR_DONE_REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
+    JUMP_REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
+    JUMP_NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    JUMP_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    GRAMMAR_MS_FIELD_NUMBER: _ClassVar[int]
     step_id: int
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     logprobs: _containers.RepeatedScalarFieldContainer[float]
@@ -137,4 +148,9 @@ class StepResult(_message.Message):
     sample_ms: float
     error: str
     request_errors: _containers.RepeatedCompositeFieldContainer[RequestError]
-    def __init__(self, step_id: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[float]] = ..., top_token_ids: _Optional[_Iterable[int]] = ..., top_logprobs: _Optional[_Iterable[float]] = ..., forward_ms: _Optional[float] = ..., sample_ms: _Optional[float] = ..., error: _Optional[str] = ..., request_errors: _Optional[_Iterable[_Union[RequestError, _Mapping]]] = ...) -> None: ...
+    grammar_done_request_ids: _containers.RepeatedScalarFieldContainer[int]
+    jump_request_ids: _containers.RepeatedScalarFieldContainer[int]
+    jump_num_tokens: _containers.RepeatedScalarFieldContainer[int]
+    jump_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    grammar_ms: float
+    def __init__(self, step_id: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[float]] = ..., top_token_ids: _Optional[_Iterable[int]] = ..., top_logprobs: _Optional[_Iterable[float]] = ..., forward_ms: _Optional[float] = ..., sample_ms: _Optional[float] = ..., error: _Optional[str] = ..., request_errors: _Optional[_Iterable[_Union[RequestError, _Mapping]]] = ..., grammar_done_request_ids: _Optional[_Iterable[int]] = ..., jump_request_ids: _Optional[_Iterable[int]] = ..., jump_num_tokens: _Optional[_Iterable[int]] = ..., jump_token_ids: _Optional[_Iterable[int]] = ..., grammar_ms: _Optional[float] = ...) -> None: ...
