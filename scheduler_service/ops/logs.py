@@ -90,7 +90,7 @@ async def _observed(
     trace: _Trace,
     metrics: Metrics | None,
     peer: str,
-    outcome_of: Callable[[BaseException], str],
+    outcome_of: Callable[[BaseException, str], str],
 ) -> AsyncIterator[pb.GenerateResponse]:
     """frames, traced: logs at start and finish, metrics, the outcome of an error."""
     _log("request start", {"request_id": trace.request_id, "peer": peer})
@@ -99,7 +99,7 @@ async def _observed(
             trace.frame(frame)
             yield frame
     except BaseException as error:
-        trace.outcome = outcome_of(error)
+        trace.outcome = outcome_of(error, trace.outcome)
         raise
     finally:
         _finish(trace, metrics)
@@ -116,14 +116,14 @@ def observe_generate(metrics: Metrics | None) -> Callable[[GenerateHandler], Gen
                 request.request_id = uuid.uuid4().hex
             trace = _Trace(getattr(request, "request_id", "") or "-")
 
-            def outcome_of(error: BaseException) -> str:
+            def outcome_of(error: BaseException, outcome: str) -> str:
                 code = context.code()
                 remaining = context.time_remaining()
                 if isinstance(code, grpc.StatusCode) and code != grpc.StatusCode.OK:
                     return code.name.lower()
                 if remaining is not None and remaining <= 0:  # gRPC ended it at its deadline
                     return "deadline_exceeded"
-                return "error" if trace.outcome == "cancelled" else trace.outcome
+                return "error" if outcome == "cancelled" else outcome
 
             observed = _observed(
                 generate(request, context), trace, metrics, context.peer(), outcome_of
@@ -140,10 +140,10 @@ def observe_generate(metrics: Metrics | None) -> Callable[[GenerateHandler], Gen
 
 
 def observe_frames(
-    metrics: Metrics | None, outcome_of: Callable[[BaseException], str]
+    metrics: Metrics | None, outcome_of: Callable[[BaseException, str], str]
 ) -> Callable[[AsyncIterator[pb.GenerateResponse], str, str], AsyncIterator[pb.GenerateResponse]]:
     """The same trace for another API's stream of frames: wrap(frames, request_id, peer);
-    outcome_of names an error (e.g. by the HTTP status it maps to)."""
+    outcome_of(error, outcome so far) names an error (e.g. by the HTTP status it maps to)."""
 
     def wrap(
         frames: AsyncIterator[pb.GenerateResponse], request_id: str, peer: str

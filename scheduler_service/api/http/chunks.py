@@ -74,6 +74,8 @@ class Chunker:
         self._token_text = token_text
         self._logprobs = logprobs
         self._offsets: dict[int, int] = {}  # choice index -> text_offset of its next token
+        # The chunks' constant head, encoded once: "data: {id, object, created, model"
+        self._stream_head = sse(self._object(True))[:-3]
 
     def _object(self, streamed: bool) -> dict[str, Any]:
         kind = ("chat.completion" if self.chat else "text_completion") + (
@@ -106,6 +108,35 @@ class Chunker:
         choice["logprobs"] = self._choice_logprobs(frame, index)
         choice["finish_reason"] = finish_reason(frame)
         return {**self._object(True), "choices": [choice]}
+
+    def encoded_chunk(self, frame: pb.GenerateResponse, include_usage: bool = False) -> bytes:
+        """sse(chunk(frame)) (with "usage": null when include_usage), the same bytes built from
+        the encoded head and the text alone: this runs once per frame on the scheduler's loop."""
+        if self._logprobs:
+            chunk = self.chunk(frame)
+            if include_usage:
+                chunk["usage"] = None
+            return sse(chunk)
+        reason = finish_reason(frame)
+        text = json.dumps(frame.text).encode()
+        if not self.chat:
+            body = b'"text":' + text
+        elif frame.text or reason is None:
+            body = b'"delta":{"content":' + text + b"}"
+        else:
+            body = b'"delta":{}'
+        end = b"null" if reason is None else b'"' + reason.encode() + b'"'
+        usage = b',"usage":null' if include_usage else b""
+        return (
+            self._stream_head
+            + b',"choices":[{"index":0,'
+            + body
+            + b',"logprobs":null,"finish_reason":'
+            + end
+            + b"}]"
+            + usage
+            + b"}\n\n"
+        )
 
     def usage_chunk(self, frames: list[pb.GenerateResponse]) -> dict[str, Any]:
         """stream_options.include_usage: the last chunk, no choices, the totals."""

@@ -78,10 +78,11 @@ class OpenAIApi:
         self.api_key = api_key
         self.metrics = metrics
 
-        def outcome_of(error: BaseException) -> str:
+        def outcome_of(error: BaseException, outcome: str) -> str:
             if isinstance(error, Exception):
                 return _OUTCOMES.get(status_of(error), "error")
-            return "cancelled"
+            # Closed or cancelled: after its last frame, the request had ended as that said.
+            return outcome
 
         self._observe = observe_frames(metrics, outcome_of)
 
@@ -151,7 +152,7 @@ async def _events(
         if chunker.chat:
             yield sse(_with_usage(chunker.role_chunk(), include_usage))
         while True:
-            yield sse(_with_usage(chunker.chunk(frame), include_usage))
+            yield chunker.encoded_chunk(frame, include_usage)
             if frame.finish_reason != pb.FINISH_REASON_UNSPECIFIED:
                 break
             frame = await frames.__anext__()
