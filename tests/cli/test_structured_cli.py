@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from yaie.cli import bench, generate
+from yaie.cli import bench, bench_grpc, bench_openai, generate
 from yaie.cli import bench_datasets as ds
 
 SCHEMA = json.dumps({"type": "object", "properties": {"a": {"type": "integer"}}})
@@ -40,7 +40,12 @@ def test_bench_json_schema_constrains_every_request(tmp_path: Path) -> None:
     schema.write_text(SCHEMA)
     args = bench.build_parser().parse_args(["--dataset", "fixed", "--json-schema", str(schema)])
     config = bench.config_from_args(args)
-    message = bench._to_proto(ds.BenchRequest([1, 2, 3], 8), "r0", config)
+    request = ds.BenchRequest([1, 2, 3], 8)
+    message = bench_grpc.to_proto(request, "r0", 0.0, False, config.json_schema)
     assert message.response_format.json_schema == SCHEMA
+    body = bench_openai.payload(request, 0.0, config.json_schema)
+    assert body["response_format"]["json_schema"]["schema"] == json.loads(SCHEMA)
     plain = bench.config_from_args(bench.build_parser().parse_args(["--dataset", "fixed"]))
-    assert not bench._to_proto(ds.BenchRequest([1], 8), "r1", plain).HasField("response_format")
+    assert plain.json_schema is None
+    assert not bench_grpc.to_proto(request, "r1", 0.0, False).HasField("response_format")
+    assert "response_format" not in bench_openai.payload(request, 0.0)

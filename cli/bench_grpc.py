@@ -1,0 +1,97 @@
+"""`yaie bench --backend yaie` (the default): the workload sent over yaie.v1 gRPC, one Generate
+stream per request on one channel, timed per frame.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import grpc
+
+from yaie.cli import bench_datasets as ds
+from yaie.cli import client_security
+from yaie.cli.bench_metrics import RequestResult
+from yaie.cli.bench_openai import Send
+from yaie.v1 import generation_pb2 as pb
+from yaie.v1 import generation_pb2_grpc
+
+_DONE_OK = (pb.FINISH_REASON_LENGTH, pb.FINISH_REASON_STOP)
+
+
+def call_metadata(api_key: str | None) -> tuple[tuple[str, str], ...] | None:
+    return (("authorization", f"Bearer {api_key}"),) if api_key else None
+
+
+async def model_info(target: str, api_key: str | None, tls: object) -> pb.ModelInfo:
+    async with client_security.open_aio_channel(target, tls) as channel:
+        stub = generation_pb2_grpc.GenerationStub(channel)
+        return await stub.GetModelInfo(pb.GetModelInfoRequest(), metadata=call_metadata(api_key))
+
+
+def to_proto(
+    request: ds.BenchRequest,
+    request_id: str,
+    temperature: float,
+    single_frame: bool,
+    json_schema: str | None = None,
+) -> pb.GenerateRequest:
+    response_format = pb.ResponseFormat(json_schema=json_schema) if json_schema else None
+    return pb.GenerateRequest(
+        request_id=request_id,
+        token_ids=pb.TokenIds(ids=request.prompt_ids),
+        sampling=pb.SamplingParams(temperature=temperature),
+        stopping=pb.StoppingCriteria(max_new_tokens=request.output_len, ignore_eos=True),
+        output=pb.OutputOptions(single_frame=single_frame),
+        response_format=response_format,
+    )
+
+
+async def _one(
+    stub: generation_pb2_grpc.GenerationStub,
+    message: pb.GenerateRequest,
+    result: RequestResult,
+    metadata: tuple[tuple[str, str], ...] | None,
+) -> None:
+    """Streams one request into result (the hot loop: a clock read and a length per frame)."""
+    perf_counter = time.perf_counter
+    start = last = perf_counter()
+    final = None
+    try:
+        async for frame in stub.Generate(message, metadata=metadata):
+            now = perf_counter()
+            num_tokens = len(frame.token_ids)
+            if num_tokens:
+                if result.output_tokens:
+                    result.itls.append(now - last)
+                else:
+                    result.ttft = now - start
+                last = now
+                result.output_tokens += num_tokens
+            if frame.finish_reason:
+                final, last = frame, now
+    except grpc.aio.AioRpcError as error:
+        result.error = f"{error.code().name}: {error.details()}"
+        return
+    result.latency = last - start
+    if final is None or final.finish_reason not in _DONE_OK:
+        result.error = final.error if final is not None and final.error else "stream ended early"
+        return
+    usage = final.usage
+    result.prompt_tokens, result.cached_tokens = usage.prompt_tokens, usage.cached_tokens
+    result.completion_tokens, result.ok = usage.completion_tokens, True
+
+
+@asynccontextmanager
+async def session(target: str, api_key: str | None, tls: object) -> AsyncIterator[Send]:
+    """send(message, result) over one channel, once it is ready."""
+    metadata = call_metadata(api_key)
+    async with client_security.open_aio_channel(target, tls) as channel:
+        stub = generation_pb2_grpc.GenerationStub(channel)
+        await channel.channel_ready()
+
+        async def send(message: pb.GenerateRequest, result: RequestResult) -> None:
+            await _one(stub, message, result, metadata)
+
+        yield send

@@ -1,0 +1,122 @@
+"""`yaie bench --backend openai`: the same workload sent to the OpenAI-compatible HTTP API
+(streamed /v1/completions with token-id prompts), timed and counted as the gRPC backend does:
+TTFT at the first chunk, an ITL per chunk (the server sends one per engine frame), the tokens
+and cache hits from the usage chunk.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+
+from yaie.cli import bench_datasets as ds
+from yaie.cli.bench_metrics import RequestResult
+from yaie.v1 import generation_pb2 as pb
+
+Send = Callable[[dict[str, Any], RequestResult], Awaitable[None]]
+
+
+def base_url(target: str) -> str:
+    """http://HOST:PORT (a bare HOST:PORT gets http://), without a trailing /v1."""
+    url = target if "://" in target else f"http://{target}"
+    return url.rstrip("/").removesuffix("/v1")
+
+
+def _client(target: str, api_key: str | None, tls: object) -> httpx.AsyncClient:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    ca = getattr(tls, "tls_ca", None)
+    # No pool limit: every request of the run may be in flight at once, as over gRPC.
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    return httpx.AsyncClient(
+        base_url=base_url(target), headers=headers, timeout=None, limits=limits, verify=ca or True
+    )
+
+
+async def model_info(target: str, api_key: str | None = None, tls: object = None) -> pb.ModelInfo:
+    """The served model from GET /v1/models (its id, vocabulary and context)."""
+    async with _client(target, api_key, tls) as client:
+        reply = await client.get("/v1/models")
+        reply.raise_for_status()
+        card = reply.json()["data"][0]
+    return pb.ModelInfo(
+        model=card["id"], vocab_size=card["vocab_size"], max_context=card["max_model_len"]
+    )
+
+
+def payload(
+    request: ds.BenchRequest, temperature: float, json_schema: str | None = None
+) -> dict[str, Any]:
+    body = {
+        "model": "",
+        "prompt": request.prompt_ids,
+        "max_tokens": request.output_len,
+        "temperature": temperature,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    if json_schema:
+        schema = json.loads(json_schema)
+        body["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "bench", "schema": schema},
+        }
+    return body
+
+
+async def _one(client: httpx.AsyncClient, body: dict[str, Any], result: RequestResult) -> None:
+    """Streams one request into result (a clock read and a JSON parse per chunk)."""
+    perf_counter, loads = time.perf_counter, json.loads
+    start = last = perf_counter()
+    finish, usage, chunks = None, None, 0
+    async with client.stream("POST", "/v1/completions", json=body) as reply:
+        if reply.status_code != 200:
+            error = json.loads(await reply.aread()).get("error", {})
+            result.error = f"HTTP {reply.status_code}: {error.get('message', '')}"
+            return
+        async for line in reply.aiter_lines():
+            if not line.startswith("data: "):
+                continue
+            if line == "data: [DONE]":
+                break
+            chunk = loads(line[6:])
+            if "error" in chunk:
+                result.error = chunk["error"]["message"]
+                return
+            now = perf_counter()
+            if chunk["choices"]:
+                if chunks:
+                    result.itls.append(now - last)
+                else:
+                    result.ttft = now - start
+                last, chunks = now, chunks + 1
+                finish = chunk["choices"][0]["finish_reason"] or finish
+            if chunk.get("usage"):
+                usage = chunk["usage"]
+    result.latency = last - start
+    if finish not in ("stop", "length") or usage is None:
+        result.error = "stream ended early"
+        return
+    result.output_tokens = result.completion_tokens = usage["completion_tokens"]
+    result.prompt_tokens = usage["prompt_tokens"]
+    result.cached_tokens = usage["prompt_tokens_details"]["cached_tokens"]
+    result.ok = True
+
+
+@asynccontextmanager
+async def session(target: str, api_key: str | None, tls: object) -> AsyncIterator[Send]:
+    """send(payload, result) over one client (its connections reused across requests)."""
+    async with _client(target, api_key, tls) as client:
+
+        async def send(body: dict[str, Any], result: RequestResult) -> None:
+            try:
+                await _one(client, body, result)
+            except httpx.HTTPError as error:
+                result.error = f"{type(error).__name__}: {error}"
+
+        yield send
