@@ -44,6 +44,25 @@ def ours_batch(batch: int, context: int, new: int) -> ForwardBatch:
     )
 
 
+def ragged_decode(batch: int, context: int) -> ForwardBatch:
+    """A decode step whose rows hold context/2 .. context tokens (as a stack's rows do): the
+    padded, masked batch path of decode attention."""
+    lens = [context - (context // 2) * b // max(batch - 1, 1) for b in range(batch)]
+    tables = torch.arange(batch * -(-context // BLOCK), dtype=torch.int32).view(batch, -1)
+    last = torch.tensor(lens) - 1
+    return ForwardBatch(
+        input_ids=torch.randint(0, 1000, (batch,)),
+        positions=last,
+        slots=tables.long()[torch.arange(batch), last // BLOCK] * BLOCK + last % BLOCK,
+        block_tables=tables,
+        seq_lens=torch.tensor(lens, dtype=torch.int32),
+        query_start=torch.arange(batch + 1, dtype=torch.int32),
+        max_query_len=1,
+        is_decode=True,
+        logits_indices=torch.arange(batch),
+    )
+
+
 def median_ms(fn, reps: int, inner: int = 3) -> list[float]:
     times = []
     for _ in range(reps):
@@ -73,20 +92,21 @@ def main() -> None:
     ours = load_model(args.model, "cpu", torch.float32, progress=False)
     theirs = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
     print(f"model {args.model}, context {args.context}, {torch.get_num_threads()} torch threads")
-    print("| batch | ours ms/step | transformers ms/step | ratio |")
-    print("| --- | --- | --- | --- |")
+    print("| batch | ours ms/step | transformers ms/step | ratio | ours, ragged rows |")
+    print("| --- | --- | --- | --- | --- |")
     for batch in [int(b) for b in args.batches.split(",")]:
-        ms_a, ms_b = compare(ours, theirs, batch, args.context, args.reps)
-        print(f"| {batch} | {ms_a:.1f} | {ms_b:.1f} | {ms_b / ms_a:.2f} |")
+        ms_a, ms_b, ms_r = compare(ours, theirs, batch, args.context, args.reps)
+        print(f"| {batch} | {ms_a:.1f} | {ms_b:.1f} | {ms_b / ms_a:.2f} | {ms_r:.1f} |")
 
 
 @torch.inference_mode()
-def compare(ours, theirs, batch: int, context: int, reps: int) -> tuple[float, float]:
-    """Median ms of one decode step at batch x context: ours, transformers'."""
+def compare(ours, theirs, batch: int, context: int, reps: int) -> tuple[float, float, float]:
+    """Median ms of one decode step at batch x context: ours, transformers', and ours with
+    rows of unequal lengths."""
     shape = (ours.num_layers, 2, batch * -(-context // BLOCK) + 1, BLOCK)
     pool = torch.zeros((*shape, ours.num_kv_heads, ours.head_dim))
     ours(ours_batch(batch, context, context), pool)  # the prompts' K/V
-    step = ours_batch(batch, context, 1)
+    step, ragged = ours_batch(batch, context, 1), ragged_decode(batch, context)
     cache = theirs(torch.randint(0, 1000, (batch, context)), use_cache=True).past_key_values
 
     def theirs_step() -> None:
@@ -94,11 +114,12 @@ def compare(ours, theirs, batch: int, context: int, reps: int) -> tuple[float, f
         theirs(token, past_key_values=cache, use_cache=True, logits_to_keep=1)
         cache.crop(-1)
 
-    a, b = [], []
+    a, b, r = [], [], []
     for _ in range(reps):  # interleaved
         a += median_ms(lambda: ours(step, pool), 1)
         b += median_ms(theirs_step, 1)
-    return statistics.median(a), statistics.median(b)
+        r += median_ms(lambda: ours(ragged, pool), 1)
+    return statistics.median(a), statistics.median(b), statistics.median(r)
 
 
 if __name__ == "__main__":
