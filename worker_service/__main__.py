@@ -6,6 +6,7 @@ SIGTERM and SIGINT stop it cleanly (exit code 0); a device failure exits with co
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import signal
 import sys
@@ -118,11 +119,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_worker_logging(args.log_level, args.log_format)
     try:
-        args.model = model_argument(args.model, args.revision)  # a hub id: its local snapshot
-    except FileNotFoundError as exc:
-        log.error("cannot start the worker: %s", exc)
-        return 1
-    try:
         config = config_from_args(args)
         security = WorkerSecurity.from_files(
             args.internal_secret_file, args.tls_cert, args.tls_key, args.tls_client_ca
@@ -130,6 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         log.error("%s", exc)
         return 2
+    try:  # after the usage checks: a hub id is resolved (downloaded if need be) only then
+        model = model_argument(config.model, args.revision)  # a hub id: its local snapshot
+    except FileNotFoundError as exc:
+        log.error("cannot start the worker: %s", exc)
+        return 1
+    config = dataclasses.replace(config, model=model)
     if not is_loopback(config.host) and security.secret is None and security.credentials is None:
         log.warning(
             "listening on %s with no --internal-secret-file or TLS: anyone who reaches "
