@@ -25,7 +25,7 @@ from yaie.scheduler_service.ops.step_trace import ENV as TRACE_ENV
 
 def workload_schema(output_len: int) -> dict:
     """A list of records that cannot close within output_len tokens (minItems output_len:
-    an item is 19 characters at least, a token 13 at most), so every constrained request runs to
+    an item is 21 characters at least, a token 13 at most), so every constrained request runs to
     max_new_tokens like a plain one. An open-ended list let the random model close it at once
     (30 of 64 requests done within 5 steps), which halved output tok/s with no mask cost.
     XGrammar compiles it in a few ms on a 4,096- and on a 151,936-id vocabulary."""
