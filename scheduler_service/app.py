@@ -12,6 +12,7 @@ import importlib
 import logging
 import signal
 from collections.abc import Callable
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import grpc
@@ -55,13 +56,20 @@ async def wait_for_serving(address: str, timeout_s: float, worker: bool = False)
             await asyncio.sleep(0.25)
 
 
+def _import_slow_modules() -> ModuleType:
+    """The tokenizer module (transformers), then xgrammar (torch, tvm-ffi): ~0.5 s that the
+    first constrained request's syntax check (validation) would otherwise stall the event loop
+    for. One thread imports both, in turn: their imports share torch."""
+    module = importlib.import_module("yaie.scheduler_service.api.tokenizer")
+    importlib.import_module("xgrammar")
+    return module
+
+
 async def _start_engine(
     engine, servicer: GenerationServicer, args: argparse.Namespace, wait_for_workers: bool = True
 ) -> None:
     # transformers takes seconds to import: do it while the workers load their model.
-    tokenizer_module = asyncio.create_task(
-        asyncio.to_thread(importlib.import_module, "yaie.scheduler_service.api.tokenizer")
-    )
+    tokenizer_module = asyncio.create_task(asyncio.to_thread(_import_slow_modules))
     if wait_for_workers:
         await asyncio.gather(
             *(wait_for_serving(address, args.worker_wait, worker=True) for address in args.worker)

@@ -25,23 +25,39 @@ log = logging.getLogger(__name__)
 COMPILE_CACHE_SIZE = 64  # distinct constraints kept compiled (keyed by kind and text)
 
 
+class StepTokens:
+    """A step's sampled ids on their way to the host: the first num_ids of host (its packed
+    int32 results) once event is done, read once for all of the step's constrained rows."""
+
+    def __init__(self, host: torch.Tensor, num_ids: int, event: torch.cuda.Event | None) -> None:
+        self.host, self.num_ids, self.event = host, num_ids, event
+        self._ids: list[int] | None = None
+
+    def get(self, index: int) -> int:
+        if self._ids is None:
+            if self.event is not None:
+                self.event.synchronize()
+            self._ids = self.host[: self.num_ids].tolist()
+        return self._ids[index]
+
+
 @dataclass
 class PendingToken:
     """A constrained request's sampled token while it is still on its way to the host (row
-    index of the step's packed result buffer host), and what the matcher made of it."""
+    index of the step's sampled ids), and what the matcher made of it."""
 
-    host: torch.Tensor
+    tokens: StepTokens
     index: int
-    event: torch.cuda.Event | None
     processed: bool = False
     done: bool = False  # the grammar is complete and admits nothing more after it (and jump)
     jump: list[int] = field(default_factory=list)  # the tokens the grammar forced after it
 
 
 class RequestGrammar:
-    """One request's matcher, its next-token bitmask [1, ceil(vocab / 32)] int32 on the host,
-    the token it waits for, and the tokens known here but not yet in the request's token_ids
-    (sampled ones, then forced ones) until the runner moves them there (take_known)."""
+    """One request's matcher, the token it waits for, and the tokens known here but not yet in
+    the request's token_ids (sampled ones, then forced ones) until the runner moves them there
+    (take_known). The step fills the next-token masks of all its rows at once (GrammarMasks);
+    bitmask [1, ceil(vocab / 32)] int32 is this request's own: its stop tokens once done."""
 
     def __init__(self, compiled: Any, vocab_size: int, jump_forward: bool) -> None:
         import xgrammar as xgr
@@ -54,45 +70,40 @@ class RequestGrammar:
         self.done = False
         self.sampled: list[int] = []  # caught-up tokens that are only on the device's side
         self.jump: list[int] = []  # forced tokens after them
-        self._fill()
+        self._settle()
 
     def accept_known(self, tokens: list[int]) -> None:
         """Advances over output generated before a preemption (ValueError if it does not fit)."""
         for token in tokens:
-            if self.done:
-                return
+            if self.done or self.matcher.is_terminated():
+                break
             if not self.matcher.accept_token(token):
                 raise ValueError(f"earlier output token {token} does not fit the grammar")
-            self.done = self.matcher.is_terminated()
-        self._fill()
+        self._settle()
 
-    def expect(
-        self, host: torch.Tensor, index: int, event: torch.cuda.Event | None
-    ) -> PendingToken:
-        """The token just sampled for this request arrives at host[index] once event is done."""
+    def expect(self, tokens: StepTokens, index: int) -> PendingToken:
+        """The token just sampled for this request is row index of tokens."""
         assert self.pending is None, "a constrained request sampled before its last token was read"
-        self.pending = PendingToken(host, index, event)
+        self.pending = PendingToken(tokens, index)
         return self.pending
 
     def catch_up(self) -> None:
         """Reads the pending token (waiting for its step), advances the matcher over it and over
-        any continuation it forces, and fills the next bitmask. Idempotent."""
+        any continuation it forces, and decides whether it is done. Idempotent."""
         pending, self.pending = self.pending, None
         if pending is None:
             return
-        if pending.event is not None:
-            pending.event.synchronize()
-        token = int(pending.host[pending.index])
+        token = pending.tokens.get(pending.index)
         self.sampled.append(token)
         if not self.done:
             if not self.matcher.accept_token(token):
                 # only a token the mask did not allow gets here (e.g. an empty mask)
                 log.warning("a constrained request sampled token %d outside its grammar", token)
-                self.done = True
+                self._finish()
             elif self.jump_forward and not self.matcher.is_terminated():
                 pending.jump = self._jump()
                 self.jump = list(pending.jump)
-            self._fill()
+            self._settle()
         pending.done, pending.processed = self.done, True
 
     def take_known(self) -> tuple[list[int], list[int]]:
@@ -110,13 +121,21 @@ class RequestGrammar:
             tokens.append(token)
         return tokens
 
-    def _fill(self) -> None:
-        """The next bitmask; done once the grammar is terminated, or complete with only stop
-        tokens admitted (the output cannot go on: finish without sampling EOS)."""
-        if not self.done and not self.matcher.is_terminated():
-            self.matcher.fill_next_token_bitmask(self.bitmask)
-            if not self.matcher.is_completed() or self._admits_more():
+    def _settle(self) -> None:
+        """Done once the grammar is terminated, or complete with only stop tokens admitted (the
+        output cannot go on: finish without sampling EOS). Only a complete grammar's mask is
+        filled here (to see what it admits); the others' wait for the step's batched fill."""
+        if self.done:
+            return
+        if not self.matcher.is_terminated():
+            if not self.matcher.is_completed():
                 return
+            self.matcher.fill_next_token_bitmask(self.bitmask)
+            if self._admits_more():
+                return
+        self._finish()
+
+    def _finish(self) -> None:
         self.done = True
         self.bitmask.zero_()  # from now on only stop tokens; the scheduler drops them
         for token in self.stop_ids:

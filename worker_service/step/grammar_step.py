@@ -10,10 +10,12 @@ apply the same masks and make the same jump decisions, so their batches stay equ
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import torch
 
 from yaie.worker_service.step.batch_builder import ScheduledEntry
+from yaie.worker_service.step.grammar import RequestGrammar
 from yaie.worker_service.step.request_state import RequestState, append_known
 
 
@@ -55,22 +57,75 @@ def advance_grammars(
     return out, keep if dropped else None
 
 
-def apply_grammar_masks(logits: torch.Tensor, sampled: list[ScheduledEntry]) -> None:
-    """Sets logits [num_sampled, vocab] to -inf where each constrained row's grammar forbids the
-    token (XGrammar's CPU or CUDA kernel); unconstrained rows are untouched."""
-    import xgrammar as xgr
+class GrammarMasks:
+    """The next-token bitmasks of a step's constrained rows, filled by one multi-threaded
+    XGrammar call into a reused host buffer [rows, ceil(vocab / 32)] int32 (pinned on a GPU),
+    and applied to their logits. One per runner: a per-row fill, a torch.cat of the rows and a
+    fresh pinned buffer each step cost ~14-20 us a row (1.3 ms at batch 64 on a 152k vocab)."""
 
-    rows = [i for i, e in enumerate(sampled) if e.state.grammar is not None]
-    if not rows:
-        return
-    masks = torch.cat([sampled[i].state.grammar.bitmask for i in rows])  # [len(rows), words]
-    if logits.device.type == "cuda":
-        masks = masks.pin_memory().to(logits.device, non_blocking=True)
-    vocab_size = logits.shape[1]
-    if len(rows) == logits.shape[0]:
-        xgr.apply_token_bitmask_inplace(logits, masks, vocab_size=vocab_size)
-        return
-    index = torch.tensor(rows, device=logits.device)
-    constrained = logits.index_select(0, index)
-    xgr.apply_token_bitmask_inplace(constrained, masks, vocab_size=vocab_size)
-    logits.index_copy_(0, index, constrained)
+    def __init__(self, vocab_size: int, max_threads: int = 0) -> None:
+        import xgrammar as xgr
+
+        self.num_words = -(-vocab_size // 32)
+        # Half the cores this process may use, at most 8: the step's other host work (and the
+        # other tensor-parallel ranks, which run the same matchers) need the rest.
+        max_threads = max_threads or min(8, max(1, len(os.sched_getaffinity(0)) // 2))
+        self._filler = xgr.BatchGrammarMatcher(max_threads)
+        # Two buffers in turn: step N+1 fills its masks while step N's copy may still read its
+        # own; the event says when a buffer's copy is done.
+        self._buffers: list[torch.Tensor | None] = [None, None]
+        self._copied: list[torch.cuda.Event | None] = [None, None]
+        self._turn = 0
+
+    def apply(self, logits: torch.Tensor, sampled: list[ScheduledEntry]) -> torch.Tensor | None:
+        """Sets logits [num_sampled, vocab] to -inf where each constrained row's grammar forbids
+        the token (XGrammar's CPU or CUDA kernel); unconstrained rows are untouched. Returns the
+        host masks [num_constrained, words] (valid until the step after next), None if none."""
+        import xgrammar as xgr
+
+        rows = [i for i, e in enumerate(sampled) if e.state.grammar is not None]
+        if not rows:
+            return None
+        masks = self._fill([sampled[i].state.grammar for i in rows], logits.device)
+        device_masks = masks
+        if logits.device.type == "cuda":
+            device_masks = masks.to(logits.device, non_blocking=True)
+            self._copied[self._turn] = torch.cuda.Event()
+            self._copied[self._turn].record()
+        self._turn ^= 1
+        vocab_size = logits.shape[1]
+        if len(rows) == logits.shape[0]:
+            xgr.apply_token_bitmask_inplace(logits, device_masks, vocab_size=vocab_size)
+            return masks
+        index = torch.tensor(rows, device=logits.device)
+        constrained = logits.index_select(0, index)
+        xgr.apply_token_bitmask_inplace(constrained, device_masks, vocab_size=vocab_size)
+        logits.index_copy_(0, index, constrained)
+        return masks
+
+    def _fill(self, grammars: list[RequestGrammar], device: torch.device) -> torch.Tensor:
+        """The masks of grammars in this turn's buffer: a done grammar's own (its stop tokens),
+        the others' filled by their matchers, all in one batched call."""
+        masks = self._buffer(len(grammars), device.type == "cuda")
+        matchers, indices = [], []
+        for j, grammar in enumerate(grammars):
+            if grammar.done:
+                masks[j].copy_(grammar.bitmask[0])
+            else:
+                matchers.append(grammar.matcher)
+                indices.append(j)
+        if matchers:
+            self._filler.batch_fill_next_token_bitmask(matchers, masks, indices)
+        return masks
+
+    def _buffer(self, num_rows: int, pinned: bool) -> torch.Tensor:
+        """This turn's buffer, its last copy done, grown to a power of two rows if too small."""
+        copied = self._copied[self._turn]
+        if copied is not None:
+            copied.synchronize()  # the copy two steps back: finished by now, all but always
+        buffer = self._buffers[self._turn]
+        if buffer is None or buffer.shape[0] < num_rows or buffer.is_pinned() != pinned:
+            size = 1 << max(num_rows - 1, 0).bit_length()
+            buffer = torch.empty((size, self.num_words), dtype=torch.int32, pin_memory=pinned)
+            self._buffers[self._turn] = buffer
+        return buffer[:num_rows]

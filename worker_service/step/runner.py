@@ -23,8 +23,8 @@ from yaie.worker_service.step.batch_builder import ScheduledEntry, build_forward
 from yaie.worker_service.step.cuda_graphs import DecodeGraphs
 from yaie.worker_service.step.grammar import GrammarBackend
 from yaie.worker_service.step.grammar_step import (
+    GrammarMasks,
     advance_grammars,
-    apply_grammar_masks,
     catch_up_before_run,
 )
 from yaie.worker_service.step.kv_pool import KVPool
@@ -55,6 +55,8 @@ class ModelRunner:
     ) -> None:
         self.model = model
         self.grammars = grammars  # structured output (None: constrained requests fail)
+        self.vocab_size = int(model.vocab_size)
+        self.grammar_masks = GrammarMasks(self.vocab_size) if grammars is not None else None
         self.cascade = cascade  # decode steps group rows that share cached prefix blocks
         self.pool = pool
         self.tp = tp
@@ -62,7 +64,6 @@ class ModelRunner:
         self._next_table_id = itertools.count(1)
         self.device = pool.cache.device
         self.max_context = int(model.max_context)
-        self.vocab_size = int(model.vocab_size)
         self.graphs: DecodeGraphs | None = None
         self.device_failure: str | None = None  # set on a device error: the process must exit
         # Decode graphs are captured with tp None only: capturing the NCCL all-reduce and
@@ -231,7 +232,8 @@ class ModelRunner:
             if keep is not None:
                 rows = torch.tensor(keep, dtype=torch.int64, device=logits.device)
                 logits, sample_rows = logits[rows], sample_rows[rows]
-            apply_grammar_masks(logits, [e for e in entries if e.samples])
+            assert self.grammar_masks is not None, "a constrained request without grammars"
+            self.grammar_masks.apply(logits, [e for e in entries if e.samples])
             output.grammar_ms = (time.perf_counter() - started) * 1e3
         pending = sample_entries(
             logits, entries, sample_rows, table, self.vocab_size, output, timer

@@ -14,7 +14,7 @@ import torch
 from yaie.kernels.sampling import SamplingBatch, sample
 from yaie.worker_service.protocol import StepOutput
 from yaie.worker_service.step.batch_builder import ScheduledEntry
-from yaie.worker_service.step.grammar import PendingToken, RequestGrammar
+from yaie.worker_service.step.grammar import PendingToken, RequestGrammar, StepTokens
 from yaie.worker_service.step.request_state import RequestTable, append_output
 
 
@@ -180,8 +180,9 @@ def sample_entries(
     else:
         host = packed
     done_event = _record(timer)
+    tokens = StepTokens(host, len(sampled), done_event)
     grammar_rows = [
-        (e.state.request_id, e.state.grammar, e.state.grammar.expect(host, i, done_event))
+        (e.state.request_id, e.state.grammar, e.state.grammar.expect(tokens, i))
         for i, e in enumerate(sampled)
         if e.state.grammar is not None
     ]
