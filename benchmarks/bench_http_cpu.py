@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pstats
 import shutil
 import signal
 import subprocess
@@ -55,6 +56,7 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--stream-interval", type=int, default=None)
     p.add_argument("--py-spy", default="", help="DIR: one more HTTP run under py-spy")
+    p.add_argument("--cprofile", choices=BACKENDS, help="one more run, the scheduler profiled")
     args = p.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-http-cpu-"))
@@ -69,7 +71,8 @@ def main() -> int:
         interval = (
             [] if args.stream_interval is None else ["--stream-interval", f"{args.stream_interval}"]
         )
-        scheduler = ["--role", "scheduler", "--profile-path", str(tmp / "unused.prof"), *interval]
+        profile = tmp / "scheduler.prof"
+        scheduler = ["--role", "scheduler", "--profile-path", str(profile), *interval]
         scheduler += ["--worker", worker_addr, "--port", str(grpc_port), "--http-port"]
         scheduler += [str(http_port), "--model", str(tokenizer), "--log-level=WARNING"]
         procs["scheduler"] = start(scheduler)
@@ -95,12 +98,17 @@ def main() -> int:
             rows.append(
                 ("openai+py-spy", spied_run(targets["openai"], pids, run, Path(args.py_spy)))
             )
+        if args.cprofile:
+            run = replace(config, backend=args.cprofile, seed=1001)
+            rows.append(("cProfile", one_run(targets[args.cprofile], pids, run, profile=True)))
     finally:
         for proc in reversed(procs.values()):
             proc.send_signal(signal.SIGTERM)
         for proc in procs.values():
             proc.wait(timeout=20)
     report(rows, args)
+    if args.cprofile and profile.exists():
+        pstats.Stats(str(profile)).sort_stats("tottime").print_stats(30)
     return 0
 
 
@@ -123,6 +131,8 @@ def report(rows: list[tuple[str, dict]], args: argparse.Namespace) -> None:
         )
     for backend in BACKENDS:
         runs = [r for name, r in rows if name == backend]
+        if not runs:
+            continue
         medians = {key: sorted(r[key] for r in runs)[len(runs) // 2] for key in KEYS}
         spread = {k: (min(r[k] for r in runs), max(r[k] for r in runs)) for k in ("sched_us",)}
         print(
