@@ -121,6 +121,7 @@ def one_run(target: str, pids: dict[str, int], config, profile: bool = False) ->
         "client_us": metrics.client_cpu_us_per_frame * metrics.num_frames / max(tokens, 1),
         "frames_tok": metrics.num_frames / max(tokens, 1),
         "itl_ms": metrics.median_itl_ms,
+        "ttft_ms": metrics.median_ttft_ms,
         "tokens": tokens,
     }
 

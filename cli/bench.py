@@ -151,7 +151,8 @@ async def send_requests(
     if config.backend == "openai":
         session = bench_openai.session
         messages = [
-            bench_openai.payload(r, config.temperature, config.json_schema) for r in requests
+            bench_openai.encoded_payload(r, config.temperature, config.json_schema)
+            for r in requests
         ]
     else:
         session = bench_grpc.session

@@ -9,16 +9,19 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
 import httpx
 
 from yaie.cli import bench_datasets as ds
+from yaie.cli.bench_http_stream import HttpError, StreamClient
 from yaie.cli.bench_metrics import RequestResult
 from yaie.v1 import generation_pb2 as pb
 
-Send = Callable[[dict[str, Any], RequestResult], Awaitable[None]]
+Send = Callable[[bytes, RequestResult], Awaitable[None]]
+DONE = b"data: [DONE]"
+_TEXT_CHUNK = b'"finish_reason":null'  # in every chunk of text but the last
 
 
 def base_url(target: str) -> str:
@@ -69,35 +72,48 @@ def payload(
     return body
 
 
-async def _one(client: httpx.AsyncClient, body: dict[str, Any], result: RequestResult) -> None:
-    """Streams one request into result (a clock read and a JSON parse per chunk)."""
+def encoded_payload(
+    request: ds.BenchRequest, temperature: float, json_schema: str | None = None
+) -> bytes:
+    """payload() as the bytes sent, built before the clock starts (as the gRPC protos are)."""
+    return json.dumps(payload(request, temperature, json_schema)).encode()
+
+
+def _http_error(error: HttpError) -> str:
+    try:
+        message = json.loads(error.body).get("error", {}).get("message", "")
+    except ValueError:
+        message = error.body[:200].decode(errors="replace")
+    return f"HTTP {error.status}: {message}"
+
+
+async def _one(client: StreamClient, body: bytes, result: RequestResult) -> None:
+    """Streams one request into result. Only the chunks that end something are parsed: a text
+    chunk says `"finish_reason":null` (a text's own quotes are escaped, so it cannot match)."""
     perf_counter, loads = time.perf_counter, json.loads
     start = last = perf_counter()
     finish, usage, chunks = None, None, 0
-    async with client.stream("POST", "/v1/completions", json=body) as reply:
-        if reply.status_code != 200:
-            error = json.loads(await reply.aread()).get("error", {})
-            result.error = f"HTTP {reply.status_code}: {error.get('message', '')}"
-            return
-        async for line in reply.aiter_lines():
-            if not line.startswith("data: "):
-                continue
-            if line == "data: [DONE]":
-                break
-            chunk = loads(line[6:])
-            if "error" in chunk:
-                result.error = chunk["error"]["message"]
-                return
-            now = perf_counter()
-            if chunk["choices"]:
+    async with aclosing(client.post_events("/v1/completions", body)) as stream:
+        async for now, events in stream:
+            for event in events:
+                if not event.startswith(b"data: ") or event == DONE:
+                    continue
+                if _TEXT_CHUNK in event:
+                    chunk = None
+                else:
+                    chunk = loads(event[6:])
+                    if "error" in chunk:
+                        result.error = chunk["error"]["message"]
+                        return
+                    if not chunk["choices"]:  # the usage chunk
+                        usage = chunk["usage"]
+                        continue
+                    finish = chunk["choices"][0]["finish_reason"] or finish
                 if chunks:
                     result.itls.append(now - last)
                 else:
                     result.ttft = now - start
                 last, chunks = now, chunks + 1
-                finish = chunk["choices"][0]["finish_reason"] or finish
-            if chunk.get("usage"):
-                usage = chunk["usage"]
     result.latency = last - start
     if finish not in ("stop", "length") or usage is None:
         result.error = "stream ended early"
@@ -110,13 +126,19 @@ async def _one(client: httpx.AsyncClient, body: dict[str, Any], result: RequestR
 
 @asynccontextmanager
 async def session(target: str, api_key: str | None, tls: object) -> AsyncIterator[Send]:
-    """send(payload, result) over one client (its connections reused across requests)."""
-    async with _client(target, api_key, tls) as client:
+    """send(encoded payload, result) over one client (its connections reused across requests)."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    client = StreamClient(base_url(target), headers, getattr(tls, "tls_ca", None))
 
-        async def send(body: dict[str, Any], result: RequestResult) -> None:
-            try:
-                await _one(client, body, result)
-            except httpx.HTTPError as error:
-                result.error = f"{type(error).__name__}: {error}"
+    async def send(body: bytes, result: RequestResult) -> None:
+        try:
+            await _one(client, body, result)
+        except HttpError as error:
+            result.error = _http_error(error)
+        except (OSError, ValueError) as error:  # ConnectionError is an OSError
+            result.error = f"{type(error).__name__}: {error}"
 
+    try:
         yield send
+    finally:
+        await client.aclose()

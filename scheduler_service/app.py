@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import importlib
 import logging
 import signal
@@ -180,6 +181,10 @@ async def serve(
     await asyncio.wait({start, stopping}, return_when=asyncio.FIRST_COMPLETED)
     status, watch = 0, None
     if start.done() and start.exception() is None:
+        # What startup left (torch, the tokenizer: ~270k objects) is never garbage: frozen, the
+        # collector's older generations stop walking it. Unfrozen, the collections that a burst
+        # of HTTP requests sets off cost ~0.6 ms of this loop per request.
+        gc.freeze()
         watch = asyncio.create_task(_watch_health(engine, health_servicer, serving))
         await stopping
     elif start.done():

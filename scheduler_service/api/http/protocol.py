@@ -4,9 +4,12 @@ with the extensions SGLang and vLLM take; unknown fields are ignored, as OpenAI'
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+B = TypeVar("B", bound=BaseModel)
 
 
 class _Body(BaseModel):
@@ -79,9 +82,22 @@ class ChatCompletionRequest(SamplingFields):
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | list[str] | list[int] | list[list[int]]
+    # list[int] before list[str]: the union tries its members in order, and a token-id prompt
+    # checked as list[str] first builds an error per id (~5x the whole body's validation).
+    prompt: str | list[int] | list[str] | list[list[int]]
     # OpenAI's legacy default: 16 tokens when max_tokens is left out.
     max_tokens: int | None = 16
     logprobs: int | None = None
     echo: bool = False
     suffix: str | None = None
+
+
+def parse_body(model: type[B], raw: bytes) -> B:
+    """The body, parsed and validated by pydantic in one pass over the bytes (FastAPI's own body
+    handling decodes with json.loads, then validates the Python objects: ~4x the time for a
+    1000-id prompt); errors raise as FastAPI's would, located under "body"."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as error:
+        errors = [{**item, "loc": ("body", *item["loc"])} for item in error.errors()]
+        raise RequestValidationError(errors) from None

@@ -22,7 +22,11 @@ from yaie.scheduler_service.api.http.errors import (
     install_handlers,
     status_of,
 )
-from yaie.scheduler_service.api.http.protocol import ChatCompletionRequest, CompletionRequest
+from yaie.scheduler_service.api.http.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    parse_body,
+)
 from yaie.scheduler_service.api.output_stream import merge_frames
 from yaie.scheduler_service.ops.auth import bearer_matches
 from yaie.scheduler_service.ops.logs import observe_frames
@@ -86,7 +90,8 @@ class OpenAIApi:
 
         self._observe = observe_frames(metrics, outcome_of)
 
-    def check_key(self, request: Request) -> None:
+    async def check_key(self, request: Request) -> None:
+        # async: FastAPI runs a plain def dependency in its thread pool, a hop per request.
         if self.api_key is None:
             return
         given = [("authorization", v) for v in request.headers.getlist("authorization")]
@@ -206,7 +211,8 @@ def create_app(frontend: Frontend, api_key: bytes | None, metrics: Metrics | Non
         return {"object": "list", "data": [card]}
 
     @app.post("/v1/chat/completions", dependencies=keyed)
-    async def chat(body: ChatCompletionRequest, request: Request) -> Response:
+    async def chat(request: Request) -> Response:
+        body = parse_body(ChatCompletionRequest, await request.body())
         model = api.model_id(body.model)
         request_id = uuid.uuid4().hex
         message = to_generate.chat_request(body, request_id)
@@ -214,7 +220,8 @@ def create_app(frontend: Frontend, api_key: bytes | None, metrics: Metrics | Non
         return await api.respond(request, chunker, [message], body)
 
     @app.post("/v1/completions", dependencies=keyed)
-    async def completions(body: CompletionRequest, request: Request) -> Response:
+    async def completions(request: Request) -> Response:
+        body = parse_body(CompletionRequest, await request.body())
         model = api.model_id(body.model)
         request_id = uuid.uuid4().hex
         messages = to_generate.completion_requests(body, request_id)

@@ -125,11 +125,12 @@ def chat_request(body: ChatCompletionRequest, request_id: str) -> pb.GenerateReq
     return message
 
 
-def _prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str | list[int]]:
+def _prompts(prompt: str | list[int] | list[str] | list[list[int]]) -> list[str | list[int]]:
     if isinstance(prompt, str):
         return [prompt]
-    if prompt and all(isinstance(item, int) for item in prompt):
-        return [list(prompt)]
+    # The body's validation made the list one of the union's kinds: its first item tells which.
+    if prompt and isinstance(prompt[0], int):
+        return [prompt]
     return list(prompt)  # several prompts: strings or token id lists
 
 
