@@ -7,15 +7,16 @@ and cache hits from the usage chunk.
 from __future__ import annotations
 
 import json
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import aclosing, asynccontextmanager
+from contextlib import asynccontextmanager
 from typing import Any
 
+import aiohttp
 import httpx
 
 from yaie.cli import bench_datasets as ds
-from yaie.cli.bench_http_stream import HttpError, StreamClient
 from yaie.cli.bench_metrics import RequestResult
 from yaie.v1 import generation_pb2 as pb
 
@@ -79,28 +80,32 @@ def encoded_payload(
     return json.dumps(payload(request, temperature, json_schema)).encode()
 
 
-def _http_error(error: HttpError) -> str:
+def _http_error(status: int, body: bytes) -> str:
     try:
-        message = json.loads(error.body).get("error", {}).get("message", "")
+        message = json.loads(body).get("error", {}).get("message", "")
     except ValueError:
-        message = error.body[:200].decode(errors="replace")
-    return f"HTTP {error.status}: {message}"
+        message = body[:200].decode(errors="replace")
+    return f"HTTP {status}: {message}"
 
 
-async def _one(client: StreamClient, body: bytes, result: RequestResult) -> None:
-    """Streams one request into result. Only the chunks that end something are parsed: a text
-    chunk says `"finish_reason":null` (a text's own quotes are escaped, so it cannot match)."""
+async def _one(client: aiohttp.ClientSession, body: bytes, result: RequestResult) -> None:
+    """Streams one request into result: the SSE events that each read of the body completed.
+    Only the chunks that end something are parsed: a text chunk says `"finish_reason":null`
+    (a text's own quotes are escaped, so it cannot match)."""
     perf_counter, loads = time.perf_counter, json.loads
     start = last = perf_counter()
-    finish, usage, chunks = None, None, 0
-    async with aclosing(client.post_events("/v1/completions", body)) as stream:
-        async for now, events in stream:
+    finish, usage, chunks, text = None, None, 0, b""
+    async with client.post("/v1/completions", data=body) as reply:
+        if reply.status != 200:
+            result.error = _http_error(reply.status, await reply.read())
+            return
+        async for data in reply.content.iter_any():  # as it arrives (de-chunked by aiohttp)
+            now = perf_counter()
+            *events, text = (text + data).split(b"\n\n")
             for event in events:
                 if not event.startswith(b"data: ") or event == DONE:
                     continue
-                if _TEXT_CHUNK in event:
-                    chunk = None
-                else:
+                if _TEXT_CHUNK not in event:
                     chunk = loads(event[6:])
                     if "error" in chunk:
                         result.error = chunk["error"]["message"]
@@ -126,19 +131,24 @@ async def _one(client: StreamClient, body: bytes, result: RequestResult) -> None
 
 @asynccontextmanager
 async def session(target: str, api_key: str | None, tls: object) -> AsyncIterator[Send]:
-    """send(encoded payload, result) over one client (its connections reused across requests)."""
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    client = StreamClient(base_url(target), headers, getattr(tls, "tls_ca", None))
+    """send(encoded payload, result) over one aiohttp session (connections kept and reused,
+    no limit on how many are open: every request may be in flight at once, as over gRPC)."""
+    headers = {"Content-Type": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    ca = getattr(tls, "tls_ca", None)
+    connector = aiohttp.TCPConnector(
+        limit=0, ssl=ssl.create_default_context(cafile=ca) if ca else True
+    )
+    timeout = aiohttp.ClientTimeout(total=None)
+    async with aiohttp.ClientSession(
+        base_url(target), headers=headers, connector=connector, timeout=timeout
+    ) as client:
 
-    async def send(body: bytes, result: RequestResult) -> None:
-        try:
-            await _one(client, body, result)
-        except HttpError as error:
-            result.error = _http_error(error)
-        except (OSError, ValueError) as error:  # ConnectionError is an OSError
-            result.error = f"{type(error).__name__}: {error}"
+        async def send(body: bytes, result: RequestResult) -> None:
+            try:
+                await _one(client, body, result)
+            except (aiohttp.ClientError, OSError, ValueError) as error:
+                result.error = f"{type(error).__name__}: {error}"
 
-    try:
         yield send
-    finally:
-        await client.aclose()
