@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     try:
         print(f"worker ready in {stack.start_worker(min(400.0, runner.left())):.1f} s", flush=True)
-        trace = runner.scheduler("default", [])
+        trace = runner.scheduler("jump_forward", ["--jump-forward"])
         runner.run("warmup", _config(4, 16, schema, tiny), trace)
         plain, jumped = {}, {}
         for batch in batches:
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         keys = _config(jf_batch, output_len * 2, LONG_KEYS_SCHEMA, tiny)
         keys_jumped = runner.run(f"keys_jf_b{jf_batch}", keys, trace)
         # The mask alone: the same constrained runs with jump-forward off.
-        trace_off = runner.scheduler("no_jump_forward", ["--no-jump-forward"])
+        trace_off = runner.scheduler("default", [])
         for batch in batches:
             json_cfg = _config(batch, output_len, schema, tiny)
             masked = runner.run(f"json_b{batch}", json_cfg, trace_off)

@@ -51,8 +51,10 @@ class SchedulerConfig:
     # Waiting requests considered for prefix ordering per step (the queue head; bounds the cost).
     prefix_scan_window: int = 256
     # Structured output: append the tokens a request's grammar forces (a JSON key, `": "`)
-    # without a decode step each (SGLang's jump-forward decoding).
-    enable_jump_forward: bool = True
+    # without a decode step each (SGLang's jump-forward decoding). Off by default: on the H200
+    # it cost 2-3x throughput (its extend chunks make steps eager and wait for the previous
+    # token before launch; benchmarks/NOTES.md, session 5), where on the CPU it helps.
+    enable_jump_forward: bool = False
 
     def __post_init__(self) -> None:
         positive = {

@@ -49,7 +49,7 @@ class Frontend:
     def limits(self, tokenizer: Tokenizer) -> ModelLimits:
         info = self.engine.model_info
         config = getattr(self.engine, "config", None)  # a test's fake engine may have none
-        jump_forward = getattr(config, "enable_jump_forward", True)
+        jump_forward = getattr(config, "enable_jump_forward", False)
         return ModelLimits(info.vocab_size, info.max_context, tokenizer.eos_token_ids, jump_forward)
 
     async def generate(self, request: pb.GenerateRequest) -> AsyncIterator[pb.GenerateResponse]:

@@ -35,7 +35,7 @@ class ModelLimits:
     max_context: int
     eos_token_ids: frozenset[int] = frozenset()
     # The server's treatment of constrained requests (SchedulerConfig.enable_jump_forward).
-    jump_forward: bool = True
+    jump_forward: bool = False
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,7 @@ def engine_config(args: argparse.Namespace) -> SchedulerConfig:
         prefill_chunk_size=min(args.prefill_chunk_size or budget, budget),
         enable_overlap=not args.no_overlap,
         enable_prefix_cache=not args.no_prefix_cache,
-        enable_jump_forward=not args.no_jump_forward,
+        enable_jump_forward=args.jump_forward,
         **values,
     )
 
@@ -134,9 +134,10 @@ def _add_batching(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--no-overlap", action="store_true", help="wait for each step's result")
     group.add_argument("--no-prefix-cache", action="store_true", help="never share KV blocks")
     group.add_argument(
-        "--no-jump-forward",
+        "--jump-forward",
         action="store_true",
-        help="structured output: decode the tokens a grammar forces one step each",
+        help="structured output: append the tokens a grammar forces without a decode step "
+        "each (faster on the CPU, slower on a GPU today: see benchmarks/NOTES.md)",
     )
 
 

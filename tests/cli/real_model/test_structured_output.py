@@ -151,10 +151,10 @@ def test_jump_forward_keeps_greedy_output_and_valid_samples(builtin_dir, service
     fmt = pb.ResponseFormat(json_schema=json.dumps(SCHEMA))
     greedy = _request(PERSON, fmt, temperature=0.0, max_new_tokens=160)
     sampled = _request(PERSON, fmt, temperature=1.0, seed=4, max_new_tokens=160, logprobs=True)
-    jumped = [stack.generate(r) for r in (greedy, sampled)]
-    config = SchedulerConfig(enable_jump_forward=False)
-    with structured_stack(builtin_dir, servicer, config) as plain:
-        decoded = plain.generate(greedy)
+    decoded = stack.generate(greedy)  # the default: jump-forward off
+    config = SchedulerConfig(enable_jump_forward=True)
+    with structured_stack(builtin_dir, servicer, config) as jumping:
+        jumped = [jumping.generate(r) for r in (greedy, sampled)]
     assert jumped[0].text == decoded.text
     for result in jumped:
         jsonschema.validate(json.loads(result.text), SCHEMA)
