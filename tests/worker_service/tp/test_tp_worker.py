@@ -175,6 +175,40 @@ def test_sampling_that_does_not_decode_fails_its_request_alone_on_every_rank(gro
     stream.close()
 
 
+def constrained_outputs(channel: grpc.Channel) -> list[list[int]]:
+    """Sampled (temperature 1, seeded) outputs of two regex-constrained requests beside an
+    unconstrained one, run to their length (the driver ignores a grammar's end)."""
+    stream = StepStream(channel)
+    driver = Driver(stream, BLOCK_SIZE, NUM_BLOCKS)
+    regex = dict(grammar_kind="regex", grammar="[a-e ]+")
+    seqs = [
+        driver.add(Seq(1, prompt(11, 7), 7, 12, sampling(temperature=1.0, seed=3, **regex))),
+        driver.add(Seq(2, prompt(12, 5), 5, 12)),
+        driver.add(Seq(3, prompt(13, 9), 9, 12, sampling(temperature=1.0, seed=5, **regex))),
+    ]
+    driver.run()
+    stream.close()
+    return [s.outputs for s in seqs]
+
+
+def test_every_rank_applies_the_same_grammar_mask(group, model_dir) -> None:
+    """Constrained rows sample the same tokens on a two-rank group as on one process (each rank
+    runs the matcher over the shared tokens: a rank that masked otherwise would diverge or
+    hang), and their text stays inside the grammar."""
+    from transformers import AutoTokenizer
+
+    outputs = constrained_outputs(group.channel)
+    single = start_cpu_worker(model_dir, BLOCK_SIZE, NUM_BLOCKS)
+    try:
+        assert constrained_outputs(single[1]) == outputs
+    finally:
+        stop_worker(single)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    for output in (outputs[0], outputs[2]):
+        text = tokenizer.decode(output, skip_special_tokens=True)
+        assert text and set(text) <= set("abcde "), text
+
+
 def test_rank_0_killed_while_loading_takes_rank_1_down(model_dir) -> None:
     command = worker_command(model_dir, 0, "--device", "cpu", "--tp", "2")
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
