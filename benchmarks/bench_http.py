@@ -20,7 +20,7 @@ from bench_stack import NANO_VLLM, TINY, WARMUP
 from stack_models import SHAPES, write_model
 
 from yaie.cli import bench
-from yaie.cli.bench_metrics import BenchMetrics, format_table
+from yaie.cli.bench.metrics import BenchMetrics, format_table
 
 BACKENDS = ("yaie", "openai")  # gRPC, then HTTP, in each round
 ROWS = (

@@ -25,8 +25,8 @@ from stack_models import SHAPES, write_model
 from stack_report import bar_rows, table
 
 from yaie.cli import bench
-from yaie.cli import bench_datasets as ds
-from yaie.cli.bench_metrics import format_table
+from yaie.cli.bench import datasets as ds
+from yaie.cli.bench.metrics import format_table
 
 QUIET = dict(disable_progress=True)
 NANO_VLLM = bench.BenchConfig("random", 256, 1024, 1024, ds.NANO_VLLM_RANGE_RATIO, seed=0, **QUIET)

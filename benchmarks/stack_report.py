@@ -9,7 +9,7 @@ import stack_roofline as rf
 from stack_models import SHAPES, model_shape
 
 from yaie.cli import bench
-from yaie.cli import bench_datasets as ds
+from yaie.cli.bench import datasets as ds
 
 
 def roofline_of(

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from yaie.cli import bench, bench_grpc, bench_openai, generate
-from yaie.cli import bench_datasets as ds
+from yaie.cli import bench, generate
+from yaie.cli.bench import datasets as ds
+from yaie.cli.bench import grpc_client as bench_grpc
+from yaie.cli.bench import openai_client as bench_openai
 
 SCHEMA = json.dumps({"type": "object", "properties": {"a": {"type": "integer"}}})
 

@@ -8,8 +8,9 @@ import statistics
 import pytest
 
 from yaie.cli import bench
-from yaie.cli import bench_datasets as ds
-from yaie.cli.bench_metrics import RequestResult, format_table, percentile, summarize
+from yaie.cli.bench import command, grpc_client
+from yaie.cli.bench import datasets as ds
+from yaie.cli.bench.metrics import RequestResult, format_table, percentile, summarize
 
 
 def test_default_random_range_is_nano_vllms_100_to_1024() -> None:
@@ -38,9 +39,9 @@ def test_shared_prefix_groups_share_exactly_the_system_prompt() -> None:
 
 
 def test_poisson_gaps_have_mean_one_over_rate_and_inf_sends_at_once() -> None:
-    gaps = bench._arrival_gaps(4000, request_rate=20.0, seed=1)
+    gaps = command._arrival_gaps(4000, request_rate=20.0, seed=1)
     assert statistics.fmean(gaps) == pytest.approx(1 / 20, rel=0.06)
-    assert bench._arrival_gaps(5, math.inf, 1) == [0.0] * 5
+    assert command._arrival_gaps(5, math.inf, 1) == [0.0] * 5
 
 
 def test_percentile_interpolates_like_numpy() -> None:
@@ -101,7 +102,7 @@ def test_datasets_with_the_same_seed_share_no_prefix() -> None:
 
 
 def test_api_key_goes_out_as_a_bearer_authorization_header() -> None:
-    assert bench._metadata("k3y") == (("authorization", "Bearer k3y"),)
-    assert bench._metadata(None) is None and bench._metadata("") is None
+    assert grpc_client.call_metadata("k3y") == (("authorization", "Bearer k3y"),)
+    assert grpc_client.call_metadata(None) is None and grpc_client.call_metadata("") is None
     args = bench.build_parser().parse_args(["--api-key", "abc"])
     assert args.api_key == "abc"

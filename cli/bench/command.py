@@ -1,7 +1,7 @@
 """`yaie bench`: the load generator, a workload sent to a running stack over gRPC.
 
 Reports request/s, token throughput, TTFT / TPOT / ITL / E2E (mean, median, p99 in ms; the
-conventions are in bench_metrics) and the cache hit rate from the server's usage.
+conventions are in metrics.py) and the cache hit rate from the server's usage.
 
 Flag names follow SGLang's bench_serving and vLLM's benchmark_serving, so numbers compare.
 run_workload(target, BenchConfig) -> (BenchMetrics, ModelInfo) is the importable entry point.
@@ -24,12 +24,13 @@ from typing import Any, TextIO
 import grpc
 import httpx
 
-from yaie.cli import arguments, bench_grpc, bench_openai, client_security
-from yaie.cli import bench_datasets as ds
-from yaie.cli.bench_metrics import BenchMetrics, RequestResult, format_table, summarize
+from yaie.cli import arguments, client_security
+from yaie.cli.bench import datasets as ds
+from yaie.cli.bench import grpc_client as bench_grpc
+from yaie.cli.bench import openai_client as bench_openai
+from yaie.cli.bench.metrics import BenchMetrics, RequestResult, format_table, summarize
 from yaie.v1 import generation_pb2 as pb
 
-_metadata = bench_grpc.call_metadata  # its old name here
 DEFAULT_TARGETS = {"yaie": "127.0.0.1:50051", "openai": "http://127.0.0.1:8000"}
 BACKENDS = tuple(DEFAULT_TARGETS)
 

@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from yaie.cli import bench
-from yaie.cli import bench_datasets as ds
+from yaie.cli.bench import datasets as ds
 from yaie.cli.models.random_model import write_random_model
 from yaie.v1 import generation_pb2 as pb
 from yaie.v1 import generation_pb2_grpc

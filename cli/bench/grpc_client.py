@@ -10,10 +10,10 @@ from contextlib import asynccontextmanager
 
 import grpc
 
-from yaie.cli import bench_datasets as ds
 from yaie.cli import client_security
-from yaie.cli.bench_metrics import RequestResult
-from yaie.cli.bench_openai import Send
+from yaie.cli.bench import datasets as ds
+from yaie.cli.bench.metrics import RequestResult
+from yaie.cli.bench.openai_client import Send
 from yaie.v1 import generation_pb2 as pb
 from yaie.v1 import generation_pb2_grpc
 

@@ -16,8 +16,8 @@ from typing import Any
 import aiohttp
 import httpx
 
-from yaie.cli import bench_datasets as ds
-from yaie.cli.bench_metrics import RequestResult
+from yaie.cli.bench import datasets as ds
+from yaie.cli.bench.metrics import RequestResult
 from yaie.v1 import generation_pb2 as pb
 
 Send = Callable[[bytes, RequestResult], Awaitable[None]]
