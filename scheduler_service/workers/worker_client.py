@@ -78,6 +78,7 @@ def _encode_sampling(s: SamplingConfig) -> worker_pb2.SamplingParams:
 def decode_result(result: worker_pb2.StepResult, entries: list[PlanEntry]) -> StepOutcome:
     """Split the packed arrays back per entry; logprobs come only for entries that asked and
     sampled, top alternatives n = that entry's top_logprobs each."""
+    jumps = _decode_jumps(result)
     outcome = StepOutcome(
         step_id=result.step_id,
         token_ids=list(result.token_ids),
@@ -87,12 +88,12 @@ def decode_result(result: worker_pb2.StepResult, entries: list[PlanEntry]) -> St
         forward_ms=result.forward_ms,
         sample_ms=result.sample_ms,
         grammar_done=frozenset(result.grammar_done_request_ids),
-        jumps=_decode_jumps(result) or {},
+        jumps=jumps or {},
         grammar_ms=result.grammar_ms,
     )
     if result.error:
         return outcome
-    if _decode_jumps(result) is None:
+    if jumps is None:
         outcome.error = "the result's jump_* arrays do not line up"
         return outcome
     if len(outcome.token_ids) != len(entries):

@@ -10,7 +10,6 @@ rows never wait.
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,9 @@ from yaie.kernels.sampling.grammar import compile_grammar
 
 log = logging.getLogger(__name__)
 
-COMPILE_CACHE_SIZE = 64  # distinct constraints kept compiled (keyed by kind and text)
+# XGrammar's compiler keeps what it compiled, keyed by the constraint; bounded by bytes here
+# (its default is unbounded: every distinct schema a client sends would stay in memory).
+COMPILE_CACHE_BYTES = 256 << 20
 
 
 class StepTokens:
@@ -156,31 +157,19 @@ def _bit(position: int) -> int:
 
 class GrammarBackend:
     """XGrammar's tokenizer info and compiler for one model (built on the first constrained
-    request: the tokenizer's vocabulary is read then), and the compiled-grammar cache."""
+    request: the tokenizer's vocabulary is read then; the compiler caches compiled grammars)."""
 
     def __init__(self, model_dir: str | Path | None, vocab_size: int) -> None:
         self.model_dir = model_dir
         self.vocab_size = vocab_size
         self._compiler: Any = None
-        self._cache: OrderedDict[tuple[str, str], Any] = OrderedDict()
 
     def new_grammar(self, sampling: SamplingConfig, earlier_output: list[int]) -> RequestGrammar:
         """A matcher for a new (or re-sent) request, advanced over its earlier output."""
-        compiled = self._compiled(sampling.grammar_kind, sampling.grammar)
+        compiled = compile_grammar(self._load_compiler(), sampling.grammar_kind, sampling.grammar)
         grammar = RequestGrammar(compiled, self.vocab_size, sampling.jump_forward)
         grammar.accept_known(earlier_output)
         return grammar
-
-    def _compiled(self, kind: str, text: str) -> Any:
-        key = (kind, text)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        compiled = compile_grammar(self._load_compiler(), kind, text)
-        self._cache[key] = compiled
-        if len(self._cache) > COMPILE_CACHE_SIZE:
-            self._cache.popitem(last=False)
-        return compiled
 
     def _load_compiler(self) -> Any:
         if self._compiler is None:
@@ -209,7 +198,7 @@ def load_compiler(model_dir: str | Path | None, vocab_size: int) -> Any:
         tokenizer, vocab_size=vocab_size, stop_token_ids=sorted(stop_ids) or None
     )
     log.info("structured output: %d-token vocabulary, stop ids %s", vocab_size, sorted(stop_ids))
-    return xgr.GrammarCompiler(info, max_threads=2)
+    return xgr.GrammarCompiler(info, max_threads=2, cache_limit_bytes=COMPILE_CACHE_BYTES)
 
 
 def _ids(value: object) -> list[int]:
