@@ -20,6 +20,7 @@ from yaie.scheduler_service.api.tokenizer import Tokenizer
 from yaie.scheduler_service.api.validation import check_text_length
 from yaie.scheduler_service.api.wire import UndecodableRequest, safe_deserializer
 from yaie.scheduler_service.engine.errors import ResourceExhaustedError, UnavailableError
+from yaie.scheduler_service.ops.auth import current_tenant
 from yaie.v1 import generation_pb2 as pb
 
 SERVICE_NAME = "yaie.v1.Generation"
@@ -90,7 +91,7 @@ class GenerationServicer:
     @_stream
     async def Generate(self, request: Any, context: grpc.aio.ServicerContext):
         request = _decoded(request)
-        frames = self.frontend.generate(request)
+        frames = self.frontend.generate(request, current_tenant())
         try:
             if not request.output.single_frame:
                 async for frame in frames:
@@ -142,9 +143,10 @@ class GenerationServicer:
         self, request: pb.GetServerStatsRequest, context: grpc.aio.ServicerContext
     ):
         stats = self._engine.stats()
+        admin = current_tenant().admin  # worker addresses are the operator's to see
         workers = [
             pb.WorkerStats(
-                address=w.address,
+                address=w.address if admin else f"worker-{index}",
                 healthy=w.healthy,
                 total_blocks=w.total_blocks,
                 free_blocks=w.free_blocks,
@@ -152,7 +154,7 @@ class GenerationServicer:
                 cached_blocks=w.cached_blocks,
                 cache_hit_rate=w.cache_hit_rate,
             )
-            for w in stats.workers
+            for index, w in enumerate(stats.workers)
         ]
         return pb.ServerStats(
             waiting=stats.waiting,
@@ -165,7 +167,9 @@ class GenerationServicer:
     @_unary
     async def Abort(self, request: Any, context: grpc.aio.ServicerContext):
         request = _decoded(request)
-        return pb.AbortResponse(found=self._engine.abort(request.request_id))
+        # Only the caller's own requests: another tenant's id is not found.
+        found = self._engine.abort(request.request_id, current_tenant().name)
+        return pb.AbortResponse(found=found)
 
 
 def generation_handler(

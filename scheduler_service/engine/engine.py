@@ -18,7 +18,7 @@ from yaie.scheduler_service.config import SchedulerConfig
 from yaie.scheduler_service.engine.errors import ResourceExhaustedError, UnavailableError
 from yaie.scheduler_service.engine.request import FinishReason, GenerationRequest, OutputEvent
 from yaie.scheduler_service.engine.router import Router
-from yaie.scheduler_service.engine.sequence import Sequence
+from yaie.scheduler_service.engine.sequence import Sequence, SequenceStatus
 from yaie.scheduler_service.engine.worker_loop import WorkerLoop
 from yaie.scheduler_service.workers.worker_client import WorkerClient, WorkerStreamError
 
@@ -76,14 +76,16 @@ class Engine:
     - `check_admissible(req)` raises ValueError (prompt empty, token id outside the vocabulary,
       prompt + max_new_tokens beyond max_context), ResourceExhaustedError (queue full, or the
       request could never fit in a KV pool) or UnavailableError (not started, or draining).
-    - `submit(req)` checks admissibility (and that request_id is not live: ValueError) and
+    - `submit(req)` checks admissibility (and that req.key is not live: ValueError) and
       returns an async iterator of OutputEvents (undelivered ones coalesced: a slow reader gets
       fewer, larger events; under load one event per config.stream_interval tokens, the
       first token alone); the last one has finish_reason set. Closing the
       iterator early aborts the request.
-    - `abort(request_id)` -> whether a live request had that id; idempotent. The request ends
-      with ABORT at the next step. `finish(request_id)` ends it with STOP (a stop string found
-      by the API layer); tokens still in flight are dropped.
+    - `abort(request_id, tenant)` -> whether a live request of tenant had that id; idempotent.
+      The request ends with ABORT at the next step. `finish(request_id, tenant)` ends it with
+      STOP (a stop string found by the API layer); tokens still in flight are dropped. Request
+      ids are scoped to their tenant: no call sees another tenant's.
+    - `tenant_load(tenant)` -> (live, waiting) requests of tenant, for its limits.
     - `stats()` -> EngineStats; `model_info` -> WorkerModelInfo.
     Token-level stopping happens here: stop_token_ids after min_new_tokens (STOP, the token
     kept, matched_stop_token set), max_new_tokens or a full context (LENGTH).
@@ -104,7 +106,7 @@ class Engine:
         self._started = False
         self._loops: list[WorkerLoop] = []
         self._tasks: list[asyncio.Task] = []
-        self._live: dict[str, Sequence] = {}
+        self._live: dict[tuple[str, str], Sequence] = {}  # by (tenant, request_id)
         self._arrivals = itertools.count()
         self._completed = 0
         self._model_info: WorkerModelInfo | None = None
@@ -180,10 +182,10 @@ class Engine:
         deadline = loop.time() + self.config.drain_timeout_s
         while self._live and loop.time() < deadline:
             await asyncio.sleep(0.05)
-        cancelled = list(self._live)
-        for request_id in cancelled:
+        cancelled = list(self._live.values())
+        for seq in cancelled:
             error = "the server is shutting down: the drain timeout passed"
-            self._request_end(request_id, FinishReason.ABORT, error)
+            self._request_end(seq, FinishReason.ABORT, error)
         deadline = loop.time() + 2.0  # the step loops act on aborts at their next step
         while self._live and loop.time() < deadline:
             await asyncio.sleep(0.02)
@@ -229,10 +231,10 @@ class Engine:
 
     def submit(self, req: GenerationRequest) -> AsyncIterator[OutputEvent]:
         self.check_admissible(req)
-        if req.request_id in self._live:
+        if req.key in self._live:
             raise ValueError(f"request_id {req.request_id!r} is already live")
         seq = Sequence(req, next(self._arrivals))
-        self._live[req.request_id] = seq
+        self._live[req.key] = seq
         self._add(seq)
         return self._events(seq)
 
@@ -247,21 +249,28 @@ class Engine:
                     return
         finally:
             if not seq.is_finished:
-                self.abort(seq.request_id)
+                self.abort(seq.request_id, seq.request.tenant)
             # The client's stream is over (its last event, a stop string, a cancel): the id is
             # free for a new request at once, though the worker loop may drop the old one later.
             self._on_finished(seq)
 
-    def abort(self, request_id: str) -> bool:
-        return self._request_end(request_id, FinishReason.ABORT)
+    def abort(self, request_id: str, tenant: str = "") -> bool:
+        return self._request_end(self._live.get((tenant, request_id)), FinishReason.ABORT)
 
-    def finish(self, request_id: str) -> None:
-        self._request_end(request_id, FinishReason.STOP)
+    def finish(self, request_id: str, tenant: str = "") -> None:
+        self._request_end(self._live.get((tenant, request_id)), FinishReason.STOP)
 
-    def _request_end(self, request_id: str, reason: FinishReason, error: str | None = None) -> bool:
-        """Ends the live request request_id with reason (its final event carrying error) at
-        its worker's next step, or now when it is parked; the first end asked for wins."""
-        seq = self._live.get(request_id)
+    def tenant_load(self, tenant: str) -> tuple[int, int]:
+        """(live, waiting) requests of tenant: all it has, and those not yet in a batch."""
+        live = [seq for key, seq in self._live.items() if key[0] == tenant]
+        waiting = sum(1 for seq in live if seq.status is SequenceStatus.WAITING)
+        return len(live), waiting
+
+    def _request_end(
+        self, seq: Sequence | None, reason: FinishReason, error: str | None = None
+    ) -> bool:
+        """Ends the live request seq with reason (its final event carrying error) at its
+        worker's next step, or now when it is parked; the first end asked for wins."""
         if seq is None:
             return False
         if seq.abort_requested is None:
@@ -327,8 +336,8 @@ class Engine:
 
     def _on_finished(self, seq: Sequence) -> None:
         """seq's last event is out: its request_id may be used again."""
-        if self._live.get(seq.request_id) is seq:
-            del self._live[seq.request_id]
+        if self._live.get(seq.request.key) is seq:
+            del self._live[seq.request.key]
             self._completed += 1
 
     def _on_orphaned(self, seqs: list[Sequence]) -> None:

@@ -33,6 +33,13 @@ class GenerationRequest:
     stop_token_ids: frozenset[int] = frozenset()
     # Prefix-cache namespace: requests with different namespaces never share cached blocks.
     namespace: str = ""
+    # Who asked (ops/tenants.py; "" on a server without keys): request ids are unique per
+    # tenant, and abort / finish find a request by (tenant, request_id).
+    tenant: str = ""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.tenant, self.request_id)
 
 
 @dataclass
