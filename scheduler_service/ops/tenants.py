@@ -9,9 +9,9 @@ Key file syntax, one entry a line (lines starting with `#` and blank lines are s
     batch: sk-batch-key max_concurrent=64 max_queued=256
 
 A tenant name is 1-64 of `A-Z a-z 0-9 . _ -`; a key is printable ASCII without whitespace, each
-key unique. One tenant may have several lines (key rotation); options given on more than one of
-them must agree. A file that holds one bare key (the older format) is tenant `default`, an
-admin; $YAIE_API_KEY is too. With no key at all, the server is open: every caller is the
+key unique. One tenant may have several lines (key rotation), each with the same options. A
+file that holds one bare key (the older format) is tenant `default`, an admin; $YAIE_API_KEY
+is too. With no key at all, the server is open: every caller is the
 anonymous tenant, an admin.
 """
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -196,7 +196,6 @@ def create_app(frontend: Frontend, keys: KeyTable, metrics: Metrics | None) -> F
 
     app.add_exception_handler(ClientGone, on_gone)
     keyed = [Depends(api.tenant)]
-    Caller = Annotated[Tenant, Depends(api.tenant)]
 
     @app.get("/health")
     async def health() -> Response:
@@ -221,7 +220,8 @@ def create_app(frontend: Frontend, keys: KeyTable, metrics: Metrics | None) -> F
         return {"object": "list", "data": [card]}
 
     @app.post("/v1/chat/completions")
-    async def chat(request: Request, tenant: Caller) -> Response:
+    async def chat(request: Request) -> Response:
+        tenant = await api.tenant(request)  # 401 before the body is parsed
         body = parse_body(ChatCompletionRequest, await request.body())
         model = api.model_id(body.model)
         request_id = uuid.uuid4().hex
@@ -230,7 +230,8 @@ def create_app(frontend: Frontend, keys: KeyTable, metrics: Metrics | None) -> F
         return await api.respond(request, tenant, chunker, [message], body)
 
     @app.post("/v1/completions")
-    async def completions(request: Request, tenant: Caller) -> Response:
+    async def completions(request: Request) -> Response:
+        tenant = await api.tenant(request)
         body = parse_body(CompletionRequest, await request.body())
         model = api.model_id(body.model)
         request_id = uuid.uuid4().hex
