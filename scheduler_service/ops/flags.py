@@ -101,10 +101,12 @@ def engine_config(args: argparse.Namespace) -> SchedulerConfig:
 
 def server_options(args: argparse.Namespace) -> ServerOptions:
     """The security and metrics flags resolved (key and certificate files read)."""
+    defaults = TenantDefaults(args.tenant_max_concurrent, args.tenant_max_queued)
+    keys = KeyTable(args.api_key_file, defaults)
+    if defaults != TenantDefaults() and not keys.required:
+        raise ValueError(f"--tenant-max-* need API keys (--api-key-file or ${API_KEY_ENV})")
     return ServerOptions(
-        keys=KeyTable(
-            args.api_key_file, TenantDefaults(args.tenant_max_concurrent, args.tenant_max_queued)
-        ),
+        keys=keys,
         credentials=server_credentials(args.tls_cert, args.tls_key, args.tls_ca),
         workers=WorkerChannelSecurity.from_files(
             args.internal_secret_file, args.worker_tls_ca, args.worker_tls_cert, args.worker_tls_key

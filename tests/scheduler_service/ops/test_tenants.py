@@ -5,10 +5,12 @@ the new one is bad."""
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
 from yaie.scheduler_service.ops.auth import KeyTable
-from yaie.scheduler_service.ops.flags import server_options
+from yaie.scheduler_service.ops.flags import add_scheduler_arguments, server_options
 from yaie.scheduler_service.ops.tenants import ANONYMOUS, Tenant, TenantDefaults, parse_keys
 
 NONE = TenantDefaults()
@@ -91,10 +93,6 @@ def test_without_keys_every_caller_is_the_anonymous_admin() -> None:
 
 
 def test_the_flags_build_the_table(tmp_path) -> None:
-    import argparse
-
-    from yaie.scheduler_service.ops.flags import add_scheduler_arguments
-
     (tmp_path / "keys").write_text("alice: k1\n")
     parser = argparse.ArgumentParser()
     add_scheduler_arguments(parser, "model")
@@ -104,3 +102,11 @@ def test_the_flags_build_the_table(tmp_path) -> None:
     options = server_options(args)
     assert options.keys.tenant_of(_bearer("k1")) == Tenant("alice", max_concurrent=3)
     assert len(options.interceptors()) == 1
+
+
+def test_tenant_limits_without_keys_are_refused(monkeypatch) -> None:
+    monkeypatch.delenv("YAIE_API_KEY", raising=False)
+    parser = argparse.ArgumentParser()
+    add_scheduler_arguments(parser, "model")
+    with pytest.raises(ValueError, match="need API keys"):
+        server_options(parser.parse_args(["--tenant-max-queued", "4"]))
