@@ -134,7 +134,9 @@ def start_worker(
     server.start()
     log.info("worker listening on %s:%d, loading %s", config.host, port, config.model)
     try:
-        servicer.load(*build_runner(config))
+        runner, info = build_runner(config)
+        info.max_plan_bytes = max_receive  # the scheduler keeps its plans under it
+        servicer.load(runner, info)
         if loaded is not None:
             loaded.set()
     except BaseException:  # an interrupted load too (SystemExit from a signal handler)

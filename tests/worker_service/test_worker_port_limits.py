@@ -107,6 +107,7 @@ def test_the_receive_limit_is_the_pools_plan_cap(worker_process) -> None:
         assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         info = describe(b"", metadata=metadata, timeout=30)
         assert info.num_blocks == NUM_BLOCKS
+        assert info.max_plan_bytes == cap  # the scheduler keeps its plans under it
 
 
 def test_the_pool_bound_covers_the_pool_a_memory_budget_gives(tiny_model_dir) -> None:
