@@ -4,6 +4,7 @@ its pool, and off loopback it refuses to start without a secret or mTLS unless t
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import time
@@ -131,6 +132,9 @@ def test_the_pool_bound_covers_the_pool_a_memory_budget_gives(tiny_model_dir) ->
     ids=["bare", "tls-without-client-ca", "insecure-internal"],
 )
 def test_a_worker_off_loopback_fails_closed(extra, refused, monkeypatch, capfd) -> None:
+    # main() sets the root logger up on this test's captured stderr: give the old one back.
+    monkeypatch.setattr(logging.root, "handlers", list(logging.root.handlers))
+    monkeypatch.setattr(logging.root, "level", logging.root.level)
     started: list[WorkerConfig] = []
     monkeypatch.setattr(
         "yaie.worker_service.__main__._serve", lambda config, *rest: started.append(config) or 0
