@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from yaie.scheduler_service.api.output_stream import OutputStream
 from yaie.scheduler_service.api.tokenizer import Tokenizer
-from yaie.scheduler_service.api.validation import ModelLimits, validate_generate
+from yaie.scheduler_service.api.validation import ModelLimits, ValidatedRequest, validate_generate
 from yaie.scheduler_service.engine.errors import ResourceExhaustedError, UnavailableError
 from yaie.scheduler_service.engine.request import GenerationRequest, OutputEvent
 from yaie.scheduler_service.ops.tenants import ANONYMOUS, Tenant
@@ -110,7 +110,7 @@ class Frontend:
             )
 
 
-def _for_tenant(validated: Any, tenant: Tenant, cache_salt: str) -> Any:
+def _for_tenant(validated: ValidatedRequest, tenant: Tenant, cache_salt: str) -> ValidatedRequest:
     """validated's request as tenant's, in tenant's prefix-cache namespace."""
     generation = dataclasses.replace(
         validated.generation, tenant=tenant.name, namespace=tenant.cache_namespace(cache_salt)
