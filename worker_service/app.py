@@ -88,7 +88,7 @@ def build_runner(config: WorkerConfig) -> tuple[ModelRunner, worker_pb2.WorkerIn
         use_graphs,
         config.max_graph_batch_size,
         tp,
-        config.cascade_attention,
+        config.cascade_attention and backend == "triton",
         grammars,
     )
     if device.type == "cuda" and tp is None:  # compile every kernel variant before serving

@@ -50,9 +50,9 @@ class WorkerConfig:
     cuda_graphs: bool = True  # decode CUDA graphs (CUDA only)
     max_graph_batch_size: int = 256
     # Decode steps whose rows share cached prefix blocks read each prefix once per group
-    # (shared-prefix / cascade attention, eager: no CUDA graph). Off by default: correct (CPU
-    # and interpreter tests) but not yet timed on a GPU (benchmarks/NOTES.md).
-    cascade_attention: bool = False
+    # (shared-prefix / cascade attention, in the decode graphs; batch_builder decides per step).
+    # Triton backend only (the CPU's sdpa path reads every row's blocks anyway).
+    cascade_attention: bool = True
     tp: int = 1  # tensor-parallel ranks (processes, one GPU each) of this worker
 
     def __post_init__(self) -> None:

@@ -142,7 +142,8 @@ def decode_attention_grouped(
     prefix_lens[g] < seq_lens[r]; kv_start[r] = prefix_lens[g], 0 for rows in no group. Nothing
     checks it (that would need a device sync). The torch and sdpa backends ignore groups (same
     answer).
-    Not meant for CUDA-graph capture (the grid depends on the group count and max_rows).
+    Capturable in a CUDA graph with the triton backend: the grid depends on the shapes only
+    (the number of group slots; padding slots read nothing).
     """
     if resolve_backend(backend, q.is_cuda) == "triton":
         from yaie.kernels.attention.triton_cascade import decode_attention_grouped_triton

@@ -17,9 +17,11 @@ from yaie.worker_service.forward_batch import ForwardBatch
 from yaie.worker_service.step.prefix_groups import find_prefix_groups
 from yaie.worker_service.step.request_state import RequestState, RequestTable
 
-# Grouped (cascade) decode attention only where it pays (not yet tuned on a GPU): a shared
-# prefix of at least MIN_PREFIX_TOKENS, and groups that save at least MIN_SAVED_TOKENS token
-# reads per layer in all (the step then runs eagerly, without its CUDA graph).
+# Grouped (cascade) decode attention only where it pays: a shared prefix of at least
+# MIN_PREFIX_TOKENS, and groups that save at least MIN_SAVED_TOKENS token reads per layer in all.
+# The cost model: the grouped path adds a prefix kernel and a wider reduce per layer (a few us in
+# a graph); 16k tokens of K/V at 4 KB per token and layer (Qwen3-0.6B, Llama-3.1-8B) are 64 MB a
+# layer, ~15 us at 4.2 TB/s. Measured on an H200: benchmarks/NOTES.md, "grouped decode in graphs".
 MIN_PREFIX_TOKENS = 256
 MIN_SAVED_TOKENS = 16384
 
@@ -56,14 +58,15 @@ def build_forward_batch(
     entries: list[ScheduledEntry],
     table: RequestTable,
     block_size: int,
-    group_prefixes: bool = False,
+    max_prefix_groups: int = 0,
 ) -> tuple[ForwardBatch, torch.Tensor]:
     """Packs every index tensor into one int32 host buffer, copies it once, splits on device.
 
     Also returns sample_rows [num_sampled] int64: the last_tokens rows of the sampling entries.
     Entries that run one token should come first (ModelRunner orders them so): in a mixed batch
-    the leading ones take decode attention (ForwardBatch.num_single). group_prefixes: a decode
-    batch whose rows share cached prefix blocks gets ForwardBatch.prefix_groups.
+    the leading ones take decode attention (ForwardBatch.num_single). A decode batch whose rows
+    share cached prefix blocks gets ForwardBatch.prefix_groups (at most max_prefix_groups groups;
+    0: never).
     """
     last_tokens = table.last_tokens
     device = last_tokens.device
@@ -115,10 +118,12 @@ def build_forward_batch(
         if num_single:
             parts.append(query_starts[num_single:] - num_single)
     groups = None
-    if group_prefixes and is_decode:
+    if max_prefix_groups and is_decode:
         lens = [e.start + 1 for e in entries]
         min_blocks = -(-MIN_PREFIX_TOKENS // block_size)
-        groups = find_prefix_groups(host_tables, lens, block_size, min_blocks, MIN_SAVED_TOKENS)
+        groups = find_prefix_groups(
+            host_tables, lens, block_size, min_blocks, MIN_SAVED_TOKENS, max_prefix_groups
+        )
     first_group_part = len(parts)
     if groups is not None:
         parts += [
@@ -145,8 +150,6 @@ def build_forward_batch(
         extend_query_start=pieces[10] if num_single else None,
         prefix_groups=None
         if groups is None
-        else PrefixGroups(
-            *pieces[first_group_part : first_group_part + 4], max_rows=groups.max_rows
-        ),
+        else PrefixGroups(*pieces[first_group_part : first_group_part + 4]),
     )
     return batch, sample_rows.long()

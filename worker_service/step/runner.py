@@ -73,7 +73,7 @@ class ModelRunner:
         if use_cuda_graphs and self.device.type == "cuda" and tp is None:
             max_blocks = -(-self.max_context // pool.block_size)
             self.graphs = DecodeGraphs(
-                model, pool.cache, pool.scratch_block, max_graph_batch_size, max_blocks
+                model, pool.cache, pool.scratch_block, max_graph_batch_size, max_blocks, cascade
             )
             self.graphs.capture()
 
@@ -218,9 +218,11 @@ class ModelRunner:
         # One-token entries first (stable): in a mixed step they take decode attention, which
         # reads each request's KV once per kv head, where extend attention reads it per q head.
         entries.sort(key=lambda e: e.num_tokens != 1)
-        batch, sample_rows = build_forward_batch(
-            entries, table, self.pool.block_size, group_prefixes=self.cascade
-        )
+        max_groups = 0
+        if self.cascade:  # as many groups as the step's graph holds (eager: no bound)
+            graphs = self.graphs
+            max_groups = len(entries) if graphs is None else graphs.group_slots(len(entries))
+        batch, sample_rows = build_forward_batch(entries, table, self.pool.block_size, max_groups)
         if self.graphs is not None and self.graphs.can_run(batch):
             logits = self.graphs.run(batch)
         else:
