@@ -71,20 +71,6 @@ def fill_groups(runner, blocks, groups: int, rows: int, prefix: int, own: int, r
     return table, [RunEntry(i, 1, []) for i in range(ids)], step_id
 
 
-def time_steps(runner, table, decode, step_id, iters):
-    walls, fwd, smp = [], [], []
-    for _ in range(iters):
-        step_id += 1
-        start = time.perf_counter()
-        out = runner.launch(table, Plan(step_id, [], decode, [])).wait()
-        walls.append((time.perf_counter() - start) * 1e3)
-        fwd.append(out.forward_ms)
-        smp.append(out.sample_ms)
-        assert not out.error and min(out.token_ids) >= 0
-    med = statistics.median
-    return dict(wall=med(walls), forward=med(fwd), sample=med(smp)), step_id
-
-
 def profile_step(runner, table, decode, step_id, label):
     if runner.device.type != "cuda":
         return step_id
@@ -169,31 +155,41 @@ VARIANTS = (  # label, cascade, graphs, the cost model's thresholds in force
 
 
 def one_config(runner, blocks, model, cfg, iters, profile: bool) -> list[str]:
-    """Fills cfg = (groups, rows, prefix, own), times every variant, releases; table rows."""
+    """Fills cfg = (groups, rows, prefix, own), times every variant (interleaved step by step, so
+    that all see the same contexts as they grow), releases; returns table rows."""
     groups, rows, prefix, own = cfg
-    reserve = 4 * iters + 64
+    reserve = (len(VARIANTS) + 1) * (iters + 3) + 8
     table, decode, step_id = fill_groups(
         runner, blocks, groups, rows, prefix, own, reserve, model.vocab_size
     )
     owned = [b for e in decode for b in table.get(e.request_id).block_table]
     thresholds = batch_builder.MIN_PREFIX_TOKENS, batch_builder.MIN_SAVED_TOKENS
-    graphs, out = runner.graphs, []
-    for label, cascade, use_graphs, cost_model in VARIANTS:
-        runner.cascade, runner.graphs = cascade, graphs if use_graphs else None
-        if not cost_model:  # group whatever shares a block: the raw grouped path
-            batch_builder.MIN_PREFIX_TOKENS, batch_builder.MIN_SAVED_TOKENS = 1, 0
-        for _ in range(3):  # warm-up of this variant
+    graphs = runner.graphs
+    times: dict[str, list[tuple[float, float, float]]] = {v[0]: [] for v in VARIANTS}
+    for i in range(iters + 3):  # the first 3 rounds warm every variant up
+        for label, cascade, use_graphs, cost_model in VARIANTS:
+            runner.cascade, runner.graphs = cascade, graphs if use_graphs else None
+            if not cost_model:  # group whatever shares a block: the raw grouped path
+                batch_builder.MIN_PREFIX_TOKENS, batch_builder.MIN_SAVED_TOKENS = 1, 0
             step_id += 1
-            step(runner, table, step_id, run=decode)
-        r, step_id = time_steps(runner, table, decode, step_id, iters)
-        if profile:
-            step_id = profile_step(runner, table, decode, step_id, f"{cfg} {label}")
-        batch_builder.MIN_PREFIX_TOKENS, batch_builder.MIN_SAVED_TOKENS = thresholds
-        out.append(
-            f"| {groups}x{rows}, prefix {prefix}, own {own} | {label} | {r['wall']:.2f} | "
-            f"{r['forward']:.2f} | {r['sample']:.2f} |"
-        )
+            start = time.perf_counter()
+            out = runner.launch(table, Plan(step_id, [], decode, [])).wait()
+            wall = (time.perf_counter() - start) * 1e3
+            assert not out.error and min(out.token_ids) >= 0
+            if i >= 3:
+                times[label].append((wall, out.forward_ms, out.sample_ms))
+            if profile and i == iters + 2:
+                step_id = profile_step(runner, table, decode, step_id, f"{cfg} {label}")
+            batch_builder.MIN_PREFIX_TOKENS, batch_builder.MIN_SAVED_TOKENS = thresholds
     runner.cascade, runner.graphs = True, graphs
+    med = statistics.median
+    result = []
+    for label, samples in times.items():
+        wall, fwd, smp = (med(column) for column in zip(*samples, strict=True))
+        result.append(
+            f"| {groups}x{rows}, prefix {prefix}, own {own} | {label} | {wall:.2f} | "
+            f"{fwd:.2f} | {smp:.2f} |"
+        )
     if profile:
         print(f"host find_prefix_groups: {host_grouping_ms(runner, table, decode):.3f} ms")
         att, err = attention_alone(runner, table, decode, model, runner.device, iters)
@@ -205,7 +201,7 @@ def one_config(runner, blocks, model, cfg, iters, profile: bool) -> list[str]:
     step(runner, table, step_id, release=[e.request_id for e in decode])
     runner.close_table(table)
     blocks.give(sorted(set(owned)))
-    return out
+    return result
 
 
 def main() -> None:
@@ -213,7 +209,8 @@ def main() -> None:
     p.add_argument("--tiny", action="store_true")
     p.add_argument(
         "--configs",
-        default="16x16x2048x128,4x4x2048x128,8x2x1024x128,2x8x512x64,16x4x4096x256",
+        default="16x16x2048x128,4x4x2048x128,8x8x1024x128,8x8x2048x128,32x2x2048x128,"
+        "8x2x1024x128,16x4x4096x256,64x4x2048x128",
         help="groups x rows x prefix x own, comma separated",
     )
     p.add_argument("--iters", type=int, default=30)
@@ -228,7 +225,7 @@ def main() -> None:
     write_random_model(model_dir, "Qwen3ForCausalLM", seed=0, dtype=dtype, **shape)
     model = load_model(str(model_dir), device, dtype, "auto")
     bs = 16
-    per_row = -(-(max(c[3] for c in configs) + 4 * args.iters + 64) // bs)
+    per_row = -(-(max(c[3] for c in configs) + (len(VARIANTS) + 1) * (args.iters + 3) + 8) // bs)
     num_blocks = max(g * (pr // bs + r * per_row) for g, r, pr, _ in configs) + 64
     pool = KVPool(
         model.num_layers, model.num_kv_heads, model.head_dim, dtype, device, bs, num_blocks

@@ -141,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
         '"name=--flag v ...;name2=..."',
     )
     p.add_argument(
+        "--shared-variants",
+        default="",
+        help="the shared-prefix workload again per scheduler flag set (after nocache), traced",
+    )
+    p.add_argument(
         "--diagnose",
         action="store_true",
         help="also run the random workload with one frame per request, and again "
@@ -201,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         if "nocache" not in skip and runner.left() > 120 * scale:
             stack.start_scheduler("scheduler_nocache", ["--no-prefix-cache"])
             runner.workload("shared_nocache", stack.target, cfg["shared"], 100 * scale)
+        if args.shared_variants:
+            spec = args.shared_variants
+            stack_variants.run(stack, runner, cfg["shared"], spec, out, 80 * scale, "shared")
         if args.diagnose and runner.left() > 90 * scale:
             profile = out / "scheduler.prof"
             stack.start_scheduler("scheduler_profiled", [], profile=profile)

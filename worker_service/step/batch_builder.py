@@ -19,11 +19,12 @@ from yaie.worker_service.step.request_state import RequestState, RequestTable
 
 # Grouped (cascade) decode attention only where it pays: a shared prefix of at least
 # MIN_PREFIX_TOKENS, and groups that save at least MIN_SAVED_TOKENS token reads per layer in all.
-# The cost model: the grouped path adds a prefix kernel and a wider reduce per layer (a few us in
-# a graph); 16k tokens of K/V at 4 KB per token and layer (Qwen3-0.6B, Llama-3.1-8B) are 64 MB a
-# layer, ~15 us at 4.2 TB/s. Measured on an H200: benchmarks/NOTES.md, "grouped decode in graphs".
+# The cost model, from the H200 (benchmarks/NOTES.md, "grouped decode in CUDA graphs"): the
+# grouped path adds two kernels a layer and streams at ~3 TB/s, while plain decode reads rows
+# that share blocks partly from L2 (~6 TB/s effective): 4 groups x 4 rows x 2,048 shared tokens
+# (24k reads saved) broke even, 16 x 4 x 4,096 (196k) won 35%, 16 x 16 x 2,048 (491k) 41%.
 MIN_PREFIX_TOKENS = 256
-MIN_SAVED_TOKENS = 16384
+MIN_SAVED_TOKENS = 65536
 
 
 @dataclass(frozen=True)
