@@ -204,8 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         usage = frame.usage
         which = f"completion {index}: " if args.n > 1 else ""
         print(
-            f"[{which}{reason}: {usage.completion_tokens} tokens after a "
-            f"{usage.prompt_tokens}-token prompt ({usage.cached_tokens} cached) in {seconds:.2f} s]",
+            f"[{which}{reason}: {usage.completion_tokens} tokens after a {usage.prompt_tokens}"
+            f"-token prompt ({usage.cached_tokens} cached) in {seconds:.2f} s]",
             file=sys.stderr,
         )
     return 0
