@@ -188,7 +188,7 @@ def _max_new_tokens(stopping: pb.StoppingCriteria, num_prompt: int, max_context:
     return stopping.max_new_tokens
 
 
-def completions(request: pb.GenerateRequest) -> int:
+def num_completions(request: pb.GenerateRequest) -> int:
     """GenerateRequest.n: 0 (proto3 cannot tell it from unset) is 1; above MAX_COMPLETIONS is
     refused."""
     if request.n > MAX_COMPLETIONS:
@@ -200,7 +200,7 @@ def validate_generate(
     request: pb.GenerateRequest, request_id: str, encoder: PromptEncoder, limits: ModelLimits
 ) -> ValidatedRequest:
     """Checks a GenerateRequest and resolves its defaults; raises ValueError naming the field."""
-    n = completions(request)
+    n = num_completions(request)
     ids = prompt_ids(request, encoder, limits.vocab_size, limits.max_context)
     sampling = sampling_config(request.sampling, request.output, limits.vocab_size)
     stopping = request.stopping
