@@ -22,7 +22,8 @@ class Completions:
         self.outbox = Outbox()
         self.seqs: list[Sequence] = []
         for index in range(req.n):
-            seq = Sequence(req.completion(index), next(arrivals), events=self.outbox, index=index)
+            single = req if req.n == 1 else req.completion(index)
+            seq = Sequence(single, next(arrivals), events=self.outbox, index=index)
             seq.leader = self.seqs[0] if index else None
             self.seqs.append(seq)
 
