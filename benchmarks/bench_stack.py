@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import stack_launch
+import stack_parallel
 import stack_variants
 import torch
 from stack_models import SHAPES, write_model
@@ -146,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the shared-prefix workload again per scheduler flag set (after nocache), traced",
     )
     p.add_argument(
+        "--parallel-sampling",
+        action="store_true",
+        help="also: n = 8 completions of 64 prompts vs the 512 as single requests "
+        "(benchmarks/stack_parallel.py)",
+    )
+    p.add_argument(
         "--diagnose",
         action="store_true",
         help="also run the random workload with one frame per request, and again "
@@ -203,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
                 runner.workload("random_single_frame", stack.target, single, need * scale)
         if args.variants:
             stack_variants.run(stack, runner, cfg["random"], args.variants, out, 60 * scale)
+        if args.parallel_sampling:
+            parallel = stack_parallel.PARALLEL_TINY if args.tiny else stack_parallel.PARALLEL
+            stack_parallel.run(stack, runner, parallel, out, 60 * scale)
         if "nocache" not in skip and runner.left() > 120 * scale:
             stack.start_scheduler("scheduler_nocache", ["--no-prefix-cache"])
             runner.workload("shared_nocache", stack.target, cfg["shared"], 100 * scale)

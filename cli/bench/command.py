@@ -64,6 +64,12 @@ class BenchConfig:
     # Structured output: every request's output constrained by this JSON schema (its text);
     # an output may then end (STOP) before its output_len, where its grammar completed.
     json_schema: str | None = None
+    # Parallel sampling: each request asks n completions of its prompt (GenerateRequest.n);
+    # each completion counts as a request in the metrics (its TTFT from the call's start).
+    n: int = 1
+    # Each prompt sent this many times as separate requests, one after another (the baseline
+    # of --n: the same completions asked one by one).
+    repeat_prompts: int = 1
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -76,9 +82,21 @@ class BenchConfig:
             raise ValueError(f"request rate must be > 0, got {self.request_rate}")
         if self.max_concurrency is not None and self.max_concurrency < 1:
             raise ValueError(f"max concurrency must be >= 1, got {self.max_concurrency}")
+        if not 1 <= self.n <= 64 or self.repeat_prompts < 1:
+            raise ValueError(
+                f"n must be in [1, 64] and repeat_prompts >= 1: {self.n}, {self.repeat_prompts}"
+            )
+        if self.n > 1 and self.backend != "yaie":
+            raise ValueError("--n is sent over yaie.v1 (the default backend)")
 
 
 def make_requests(config: BenchConfig, vocab_size: int) -> list[ds.BenchRequest]:
+    """The workload's requests, each prompt repeat_prompts times in a row."""
+    requests = _draw_requests(config, vocab_size)
+    return [r for r in requests for _ in range(config.repeat_prompts)]
+
+
+def _draw_requests(config: BenchConfig, vocab_size: int) -> list[ds.BenchRequest]:
     c = config
     if c.dataset == "random":
         return ds.random_requests(
@@ -159,23 +177,32 @@ async def send_requests(
         session = bench_grpc.session
         messages = [
             bench_grpc.to_proto(
-                r, f"bench-{tag}-{i}", config.temperature, config.single_frame, config.json_schema
+                r,
+                f"bench-{tag}-{i}",
+                config.temperature,
+                config.single_frame,
+                config.json_schema,
+                config.n,
             )
             for i, r in enumerate(requests)
         ]
-    results = [RequestResult(len(r.prompt_ids), r.output_len) for r in requests]
+    # per request, one result per completion
+    calls = [
+        [RequestResult(len(r.prompt_ids), r.output_len) for _ in range(config.n)] for r in requests
+    ]
+    results = [result for call_results in calls for result in call_results]
     gaps = _arrival_gaps(len(requests), config.request_rate, config.seed)
     limit = asyncio.Semaphore(config.max_concurrency or len(requests) or 1)
     in_flight = max_in_flight = 0
     bar = tqdm(total=len(requests), desc="bench", unit="req") if tqdm else None
 
-    async def send(message: Any, result: RequestResult) -> None:
+    async def send(message: Any, call_results: list[RequestResult]) -> None:
         nonlocal in_flight, max_in_flight
         async with limit:
             in_flight += 1
             max_in_flight = max(max_in_flight, in_flight)
             try:
-                await call(message, result)
+                await call(message, call_results)
             finally:
                 in_flight -= 1
         if bar is not None:
@@ -185,10 +212,10 @@ async def send_requests(
 
         async def send_all() -> None:
             tasks = []
-            for message, result, gap in zip(messages, results, gaps, strict=True):
+            for message, call_results, gap in zip(messages, calls, gaps, strict=True):
                 if gap:
                     await asyncio.sleep(gap)
-                tasks.append(asyncio.create_task(send(message, result)))
+                tasks.append(asyncio.create_task(send(message, call_results)))
             await asyncio.gather(*tasks)
 
         cpu_start, wall_start = time.process_time(), time.perf_counter()
@@ -236,6 +263,10 @@ def describe_workload(config: BenchConfig, requests: list[ds.BenchRequest]) -> s
     )
     if config.max_concurrency:
         sending += f", at most {config.max_concurrency} in flight"
+    if config.n > 1:
+        sending += f", {config.n} completions each"
+    if config.repeat_prompts > 1:
+        sending += f", each prompt {config.repeat_prompts} times"
     ranges = ""
     if config.dataset == "random":
         low_in, high_in = ds.length_range(config.random_input_len, config.random_range_ratio)
@@ -335,6 +366,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         default=None,
         help="structured output: constrain every output by this JSON schema",
+    )
+    p.add_argument(
+        "--n",
+        type=int,
+        default=d.n,
+        help="completions per request (GenerateRequest.n: the prompt computed once); each "
+        "counts as a request in the metrics",
+    )
+    p.add_argument(
+        "--repeat-prompts",
+        type=int,
+        default=d.repeat_prompts,
+        help="send each prompt this many times as separate requests (the baseline of --n)",
     )
     p.add_argument(
         "--single-frame",

@@ -26,7 +26,7 @@ class EngineApi(Protocol):
     def check_admissible(self, request: GenerationRequest) -> None: ...
     def submit(self, request: GenerationRequest) -> AsyncIterator[OutputEvent]: ...
     def abort(self, request_id: str) -> bool: ...
-    def finish(self, request_id: str) -> None: ...
+    def finish(self, request_id: str, index: int = 0) -> None: ...
     def stats(self) -> Any: ...
 
 
@@ -53,7 +53,8 @@ class Frontend:
         return ModelLimits(info.vocab_size, info.max_context, tokenizer.eos_token_ids, jump_forward)
 
     async def generate(self, request: pb.GenerateRequest) -> AsyncIterator[pb.GenerateResponse]:
-        """The request's frames, the last with its finish reason. Raises ValueError (a bad
+        """The request's frames, each completion's last with its finish reason (n > 1: the
+        completions' frames interleave, each with its index). Raises ValueError (a bad
         request), ResourceExhaustedError or UnavailableError before the first frame; a reader
         that stops early (cancel, disconnect, aclose) has the request aborted in the engine."""
         tokenizer = self.ready_tokenizer()
@@ -62,22 +63,25 @@ class Frontend:
             raise ValueError(f"request_id {request_id!r} is already live")
         validated = validate_generate(request, request_id, tokenizer, self.limits(tokenizer))
         self.engine.check_admissible(validated.generation)
-        stream = OutputStream(validated, tokenizer)
+        streams = [OutputStream(validated, tokenizer, i) for i in range(validated.generation.n)]
         events = self.engine.submit(validated.generation)
         self._live.add(request_id)
         try:
             async for event in events:
+                stream = streams[event.index]
+                if stream.finished:  # ended by a stop string: the engine's own end is dropped
+                    continue
                 frame = stream.frame(event)
                 if stream.matched_stop is not None and event.finish_reason is None:
-                    self.engine.finish(request_id)
+                    self.engine.finish(request_id, event.index)
                 if frame is not None:
                     yield frame
-                if stream.finished:
+                if all(s.finished for s in streams):
                     break
         finally:
             # Client cancel, deadline, disconnect, or an error: the engine must drop the request.
             self._live.discard(request_id)
-            if not stream.finished:
+            if not all(s.finished for s in streams):
                 self.engine.abort(request_id)
             aclose = getattr(events, "aclose", None)
             if aclose is not None:

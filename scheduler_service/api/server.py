@@ -14,7 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from yaie.scheduler_service.api.frontend import EngineApi, Frontend
-from yaie.scheduler_service.api.output_stream import merge_frames
+from yaie.scheduler_service.api.output_stream import merge_completions
 from yaie.scheduler_service.api.reflection import enable_reflection
 from yaie.scheduler_service.api.tokenizer import Tokenizer
 from yaie.scheduler_service.api.validation import check_text_length
@@ -96,7 +96,8 @@ class GenerationServicer:
                 async for frame in frames:
                     yield frame
                 return
-            yield merge_frames([frame async for frame in frames])
+            for merged in merge_completions([frame async for frame in frames]):
+                yield merged  # one frame per completion
         finally:
             await frames.aclose()  # at once, not at garbage collection: aborts the request
 

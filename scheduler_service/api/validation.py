@@ -14,7 +14,7 @@ from typing import Protocol
 
 from yaie.kernels.sampling.config import SamplingConfig
 from yaie.kernels.sampling.grammar import check_grammar
-from yaie.scheduler_service.engine.request import GenerationRequest
+from yaie.scheduler_service.engine.request import MAX_COMPLETIONS, GenerationRequest
 from yaie.v1 import generation_pb2 as pb
 
 MAX_STOP_STRINGS = 16
@@ -188,10 +188,19 @@ def _max_new_tokens(stopping: pb.StoppingCriteria, num_prompt: int, max_context:
     return stopping.max_new_tokens
 
 
+def num_completions(request: pb.GenerateRequest) -> int:
+    """GenerateRequest.n: 0 (proto3 cannot tell it from unset) is 1; above MAX_COMPLETIONS is
+    refused."""
+    if request.n > MAX_COMPLETIONS:
+        raise ValueError(f"n must be at most {MAX_COMPLETIONS} (0 or unset: 1), got {request.n}")
+    return request.n or 1
+
+
 def validate_generate(
     request: pb.GenerateRequest, request_id: str, encoder: PromptEncoder, limits: ModelLimits
 ) -> ValidatedRequest:
     """Checks a GenerateRequest and resolves its defaults; raises ValueError naming the field."""
+    n = num_completions(request)
     ids = prompt_ids(request, encoder, limits.vocab_size, limits.max_context)
     sampling = sampling_config(request.sampling, request.output, limits.vocab_size)
     stopping = request.stopping
@@ -219,6 +228,7 @@ def validate_generate(
         min_new_tokens=stopping.min_new_tokens,
         stop_token_ids=frozenset(stop_ids),
         namespace=request.cache_salt,  # tenants with different salts share no cached prefix
+        n=n,
     )
     return ValidatedRequest(
         generation=generation,

@@ -15,8 +15,14 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from yaie.scheduler_service.config import SchedulerConfig
+from yaie.scheduler_service.engine.completions import Completions
 from yaie.scheduler_service.engine.errors import ResourceExhaustedError, UnavailableError
-from yaie.scheduler_service.engine.request import FinishReason, GenerationRequest, OutputEvent
+from yaie.scheduler_service.engine.request import (
+    MAX_COMPLETIONS,
+    FinishReason,
+    GenerationRequest,
+    OutputEvent,
+)
 from yaie.scheduler_service.engine.router import Router
 from yaie.scheduler_service.engine.sequence import Sequence
 from yaie.scheduler_service.engine.worker_loop import WorkerLoop
@@ -74,16 +80,20 @@ class Engine:
       elsewhere; no token repeated or lost). With no healthy worker, requests wait up to
       config.no_worker_timeout_s for one; past that their iterator raises UnavailableError.
     - `check_admissible(req)` raises ValueError (prompt empty, token id outside the vocabulary,
-      prompt + max_new_tokens beyond max_context), ResourceExhaustedError (queue full, or the
-      request could never fit in a KV pool) or UnavailableError (not started, or draining).
+      prompt + max_new_tokens beyond max_context, n outside [1, MAX_COMPLETIONS]),
+      ResourceExhaustedError (queue full, or the request could never fit in a KV pool) or
+      UnavailableError (not started, or draining).
     - `submit(req)` checks admissibility (and that request_id is not live: ValueError) and
       returns an async iterator of OutputEvents (undelivered ones coalesced: a slow reader gets
       fewer, larger events; under load one event per config.stream_interval tokens, the
-      first token alone); the last one has finish_reason set. Closing the
-      iterator early aborts the request.
-    - `abort(request_id)` -> whether a live request had that id; idempotent. The request ends
-      with ABORT at the next step. `finish(request_id)` ends it with STOP (a stop string found
-      by the API layer); tokens still in flight are dropped.
+      first token alone). With req.n > 1 the events of its n completions interleave, each
+      with its index (completions.py); each completion's last event has finish_reason set,
+      and the iterator ends after the last of them. Closing the iterator early aborts the
+      request (all its completions).
+    - `abort(request_id)` -> whether a live request had that id; idempotent. The request (every
+      completion) ends with ABORT at the next step. `finish(request_id, index)` ends completion
+      index with STOP (a stop string found by the API layer); tokens still in flight are
+      dropped.
     - `stats()` -> EngineStats; `model_info` -> WorkerModelInfo.
     Token-level stopping happens here: stop_token_ids after min_new_tokens (STOP, the token
     kept, matched_stop_token set), max_new_tokens or a full context (LENGTH).
@@ -104,7 +114,7 @@ class Engine:
         self._started = False
         self._loops: list[WorkerLoop] = []
         self._tasks: list[asyncio.Task] = []
-        self._live: dict[str, Sequence] = {}
+        self._live: dict[str, Completions] = {}
         self._arrivals = itertools.count()
         self._completed = 0
         self._model_info: WorkerModelInfo | None = None
@@ -181,7 +191,7 @@ class Engine:
         while self._live and loop.time() < deadline:
             await asyncio.sleep(0.05)
         cancelled = list(self._live)
-        for request_id in cancelled:
+        for request_id in cancelled:  # (every completion of each)
             error = "the server is shutting down: the drain timeout passed"
             self._request_end(request_id, FinishReason.ABORT, error)
         deadline = loop.time() + 2.0  # the step loops act on aborts at their next step
@@ -198,9 +208,11 @@ class Engine:
             _, pending = await asyncio.wait(pending, timeout=0.5)
         await asyncio.gather(*(loop.client.close() for loop in self._loops))
         self._parked.clear()
-        for seq in list(self._live.values()):
-            seq.finish(FinishReason.ABORT, "the server is shutting down")
-            self._on_finished(seq)
+        for group in list(self._live.values()):
+            for seq in group.seqs:
+                if not seq.is_finished:
+                    seq.finish(FinishReason.ABORT, "the server is shutting down")
+                self._on_finished(seq)
 
     def check_admissible(self, req: GenerationRequest) -> None:
         if not self._started or self._draining:
@@ -210,6 +222,8 @@ class Engine:
             raise ValueError("the prompt has no tokens")
         if req.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {req.max_new_tokens}")
+        if not 1 <= req.n <= MAX_COMPLETIONS:
+            raise ValueError(f"n must be in [1, {MAX_COMPLETIONS}], got {req.n}")
         bad = [t for t in req.prompt_ids if not 0 <= t < info.vocab_size]
         if bad:
             raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {info.vocab_size})")
@@ -224,47 +238,60 @@ class Engine:
         loops = [lp for lp in self._loops if lp.healthy] or self._loops
         if not any(_num_blocks(total, lp.kv.block_size) <= lp.kv.num_blocks for lp in loops):
             raise ResourceExhaustedError(f"{total} tokens need more KV blocks than a worker holds")
-        if self._num_waiting() >= self.config.max_queue_size:
+        if self._num_waiting() + req.n > self.config.max_queue_size:
             raise ResourceExhaustedError(f"the queue is full ({self.config.max_queue_size})")
 
     def submit(self, req: GenerationRequest) -> AsyncIterator[OutputEvent]:
         self.check_admissible(req)
         if req.request_id in self._live:
             raise ValueError(f"request_id {req.request_id!r} is already live")
-        seq = Sequence(req, next(self._arrivals))
-        self._live[req.request_id] = seq
-        self._add(seq)
-        return self._events(seq)
+        group = Completions(req, self._arrivals)
+        self._live[req.request_id] = group
+        for seq in group.seqs:  # completion 0 first: the others follow it to its worker
+            self._add(seq)
+        return self._events(group)
 
-    async def _events(self, seq: Sequence) -> AsyncIterator[OutputEvent]:
+    async def _events(self, group: Completions) -> AsyncIterator[OutputEvent]:
+        done: set[int] = set()  # completions whose last event is out
         try:
-            while True:
-                event = await seq.events.get()
-                if seq.unavailable and event.finish_reason is not None:
-                    raise UnavailableError(event.error or "no worker is available")
-                yield event
-                if event.finish_reason is not None:
-                    return
+            while len(done) < len(group.seqs):
+                for event in await group.outbox.get():
+                    if event.finish_reason is not None:
+                        if group.seqs[event.index].unavailable:
+                            raise UnavailableError(event.error or "no worker is available")
+                        done.add(event.index)
+                    yield event
         finally:
-            if not seq.is_finished:
-                self.abort(seq.request_id)
+            if not group.is_finished:
+                self.abort(group.request_id)
             # The client's stream is over (its last event, a stop string, a cancel): the id is
             # free for a new request at once, though the worker loop may drop the old one later.
-            self._on_finished(seq)
+            if self._live.get(group.request_id) is group:
+                del self._live[group.request_id]
+                self._completed += 1
 
     def abort(self, request_id: str) -> bool:
         return self._request_end(request_id, FinishReason.ABORT)
 
-    def finish(self, request_id: str) -> None:
-        self._request_end(request_id, FinishReason.STOP)
+    def finish(self, request_id: str, index: int = 0) -> None:
+        self._request_end(request_id, FinishReason.STOP, index=index)
 
-    def _request_end(self, request_id: str, reason: FinishReason, error: str | None = None) -> bool:
-        """Ends the live request request_id with reason (its final event carrying error) at
-        its worker's next step, or now when it is parked; the first end asked for wins."""
-        seq = self._live.get(request_id)
-        if seq is None:
+    def _request_end(
+        self,
+        request_id: str,
+        reason: FinishReason,
+        error: str | None = None,
+        index: int | None = None,
+    ) -> bool:
+        """Ends completion index (None: every one) of the live request request_id with reason
+        (its final event carrying error) at its worker's next step, or now when it is parked;
+        the first end asked for wins."""
+        group = self._live.get(request_id)
+        if group is None:
             return False
-        if seq.abort_requested is None:
+        for seq in group.chosen(index):
+            if seq.is_finished or seq.abort_requested is not None:
+                continue
             seq.abort_requested = reason
             seq.abort_error = error
             if seq in self._parked:
@@ -315,7 +342,11 @@ class Engine:
             seq.worker_index = -1
             self._parked.append(seq)
             return
-        loop = self._router.pick(seq, loops)
+        leader = seq.leader
+        prefer = None  # completion 0's worker, for the others: the prompt's blocks are there
+        if leader is not None and not leader.is_finished and leader.worker_index >= 0:
+            prefer = self._loops[leader.worker_index]
+        loop = self._router.pick(seq, loops, prefer)
         seq.parked_at = None
         seq.worker_index = self._loops.index(loop)
         loop.add(seq)
@@ -326,8 +357,10 @@ class Engine:
         self._on_finished(seq)
 
     def _on_finished(self, seq: Sequence) -> None:
-        """seq's last event is out: its request_id may be used again."""
-        if self._live.get(seq.request_id) is seq:
+        """seq's last event is out: once its request's every completion's is, its request_id
+        may be used again."""
+        group = self._live.get(seq.request_id)
+        if group is not None and group.holds(seq) and group.is_finished:
             del self._live[seq.request_id]
             self._completed += 1
 

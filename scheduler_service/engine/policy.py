@@ -6,7 +6,8 @@ first, oldest first (a decode costs 1 token, a prefill continues with a chunk); 
 are then admitted longest-cached-prefix first, except that resumed requests (preempted, or moved
 from a lost worker: admitted before) and requests waiting longer than max_wait_steps go first in
 arrival order, so none starves. A request whose prompt shares 2+ blocks with a prompt still
-being computed waits for those blocks to enter the tree rather than computing them twice. When
+being computed waits for those blocks to enter the tree rather than computing them twice, and
+the later completions of a request with n > 1 wait for its first to compute the prompt. When
 a running request needs a block and the pool has none, the newest running request is preempted
 (recomputed later from its tokens, its computed blocks cached in the tree).
 
@@ -169,6 +170,8 @@ class BatchPolicy:
                 break
             if not seq.admitted_once and self._worth_waiting(seq, self._hit_estimate(seq), sharing):
                 continue
+            if seq.leader is not None and self._waits_for_leader(seq):
+                continue
             match = self._match(seq)
             n = min(len(seq.token_ids) - match.num_tokens, budget, self.config.prefill_chunk_size)
             need = self._num_blocks(match.num_tokens + n) - len(match.blocks)
@@ -237,6 +240,19 @@ class BatchPolicy:
             if common - num_cached >= 2 * bs:
                 return True
         return False
+
+    def _waits_for_leader(self, seq: Sequence) -> bool:
+        """Whether seq, a later completion of a request (engine/completions.py), waits for
+        completion 0, unfinished on this worker, to put the prompt's full blocks in the tree:
+        it then hits them all and computes only the prompt's last, partial block."""
+        leader = seq.leader
+        assert leader is not None
+        if not self.config.enable_prefix_cache or seq.admitted_once or leader.is_finished:
+            return False
+        if leader.worker_index != seq.worker_index:  # moved (a lost worker): it goes alone
+            return False
+        full = (len(seq.token_ids) - 1) // self.block_size * self.block_size
+        return self._hit_estimate(seq) < full
 
     def _hit_estimate(self, seq: Sequence) -> int:
         """seq's cached prefix length for ordering, recomputed only when the tree changed (a

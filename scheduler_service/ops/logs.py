@@ -65,7 +65,7 @@ class _Trace:
         self.start = self.last = time.perf_counter()
         self.first: float | None = None
         self.itl: list[float] = []
-        self.usage = pb.Usage()
+        self.usages: dict[int, pb.Usage] = {}  # completion index -> its usage so far
         self.outcome = "cancelled"  # unless a last frame or a status code says otherwise
 
     def frame(self, frame: pb.GenerateResponse) -> None:
@@ -78,7 +78,7 @@ class _Trace:
                 gap = (now - self.last) / len(frame.token_ids)
                 self.itl += [gap] * len(frame.token_ids)
             self.last = now
-        self.usage = frame.usage
+        self.usages[frame.index] = frame.usage
         if frame.finish_reason != pb.FINISH_REASON_UNSPECIFIED:
             self.outcome = (
                 pb.FinishReason.Name(frame.finish_reason).removeprefix("FINISH_REASON_").lower()
@@ -154,7 +154,12 @@ def observe_frames(
 
 
 def _finish(trace: _Trace, metrics: Metrics | None) -> None:
-    usage, now = trace.usage, time.perf_counter()
+    # Summed over the completions (GenerateRequest.n): each is a sequence over the prompt.
+    usage, now = pb.Usage(), time.perf_counter()
+    for part in trace.usages.values():
+        usage.prompt_tokens += part.prompt_tokens
+        usage.completion_tokens += part.completion_tokens
+        usage.cached_tokens += part.cached_tokens
     ttft = None if trace.first is None else trace.first - trace.start
     fields = {
         "request_id": trace.request_id,

@@ -71,7 +71,8 @@ class GenerationServicer:
 
     def Generate(self, request, context):
         """Streams the generation: one frame per step that produced output, the last one carrying
-        finish_reason (OutputOptions.single_frame: only that last frame, holding everything).
+        finish_reason (OutputOptions.single_frame: only that last frame, holding everything); with
+        GenerateRequest.n > 1, the frames of the n completions interleave, each naming its index.
         request_id must be unique among live requests (empty: the server assigns one). Cancelling
         the call or passing its deadline aborts the request.
         """

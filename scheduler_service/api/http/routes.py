@@ -27,7 +27,7 @@ from yaie.scheduler_service.api.http.protocol import (
     CompletionRequest,
     parse_body,
 )
-from yaie.scheduler_service.api.output_stream import merge_frames
+from yaie.scheduler_service.api.output_stream import merge_completions
 from yaie.scheduler_service.ops.auth import bearer_matches
 from yaie.scheduler_service.ops.logs import observe_frames
 from yaie.scheduler_service.ops.metrics import Metrics
@@ -124,18 +124,21 @@ class OpenAIApi:
             raise ValueError("stream: one prompt per streamed request (send a list unstreamed)")
         first = await _unless_disconnected(request, _first(streams[0]))
         usage = body.stream_options is not None and body.stream_options.include_usage
-        events = _events(chunker, first, streams[0], usage)
+        events = _events(chunker, first, streams[0], usage, messages[0].n or 1)
         return ClosingStreamingResponse(events, media_type="text/event-stream")
 
 
 async def _collect_all(streams: list[Frames]) -> list[pb.GenerateResponse]:
-    async def collect(frames: Frames) -> pb.GenerateResponse:
+    """One merged frame per choice: each prompt's completions in index order, prompt by prompt."""
+
+    async def collect(frames: Frames) -> list[pb.GenerateResponse]:
         try:
-            return merge_frames([frame async for frame in frames])
+            return merge_completions([frame async for frame in frames])
         finally:
             await frames.aclose()
 
-    return list(await asyncio.gather(*(collect(frames) for frames in streams)))
+    merged = await asyncio.gather(*(collect(frames) for frames in streams))
+    return [frame for choices in merged for frame in choices]
 
 
 async def _first(frames: Frames) -> pb.GenerateResponse:
@@ -148,21 +151,26 @@ async def _first(frames: Frames) -> pb.GenerateResponse:
 
 
 async def _events(
-    chunker: Chunker, first: pb.GenerateResponse, frames: Frames, include_usage: bool
+    chunker: Chunker, first: pb.GenerateResponse, frames: Frames, include_usage: bool, n: int
 ) -> AsyncIterator[bytes]:
-    """The SSE body: a chat stream's role chunk, a chunk per frame, the usage chunk when asked,
-    then [DONE]; an error mid-stream (the server gave up on the request) is an error event."""
+    """The SSE body: a chat stream's role chunk per choice, a chunk per frame (its choice:
+    frame.index of the n), the usage chunk when asked, then [DONE]; an error mid-stream (the
+    server gave up on the request) is an error event."""
     frame = first
+    last: dict[int, pb.GenerateResponse] = {}  # choice -> its final frame
     try:
         if chunker.chat:
-            yield sse(_with_usage(chunker.role_chunk(), include_usage))
+            for index in range(n):
+                yield sse(_with_usage(chunker.role_chunk(index), include_usage))
         while True:
             yield chunker.encoded_chunk(frame, include_usage)
             if frame.finish_reason != pb.FINISH_REASON_UNSPECIFIED:
-                break
+                last[frame.index] = frame
+                if len(last) == n:
+                    break
             frame = await frames.__anext__()
         if include_usage:
-            yield sse(chunker.usage_chunk([frame]))
+            yield sse(chunker.usage_chunk([last[index] for index in sorted(last)]))
     except Exception as error:
         yield sse(error_body(status_of(error), str(error)))
     finally:

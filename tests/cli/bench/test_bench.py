@@ -175,3 +175,24 @@ def test_single_frame_requests_get_all_tokens_in_one_frame(target: str) -> None:
     run = send(target, bench.make_requests(config, info.vocab_size), config)
     assert all(r.ok and r.output_tokens == 9 and not r.itls for r in run.results)
     assert all(r.ttft == r.latency for r in run.results)
+
+
+def test_n_completions_count_as_requests_and_hit_the_prompt(target: str) -> None:
+    """--n 4 over 3 prompts of 40 tokens: 12 completed results with every output token; the
+    3 later completions of each prompt hit its 2 full blocks (hit rate 3 * 32 / (4 * 40));
+    --repeat-prompts 4 sends the same 12 as single requests."""
+    config = bench.BenchConfig(
+        "fixed", 3, fixed_input_len=40, fixed_output_len=6, n=4, seed=3, **QUIET
+    )
+    m, info = bench.run_workload(target, config)
+    assert (m.completed, m.failed, m.total_output_tokens) == (12, 0, 12 * 6)
+    assert m.cache_hit_rate == pytest.approx(3 * 32 / (4 * 40))
+    repeated = bench.BenchConfig(
+        "fixed", 3, fixed_input_len=40, fixed_output_len=6, repeat_prompts=4, seed=4, **QUIET
+    )
+    requests = bench.make_requests(repeated, info.vocab_size)
+    assert len(requests) == 12 and requests[0].prompt_ids == requests[3].prompt_ids
+    m = send(target, requests, repeated).summary()
+    assert (m.completed, m.total_output_tokens) == (12, 12 * 6)
+    with pytest.raises(ValueError, match="--n is sent over yaie.v1"):
+        bench.BenchConfig(n=2, backend="openai")

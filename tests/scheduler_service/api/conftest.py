@@ -105,7 +105,7 @@ class ScriptedEngine:
         self._abort_flags[request_id].set()
         return True
 
-    def finish(self, request_id: str) -> None:
+    def finish(self, request_id: str, index: int = 0) -> None:
         self.finished.append(request_id)
         self._abort_flags[request_id].set()
 

@@ -57,6 +57,13 @@ def test_chat_fields_map_onto_the_engine_request():
     )
 
 
+def test_n_maps_onto_the_request_n():
+    """n becomes GenerateRequest.n: each prompt's choices are its completions."""
+    assert chat_request(chat(n=4), "r").n == 4
+    messages = completion_requests(CompletionRequest(prompt=["a", "b"], n=3), "r")
+    assert [(m.request_id, m.n) for m in messages] == [("r-0", 3), ("r-1", 3)]
+
+
 def test_unset_fields_stay_unset_for_the_engine_defaults():
     message = chat_request(chat(), "r")
     assert not message.sampling.HasField("temperature")
@@ -106,7 +113,8 @@ def test_response_format_and_the_regex_ebnf_extensions():
 @pytest.mark.parametrize(
     "fields, match",
     [
-        ({"n": 2}, "n: only n=1"),
+        ({"n": 0}, r"n must be in \[1, 64\]"),
+        ({"n": 65}, r"n must be in \[1, 64\]"),
         ({"max_tokens": 0}, "max_tokens"),
         ({"logit_bias": {"x": 1.0}}, "logit_bias"),
         ({"top_logprobs": 2}, "needs logprobs"),
