@@ -46,7 +46,7 @@ class Sequence:
     emitted: int = 0  # output tokens already sent in events
     events: Outbox = field(default_factory=lambda: Outbox())
     # The engine's (engine.py): where it is, and how its client ended it.
-    worker_index: int = -1  # the engine's worker loop that holds it
+    worker_address: str = ""  # the worker whose loop holds it ("": parked)
     parked_at: float | None = None  # loop time it started waiting for a worker (none healthy)
     abort_requested: FinishReason | None = None  # set by abort()/finish(); acted on next step
     abort_error: str | None = None  # the error its final event carries, with abort_requested
