@@ -152,7 +152,8 @@ class Engine:
 
     async def start(self) -> None:
         try:
-            await asyncio.gather(*(self.add_worker(a, STATIC) for a in self.worker_addresses))
+            for address in self.worker_addresses:  # in order: stats list them so
+                await self.add_worker(address, STATIC)
         except (WorkerStreamError, ValueError) as exc:
             await self.workers.stop()
             if isinstance(exc, ValueError):
@@ -165,6 +166,9 @@ class Engine:
     async def add_worker(self, address: str, origin: str) -> bool:
         """Adds the worker at address (engine/worker_set.py's add: False when known already)."""
         return await self.workers.add(address, origin)
+
+    def num_workers(self) -> int:
+        return len(self.workers)
 
     async def remove_worker(self, address: str, drain_s: float = 0.0) -> LeaveOutcome:
         """Takes the worker at address out; its requests run there for up to drain_s (capped
@@ -221,7 +225,8 @@ class Engine:
         # Every token's K/V (the last one's too: overlap may compute it) must fit in some pool
         # (of a healthy worker; of any while none is, since the request may wait for one).
         loops = self.workers.routable() or self._loops
-        if loops and not any(_num_blocks(total, lp.kv.block_size) <= lp.kv.num_blocks for lp in loops):
+        fits = (_num_blocks(total, lp.kv.block_size) <= lp.kv.num_blocks for lp in loops)
+        if loops and not any(fits):
             raise ResourceExhaustedError(f"{total} tokens need more KV blocks than a worker holds")
         if self._num_waiting() >= self.config.max_queue_size:
             raise ResourceExhaustedError(f"the queue is full ({self.config.max_queue_size})")
