@@ -20,7 +20,12 @@ from typing import TYPE_CHECKING
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from yaie.scheduler_service.api.server import GenerationServicer, create_server, set_health
+from yaie.scheduler_service.api.server import (
+    LIVENESS_SERVICE,
+    GenerationServicer,
+    create_server,
+    set_health,
+)
 from yaie.scheduler_service.engine.engine import Engine
 from yaie.scheduler_service.engine.worker_set import JOINED
 from yaie.scheduler_service.ops import flags
@@ -180,6 +185,7 @@ async def serve(
     observe = observe_generate(metrics)  # request logs, and metrics when they are on
     server, health_servicer = create_server(servicer, options.interceptors(), observe)
     await set_health(health_servicer, False)
+    await health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     try:
         port = options.add_port(server, f"{args.host}:{args.port}")
     except RuntimeError as error:  # the port is in use, or the host is not ours
