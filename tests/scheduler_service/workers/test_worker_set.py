@@ -218,3 +218,23 @@ def test_registry_refuses_a_join_without_the_secret_and_accepts_it_with() -> Non
 def test_a_non_loopback_internal_port_needs_a_secret() -> None:
     with pytest.raises(ValueError, match="insecure-internal"):
         start_registry(RegistryServicer(None, JOINED), "0.0.0.0", 0, WorkerChannelSecurity(), False)
+
+
+def test_a_joined_worker_lost_too_long_is_forgotten_a_static_one_is_waited_for() -> None:
+    async def main() -> None:
+        static = await start_fake_worker()
+        joined = await start_fake_worker()
+        engine = Engine([static.address], FAST)
+        engine.workers.forget_after_s = 0.3
+        await engine.start()
+        try:
+            await engine.add_worker(joined.address, JOINED)
+            await static.stop()
+            await joined.stop()
+            await _until(lambda: len(engine.workers) == 1)
+            assert [loop.info.address for loop in engine._loops] == [static.address]
+            assert not engine.serving
+        finally:
+            await engine.stop()
+
+    asyncio.run(main())
