@@ -15,7 +15,7 @@ from yaie.scheduler_service.ops.channel_security import (
     SECRET_METADATA_KEY,
     WorkerChannelSecurity,
 )
-from yaie.scheduler_service.workers.worker_client import WorkerStreamError
+from yaie.scheduler_service.workers.worker_client import WorkerProtocolError, WorkerStreamError
 from yaie.worker.v1 import registry_pb2, registry_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -55,11 +55,11 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         try:
             added = await self._engine.add_worker(address, self._origin)
-        except WorkerStreamError as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-        except ValueError as exc:  # another model than the set's
+        except (ValueError, WorkerProtocolError) as exc:  # another model or protocol
             logger.error("join of %s refused: %s", address, exc)
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except WorkerStreamError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         return registry_pb2.JoinResponse(
             already_known=not added, num_workers=self._engine.num_workers()
         )

@@ -178,6 +178,10 @@ def test_a_dns_answer_that_changes_adds_and_removes_workers() -> None:
 
 
 def test_registry_refuses_a_join_without_the_secret_and_accepts_it_with() -> None:
+    """UNAUTHENTICATED without (or with a wrong) secret, INVALID_ARGUMENT for no port, OK and
+    then already_known with it, FAILED_PRECONDITION for another model, UNAVAILABLE for an
+    address nothing listens on; Leave takes the worker out."""
+
     async def main() -> None:
         worker = await start_fake_worker()
         engine = Engine([], FAST)
@@ -203,6 +207,16 @@ def test_registry_refuses_a_join_without_the_secret_and_accepts_it_with() -> Non
                 reply = await stub.Join(join, metadata=good)
                 assert not reply.already_known and reply.num_workers == 1
                 assert (await stub.Join(join, metadata=good)).already_known
+                other = await start_fake_worker(FakeWorkerConfig(vocab_size=VOCAB + 1))
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    request = registry_pb2.JoinRequest(address=other.address)
+                    await stub.Join(request, metadata=good)
+                await other.stop()
+                assert refused.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+                with pytest.raises(grpc.aio.AioRpcError) as gone:  # nothing listens there
+                    request = registry_pb2.JoinRequest(address=other.address)
+                    await stub.Join(request, metadata=good)
+                assert gone.value.code() is grpc.StatusCode.UNAVAILABLE
                 left = await stub.Leave(
                     registry_pb2.LeaveRequest(address=worker.address), metadata=good
                 )
