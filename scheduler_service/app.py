@@ -143,19 +143,19 @@ async def _start_http(
 async def _start_discovery(
     engine: Engine, args: argparse.Namespace, options: ServerOptions, resolver: Resolver
 ) -> tuple[grpc.aio.Server | None, list[asyncio.Task]]:
-    """The internal port's Registry server, started (None without --internal-port), and one
-    DNS watcher task per --worker-dns. ValueError / OSError when the port cannot serve."""
+    """One DNS watcher task per --worker-dns, and the internal port's Registry server, started
+    (None without --internal-port). ValueError / OSError when the port cannot serve."""
+    interval, drain = args.dns_interval, engine.config.drain_timeout_s
+    watchers = [DnsWatcher(name, engine, interval, drain, resolver) for name in args.worker_dns]
     server = None
     if args.internal_port is not None:
         servicer = RegistryServicer(engine, JOINED)
         host, insecure = args.internal_host, args.insecure_internal
         server, port = start_registry(servicer, host, args.internal_port, options.workers, insecure)
         if port == 0:
-            raise OSError(f"cannot listen on {args.internal_host}:{args.internal_port}")
+            raise OSError(f"cannot listen on {host}:{args.internal_port}")
         await server.start()
-        logger.info("worker joins accepted on %s:%d", args.internal_host, port)
-    interval, drain = args.dns_interval, engine.config.drain_timeout_s
-    watchers = [DnsWatcher(name, engine, interval, drain, resolver) for name in args.worker_dns]
+        logger.info("worker joins accepted on %s:%d", host, port)
     return server, [asyncio.create_task(w.run(), name=w.origin) for w in watchers]
 
 

@@ -25,6 +25,9 @@ logger = logging.getLogger(__name__)
 # removed when the name stops listing it ("dns:NAME").
 STATIC = "static"
 JOINED = "joined"
+# How long add() waits for a worker to answer SERVING: a join comes from a SERVING worker, and
+# DNS or the next join retries one that is not ready yet.
+_MAX_SERVING_WAIT_S = 5.0
 
 
 class IncompatibleWorkerError(ValueError):
@@ -111,9 +114,7 @@ class WorkerSet:
     async def _connect(self, address: str, origin: str) -> None:
         client = self._client_factory(address)
         try:
-            status = await client.health(min(self.config.connect_timeout_s, 10.0))
-            if status != "SERVING":
-                raise WorkerStreamError(f"worker {address} is not SERVING ({status})")
+            await self._until_serving(client)
             info = await client.describe(self.config.connect_timeout_s)
             self._check_compatible(info)
         except BaseException:
@@ -142,6 +143,19 @@ class WorkerSet:
             len(self._members),
         )
         self._on_rejoined(loop)  # parked requests may go there now
+
+    async def _until_serving(self, client: WorkerClient) -> None:
+        """Polls the worker's health for up to min(connect_timeout_s, 5 s) until SERVING (a
+        fresh channel's first call can fail while it connects); WorkerStreamError after."""
+        clock = asyncio.get_running_loop()
+        deadline = clock.time() + min(self.config.connect_timeout_s, _MAX_SERVING_WAIT_S)
+        while True:
+            status = await client.health(max(0.1, deadline - clock.time()))
+            if status == "SERVING":
+                return
+            if clock.time() >= deadline:
+                raise WorkerStreamError(f"worker {client.address} is not SERVING ({status})")
+            await asyncio.sleep(0.2)
 
     def _check_compatible(self, info: WorkerDescription) -> None:
         first = self.first

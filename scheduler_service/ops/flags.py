@@ -124,6 +124,10 @@ def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error(str(error))
     if not args.dns_interval > 0 or not args.forget_lost_worker > 0:
         parser.error("--dns-interval and --forget-lost-worker must be > 0")
+    for name in args.worker_dns:
+        host, _, port = name.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            parser.error(f"--worker-dns must be NAME:PORT, got {name!r}")
 
 
 def _add_batching(group: argparse._ArgumentGroup) -> None:

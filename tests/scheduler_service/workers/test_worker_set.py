@@ -23,7 +23,7 @@ from yaie.scheduler_service.workers.registry import RegistryServicer, start_regi
 from yaie.worker.v1 import registry_pb2, registry_pb2_grpc
 
 VOCAB = FakeWorkerConfig().vocab_size
-FAST = SchedulerConfig(health_check_interval_s=0.05, no_worker_timeout_s=5.0)
+FAST = SchedulerConfig(health_check_interval_s=0.05, no_worker_timeout_s=5.0, connect_timeout_s=1.0)
 SLOW_STEPS = FakeWorkerConfig(step_delay_s=0.005)
 
 
