@@ -252,3 +252,38 @@ def test_a_joined_worker_lost_too_long_is_forgotten_a_static_one_is_waited_for()
             await engine.stop()
 
     asyncio.run(main())
+
+
+def test_the_internal_port_over_mtls_takes_only_workers_with_a_certificate() -> None:
+    """With a worker certificate and CA, the port serves TLS and requires a client certificate
+    chaining to the CA (no secret needed, a non-loopback host allowed)."""
+    pytest.importorskip("cryptography")
+    from tests.pki import make_pki
+
+    pki = make_pki()
+    security = WorkerChannelSecurity(ca=pki.ca, cert=pki.server_cert, key=pki.server_key)
+
+    async def main() -> None:
+        worker = await start_fake_worker()
+        engine = Engine([], FAST)
+        await engine.start()
+        servicer = RegistryServicer(engine, JOINED)
+        server, port = start_registry(servicer, "0.0.0.0", 0, security, False)
+        await server.start()
+        join = registry_pb2.JoinRequest(address=worker.address)
+        try:
+            anonymous = grpc.ssl_channel_credentials(pki.ca)
+            async with grpc.aio.secure_channel(f"localhost:{port}", anonymous) as channel:
+                with pytest.raises(grpc.aio.AioRpcError):
+                    await registry_pb2_grpc.RegistryStub(channel).Join(join, timeout=5)
+            assert len(engine.workers) == 0
+            mutual = grpc.ssl_channel_credentials(pki.ca, pki.client_key, pki.client_cert)
+            async with grpc.aio.secure_channel(f"localhost:{port}", mutual) as channel:
+                reply = await registry_pb2_grpc.RegistryStub(channel).Join(join, timeout=5)
+            assert reply.num_workers == 1
+        finally:
+            await server.stop(None)
+            await engine.stop()
+            await worker.stop()
+
+    asyncio.run(main())
