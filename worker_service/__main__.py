@@ -227,7 +227,12 @@ def _serve(
     device_failed = worker.servicer.device_failed
     joiner = None
     if join is not None:
-        address = advertised_address(config.host, worker.port, join.advertise_host)
+        try:
+            address = advertised_address(config.host, worker.port, join.advertise_host)
+        except OSError as exc:  # this machine's name does not resolve
+            log.error("cannot tell the scheduler our address (give --advertise-host): %s", exc)
+            worker.stop(grace=1.0)
+            return 1
         joiner = Joiner(join.channel, address)
         joiner.start()
     # A device failure ends the wait too; poll because Event.wait is not signal-interruptible.
