@@ -200,6 +200,12 @@ def _serialize(message: Any) -> bytes:
     return message.SerializeToString()
 
 
+# A grpc.health.v1 service name that is SERVING for as long as the process answers at all,
+# workers or not: a liveness probe (Kubernetes) that must not restart a scheduler waiting for
+# its workers checks it; readiness checks "" (SERVING only with a worker ready).
+LIVENESS_SERVICE = "yaie.liveness"
+
+
 async def set_health(health_servicer: health.aio.HealthServicer, serving: bool) -> None:
     """Sets the overall status and this service's status."""
     status = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -12,7 +12,7 @@ import itertools
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from yaie.scheduler_service.config import SchedulerConfig
 from yaie.scheduler_service.engine.completions import Completions
@@ -26,6 +26,7 @@ from yaie.scheduler_service.engine.request import (
 from yaie.scheduler_service.engine.router import Router
 from yaie.scheduler_service.engine.sequence import Sequence
 from yaie.scheduler_service.engine.worker_loop import WorkerLoop
+from yaie.scheduler_service.engine.worker_set import STATIC, LeaveOutcome, WorkerSet
 from yaie.scheduler_service.workers.worker_client import WorkerClient, WorkerStreamError
 
 logger = logging.getLogger(__name__)
@@ -69,10 +70,15 @@ class Engine:
     """Continuous batching over every worker's KV pool (one radix tree per pool).
 
     Contract for the API layer:
-    - `await start()` connects and Describes every worker (protocol version checked; failure:
-      UnavailableError), sizes a KV cache manager per worker, starts the step loops and health
-      checks; `ready` is then True (requests are taken) until drain() or stop(); `serving` is
-      True while, in addition, some worker is healthy (the health service reports it).
+    - `await start()` connects and Describes every worker given at construction (protocol
+      version checked; failure: UnavailableError), sizes a KV cache manager per worker, starts
+      the step loops and health checks; `ready` is then True (requests are taken) until
+      drain() or stop(); `serving` is True while, in addition, some worker is healthy (the
+      health service reports it). With no worker given, it starts with none: requests answer
+      UnavailableError until a first worker is added.
+    - `await add_worker(address, origin)` / `await remove_worker(address, drain_s)` change the
+      worker set while it runs (engine/worker_set.py: joins over the internal port and DNS use
+      them); `workers.described` is set once the first worker's model is known.
       `await drain()` refuses new requests, lets live ones run for config.drain_timeout_s,
       then ends the rest with ABORT. `await stop()` cancels the loops, closes the streams and
       finishes live requests with ABORT.
@@ -105,14 +111,14 @@ class Engine:
         config: SchedulerConfig,
         client_factory: Callable[[str], WorkerClient] = WorkerClient,
     ) -> None:
-        if not worker_addresses:
-            raise ValueError("at least one worker address is needed")
         self.worker_addresses = list(worker_addresses)
         self.config = config
-        # address -> client: a gRPC WorkerClient, or another with its interface (in-process)
-        self._client_factory = client_factory
         self._started = False
-        self._loops: list[WorkerLoop] = []
+        # client_factory: address -> client, a gRPC WorkerClient or another with its
+        # interface (in-process)
+        self.workers = WorkerSet(
+            config, client_factory, self._on_finished, self._on_orphaned, self._on_rejoined
+        )
         self._tasks: list[asyncio.Task] = []
         self._live: dict[str, Completions] = {}
         self._arrivals = itertools.count()
@@ -129,58 +135,55 @@ class Engine:
 
     @property
     def serving(self) -> bool:
-        """Ready, and some worker is healthy now."""
-        return self.ready and any(loop.healthy for loop in self._loops)
+        """Ready, and some worker is healthy now (and not leaving)."""
+        return self.ready and bool(self.workers.routable())
+
+    @property
+    def _loops(self) -> list[WorkerLoop]:
+        return list(self.workers)
 
     @property
     def model_info(self) -> WorkerModelInfo:
+        first = self.workers.first
+        if first is None:
+            raise UnavailableError("no worker has joined yet")
         if self._model_info is None:
-            raise UnavailableError("the engine has not described its workers yet")
-        return self._model_info
+            self._model_info = WorkerModelInfo(
+                model=first.model,
+                architecture=first.architecture,
+                dtype=first.dtype,
+                vocab_size=first.vocab_size,
+                max_context=first.max_context,
+                block_size=first.block_size,
+                random_weights=first.random_weights,
+                num_workers=0,
+            )
+        return replace(self._model_info, num_workers=len(self.workers))
 
     async def start(self) -> None:
-        clients = [self._client_factory(address) for address in self.worker_addresses]
         try:
-            infos = await asyncio.gather(
-                *(c.describe(self.config.connect_timeout_s) for c in clients)
-            )
-        except WorkerStreamError as exc:
-            await asyncio.gather(*(c.close() for c in clients))
+            for address in self.worker_addresses:  # in order: stats list them so
+                await self.add_worker(address, STATIC)
+        except (WorkerStreamError, ValueError) as exc:
+            await self.workers.stop()
+            if isinstance(exc, ValueError):
+                raise ValueError(f"workers serve different models: {exc}") from exc
             raise UnavailableError(str(exc)) from exc
-        first = infos[0]
-        for info in infos[1:]:
-            same = (info.model, info.vocab_size, info.max_context)
-            if same != (first.model, first.vocab_size, first.max_context):
-                await asyncio.gather(*(c.close() for c in clients))
-                raise ValueError(f"workers serve different models: {first} vs {info}")
-        self._model_info = WorkerModelInfo(
-            model=first.model,
-            architecture=first.architecture,
-            dtype=first.dtype,
-            vocab_size=first.vocab_size,
-            max_context=first.max_context,
-            block_size=first.block_size,
-            random_weights=first.random_weights,
-            num_workers=len(infos),
-        )
-        for client, info in zip(clients, infos, strict=True):
-            client.open_stream()
-            loop = WorkerLoop(
-                client, info, self.config, self._on_finished, self._on_orphaned, self._on_rejoined
-            )
-            self._loops.append(loop)
-            self._tasks.append(asyncio.create_task(loop.run(), name=f"worker {info.address}"))
-            self._tasks.append(asyncio.create_task(loop.watch_health(), name="health checks"))
-            logger.info(
-                "worker %s: %s (%s), %d blocks of %d tokens",
-                info.address,
-                info.model,
-                info.device,
-                info.num_blocks,
-                info.block_size,
-            )
         self._tasks.append(asyncio.create_task(self._expire_parked(), name="parked requests"))
+        self._tasks.append(asyncio.create_task(self.workers.forget_lost(), name="lost workers"))
         self._started = True
+
+    async def add_worker(self, address: str, origin: str) -> bool:
+        """Adds the worker at address (engine/worker_set.py's add: False when known already)."""
+        return await self.workers.add(address, origin)
+
+    def num_workers(self) -> int:
+        return len(self.workers)
+
+    async def remove_worker(self, address: str, drain_s: float = 0.0) -> LeaveOutcome:
+        """Takes the worker at address out; its requests run there for up to drain_s (capped
+        at config.drain_timeout_s), the rest move to the other workers."""
+        return await self.workers.remove(address, min(drain_s, self.config.drain_timeout_s))
 
     async def drain(self) -> int:
         """Refuse new requests; wait up to config.drain_timeout_s for the live ones, then end
@@ -206,7 +209,7 @@ class Engine:
             for task in pending:
                 task.cancel()
             _, pending = await asyncio.wait(pending, timeout=0.5)
-        await asyncio.gather(*(loop.client.close() for loop in self._loops))
+        await self.workers.stop()
         self._parked.clear()
         for group in list(self._live.values()):
             for seq in group.seqs:
@@ -235,8 +238,9 @@ class Engine:
             )
         # Every token's K/V (the last one's too: overlap may compute it) must fit in some pool
         # (of a healthy worker; of any while none is, since the request may wait for one).
-        loops = [lp for lp in self._loops if lp.healthy] or self._loops
-        if not any(_num_blocks(total, lp.kv.block_size) <= lp.kv.num_blocks for lp in loops):
+        loops = self.workers.routable() or self._loops
+        fits = (_num_blocks(total, lp.kv.block_size) <= lp.kv.num_blocks for lp in loops)
+        if loops and not any(fits):
             raise ResourceExhaustedError(f"{total} tokens need more KV blocks than a worker holds")
         if self._num_waiting() + req.n > self.config.max_queue_size:
             raise ResourceExhaustedError(f"the queue is full ({self.config.max_queue_size})")
@@ -298,7 +302,9 @@ class Engine:
                 self._parked.remove(seq)
                 self._end(seq, reason, error)
             else:
-                self._loops[seq.worker_index].request_abort(seq)
+                loop = self.workers.get(seq.worker_address)
+                assert loop is not None, f"{request_id} is on no worker and not parked"
+                loop.request_abort(seq)
         return True
 
     def stats(self) -> EngineStats:
@@ -333,22 +339,22 @@ class Engine:
         total = seq.num_prompt_tokens + seq.request.max_new_tokens
         loops = [
             lp
-            for lp in self._loops
-            if lp.healthy and _num_blocks(total, lp.kv.block_size) <= lp.kv.num_blocks
+            for lp in self.workers.routable()
+            if _num_blocks(total, lp.kv.block_size) <= lp.kv.num_blocks
         ]
         if not loops:
             if seq.parked_at is None:
                 seq.parked_at = asyncio.get_running_loop().time()
-            seq.worker_index = -1
+            seq.worker_address = ""
             self._parked.append(seq)
             return
         leader = seq.leader
         prefer = None  # completion 0's worker, for the others: the prompt's blocks are there
-        if leader is not None and not leader.is_finished and leader.worker_index >= 0:
-            prefer = self._loops[leader.worker_index]
+        if leader is not None and not leader.is_finished and leader.worker_address:
+            prefer = self.workers.get(leader.worker_address)
         loop = self._router.pick(seq, loops, prefer)
         seq.parked_at = None
-        seq.worker_index = self._loops.index(loop)
+        seq.worker_address = loop.info.address
         loop.add(seq)
 
     def _end(self, seq: Sequence, reason: FinishReason, error: str | None) -> None:

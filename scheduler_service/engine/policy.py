@@ -249,7 +249,7 @@ class BatchPolicy:
         assert leader is not None
         if not self.config.enable_prefix_cache or seq.admitted_once or leader.is_finished:
             return False
-        if leader.worker_index != seq.worker_index:  # moved (a lost worker): it goes alone
+        if leader.worker_address != seq.worker_address:  # moved (a lost worker): it goes alone
             return False
         full = (len(seq.token_ids) - 1) // self.block_size * self.block_size
         return self._hit_estimate(seq) < full

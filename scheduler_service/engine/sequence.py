@@ -50,7 +50,7 @@ class Sequence:
     # Completion 0 of its request, for the others (None for completion 0 and n = 1): they wait
     # for it to put the prompt's blocks in the tree, then hit them (see BatchPolicy._admit).
     leader: Sequence | None = None
-    worker_index: int = -1  # the engine's worker loop that holds it
+    worker_address: str = ""  # the worker whose loop holds it ("": parked)
     parked_at: float | None = None  # loop time it started waiting for a worker (none healthy)
     abort_requested: FinishReason | None = None  # set by abort()/finish(); acted on next step
     abort_error: str | None = None  # the error its final event carries, with abort_requested
