@@ -54,8 +54,10 @@ async def _one(
     result: RequestResult,
     metadata: tuple[tuple[str, str], ...] | None,
 ) -> None:
-    """Streams one request into result (the hot loop: a clock read and a length per frame)."""
+    """Streams one request into result (the hot loop: a clock read and a length per frame;
+    the ids themselves only where result.output_ids asks for them)."""
     perf_counter = time.perf_counter
+    ids = result.output_ids
     start = last = perf_counter()
     final = None
     try:
@@ -63,6 +65,8 @@ async def _one(
             now = perf_counter()
             num_tokens = len(frame.token_ids)
             if num_tokens:
+                if ids is not None:
+                    ids.extend(frame.token_ids)
                 if result.output_tokens:
                     result.itls.append(now - last)
                 else:
