@@ -1,6 +1,6 @@
-"""yaie bench --dataset multi-turn: each turn's prompt is the previous turn's prompt, its answer and
-a new question (checked on a recording fake server); per-turn TTFT and hit rate, which rises with
-the turn on a real `yaie serve` stack and is 0 under --no-prefix-cache; the flags' validation."""
+"""yaie bench --dataset multi-turn against a recording fake server: each turn's prompt is the
+previous turn's prompt, its answer and a new question; a failed turn ends its conversation; the
+per-turn metrics and table; the flags' validation. (Against a real stack: test_bench.py.)"""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from yaie.cli import bench
 from yaie.cli.bench import datasets as ds
 from yaie.cli.bench import multi_turn
 from yaie.cli.bench.metrics import RequestResult, format_table, summarize
-from yaie.cli.models.random_model import write_random_model
 from yaie.v1 import generation_pb2 as pb
 from yaie.v1 import generation_pb2_grpc
 
@@ -227,38 +226,3 @@ def test_per_turn_metrics_group_by_turn_and_stay_json_safe() -> None:
     assert "Per turn" in table and table.count("\n") > 20
     assert summarize(results[:2], 1.0, 1, 0.0).turns[0].turn == 1
     assert summarize([RequestResult(3, 2, ok=True)], 1.0, 1, 0.0).turns == []
-
-
-# Against a real stack: the radix cache serves each turn's history (whole blocks).
-
-SIZES = dict(mt_num_conversations=2, mt_turns=4, mt_system_prompt_len=32)
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_random_model(tmp_path_factory.mktemp("bench-mt") / "llama", seed=2)
-
-
-def test_hit_rate_rises_with_the_turn_near_the_ideal(model: Path, tools) -> None:
-    """Turn 1: nothing cached (each system prompt is new); turn k > 1: at least 0.8 of the
-    block-granular ideal (the earlier turn's prompt and answer), and never more."""
-    config = mt_config(**SIZES)
-    with tools.running_stack(model) as stack:
-        m, info = bench.run_workload(stack.target, config)
-    assert (m.completed, m.failed) == (8, 0)
-    chat = bench.make_conversations(config, info.vocab_size)[0]
-    rates = [t.cache_hit_rate for t in m.turns]
-    turns = (1, 2, 3, 4)
-    ideal = [
-        ds.ideal_multi_turn_cached(chat, t, info.block_size) / chat.prompt_len(t) for t in turns
-    ]
-    assert rates[0] == 0.0 and rates == sorted(rates) and rates[1] > 0
-    assert all(0.8 * i <= r <= i + 1e-9 for r, i in zip(rates[1:], ideal[1:], strict=True))
-    assert [t.mean_input_tokens for t in m.turns] == [48, 80, 112, 144]
-
-
-def test_no_prefix_cache_gives_no_hits_on_any_turn(model: Path, tools) -> None:
-    with tools.running_stack(model, "--no-prefix-cache") as stack:
-        m, _ = bench.run_workload(stack.target, mt_config(**SIZES))
-    assert (m.completed, m.failed) == (8, 0)
-    assert [t.cache_hit_rate for t in m.turns] == [0.0] * 4 and m.cached_tokens == 0
