@@ -1,7 +1,8 @@
 """`yaie bench`: the load generator, a workload sent to a running stack over gRPC.
 
 Reports request/s, token throughput, TTFT / TPOT / ITL / E2E (mean, median, p99 in ms; the
-conventions are in metrics.py) and the cache hit rate from the server's usage.
+conventions are in metrics.py) and the cache hit rate from the server's usage; a multi-turn run
+(multi_turn.py) also TTFT and the hit rate per turn number.
 
 Flag names follow SGLang's bench_serving and vLLM's benchmark_serving, so numbers compare.
 run_workload(target, BenchConfig) -> (BenchMetrics, ModelInfo) is the importable entry point.
