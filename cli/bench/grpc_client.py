@@ -58,7 +58,8 @@ async def _one(
     metadata: tuple[tuple[str, str], ...] | None,
 ) -> None:
     """Streams one request into results, one per completion (frame.index), each timed from
-    the call's start (the hot loop: a clock read and a length per frame)."""
+    the call's start (the hot loop: a clock read and a length per frame; the ids themselves
+    only where a result's output_ids asks for them)."""
     perf_counter = time.perf_counter
     start = perf_counter()
     last = [start] * len(results)
@@ -69,6 +70,8 @@ async def _one(
             index, num_tokens = frame.index, len(frame.token_ids)
             result = results[index]
             if num_tokens:
+                if result.output_ids is not None:
+                    result.output_ids.extend(frame.token_ids)
                 if result.output_tokens:
                     result.itls.append(now - last[index])
                 else:
@@ -94,7 +97,7 @@ async def _one(
 
 @asynccontextmanager
 async def session(target: str, api_key: str | None, tls: object) -> AsyncIterator[Send]:
-    """send(message, result) over one channel, once it is ready."""
+    """send(message, results) over one channel, once it is ready: one result per completion."""
     metadata = call_metadata(api_key)
     async with client_security.open_aio_channel(target, tls) as channel:
         stub = generation_pb2_grpc.GenerationStub(channel)
