@@ -33,6 +33,8 @@ class GenerationRequest:
     stop_token_ids: frozenset[int] = frozenset()
     # Prefix-cache namespace: requests with different namespaces never share cached blocks.
     namespace: str = ""
+    # Scheduling priority (higher runs first; see policy.py); validated by the API layer.
+    priority: int = 0
 
 
 @dataclass

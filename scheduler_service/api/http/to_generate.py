@@ -12,6 +12,7 @@ from yaie.scheduler_service.api.http.protocol import (
     CompletionRequest,
     SamplingFields,
 )
+from yaie.scheduler_service.api.validation import MAX_PRIORITY
 from yaie.v1 import generation_pb2 as pb
 
 # Prompts one /v1/completions call may batch (each is a request of its own in the engine).
@@ -82,6 +83,15 @@ def _response_format(body: SamplingFields) -> pb.ResponseFormat:
     return chosen[0] if chosen else pb.ResponseFormat()
 
 
+def _priority(body: SamplingFields) -> int:
+    """vLLM's priority (lower first) as GenerateRequest.priority (higher first)."""
+    if not -MAX_PRIORITY <= body.priority <= MAX_PRIORITY:
+        raise ValueError(
+            f"priority must be in [-{MAX_PRIORITY}, {MAX_PRIORITY}], got {body.priority}"
+        )
+    return -body.priority
+
+
 def _common(body: SamplingFields, request_id: str, max_tokens: int | None) -> pb.GenerateRequest:
     if body.n != 1:
         raise ValueError(f"n: only n=1 is supported by this server yet, got {body.n}")
@@ -90,6 +100,7 @@ def _common(body: SamplingFields, request_id: str, max_tokens: int | None) -> pb
         sampling=_sampling(body),
         stopping=_stopping(body, max_tokens),
         response_format=_response_format(body),
+        priority=_priority(body),
     )
 
 
