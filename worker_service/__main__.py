@@ -59,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="decode rows sharing cached prefix blocks read the prefix once per group (eager)",
     )
     parser.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="batch-invariant mode: a request's logits do not depend on the rest of the batch, "
+        "its chunking or prefix-cache hits (slower)",
+    )
+    parser.add_argument(
         "--no-cuda-graphs",
         action="store_true",
         help="run decode eagerly instead of replaying CUDA graphs",
@@ -110,6 +116,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         attention_backend=args.attention_backend,
         cuda_graphs=not args.no_cuda_graphs,
         cascade_attention=args.cascade_attention,
+        deterministic=args.deterministic,
         max_graph_batch_size=args.max_graph_batch_size,
         tp=args.tp,
     )

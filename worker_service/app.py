@@ -90,6 +90,7 @@ def build_runner(config: WorkerConfig) -> tuple[ModelRunner, worker_pb2.WorkerIn
         tp,
         config.cascade_attention,
         grammars,
+        config.deterministic,
     )
     if device.type == "cuda" and tp is None:  # compile every kernel variant before serving
         warm_up(runner)

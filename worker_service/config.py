@@ -53,6 +53,10 @@ class WorkerConfig:
     # (shared-prefix / cascade attention, eager: no CUDA graph). Off by default: correct (CPU
     # and interpreter tests) but not yet timed on a GPU (benchmarks/NOTES.md).
     cascade_attention: bool = False
+    # Batch-invariant mode (kernels/batch_invariant): a request's logits are the same bit for
+    # bit whatever else is in the batch, however its prompt was chunked, whether its prefix came
+    # from the cache. Costs throughput (benchmarks/NOTES.md); excludes cascade attention.
+    deterministic: bool = False
     tp: int = 1  # tensor-parallel ranks (processes, one GPU each) of this worker
 
     def __post_init__(self) -> None:
@@ -68,6 +72,8 @@ class WorkerConfig:
             raise ValueError("max_graph_batch_size must be positive")
         if self.tp < 1:
             raise ValueError(f"tp must be at least 1, got {self.tp}")
+        if self.deterministic and self.cascade_attention:
+            raise ValueError("deterministic mode excludes cascade attention (it reorders sums)")
         self.pool_config()  # validates the KV pool settings
 
     def pool_config(self) -> KVPoolConfig:
