@@ -20,25 +20,30 @@ QUERY_CHUNK = 64  # queries per pass (memory only: queries never mix)
 
 
 def _attend(q: torch.Tensor, q_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float):
-    """q [n, Hq, D] at positions q_pos [n] over k, v [S, Hq, D] (positions 0..S-1, S a multiple
-    of KEY_BLOCK, keys past the last query's position unused) -> [n, Hq, D] float32."""
+    """q [n, Hq, D] at positions q_pos [n] over k, v: [S, Hq, D] shared by the queries, or
+    [n, S, Hq, D] one row each (positions 0..S-1, S a multiple of KEY_BLOCK, keys past a
+    query's position unused) -> [n, Hq, D] float32."""
     n, heads, dim = q.shape
-    qf = q.float()
+    per_row = k.dim() == 4
+    qf = q.float()[:, :, None, :]  # [n, Hq, 1, D]
     m = torch.full((n, heads), float("-inf"))
     denom = torch.zeros(n, heads)
     acc = torch.zeros(n, heads, dim)
     last = int(q_pos.max()) + 1
     for lo in range(0, last, KEY_BLOCK):
-        kb = k[lo : lo + KEY_BLOCK].permute(1, 0, 2).contiguous()  # [Hq, KB, D]
-        vb = v[lo : lo + KEY_BLOCK].permute(1, 2, 0).contiguous()  # [Hq, D, KB]
-        scores = (qf[:, :, None, :] * kb[None]).sum(-1) * scale  # [n, Hq, KB]
+        kb = k[..., lo : lo + KEY_BLOCK, :, :].transpose(-3, -2).contiguous()  # [.., Hq, KB, D]
+        vb = v[..., lo : lo + KEY_BLOCK, :, :].permute(*range(k.dim() - 3), -2, -1, -3)
+        vb = vb.contiguous()  # [.., Hq, D, KB]
+        if not per_row:
+            kb, vb = kb[None], vb[None]
+        scores = (qf * kb).sum(-1) * scale  # [n, Hq, KB]
         visible = torch.arange(lo, lo + KEY_BLOCK)[None, :] <= q_pos[:, None]  # [n, KB]
         scores = scores.masked_fill(~visible[:, None, :], float("-inf"))
         m_new = torch.maximum(m, scores.amax(-1))
         alpha = torch.exp(m - m_new)
         p = torch.exp(scores - m_new[..., None])  # [n, Hq, KB]
         denom = denom * alpha + p.sum(-1)
-        acc = acc * alpha[..., None] + (p[:, :, None, :] * vb[None]).sum(-1)
+        acc = acc * alpha[..., None] + (p[:, :, None, :] * vb).sum(-1)
         m = m_new
     return acc / denom[..., None]
 
@@ -76,15 +81,22 @@ def extend_attention_invariant(
 def decode_attention_invariant(
     q, k_cache, v_cache, block_tables, seq_lens, scale: float, out=None
 ) -> torch.Tensor:
-    """See yaie.kernels.attention.decode_attention (a row of seq_len 0 yields zeros)."""
+    """See yaie.kernels.attention.decode_attention (a row of seq_len 0 yields zeros). Every row
+    in one pass: rows shorter than the longest meet key blocks wholly past them, no-ops."""
     out = torch.empty_like(q) if out is None else out
     group = q.shape[1] // k_cache.shape[2]
-    for b, seq_len in enumerate(seq_lens.tolist()):
-        if seq_len == 0:
-            out[b] = 0
-            continue
-        k = _request_kv(k_cache, block_tables[b], seq_len, group)
-        v = _request_kv(v_cache, block_tables[b], seq_len, group)
-        position = torch.tensor([seq_len - 1])
-        out[b] = _attend(q[b : b + 1], position, k, v, scale)[0].to(q.dtype)
+    lens = seq_lens.tolist()
+    rows = [b for b, n in enumerate(lens) if n > 0]
+    out[[b for b, n in enumerate(lens) if n == 0]] = 0
+    if not rows:
+        return out
+    padded = -(-max(lens) // KEY_BLOCK) * KEY_BLOCK
+
+    def gather(cache: torch.Tensor) -> torch.Tensor:  # [rows, padded, Hq, D]
+        kv = [_request_kv(cache, block_tables[b], lens[b], group) for b in rows]
+        return torch.stack([torch.cat([x, x.new_zeros(padded - len(x), *x.shape[1:])]) for x in kv])
+
+    positions = torch.tensor([lens[b] - 1 for b in rows])
+    result = _attend(q[rows], positions, gather(k_cache), gather(v_cache), scale)
+    out[rows] = result.to(q.dtype)
     return out

@@ -1,7 +1,8 @@
-"""Deterministic (batch-invariant) mode end to end on the CPU: the engine over a real worker
-(tiny random Llama, fp32) with --deterministic. One seeded request's tokens and logprobs (top
-ones too) are equal bit for bit alone, among 1 to 64 other random requests, with its prompt in
-chunks of every size, and with its prefix from the cache."""
+"""Deterministic (batch-invariant) mode end to end: the engine over a real worker (tiny random
+Llama; fp32 on the CPU, bf16 with Triton kernels and CUDA graphs on a GPU) with deterministic
+on. One seeded request's tokens and logprobs (top ones too) are equal bit for bit alone, among
+1 to 64 other random requests, with its prompt in chunks of several sizes, and with its prefix
+from the cache. The CUDA case skips without a GPU."""
 
 from __future__ import annotations
 
@@ -10,14 +11,17 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 from fake_worker import collect
 
 from yaie.scheduler_service.config import SchedulerConfig
 from yaie.scheduler_service.engine.engine import Engine
 from yaie.scheduler_service.engine.request import GenerationRequest, SamplingConfig
 
-pytest.importorskip("torch")
-
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA")),
+]
 PROMPT_LEN, MAX_NEW = 29, 6
 
 
@@ -52,26 +56,33 @@ def _fingerprint(events) -> list[tuple]:
     return [(lp.token_id, lp.logprob, tuple(lp.top)) for event in events for lp in event.logprobs]
 
 
-def _run(model_dir: Path, config: SchedulerConfig, scenario: str, num_others: int = 0):
-    """The target's fingerprint under scenario: "alone", "batch" (among num_others random
-    requests, some before it and some after), "cached" (a warm-up request shares its first 24
-    prompt tokens, computed in other chunks, first)."""
+@pytest.fixture(scope="module", params=DEVICES)
+def worker_port(request: pytest.FixtureRequest, model_dir: Path):
+    """A deterministic worker on request.param, shared by the scenarios (each scenario's engine
+    starts with an empty prefix cache of its own)."""
     from yaie.worker_service.app import start_worker
     from yaie.worker_service.config import WorkerConfig
 
-    worker = start_worker(
-        WorkerConfig(
-            model=str(model_dir),
-            port=0,
-            device="cpu",
-            block_size=4,
-            num_blocks=1024,
-            deterministic=True,
-        )
+    config = WorkerConfig(
+        model=str(model_dir),
+        port=0,
+        device=request.param,
+        block_size=4,
+        num_blocks=1024,
+        deterministic=True,
     )
+    worker = start_worker(config)
+    yield worker.port
+    worker.stop(grace=None)
+
+
+def _run(port: int, config: SchedulerConfig, scenario: str, num_others: int = 0):
+    """The target's fingerprint under scenario: "alone", "batch" (among num_others random
+    requests, some before it and some after), "cached" (a warm-up request shares its first 24
+    prompt tokens, computed in other chunks, first)."""
 
     async def main() -> tuple[list[tuple], int]:
-        engine = Engine([f"127.0.0.1:{worker.port}"], config)
+        engine = Engine([f"127.0.0.1:{port}"], config)
         await engine.start()
         try:
             vocab = engine.model_info.vocab_size
@@ -93,19 +104,19 @@ def _run(model_dir: Path, config: SchedulerConfig, scenario: str, num_others: in
         finally:
             await engine.stop()
 
-    try:
-        return asyncio.run(main())
-    finally:
-        worker.stop(grace=None)
+    return asyncio.run(main())
 
 
-def test_logprobs_are_bit_identical_across_batches_chunkings_and_cache_hits(model_dir) -> None:
-    alone, _ = _run(model_dir, SchedulerConfig(enable_prefix_cache=False), "alone")
+def test_logprobs_are_bit_identical_across_batches_chunkings_and_cache_hits(
+    worker_port: int,
+) -> None:
+    alone, _ = _run(worker_port, SchedulerConfig(enable_prefix_cache=False), "alone")
     assert len(alone) == MAX_NEW
     for num_others, chunk in [(1, 2048), (7, 5), (64, 3)]:
         config = SchedulerConfig(prefill_chunk_size=chunk, max_num_batched_tokens=max(chunk, 16))
-        found, _ = _run(model_dir, config, "batch", num_others)
+        found, _ = _run(worker_port, config, "batch", num_others)
         assert found == alone, f"among {num_others} others, chunks of {chunk}"
     for chunk in (2048, 7):
-        found, cached = _run(model_dir, SchedulerConfig(prefill_chunk_size=chunk), "cached")
+        config = SchedulerConfig(prefill_chunk_size=chunk)
+        found, cached = _run(worker_port, config, "cached")
         assert cached == 24 and found == alone, f"cached prefix, chunks of {chunk}"
