@@ -74,6 +74,9 @@ class WorkerConfig:
             raise ValueError(f"tp must be at least 1, got {self.tp}")
         if self.deterministic and self.cascade_attention:
             raise ValueError("deterministic mode excludes cascade attention (it reorders sums)")
+        if self.deterministic and self.tp > 1:
+            # NCCL picks its all-reduce algorithm by message size, i.e. by the step's tokens
+            raise ValueError("deterministic mode is not available with tensor parallelism yet")
         self.pool_config()  # validates the KV pool settings
 
     def pool_config(self) -> KVPoolConfig:
