@@ -2,7 +2,9 @@
 Llama; fp32 on the CPU, bf16 with Triton kernels and CUDA graphs on a GPU) with deterministic
 on. One seeded request's tokens and logprobs (top ones too) are equal bit for bit alone, among
 1 to 64 other random requests, with its prompt in chunks of several sizes, and with its prefix
-from the cache. The CUDA case skips without a GPU."""
+from the cache. The CUDA case skips without a GPU; a third case, run only under
+TRITON_INTERPRET=1 (minutes: `TRITON_INTERPRET=1 pytest <this file>`), drives the Triton
+attention kernels on the CPU, whose extend and decode paths differ as on a GPU."""
 
 from __future__ import annotations
 
@@ -14,14 +16,24 @@ import pytest
 import torch
 from fake_worker import collect
 
+from tests.kernels.triton_modes import INTERPRET
 from yaie.scheduler_service.config import SchedulerConfig
 from yaie.scheduler_service.engine.engine import Engine
 from yaie.scheduler_service.engine.request import GenerationRequest, SamplingConfig
 
-DEVICES = [
-    "cpu",
-    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA")),
+CUDA = torch.cuda.is_available() and not INTERPRET
+# (device, attention backend) of the worker
+WORKERS = [
+    pytest.param(("cpu", "auto"), id="cpu"),
+    pytest.param(("cuda", "auto"), id="cuda", marks=pytest.mark.skipif(not CUDA, reason="CUDA")),
+    pytest.param(
+        ("cpu", "triton"),
+        id="triton-interpreter",
+        marks=pytest.mark.skipif(not INTERPRET, reason="runs under TRITON_INTERPRET=1"),
+    ),
 ]
+# (other requests, prefill chunk size); 29 = 4 x 7 + 1: a one-token last chunk
+BATCHES = [(1, 2048), (2, 7), (7, 5), (64, 3)]
 PROMPT_LEN, MAX_NEW = 29, 6
 
 
@@ -56,9 +68,9 @@ def _fingerprint(events) -> list[tuple]:
     return [(lp.token_id, lp.logprob, tuple(lp.top)) for event in events for lp in event.logprobs]
 
 
-@pytest.fixture(scope="module", params=DEVICES)
+@pytest.fixture(scope="module", params=WORKERS)
 def worker_port(request: pytest.FixtureRequest, model_dir: Path):
-    """A deterministic worker on request.param, shared by the scenarios (each scenario's engine
+    """A deterministic worker of request.param, shared by the scenarios (each scenario's engine
     starts with an empty prefix cache of its own)."""
     from yaie.worker_service.app import start_worker
     from yaie.worker_service.config import WorkerConfig
@@ -66,7 +78,8 @@ def worker_port(request: pytest.FixtureRequest, model_dir: Path):
     config = WorkerConfig(
         model=str(model_dir),
         port=0,
-        device=request.param,
+        device=request.param[0],
+        attention_backend=request.param[1],
         block_size=4,
         num_blocks=1024,
         deterministic=True,
@@ -112,7 +125,7 @@ def test_logprobs_are_bit_identical_across_batches_chunkings_and_cache_hits(
 ) -> None:
     alone, _ = _run(worker_port, SchedulerConfig(enable_prefix_cache=False), "alone")
     assert len(alone) == MAX_NEW
-    for num_others, chunk in [(1, 2048), (7, 5), (64, 3)]:
+    for num_others, chunk in BATCHES[1:3] if INTERPRET else BATCHES:
         config = SchedulerConfig(prefill_chunk_size=chunk, max_num_batched_tokens=max(chunk, 16))
         found, _ = _run(worker_port, config, "batch", num_others)
         assert found == alone, f"among {num_others} others, chunks of {chunk}"
