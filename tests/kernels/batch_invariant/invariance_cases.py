@@ -46,12 +46,14 @@ def check_attention_chunks(extend: Extend, device: str, dtype: torch.dtype) -> N
         assert torch.equal(part, whole[lo:hi]), (lo, hi)
 
 
-def check_decode_batches(decode: Decode, device: str, dtype: torch.dtype) -> None:
-    """Request 0's decode output is the same alone and among 1, 7 and 40 other requests."""
-    prefix = [50, 3, 90, 17, 1, 64, 120, 8] * 5 + [33]
+def check_decode_batches(
+    decode: Decode, device: str, dtype: torch.dtype, sizes: tuple[int, ...] = (2, 8, 41)
+) -> None:
+    """Request 0's decode output is the same alone and in batches of the given sizes."""
+    prefix = ([50, 3, 90, 17, 1, 64, 120, 8] * 6)[: max(sizes)]
     batch = make_paged_batch(prefix, [1] * len(prefix), 4, 2, 4, 16, dtype, device, seed=2)
     args = (batch.k_cache, batch.v_cache)
     alone = decode(batch.q[:1], *args, batch.block_tables[:1], batch.seq_lens[:1], batch.scale)
-    for n in (2, 8, 41):
+    for n in sizes:
         found = decode(batch.q[:n], *args, batch.block_tables[:n], batch.seq_lens[:n], batch.scale)
         assert torch.equal(found[:1], alone), n

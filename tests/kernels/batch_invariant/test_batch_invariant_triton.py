@@ -47,7 +47,7 @@ def test_decode_at_the_fixed_split_count_is_batch_invariant(device, dtype) -> No
             q, k_cache, v_cache, tables, lens, scale, num_splits=INVARIANT_DECODE_SPLITS
         )
 
-    check_decode_batches(decode, device, dtype)
+    check_decode_batches(decode, device, dtype, (2, 9) if INTERPRET else (2, 8, 41))
 
 
 @kernel_cases
