@@ -70,8 +70,22 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="prefix-cache namespace (per tenant): equal salts share cache",
     )
+    p.add_argument(
+        "--priority",
+        type=_int32,
+        default=0,
+        help="scheduling priority in [-1000, 1000] (the server checks): higher runs first",
+    )
     client_security.add_arguments(p)  # --api-key-file (or $YAIE_API_KEY), --tls-ca, ...
     return p
+
+
+def _int32(text: str) -> int:
+    """An int that fits the proto's int32 (the server checks the range it accepts)."""
+    value = int(text)
+    if not -(1 << 31) <= value < 1 << 31:
+        raise argparse.ArgumentTypeError(f"{value} does not fit a 32-bit integer")
+    return value
 
 
 def is_local(target: str) -> bool:
@@ -115,6 +129,7 @@ def build_request(args: argparse.Namespace) -> pb.GenerateRequest:
     request.output.top_logprobs = args.top_logprobs
     request.cache_salt = getattr(args, "cache_salt", "")
     request.n = getattr(args, "n", 1)  # the server checks the range (INVALID_ARGUMENT)
+    request.priority = getattr(args, "priority", 0)
     fill_response_format(args, request.response_format)
     return request
 

@@ -67,9 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--cascade-attention",
         action=argparse.BooleanOptionalAction,
-        default=True,
+        default=None,
         help="decode rows sharing cached prefix blocks read the prefix once per group, where a "
-        "step saves enough reads (Triton backend; default: on)",
+        "step saves enough reads (Triton backend; default: on, off with --deterministic)",
+    )
+    parser.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="batch-invariant mode: a request's logits do not depend on the rest of the batch, "
+        "its chunking or prefix-cache hits (slower)",
     )
     parser.add_argument(
         "--no-cuda-graphs",
@@ -145,6 +151,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         attention_backend=args.attention_backend,
         cuda_graphs=not args.no_cuda_graphs,
         cascade_attention=args.cascade_attention,
+        deterministic=args.deterministic,
         max_graph_batch_size=args.max_graph_batch_size,
         tp=args.tp,
     )

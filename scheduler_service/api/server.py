@@ -161,6 +161,10 @@ class GenerationServicer:
             workers=workers,
             num_preemptions=stats.num_preemptions,
             completed_requests=stats.completed_requests,
+            priorities=[
+                pb.PriorityStats(priority=p.priority, waiting=p.waiting, running=p.running)
+                for p in stats.priorities
+            ],
         )
 
     @_unary

@@ -20,6 +20,7 @@ from yaie.v1 import generation_pb2 as pb
 MAX_STOP_STRINGS = 16
 MAX_TOP_LOGPROBS = 20
 MAX_CACHE_SALT_BYTES = 256
+MAX_PRIORITY = 1000  # GenerateRequest.priority is in [-MAX_PRIORITY, MAX_PRIORITY]
 
 
 class PromptEncoder(Protocol):
@@ -216,6 +217,10 @@ def validate_generate(
     _check_ids("stop_token_ids", list(stopping.stop_token_ids), limits.vocab_size)
     if len(request.cache_salt.encode("utf-8")) > MAX_CACHE_SALT_BYTES:
         raise ValueError(f"cache_salt must be at most {MAX_CACHE_SALT_BYTES} bytes")
+    if not -MAX_PRIORITY <= request.priority <= MAX_PRIORITY:
+        raise ValueError(
+            f"priority must be in [-{MAX_PRIORITY}, {MAX_PRIORITY}], got {request.priority}"
+        )
     sampling = _with_constraint(sampling, request.response_format, limits.jump_forward)
     stop_ids = set(stopping.stop_token_ids)
     if not stopping.ignore_eos:
@@ -229,6 +234,7 @@ def validate_generate(
         stop_token_ids=frozenset(stop_ids),
         namespace=request.cache_salt,  # tenants with different salts share no cached prefix
         n=n,
+        priority=request.priority,
     )
     return ValidatedRequest(
         generation=generation,

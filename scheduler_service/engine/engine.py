@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from yaie.scheduler_service.config import SchedulerConfig
 from yaie.scheduler_service.engine.completions import Completions
@@ -58,12 +58,23 @@ class WorkerStats:
 
 
 @dataclass(frozen=True)
+class PriorityStats:
+    """The waiting and running requests of one priority (counted as EngineStats counts them)."""
+
+    priority: int
+    waiting: int
+    running: int
+
+
+@dataclass(frozen=True)
 class EngineStats:
     waiting: int  # queued, over all workers
     running: int  # admitted and not yet done with their blocks (finishing ones included)
     num_preemptions: int  # since start
     completed_requests: int  # requests whose last event is out (aborted ones included)
     workers: list[WorkerStats]
+    # Per priority with a waiting or running request, highest first.
+    priorities: list[PriorityStats] = field(default_factory=list)
 
 
 class Engine:
@@ -328,7 +339,20 @@ class Engine:
             num_preemptions=sum(lp.num_preemptions for lp in self._loops),
             completed_requests=self._completed,
             workers=workers,
+            priorities=self._priority_stats(),
         )
+
+    def _priority_stats(self) -> list[PriorityStats]:
+        waiting = Counter(s.priority for s in self._parked)
+        running: Counter[int] = Counter()
+        for lp in self._loops:
+            waiting.update(s.priority for s in lp.waiting)
+            running.update(s.priority for s in lp.running)
+            running.update(s.priority for s in lp.retiring)
+        return [
+            PriorityStats(p, waiting[p], running[p])
+            for p in sorted(waiting.keys() | running.keys(), reverse=True)
+        ]
 
     def _num_waiting(self) -> int:
         return len(self._parked) + sum(len(lp.waiting) for lp in self._loops)

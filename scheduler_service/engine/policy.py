@@ -2,14 +2,17 @@
 the KV blocks they hold (allocated, cached in the radix tree, released).
 
 Continuous batching with chunked prefill under a per-step token budget: running requests go
-first, oldest first (a decode costs 1 token, a prefill continues with a chunk); waiting requests
-are then admitted longest-cached-prefix first, except that resumed requests (preempted, or moved
-from a lost worker: admitted before) and requests waiting longer than max_wait_steps go first in
-arrival order, so none starves. A request whose prompt shares 2+ blocks with a prompt still
-being computed waits for those blocks to enter the tree rather than computing them twice, and
-the later completions of a request with n > 1 wait for its first to compute the prompt. When
-a running request needs a block and the pool has none, the newest running request is preempted
-(recomputed later from its tokens, its computed blocks cached in the tree).
+first, by priority (GenerateRequest.priority, higher first), then oldest first (a decode costs 1
+token, a prefill continues with a chunk); waiting requests are then admitted by priority, and
+within a priority longest-cached-prefix first, except that resumed requests (preempted, or
+moved from a lost worker: admitted before) and requests waiting longer than max_wait_steps go
+first in arrival order, so none starves within its priority. A request whose prompt shares 2+
+blocks with a prompt still being computed waits for those blocks to enter the tree rather than
+computing them twice, and the later completions of a request with n > 1 wait for its first to
+compute the prompt. When a running request needs a block and the pool has none, the running
+request of the lowest priority, newest first, is preempted (recomputed later from its tokens,
+its computed blocks cached in the tree); so is one of lower priority than the best waiting
+request when the batch or the pool has no room for that one.
 
 Of each Sequence the policy alone writes the admission and block fields (queued_at_step,
 hit_estimate, admitted_once, num_cached_tokens, block_ids, match).
@@ -24,6 +27,7 @@ from dataclasses import dataclass
 
 from yaie.kernels.cache import KVCacheManager, PrefixMatch
 from yaie.scheduler_service.config import SchedulerConfig
+from yaie.scheduler_service.engine.priority_order import insert_by_priority
 from yaie.scheduler_service.engine.sequence import Sequence
 
 
@@ -78,12 +82,14 @@ class BatchPolicy:
         self, running: list[Sequence], waiting: deque[Sequence], blocks_pending: bool
     ) -> list[Run]:
         """The next step's runs. running and waiting are updated in place (admissions,
-        preemptions). blocks_pending: some retiring request will free blocks once its plans in
-        flight are back; a request short of blocks then waits a step instead of preempting."""
+        preemptions) and stay in priority order (highest first; see queue()). blocks_pending:
+        some retiring request will free blocks once its plans in flight are back; a request
+        short of blocks then waits a step instead of preempting."""
         budget = self.config.max_num_batched_tokens
         runs: list[Run] = []
         short = False  # some running request could not get its blocks (or was preempted)
         self._blocks_pending = blocks_pending
+        self._preempt_for_priority(running, waiting)
         i = 0
         while i < len(running) and budget > 0:
             seq = running[i]
@@ -109,12 +115,10 @@ class BatchPolicy:
         return self.num_steps - seq.queued_at_step
 
     def queue(self, seq: Sequence, waiting: deque[Sequence], first: bool = False) -> None:
-        """Puts seq in waiting (at the front when first), stamped with the current step."""
+        """Puts seq in waiting, stamped with the current step: after the requests of its
+        priority (before them when first), so that waiting stays in priority order."""
         seq.queued_at_step = self.num_steps
-        if first:
-            waiting.appendleft(seq)
-        else:
-            waiting.append(seq)
+        insert_by_priority(waiting, seq, first)
 
     def cache_prompt(self, seq: Sequence, end: int) -> None:
         """A prefill chunk of seq is computed up to end (its result is in): its full blocks go
@@ -140,17 +144,48 @@ class BatchPolicy:
         self.tree_epoch += cache
 
     def _make_room(self, seq: Sequence, need: int, running: list[Sequence]) -> bool:
-        """Whether need blocks can be allocated for seq, after preempting the newest running
-        requests (seq included, last) while no freed blocks are on their way anyway."""
+        """Whether need blocks can be allocated for seq, after preempting the last running
+        requests (the lowest priority, newest first; seq included, last) while no freed blocks
+        are on their way anyway."""
         while not self.kv.can_allocate(need):
             if self._blocks_pending:
                 return False
-            victim = running.pop()  # the newest: never one already in this step's runs
-            self._preempt(victim)
-            self._blocks_pending = victim.in_flight > 0  # else freed at once
+            victim = running.pop()  # never one already in this step's runs
+            self._evict(victim)
             if victim is seq:
                 return False
         return True
+
+    def _preempt_for_priority(self, running: list[Sequence], waiting: deque[Sequence]) -> None:
+        """Before any run is formed: while the batch is full, or the pool cannot hold the next
+        chunk of the best waiting request besides what the running ones need this step, the
+        last running request (lowest priority, newest) is preempted if its priority is below
+        that one's; blocks already on their way are waited for instead of preempting for them."""
+        if not waiting or not running or running[-1].priority >= waiting[0].priority:
+            return  # (the common case costs nothing: no priority gap)
+        top = self._admission_order(waiting)[0]
+        match = self._match(top)
+        n = min(len(top.token_ids) - match.num_tokens, self.config.prefill_chunk_size)
+        need = self._num_blocks(match.num_tokens + n) - len(match.blocks)
+        growth = [self._num_new_blocks(s) for s in running]
+        while running and running[-1].priority < top.priority:
+            full = len(running) >= self.config.max_running_requests
+            fits = self._blocks_pending or self.kv.can_allocate(need + sum(growth), match)
+            if not full and fits:
+                return
+            growth.pop()
+            self._evict(running.pop())
+
+    def _num_new_blocks(self, seq: Sequence) -> int:
+        """Blocks the running request seq needs for its next run (the step budget aside)."""
+        n = self._next_chunk(seq, self.config.max_num_batched_tokens)
+        return max(0, self._num_blocks(seq.num_scheduled + n) - len(seq.block_ids))
+
+    def _evict(self, victim: Sequence) -> None:
+        """Preempts victim (taken out of running); its blocks come back at once unless a plan
+        in flight still runs it."""
+        self._preempt(victim)
+        self._blocks_pending = self._blocks_pending or victim.in_flight > 0
 
     def _next_chunk(self, seq: Sequence, budget: int) -> int:
         """Tokens seq runs next: the rest of its known tokens in chunks, or 1 (a decode); 0 when
@@ -186,22 +221,25 @@ class BatchPolicy:
                 self.counters.prompt_tokens += seq.num_prompt_tokens
                 self.counters.cached_tokens += match.num_tokens
             waiting.remove(seq)
-            running.append(seq)
+            insert_by_priority(running, seq)
             runs.append(Run(seq, n))
             budget -= n
             self._note_prompt_being_computed(seq, sharing)
         return runs
 
     def _admission_order(self, waiting: deque[Sequence]) -> list[Sequence]:
-        """Resumed requests, then overdue ones (both in queue order), then the rest by longest
-        cached prefix (ties in queue order)."""
+        """By priority (highest first); within one, resumed and overdue requests (in queue
+        order), then the rest by longest cached prefix (ties in queue order)."""
         window = list(itertools.islice(waiting, self.config.prefix_scan_window))
         limit = self.config.max_wait_steps
-        first = [s for s in window if s.admitted_once or self.wait_steps(s) > limit]
-        rest = [s for s in window if not (s.admitted_once or self.wait_steps(s) > limit)]
-        if self.config.enable_prefix_cache and len(rest) > 1:
-            rest.sort(key=lambda s: -self._hit_estimate(s))
-        return first + rest
+        by_prefix = self.config.enable_prefix_cache and len(window) > 1
+
+        def rank(seq: Sequence) -> tuple[int, bool, int]:
+            urgent = seq.admitted_once or self.wait_steps(seq) > limit
+            hit = 0 if urgent or not by_prefix else self._hit_estimate(seq)
+            return (-seq.priority, not urgent, -hit)
+
+        return sorted(window, key=rank)  # stable: queue order breaks ties
 
     def _prompts_being_computed(self, running: list[Sequence]) -> dict[tuple, list[Sequence]]:
         """Running requests whose prompt blocks are not all in the tree yet, by first block."""

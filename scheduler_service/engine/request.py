@@ -37,6 +37,8 @@ class GenerationRequest:
     # Completions of the prompt (1..MAX_COMPLETIONS): completion i samples with
     # completion_seed(sampling.seed, i); its events carry index i.
     n: int = 1
+    # Scheduling priority (higher runs first; see policy.py); validated by the API layer.
+    priority: int = 0
 
     def completion(self, index: int) -> GenerationRequest:
         """The single request that completion index of this one runs as (n = 1, its seed)."""

@@ -85,6 +85,10 @@ class Sequence:
         return self.request.request_id
 
     @property
+    def priority(self) -> int:
+        return self.request.priority
+
+    @property
     def num_prompt_tokens(self) -> int:
         return len(self.request.prompt_ids)
 

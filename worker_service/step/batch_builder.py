@@ -60,6 +60,7 @@ def build_forward_batch(
     table: RequestTable,
     block_size: int,
     max_prefix_groups: int = 0,
+    single_by_decode: bool = False,
 ) -> tuple[ForwardBatch, torch.Tensor]:
     """Packs every index tensor into one int32 host buffer, copies it once, splits on device.
 
@@ -67,7 +68,10 @@ def build_forward_batch(
     Entries that run one token should come first (ModelRunner orders them so): in a mixed batch
     the leading ones take decode attention (ForwardBatch.num_single). A decode batch whose rows
     share cached prefix blocks gets ForwardBatch.prefix_groups (at most max_prefix_groups groups;
-    0: never).
+    0: never). single_by_decode (deterministic mode): only decodes of a generated token
+    (is_decode) take decode attention, so that a prompt token whose run is one token long (the
+    rest of its prompt cached, or the last of a chunking) takes extend attention as in any other
+    chunking; the ModelRunner then puts the decodes first.
     """
     last_tokens = table.last_tokens
     device = last_tokens.device
@@ -111,10 +115,11 @@ def build_forward_batch(
         torch.tensor([e.state.row for e in entries if e.samples], dtype=torch.int32),
         tables.flatten(),
     ]
-    is_decode = all(n == 1 for n in num_new)
+    single = [e.is_decode for e in entries] if single_by_decode else [n == 1 for n in num_new]
+    is_decode = all(single)
     num_single = 0
     if not is_decode:
-        while num_new[num_single] == 1:
+        while single[num_single]:
             num_single += 1
         if num_single:
             parts.append(query_starts[num_single:] - num_single)

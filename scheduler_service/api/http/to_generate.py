@@ -12,6 +12,7 @@ from yaie.scheduler_service.api.http.protocol import (
     CompletionRequest,
     SamplingFields,
 )
+from yaie.scheduler_service.api.validation import MAX_PRIORITY
 from yaie.scheduler_service.engine.request import MAX_COMPLETIONS
 from yaie.v1 import generation_pb2 as pb
 
@@ -83,6 +84,15 @@ def _response_format(body: SamplingFields) -> pb.ResponseFormat:
     return chosen[0] if chosen else pb.ResponseFormat()
 
 
+def _priority(body: SamplingFields) -> int:
+    """vLLM's priority (lower first) as GenerateRequest.priority (higher first)."""
+    if not -MAX_PRIORITY <= body.priority <= MAX_PRIORITY:
+        raise ValueError(
+            f"priority must be in [-{MAX_PRIORITY}, {MAX_PRIORITY}], got {body.priority}"
+        )
+    return -body.priority
+
+
 def _common(body: SamplingFields, request_id: str, max_tokens: int | None) -> pb.GenerateRequest:
     if not 1 <= body.n <= MAX_COMPLETIONS:
         raise ValueError(f"n must be in [1, {MAX_COMPLETIONS}], got {body.n}")
@@ -92,6 +102,7 @@ def _common(body: SamplingFields, request_id: str, max_tokens: int | None) -> pb
         stopping=_stopping(body, max_tokens),
         response_format=_response_format(body),
         n=body.n,  # the choices of one prompt: its n completions (GenerateResponse.index)
+        priority=_priority(body),
     )
 
 

@@ -126,6 +126,9 @@ class ScriptedEngine:
             workers=[worker],
             num_preemptions=0,
             completed_requests=done,
+            priorities=[SimpleNamespace(priority=0, waiting=0, running=len(self._live))]
+            if self._live
+            else [],
         )
 
 

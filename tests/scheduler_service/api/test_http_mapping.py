@@ -93,6 +93,16 @@ def test_completion_prompts_string_list_and_token_ids():
     assert [list(m.token_ids.ids) for m in batch] == [[1, 2], [3]]
 
 
+def test_priority_has_vllms_meaning_lower_first():
+    """The body's priority (vLLM: lower is handled first) is the gRPC field negated (higher
+    first), for chat and for each prompt of a completion; unset is 0."""
+    assert chat_request(chat(priority=5), "r").priority == -5
+    assert chat_request(chat(priority=-1000), "r").priority == 1000
+    assert chat_request(chat(), "r").priority == 0
+    several = completion_requests(CompletionRequest(prompt=["a", "b"], priority=-3), "c")
+    assert [m.priority for m in several] == [3, 3]
+
+
 def test_response_format_and_the_regex_ebnf_extensions():
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
     spec = {"type": "json_schema", "json_schema": {"name": "n", "schema": schema, "strict": True}}
@@ -120,6 +130,8 @@ def test_response_format_and_the_regex_ebnf_extensions():
         ({"top_logprobs": 2}, "needs logprobs"),
         ({"seed": -1}, "seed"),
         ({"min_tokens": -1}, "min_tokens"),
+        ({"priority": 1001}, r"priority must be in \[-1000, 1000\], got 1001"),
+        ({"priority": -(1 << 40)}, "priority"),
     ],
 )
 def test_bad_values_are_value_errors(fields, match):

@@ -114,3 +114,13 @@ def test_n_unset_or_0_is_1_and_up_to_64_is_kept(tokenizer: Tokenizer, n: int, re
 def test_n_above_64_is_refused_naming_the_limit(tokenizer: Tokenizer) -> None:
     with pytest.raises(ValueError, match=r"n must be at most 64 \(0 or unset: 1\), got 65"):
         _validate(tokenizer, text="a", n=65)
+
+
+@pytest.mark.parametrize("priority", [-1000, 0, 7, 1000])
+def test_priority_in_range_is_carried(tokenizer: Tokenizer, priority: int) -> None:
+    assert _validate(tokenizer, text="a", priority=priority).generation.priority == priority
+
+
+def test_priority_out_of_range_names_the_range(tokenizer: Tokenizer) -> None:
+    with pytest.raises(ValueError, match=r"priority must be in \[-1000, 1000\], got 1001"):
+        _validate(tokenizer, text="a", priority=1001)
