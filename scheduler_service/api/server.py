@@ -18,8 +18,8 @@ from yaie.scheduler_service.api.frontend import EngineApi, Frontend
 from yaie.scheduler_service.api.output_stream import merge_frames
 from yaie.scheduler_service.api.reflection import enable_reflection
 from yaie.scheduler_service.api.tokenizer import Tokenizer
-from yaie.scheduler_service.api.validation import check_text_length
 from yaie.scheduler_service.api.undecodable import UndecodableRequestInterceptor
+from yaie.scheduler_service.api.validation import check_text_length
 from yaie.scheduler_service.engine.errors import ResourceExhaustedError, UnavailableError
 from yaie.v1 import generation_pb2 as pb
 

@@ -87,4 +87,3 @@ def explain_decode_error(message_class: type[Message], data: bytes, error: Excep
     if field is None:
         return f"malformed {message_class.DESCRIPTOR.name}: {error}"
     return f"{field}: text is not valid UTF-8"
-

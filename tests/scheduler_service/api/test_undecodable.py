@@ -39,9 +39,7 @@ def test_corrupt_bytes_to_a_unary_method_are_invalid_argument(served, caplog, me
     assert served.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10).vocab_size == 768
 
 
-@pytest.mark.parametrize(
-    "method", ["/yaie.v1.Generation/Generate", "/grpc.health.v1.Health/Watch"]
-)
+@pytest.mark.parametrize("method", ["/yaie.v1.Generation/Generate", "/grpc.health.v1.Health/Watch"])
 def test_corrupt_bytes_to_a_streaming_method_are_invalid_argument(served, caplog, method):
     caplog.set_level(logging.WARNING)
     with pytest.raises(grpc.RpcError) as error:
