@@ -11,7 +11,11 @@ from typing import Any, Protocol
 
 from yaie.scheduler_service.api.output_stream import OutputStream
 from yaie.scheduler_service.api.tokenizer import Tokenizer
-from yaie.scheduler_service.api.validation import ModelLimits, validate_generate
+from yaie.scheduler_service.api.validation import (
+    ModelLimits,
+    check_request_id,
+    validate_generate,
+)
 from yaie.scheduler_service.engine.errors import UnavailableError
 from yaie.scheduler_service.engine.request import GenerationRequest, OutputEvent
 from yaie.v1 import generation_pb2 as pb
@@ -57,6 +61,7 @@ class Frontend:
         request), ResourceExhaustedError or UnavailableError before the first frame; a reader
         that stops early (cancel, disconnect, aclose) has the request aborted in the engine."""
         tokenizer = self.ready_tokenizer()
+        check_request_id(request.request_id)
         request_id = request.request_id or uuid.uuid4().hex
         if request_id in self._live:
             raise ValueError(f"request_id {request_id!r} is already live")

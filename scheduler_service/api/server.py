@@ -19,7 +19,7 @@ from yaie.scheduler_service.api.output_stream import merge_frames
 from yaie.scheduler_service.api.reflection import enable_reflection
 from yaie.scheduler_service.api.tokenizer import Tokenizer
 from yaie.scheduler_service.api.undecodable import UndecodableRequestInterceptor
-from yaie.scheduler_service.api.validation import check_text_length
+from yaie.scheduler_service.api.validation import check_request_id, check_text_length
 from yaie.scheduler_service.engine.errors import ResourceExhaustedError, UnavailableError
 from yaie.v1 import generation_pb2 as pb
 
@@ -157,6 +157,7 @@ class GenerationServicer:
 
     @_unary
     async def Abort(self, request: Any, context: grpc.aio.ServicerContext):
+        check_request_id(request.request_id)
         return pb.AbortResponse(found=self._engine.abort(request.request_id))
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Protocol
@@ -20,6 +21,10 @@ from yaie.v1 import generation_pb2 as pb
 MAX_STOP_STRINGS = 16
 MAX_TOP_LOGPROBS = 20
 MAX_CACHE_SALT_BYTES = 256
+# A client's request_id is echoed in every frame and written into the request logs: short, and
+# printable ASCII (no newline to forge a log line with, no bytes a terminal acts on).
+MAX_REQUEST_ID_CHARS = 128
+_REQUEST_ID = re.compile(r"[\x20-\x7e]*")
 
 
 class PromptEncoder(Protocol):
@@ -46,6 +51,17 @@ class ValidatedRequest:
     stop_strings: tuple[str, ...] = ()
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = False
+
+
+def check_request_id(request_id: str) -> None:
+    """ValueError unless request_id is at most 128 printable ASCII characters (empty: the
+    server assigns one)."""
+    if len(request_id) > MAX_REQUEST_ID_CHARS:
+        raise ValueError(
+            f"request_id has {len(request_id)} characters: at most {MAX_REQUEST_ID_CHARS}"
+        )
+    if not _REQUEST_ID.fullmatch(request_id):
+        raise ValueError("request_id must be printable ASCII (U+0020 to U+007E)")
 
 
 def _check_ids(name: str, ids: list[int], vocab_size: int) -> None:
