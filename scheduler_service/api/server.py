@@ -19,7 +19,7 @@ from yaie.scheduler_service.api.output_stream import merge_frames
 from yaie.scheduler_service.api.reflection import enable_reflection
 from yaie.scheduler_service.api.tokenizer import Tokenizer
 from yaie.scheduler_service.api.undecodable import UndecodableRequestInterceptor
-from yaie.scheduler_service.api.validation import check_request_id, check_text_length
+from yaie.scheduler_service.api.validation import check_request_id
 from yaie.scheduler_service.engine.errors import ResourceExhaustedError, UnavailableError
 from yaie.v1 import generation_pb2 as pb
 
@@ -96,21 +96,13 @@ class GenerationServicer:
 
     @_unary
     async def Tokenize(self, request: Any, context: grpc.aio.ServicerContext):
-        tokenizer = self._ready_tokenizer()
-        check_text_length("text", len(request.text), self._engine.model_info.max_context)
-        ids = tokenizer.encode(request.text, request.add_special_tokens)
+        ids = await self.frontend.tokenize(request.text, request.add_special_tokens)
         return pb.TokenizeResponse(ids=ids)
 
     @_unary
     async def Detokenize(self, request: pb.DetokenizeRequest, context: grpc.aio.ServicerContext):
-        tokenizer = self._ready_tokenizer()
-        vocab_size = self._engine.model_info.vocab_size
-        bad = [i for i in request.ids if not 0 <= i < vocab_size]
-        if bad:
-            raise ValueError(f"ids: token id {bad[0]} is outside the vocabulary [0, {vocab_size})")
-        return pb.DetokenizeResponse(
-            text=tokenizer.decode(list(request.ids), request.skip_special_tokens)
-        )
+        text = await self.frontend.detokenize(request.ids, request.skip_special_tokens)
+        return pb.DetokenizeResponse(text=text)
 
     @_unary
     async def GetModelInfo(

@@ -210,9 +210,10 @@ class Engine:
             raise ValueError("the prompt has no tokens")
         if req.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {req.max_new_tokens}")
-        bad = [t for t in req.prompt_ids if not 0 <= t < info.vocab_size]
-        if bad:
-            raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {info.vocab_size})")
+        ids = req.prompt_ids
+        if not (min(ids) >= 0 and max(ids) < info.vocab_size):  # C loops: this is the event loop
+            bad = next(t for t in ids if not 0 <= t < info.vocab_size)
+            raise ValueError(f"token id {bad} is outside the vocabulary [0, {info.vocab_size})")
         total = len(req.prompt_ids) + req.max_new_tokens
         if total > info.max_context:
             raise ValueError(
