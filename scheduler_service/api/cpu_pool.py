@@ -34,8 +34,8 @@ def default_num_threads() -> int:
 
 
 class CpuPool:
-    """Runs functions on a lazily started thread pool (its threads are daemon-like: idle ones
-    cost nothing, and the pool is shut down with the process)."""
+    """Runs functions on a thread pool started at its first heavy job (threads idle then cost
+    nothing; the interpreter joins them at exit)."""
 
     def __init__(self, num_threads: int | None = None) -> None:
         self.num_threads = num_threads or default_num_threads()
@@ -50,7 +50,3 @@ class CpuPool:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
 
-    def shutdown(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
