@@ -49,4 +49,3 @@ class CpuPool:
             self._executor = ThreadPoolExecutor(self.num_threads, thread_name_prefix="yaie-cpu")
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
-

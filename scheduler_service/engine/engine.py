@@ -241,6 +241,8 @@ class Engine:
         try:
             while True:
                 event = await seq.events.get()
+                if seq.held_back and seq.worker_index >= 0:  # backpressure released
+                    self._loops[seq.worker_index].wake()
                 if seq.unavailable and event.finish_reason is not None:
                     raise UnavailableError(event.error or "no worker is available")
                 yield event

@@ -55,6 +55,9 @@ class Sequence:
     route_cost: int = 0  # prompt tokens its worker must compute (the router's load estimate)
     # Its worker loop's (worker_loop.py):
     status: SequenceStatus = SequenceStatus.WAITING
+    # The batch policy's (policy.py): left unscheduled because its client is max_stream_backlog
+    # tokens behind; the engine wakes its worker loop when the client takes them.
+    held_back: bool = False
     # The batch policy's (policy.py), for its whole life:
     admitted_once: bool = False  # waiting again after that: resumed (goes first)
     num_cached_tokens: int = 0  # cache hit of the first admission (usage.cached_tokens)
@@ -173,6 +176,11 @@ class Outbox:
         self._pending = event
         if min_tokens <= max(1, len(event.token_ids)) or event.finish_reason is not None:
             self._ready.set()
+
+    @property
+    def num_undelivered(self) -> int:
+        """Tokens put and not yet taken by the reader (the request's backlog)."""
+        return 0 if self._pending is None else len(self._pending.token_ids)
 
     def release(self) -> None:
         """Wake the reader for whatever is pending (tokens held by the stream interval)."""
