@@ -15,7 +15,6 @@ from fastapi import FastAPI
 
 from yaie.scheduler_service.ops.server_options import HttpTls
 
-
 # 256 KiB in flight per connection (the kernel doubles it): a token stream needs ~10 KiB/s, a
 # whole unstreamed response still moves at ~2.5 MB/s over a 100 ms round trip.
 SEND_BUFFER_BYTES = 128 << 10

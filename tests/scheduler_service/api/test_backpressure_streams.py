@@ -5,7 +5,6 @@ exactly the output it would have had. Before, 20 unread streams generated to the
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import time
