@@ -143,6 +143,8 @@ class BatchPolicy:
         """Whether seq's client is max_stream_backlog tokens behind (backpressure: a slow or
         stalled reader must not keep the worker generating for it); sets seq.held_back."""
         seq.held_back = self._is_behind(seq)
+        if seq.held_back:  # the reader is woken for them, whatever the stream interval
+            seq.events.release()
         return seq.held_back
 
     def _is_behind(self, seq: Sequence) -> bool:

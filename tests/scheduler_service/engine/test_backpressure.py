@@ -106,3 +106,18 @@ def test_a_held_back_request_gives_up_its_running_slot() -> None:
             assert handle.worker.violations == []
 
     asyncio.run(main())
+
+
+def test_a_stream_interval_past_the_bound_does_not_stall_a_reading_client() -> None:
+    """The reader is woken for the tokens of a held-back request, even short of an interval."""
+    config = SchedulerConfig(
+        max_stream_backlog=BACKLOG, stream_interval=4 * BACKLOG, stream_interval_min_batch=1
+    )
+
+    async def main() -> None:
+        async with engine_on_fake_workers(config) as (engine, (handle,)):
+            req = _request("reader", 10, 100)
+            tokens, _ = await asyncio.wait_for(collect(engine.submit(req)), 20)
+            assert tokens == _expected(req)
+
+    asyncio.run(main())
