@@ -238,9 +238,10 @@ class Engine:
             raise ValueError(f"max_new_tokens must be >= 1, got {req.max_new_tokens}")
         if not 1 <= req.n <= MAX_COMPLETIONS:
             raise ValueError(f"n must be in [1, {MAX_COMPLETIONS}], got {req.n}")
-        bad = [t for t in req.prompt_ids if not 0 <= t < info.vocab_size]
-        if bad:
-            raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {info.vocab_size})")
+        ids = req.prompt_ids
+        if not (min(ids) >= 0 and max(ids) < info.vocab_size):  # C loops: this is the event loop
+            bad = next(t for t in ids if not 0 <= t < info.vocab_size)
+            raise ValueError(f"token id {bad} is outside the vocabulary [0, {info.vocab_size})")
         total = len(req.prompt_ids) + req.max_new_tokens
         if total > info.max_context:
             raise ValueError(
@@ -266,11 +267,21 @@ class Engine:
             self._add(seq)
         return self._events(group)
 
+    def _wake_held_back(self, seqs: list[Sequence]) -> None:
+        """Wakes the worker loops of seqs left unscheduled while their client was behind."""
+        for seq in seqs:
+            if seq.held_back and seq.worker_address:
+                loop = self.workers.get(seq.worker_address)
+                if loop is not None:
+                    loop.wake()
+
     async def _events(self, group: Completions) -> AsyncIterator[OutputEvent]:
         done: set[int] = set()  # completions whose last event is out
         try:
             while len(done) < len(group.seqs):
-                for event in await group.outbox.get():
+                events = await group.outbox.get()
+                self._wake_held_back(group.seqs)  # their client read: backpressure released
+                for event in events:
                     if event.finish_reason is not None:
                         if group.seqs[event.index].unavailable:
                             raise UnavailableError(event.error or "no worker is available")

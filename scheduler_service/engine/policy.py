@@ -90,21 +90,22 @@ class BatchPolicy:
         short = False  # some running request could not get its blocks (or was preempted)
         self._blocks_pending = blocks_pending
         self._preempt_for_priority(running, waiting)
-        i = 0
-        while i < len(running) and budget > 0:
-            seq = running[i]
+        preempted: set[int] = set()  # ids of the requests preempted during this loop
+        for seq in list(running):  # highest priority, then oldest, first
+            if budget <= 0:
+                break
+            if id(seq) in preempted or self._hold_back(seq):
+                continue
             n = self._next_chunk(seq, budget)
             need = self._num_blocks(seq.num_scheduled + n) - len(seq.block_ids)
-            if need > 0 and not self._make_room(seq, need, running):
+            if need > 0 and not self._make_room(seq, need, running, preempted):
                 short = True
-                i += 1  # past seq, or past the end when seq itself was preempted (the last)
                 continue
             if need > 0:
                 seq.block_ids += self.kv.allocate(need)
             if n > 0:
                 runs.append(Run(seq, n))
                 budget -= n
-            i += 1
         if not short:
             runs += self._admit(running, waiting, budget)
         self.num_steps += 1  # every request still waiting has now waited one more step
@@ -143,14 +144,31 @@ class BatchPolicy:
         )
         self.tree_epoch += cache
 
-    def _make_room(self, seq: Sequence, need: int, running: list[Sequence]) -> bool:
-        """Whether need blocks can be allocated for seq, after preempting the last running
-        requests (the lowest priority, newest first; seq included, last) while no freed blocks
-        are on their way anyway."""
+    def _hold_back(self, seq: Sequence) -> bool:
+        """Whether seq's client is max_stream_backlog tokens behind (backpressure: a slow or
+        stalled reader must not keep the worker generating for it); sets seq.held_back."""
+        seq.held_back = self._is_behind(seq)
+        if seq.held_back:  # the reader is woken for them, whatever the stream interval
+            seq.events.release()
+        return seq.held_back
+
+    def _is_behind(self, seq: Sequence) -> bool:
+        return seq.events.num_undelivered(seq.index) >= self.config.max_stream_backlog
+
+    def _make_room(
+        self, seq: Sequence, need: int, running: list[Sequence], preempted: set[int]
+    ) -> bool:
+        """Whether need blocks can be allocated for seq, after preempting held-back requests
+        (their clients are not reading), then the last running ones (the lowest priority,
+        newest first; seq included, last), while no freed blocks are on their way anyway. Never
+        one already in this step's runs: held-back ones have none, and runs are formed in
+        running's order."""
         while not self.kv.can_allocate(need):
             if self._blocks_pending:
                 return False
-            victim = running.pop()  # never one already in this step's runs
+            victim = self._held_back_victim(running, seq) or running[-1]
+            running.remove(victim)
+            preempted.add(id(victim))
             self._evict(victim)
             if victim is seq:
                 return False
@@ -187,6 +205,12 @@ class BatchPolicy:
         self._preempt(victim)
         self._blocks_pending = self._blocks_pending or victim.in_flight > 0
 
+    def _held_back_victim(
+        self, running: list[Sequence], spare: Sequence | None = None
+    ) -> Sequence | None:
+        """The newest held-back running request but spare, if any."""
+        return next((s for s in reversed(running) if s is not spare and self._is_behind(s)), None)
+
     def _next_chunk(self, seq: Sequence, budget: int) -> int:
         """Tokens seq runs next: the rest of its known tokens in chunks, or 1 (a decode); 0 when
         the tokens in flight already finish it by length (no step is wasted on it)."""
@@ -197,12 +221,17 @@ class BatchPolicy:
 
     def _admit(self, running: list[Sequence], waiting: deque[Sequence], budget: int) -> list[Run]:
         runs: list[Run] = []
-        if not waiting or len(running) >= self.config.max_running_requests or budget <= 0:
+        limit = self.config.max_running_requests
+        if not waiting or budget <= 0:
+            return runs
+        if len(running) >= limit and not self._free_slot(running, waiting):
             return runs  # (ordering the queue costs a prefix match per waiting request)
         sharing = self._prompts_being_computed(running)
         for seq in self._admission_order(waiting):
-            if len(running) >= self.config.max_running_requests or budget <= 0:
+            if budget <= 0 or (len(running) >= limit and not self._free_slot(running, waiting)):
                 break
+            if self._hold_back(seq):  # preempted while its client was not reading
+                continue
             if not seq.admitted_once and self._worth_waiting(seq, self._hit_estimate(seq), sharing):
                 continue
             if seq.leader is not None and self._waits_for_leader(seq):
@@ -210,7 +239,7 @@ class BatchPolicy:
             match = self._match(seq)
             n = min(len(seq.token_ids) - match.num_tokens, budget, self.config.prefill_chunk_size)
             need = self._num_blocks(match.num_tokens + n) - len(match.blocks)
-            if not self.kv.can_allocate(need, match):
+            if not self._room_for_admission(running, need, match):
                 break  # head of line: no later request jumps a request that does not fit
             self.kv.lock(match)
             seq.match = match
@@ -226,6 +255,30 @@ class BatchPolicy:
             budget -= n
             self._note_prompt_being_computed(seq, sharing)
         return runs
+
+    def _room_for_admission(self, running: list[Sequence], need: int, match: PrefixMatch) -> bool:
+        """Whether need blocks (besides match's) can be allocated, after preempting held-back
+        running requests (their blocks go to the tree: evictable, and theirs again on resume)."""
+        while not self.kv.can_allocate(need, match):
+            victim = self._held_back_victim(running)
+            if victim is None or self._blocks_pending:
+                return False
+            running.remove(victim)
+            self._preempt(victim)
+            self._blocks_pending = victim.in_flight > 0  # else freed at once
+        return True
+
+    def _free_slot(self, running: list[Sequence], waiting: deque[Sequence]) -> bool:
+        """Preempts the newest held-back running request when a request that can run waits for
+        its slot (max_running_requests reached); whether one was."""
+        victim = self._held_back_victim(running)
+        if victim is None:
+            return False
+        if all(self._is_behind(s) for s in waiting):
+            return False
+        running.remove(victim)
+        self._preempt(victim)
+        return True
 
     def _admission_order(self, waiting: deque[Sequence]) -> list[Sequence]:
         """By priority (highest first); within one, resumed and overdue requests (in queue

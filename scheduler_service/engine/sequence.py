@@ -59,6 +59,9 @@ class Sequence:
     route_cost: int = 0  # prompt tokens its worker must compute (the router's load estimate)
     # Its worker loop's (worker_loop.py):
     status: SequenceStatus = SequenceStatus.WAITING
+    # The batch policy's (policy.py): left unscheduled because its client is max_stream_backlog
+    # tokens behind; the engine wakes its worker loop when the client takes them.
+    held_back: bool = False
     # The batch policy's (policy.py), for its whole life:
     admitted_once: bool = False  # waiting again after that: resumed (goes first)
     num_cached_tokens: int = 0  # cache hit of the first admission (usage.cached_tokens)
@@ -183,6 +186,11 @@ class Outbox:
         self._pending[event.index] = event
         if min_tokens <= max(1, len(event.token_ids)) or event.finish_reason is not None:
             self._ready.set()
+
+    def num_undelivered(self, index: int = 0) -> int:
+        """Tokens of completion index put and not yet taken by the reader (its backlog)."""
+        pending = self._pending.get(index)
+        return 0 if pending is None else len(pending.token_ids)
 
     def release(self) -> None:
         """Wake the reader for whatever is pending (tokens held by the stream interval)."""

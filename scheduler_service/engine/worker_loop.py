@@ -98,6 +98,10 @@ class WorkerLoop:
         self.policy.queue(seq, self.waiting)
         self._wake.set()
 
+    def wake(self) -> None:
+        """Schedule again (a held-back request's client took its tokens)."""
+        self._wake.set()
+
     def request_abort(self, seq: Sequence) -> None:
         """Finish seq with seq.abort_requested at the next step."""
         self._aborts.append(seq)

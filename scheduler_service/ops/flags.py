@@ -26,6 +26,10 @@ _BATCHING_FLAGS: dict[str, tuple[str, str]] = {
         "stream_interval",
         "under load (>= 64 running), one frame per this many tokens per request",
     ),
+    "--max-stream-backlog": (
+        "max_stream_backlog",
+        "tokens a request's client may leave unread before the request is paused",
+    ),
 }
 # ... and the failure and drain timeouts, in seconds
 _FAILOVER_FLAGS: dict[str, tuple[str, str]] = {

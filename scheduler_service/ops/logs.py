@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 import uuid
@@ -50,10 +51,32 @@ def setup_logging(level: str = "INFO", log_format: str = "text") -> None:
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 
+# A client-supplied string (a request id, before validation refuses a bad one) is cut to this
+# many characters in a log entry, and written as a quoted, escaped token unless it is plain.
+MAX_LOGGED_CHARS = 128
+_PLAIN = re.compile(r"[!#-\[\]-~]*")  # printable ASCII but space, `"` and `\`: written as is
+
+
+def _clipped(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > MAX_LOGGED_CHARS:
+        return f"{value[:MAX_LOGGED_CHARS]}...({len(value)} chars)"
+    return value
+
+
+def _token(value: Any) -> str:
+    """value as one token of a text log line: a newline or space in it cannot make a field (or
+    a line) of its own."""
+    text = str(value)
+    if _PLAIN.fullmatch(text):
+        return text
+    return json.dumps(text)  # quoted; control and non-ASCII characters escaped
+
+
 def _log(message: str, fields: dict[str, Any]) -> None:
     if not request_log.isEnabledFor(logging.INFO):
         return
-    text = " ".join(f"{key}={value}" for key, value in fields.items())
+    fields = {key: _clipped(value) for key, value in fields.items()}
+    text = " ".join(f"{key}={_token(value)}" for key, value in fields.items())
     request_log.info("%s %s", message, text, extra={"fields": fields})
 
 

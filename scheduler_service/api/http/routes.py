@@ -36,6 +36,9 @@ from yaie.v1 import generation_pb2 as pb
 T = TypeVar("T")
 Frames = AsyncIterator[pb.GenerateResponse]
 _OUTCOMES = {400: "invalid_argument", 429: "resource_exhausted", 503: "unavailable"}
+# The gRPC API's message limit: a larger body is refused (413) before it is held in memory and
+# parsed on the event loop.
+MAX_BODY_BYTES = 16 << 20
 
 
 class ClientGone(Exception):
@@ -51,6 +54,21 @@ class ClosingStreamingResponse(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             await self.body_iterator.aclose()  # type: ignore[union-attr]
+
+
+async def _body(request: Request) -> bytes:
+    """The request's body, at most MAX_BODY_BYTES (ApiError 413 past it)."""
+    too_large = ApiError(413, f"the request body is larger than {MAX_BODY_BYTES} bytes")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def _disconnected(request: Request) -> None:
@@ -220,7 +238,7 @@ def create_app(frontend: Frontend, api_key: bytes | None, metrics: Metrics | Non
 
     @app.post("/v1/chat/completions", dependencies=keyed)
     async def chat(request: Request) -> Response:
-        body = parse_body(ChatCompletionRequest, await request.body())
+        body = parse_body(ChatCompletionRequest, await _body(request))
         model = api.model_id(body.model)
         request_id = uuid.uuid4().hex
         message = to_generate.chat_request(body, request_id)
@@ -229,7 +247,7 @@ def create_app(frontend: Frontend, api_key: bytes | None, metrics: Metrics | Non
 
     @app.post("/v1/completions", dependencies=keyed)
     async def completions(request: Request) -> Response:
-        body = parse_body(CompletionRequest, await request.body())
+        body = parse_body(CompletionRequest, await _body(request))
         model = api.model_id(body.model)
         request_id = uuid.uuid4().hex
         messages = to_generate.completion_requests(body, request_id)
