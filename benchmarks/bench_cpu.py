@@ -2,7 +2,7 @@
 chat prompts (token ids), greedy, fixed output length, batches 1..N; runs interleaved, medians.
 
     python benchmarks/bench_cpu.py [--model DIR | --random-shape smollm2-135m] [--batches 1,4,8]
-        [--tokens 48] [--reps 3] [--worker-threads N]
+        [--tokens 48] [--reps 3] [--worker-threads N] [--scheduler-nice N]
 
 With no --model it uses the built-in model (SmolLM2-135M-Instruct, converted on first use);
 --random-shape writes random weights of a stack_models shape instead (where the real file
@@ -94,7 +94,7 @@ def _agree(ours: list[int], theirs: list[int], eos: int) -> bool:
     return ours[:end] == theirs[:end]
 
 
-def start_server(model: str, port: int, threads: int | None) -> subprocess.Popen:
+def start_server(model: str, port: int, threads: int | None, extra: list[str]) -> subprocess.Popen:
     command = [
         sys.executable,
         "-m",
@@ -108,6 +108,7 @@ def start_server(model: str, port: int, threads: int | None) -> subprocess.Popen
         "cpu",
         "--log-level",
         "WARNING",
+        *extra,
     ]
     env = dict(os.environ)
     if threads is not None:  # torch's intra-op threads in the scheduler and worker processes
@@ -123,6 +124,13 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--random-shape", default=None, help="a stack_models shape, random weights")
     parser.add_argument("--worker-threads", type=int, default=None, help="default: torch's")
+    parser.add_argument("--serve-args", default="", help='more `yaie serve` flags: "--no-overlap"')
+    parser.add_argument(
+        "--scheduler-nice",
+        type=int,
+        default=0,
+        help="renice the scheduler's threads (the `yaie serve` process, not its workers) by N",
+    )
     args = parser.parse_args()
     if args.random_shape is not None:
         from stack_models import write_model
@@ -136,9 +144,12 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
     port = free_port()
-    server = start_server(args.model, port, args.worker_threads)
+    server = start_server(args.model, port, args.worker_threads, args.serve_args.split())
     try:
         wait_for_serving(f"127.0.0.1:{port}", timeout_s=300)
+        if args.scheduler_nice:  # Linux niceness is per thread: every thread of the process
+            for tid in os.listdir(f"/proc/{server.pid}/task"):
+                os.setpriority(os.PRIO_PROCESS, int(tid), args.scheduler_nice)
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         stub = generation_pb2_grpc.GenerationStub(channel)
         yaie_batch(stub, prompt_ids(tokenizer, 1), 4)  # warm-up both engines
@@ -162,6 +173,7 @@ def main() -> None:
     print(
         f"\nmodel {args.model}, {args.tokens} greedy tokens per request, "
         f"{torch.get_num_threads()} torch threads (server: {args.worker_threads or 'default'}), "
+        f"scheduler nice {args.scheduler_nice}, serve flags {args.serve_args or 'none'}, "
         f"median of {args.reps}"
     )
     print("| batch | yaie tok/s | transformers tok/s | ratio | outputs equal (to the first EOS) |")

@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import stack_launch
+import stack_parallel
 import stack_variants
 import torch
 from stack_models import SHAPES, write_model
@@ -32,6 +33,8 @@ QUIET = dict(disable_progress=True)
 NANO_VLLM = bench.BenchConfig("random", 256, 1024, 1024, ds.NANO_VLLM_RANGE_RATIO, seed=0, **QUIET)
 SGLANG_8B = bench.BenchConfig("random", 500, 4096, 2048, 0.0, seed=0, **QUIET)
 SHARED = bench.BenchConfig("shared-prefix", seed=0, **QUIET)  # 64 x 16, 2048 + 128, 256
+# 64 conversations x 8 turns: system 1024, question 128, answer 128 (prompts 1152 -> 2944)
+MULTITURN = bench.BenchConfig("multi-turn", seed=0, **QUIET)
 LIGHT = bench.BenchConfig(
     "fixed", 30, fixed_input_len=128, fixed_output_len=256, request_rate=1.0, seed=0, **QUIET
 )
@@ -47,6 +50,14 @@ TINY = dict(
         gsp_output_len=16,
     ),
     light=replace(LIGHT, num_prompts=4, fixed_input_len=32, fixed_output_len=16, request_rate=4.0),
+    multiturn=replace(
+        MULTITURN,
+        mt_num_conversations=4,
+        mt_turns=4,
+        mt_system_prompt_len=64,
+        mt_question_len=16,
+        mt_output_len=16,
+    ),
     warmup=replace(WARMUP, num_prompts=4, random_input_len=32),
 )
 
@@ -130,7 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tiny", action="store_true", help="tiny model on the CPU, tiny workloads")
     p.add_argument("--budget-s", type=float, default=500.0, help="stages that do not fit skip")
     p.add_argument("--out-dir", default=os.environ.get("OUT") or None)
-    p.add_argument("--skip", default="", help="comma list of: random,light,shared,nocache,hf")
+    p.add_argument(
+        "--skip",
+        default="",
+        help="comma list of: random,light,shared,multiturn,hf (a stage's runs with and without "
+        "the prefix cache), nocache (every run on the --no-prefix-cache scheduler)",
+    )
     p.add_argument("--hf-prompts", type=int, default=64, help="transformers runs this subset")
     p.add_argument("--random-prompts", type=int, default=None, help="override the random size")
     p.add_argument("--worker-args", default="", help='worker flags: --worker-args="--flag ..."')
@@ -139,6 +155,17 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="the random workload again per scheduler flag set, each traced: "
         '"name=--flag v ...;name2=..."',
+    )
+    p.add_argument(
+        "--shared-variants",
+        default="",
+        help="the shared-prefix workload again per scheduler flag set (after nocache), traced",
+    )
+    p.add_argument(
+        "--parallel-sampling",
+        action="store_true",
+        help="also: n = 8 completions of 64 prompts vs the 512 as single requests "
+        "(benchmarks/stack_parallel.py)",
     )
     p.add_argument(
         "--diagnose",
@@ -159,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     runner = Runner(out, args.budget_s)
     scale = 0.0 if args.tiny else 1.0  # the seconds each stage needs (to skip what cannot fit)
     random_cfg = SGLANG_8B if shape_name == "llama-3.1-8b" else NANO_VLLM
-    cfg = dict(random=random_cfg, shared=SHARED, light=LIGHT, warmup=WARMUP)
+    cfg = dict(random=random_cfg, shared=SHARED, light=LIGHT, multiturn=MULTITURN, warmup=WARMUP)
     if args.tiny:
         cfg = TINY
     if args.random_prompts:
@@ -186,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         runner.workload("warmup", stack.target, cfg["warmup"], 0)
-        stages = [("random", 60), ("light", 40), ("shared", 80)]
+        stages = [("random", 60), ("light", 40), ("shared", 80), ("multiturn", 60)]
         for name, need in stages:
             if name not in skip:
                 runner.workload(name, stack.target, cfg[name], need * scale)
@@ -198,9 +225,18 @@ def main(argv: list[str] | None = None) -> int:
                 runner.workload("random_single_frame", stack.target, single, need * scale)
         if args.variants:
             stack_variants.run(stack, runner, cfg["random"], args.variants, out, 60 * scale)
-        if "nocache" not in skip and runner.left() > 120 * scale:
+        if args.parallel_sampling:
+            parallel = stack_parallel.PARALLEL_TINY if args.tiny else stack_parallel.PARALLEL
+            stack_parallel.run(stack, runner, parallel, out, 60 * scale)
+        # the cache's workloads again on a fresh --no-prefix-cache scheduler
+        nocache = [(n, need) for n, need in (("shared", 100), ("multiturn", 60)) if n not in skip]
+        if "nocache" not in skip and nocache and runner.left() > (nocache[0][1] + 20) * scale:
             stack.start_scheduler("scheduler_nocache", ["--no-prefix-cache"])
-            runner.workload("shared_nocache", stack.target, cfg["shared"], 100 * scale)
+            for name, need in nocache:
+                runner.workload(f"{name}_nocache", stack.target, cfg[name], need * scale)
+        if args.shared_variants:
+            spec = args.shared_variants
+            stack_variants.run(stack, runner, cfg["shared"], spec, out, 80 * scale, "shared")
         if args.diagnose and runner.left() > 90 * scale:
             profile = out / "scheduler.prof"
             stack.start_scheduler("scheduler_profiled", [], profile=profile)

@@ -157,6 +157,7 @@ def bar_rows(results: dict, shape_name: str, cfg: dict, info, ceil, kv_tokens) -
                     ratio >= 4,
                 )
             )
+    rows += multi_turn_rows(results, cfg["multiturn"], vocab, block)
     if "random_single_frame" in results:
         m = results["random_single_frame"]
         rows.append(
@@ -180,4 +181,29 @@ def bar_rows(results: dict, shape_name: str, cfg: dict, info, ceil, kv_tokens) -
             "see benchmarks/bench_split.py",
         )
     )
+    return rows
+
+
+def multi_turn_rows(results: dict, config: bench.BenchConfig, vocab: int, block: int) -> list:
+    """How TTFT grows from the first turn to the last, with and without the prefix cache, and
+    the last turn's hit rate beside its block-granular ideal."""
+    last, rows, ttft = config.mt_turns, [], {}
+    for name, label in (("multiturn", "cache"), ("multiturn_nocache", "no cache")):
+        turns = results.get(name, {}).get("turns")
+        if not turns:
+            continue
+        ttft[name] = turns[-1]["mean_ttft_ms"]
+        name_ = f"multi-turn, {label}, turn {last} mean TTFT, ms"
+        peer = f"turn 1: {fmt(turns[0]['mean_ttft_ms'])}"
+        rows.append(bar_row(name_, ttft[name], peer, None, "-", None))
+    if "multiturn" in ttft:
+        chat = bench.make_conversations(config, vocab)[0]
+        ideal = ds.ideal_multi_turn_cached(chat, last, block) / chat.prompt_len(last)
+        rate = results["multiturn"]["turns"][-1]["cache_hit_rate"] / ideal if ideal else None
+        name_ = f"multi-turn turn {last} hit rate / ideal"
+        rows.append(bar_row(name_, rate, f"ideal {ideal:.3f}", None, "-", None))
+    if ttft.get("multiturn") and ttft.get("multiturn_nocache"):
+        ratio = ttft["multiturn_nocache"] / ttft["multiturn"]
+        name_ = f"multi-turn turn {last} TTFT, no cache / cache"
+        rows.append(bar_row(name_, ratio, "-", None, "-", None))
     return rows

@@ -44,10 +44,10 @@ def report(name: str, trace: Path, results: dict) -> None:
     print(f"step trace of {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in summary.items()))
 
 
-def run(stack, runner, config, spec: str, out: Path, need_s: float) -> None:
-    """Each variant: a traced scheduler, the random workload, the summary."""
+def run(stack, runner, config, spec: str, out: Path, need_s: float, workload="random") -> None:
+    """Each variant: a traced scheduler, the workload, the summary."""
     for name, args in parse(spec):
         trace = start_traced(stack, name, args, out)
-        runner.workload(f"random_{name}", stack.target, config, need_s)
+        runner.workload(f"{workload}_{name}", stack.target, config, need_s)
         stack.stop_scheduler()  # the trace is complete once its process has exited
         report(name, trace, runner.results)

@@ -2,7 +2,9 @@
 
 Text goes to stdout as it arrives; a one-line summary goes to stderr. --json prints one JSON
 object per frame instead (the GenerateResponse fields), for machines; --top-logprobs N without
---json prints a table of each token's N most likely alternatives after the text.
+--json prints a table of each token's N most likely alternatives after the text. --n N asks for
+N completions of the prompt: each is printed whole, under its index, once it has ended (with
+--json: every frame, its "index" naming the completion).
 """
 
 from __future__ import annotations
@@ -38,6 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chat", action="store_true", help="send the prompt as a chat user message")
     p.add_argument("--max-new-tokens", type=int, default=128, help="0: up to the model's context")
     p.add_argument("--min-new-tokens", type=int, default=0, help="EOS and stops ignored before")
+    p.add_argument(
+        "--n",
+        type=int,
+        default=1,
+        help="completions of the prompt (1 to 64; the prompt is computed once); with --seed, "
+        "completion i uses the seed derived from (seed, i) (README, Parallel sampling)",
+    )
     arguments.add_sampling_arguments(p)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--ignore-eos", action="store_true", help="generate past end-of-sequence")
@@ -61,8 +70,22 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="prefix-cache namespace (per tenant): equal salts share cache",
     )
+    p.add_argument(
+        "--priority",
+        type=_int32,
+        default=0,
+        help="scheduling priority in [-1000, 1000] (the server checks): higher runs first",
+    )
     client_security.add_arguments(p)  # --api-key-file (or $YAIE_API_KEY), --tls-ca, ...
     return p
+
+
+def _int32(text: str) -> int:
+    """An int that fits the proto's int32 (the server checks the range it accepts)."""
+    value = int(text)
+    if not -(1 << 31) <= value < 1 << 31:
+        raise argparse.ArgumentTypeError(f"{value} does not fit a 32-bit integer")
+    return value
 
 
 def is_local(target: str) -> bool:
@@ -105,6 +128,8 @@ def build_request(args: argparse.Namespace) -> pb.GenerateRequest:
     request.output.skip_special_tokens = args.skip_special_tokens
     request.output.top_logprobs = args.top_logprobs
     request.cache_salt = getattr(args, "cache_salt", "")
+    request.n = getattr(args, "n", 1)  # the server checks the range (INVALID_ARGUMENT)
+    request.priority = getattr(args, "priority", 0)
     fill_response_format(args, request.response_format)
     return request
 
@@ -137,12 +162,14 @@ def stream(
     as_json: bool = False,
     timeout: float | None = None,
     security: argparse.Namespace | None = None,
-    logprobs: list[pb.TokenLogprob] | None = None,
-) -> pb.GenerateResponse:
-    """Writes each frame to out as it arrives; returns the last frame. security: the
+    logprobs: dict[int, list[pb.TokenLogprob]] | None = None,
+) -> dict[int, pb.GenerateResponse]:
+    """Writes each frame to out as it arrives (request.n > 1: each completion's whole text once
+    it ended, under a header); returns each completion's last frame by index. security: the
     client_security flags (default: plaintext, the key from $YAIE_API_KEY if set); logprobs,
-    when given, collects every frame's."""
-    last = pb.GenerateResponse()
+    when given, collects every frame's by completion."""
+    last: dict[int, pb.GenerateResponse] = {0: pb.GenerateResponse()}
+    texts: dict[int, list[str]] = {}  # n > 1: text of the completions still running
     security = security or argparse.Namespace()
     metadata = client_security.call_metadata(security)
     with client_security.open_channel(target, security) as channel:
@@ -150,38 +177,50 @@ def stream(
         for frame in stub.Generate(request, timeout=timeout, metadata=metadata):
             if as_json:
                 out.write(json.dumps(MessageToDict(frame, preserving_proto_field_name=True)) + "\n")
-            else:
+            elif request.n <= 1:
                 out.write(frame.text)
+            else:
+                texts.setdefault(frame.index, []).append(frame.text)
+                if frame.finish_reason != pb.FINISH_REASON_UNSPECIFIED:
+                    text = "".join(texts.pop(frame.index))
+                    out.write(f"--- completion {frame.index} ---\n{text}\n")
             out.flush()
             if logprobs is not None:
-                logprobs.extend(frame.logprobs)
-            last = frame
-    if not as_json:
+                logprobs.setdefault(frame.index, []).extend(frame.logprobs)
+            last[frame.index] = frame
+    if not as_json and request.n <= 1:
         out.write("\n")
     return last
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logprobs: list[pb.TokenLogprob] | None = [] if args.top_logprobs and not args.json else None
+    logprobs: dict[int, list[pb.TokenLogprob]] | None = None
+    if args.top_logprobs and not args.json:
+        logprobs = {}
     try:
         if (wait := wait_seconds(args)) > 0:
             wait_for_serving(args.target, wait, security=args)
         started = time.monotonic()
         request = build_request(args)
         last = stream(args.target, request, sys.stdout, args.json, args.timeout, args, logprobs)
-        if logprobs:
-            texts = logprob_table.token_texts(args.target, logprobs, args)
-            sys.stdout.write(logprob_table.format_table(logprobs, texts))
+        for index, items in sorted((logprobs or {}).items()):
+            if args.n > 1:
+                sys.stdout.write(f"--- completion {index}: logprobs ---\n")
+            texts = logprob_table.token_texts(args.target, items, args)
+            sys.stdout.write(logprob_table.format_table(items, texts))
     except (grpc.RpcError, TimeoutError, OSError) as error:
         return client_security.report_failure("yaie generate", args.target, error)
     except KeyboardInterrupt:
         return 130
-    reason = pb.FinishReason.Name(last.finish_reason).removeprefix("FINISH_REASON_").lower()
-    usage = last.usage
-    print(
-        f"[{reason}: {usage.completion_tokens} tokens after a {usage.prompt_tokens}-token "
-        f"prompt in {time.monotonic() - started:.2f} s]",
-        file=sys.stderr,
-    )
+    seconds = time.monotonic() - started
+    for index, frame in sorted(last.items()):
+        reason = pb.FinishReason.Name(frame.finish_reason).removeprefix("FINISH_REASON_").lower()
+        usage = frame.usage
+        which = f"completion {index}: " if args.n > 1 else ""
+        print(
+            f"[{which}{reason}: {usage.completion_tokens} tokens after a {usage.prompt_tokens}"
+            f"-token prompt ({usage.cached_tokens} cached) in {seconds:.2f} s]",
+            file=sys.stderr,
+        )
     return 0

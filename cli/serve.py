@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="KV blocks per worker (default: as many as its memory budget holds)",
     )
     p.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="workers in batch-invariant mode: a request's logits (so its seeded tokens) do not "
+        "depend on the rest of the batch, its chunking or prefix-cache hits (slower)",
+    )
+    p.add_argument(
         "--demo",
         metavar="QUESTION",
         nargs="?",
@@ -145,6 +151,8 @@ def spawn_worker(
     ]
     if args.num_blocks:
         command += ["--num-blocks", str(args.num_blocks)]
+    if args.deterministic:
+        command.append("--deterministic")
     if args.tp > 1:  # the child is rank 0 of a group: it starts and stops the other ranks
         command += ["--tp", str(args.tp)]
     if args.internal_secret_file:  # the worker refuses plans without it

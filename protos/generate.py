@@ -9,7 +9,11 @@ import sys
 from pathlib import Path
 
 PROTO_ROOT = Path(__file__).resolve().parent
-PROTO_FILES = ["yaie/v1/generation.proto", "yaie/worker/v1/worker.proto"]
+PROTO_FILES = [
+    "yaie/v1/generation.proto",
+    "yaie/worker/v1/worker.proto",
+    "yaie/worker/v1/registry.proto",
+]
 
 
 def generate(out_dir: Path) -> None:

@@ -1,8 +1,9 @@
 """The scheduler process, assembled: the engine over its workers, the public server (yaie.v1
-Generation, grpc.health.v1: SERVING once every worker is ready, server reflection), metrics and
-request logs. serve() runs it until SIGTERM or Ctrl-C and stops it cleanly (SIGHUP re-reads the
-API key file); `yaie scheduler` (__main__.py), `yaie serve` and `yaie in-process` call it with
-their parsed flags (ops/flags.py).
+Generation, grpc.health.v1: SERVING once every given worker is ready, server reflection), the
+internal port where workers join (workers/registry.py) and DNS discovery, metrics and request
+logs. serve() runs it until SIGTERM or Ctrl-C and stops it cleanly (SIGHUP re-reads the API key
+file); `yaie scheduler` (__main__.py), `yaie serve` and `yaie in-process` call it with their
+parsed flags (ops/flags.py).
 """
 
 from __future__ import annotations
@@ -20,13 +21,21 @@ from typing import TYPE_CHECKING
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from yaie.scheduler_service.api.server import GenerationServicer, create_server, set_health
+from yaie.scheduler_service.api.server import (
+    LIVENESS_SERVICE,
+    GenerationServicer,
+    create_server,
+    set_health,
+)
 from yaie.scheduler_service.engine.engine import Engine
+from yaie.scheduler_service.engine.worker_set import JOINED
 from yaie.scheduler_service.ops import flags
 from yaie.scheduler_service.ops.channel_security import configure_workers, open_worker_channel
 from yaie.scheduler_service.ops.logs import observe_generate
 from yaie.scheduler_service.ops.metrics import Metrics
 from yaie.scheduler_service.ops.server_options import ServerOptions
+from yaie.scheduler_service.workers.dns_discovery import DnsWatcher, Resolver, resolve_host
+from yaie.scheduler_service.workers.registry import RegistryServicer, start_registry
 from yaie.scheduler_service.workers.worker_client import WorkerClient
 
 if TYPE_CHECKING:
@@ -77,6 +86,9 @@ async def _start_engine(
             *(wait_for_serving(address, args.worker_wait, worker=True) for address in args.worker)
         )
     await engine.start()
+    if not engine.workers.described.is_set():
+        logger.info("waiting for a first worker to join")
+    await engine.workers.described.wait()  # the tokenizer is the workers' model's
     info = engine.model_info
     label = " (RANDOM WEIGHTS: its text is meaningless)" if info.random_weights else ""
     logger.info(
@@ -137,20 +149,42 @@ def _reload_keys(options: ServerOptions) -> None:
         logger.error("API keys not reloaded (the previous ones stay): %s", error)
 
 
+async def _start_discovery(
+    engine: Engine, args: argparse.Namespace, options: ServerOptions, resolver: Resolver
+) -> tuple[grpc.aio.Server | None, list[asyncio.Task]]:
+    """One DNS watcher task per --worker-dns, and the internal port's Registry server, started
+    (None without --internal-port). ValueError / OSError when the port cannot serve."""
+    interval, drain = args.dns_interval, engine.config.drain_timeout_s
+    watchers = [DnsWatcher(name, engine, interval, drain, resolver) for name in args.worker_dns]
+    server = None
+    if args.internal_port is not None:
+        servicer = RegistryServicer(engine, JOINED)
+        host, insecure = args.internal_host, args.insecure_internal
+        server, port = start_registry(servicer, host, args.internal_port, options.workers, insecure)
+        if port == 0:
+            raise OSError(f"cannot listen on {host}:{args.internal_port}")
+        await server.start()
+        logger.info("worker joins accepted on %s:%d", host, port)
+    return server, [asyncio.create_task(w.run(), name=w.origin) for w in watchers]
+
+
 async def serve(
     args: argparse.Namespace,
     stop: asyncio.Event | None = None,
     client_factory: Callable[[str], WorkerClient] | None = None,
     serving: asyncio.Event | None = None,
+    resolver: Resolver = resolve_host,
 ) -> int:
     """Runs until SIGINT/SIGTERM (or `stop` is set); returns the exit status. client_factory
     (address -> client, default a gRPC WorkerClient) gives clients of workers that are ready
     when handed in: their addresses are then not polled over gRPC before the engine starts.
     serving is set once health first says SERVING (for a caller in this process: no probe
-    over the public port, which may demand a client certificate)."""
+    over the public port, which may demand a client certificate). resolver answers the
+    --worker-dns names (tests hand in their own)."""
     options = flags.server_options(args)
     configure_workers(options.workers)
     engine = Engine(args.worker, flags.engine_config(args), client_factory or WorkerClient)
+    engine.workers.forget_after_s = args.forget_lost_worker
     servicer = GenerationServicer(engine)
     try:
         metrics = options.start_metrics(engine)
@@ -160,6 +194,7 @@ async def serve(
     observe = observe_generate(metrics)  # request logs, and metrics when they are on
     server, health_servicer = create_server(servicer, options.interceptors(), observe)
     await set_health(health_servicer, False)
+    await health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     try:
         port = options.add_port(server, f"{args.host}:{args.port}")
     except RuntimeError as error:  # the port is in use, or the host is not ours
@@ -176,9 +211,21 @@ async def serve(
         if metrics is not None:
             metrics.stop()
         return 1
+    try:
+        registry, watchers = await _start_discovery(engine, args, options, resolver)
+    except (OSError, ValueError) as error:
+        logger.error("cannot accept worker joins: %s", error)
+        if http is not None:
+            await http.stop()
+        if metrics is not None:
+            metrics.stop()
+        return 1
     await server.start()
     logger.info(
-        "scheduler listening on %s:%d (workers: %s)", args.host, port, ", ".join(args.worker)
+        "scheduler listening on %s:%d (workers: %s)",
+        args.host,
+        port,
+        ", ".join(args.worker + [f"DNS {n}" for n in args.worker_dns]) or "joining",
     )
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -202,7 +249,7 @@ async def serve(
         logger.error("start failed: %s", start.exception())
         status = 1
     logger.info("stopping")
-    for task in (start, stopping, watch):
+    for task in (start, stopping, watch, *watchers):
         if task is not None:
             task.cancel()
     await set_health(health_servicer, False)
@@ -211,6 +258,8 @@ async def serve(
         logger.info("drained (%d stream(s) cancelled after the drain timeout)", cancelled)
     if http is not None:
         await http.stop()
+    if registry is not None:
+        await registry.stop(grace=1.0)
     await server.stop(grace=3.0)
     await engine.stop()
     if metrics is not None:

@@ -28,6 +28,11 @@ class SchedulerConfig:
     # stream_interval - 1 steps late (the extra tokens are computed and dropped; output is exact).
     stream_interval: int = 4
     stream_interval_min_batch: int = 64
+    # Backpressure: a request whose client has not taken this many of its tokens yet (a slow or
+    # stalled reader: its frames wait in the transport's buffers, then here) is paused: kept
+    # with its KV blocks but not scheduled, until the client reads. A paused request is the
+    # first preempted when blocks or a running slot are needed (it resumes from the tree).
+    max_stream_backlog: int = 64
     # Send plan N+1 before reading result N (the worker feeds decodes their last token itself).
     enable_overlap: bool = True
     # A step result slower than this, or a health check unanswered for this long (at most
@@ -65,6 +70,7 @@ class SchedulerConfig:
             "prefix_scan_window": self.prefix_scan_window,
             "stream_interval": self.stream_interval,
             "stream_interval_min_batch": self.stream_interval_min_batch,
+            "max_stream_backlog": self.max_stream_backlog,
         }
         for name, value in positive.items():
             if not isinstance(value, int) or value < 1:

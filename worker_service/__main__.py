@@ -1,6 +1,7 @@
 """`python -m yaie.worker_service` (and `yaie worker`): one GPU worker serving yaie.worker.v1.
 
-SIGTERM and SIGINT stop it cleanly (exit code 0); a device failure exits with code 1.
+SIGTERM and SIGINT stop it cleanly (exit code 0; with --join it first leaves the scheduler,
+which drains it); a device failure exits with code 1.
 """
 
 from __future__ import annotations
@@ -21,9 +22,19 @@ from yaie.worker_service.config import (
     WorkerConfig,
 )
 from yaie.worker_service.hub import model_argument
+from yaie.worker_service.join import JoinChannel, Joiner, advertised_address
 from yaie.worker_service.logs import LOG_FORMATS, setup_worker_logging
 
 log = logging.getLogger("yaie.worker_service")
+
+
+@dataclasses.dataclass(frozen=True)
+class JoinPlan:
+    """--join and its companions, resolved."""
+
+    channel: JoinChannel
+    advertise_host: str | None
+    drain_timeout_s: float
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,8 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--attention-backend", default="auto", choices=list(BACKENDS))
     parser.add_argument(
         "--cascade-attention",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="decode rows sharing cached prefix blocks read the prefix once per group, where a "
+        "step saves enough reads (Triton backend; default: on, off with --deterministic)",
+    )
+    parser.add_argument(
+        "--deterministic",
         action="store_true",
-        help="decode rows sharing cached prefix blocks read the prefix once per group (eager)",
+        help="batch-invariant mode: a request's logits do not depend on the rest of the batch, "
+        "its chunking or prefix-cache hits (slower)",
     )
     parser.add_argument(
         "--no-cuda-graphs",
@@ -99,6 +118,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="listen on a non-loopback --host with neither a secret nor mTLS (a trusted "
         "network only: anyone reaching the port can run plans)",
     )
+    join = parser.add_argument_group("joining a running scheduler (scale out)")
+    join.add_argument(
+        "--join",
+        default=None,
+        metavar="SCHEDULER_HOST:INTERNAL_PORT",
+        help="once SERVING, register with the scheduler's --internal-port (with the internal "
+        "secret; over mTLS with the TLS flags above); leave it on SIGTERM",
+    )
+    join.add_argument(
+        "--advertise-host",
+        default=None,
+        help="host the scheduler dials this worker at (default: --host, or this machine's "
+        "address when --host is a wildcard; in Kubernetes: the pod IP)",
+    )
+    join.add_argument(
+        "--leave-drain-timeout",
+        type=float,
+        default=20.0,
+        metavar="SECONDS",
+        help="on SIGTERM, how long requests running here may finish before the scheduler moves "
+        "them to other workers (default 20; capped by the scheduler's --drain-timeout)",
+    )
     return parser
 
 
@@ -116,6 +157,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         attention_backend=args.attention_backend,
         cuda_graphs=not args.no_cuda_graphs,
         cascade_attention=args.cascade_attention,
+        deterministic=args.deterministic,
         max_graph_batch_size=args.max_graph_batch_size,
         tp=args.tp,
     )
@@ -130,6 +172,13 @@ def main(argv: list[str] | None = None) -> int:
             args.internal_secret_file, args.tls_cert, args.tls_key, args.tls_client_ca
         )
         security.check_exposure(config.host, args.insecure_internal)
+        join = None
+        if args.join is not None:
+            join = JoinChannel.from_files(
+                args.join, security.secret, args.tls_client_ca, args.tls_cert, args.tls_key
+            )
+        if not args.leave_drain_timeout >= 0:
+            raise ValueError("--leave-drain-timeout must be >= 0")
     except ValueError as exc:
         log.error("%s", exc)
         return 2
@@ -153,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             log.info("stopping (%s) while loading the model", stopped_by[0])
             raise SystemExit(128 + signum)
 
+    leave = None if join is None else JoinPlan(join, args.advertise_host, args.leave_drain_timeout)
     previous = {}
     if threading.current_thread() is threading.main_thread():
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -160,9 +210,9 @@ def main(argv: list[str] | None = None) -> int:
         if config.tp > 1:  # this process is rank 0 of a tensor-parallel group
             from yaie.worker_service.tp.ranks import run_group
 
-            serve = lambda: _serve(config, stop, stopped_by, security, loaded)  # noqa: E731
+            serve = lambda: _serve(config, stop, stopped_by, security, loaded, leave)  # noqa: E731
             return run_group(config, stop, stopped_by, serve)
-        return _serve(config, stop, stopped_by, security, loaded)
+        return _serve(config, stop, stopped_by, security, loaded, leave)
     finally:  # main() may run inside another program (tests): give its handlers back
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -174,9 +224,11 @@ def _serve(
     stopped_by: list[str],
     security: WorkerSecurity | None = None,
     loaded: threading.Event | None = None,
+    join: JoinPlan | None = None,
 ) -> int:
     """Loads and serves until stop; loaded is set once the model is loaded (a signal before
-    that exits at once, see main)."""
+    that exits at once, see main). With join, registers with the scheduler once SERVING and
+    leaves it (drained) on stop."""
     from yaie.worker_service.app import start_worker  # heavy imports after argument parsing
 
     try:
@@ -185,10 +237,22 @@ def _serve(
         log.error("cannot start the worker: %s", exc)
         return 1
     device_failed = worker.servicer.device_failed
+    joiner = None
+    if join is not None:
+        try:
+            address = advertised_address(config.host, worker.port, join.advertise_host)
+        except OSError as exc:  # this machine's name does not resolve
+            log.error("cannot tell the scheduler our address (give --advertise-host): %s", exc)
+            worker.stop(grace=1.0)
+            return 1
+        joiner = Joiner(join.channel, address)
+        joiner.start()
     # A device failure ends the wait too; poll because Event.wait is not signal-interruptible.
     while not stop.wait(0.2) and not device_failed.is_set():
         pass
     log.info("stopping (%s)", stopped_by[0] if stopped_by else "device failure")
+    if joiner is not None and not device_failed.is_set():
+        joiner.leave(join.drain_timeout_s)  # steps go on here while the scheduler drains us
     worker.stop(grace=1.0)
     return 1 if device_failed.is_set() else 0
 

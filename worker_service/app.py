@@ -89,8 +89,9 @@ def build_runner(config: WorkerConfig) -> tuple[ModelRunner, worker_pb2.WorkerIn
         use_graphs,
         config.max_graph_batch_size,
         tp,
-        config.cascade_attention,
+        config.use_cascade_attention and backend == "triton",
         grammars,
+        config.deterministic,
     )
     if device.type == "cuda" and tp is None:  # compile every kernel variant before serving
         warm_up(runner)

@@ -50,9 +50,14 @@ class WorkerConfig:
     cuda_graphs: bool = True  # decode CUDA graphs (CUDA only)
     max_graph_batch_size: int = 256
     # Decode steps whose rows share cached prefix blocks read each prefix once per group
-    # (shared-prefix / cascade attention, eager: no CUDA graph). Off by default: correct (CPU
-    # and interpreter tests) but not yet timed on a GPU (benchmarks/NOTES.md).
-    cascade_attention: bool = False
+    # (shared-prefix / cascade attention, in the decode graphs; batch_builder decides per step).
+    # Triton backend only (the CPU's sdpa path reads every row's blocks anyway). None: on, except
+    # in deterministic mode (grouping reorders the sums).
+    cascade_attention: bool | None = None
+    # Batch-invariant mode (kernels/batch_invariant): a request's logits are the same bit for
+    # bit whatever else is in the batch, however its prompt was chunked, whether its prefix came
+    # from the cache. Costs throughput (benchmarks/NOTES.md); turns cascade attention off.
+    deterministic: bool = False
     tp: int = 1  # tensor-parallel ranks (processes, one GPU each) of this worker
 
     def __post_init__(self) -> None:
@@ -68,7 +73,19 @@ class WorkerConfig:
             raise ValueError("max_graph_batch_size must be positive")
         if self.tp < 1:
             raise ValueError(f"tp must be at least 1, got {self.tp}")
+        if self.deterministic and self.cascade_attention:  # asked for both
+            raise ValueError("deterministic mode excludes cascade attention (it reorders sums)")
+        if self.deterministic and self.tp > 1:
+            # NCCL picks its all-reduce algorithm by message size, i.e. by the step's tokens
+            raise ValueError("deterministic mode is not available with tensor parallelism yet")
         self.pool_config()  # validates the KV pool settings
+
+    @property
+    def use_cascade_attention(self) -> bool:
+        """cascade_attention resolved: None means on unless deterministic."""
+        if self.cascade_attention is None:
+            return not self.deterministic
+        return self.cascade_attention
 
     def pool_config(self) -> KVPoolConfig:
         return KVPoolConfig(

@@ -1,6 +1,7 @@
 """`yaie bench`: the load generator. command.py reads the flags and runs a workload from
 datasets.py through one of the two API clients (grpc_client.py: yaie.v1; openai_client.py: the
-HTTP API), and metrics.py turns the per-request timings into the field's numbers."""
+HTTP API), paced by flight.py (multi_turn.py sends the conversations of a multi-turn one), and
+metrics.py turns the per-request timings into the field's numbers."""
 
 from yaie.cli.bench.command import (
     BACKENDS,
@@ -8,6 +9,7 @@ from yaie.cli.bench.command import (
     build_parser,
     config_from_args,
     main,
+    make_conversations,
     make_requests,
     model_info,
     run_workload,
@@ -20,6 +22,7 @@ __all__ = [
     "build_parser",
     "config_from_args",
     "main",
+    "make_conversations",
     "make_requests",
     "model_info",
     "run_workload",

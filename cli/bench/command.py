@@ -1,7 +1,8 @@
 """`yaie bench`: the load generator, a workload sent to a running stack over gRPC.
 
 Reports request/s, token throughput, TTFT / TPOT / ITL / E2E (mean, median, p99 in ms; the
-conventions are in metrics.py) and the cache hit rate from the server's usage.
+conventions are in metrics.py) and the cache hit rate from the server's usage; a multi-turn run
+(multi_turn.py) also TTFT and the hit rate per turn number.
 
 Flag names follow SGLang's bench_serving and vLLM's benchmark_serving, so numbers compare.
 run_workload(target, BenchConfig) -> (BenchMetrics, ModelInfo) is the importable entry point.
@@ -13,13 +14,12 @@ import argparse
 import asyncio
 import json
 import math
-import random
 import sys
 import time
 import uuid
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import grpc
 import httpx
@@ -27,8 +27,10 @@ import httpx
 from yaie.cli import arguments, client_security
 from yaie.cli.bench import datasets as ds
 from yaie.cli.bench import grpc_client as bench_grpc
+from yaie.cli.bench import multi_turn
 from yaie.cli.bench import openai_client as bench_openai
-from yaie.cli.bench.metrics import BenchMetrics, RequestResult, format_table, summarize
+from yaie.cli.bench.flight import Flight, RunRecord, arrival_gaps
+from yaie.cli.bench.metrics import BenchMetrics, RequestResult, format_table
 from yaie.v1 import generation_pb2 as pb
 
 DEFAULT_TARGETS = {"yaie": "127.0.0.1:50051", "openai": "http://127.0.0.1:8000"}
@@ -51,6 +53,14 @@ class BenchConfig:
     gsp_output_len: int = 256
     fixed_input_len: int = 128
     fixed_output_len: int = 256
+    # multi-turn: conversations of mt_turns turns, each turn's prompt the whole history so far
+    # (SGLang's bench_multiturn / vLLM's benchmarks/multi_turn); request_rate is then the rate
+    # at which conversations start, max_concurrency caps the turns in flight.
+    mt_num_conversations: int = 64
+    mt_turns: int = 8
+    mt_system_prompt_len: int = 1024
+    mt_question_len: int = 128
+    mt_output_len: int = 128
     request_rate: float = math.inf  # requests/s, Poisson arrivals; inf: all at once
     max_concurrency: int | None = None
     temperature: float = 0.0
@@ -64,6 +74,12 @@ class BenchConfig:
     # Structured output: every request's output constrained by this JSON schema (its text);
     # an output may then end (STOP) before its output_len, where its grammar completed.
     json_schema: str | None = None
+    # Parallel sampling: each request asks n completions of its prompt (GenerateRequest.n);
+    # each completion counts as a request in the metrics (its TTFT from the call's start).
+    n: int = 1
+    # Each prompt sent this many times as separate requests, one after another (the baseline
+    # of --n: the same completions asked one by one).
+    repeat_prompts: int = 1
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -76,10 +92,38 @@ class BenchConfig:
             raise ValueError(f"request rate must be > 0, got {self.request_rate}")
         if self.max_concurrency is not None and self.max_concurrency < 1:
             raise ValueError(f"max concurrency must be >= 1, got {self.max_concurrency}")
+        if not 1 <= self.n <= 64 or self.repeat_prompts < 1:
+            raise ValueError(
+                f"n must be in [1, 64] and repeat_prompts >= 1: {self.n}, {self.repeat_prompts}"
+            )
+        if self.n > 1 and self.backend != "yaie":
+            raise ValueError("--n is sent over yaie.v1 (the default backend)")
+        if self.dataset == "multi-turn":
+            if self.backend != "yaie":
+                raise ValueError(
+                    "--dataset multi-turn needs each answer's token ids for the next turn's "
+                    "prompt: only --backend yaie (gRPC) returns them"
+                )
+            ds.check_multi_turn(
+                self.mt_num_conversations,
+                self.mt_turns,
+                self.mt_system_prompt_len,
+                self.mt_question_len,
+                self.mt_output_len,
+            )
 
 
 def make_requests(config: BenchConfig, vocab_size: int) -> list[ds.BenchRequest]:
+    """The static workload of a random, shared-prefix or fixed run, each prompt repeat_prompts
+    times in a row (multi-turn has none: its prompts hold the answers; see make_conversations)."""
+    requests = _draw_requests(config, vocab_size)
+    return [r for r in requests for _ in range(config.repeat_prompts)]
+
+
+def _draw_requests(config: BenchConfig, vocab_size: int) -> list[ds.BenchRequest]:
     c = config
+    if c.dataset == "multi-turn":
+        raise ValueError("multi-turn prompts exist only as the run goes: use make_conversations")
     if c.dataset == "random":
         return ds.random_requests(
             c.num_prompts,
@@ -104,12 +148,17 @@ def make_requests(config: BenchConfig, vocab_size: int) -> list[ds.BenchRequest]
     )
 
 
-def _arrival_gaps(n: int, request_rate: float, seed: int) -> list[float]:
-    """Seconds to wait before each request: exponential gaps (Poisson process), or none."""
-    if math.isinf(request_rate):
-        return [0.0] * n
-    rng = random.Random(seed)
-    return [rng.expovariate(request_rate) for _ in range(n)]
+def make_conversations(config: BenchConfig, vocab_size: int) -> list[ds.Conversation]:
+    c = config
+    return ds.multi_turn_conversations(
+        c.mt_num_conversations,
+        c.mt_turns,
+        c.mt_system_prompt_len,
+        c.mt_question_len,
+        c.mt_output_len,
+        vocab_size,
+        c.seed,
+    )
 
 
 async def model_info(
@@ -122,19 +171,6 @@ async def model_info(
     return await bench_grpc.model_info(target, api_key, tls)
 
 
-@dataclass
-class RunRecord:
-    """What send_requests saw: per-request results and the run's totals."""
-
-    results: list[RequestResult]
-    duration_s: float
-    max_in_flight: int
-    client_cpu_s: float  # process CPU time (Python and gRPC's threads) while requests ran
-
-    def summary(self) -> BenchMetrics:
-        return summarize(self.results, self.duration_s, self.max_in_flight, self.client_cpu_s)
-
-
 async def send_requests(
     target: str,
     requests: list[ds.BenchRequest],
@@ -145,9 +181,6 @@ async def send_requests(
 ) -> RunRecord:
     """Sends requests over one channel as config says (Poisson rate and/or concurrency cap).
     After timeout_s the requests still in flight or unsent are cancelled and count as failed."""
-    tqdm = None
-    if not config.disable_progress:
-        from tqdm import tqdm
     tag = uuid.uuid4().hex[:8]
     if config.backend == "openai":
         session = bench_openai.session
@@ -159,50 +192,34 @@ async def send_requests(
         session = bench_grpc.session
         messages = [
             bench_grpc.to_proto(
-                r, f"bench-{tag}-{i}", config.temperature, config.single_frame, config.json_schema
+                r,
+                f"bench-{tag}-{i}",
+                config.temperature,
+                config.single_frame,
+                config.json_schema,
+                config.n,
             )
             for i, r in enumerate(requests)
         ]
-    results = [RequestResult(len(r.prompt_ids), r.output_len) for r in requests]
-    gaps = _arrival_gaps(len(requests), config.request_rate, config.seed)
-    limit = asyncio.Semaphore(config.max_concurrency or len(requests) or 1)
-    in_flight = max_in_flight = 0
-    bar = tqdm(total=len(requests), desc="bench", unit="req") if tqdm else None
-
-    async def send(message: Any, result: RequestResult) -> None:
-        nonlocal in_flight, max_in_flight
-        async with limit:
-            in_flight += 1
-            max_in_flight = max(max_in_flight, in_flight)
-            try:
-                await call(message, result)
-            finally:
-                in_flight -= 1
-        if bar is not None:
-            bar.update(1)
+    # per request, one result per completion
+    calls = [
+        [RequestResult(len(r.prompt_ids), r.output_len) for _ in range(config.n)] for r in requests
+    ]
+    results = [result for call_results in calls for result in call_results]
+    gaps = arrival_gaps(len(requests), config.request_rate, config.seed)
+    flight = Flight(config.max_concurrency, len(requests), not config.disable_progress)
 
     async with session(target, api_key, tls) as call:
 
         async def send_all() -> None:
             tasks = []
-            for message, result, gap in zip(messages, results, gaps, strict=True):
+            for message, call_results, gap in zip(messages, calls, gaps, strict=True):
                 if gap:
                     await asyncio.sleep(gap)
-                tasks.append(asyncio.create_task(send(message, result)))
+                tasks.append(asyncio.create_task(flight.send(call, message, call_results)))
             await asyncio.gather(*tasks)
 
-        cpu_start, wall_start = time.process_time(), time.perf_counter()
-        try:
-            await asyncio.wait_for(send_all(), timeout_s)
-        except TimeoutError:
-            for result in results:
-                if not result.ok and not result.error:
-                    result.error = f"cancelled: the run's {timeout_s:.0f} s were over"
-        duration = time.perf_counter() - wall_start
-        cpu = time.process_time() - cpu_start
-    if bar is not None:
-        bar.close()
-    return RunRecord(results, duration, max_in_flight, cpu)
+        return await flight.run(send_all(), results, timeout_s)
 
 
 def run_workload(
@@ -218,24 +235,41 @@ def run_workload(
 
     async def run() -> tuple[BenchMetrics, pb.ModelInfo]:
         info = await model_info(target, api_key, tls, config.backend)
-        requests = make_requests(config, info.vocab_size)
+        if config.dataset == "multi-turn":
+            conversations = make_conversations(config, info.vocab_size)
+            multi_turn.check_context(conversations, info.max_context)
+            drawn = multi_turn.describe(conversations)
+            sending = multi_turn.send_conversations(
+                target, conversations, config, api_key, timeout_s, tls
+            )
+        else:
+            requests = make_requests(config, info.vocab_size)
+            drawn = ds.describe(requests)
+            sending = send_requests(target, requests, config, api_key, timeout_s, tls)
         if announce is not None:
-            print(describe_workload(config, requests), file=announce, flush=True)
-        run = await send_requests(target, requests, config, api_key, timeout_s, tls)
-        return run.summary(), info
+            print(describe_workload(config, drawn), file=announce, flush=True)
+        return (await sending).summary(), info
 
     return asyncio.run(run())
 
 
-def describe_workload(config: BenchConfig, requests: list[ds.BenchRequest]) -> str:
-    """The workload as drawn: its requests' input and output lengths (ranges and totals)."""
+def describe_workload(config: BenchConfig, drawn: str) -> str:
+    """The workload: drawn (its requests' or conversations' lengths), how it is sent, and for
+    random its length ranges."""
     sending = (
         "all at once"
         if math.isinf(config.request_rate)
         else (f"{config.request_rate:g} req/s (Poisson)")
     )
+    if config.dataset == "multi-turn":
+        sending = f"conversations started {sending.replace('req/s', 'per s')}, each turn "
+        sending += "once the answer before it is in"
     if config.max_concurrency:
         sending += f", at most {config.max_concurrency} in flight"
+    if config.n > 1:
+        sending += f", {config.n} completions each"
+    if config.repeat_prompts > 1:
+        sending += f", each prompt {config.repeat_prompts} times"
     ranges = ""
     if config.dataset == "random":
         low_in, high_in = ds.length_range(config.random_input_len, config.random_range_ratio)
@@ -244,7 +278,7 @@ def describe_workload(config: BenchConfig, requests: list[ds.BenchRequest]) -> s
             f" (uniform in [{low_in}, {high_in}] in, [{low_out}, {high_out}] out: "
             f"--random-range-ratio {config.random_range_ratio:.4g})"
         )
-    return f"workload: {config.dataset}{ranges}, {ds.describe(requests)}; sent {sending}"
+    return f"workload: {config.dataset}{ranges}, {drawn}; sent {sending}"
 
 
 def record(
@@ -278,6 +312,11 @@ _WORKLOAD_SIZES = {
     "gsp_output_len": "shared-prefix: output tokens per request",
     "fixed_input_len": "fixed: prompt tokens per request",
     "fixed_output_len": "fixed: output tokens per request",
+    "mt_num_conversations": "multi-turn: conversations (each its own system prompt)",
+    "mt_turns": "multi-turn: turns per conversation",
+    "mt_system_prompt_len": "multi-turn: tokens of a system prompt",
+    "mt_question_len": "multi-turn: tokens of each turn's new question",
+    "mt_output_len": "multi-turn: output tokens per turn (the answer, appended to the history)",
 }
 
 
@@ -316,7 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--request-rate",
         type=float,
         default=d.request_rate,
-        help="requests/s with Poisson arrivals (default inf: all at once)",
+        help="requests/s with Poisson arrivals (multi-turn: conversations started per s; "
+        "default inf: all at once)",
     )
     p.add_argument("--max-concurrency", type=int, default=None, help="requests in flight at most")
     p.add_argument("--temperature", type=float, default=d.temperature, help="0: greedy")
@@ -335,6 +375,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         default=None,
         help="structured output: constrain every output by this JSON schema",
+    )
+    p.add_argument(
+        "--n",
+        type=int,
+        default=d.n,
+        help="completions per request (GenerateRequest.n: the prompt computed once); each "
+        "counts as a request in the metrics",
+    )
+    p.add_argument(
+        "--repeat-prompts",
+        type=int,
+        default=d.repeat_prompts,
+        help="send each prompt this many times as separate requests (the baseline of --n)",
     )
     p.add_argument(
         "--single-frame",
@@ -368,8 +421,8 @@ def main(argv: list[str] | None = None) -> int:
     except httpx.HTTPError as error:
         print(f"yaie bench: {error}", file=sys.stderr)
         return 1
-    except OSError as error:  # an unreadable key or TLS file
-        print(f"yaie bench: {error}", file=sys.stderr)
+    except (OSError, ValueError) as error:  # an unreadable key or TLS file; a workload
+        print(f"yaie bench: {error}", file=sys.stderr)  # longer than the model's context
         return 1
     except KeyboardInterrupt:
         return 130

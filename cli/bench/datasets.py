@@ -1,8 +1,9 @@
 """Workloads of `yaie bench`: random token-id prompts with exact output lengths.
 
 random (nano-vllm's / SGLang's --dataset random), shared-prefix (SGLang's generated-shared-prefix:
-groups of prompts behind one system prompt) and fixed. Every prompt is token ids drawn uniformly
-from the served vocabulary; the output length is exact (ignore_eos + max_new_tokens).
+groups of prompts behind one system prompt), fixed, and multi-turn (conversations whose every turn
+resends the whole history: drawn here, sent by multi_turn.py). Every prompt is token ids drawn
+uniformly from the served vocabulary; the output length is exact (ignore_eos + max_new_tokens).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-DATASETS = ("random", "shared-prefix", "fixed")
+DATASETS = ("random", "shared-prefix", "fixed", "multi-turn")
 # nano-vllm's bench.py draws lengths from randint(100, 1024): input_len 1024 with this ratio gives
 # the same range [int(1024 * ratio), 1024] = [100, 1024] under SGLang's --random-range-ratio rule.
 NANO_VLLM_RANGE_RATIO = 100 / 1024
@@ -22,6 +23,22 @@ class BenchRequest:
 
     prompt_ids: list[int]
     output_len: int
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """One chat of a multi-turn workload: its system prompt and one question per turn. Turn k's
+    prompt is the system prompt, then each earlier turn's question and answer, then question k;
+    the answers are the model's, so the prompts exist only as the conversation runs."""
+
+    system_ids: list[int]
+    questions: list[list[int]]
+    output_len: int  # tokens of every answer
+
+    def prompt_len(self, turn: int) -> int:
+        """Prompt tokens of turn (1-based) when every earlier answer had output_len tokens."""
+        asked = self.questions[:turn]
+        return len(self.system_ids) + sum(map(len, asked)) + (turn - 1) * self.output_len
 
 
 def length_range(max_len: int, range_ratio: float) -> tuple[int, int]:
@@ -89,6 +106,49 @@ def fixed_requests(
     return [BenchRequest(_ids(rng, input_len, vocab_size), output_len) for _ in range(num_prompts)]
 
 
+def check_multi_turn(
+    num_conversations: int,
+    num_turns: int,
+    system_prompt_len: int,
+    question_len: int,
+    output_len: int,
+) -> None:
+    """ValueError naming the multi-turn size out of range."""
+    sizes = {
+        "--mt-num-conversations": (num_conversations, 1),
+        "--mt-turns": (num_turns, 1),
+        "--mt-system-prompt-len": (system_prompt_len, 0),
+        "--mt-question-len": (question_len, 1),
+        "--mt-output-len": (output_len, 1),
+    }
+    for flag, (value, least) in sizes.items():
+        if value < least:
+            raise ValueError(f"multi-turn: {flag} must be >= {least}, got {value}")
+
+
+def multi_turn_conversations(
+    num_conversations: int,
+    num_turns: int,
+    system_prompt_len: int,
+    question_len: int,
+    output_len: int,
+    vocab_size: int,
+    seed: int,
+) -> list[Conversation]:
+    """num_conversations chats of num_turns turns, each with its own random system prompt (so
+    the only prefix a turn shares is its own conversation's history) and random questions."""
+    check_multi_turn(num_conversations, num_turns, system_prompt_len, question_len, output_len)
+    rng = _rng("multi-turn", seed)
+    return [
+        Conversation(
+            _ids(rng, system_prompt_len, vocab_size),
+            [_ids(rng, question_len, vocab_size) for _ in range(num_turns)],
+            output_len,
+        )
+        for _ in range(num_conversations)
+    ]
+
+
 def ideal_cached_tokens(
     num_groups: int, prompts_per_group: int, system_prompt_len: int, block_size: int
 ) -> int:
@@ -96,6 +156,16 @@ def ideal_cached_tokens(
     prompt but the first of its group reuses the system prompt, rounded down to whole blocks."""
     shared = system_prompt_len // block_size * block_size
     return num_groups * (prompts_per_group - 1) * shared
+
+
+def ideal_multi_turn_cached(conversation: Conversation, turn: int, block_size: int) -> int:
+    """Prompt tokens of turn (1-based) a block-granular prefix cache can serve at best: the
+    earlier turn's prompt and answer but the answer's last token (never fed back, so it has no
+    K/V), rounded down to whole blocks; none on turn 1 (every system prompt is its own)."""
+    if turn == 1:
+        return 0
+    written = conversation.prompt_len(turn - 1) + conversation.output_len - 1
+    return written // block_size * block_size
 
 
 def describe(requests: list[BenchRequest]) -> str:

@@ -36,7 +36,9 @@ def to_proto(
     temperature: float,
     single_frame: bool,
     json_schema: str | None = None,
+    n: int = 1,
 ) -> pb.GenerateRequest:
+    """n: completions of the prompt (GenerateRequest.n)."""
     response_format = pb.ResponseFormat(json_schema=json_schema) if json_schema else None
     return pb.GenerateRequest(
         request_id=request_id,
@@ -45,53 +47,63 @@ def to_proto(
         stopping=pb.StoppingCriteria(max_new_tokens=request.output_len, ignore_eos=True),
         output=pb.OutputOptions(single_frame=single_frame),
         response_format=response_format,
+        n=n,
     )
 
 
 async def _one(
     stub: generation_pb2_grpc.GenerationStub,
     message: pb.GenerateRequest,
-    result: RequestResult,
+    results: list[RequestResult],
     metadata: tuple[tuple[str, str], ...] | None,
 ) -> None:
-    """Streams one request into result (the hot loop: a clock read and a length per frame)."""
+    """Streams one request into results, one per completion (frame.index), each timed from
+    the call's start (the hot loop: a clock read and a length per frame; the ids themselves
+    only where a result's output_ids asks for them)."""
     perf_counter = time.perf_counter
-    start = last = perf_counter()
-    final = None
+    start = perf_counter()
+    last = [start] * len(results)
+    finals: list[pb.GenerateResponse | None] = [None] * len(results)
     try:
         async for frame in stub.Generate(message, metadata=metadata):
             now = perf_counter()
-            num_tokens = len(frame.token_ids)
+            index, num_tokens = frame.index, len(frame.token_ids)
+            result = results[index]
             if num_tokens:
+                if result.output_ids is not None:
+                    result.output_ids.extend(frame.token_ids)
                 if result.output_tokens:
-                    result.itls.append(now - last)
+                    result.itls.append(now - last[index])
                 else:
                     result.ttft = now - start
-                last = now
+                last[index] = now
                 result.output_tokens += num_tokens
             if frame.finish_reason:
-                final, last = frame, now
+                finals[index], last[index] = frame, now
     except grpc.aio.AioRpcError as error:
-        result.error = f"{error.code().name}: {error.details()}"
+        for result in results:
+            result.error = f"{error.code().name}: {error.details()}"
         return
-    result.latency = last - start
-    if final is None or final.finish_reason not in _DONE_OK:
-        result.error = final.error if final is not None and final.error else "stream ended early"
-        return
-    usage = final.usage
-    result.prompt_tokens, result.cached_tokens = usage.prompt_tokens, usage.cached_tokens
-    result.completion_tokens, result.ok = usage.completion_tokens, True
+    for result, final, end in zip(results, finals, last, strict=True):
+        result.latency = end - start
+        if final is None or final.finish_reason not in _DONE_OK:
+            ended = final is not None and final.error
+            result.error = final.error if ended else "stream ended early"
+            continue
+        usage = final.usage
+        result.prompt_tokens, result.cached_tokens = usage.prompt_tokens, usage.cached_tokens
+        result.completion_tokens, result.ok = usage.completion_tokens, True
 
 
 @asynccontextmanager
 async def session(target: str, api_key: str | None, tls: object) -> AsyncIterator[Send]:
-    """send(message, result) over one channel, once it is ready."""
+    """send(message, results) over one channel, once it is ready: one result per completion."""
     metadata = call_metadata(api_key)
     async with client_security.open_aio_channel(target, tls) as channel:
         stub = generation_pb2_grpc.GenerationStub(channel)
         await channel.channel_ready()
 
-        async def send(message: pb.GenerateRequest, result: RequestResult) -> None:
-            await _one(stub, message, result, metadata)
+        async def send(message: pb.GenerateRequest, results: list[RequestResult]) -> None:
+            await _one(stub, message, results, metadata)
 
         yield send

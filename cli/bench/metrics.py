@@ -5,6 +5,7 @@ token - request sent; E2E latency = last frame - request sent; TPOT per request 
 (E2E - TTFT) / (output tokens - 1), over requests with more than one token; ITL = the gaps
 between successive frames that carry tokens, one value per frame (a frame of k tokens counts its
 gap once, not k times). Cache hit rate = sum of usage.cached_tokens / sum of usage.prompt_tokens.
+A multi-turn run also gets these per turn number (TurnMetrics: TTFT, E2E, hit rate).
 """
 
 from __future__ import annotations
@@ -29,6 +30,24 @@ class RequestResult:
     prompt_tokens: int = 0  # the server's usage of the last frame
     cached_tokens: int = 0
     completion_tokens: int = 0
+    turn: int = 0  # a multi-turn request's turn number (1-based); 0: no conversation
+    output_ids: list[int] | None = None  # when a list, the client appends the ids it receives
+
+
+@dataclass
+class TurnMetrics:
+    """The requests of one turn number of a multi-turn run; times in ms."""
+
+    turn: int
+    completed: int
+    failed: int
+    mean_input_tokens: float  # prompt tokens of a completed request (the history so far)
+    mean_ttft_ms: float
+    median_ttft_ms: float
+    p99_ttft_ms: float
+    mean_e2e_latency_ms: float
+    cache_hit_rate: float  # cached / prompt tokens of this turn's completed requests
+    cached_tokens: int
 
 
 @dataclass
@@ -63,13 +82,17 @@ class BenchMetrics:
     client_cpu_us_per_frame: float  # the client's own CPU time over the frames it read
     num_frames: int
     errors: list[str] = field(default_factory=list)  # the first few failure messages
+    turns: list[TurnMetrics] = field(default_factory=list)  # multi-turn runs only
 
     def to_dict(self) -> dict:
-        """JSON-safe: NaN becomes None."""
-        return {
-            k: (None if isinstance(v, float) and math.isnan(v) else v)
-            for k, v in asdict(self).items()
-        }
+        """JSON-safe: NaN becomes None (in the per-turn rows too)."""
+        values = _json_safe(asdict(self))
+        values["turns"] = [_json_safe(turn) for turn in values["turns"]]
+        return values
+
+
+def _json_safe(values: dict) -> dict:
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in values.items()}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -135,7 +158,37 @@ def summarize(
         client_cpu_us_per_frame=client_cpu_s * 1e6 / num_frames if num_frames else math.nan,
         num_frames=num_frames,
         errors=[r.error for r in results if not r.ok][:5],
+        turns=turn_metrics(results),
     )
+
+
+def turn_metrics(results: list[RequestResult]) -> list[TurnMetrics]:
+    """One row per turn number of the multi-turn requests among results, in turn order."""
+    by_turn: dict[int, list[RequestResult]] = {}
+    for r in results:
+        if r.turn:
+            by_turn.setdefault(r.turn, []).append(r)
+    rows = []
+    for turn, requests in sorted(by_turn.items()):
+        done = [r for r in requests if r.ok]
+        prompt = sum(r.prompt_tokens for r in done)
+        cached = sum(r.cached_tokens for r in done)
+        ttft = _stats_ms([r.ttft for r in done])
+        rows.append(
+            TurnMetrics(
+                turn=turn,
+                completed=len(done),
+                failed=len(requests) - len(done),
+                mean_input_tokens=prompt / len(done) if done else math.nan,
+                mean_ttft_ms=ttft[0],
+                median_ttft_ms=ttft[1],
+                p99_ttft_ms=ttft[2],
+                mean_e2e_latency_ms=_stats_ms([r.latency for r in done])[0],
+                cache_hit_rate=cached / prompt if prompt else 0.0,
+                cached_tokens=cached,
+            )
+        )
+    return rows
 
 
 _LATENCY_SECTIONS = (
@@ -178,4 +231,43 @@ def format_table(m: BenchMetrics, title: str = "Serving Benchmark Result") -> st
     if m.errors:
         lines.append(f"First error: {m.errors[0]}")
     lines.append("=" * width)
+    if m.turns:
+        lines.append(format_turns(m.turns))
     return "\n".join(lines)
+
+
+_TURN_COLUMNS = (
+    "turn",
+    "done",
+    "failed",
+    "input tok",
+    "hit rate",
+    "TTFT mean",
+    "p50",
+    "p99",
+    "E2E",
+)
+
+
+def format_turns(turns: list[TurnMetrics]) -> str:
+    """The per-turn table of a multi-turn run (times in ms): how TTFT and the cache hit rate
+    move as the history grows."""
+    rows = [
+        (
+            f"{t.turn}",
+            f"{t.completed}",
+            f"{t.failed}",
+            f"{t.mean_input_tokens:.0f}",
+            f"{t.cache_hit_rate:.4f}",
+            f"{t.mean_ttft_ms:.2f}",
+            f"{t.median_ttft_ms:.2f}",
+            f"{t.p99_ttft_ms:.2f}",
+            f"{t.mean_e2e_latency_ms:.2f}",
+        )
+        for t in turns
+    ]
+    widths = [max(len(r[i]) for r in [_TURN_COLUMNS, *rows]) for i in range(len(_TURN_COLUMNS))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    head = "  ".join(c.rjust(w) for c, w in zip(_TURN_COLUMNS, widths, strict=True))
+    title = " Per turn (times in ms) "
+    return "\n".join([f"{title:=^{len(head)}}", head, *lines, "=" * len(head)])

@@ -20,7 +20,8 @@ from yaie.cli.bench import datasets as ds
 from yaie.cli.bench.metrics import RequestResult
 from yaie.v1 import generation_pb2 as pb
 
-Send = Callable[[bytes, RequestResult], Awaitable[None]]
+# send(message, results): one request, one result per completion it asks for
+Send = Callable[[Any, list[RequestResult]], Awaitable[None]]
 DONE = b"data: [DONE]"
 _TEXT_CHUNK = b'"finish_reason":null'  # in every chunk of text but the last
 
@@ -131,7 +132,7 @@ async def _one(client: aiohttp.ClientSession, body: bytes, result: RequestResult
 
 @asynccontextmanager
 async def session(target: str, api_key: str | None, tls: object) -> AsyncIterator[Send]:
-    """send(encoded payload, result) over one aiohttp session (connections kept and reused,
+    """send(encoded payload, [result]) over one aiohttp session (connections kept and reused,
     no limit on how many are open: every request may be in flight at once, as over gRPC)."""
     headers = {"Content-Type": "application/json"}
     if api_key:
@@ -145,7 +146,8 @@ async def session(target: str, api_key: str | None, tls: object) -> AsyncIterato
         base_url(target), headers=headers, connector=connector, timeout=timeout
     ) as client:
 
-        async def send(body: bytes, result: RequestResult) -> None:
+        async def send(body: bytes, results: list[RequestResult]) -> None:
+            (result,) = results  # one completion per request (--n is the gRPC backend's)
             try:
                 await _one(client, body, result)
             except (aiohttp.ClientError, OSError, ValueError) as error:

@@ -3,7 +3,8 @@
 One public function per operation, each with a backend choice: "torch" (the reference, which is
 the specification), "sdpa" (the CPU fast path: torch's fused attention over gathered blocks),
 "triton" (CUDA, or the CPU under TRITON_INTERPRET=1), or "auto" (Triton on CUDA tensors when
-Triton imports, else sdpa).
+Triton imports, else sdpa). Inside yaie.kernels.batch_invariant's mode, the torch and sdpa
+backends run its batch-invariant attention and Triton decode a fixed split count.
 
 Layouts (every operation):
   k_cache, v_cache: [num_blocks, block_size, kv_heads, head_dim]; slot = block * block_size + offset
@@ -20,6 +21,11 @@ from yaie.kernels.attention.reference import (
     store_kv_reference,
 )
 from yaie.kernels.attention.sdpa import decode_attention_sdpa, extend_attention_sdpa
+from yaie.kernels.batch_invariant import INVARIANT_DECODE_SPLITS, is_active
+from yaie.kernels.batch_invariant.attention import (
+    decode_attention_invariant,
+    extend_attention_invariant,
+)
 
 __all__ = [
     "store_kv",
@@ -94,6 +100,10 @@ def extend_attention(
             scale,
             out=out,
         )
+    if is_active():
+        return extend_attention_invariant(
+            q, k_cache, v_cache, block_tables, seq_lens, query_start, scale, out=out
+        )
     if resolved == "sdpa":
         return extend_attention_sdpa(
             q, k_cache, v_cache, block_tables, seq_lens, query_start, scale, out=out
@@ -116,7 +126,14 @@ def decode_attention(
     if resolved == "triton":
         from yaie.kernels.attention.triton_decode import decode_attention_triton
 
-        return decode_attention_triton(q, k_cache, v_cache, block_tables, seq_lens, scale, out=out)
+        splits = INVARIANT_DECODE_SPLITS if is_active() else None
+        return decode_attention_triton(
+            q, k_cache, v_cache, block_tables, seq_lens, scale, num_splits=splits, out=out
+        )
+    if is_active():
+        return decode_attention_invariant(
+            q, k_cache, v_cache, block_tables, seq_lens, scale, out=out
+        )
     if resolved == "sdpa":
         return decode_attention_sdpa(q, k_cache, v_cache, block_tables, seq_lens, scale, out=out)
     result = decode_attention_reference(q, k_cache, v_cache, block_tables, seq_lens, scale)
@@ -142,9 +159,11 @@ def decode_attention_grouped(
     prefix_lens[g] < seq_lens[r]; kv_start[r] = prefix_lens[g], 0 for rows in no group. Nothing
     checks it (that would need a device sync). The torch and sdpa backends ignore groups (same
     answer).
-    Not meant for CUDA-graph capture (the grid depends on the group count and max_rows).
+    Capturable in a CUDA graph with the triton backend: the grid depends on the shapes only
+    (the number of group slots; padding slots read nothing).
+    Inside the batch-invariant mode this is plain decode_attention (grouping reorders the sum).
     """
-    if resolve_backend(backend, q.is_cuda) == "triton":
+    if resolve_backend(backend, q.is_cuda) == "triton" and not is_active():
         from yaie.kernels.attention.triton_cascade import decode_attention_grouped_triton
 
         return decode_attention_grouped_triton(

@@ -14,14 +14,14 @@ class PrefixGroups:
 
     Tensors are int32 on the pool's device. Group g is rows[starts[g]:starts[g + 1]] (>= 2 rows);
     its first prefix_lens[g] tokens (a multiple of block_size) are read through the block table
-    of its first row.
+    of its first row. A slot with starts[g + 1] == starts[g] is padding and reads nothing (a CUDA
+    graph holds a fixed number of slots; rows may also hold unused padding past starts[-1]).
     """
 
     rows: torch.Tensor  # [M] batch rows that are in a group, each group's rows contiguous
     starts: torch.Tensor  # [G + 1]
     prefix_lens: torch.Tensor  # [G] shared tokens of each group
     kv_start: torch.Tensor  # [batch] its group's prefix_len per batch row, 0 for a row in no group
-    max_rows: int  # the largest group's row count (sizes the grid without a device sync)
 
     @classmethod
     def from_lists(
@@ -48,5 +48,4 @@ class PrefixGroups:
             starts=ints(starts),
             prefix_lens=ints(prefix_lens),
             kv_start=ints(kv_start),
-            max_rows=max([0, *map(len, groups)]),
         )

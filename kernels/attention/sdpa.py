@@ -60,7 +60,9 @@ def decode_attention_sdpa(
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """See yaie.kernels.attention.decode_attention: every row at once over its block row padded
-    to the longest, keys past its seq_len zeroed and masked out (whatever the pool holds there).
+    to the longest, keys past its seq_len zeroed and masked out (whatever the pool holds there:
+    NaN in a slot not yet written would survive a mask, so the gathered copy's padding rows are
+    zeroed in place; a torch.where over the whole copy cost most of batch 8's step).
     A row of seq_len 0 (a padded slot) reads nothing and yields zeros."""
     batch, num_q_heads, head_dim = q.shape
     block_size = k_cache.shape[1]
@@ -70,21 +72,22 @@ def decode_attention_sdpa(
         return result if out is None else out.copy_(result)
     if batch == 1:  # one request (the CPU's common case): its exact rows, nothing to mask
         return _decode_one(q, k_cache, v_cache, block_tables[0], int(seq_lens[0]), scale, out)
-    ids = block_tables[:, :num_blocks].long()
-    keys = torch.arange(num_blocks * block_size, device=q.device)
-    valid = (keys[None, :] < seq_lens[:, None])[:, None, :, None]  # [batch, 1, S, 1]
+    ids = block_tables[:, :num_blocks].long().flatten()
+    padded = num_blocks * block_size
+    invalid = torch.arange(padded, device=q.device)[None, :] >= seq_lens[:, None]  # [batch, S]
+    pad_rows = invalid.flatten().nonzero()[:, 0]
 
     def gather(cache: torch.Tensor) -> torch.Tensor:  # [batch, kv_heads, S, D]
-        rows = cache.index_select(0, ids.flatten()).view(batch, -1, *cache.shape[2:])
-        rows = rows.transpose(1, 2).to(q.dtype)
-        return torch.where(valid, rows, 0.0)
+        rows = cache.index_select(0, ids).view(batch * padded, -1)  # a fresh copy: ours to zero
+        if pad_rows.numel():  # only the padding is written, not the whole copy
+            rows.index_fill_(0, pad_rows, 0.0)
+        return rows.view(batch, padded, *cache.shape[2:]).transpose(1, 2).to(q.dtype)
 
-    mask = valid[..., 0][:, :, None, :]  # [batch, 1, 1, S]
     result = F.scaled_dot_product_attention(
         q[:, :, None, :],
         gather(k_cache),
         gather(v_cache),
-        attn_mask=mask,
+        attn_mask=~invalid[:, None, None, :],  # [batch, 1, 1, S]
         scale=scale,
         enable_gqa=True,
     )

@@ -1,9 +1,10 @@
 """Cascade (shared-prefix) decode attention in Triton: a group of rows reads its common prefix once.
 
-Prefix kernel: program (group x chunk of rows, kv head, prefix split) streams the group's prefix
-K/V through its first row's block table against the queries of all its rows as one tile, and
-writes partials into extra slots of the split-K decode's mid buffers. The split kernel covers each
-row's own tokens [kv_start, seq_len); the reduce merges all slots by log-sum-exp.
+Prefix kernel: program (group, kv head, prefix split) streams its split of the group's prefix
+K/V through its first row's block table against the queries of the group's rows, a tile of rows
+at a time, and writes partials into extra slots of the split-K decode's mid buffers. The split
+kernel covers each row's own tokens [kv_start, seq_len); the reduce merges all slots by
+log-sum-exp.
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ MAX_PREFIX_SPLITS = 8  # default cap: with one suffix split the reduce's slot ti
         "starts",
         "prefix_lens",
         "stride_table",
-        "num_chunks",
         "first_slot",
         "num_slots",
     ]
@@ -64,7 +64,6 @@ def _prefix_kernel(
     stride_cache_head,
     stride_table,
     qk_scale,
-    num_chunks,
     first_slot,
     num_slots,
     group: tl.constexpr,
@@ -74,43 +73,44 @@ def _prefix_kernel(
     HEAD_DIM: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    g = tl.program_id(0) // num_chunks
-    chunk = tl.program_id(0) % num_chunks
+    g = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
     lo = tl.load(starts + g)
-    num_rows = tl.load(starts + g + 1) - lo
-    # Tile row i is (member chunk * ROWS + i // group, query head kv_head * group + i % group).
-    offs_m = tl.arange(0, TILE_M)
-    offs_d = tl.arange(0, HEAD_DIM)
-    member = chunk * ROWS + offs_m // group  # [TILE_M] index within the group
-    live = (offs_m < ROWS * group) & (member < num_rows)
-    b = tl.load(rows + lo + member, mask=live, other=0)  # batch rows [TILE_M]
-    heads = kv_head * group + offs_m % group
-    q_ptrs = q + b[:, None] * stride_q_batch + heads[:, None] * stride_q_head + offs_d[None, :]
-    q_tile = tl.load(q_ptrs, mask=live[:, None], other=0.0)  # [TILE_M, D]
-
-    # Splits of the prefix are whole BLOCK_N tiles; a chunk past the group's rows reads nothing.
+    num_rows = tl.load(starts + g + 1) - lo  # 0 for a padding group slot: the loop runs no chunk
+    # Splits of the prefix are whole BLOCK_N tiles, the same for every chunk of the group's rows.
     prefix_len = tl.load(prefix_lens + g)
     tiles_per_split = tl.cdiv(tl.cdiv(prefix_len, BLOCK_N), tl.num_programs(2))
     start = split * tiles_per_split * BLOCK_N
     end = tl.minimum(start + tiles_per_split * BLOCK_N, prefix_len)
-    end = tl.where(chunk * ROWS < num_rows, end, start)
     first_row = tl.load(rows + lo, mask=num_rows > 0, other=0)
     table_row = block_tables + first_row * stride_table  # the group's first row's table
-    # fmt: off
-    out, lse = attend_range(
-        q_tile, k_cache, v_cache, table_row, start, end, kv_head,
-        stride_cache_block, stride_cache_token, stride_cache_head, qk_scale,
-        block_size, TILE_M, HEAD_DIM, BLOCK_N,
-    )
-    # fmt: on
-    # mid_out [batch, q_heads, num_slots, D], mid_lse [batch, q_heads, num_slots]: slot
-    # first_slot + split of each (row, head) of the tile.
     num_q_heads = tl.num_programs(1) * group
-    mid_row = (b * num_q_heads + heads) * num_slots + first_slot + split  # [TILE_M]
-    tl.store(mid_out + mid_row[:, None] * HEAD_DIM + offs_d[None, :], out, mask=live[:, None])
-    tl.store(mid_lse + mid_row, lse, mask=live)
+    offs_m = tl.arange(0, TILE_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    heads = kv_head * group + offs_m % group
+    # Chunks of ROWS rows, one tile each (a group larger than a tile reads its split again, from
+    # L2); a loop rather than a grid axis, so that the grid depends on shapes only and the step
+    # can be captured in a CUDA graph.
+    for chunk in range(0, tl.cdiv(num_rows, ROWS)):
+        # Tile row i is (member chunk * ROWS + i // group, query head kv_head * group + i % group).
+        member = chunk * ROWS + offs_m // group  # [TILE_M] index within the group
+        live = (offs_m < ROWS * group) & (member < num_rows)
+        b = tl.load(rows + lo + member, mask=live, other=0)  # batch rows [TILE_M]
+        q_ptrs = q + b[:, None] * stride_q_batch + heads[:, None] * stride_q_head + offs_d[None, :]
+        q_tile = tl.load(q_ptrs, mask=live[:, None], other=0.0)  # [TILE_M, D]
+        # fmt: off
+        out, lse = attend_range(
+            q_tile, k_cache, v_cache, table_row, start, end, kv_head,
+            stride_cache_block, stride_cache_token, stride_cache_head, qk_scale,
+            block_size, TILE_M, HEAD_DIM, BLOCK_N,
+        )
+        # fmt: on
+        # mid_out [batch, q_heads, num_slots, D], mid_lse [batch, q_heads, num_slots]: slot
+        # first_slot + split of each (row, head) of the tile.
+        mid_row = (b * num_q_heads + heads) * num_slots + first_slot + split  # [TILE_M]
+        tl.store(mid_out + mid_row[:, None] * HEAD_DIM + offs_d[None, :], out, mask=live[:, None])
+        tl.store(mid_lse + mid_row, lse, mask=live)
 
 
 def check_groups(groups: PrefixGroups, batch: int, device: torch.device) -> None:
@@ -124,8 +124,8 @@ def check_groups(groups: PrefixGroups, batch: int, device: torch.device) -> None
         raise ValueError(f"groups.starts must be [{num_groups + 1}], got {groups.starts.shape}")
     if groups.kv_start.shape[0] != batch:
         raise ValueError(f"groups.kv_start must be [{batch}], got {groups.kv_start.shape}")
-    if groups.rows.shape[0] > batch or groups.max_rows < 0:
-        raise ValueError(f"groups.rows {groups.rows.shape} / max_rows {groups.max_rows} bad")
+    if groups.rows.shape[0] > batch:
+        raise ValueError(f"groups.rows must hold at most {batch} rows, got {groups.rows.shape}")
 
 
 def decode_attention_grouped_triton(
@@ -146,8 +146,11 @@ def decode_attention_grouped_triton(
 ) -> torch.Tensor:
     """See yaie.kernels.attention.decode_attention_grouped; q [batch, q_heads, D] -> same.
 
-    A prefix program holds up to block_m // gqa rows of a group (tile rows = rows x gqa, padded
-    to a power of two >= 16). Split counts default to values derived from shapes only.
+    A prefix program (group, kv head, prefix split) takes up to block_m // gqa rows of its group
+    at a time (tile rows = rows x gqa, padded to a power of two >= 16). The grid and the split
+    counts derive from shapes only (group slots, not their contents), so a step with a fixed
+    number of group slots can be captured in a CUDA graph: a padding slot (starts[g + 1] ==
+    starts[g]) does nothing.
     """
     kv_heads, group = check_decode_batch(q, k_cache, v_cache, block_tables, seq_lens, block_n)
     check_tile("prefix_block_n", prefix_block_n)
@@ -158,14 +161,13 @@ def decode_attention_grouped_triton(
     if num_splits is None:
         num_splits = default_num_splits(batch, kv_heads, context, q.device)
     rows_per_chunk = max(1, block_m // group)
-    num_chunks = triton.cdiv(groups.max_rows, rows_per_chunk)
     if num_prefix_splits is None:
-        wanted = default_num_splits(num_groups * num_chunks, kv_heads, context, q.device)
+        wanted = default_num_splits(num_groups, kv_heads, context, q.device)
         num_prefix_splits = min(wanted, MAX_PREFIX_SPLITS)
     out = check_out(out, q)
     if batch == 0:
         return out
-    if num_groups == 0 or num_chunks == 0:
+    if num_groups == 0:
         num_prefix_splits = 0  # nothing shared: the plain split-K decode
     num_slots = num_splits + num_prefix_splits
     mid_out, mid_lse = split_partials(q, num_slots)
@@ -187,7 +189,7 @@ def decode_attention_grouped_triton(
     )
     if num_prefix_splits:
         mid_lse[:, :, num_splits:].fill_(float("-inf"))  # rows in no group: no prefix partial
-        _prefix_kernel[(num_groups * num_chunks, kv_heads, num_prefix_splits)](
+        _prefix_kernel[(num_groups, kv_heads, num_prefix_splits)](
             q,
             k_cache,
             v_cache,
@@ -204,7 +206,6 @@ def decode_attention_grouped_triton(
             k_cache.stride(2),
             block_tables.stride(0),
             scale * LOG2E,
-            num_chunks,
             num_splits,
             num_slots,
             group=group,

@@ -27,8 +27,9 @@ def _logprob_to_proto(item: TokenLogprobs) -> pb.TokenLogprob:
 class OutputStream:
     """Builds the frames of one Generate call from the engine's OutputEvents."""
 
-    def __init__(self, request: ValidatedRequest, decoder: Decoder) -> None:
+    def __init__(self, request: ValidatedRequest, decoder: Decoder, index: int = 0) -> None:
         self._request_id = request.generation.request_id
+        self.index = index  # the completion (GenerationRequest.n) whose frames these are
         self._min_new_tokens = request.generation.min_new_tokens
         self._detokenizer = IncrementalDetokenizer(
             decoder, request.generation.prompt_ids, request.skip_special_tokens
@@ -66,7 +67,9 @@ class OutputStream:
             return None
         # Built in one constructor call (repeated fields from lists), not field by field.
         logprobs = [_logprob_to_proto(item) for item in event.logprobs[: len(sent)]]
-        frame = pb.GenerateResponse(request_id=self._request_id, token_ids=sent, logprobs=logprobs)
+        frame = pb.GenerateResponse(
+            request_id=self._request_id, token_ids=sent, logprobs=logprobs, index=self.index
+        )
         if self.matched_stop is not None:
             self.finished = True
             frame.finish_reason = pb.FINISH_REASON_STOP
@@ -99,11 +102,20 @@ class OutputStream:
         return check.text + self._stops.flush()
 
 
+def merge_completions(frames: list[pb.GenerateResponse]) -> list[pb.GenerateResponse]:
+    """One merged frame per completion (GenerateResponse.index), in index order."""
+    by_index: dict[int, list[pb.GenerateResponse]] = {}
+    for frame in frames:
+        by_index.setdefault(frame.index, []).append(frame)
+    return [merge_frames(by_index[index]) for index in sorted(by_index)]
+
+
 def merge_frames(frames: list[pb.GenerateResponse]) -> pb.GenerateResponse:
-    """One frame holding a whole stream (OutputOptions.single_frame)."""
+    """One frame holding a whole stream of one completion (OutputOptions.single_frame)."""
     merged = pb.GenerateResponse()
     for frame in frames:
-        text = merged.text + frame.text
         merged.MergeFrom(frame)  # repeated fields append; set scalars and messages overwrite
-        merged.text = text
+    # Joined once: adding each frame's text to the merged text copied it again per frame
+    # (quadratic in the output: seconds of the event loop for a long generation).
+    merged.text = "".join(frame.text for frame in frames)
     return merged

@@ -1,7 +1,8 @@
 """The public yaie.v1.Generation service: decode the proto, call one engine method, encode.
 
-Exceptions become status codes in one place (`_status_code`); request bytes are decoded by
-deserializers that turn invalid UTF-8 into INVALID_ARGUMENT instead of gRPC's INTERNAL.
+Exceptions become status codes in one place (`_status_code`); request bytes that do not decode
+(invalid UTF-8, a corrupt wire format) are refused with INVALID_ARGUMENT, for every method of the
+server, by api/undecodable.py's interceptor before any handler runs.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from yaie.scheduler_service.api.frontend import EngineApi, Frontend
-from yaie.scheduler_service.api.output_stream import merge_frames
+from yaie.scheduler_service.api.output_stream import merge_completions
 from yaie.scheduler_service.api.reflection import enable_reflection
 from yaie.scheduler_service.api.tokenizer import Tokenizer
-from yaie.scheduler_service.api.validation import check_text_length
-from yaie.scheduler_service.api.wire import UndecodableRequest, safe_deserializer
+from yaie.scheduler_service.api.undecodable import UndecodableRequestInterceptor
+from yaie.scheduler_service.api.validation import check_request_id
 from yaie.scheduler_service.engine.errors import ResourceExhaustedError, UnavailableError
 from yaie.scheduler_service.ops.auth import current_tenant
 from yaie.v1 import generation_pb2 as pb
@@ -68,12 +69,6 @@ def _stream(method: Callable) -> Callable:
     return handler
 
 
-def _decoded(request: Any) -> Any:
-    if isinstance(request, UndecodableRequest):
-        raise ValueError(request.reason)
-    return request
-
-
 class GenerationServicer:
     """Serves yaie.v1.Generation over an engine; answers UNAVAILABLE until `attach_tokenizer`.
     Its `frontend` is the request path the HTTP API shares."""
@@ -90,35 +85,26 @@ class GenerationServicer:
 
     @_stream
     async def Generate(self, request: Any, context: grpc.aio.ServicerContext):
-        request = _decoded(request)
         frames = self.frontend.generate(request, current_tenant())
         try:
             if not request.output.single_frame:
                 async for frame in frames:
                     yield frame
                 return
-            yield merge_frames([frame async for frame in frames])
+            for merged in merge_completions([frame async for frame in frames]):
+                yield merged  # one frame per completion
         finally:
             await frames.aclose()  # at once, not at garbage collection: aborts the request
 
     @_unary
     async def Tokenize(self, request: Any, context: grpc.aio.ServicerContext):
-        request = _decoded(request)
-        tokenizer = self._ready_tokenizer()
-        check_text_length("text", len(request.text), self._engine.model_info.max_context)
-        ids = tokenizer.encode(request.text, request.add_special_tokens)
+        ids = await self.frontend.tokenize(request.text, request.add_special_tokens)
         return pb.TokenizeResponse(ids=ids)
 
     @_unary
     async def Detokenize(self, request: pb.DetokenizeRequest, context: grpc.aio.ServicerContext):
-        tokenizer = self._ready_tokenizer()
-        vocab_size = self._engine.model_info.vocab_size
-        bad = [i for i in request.ids if not 0 <= i < vocab_size]
-        if bad:
-            raise ValueError(f"ids: token id {bad[0]} is outside the vocabulary [0, {vocab_size})")
-        return pb.DetokenizeResponse(
-            text=tokenizer.decode(list(request.ids), request.skip_special_tokens)
-        )
+        text = await self.frontend.detokenize(request.ids, request.skip_special_tokens)
+        return pb.DetokenizeResponse(text=text)
 
     @_unary
     async def GetModelInfo(
@@ -162,11 +148,15 @@ class GenerationServicer:
             workers=workers,
             num_preemptions=stats.num_preemptions,
             completed_requests=stats.completed_requests,
+            priorities=[
+                pb.PriorityStats(priority=p.priority, waiting=p.waiting, running=p.running)
+                for p in stats.priorities
+            ],
         )
 
     @_unary
     async def Abort(self, request: Any, context: grpc.aio.ServicerContext):
-        request = _decoded(request)
+        check_request_id(request.request_id)
         # Only the caller's own requests: another tenant's id is not found.
         found = self._engine.abort(request.request_id, current_tenant().name)
         return pb.AbortResponse(found=found)
@@ -175,32 +165,37 @@ class GenerationServicer:
 def generation_handler(
     servicer: GenerationServicer, observe: Callable[[Callable], Callable] | None = None
 ) -> grpc.GenericRpcHandler:
-    """The service's method handlers, with never-raising deserializers for string-carrying input
-    (observe: wraps Generate, e.g. logs.observe_generate for request logs and metrics)."""
+    """The service's method handlers (observe: wraps Generate, e.g. logs.observe_generate for
+    request logs and metrics)."""
 
-    def unary(method: Callable, request_class: type, safe: bool = False) -> grpc.RpcMethodHandler:
-        decode = safe_deserializer(request_class) if safe else request_class.FromString
+    def unary(method: Callable, request_class: type) -> grpc.RpcMethodHandler:
         return grpc.unary_unary_rpc_method_handler(
-            method, request_deserializer=decode, response_serializer=_serialize
+            method, request_deserializer=request_class.FromString, response_serializer=_serialize
         )
 
     handlers = {
         "Generate": grpc.unary_stream_rpc_method_handler(
             servicer.Generate if observe is None else observe(servicer.Generate),
-            request_deserializer=safe_deserializer(pb.GenerateRequest),
+            request_deserializer=pb.GenerateRequest.FromString,
             response_serializer=_serialize,
         ),
-        "Tokenize": unary(servicer.Tokenize, pb.TokenizeRequest, safe=True),
+        "Tokenize": unary(servicer.Tokenize, pb.TokenizeRequest),
         "Detokenize": unary(servicer.Detokenize, pb.DetokenizeRequest),
         "GetModelInfo": unary(servicer.GetModelInfo, pb.GetModelInfoRequest),
         "GetServerStats": unary(servicer.GetServerStats, pb.GetServerStatsRequest),
-        "Abort": unary(servicer.Abort, pb.AbortRequest, safe=True),
+        "Abort": unary(servicer.Abort, pb.AbortRequest),
     }
     return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
 
 
 def _serialize(message: Any) -> bytes:
     return message.SerializeToString()
+
+
+# A grpc.health.v1 service name that is SERVING for as long as the process answers at all,
+# workers or not: a liveness probe (Kubernetes) that must not restart a scheduler waiting for
+# its workers checks it; readiness checks "" (SERVING only with a worker ready).
+LIVENESS_SERVICE = "yaie.liveness"
 
 
 async def set_health(health_servicer: health.aio.HealthServicer, serving: bool) -> None:
@@ -239,8 +234,9 @@ def create_server(
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     """A grpc.aio server with Generation, grpc.health.v1 and reflection (await set_health next:
     a new health servicer reports the overall status as SERVING). interceptors: e.g. the API
-    key check of ops/auth.py; observe: see generation_handler."""
+    key check of ops/auth.py (they run first); observe: see generation_handler."""
     health_servicer = health.aio.HealthServicer()
+    interceptors = [*interceptors, UndecodableRequestInterceptor()]
     server = grpc.aio.server(interceptors=interceptors, options=PUBLIC_SERVER_OPTIONS)
     server.add_generic_rpc_handlers((generation_handler(servicer, observe),))
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

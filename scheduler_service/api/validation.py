@@ -8,18 +8,27 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
+
 from yaie.kernels.sampling.config import SamplingConfig
 from yaie.kernels.sampling.grammar import check_grammar
-from yaie.scheduler_service.engine.request import GenerationRequest
+from yaie.scheduler_service.engine.request import MAX_COMPLETIONS, GenerationRequest
 from yaie.v1 import generation_pb2 as pb
 
 MAX_STOP_STRINGS = 16
 MAX_TOP_LOGPROBS = 20
 MAX_CACHE_SALT_BYTES = 256
+MAX_PRIORITY = 1000  # GenerateRequest.priority is in [-MAX_PRIORITY, MAX_PRIORITY]
+# A client's request_id is echoed in every frame and written into the request logs: short, and
+# printable ASCII (no newline to forge a log line with, no bytes a terminal acts on).
+MAX_REQUEST_ID_CHARS = 128
+_REQUEST_ID = re.compile(r"[\x20-\x7e]*")
 
 
 class PromptEncoder(Protocol):
@@ -48,12 +57,28 @@ class ValidatedRequest:
     skip_special_tokens: bool = False
 
 
-def _check_ids(name: str, ids: list[int], vocab_size: int) -> None:
-    for token_id in ids:
-        if not 0 <= token_id < vocab_size:
-            raise ValueError(
-                f"{name}: token id {token_id} is outside the vocabulary [0, {vocab_size})"
-            )
+def check_request_id(request_id: str) -> None:
+    """ValueError unless request_id is at most 128 printable ASCII characters (empty: the
+    server assigns one)."""
+    if len(request_id) > MAX_REQUEST_ID_CHARS:
+        raise ValueError(
+            f"request_id has {len(request_id)} characters: at most {MAX_REQUEST_ID_CHARS}"
+        )
+    if not _REQUEST_ID.fullmatch(request_id):
+        raise ValueError("request_id must be printable ASCII (U+0020 to U+007E)")
+
+
+def check_ids(name: str, ids: Sequence[int] | np.ndarray, vocab_size: int) -> None:
+    """ValueError naming the first id outside [0, vocab_size) (min and max: C loops)."""
+    if len(ids) == 0:
+        return
+    if isinstance(ids, np.ndarray):
+        low, high = int(ids.min()), int(ids.max())
+    else:
+        low, high = min(ids), max(ids)
+    if low < 0 or high >= vocab_size:
+        bad = next(int(t) for t in ids if not 0 <= t < vocab_size)
+        raise ValueError(f"{name}: token id {bad} is outside the vocabulary [0, {vocab_size})")
 
 
 def _check_range(name: str, value: float, low: float, high: float, low_open: bool = False) -> None:
@@ -78,6 +103,26 @@ def check_text_length(field: str, num_chars: int, max_context: int) -> None:
         )
 
 
+def check_num_ids(field: str, num_ids: int, max_context: int) -> None:
+    """ValueError when num_ids token ids are more than the model's context."""
+    if num_ids > max_context:
+        raise ValueError(
+            f"{field} has {num_ids} token ids: more than the model's context of {max_context}"
+        )
+
+
+def input_size(request: pb.GenerateRequest) -> tuple[int, int]:
+    """(characters of text, token ids) in the request's input: what tokenizing it costs."""
+    kind = request.WhichOneof("input")
+    if kind == "text":
+        return len(request.text), 0
+    if kind == "messages":
+        return sum(len(m.content) + len(m.role) for m in request.messages.messages), 0
+    if kind == "token_ids":
+        return 0, len(request.token_ids.ids)
+    return 0, 0
+
+
 def prompt_ids(
     request: pb.GenerateRequest, encoder: PromptEncoder, vocab_size: int, max_context: int
 ) -> list[int]:
@@ -91,20 +136,27 @@ def prompt_ids(
         check_text_length("input text", len(request.text), max_context)
         ids = encoder.encode(request.text)
     elif kind == "token_ids":
-        ids = list(request.token_ids.ids)
-        if not ids:
+        if not request.token_ids.ids:
             raise ValueError("input token_ids is empty")
+        check_num_ids("input token_ids", len(request.token_ids.ids), max_context)
+        ids = list(request.token_ids.ids)
     else:
-        if not request.messages.messages:
+        messages = request.messages.messages
+        if not messages:
             raise ValueError("input messages is empty")
-        num_chars = sum(len(m.content) + len(m.role) for m in request.messages.messages)
+        if len(messages) > max_context:  # every message costs its template some tokens
+            raise ValueError(
+                f"input messages has {len(messages)} messages: more than the model's context "
+                f"of {max_context} tokens could hold"
+            )
+        num_chars = sum(len(m.content) + len(m.role) for m in messages)
         check_text_length("input messages", num_chars, max_context)
         ids = encoder.encode_chat(
             [{"role": m.role, "content": m.content} for m in request.messages.messages]
         )
     if not ids:
         raise ValueError("the prompt tokenizes to no tokens")
-    _check_ids("prompt", ids, vocab_size)
+    check_ids("prompt", ids, vocab_size)
     return ids
 
 
@@ -129,7 +181,7 @@ def sampling_config(
     _check_range("frequency_penalty", frequency, -2.0, 2.0)
     presence = params.presence_penalty if params.HasField("presence_penalty") else 0.0
     _check_range("presence_penalty", presence, -2.0, 2.0)
-    _check_ids("logit_bias", list(params.logit_bias), vocab_size)
+    check_ids("logit_bias", list(params.logit_bias), vocab_size)
     if any(math.isnan(bias) for bias in params.logit_bias.values()):
         raise ValueError("logit_bias values must be numbers, got NaN")
     if output.top_logprobs > MAX_TOP_LOGPROBS:
@@ -188,10 +240,19 @@ def _max_new_tokens(stopping: pb.StoppingCriteria, num_prompt: int, max_context:
     return stopping.max_new_tokens
 
 
+def num_completions(request: pb.GenerateRequest) -> int:
+    """GenerateRequest.n: 0 (proto3 cannot tell it from unset) is 1; above MAX_COMPLETIONS is
+    refused."""
+    if request.n > MAX_COMPLETIONS:
+        raise ValueError(f"n must be at most {MAX_COMPLETIONS} (0 or unset: 1), got {request.n}")
+    return request.n or 1
+
+
 def validate_generate(
     request: pb.GenerateRequest, request_id: str, encoder: PromptEncoder, limits: ModelLimits
 ) -> ValidatedRequest:
     """Checks a GenerateRequest and resolves its defaults; raises ValueError naming the field."""
+    n = num_completions(request)
     ids = prompt_ids(request, encoder, limits.vocab_size, limits.max_context)
     sampling = sampling_config(request.sampling, request.output, limits.vocab_size)
     stopping = request.stopping
@@ -204,9 +265,13 @@ def validate_generate(
         raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings, got {len(stopping.stop)}")
     if any(not stop for stop in stopping.stop):
         raise ValueError("stop strings must not be empty")
-    _check_ids("stop_token_ids", list(stopping.stop_token_ids), limits.vocab_size)
+    check_ids("stop_token_ids", list(stopping.stop_token_ids), limits.vocab_size)
     if len(request.cache_salt.encode("utf-8")) > MAX_CACHE_SALT_BYTES:
         raise ValueError(f"cache_salt must be at most {MAX_CACHE_SALT_BYTES} bytes")
+    if not -MAX_PRIORITY <= request.priority <= MAX_PRIORITY:
+        raise ValueError(
+            f"priority must be in [-{MAX_PRIORITY}, {MAX_PRIORITY}], got {request.priority}"
+        )
     sampling = _with_constraint(sampling, request.response_format, limits.jump_forward)
     stop_ids = set(stopping.stop_token_ids)
     if not stopping.ignore_eos:
@@ -219,6 +284,8 @@ def validate_generate(
         min_new_tokens=stopping.min_new_tokens,
         stop_token_ids=frozenset(stop_ids),
         namespace=request.cache_salt,  # tenants with different salts share no cached prefix
+        n=n,
+        priority=request.priority,
     )
     return ValidatedRequest(
         generation=generation,

@@ -1,13 +1,12 @@
-"""Request deserializers that never raise, so undecodable input becomes INVALID_ARGUMENT.
+"""Why request bytes do not decode, for the INVALID_ARGUMENT that api/undecodable.py sends.
 
-gRPC's default deserializer fails a request whose `string` field holds invalid UTF-8 before any
-handler runs (status INTERNAL). These return an UndecodableRequest instead, naming the field:
-the bytes are parsed again with a twin of the message whose string fields are `bytes`.
+protobuf refuses a message whose `string` field holds invalid UTF-8 with a bare DecodeError; to
+name the field, the bytes are parsed again with a twin of the message whose string fields are
+`bytes`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
@@ -26,8 +25,9 @@ class UndecodableRequest:
 
 
 def _retype_strings(message: descriptor_pb2.DescriptorProto, package: str) -> None:
+    map_entry = message.options.map_entry  # a map's key cannot be bytes: its strings stay
     for field in message.field:
-        if field.type == FieldDescriptor.TYPE_STRING:
+        if field.type == FieldDescriptor.TYPE_STRING and not map_entry:
             field.type = FieldDescriptor.TYPE_BYTES
         if field.type_name.startswith(f".{package}."):
             field.type_name = f".{_TWIN_PREFIX}.{field.type_name[1:]}"
@@ -75,7 +75,10 @@ def _invalid_utf8_field(message: Message, path: str = "") -> str | None:
     return None
 
 
-def explain_decode_error(message_class: type[Message], data: bytes, error: DecodeError) -> str:
+def explain_decode_error(message_class: type[Message], data: bytes, error: Exception) -> str:
+    """The reason data is not a message_class: the field with invalid UTF-8, or error."""
+    if message_class.DESCRIPTOR.file.dependencies:  # no twin (e.g. reflection's protos)
+        return f"malformed {message_class.DESCRIPTOR.name}: {error}"
     try:
         twin = _bytes_twin(message_class.DESCRIPTOR).FromString(data)
     except DecodeError:
@@ -84,17 +87,3 @@ def explain_decode_error(message_class: type[Message], data: bytes, error: Decod
     if field is None:
         return f"malformed {message_class.DESCRIPTOR.name}: {error}"
     return f"{field}: text is not valid UTF-8"
-
-
-def safe_deserializer(
-    message_class: type[Message],
-) -> Callable[[bytes], Message | UndecodableRequest]:
-    """A request_deserializer for grpc handlers that returns UndecodableRequest on bad bytes."""
-
-    def deserialize(data: bytes) -> Message | UndecodableRequest:
-        try:
-            return message_class.FromString(data)
-        except DecodeError as error:
-            return UndecodableRequest(explain_decode_error(message_class, data, error))
-
-    return deserialize

@@ -10,16 +10,23 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from yaie.scheduler_service.config import SchedulerConfig
+from yaie.scheduler_service.engine.completions import Completions
 from yaie.scheduler_service.engine.errors import ResourceExhaustedError, UnavailableError
-from yaie.scheduler_service.engine.request import FinishReason, GenerationRequest, OutputEvent
+from yaie.scheduler_service.engine.request import (
+    MAX_COMPLETIONS,
+    FinishReason,
+    GenerationRequest,
+    OutputEvent,
+)
 from yaie.scheduler_service.engine.router import Router
 from yaie.scheduler_service.engine.sequence import Sequence, SequenceStatus
 from yaie.scheduler_service.engine.worker_loop import WorkerLoop
+from yaie.scheduler_service.engine.worker_set import STATIC, LeaveOutcome, WorkerSet
 from yaie.scheduler_service.workers.worker_client import WorkerClient, WorkerStreamError
 
 logger = logging.getLogger(__name__)
@@ -51,22 +58,38 @@ class WorkerStats:
 
 
 @dataclass(frozen=True)
+class PriorityStats:
+    """The waiting and running requests of one priority (counted as EngineStats counts them)."""
+
+    priority: int
+    waiting: int
+    running: int
+
+
+@dataclass(frozen=True)
 class EngineStats:
     waiting: int  # queued, over all workers
     running: int  # admitted and not yet done with their blocks (finishing ones included)
     num_preemptions: int  # since start
     completed_requests: int  # requests whose last event is out (aborted ones included)
     workers: list[WorkerStats]
+    # Per priority with a waiting or running request, highest first.
+    priorities: list[PriorityStats] = field(default_factory=list)
 
 
 class Engine:
     """Continuous batching over every worker's KV pool (one radix tree per pool).
 
     Contract for the API layer:
-    - `await start()` connects and Describes every worker (protocol version checked; failure:
-      UnavailableError), sizes a KV cache manager per worker, starts the step loops and health
-      checks; `ready` is then True (requests are taken) until drain() or stop(); `serving` is
-      True while, in addition, some worker is healthy (the health service reports it).
+    - `await start()` connects and Describes every worker given at construction (protocol
+      version checked; failure: UnavailableError), sizes a KV cache manager per worker, starts
+      the step loops and health checks; `ready` is then True (requests are taken) until
+      drain() or stop(); `serving` is True while, in addition, some worker is healthy (the
+      health service reports it). With no worker given, it starts with none: requests answer
+      UnavailableError until a first worker is added.
+    - `await add_worker(address, origin)` / `await remove_worker(address, drain_s)` change the
+      worker set while it runs (engine/worker_set.py: joins over the internal port and DNS use
+      them); `workers.described` is set once the first worker's model is known.
       `await drain()` refuses new requests, lets live ones run for config.drain_timeout_s,
       then ends the rest with ABORT. `await stop()` cancels the loops, closes the streams and
       finishes live requests with ABORT.
@@ -74,18 +97,23 @@ class Engine:
       elsewhere; no token repeated or lost). With no healthy worker, requests wait up to
       config.no_worker_timeout_s for one; past that their iterator raises UnavailableError.
     - `check_admissible(req)` raises ValueError (prompt empty, token id outside the vocabulary,
-      prompt + max_new_tokens beyond max_context), ResourceExhaustedError (queue full, or the
-      request could never fit in a KV pool) or UnavailableError (not started, or draining).
+      prompt + max_new_tokens beyond max_context, n outside [1, MAX_COMPLETIONS]),
+      ResourceExhaustedError (queue full, or the request could never fit in a KV pool) or
+      UnavailableError (not started, or draining).
     - `submit(req)` checks admissibility (and that req.key is not live: ValueError) and
       returns an async iterator of OutputEvents (undelivered ones coalesced: a slow reader gets
       fewer, larger events; under load one event per config.stream_interval tokens, the
-      first token alone); the last one has finish_reason set. Closing the
-      iterator early aborts the request.
+      first token alone). With req.n > 1 the events of its n completions interleave, each
+      with its index (completions.py); each completion's last event has finish_reason set,
+      and the iterator ends after the last of them. Closing the iterator early aborts the
+      request (all its completions).
     - `abort(request_id, tenant)` -> whether a live request of tenant had that id; idempotent.
-      The request ends with ABORT at the next step. `finish(request_id, tenant)` ends it with
-      STOP (a stop string found by the API layer); tokens still in flight are dropped. Request
-      ids are scoped to their tenant: no call sees another tenant's.
-    - `tenant_load(tenant)` -> (live, waiting) requests of tenant, for its limits.
+      The request (every completion) ends with ABORT at the next step.
+      `finish(request_id, tenant, index)` ends completion index with STOP (a stop string found
+      by the API layer); tokens still in flight are dropped. Request ids are scoped to their
+      tenant: no call sees another tenant's.
+    - `tenant_load(tenant)` -> (live, waiting) sequences of tenant, for its limits: a request
+      with n > 1 counts as n, as in the server-wide queue limit.
     - `stats()` -> EngineStats; `model_info` -> WorkerModelInfo.
     Token-level stopping happens here: stop_token_ids after min_new_tokens (STOP, the token
     kept, matched_stop_token set), max_new_tokens or a full context (LENGTH).
@@ -97,16 +125,16 @@ class Engine:
         config: SchedulerConfig,
         client_factory: Callable[[str], WorkerClient] = WorkerClient,
     ) -> None:
-        if not worker_addresses:
-            raise ValueError("at least one worker address is needed")
         self.worker_addresses = list(worker_addresses)
         self.config = config
-        # address -> client: a gRPC WorkerClient, or another with its interface (in-process)
-        self._client_factory = client_factory
         self._started = False
-        self._loops: list[WorkerLoop] = []
+        # client_factory: address -> client, a gRPC WorkerClient or another with its
+        # interface (in-process)
+        self.workers = WorkerSet(
+            config, client_factory, self._on_finished, self._on_orphaned, self._on_rejoined
+        )
         self._tasks: list[asyncio.Task] = []
-        self._live: dict[tuple[str, str], Sequence] = {}  # by (tenant, request_id)
+        self._live: dict[tuple[str, str], Completions] = {}  # by (tenant, request_id)
         self._arrivals = itertools.count()
         self._completed = 0
         self._model_info: WorkerModelInfo | None = None
@@ -121,58 +149,55 @@ class Engine:
 
     @property
     def serving(self) -> bool:
-        """Ready, and some worker is healthy now."""
-        return self.ready and any(loop.healthy for loop in self._loops)
+        """Ready, and some worker is healthy now (and not leaving)."""
+        return self.ready and bool(self.workers.routable())
+
+    @property
+    def _loops(self) -> list[WorkerLoop]:
+        return list(self.workers)
 
     @property
     def model_info(self) -> WorkerModelInfo:
+        first = self.workers.first
+        if first is None:
+            raise UnavailableError("no worker has joined yet")
         if self._model_info is None:
-            raise UnavailableError("the engine has not described its workers yet")
-        return self._model_info
+            self._model_info = WorkerModelInfo(
+                model=first.model,
+                architecture=first.architecture,
+                dtype=first.dtype,
+                vocab_size=first.vocab_size,
+                max_context=first.max_context,
+                block_size=first.block_size,
+                random_weights=first.random_weights,
+                num_workers=0,
+            )
+        return replace(self._model_info, num_workers=len(self.workers))
 
     async def start(self) -> None:
-        clients = [self._client_factory(address) for address in self.worker_addresses]
         try:
-            infos = await asyncio.gather(
-                *(c.describe(self.config.connect_timeout_s) for c in clients)
-            )
-        except WorkerStreamError as exc:
-            await asyncio.gather(*(c.close() for c in clients))
+            for address in self.worker_addresses:  # in order: stats list them so
+                await self.add_worker(address, STATIC)
+        except (WorkerStreamError, ValueError) as exc:
+            await self.workers.stop()
+            if isinstance(exc, ValueError):
+                raise ValueError(f"workers serve different models: {exc}") from exc
             raise UnavailableError(str(exc)) from exc
-        first = infos[0]
-        for info in infos[1:]:
-            same = (info.model, info.vocab_size, info.max_context)
-            if same != (first.model, first.vocab_size, first.max_context):
-                await asyncio.gather(*(c.close() for c in clients))
-                raise ValueError(f"workers serve different models: {first} vs {info}")
-        self._model_info = WorkerModelInfo(
-            model=first.model,
-            architecture=first.architecture,
-            dtype=first.dtype,
-            vocab_size=first.vocab_size,
-            max_context=first.max_context,
-            block_size=first.block_size,
-            random_weights=first.random_weights,
-            num_workers=len(infos),
-        )
-        for client, info in zip(clients, infos, strict=True):
-            client.open_stream()
-            loop = WorkerLoop(
-                client, info, self.config, self._on_finished, self._on_orphaned, self._on_rejoined
-            )
-            self._loops.append(loop)
-            self._tasks.append(asyncio.create_task(loop.run(), name=f"worker {info.address}"))
-            self._tasks.append(asyncio.create_task(loop.watch_health(), name="health checks"))
-            logger.info(
-                "worker %s: %s (%s), %d blocks of %d tokens",
-                info.address,
-                info.model,
-                info.device,
-                info.num_blocks,
-                info.block_size,
-            )
         self._tasks.append(asyncio.create_task(self._expire_parked(), name="parked requests"))
+        self._tasks.append(asyncio.create_task(self.workers.forget_lost(), name="lost workers"))
         self._started = True
+
+    async def add_worker(self, address: str, origin: str) -> bool:
+        """Adds the worker at address (engine/worker_set.py's add: False when known already)."""
+        return await self.workers.add(address, origin)
+
+    def num_workers(self) -> int:
+        return len(self.workers)
+
+    async def remove_worker(self, address: str, drain_s: float = 0.0) -> LeaveOutcome:
+        """Takes the worker at address out; its requests run there for up to drain_s (capped
+        at config.drain_timeout_s), the rest move to the other workers."""
+        return await self.workers.remove(address, min(drain_s, self.config.drain_timeout_s))
 
     async def drain(self) -> int:
         """Refuse new requests; wait up to config.drain_timeout_s for the live ones, then end
@@ -182,10 +207,10 @@ class Engine:
         deadline = loop.time() + self.config.drain_timeout_s
         while self._live and loop.time() < deadline:
             await asyncio.sleep(0.05)
-        cancelled = list(self._live.values())
-        for seq in cancelled:
+        cancelled = list(self._live)
+        for key in cancelled:  # (every completion of each)
             error = "the server is shutting down: the drain timeout passed"
-            self._request_end(seq, FinishReason.ABORT, error)
+            self._request_end(key, FinishReason.ABORT, error)
         deadline = loop.time() + 2.0  # the step loops act on aborts at their next step
         while self._live and loop.time() < deadline:
             await asyncio.sleep(0.02)
@@ -198,11 +223,13 @@ class Engine:
             for task in pending:
                 task.cancel()
             _, pending = await asyncio.wait(pending, timeout=0.5)
-        await asyncio.gather(*(loop.client.close() for loop in self._loops))
+        await self.workers.stop()
         self._parked.clear()
-        for seq in list(self._live.values()):
-            seq.finish(FinishReason.ABORT, "the server is shutting down")
-            self._on_finished(seq)
+        for group in list(self._live.values()):
+            for seq in group.seqs:
+                if not seq.is_finished:
+                    seq.finish(FinishReason.ABORT, "the server is shutting down")
+                self._on_finished(seq)
 
     def check_admissible(self, req: GenerationRequest) -> None:
         if not self._started or self._draining:
@@ -212,9 +239,12 @@ class Engine:
             raise ValueError("the prompt has no tokens")
         if req.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {req.max_new_tokens}")
-        bad = [t for t in req.prompt_ids if not 0 <= t < info.vocab_size]
-        if bad:
-            raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {info.vocab_size})")
+        if not 1 <= req.n <= MAX_COMPLETIONS:
+            raise ValueError(f"n must be in [1, {MAX_COMPLETIONS}], got {req.n}")
+        ids = req.prompt_ids
+        if not (min(ids) >= 0 and max(ids) < info.vocab_size):  # C loops: this is the event loop
+            bad = next(t for t in ids if not 0 <= t < info.vocab_size)
+            raise ValueError(f"token id {bad} is outside the vocabulary [0, {info.vocab_size})")
         total = len(req.prompt_ids) + req.max_new_tokens
         if total > info.max_context:
             raise ValueError(
@@ -223,64 +253,96 @@ class Engine:
             )
         # Every token's K/V (the last one's too: overlap may compute it) must fit in some pool
         # (of a healthy worker; of any while none is, since the request may wait for one).
-        loops = [lp for lp in self._loops if lp.healthy] or self._loops
-        if not any(_num_blocks(total, lp.kv.block_size) <= lp.kv.num_blocks for lp in loops):
+        loops = self.workers.routable() or self._loops
+        fits = (_num_blocks(total, lp.kv.block_size) <= lp.kv.num_blocks for lp in loops)
+        if loops and not any(fits):
             raise ResourceExhaustedError(f"{total} tokens need more KV blocks than a worker holds")
-        if self._num_waiting() >= self.config.max_queue_size:
+        if self._num_waiting() + req.n > self.config.max_queue_size:
             raise ResourceExhaustedError(f"the queue is full ({self.config.max_queue_size})")
 
     def submit(self, req: GenerationRequest) -> AsyncIterator[OutputEvent]:
         self.check_admissible(req)
         if req.key in self._live:
             raise ValueError(f"request_id {req.request_id!r} is already live")
-        seq = Sequence(req, next(self._arrivals))
-        self._live[req.key] = seq
-        self._add(seq)
-        return self._events(seq)
+        group = Completions(req, self._arrivals)
+        self._live[req.key] = group
+        for seq in group.seqs:  # completion 0 first: the others follow it to its worker
+            self._add(seq)
+        return self._events(group)
 
-    async def _events(self, seq: Sequence) -> AsyncIterator[OutputEvent]:
+    def _wake_held_back(self, seqs: list[Sequence]) -> None:
+        """Wakes the worker loops of seqs left unscheduled while their client was behind."""
+        for seq in seqs:
+            if seq.held_back and seq.worker_address:
+                loop = self.workers.get(seq.worker_address)
+                if loop is not None:
+                    loop.wake()
+
+    async def _events(self, group: Completions) -> AsyncIterator[OutputEvent]:
+        done: set[int] = set()  # completions whose last event is out
         try:
-            while True:
-                event = await seq.events.get()
-                if seq.unavailable and event.finish_reason is not None:
-                    raise UnavailableError(event.error or "no worker is available")
-                yield event
-                if event.finish_reason is not None:
-                    return
+            while len(done) < len(group.seqs):
+                events = await group.outbox.get()
+                self._wake_held_back(group.seqs)  # their client read: backpressure released
+                for event in events:
+                    if event.finish_reason is not None:
+                        if group.seqs[event.index].unavailable:
+                            raise UnavailableError(event.error or "no worker is available")
+                        done.add(event.index)
+                    yield event
         finally:
-            if not seq.is_finished:
-                self.abort(seq.request_id, seq.request.tenant)
+            if not group.is_finished:
+                self.abort(group.request_id, group.tenant)
             # The client's stream is over (its last event, a stop string, a cancel): the id is
             # free for a new request at once, though the worker loop may drop the old one later.
-            self._on_finished(seq)
+            if self._live.get(group.key) is group:
+                del self._live[group.key]
+                self._completed += 1
 
     def abort(self, request_id: str, tenant: str = "") -> bool:
-        return self._request_end(self._live.get((tenant, request_id)), FinishReason.ABORT)
+        return self._request_end((tenant, request_id), FinishReason.ABORT)
 
-    def finish(self, request_id: str, tenant: str = "") -> None:
-        self._request_end(self._live.get((tenant, request_id)), FinishReason.STOP)
+    def finish(self, request_id: str, tenant: str = "", index: int = 0) -> None:
+        self._request_end((tenant, request_id), FinishReason.STOP, index=index)
 
     def tenant_load(self, tenant: str) -> tuple[int, int]:
-        """(live, waiting) requests of tenant: all it has, and those not yet in a batch."""
-        live = [seq for key, seq in self._live.items() if key[0] == tenant]
-        waiting = sum(1 for seq in live if seq.status is SequenceStatus.WAITING)
-        return len(live), waiting
+        """(live, waiting) sequences of tenant: all it has unfinished, and those not yet in a
+        batch (a request with n completions counts n times)."""
+        seqs = [
+            seq
+            for key, group in self._live.items()
+            if key[0] == tenant
+            for seq in group.seqs
+            if not seq.is_finished
+        ]
+        waiting = sum(1 for seq in seqs if seq.status is SequenceStatus.WAITING)
+        return len(seqs), waiting
 
     def _request_end(
-        self, seq: Sequence | None, reason: FinishReason, error: str | None = None
+        self,
+        key: tuple[str, str],
+        reason: FinishReason,
+        error: str | None = None,
+        index: int | None = None,
     ) -> bool:
-        """Ends the live request seq with reason (its final event carrying error) at its
-        worker's next step, or now when it is parked; the first end asked for wins."""
-        if seq is None:
+        """Ends completion index (None: every one) of the live request key (tenant,
+        request_id) with reason (its final event carrying error) at its worker's next step, or
+        now when it is parked; the first end asked for wins."""
+        group = self._live.get(key)
+        if group is None:
             return False
-        if seq.abort_requested is None:
+        for seq in group.chosen(index):
+            if seq.is_finished or seq.abort_requested is not None:
+                continue
             seq.abort_requested = reason
             seq.abort_error = error
             if seq in self._parked:
                 self._parked.remove(seq)
                 self._end(seq, reason, error)
             else:
-                self._loops[seq.worker_index].request_abort(seq)
+                loop = self.workers.get(seq.worker_address)
+                assert loop is not None, f"{key} is on no worker and not parked"
+                loop.request_abort(seq)
         return True
 
     def stats(self) -> EngineStats:
@@ -304,7 +366,20 @@ class Engine:
             num_preemptions=sum(lp.num_preemptions for lp in self._loops),
             completed_requests=self._completed,
             workers=workers,
+            priorities=self._priority_stats(),
         )
+
+    def _priority_stats(self) -> list[PriorityStats]:
+        waiting = Counter(s.priority for s in self._parked)
+        running: Counter[int] = Counter()
+        for lp in self._loops:
+            waiting.update(s.priority for s in lp.waiting)
+            running.update(s.priority for s in lp.running)
+            running.update(s.priority for s in lp.retiring)
+        return [
+            PriorityStats(p, waiting[p], running[p])
+            for p in sorted(waiting.keys() | running.keys(), reverse=True)
+        ]
 
     def _num_waiting(self) -> int:
         return len(self._parked) + sum(len(lp.waiting) for lp in self._loops)
@@ -315,18 +390,22 @@ class Engine:
         total = seq.num_prompt_tokens + seq.request.max_new_tokens
         loops = [
             lp
-            for lp in self._loops
-            if lp.healthy and _num_blocks(total, lp.kv.block_size) <= lp.kv.num_blocks
+            for lp in self.workers.routable()
+            if _num_blocks(total, lp.kv.block_size) <= lp.kv.num_blocks
         ]
         if not loops:
             if seq.parked_at is None:
                 seq.parked_at = asyncio.get_running_loop().time()
-            seq.worker_index = -1
+            seq.worker_address = ""
             self._parked.append(seq)
             return
-        loop = self._router.pick(seq, loops)
+        leader = seq.leader
+        prefer = None  # completion 0's worker, for the others: the prompt's blocks are there
+        if leader is not None and not leader.is_finished and leader.worker_address:
+            prefer = self.workers.get(leader.worker_address)
+        loop = self._router.pick(seq, loops, prefer)
         seq.parked_at = None
-        seq.worker_index = self._loops.index(loop)
+        seq.worker_address = loop.info.address
         loop.add(seq)
 
     def _end(self, seq: Sequence, reason: FinishReason, error: str | None) -> None:
@@ -335,8 +414,10 @@ class Engine:
         self._on_finished(seq)
 
     def _on_finished(self, seq: Sequence) -> None:
-        """seq's last event is out: its request_id may be used again."""
-        if self._live.get(seq.request.key) is seq:
+        """seq's last event is out: once its request's every completion's is, its request_id
+        may be used again."""
+        group = self._live.get(seq.request.key)
+        if group is not None and group.holds(seq) and group.is_finished:
             del self._live[seq.request.key]
             self._completed += 1
 

@@ -2,14 +2,18 @@
 the KV blocks they hold (allocated, cached in the radix tree, released).
 
 Continuous batching with chunked prefill under a per-step token budget: running requests go
-first, oldest first (a decode costs 1 token, a prefill continues with a chunk); waiting requests
-are then admitted longest-cached-prefix first, except that resumed requests (preempted, or moved
-from a lost worker: admitted before) and requests waiting longer than max_wait_steps go first in
-arrival order, so none starves. A request whose prompt shares 2+ blocks with a prompt still
-being computed waits for those blocks to enter the tree rather than computing them twice. When
-a running request needs a block and the pool has none, the newest running request is preempted
-(recomputed later from its tokens, its computed blocks cached in the tree). New requests also
-join a plan only while its encoding fits under the worker's receive limit (max_plan_bytes).
+first, by priority (GenerateRequest.priority, higher first), then oldest first (a decode costs 1
+token, a prefill continues with a chunk); waiting requests are then admitted by priority, and
+within a priority longest-cached-prefix first, except that resumed requests (preempted, or
+moved from a lost worker: admitted before) and requests waiting longer than max_wait_steps go
+first in arrival order, so none starves within its priority. A request whose prompt shares 2+
+blocks with a prompt still being computed waits for those blocks to enter the tree rather than
+computing them twice, and the later completions of a request with n > 1 wait for its first to
+compute the prompt. When a running request needs a block and the pool has none, the running
+request of the lowest priority, newest first, is preempted (recomputed later from its tokens,
+its computed blocks cached in the tree); so is one of lower priority than the best waiting
+request when the batch or the pool has no room for that one. New requests also join a plan
+only while its encoding fits under the worker's receive limit (max_plan_bytes).
 
 Of each Sequence the policy alone writes the admission and block fields (queued_at_step,
 hit_estimate, admitted_once, num_cached_tokens, block_ids, match).
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 
 from yaie.kernels.cache import KVCacheManager, PrefixMatch
 from yaie.scheduler_service.config import SchedulerConfig
+from yaie.scheduler_service.engine.priority_order import insert_by_priority
 from yaie.scheduler_service.engine.sequence import Sequence
 from yaie.scheduler_service.workers.step_plan import (
     DEFAULT_MAX_PLAN_BYTES,
@@ -88,27 +93,30 @@ class BatchPolicy:
         self, running: list[Sequence], waiting: deque[Sequence], blocks_pending: bool
     ) -> list[Run]:
         """The next step's runs. running and waiting are updated in place (admissions,
-        preemptions). blocks_pending: some retiring request will free blocks once its plans in
-        flight are back; a request short of blocks then waits a step instead of preempting."""
+        preemptions) and stay in priority order (highest first; see queue()). blocks_pending:
+        some retiring request will free blocks once its plans in flight are back; a request
+        short of blocks then waits a step instead of preempting."""
         budget = self.config.max_num_batched_tokens
         runs: list[Run] = []
         short = False  # some running request could not get its blocks (or was preempted)
         self._blocks_pending = blocks_pending
-        i = 0
-        while i < len(running) and budget > 0:
-            seq = running[i]
+        self._preempt_for_priority(running, waiting)
+        preempted: set[int] = set()  # ids of the requests preempted during this loop
+        for seq in list(running):  # highest priority, then oldest, first
+            if budget <= 0:
+                break
+            if id(seq) in preempted or self._hold_back(seq):
+                continue
             n = self._next_chunk(seq, budget)
             need = self._num_blocks(seq.num_scheduled + n) - len(seq.block_ids)
-            if need > 0 and not self._make_room(seq, need, running):
+            if need > 0 and not self._make_room(seq, need, running, preempted):
                 short = True
-                i += 1  # past seq, or past the end when seq itself was preempted (the last)
                 continue
             if need > 0:
                 seq.block_ids += self.kv.allocate(need)
             if n > 0:
                 runs.append(Run(seq, n))
                 budget -= n
-            i += 1
         if not short:
             runs += self._admit(running, waiting, budget)
         self.num_steps += 1  # every request still waiting has now waited one more step
@@ -119,12 +127,10 @@ class BatchPolicy:
         return self.num_steps - seq.queued_at_step
 
     def queue(self, seq: Sequence, waiting: deque[Sequence], first: bool = False) -> None:
-        """Puts seq in waiting (at the front when first), stamped with the current step."""
+        """Puts seq in waiting, stamped with the current step: after the requests of its
+        priority (before them when first), so that waiting stays in priority order."""
         seq.queued_at_step = self.num_steps
-        if first:
-            waiting.appendleft(seq)
-        else:
-            waiting.append(seq)
+        insert_by_priority(waiting, seq, first)
 
     def cache_prompt(self, seq: Sequence, end: int) -> None:
         """A prefill chunk of seq is computed up to end (its result is in): its full blocks go
@@ -149,18 +155,72 @@ class BatchPolicy:
         )
         self.tree_epoch += cache
 
-    def _make_room(self, seq: Sequence, need: int, running: list[Sequence]) -> bool:
-        """Whether need blocks can be allocated for seq, after preempting the newest running
-        requests (seq included, last) while no freed blocks are on their way anyway."""
+    def _hold_back(self, seq: Sequence) -> bool:
+        """Whether seq's client is max_stream_backlog tokens behind (backpressure: a slow or
+        stalled reader must not keep the worker generating for it); sets seq.held_back."""
+        seq.held_back = self._is_behind(seq)
+        if seq.held_back:  # the reader is woken for them, whatever the stream interval
+            seq.events.release()
+        return seq.held_back
+
+    def _is_behind(self, seq: Sequence) -> bool:
+        return seq.events.num_undelivered(seq.index) >= self.config.max_stream_backlog
+
+    def _make_room(
+        self, seq: Sequence, need: int, running: list[Sequence], preempted: set[int]
+    ) -> bool:
+        """Whether need blocks can be allocated for seq, after preempting held-back requests
+        (their clients are not reading), then the last running ones (the lowest priority,
+        newest first; seq included, last), while no freed blocks are on their way anyway. Never
+        one already in this step's runs: held-back ones have none, and runs are formed in
+        running's order."""
         while not self.kv.can_allocate(need):
             if self._blocks_pending:
                 return False
-            victim = running.pop()  # the newest: never one already in this step's runs
-            self._preempt(victim)
-            self._blocks_pending = victim.in_flight > 0  # else freed at once
+            victim = self._held_back_victim(running, seq) or running[-1]
+            running.remove(victim)
+            preempted.add(id(victim))
+            self._evict(victim)
             if victim is seq:
                 return False
         return True
+
+    def _preempt_for_priority(self, running: list[Sequence], waiting: deque[Sequence]) -> None:
+        """Before any run is formed: while the batch is full, or the pool cannot hold the next
+        chunk of the best waiting request besides what the running ones need this step, the
+        last running request (lowest priority, newest) is preempted if its priority is below
+        that one's; blocks already on their way are waited for instead of preempting for them."""
+        if not waiting or not running or running[-1].priority >= waiting[0].priority:
+            return  # (the common case costs nothing: no priority gap)
+        top = self._admission_order(waiting)[0]
+        match = self._match(top)
+        n = min(len(top.token_ids) - match.num_tokens, self.config.prefill_chunk_size)
+        need = self._num_blocks(match.num_tokens + n) - len(match.blocks)
+        growth = [self._num_new_blocks(s) for s in running]
+        while running and running[-1].priority < top.priority:
+            full = len(running) >= self.config.max_running_requests
+            fits = self._blocks_pending or self.kv.can_allocate(need + sum(growth), match)
+            if not full and fits:
+                return
+            growth.pop()
+            self._evict(running.pop())
+
+    def _num_new_blocks(self, seq: Sequence) -> int:
+        """Blocks the running request seq needs for its next run (the step budget aside)."""
+        n = self._next_chunk(seq, self.config.max_num_batched_tokens)
+        return max(0, self._num_blocks(seq.num_scheduled + n) - len(seq.block_ids))
+
+    def _evict(self, victim: Sequence) -> None:
+        """Preempts victim (taken out of running); its blocks come back at once unless a plan
+        in flight still runs it."""
+        self._preempt(victim)
+        self._blocks_pending = self._blocks_pending or victim.in_flight > 0
+
+    def _held_back_victim(
+        self, running: list[Sequence], spare: Sequence | None = None
+    ) -> Sequence | None:
+        """The newest held-back running request but spare, if any."""
+        return next((s for s in reversed(running) if s is not spare and self._is_behind(s)), None)
 
     def _next_chunk(self, seq: Sequence, budget: int) -> int:
         """Tokens seq runs next: the rest of its known tokens in chunks, or 1 (a decode); 0 when
@@ -172,23 +232,30 @@ class BatchPolicy:
 
     def _admit(self, running: list[Sequence], waiting: deque[Sequence], budget: int) -> list[Run]:
         runs: list[Run] = []
-        if not waiting or len(running) >= self.config.max_running_requests or budget <= 0:
+        limit = self.config.max_running_requests
+        if not waiting or budget <= 0:
+            return runs
+        if len(running) >= limit and not self._free_slot(running, waiting):
             return runs  # (ordering the queue costs a prefix match per waiting request)
         sharing = self._prompts_being_computed(running)
         room = self.max_plan_bytes - PLAN_ENTRY_BYTES * len(running) - PLAN_SLACK_BYTES
         for seq in self._admission_order(waiting):
-            if len(running) >= self.config.max_running_requests or budget <= 0:
+            if budget <= 0 or (len(running) >= limit and not self._free_slot(running, waiting)):
                 break
+            if self._hold_back(seq):  # preempted while its client was not reading
+                continue
             # A request's NewRequest (its tokens, grammar and logit bias) goes in this plan.
             size = new_request_bytes(seq.token_ids, seq.request.sampling)
             if size > room and runs:
                 break  # the plan is full: the next step sends it (its place in line kept)
             if not seq.admitted_once and self._worth_waiting(seq, self._hit_estimate(seq), sharing):
                 continue
+            if seq.leader is not None and self._waits_for_leader(seq):
+                continue
             match = self._match(seq)
             n = min(len(seq.token_ids) - match.num_tokens, budget, self.config.prefill_chunk_size)
             need = self._num_blocks(match.num_tokens + n) - len(match.blocks)
-            if not self.kv.can_allocate(need, match):
+            if not self._room_for_admission(running, need, match):
                 break  # head of line: no later request jumps a request that does not fit
             self.kv.lock(match)
             seq.match = match
@@ -199,23 +266,50 @@ class BatchPolicy:
                 self.counters.prompt_tokens += seq.num_prompt_tokens
                 self.counters.cached_tokens += match.num_tokens
             waiting.remove(seq)
-            running.append(seq)
+            insert_by_priority(running, seq)
             runs.append(Run(seq, n))
             budget -= n
             room -= size + PLAN_ENTRY_BYTES
             self._note_prompt_being_computed(seq, sharing)
         return runs
 
+    def _room_for_admission(self, running: list[Sequence], need: int, match: PrefixMatch) -> bool:
+        """Whether need blocks (besides match's) can be allocated, after preempting held-back
+        running requests (their blocks go to the tree: evictable, and theirs again on resume)."""
+        while not self.kv.can_allocate(need, match):
+            victim = self._held_back_victim(running)
+            if victim is None or self._blocks_pending:
+                return False
+            running.remove(victim)
+            self._preempt(victim)
+            self._blocks_pending = victim.in_flight > 0  # else freed at once
+        return True
+
+    def _free_slot(self, running: list[Sequence], waiting: deque[Sequence]) -> bool:
+        """Preempts the newest held-back running request when a request that can run waits for
+        its slot (max_running_requests reached); whether one was."""
+        victim = self._held_back_victim(running)
+        if victim is None:
+            return False
+        if all(self._is_behind(s) for s in waiting):
+            return False
+        running.remove(victim)
+        self._preempt(victim)
+        return True
+
     def _admission_order(self, waiting: deque[Sequence]) -> list[Sequence]:
-        """Resumed requests, then overdue ones (both in queue order), then the rest by longest
-        cached prefix (ties in queue order)."""
+        """By priority (highest first); within one, resumed and overdue requests (in queue
+        order), then the rest by longest cached prefix (ties in queue order)."""
         window = list(itertools.islice(waiting, self.config.prefix_scan_window))
         limit = self.config.max_wait_steps
-        first = [s for s in window if s.admitted_once or self.wait_steps(s) > limit]
-        rest = [s for s in window if not (s.admitted_once or self.wait_steps(s) > limit)]
-        if self.config.enable_prefix_cache and len(rest) > 1:
-            rest.sort(key=lambda s: -self._hit_estimate(s))
-        return first + rest
+        by_prefix = self.config.enable_prefix_cache and len(window) > 1
+
+        def rank(seq: Sequence) -> tuple[int, bool, int]:
+            urgent = seq.admitted_once or self.wait_steps(seq) > limit
+            hit = 0 if urgent or not by_prefix else self._hit_estimate(seq)
+            return (-seq.priority, not urgent, -hit)
+
+        return sorted(window, key=rank)  # stable: queue order breaks ties
 
     def _prompts_being_computed(self, running: list[Sequence]) -> dict[tuple, list[Sequence]]:
         """Running requests whose prompt blocks are not all in the tree yet, by first block."""
@@ -254,6 +348,19 @@ class BatchPolicy:
             if common - num_cached >= 2 * bs:
                 return True
         return False
+
+    def _waits_for_leader(self, seq: Sequence) -> bool:
+        """Whether seq, a later completion of a request (engine/completions.py), waits for
+        completion 0, unfinished on this worker, to put the prompt's full blocks in the tree:
+        it then hits them all and computes only the prompt's last, partial block."""
+        leader = seq.leader
+        assert leader is not None
+        if not self.config.enable_prefix_cache or seq.admitted_once or leader.is_finished:
+            return False
+        if leader.worker_address != seq.worker_address:  # moved (a lost worker): it goes alone
+            return False
+        full = (len(seq.token_ids) - 1) // self.block_size * self.block_size
+        return self._hit_estimate(seq) < full
 
     def _hit_estimate(self, seq: Sequence) -> int:
         """seq's cached prefix length for ordering, recomputed only when the tree changed (a

@@ -6,6 +6,7 @@ engine, and the engine's OutputEvents back into GenerateResponse frames.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass
 
@@ -36,10 +37,21 @@ class GenerationRequest:
     # Who asked (ops/tenants.py; "" on a server without keys): request ids are unique per
     # tenant, and abort / finish find a request by (tenant, request_id).
     tenant: str = ""
+    # Completions of the prompt (1..MAX_COMPLETIONS): completion i samples with
+    # completion_seed(sampling.seed, i); its events carry index i.
+    n: int = 1
+    # Scheduling priority (higher runs first; see policy.py); validated by the API layer.
+    priority: int = 0
 
     @property
     def key(self) -> tuple[str, str]:
         return (self.tenant, self.request_id)
+
+    def completion(self, index: int) -> GenerationRequest:
+        """The single request that completion index of this one runs as (n = 1, its seed)."""
+        seed = completion_seed(self.sampling.seed, index)
+        sampling = dataclasses.replace(self.sampling, seed=seed)
+        return dataclasses.replace(self, sampling=sampling, n=1)
 
 
 @dataclass
@@ -55,3 +67,20 @@ class OutputEvent:
     finish_reason: FinishReason | None = None
     matched_stop_token: int | None = None
     error: str | None = None  # set when the server gave up on the request (ABORT)
+    index: int = 0  # which completion of the request (GenerationRequest.n) the event is of
+
+
+MAX_COMPLETIONS = 64  # GenerationRequest.n at most
+_MASK64 = (1 << 64) - 1
+
+
+def completion_seed(seed: int, index: int) -> int:
+    """The sampling seed of completion index (0-based) of a request with seed: completion 0 uses
+    seed itself (so n = 1 is a plain request), completion i > 0 the i-th output of SplitMix64
+    seeded with seed. A single request with this seed reproduces that completion exactly."""
+    if index == 0:
+        return seed
+    z = (seed + index * 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)

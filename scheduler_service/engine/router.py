@@ -66,20 +66,22 @@ class Router:
             self._indexes[id(loop)] = (loop.num_losses, index)
         return index
 
-    def pick(self, seq: Sequence, candidates: list[WorkerLoop]) -> WorkerLoop:
+    def pick(
+        self, seq: Sequence, candidates: list[WorkerLoop], prefer: WorkerLoop | None = None
+    ) -> WorkerLoop:
         """One of candidates (healthy workers whose pool fits seq; non-empty) for seq; records
-        seq's prefix there."""
+        seq's prefix there. prefer, when a candidate, is taken (the worker that computes the
+        prompt of seq's request for all its completions)."""
         tokens = seq.token_ids[:-1]  # at least the last token runs (as the policy matches)
         namespace = seq.request.namespace
+        if prefer is not None and prefer in candidates:
+            seq.route_cost = len(seq.token_ids) - self._hit(prefer, tokens, namespace)
+            return prefer
         best: tuple[int, int, int] | None = None
         chosen, chosen_miss = candidates[0], len(seq.token_ids)
         # One candidate needs no score (the load sums over the queue: O(queue) per request).
         for rank, loop in enumerate(candidates if len(candidates) > 1 else ()):
-            hit = 0
-            if self.enable_prefix_cache:
-                cached = loop.kv.cached_tokens(tokens, namespace)  # read-only: no LRU touch
-                hit = max(cached, self._index(loop).match(tokens, namespace))
-            miss = len(seq.token_ids) - hit
+            miss = len(seq.token_ids) - self._hit(loop, tokens, namespace)
             load = loop.load_tokens()
             key = (miss + load, load, rank)
             if best is None or key < best:
@@ -88,3 +90,10 @@ class Router:
             self._index(chosen).insert(tokens, namespace)
         seq.route_cost = chosen_miss
         return chosen
+
+    def _hit(self, loop: WorkerLoop, tokens: list[int], namespace: str) -> int:
+        """Prompt tokens loop has cached, or will have once its queue ran (its index)."""
+        if not self.enable_prefix_cache:
+            return 0
+        cached = loop.kv.cached_tokens(tokens, namespace)  # read-only: no LRU touch
+        return max(cached, self._index(loop).match(tokens, namespace))

@@ -45,8 +45,12 @@ class Sequence:
     error: str | None = None  # why the server gave up on it (an ABORT)
     emitted: int = 0  # output tokens already sent in events
     events: Outbox = field(default_factory=lambda: Outbox())
-    # The engine's (engine.py): where it is, and how its client ended it.
-    worker_index: int = -1  # the engine's worker loop that holds it
+    # The engine's (engine.py): its completion, where it is, and how its client ended it.
+    index: int = 0  # which completion of its request (GenerationRequest.n) it is
+    # Completion 0 of its request, for the others (None for completion 0 and n = 1): they wait
+    # for it to put the prompt's blocks in the tree, then hit them (see BatchPolicy._admit).
+    leader: Sequence | None = None
+    worker_address: str = ""  # the worker whose loop holds it ("": parked)
     parked_at: float | None = None  # loop time it started waiting for a worker (none healthy)
     abort_requested: FinishReason | None = None  # set by abort()/finish(); acted on next step
     abort_error: str | None = None  # the error its final event carries, with abort_requested
@@ -55,6 +59,9 @@ class Sequence:
     route_cost: int = 0  # prompt tokens its worker must compute (the router's load estimate)
     # Its worker loop's (worker_loop.py):
     status: SequenceStatus = SequenceStatus.WAITING
+    # The batch policy's (policy.py): left unscheduled because its client is max_stream_backlog
+    # tokens behind; the engine wakes its worker loop when the client takes them.
+    held_back: bool = False
     # The batch policy's (policy.py), for its whole life:
     admitted_once: bool = False  # waiting again after that: resumed (goes first)
     num_cached_tokens: int = 0  # cache hit of the first admission (usage.cached_tokens)
@@ -79,6 +86,10 @@ class Sequence:
     @property
     def request_id(self) -> str:
         return self.request.request_id
+
+    @property
+    def priority(self) -> int:
+        return self.request.priority
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -143,12 +154,14 @@ class Sequence:
             finish_reason=self.finish_reason,
             matched_stop_token=self.matched_stop_token,
             error=self.error,
+            index=self.index,
         )
         self.events.put(event, min_tokens)
 
 
 class Outbox:
-    """A request's undelivered output, coalesced into one pending event.
+    """A request's undelivered output, coalesced into one pending event per completion (the n
+    sequences of a request with n > 1 share one outbox, and its reader sees them all).
 
     Why not a queue of events: a client that reads slowly would make the scheduler hold one
     event object per token for it, without bound over a long generation. Merging undelivered
@@ -158,31 +171,37 @@ class Outbox:
     """
 
     def __init__(self) -> None:
-        self._pending: OutputEvent | None = None
+        self._pending: dict[int, OutputEvent] = {}  # completion index -> its undelivered delta
         self._ready = asyncio.Event()
 
     def put(self, event: OutputEvent, min_tokens: int = 1) -> None:
-        """Adds event to the pending delta. The reader is woken once the delta holds min_tokens
-        tokens (the stream interval: fewer, larger frames under load) or the request finished;
-        until then the tokens wait for the next put or release()."""
-        pending = self._pending
+        """Adds event to its completion's pending delta. The reader is woken once the delta holds
+        min_tokens tokens (the stream interval: fewer, larger frames under load) or the
+        completion finished; until then the tokens wait for the next put or release()."""
+        pending = self._pending.get(event.index)
         if pending is not None:  # merge: the newest event's counters and finish state win
             pending.token_ids += event.token_ids  # the outbox owns the pending event's lists
             pending.logprobs += event.logprobs
             event.token_ids, event.logprobs = pending.token_ids, pending.logprobs
-        self._pending = event
+        self._pending[event.index] = event
         if min_tokens <= max(1, len(event.token_ids)) or event.finish_reason is not None:
             self._ready.set()
 
+    def num_undelivered(self, index: int = 0) -> int:
+        """Tokens of completion index put and not yet taken by the reader (its backlog)."""
+        pending = self._pending.get(index)
+        return 0 if pending is None else len(pending.token_ids)
+
     def release(self) -> None:
         """Wake the reader for whatever is pending (tokens held by the stream interval)."""
-        if self._pending is not None:
+        if self._pending:
             self._ready.set()
 
-    async def get(self) -> OutputEvent:
-        """Every event put since the last get(), as one (waits for one)."""
+    async def get(self) -> list[OutputEvent]:
+        """Every event put since the last get(), as one per completion, by index (waits)."""
         await self._ready.wait()
-        event, self._pending = self._pending, None
+        events = [self._pending[index] for index in sorted(self._pending)]
+        self._pending = {}
         self._ready.clear()
-        assert event is not None
-        return event
+        assert events
+        return events

@@ -66,6 +66,8 @@ class WorkerLoop:
         self.healthy = True  # connected: Described and its step stream open
         self.num_preemptions = 0
         self.num_losses = 0  # times the worker was lost
+        self.lost_at: float | None = None  # loop time of the loss while not back (else None)
+        self.leaving = False  # being taken out of the worker set: routed nothing new
         self._on_finished = on_finished  # the client saw the last event
         self._on_orphaned = on_orphaned  # unfinished requests of a lost worker, to re-route
         self._on_rejoined = on_rejoined  # the worker is back (the engine routes parked requests)
@@ -94,6 +96,10 @@ class WorkerLoop:
     def add(self, seq: Sequence) -> None:
         seq.status = SequenceStatus.WAITING
         self.policy.queue(seq, self.waiting)
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Schedule again (a held-back request's client took its tokens)."""
         self._wake.set()
 
     def request_abort(self, seq: Sequence) -> None:
@@ -156,6 +162,7 @@ class WorkerLoop:
         self.client.open_stream()
         self._lost = None
         self.healthy = True
+        self.lost_at = None
         logger.info("worker %s rejoined (%d blocks)", info.address, info.num_blocks)
         self._on_rejoined(self)
 
@@ -327,13 +334,34 @@ class WorkerLoop:
         seq.status = SequenceStatus.WAITING
         self.policy.queue(seq, self.waiting, first=True)
 
+    def take_waiting(self) -> list[Sequence]:
+        """The requests queued here and not admitted (no blocks, nothing sent), taken out."""
+        seqs = list(self.waiting)
+        self.waiting.clear()
+        return seqs
+
+    def evict(self) -> list[Sequence]:
+        """The worker leaves the set (its tasks cancelled first): its unfinished requests,
+        with their output so far, for the engine to route elsewhere."""
+        self.healthy = False
+        self.client.abandon_stream()
+        return self._take_all("", fail=False)
+
     def _lose(self, message: str, fail: bool) -> None:
         """The worker is gone (its pool too): unfinished requests go back to the engine with the
         tokens received so far (or fail, after a scheduler bug); the allocator starts afresh."""
         self.healthy = False
         self.num_losses += 1
+        self.lost_at = asyncio.get_running_loop().time()
         self._lost = None
         self.client.abandon_stream()
+        orphans = self._take_all(message, fail)
+        self._reset_pool(self.info)
+        self._on_orphaned(orphans)
+
+    def _take_all(self, message: str, fail: bool) -> list[Sequence]:
+        """Every request here out of its queues: the unfinished ones, reset to be re-routed
+        (failed instead when fail: after a scheduler bug)."""
         seqs = sorted(self.running + self.retiring + list(self.waiting), key=lambda s: s.arrival)
         self.running.clear()
         self.retiring.clear()
@@ -351,5 +379,4 @@ class WorkerLoop:
                 seq.reset_incarnation()
                 seq.status = SequenceStatus.WAITING
                 orphans.append(seq)
-        self._reset_pool(self.info)
-        self._on_orphaned(orphans)
+        return orphans

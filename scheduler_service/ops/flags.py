@@ -27,6 +27,10 @@ _BATCHING_FLAGS: dict[str, tuple[str, str]] = {
         "stream_interval",
         "under load (>= 64 running), one frame per this many tokens per request",
     ),
+    "--max-stream-backlog": (
+        "max_stream_backlog",
+        "tokens a request's client may leave unread before the request is paused",
+    ),
 }
 # ... and the failure and drain timeouts, in seconds
 _FAILOVER_FLAGS: dict[str, tuple[str, str]] = {
@@ -79,6 +83,7 @@ def add_scheduler_arguments(
     parser.add_argument("--model", default=None, help=model_help)
     _add_batching(parser.add_argument_group("batching"))
     _add_failover(parser.add_argument_group("worker failures and draining"))
+    _add_discovery(parser.add_argument_group("workers that join and leave (scale out)"))
     _add_public_security(parser.add_argument_group("public API security"))
     _add_worker_security(parser.add_argument_group("worker channel security"))
     _add_http(parser.add_argument_group("OpenAI-compatible HTTP API"))
@@ -126,6 +131,12 @@ def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         server_options(args)
     except ValueError as error:
         parser.error(str(error))
+    if not args.dns_interval > 0 or not args.forget_lost_worker > 0:
+        parser.error("--dns-interval and --forget-lost-worker must be > 0")
+    for name in args.worker_dns:
+        host, _, port = name.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            parser.error(f"--worker-dns must be NAME:PORT, got {name!r}")
 
 
 def _add_batching(group: argparse._ArgumentGroup) -> None:
@@ -161,6 +172,50 @@ def _add_table(
         default = getattr(SchedulerConfig, name)
         help_ = f"{help_} (default {default:g})"
         group.add_argument(flag, type=type, default=default, metavar=metavar, help=help_)
+
+
+def _add_discovery(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--internal-port",
+        type=int,
+        default=None,
+        help="accept worker joins (`yaie worker --join HOST:PORT`) on this port, checked by "
+        "--internal-secret-file or worker mTLS (default: off; 0: any free port)",
+    )
+    group.add_argument(
+        "--internal-host",
+        default="127.0.0.1",
+        help="address of --internal-port; a non-loopback one needs a secret or mTLS",
+    )
+    group.add_argument(
+        "--insecure-internal",
+        action="store_true",
+        help="let --internal-host be non-loopback with no secret nor mTLS (anyone who reaches "
+        "it can add a worker and read prompts)",
+    )
+    group.add_argument(
+        "--worker-dns",
+        action="append",
+        default=[],
+        metavar="NAME:PORT",
+        help="follow the workers at NAME's addresses (a headless Service), re-resolved every "
+        "--dns-interval seconds (repeatable)",
+    )
+    group.add_argument(
+        "--dns-interval", type=float, default=5.0, metavar="SECONDS", help="(default 5)"
+    )
+    group.add_argument(
+        "--forget-lost-worker",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="a joined worker lost this long leaves the set (it joins again when back; default 30)",
+    )
+
+
+def discovery_enabled(args: argparse.Namespace) -> bool:
+    """Whether workers may arrive after start (joins or DNS)."""
+    return args.internal_port is not None or bool(args.worker_dns)
 
 
 def _add_public_security(group: argparse._ArgumentGroup) -> None:

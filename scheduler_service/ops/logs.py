@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 import uuid
@@ -51,10 +52,32 @@ def setup_logging(level: str = "INFO", log_format: str = "text") -> None:
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 
+# A client-supplied string (a request id, before validation refuses a bad one) is cut to this
+# many characters in a log entry, and written as a quoted, escaped token unless it is plain.
+MAX_LOGGED_CHARS = 128
+_PLAIN = re.compile(r"[!#-\[\]-~]*")  # printable ASCII but space, `"` and `\`: written as is
+
+
+def _clipped(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > MAX_LOGGED_CHARS:
+        return f"{value[:MAX_LOGGED_CHARS]}...({len(value)} chars)"
+    return value
+
+
+def _token(value: Any) -> str:
+    """value as one token of a text log line: a newline or space in it cannot make a field (or
+    a line) of its own."""
+    text = str(value)
+    if _PLAIN.fullmatch(text):
+        return text
+    return json.dumps(text)  # quoted; control and non-ASCII characters escaped
+
+
 def _log(message: str, fields: dict[str, Any]) -> None:
     if not request_log.isEnabledFor(logging.INFO):
         return
-    text = " ".join(f"{key}={value}" for key, value in fields.items())
+    fields = {key: _clipped(value) for key, value in fields.items()}
+    text = " ".join(f"{key}={_token(value)}" for key, value in fields.items())
     request_log.info("%s %s", message, text, extra={"fields": fields})
 
 
@@ -67,7 +90,7 @@ class _Trace:
         self.start = self.last = time.perf_counter()
         self.first: float | None = None
         self.itl: list[float] = []
-        self.usage = pb.Usage()
+        self.usages: dict[int, pb.Usage] = {}  # completion index -> its usage so far
         self.outcome = "cancelled"  # unless a last frame or a status code says otherwise
 
     def frame(self, frame: pb.GenerateResponse) -> None:
@@ -80,7 +103,7 @@ class _Trace:
                 gap = (now - self.last) / len(frame.token_ids)
                 self.itl += [gap] * len(frame.token_ids)
             self.last = now
-        self.usage = frame.usage
+        self.usages[frame.index] = frame.usage
         if frame.finish_reason != pb.FINISH_REASON_UNSPECIFIED:
             self.outcome = (
                 pb.FinishReason.Name(frame.finish_reason).removeprefix("FINISH_REASON_").lower()
@@ -157,7 +180,12 @@ def observe_frames(
 
 
 def _finish(trace: _Trace, metrics: Metrics | None) -> None:
-    usage, now = trace.usage, time.perf_counter()
+    # Summed over the completions (GenerateRequest.n): each is a sequence over the prompt.
+    usage, now = pb.Usage(), time.perf_counter()
+    for part in trace.usages.values():
+        usage.prompt_tokens += part.prompt_tokens
+        usage.completion_tokens += part.completion_tokens
+        usage.cached_tokens += part.cached_tokens
     ttft = None if trace.first is None else trace.first - trace.start
     fields = {
         "request_id": trace.request_id,

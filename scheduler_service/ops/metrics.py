@@ -49,6 +49,7 @@ class EngineCollector(Collector):
         yield CounterMetricFamily(
             "yaie_preemptions", "Preemptions since start", value=stats.num_preemptions
         )
+        yield from _by_priority(stats.priorities)
         blocks = GaugeMetricFamily(
             "yaie_kv_blocks", "KV blocks by state", labels=["worker", "state"]
         )
@@ -63,6 +64,20 @@ class EngineCollector(Collector):
             hit_rate.add_metric([worker.address], worker.cache_hit_rate)
             healthy.add_metric([worker.address], 1.0 if worker.healthy else 0.0)
         yield from (blocks, hit_rate, healthy)
+
+
+def _by_priority(priorities: list[Any]) -> Iterator[Metric]:
+    """yaie_queue_waiting and yaie_requests_running split by GenerateRequest.priority."""
+    waiting = GaugeMetricFamily(
+        "yaie_queue_waiting_by_priority", "Requests waiting, per priority", labels=["priority"]
+    )
+    running = GaugeMetricFamily(
+        "yaie_requests_running_by_priority", "Requests admitted, per priority", labels=["priority"]
+    )
+    for p in priorities:
+        waiting.add_metric([str(p.priority)], p.waiting)
+        running.add_metric([str(p.priority)], p.running)
+    yield from (waiting, running)
 
 
 class Metrics:

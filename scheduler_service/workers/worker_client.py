@@ -32,10 +32,14 @@ class WorkerHungError(WorkerStreamError):
     """No answer in time: the worker process may still be alive (and resume later)."""
 
 
+class WorkerProtocolError(WorkerStreamError):
+    """The worker speaks another protocol version: retrying will not help."""
+
+
 def describe_info(address: str, info: worker_pb2.WorkerInfo) -> WorkerDescription:
     """A worker's Describe answer as a WorkerDescription; refuses another protocol version."""
     if info.protocol_version != worker_pb2.PROTOCOL_VERSION_CURRENT:
-        raise WorkerStreamError(
+        raise WorkerProtocolError(
             f"worker {address} speaks protocol {info.protocol_version}, "
             f"expected {worker_pb2.PROTOCOL_VERSION_CURRENT}"
         )

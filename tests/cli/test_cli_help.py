@@ -86,3 +86,17 @@ def unused_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def test_scheduler_needs_some_source_of_workers(capsys: pytest.CaptureFixture[str]) -> None:
+    """No --worker, --internal-port nor --worker-dns: a usage error (2), as is a bad DNS name."""
+    from yaie.scheduler_service import __main__ as scheduler
+
+    for argv, message in [
+        ([], "give workers: --worker HOST:PORT, --internal-port or --worker-dns"),
+        (["--worker-dns", "workers"], "--worker-dns must be NAME:PORT"),
+    ]:
+        with pytest.raises(SystemExit) as exit_:
+            scheduler.main(argv)
+        assert exit_.value.code == 2
+        assert message in capsys.readouterr().err

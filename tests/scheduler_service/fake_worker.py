@@ -291,18 +291,18 @@ class FakeWorkerHandle:
 
 
 async def start_fake_worker(
-    config: FakeWorkerConfig | None = None, port: int = 0
+    config: FakeWorkerConfig | None = None, port: int = 0, host: str = "127.0.0.1"
 ) -> FakeWorkerHandle:
-    """A FakeWorker (and grpc.health.v1, SERVING) on 127.0.0.1 at port (0: a free one); stop it
-    with handle.stop()."""
+    """A FakeWorker (and grpc.health.v1, SERVING) on host (a loopback address) at port (0: a
+    free one); stop it with handle.stop()."""
     worker = FakeWorker(config or FakeWorkerConfig())
     server = grpc.aio.server()
     worker_pb2_grpc.add_WorkerServicer_to_server(worker, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_insecure_port(f"127.0.0.1:{port}")
+    port = server.add_insecure_port(f"{host}:{port}")
     await server.start()
-    return FakeWorkerHandle(server, worker, f"127.0.0.1:{port}")
+    return FakeWorkerHandle(server, worker, f"{host}:{port}")
 
 
 @asynccontextmanager

@@ -17,11 +17,14 @@ from yaie.worker_service.forward_batch import ForwardBatch
 from yaie.worker_service.step.prefix_groups import find_prefix_groups
 from yaie.worker_service.step.request_state import RequestState, RequestTable
 
-# Grouped (cascade) decode attention only where it pays (not yet tuned on a GPU): a shared
-# prefix of at least MIN_PREFIX_TOKENS, and groups that save at least MIN_SAVED_TOKENS token
-# reads per layer in all (the step then runs eagerly, without its CUDA graph).
+# Grouped (cascade) decode attention only where it pays: a shared prefix of at least
+# MIN_PREFIX_TOKENS, and groups that save at least MIN_SAVED_TOKENS token reads per layer in all.
+# The cost model, from the H200 (benchmarks/NOTES.md, "grouped decode in CUDA graphs"): the
+# grouped path adds two kernels a layer and streams at ~3 TB/s, while plain decode reads rows
+# that share blocks partly from L2 (~6 TB/s effective): 4 groups x 4 rows x 2,048 shared tokens
+# (24k reads saved) broke even, 16 x 4 x 4,096 (196k) won 35%, 16 x 16 x 2,048 (491k) 41%.
 MIN_PREFIX_TOKENS = 256
-MIN_SAVED_TOKENS = 16384
+MIN_SAVED_TOKENS = 65536
 
 
 @dataclass(frozen=True)
@@ -56,14 +59,19 @@ def build_forward_batch(
     entries: list[ScheduledEntry],
     table: RequestTable,
     block_size: int,
-    group_prefixes: bool = False,
+    max_prefix_groups: int = 0,
+    single_by_decode: bool = False,
 ) -> tuple[ForwardBatch, torch.Tensor]:
     """Packs every index tensor into one int32 host buffer, copies it once, splits on device.
 
     Also returns sample_rows [num_sampled] int64: the last_tokens rows of the sampling entries.
     Entries that run one token should come first (ModelRunner orders them so): in a mixed batch
-    the leading ones take decode attention (ForwardBatch.num_single). group_prefixes: a decode
-    batch whose rows share cached prefix blocks gets ForwardBatch.prefix_groups.
+    the leading ones take decode attention (ForwardBatch.num_single). A decode batch whose rows
+    share cached prefix blocks gets ForwardBatch.prefix_groups (at most max_prefix_groups groups;
+    0: never). single_by_decode (deterministic mode): only decodes of a generated token
+    (is_decode) take decode attention, so that a prompt token whose run is one token long (the
+    rest of its prompt cached, or the last of a chunking) takes extend attention as in any other
+    chunking; the ModelRunner then puts the decodes first.
     """
     last_tokens = table.last_tokens
     device = last_tokens.device
@@ -107,18 +115,21 @@ def build_forward_batch(
         torch.tensor([e.state.row for e in entries if e.samples], dtype=torch.int32),
         tables.flatten(),
     ]
-    is_decode = all(n == 1 for n in num_new)
+    single = [e.is_decode for e in entries] if single_by_decode else [n == 1 for n in num_new]
+    is_decode = all(single)
     num_single = 0
     if not is_decode:
-        while num_new[num_single] == 1:
+        while single[num_single]:
             num_single += 1
         if num_single:
             parts.append(query_starts[num_single:] - num_single)
     groups = None
-    if group_prefixes and is_decode:
+    if max_prefix_groups and is_decode:
         lens = [e.start + 1 for e in entries]
         min_blocks = -(-MIN_PREFIX_TOKENS // block_size)
-        groups = find_prefix_groups(host_tables, lens, block_size, min_blocks, MIN_SAVED_TOKENS)
+        groups = find_prefix_groups(
+            host_tables, lens, block_size, min_blocks, MIN_SAVED_TOKENS, max_prefix_groups
+        )
     first_group_part = len(parts)
     if groups is not None:
         parts += [
@@ -145,8 +156,6 @@ def build_forward_batch(
         extend_query_start=pieces[10] if num_single else None,
         prefix_groups=None
         if groups is None
-        else PrefixGroups(
-            *pieces[first_group_part : first_group_part + 4], max_rows=groups.max_rows
-        ),
+        else PrefixGroups(*pieces[first_group_part : first_group_part + 4]),
     )
     return batch, sample_rows.long()

@@ -1,7 +1,9 @@
 """CUDA graphs of the decode forward pass, one per batch-size bucket (GPU only).
 
 A decode batch of b requests replays the graph of the smallest bucket >= b; rows b.. of the
-bucket are padding that reads and writes only the pool's scratch block.
+bucket are padding that reads and writes only the pool's scratch block. With grouped attention
+on, buckets from GROUPED_MIN_BATCH up also get a second graph whose attention reads each shared
+prefix once per group (decode_attention_grouped), over a fixed number of group slots.
 """
 
 from __future__ import annotations
@@ -10,9 +12,13 @@ import logging
 
 import torch
 
+from yaie.kernels.attention import PrefixGroups
 from yaie.worker_service.forward_batch import ForwardBatch
 
 log = logging.getLogger(__name__)
+
+GROUPED_MIN_BATCH = 4  # smaller batches cannot save batch_builder.MIN_SAVED_TOKENS reads
+MAX_GROUP_SLOTS = 32  # group slots of a grouped graph: min(bucket // 2, this)
 
 
 def graph_batch_sizes(max_batch_size: int) -> list[int]:
@@ -32,6 +38,7 @@ class DecodeGraphs:
         scratch_block: int,
         max_batch_size: int,
         max_blocks_per_seq: int,
+        grouped: bool = False,
     ) -> None:
         device = kv_cache.device
         block_size = kv_cache.shape[3]
@@ -53,8 +60,35 @@ class DecodeGraphs:
         self.logits_indices = torch.arange(n, dtype=torch.int64, device=device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.logits: dict[int, torch.Tensor] = {}
+        # Grouped graphs: bucket -> group slots; static group tensors (every slot empty at first).
+        self.num_group_slots = {
+            b: min(b // 2, MAX_GROUP_SLOTS)
+            for b in self.batch_sizes
+            if grouped and b >= GROUPED_MIN_BATCH
+        }
+        g = max(self.num_group_slots.values(), default=0)
+        self.group_rows = torch.zeros(n, dtype=torch.int32, device=device)
+        self.group_starts = torch.zeros(g + 1, dtype=torch.int32, device=device)
+        self.group_prefix_lens = torch.zeros(g, dtype=torch.int32, device=device)
+        self.group_kv_start = torch.zeros(n, dtype=torch.int32, device=device)
+        self.grouped_graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.grouped_logits: dict[int, torch.Tensor] = {}
 
-    def _static_batch(self, b: int) -> ForwardBatch:
+    def group_slots(self, b: int) -> int:
+        """Groups a decode batch of b rows may have to run as a graph (0: no grouped graph)."""
+        bucket = next((size for size in self.batch_sizes if size >= b), None)
+        return self.num_group_slots.get(bucket, 0) if bucket is not None else b
+
+    def _static_groups(self, b: int) -> PrefixGroups:
+        g = self.num_group_slots[b]
+        return PrefixGroups(
+            self.group_rows[:b],
+            self.group_starts[: g + 1],
+            self.group_prefix_lens[:g],
+            self.group_kv_start[:b],
+        )
+
+    def _static_batch(self, b: int, grouped: bool = False) -> ForwardBatch:
         return ForwardBatch(
             self.input_ids[:b],
             self.positions[:b],
@@ -65,6 +99,7 @@ class DecodeGraphs:
             1,
             True,
             self.logits_indices[:b],
+            prefix_groups=self._static_groups(b) if grouped else None,
         )
 
     @torch.inference_mode()
@@ -72,21 +107,34 @@ class DecodeGraphs:
         """Captures one graph per bucket, largest first, so smaller ones reuse its memory."""
         pool = None
         for b in reversed(self.batch_sizes):
-            batch = self._static_batch(b)
-            self.model.forward(batch, self.kv_cache)  # warm up: Triton autotune, allocator
-            torch.cuda.synchronize()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                self.logits[b] = self.model.forward(batch, self.kv_cache)
-            pool = graph.pool()
-            self.graphs[b] = graph
+            for grouped in (False, True) if b in self.num_group_slots else (False,):
+                batch = self._static_batch(b, grouped)
+                self.model.forward(batch, self.kv_cache)  # warm up: Triton autotune, allocator
+                torch.cuda.synchronize()
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    logits = self.model.forward(batch, self.kv_cache)
+                pool = graph.pool()
+                graphs, outputs = (
+                    (self.grouped_graphs, self.grouped_logits)
+                    if grouped
+                    else (self.graphs, self.logits)
+                )
+                graphs[b], outputs[b] = graph, logits
         torch.cuda.synchronize()
-        log.info("captured decode CUDA graphs for batch sizes %s", self.batch_sizes)
+        log.info(
+            "captured decode CUDA graphs for batch sizes %s (grouped attention: %s)",
+            self.batch_sizes,
+            sorted(self.num_group_slots) or "off",
+        )
 
     def can_run(self, batch: ForwardBatch) -> bool:
+        groups = batch.prefix_groups
         return (
             batch.is_decode
-            and batch.prefix_groups is None  # grouped attention runs eagerly
+            and (
+                groups is None or groups.prefix_lens.shape[0] <= self.group_slots(batch.batch_size)
+            )
             and batch.batch_size <= self.batch_sizes[-1]
             and batch.block_tables.shape[1] <= self.block_tables.shape[1]
             and batch.logits_indices.shape[0] == batch.batch_size
@@ -107,5 +155,21 @@ class DecodeGraphs:
         self.slots[b:bucket].fill_(self.scratch_slot)
         self.block_tables[b:bucket, 0].fill_(self.scratch_block)
         self.seq_lens[b:bucket].fill_(1)
-        self.graphs[bucket].replay()
-        return self.logits[bucket][:b]
+        if batch.prefix_groups is None:
+            self.graphs[bucket].replay()
+            return self.logits[bucket][:b]
+        self._load_groups(batch.prefix_groups, b, bucket)
+        self.grouped_graphs[bucket].replay()
+        return self.grouped_logits[bucket][:b]
+
+    def _load_groups(self, groups: PrefixGroups, b: int, bucket: int) -> None:
+        """The step's groups into the bucket's static slots; the slots past them are empty."""
+        num_groups, num_rows = groups.prefix_lens.shape[0], groups.rows.shape[0]
+        slots = self.num_group_slots[bucket]
+        self.group_rows[:num_rows].copy_(groups.rows)
+        self.group_starts[: num_groups + 1].copy_(groups.starts)
+        self.group_starts[num_groups + 1 : slots + 1].fill_(num_rows)
+        self.group_prefix_lens[:num_groups].copy_(groups.prefix_lens)
+        self.group_prefix_lens[num_groups:slots].zero_()
+        self.group_kv_start[:b].copy_(groups.kv_start)
+        self.group_kv_start[b:bucket].zero_()

@@ -22,19 +22,21 @@ class HostPrefixGroups:
     prefix_lens: list[int]  # [G] shared tokens, whole blocks
     kv_start: list[int]  # [B] per batch row: its group's prefix_len, 0 if in no group
 
-    @property
-    def max_rows(self) -> int:
-        return max(b - a for a, b in zip(self.starts, self.starts[1:], strict=False))
-
 
 def find_prefix_groups(
-    tables: np.ndarray, seq_lens: list[int], block_size: int, min_blocks: int, min_saved: int
+    tables: np.ndarray,
+    seq_lens: list[int],
+    block_size: int,
+    min_blocks: int,
+    min_saved: int,
+    max_groups: int | None = None,
 ) -> HostPrefixGroups | None:
     """tables [B, W] int32 (row b: batch row b's block table, 0-padded), seq_lens [B].
 
     Rows are grouped by their first block; a row joins its group's first row when they share at
     least min_blocks leading blocks, and the group's prefix is what all its rows share, capped so
-    every row still reads at least its current token's block alone (prefix < seq_len). None when
+    every row still reads at least its current token's block alone (prefix < seq_len). At most
+    max_groups groups (those saving most; a CUDA graph holds a fixed number of slots). None when
     the groups would save fewer than min_saved token reads ((rows - 1) * prefix per group)."""
     batch = tables.shape[0]
     if batch < 2 or tables.shape[1] == 0:
@@ -42,11 +44,8 @@ def find_prefix_groups(
     # most whole blocks a row may share: those before the block of its last (current) token
     limit = (np.asarray(seq_lens, dtype=np.int64) - 1) // block_size
     firsts, inverse, counts = np.unique(tables[:, 0], return_inverse=True, return_counts=True)
-    rows: list[int] = []
-    starts, prefix_lens = [0], []
-    kv_start = [0] * batch
-    saved = 0
-    for g in np.flatnonzero(counts >= 2):
+    found: list[tuple[int, int, list[int]]] = []  # (saved token reads, prefix, rows)
+    for g in np.flatnonzero(counts >= 2):  # none when no two rows share a first block
         members = np.flatnonzero(inverse == g)
         sub = tables[members]
         same = np.cumprod(sub == sub[0], axis=1, dtype=np.int8).sum(axis=1)  # leading equal
@@ -55,12 +54,18 @@ def find_prefix_groups(
         if len(members) < 2:
             continue
         prefix = int(common.min()) * block_size
-        rows += members.tolist()
+        found.append(((len(members) - 1) * prefix, prefix, members.tolist()))
+    if max_groups is not None and len(found) > max_groups:
+        found = sorted(found, key=lambda f: -f[0])[:max_groups]
+    if sum(f[0] for f in found) < min_saved or not found:
+        return None
+    rows: list[int] = []
+    starts, prefix_lens = [0], []
+    kv_start = [0] * batch
+    for _, prefix, members in found:
+        rows += members
         starts.append(len(rows))
         prefix_lens.append(prefix)
-        for b in members.tolist():
+        for b in members:
             kv_start[b] = prefix
-        saved += (len(members) - 1) * prefix
-    if saved < min_saved or not prefix_lens:
-        return None
     return HostPrefixGroups(rows, starts, prefix_lens, kv_start)

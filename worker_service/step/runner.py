@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from yaie.kernels.batch_invariant import batch_invariant_mode
 from yaie.worker_service.protocol import Plan, StepOutput
 from yaie.worker_service.step.batch_builder import ScheduledEntry, build_forward_batch
 from yaie.worker_service.step.cuda_graphs import DecodeGraphs
@@ -52,8 +53,13 @@ class ModelRunner:
         tp: TPGroup | None = None,
         cascade: bool = False,
         grammars: GrammarBackend | None = None,
+        deterministic: bool = False,
     ) -> None:
         self.model = model
+        # Batch-invariant mode (kernels/batch_invariant): each forward and the graph capture
+        # run inside it, and decode attention is kept for generated tokens (every prompt token
+        # takes extend attention, however its prompt was chunked or cached).
+        self.deterministic = deterministic
         self.grammars = grammars  # structured output (None: constrained requests fail)
         self.vocab_size = int(model.vocab_size)
         self.grammar_masks = GrammarMasks(self.vocab_size) if grammars is not None else None
@@ -73,9 +79,10 @@ class ModelRunner:
         if use_cuda_graphs and self.device.type == "cuda" and tp is None:
             max_blocks = -(-self.max_context // pool.block_size)
             self.graphs = DecodeGraphs(
-                model, pool.cache, pool.scratch_block, max_graph_batch_size, max_blocks
+                model, pool.cache, pool.scratch_block, max_graph_batch_size, max_blocks, cascade
             )
-            self.graphs.capture()
+            with batch_invariant_mode(deterministic):
+                self.graphs.capture()
 
     def new_table(self) -> RequestTable:
         table = RequestTable(self.device)
@@ -217,14 +224,23 @@ class ModelRunner:
         timer = StepTimer(self.device)
         # One-token entries first (stable): in a mixed step they take decode attention, which
         # reads each request's KV once per kv head, where extend attention reads it per q head.
-        entries.sort(key=lambda e: e.num_tokens != 1)
+        # Deterministic: decodes of generated tokens first (only they take decode attention).
+        if self.deterministic:
+            entries.sort(key=lambda e: not e.is_decode)
+        else:
+            entries.sort(key=lambda e: e.num_tokens != 1)
+        max_groups = 0
+        if self.cascade:  # as many groups as the step's graph holds (eager: no bound)
+            graphs = self.graphs
+            max_groups = len(entries) if graphs is None else graphs.group_slots(len(entries))
         batch, sample_rows = build_forward_batch(
-            entries, table, self.pool.block_size, group_prefixes=self.cascade
+            entries, table, self.pool.block_size, max_groups, single_by_decode=self.deterministic
         )
         if self.graphs is not None and self.graphs.can_run(batch):
             logits = self.graphs.run(batch)
         else:
-            logits = self.model.forward(batch, self.pool.cache)  # [num_sampled, vocab] fp32
+            with batch_invariant_mode(self.deterministic):
+                logits = self.model.forward(batch, self.pool.cache)  # [num_sampled, vocab] fp32
         timer.mark()
         if any(e.samples and e.state.grammar is not None for e in entries):
             started = time.perf_counter()

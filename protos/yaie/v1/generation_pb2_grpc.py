@@ -71,10 +71,12 @@ class GenerationServicer:
 
     def Generate(self, request, context):
         """Streams the generation: one frame per step that produced output, the last one carrying
-        finish_reason (OutputOptions.single_frame: only that last frame, holding everything).
+        finish_reason (OutputOptions.single_frame: only that last frame, holding everything); with
+        GenerateRequest.n > 1, the frames of the n completions interleave, each naming its index.
         request_id must be unique among the caller's live requests (empty: the server assigns
         one); ids are scoped to the API key's tenant. Cancelling the call or passing its deadline
-        aborts the request. RESOURCE_EXHAUSTED also when the tenant is at its request limits.
+        aborts the request. RESOURCE_EXHAUSTED also when the tenant is at its request limits
+        (a request with n > 1 counts as n requests there).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

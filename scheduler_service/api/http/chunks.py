@@ -92,12 +92,14 @@ class Chunker:
         self._offsets[index] = offset + len(frame.text)
         return completion_logprobs(frame, self._token_text, offset)
 
-    def role_chunk(self) -> dict[str, Any]:
-        """A chat stream's first chunk: the assistant's role, no text yet."""
-        choice = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None}
+    def role_chunk(self, index: int = 0) -> dict[str, Any]:
+        """A chat stream's first chunk of choice index: the assistant's role, no text yet."""
+        choice = {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None}
         return {**self._object(True), "choices": [{**choice, "finish_reason": None}]}
 
-    def chunk(self, frame: pb.GenerateResponse, index: int = 0) -> dict[str, Any]:
+    def chunk(self, frame: pb.GenerateResponse) -> dict[str, Any]:
+        """The chunk of frame, as choice frame.index (a streamed request has one prompt)."""
+        index = frame.index
         choice: dict[str, Any] = {"index": index}
         if self.chat:
             # The last chunk may carry no text: its delta is then empty, as OpenAI's is.
@@ -129,7 +131,9 @@ class Chunker:
         usage = b',"usage":null' if include_usage else b""
         return (
             self._stream_head
-            + b',"choices":[{"index":0,'
+            + b',"choices":[{"index":'
+            + str(frame.index).encode()
+            + b","
             + body
             + b',"logprobs":null,"finish_reason":'
             + end
@@ -158,12 +162,14 @@ class Chunker:
 
 
 def total_usage(frames: list[pb.GenerateResponse]) -> dict[str, Any]:
-    """Usage summed over choices (each frame holds its request's running totals)."""
-    prompt = sum(frame.usage.prompt_tokens for frame in frames)
+    """Usage summed over choices (each frame holds its completion's running totals); a prompt's
+    tokens count once however many completions it has (its completion 0's, as OpenAI counts)."""
+    firsts = [frame for frame in frames if frame.index == 0]  # one per prompt
+    prompt = sum(frame.usage.prompt_tokens for frame in firsts)
     completion = sum(frame.usage.completion_tokens for frame in frames)
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": sum(f.usage.cached_tokens for f in frames)},
+        "prompt_tokens_details": {"cached_tokens": sum(f.usage.cached_tokens for f in firsts)},
     }

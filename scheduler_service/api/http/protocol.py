@@ -61,6 +61,8 @@ class SamplingFields(_Body):
     include_stop_str_in_output: bool = False
     regex: str | None = None
     ebnf: str | None = None
+    # vLLM's meaning: lower is handled first (the gRPC field's sign is the other way round).
+    priority: int = 0
 
 
 class ContentPart(_Body):

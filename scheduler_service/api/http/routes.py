@@ -27,7 +27,7 @@ from yaie.scheduler_service.api.http.protocol import (
     CompletionRequest,
     parse_body,
 )
-from yaie.scheduler_service.api.output_stream import merge_frames
+from yaie.scheduler_service.api.output_stream import merge_completions
 from yaie.scheduler_service.ops.auth import KeyTable
 from yaie.scheduler_service.ops.logs import observe_frames
 from yaie.scheduler_service.ops.metrics import Metrics
@@ -37,6 +37,9 @@ from yaie.v1 import generation_pb2 as pb
 T = TypeVar("T")
 Frames = AsyncIterator[pb.GenerateResponse]
 _OUTCOMES = {400: "invalid_argument", 429: "resource_exhausted", 503: "unavailable"}
+# The gRPC API's message limit: a larger body is refused (413) before it is held in memory and
+# parsed on the event loop.
+MAX_BODY_BYTES = 16 << 20
 
 
 class ClientGone(Exception):
@@ -52,6 +55,21 @@ class ClosingStreamingResponse(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             await self.body_iterator.aclose()  # type: ignore[union-attr]
+
+
+async def _body(request: Request) -> bytes:
+    """The request's body, at most MAX_BODY_BYTES (ApiError 413 past it)."""
+    too_large = ApiError(413, f"the request body is larger than {MAX_BODY_BYTES} bytes")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def _disconnected(request: Request) -> None:
@@ -132,18 +150,21 @@ class OpenAIApi:
             raise ValueError("stream: one prompt per streamed request (send a list unstreamed)")
         first = await _unless_disconnected(request, _first(streams[0]))
         usage = body.stream_options is not None and body.stream_options.include_usage
-        events = _events(chunker, first, streams[0], usage)
+        events = _events(chunker, first, streams[0], usage, messages[0].n or 1)
         return ClosingStreamingResponse(events, media_type="text/event-stream")
 
 
 async def _collect_all(streams: list[Frames]) -> list[pb.GenerateResponse]:
-    async def collect(frames: Frames) -> pb.GenerateResponse:
+    """One merged frame per choice: each prompt's completions in index order, prompt by prompt."""
+
+    async def collect(frames: Frames) -> list[pb.GenerateResponse]:
         try:
-            return merge_frames([frame async for frame in frames])
+            return merge_completions([frame async for frame in frames])
         finally:
             await frames.aclose()
 
-    return list(await asyncio.gather(*(collect(frames) for frames in streams)))
+    merged = await asyncio.gather(*(collect(frames) for frames in streams))
+    return [frame for choices in merged for frame in choices]
 
 
 async def _first(frames: Frames) -> pb.GenerateResponse:
@@ -156,21 +177,26 @@ async def _first(frames: Frames) -> pb.GenerateResponse:
 
 
 async def _events(
-    chunker: Chunker, first: pb.GenerateResponse, frames: Frames, include_usage: bool
+    chunker: Chunker, first: pb.GenerateResponse, frames: Frames, include_usage: bool, n: int
 ) -> AsyncIterator[bytes]:
-    """The SSE body: a chat stream's role chunk, a chunk per frame, the usage chunk when asked,
-    then [DONE]; an error mid-stream (the server gave up on the request) is an error event."""
+    """The SSE body: a chat stream's role chunk per choice, a chunk per frame (its choice:
+    frame.index of the n), the usage chunk when asked, then [DONE]; an error mid-stream (the
+    server gave up on the request) is an error event."""
     frame = first
+    last: dict[int, pb.GenerateResponse] = {}  # choice -> its final frame
     try:
         if chunker.chat:
-            yield sse(_with_usage(chunker.role_chunk(), include_usage))
+            for index in range(n):
+                yield sse(_with_usage(chunker.role_chunk(index), include_usage))
         while True:
             yield chunker.encoded_chunk(frame, include_usage)
             if frame.finish_reason != pb.FINISH_REASON_UNSPECIFIED:
-                break
+                last[frame.index] = frame
+                if len(last) == n:
+                    break
             frame = await frames.__anext__()
         if include_usage:
-            yield sse(chunker.usage_chunk([frame]))
+            yield sse(chunker.usage_chunk([last[index] for index in sorted(last)]))
     except Exception as error:
         yield sse(error_body(status_of(error), str(error)))
     finally:
@@ -221,8 +247,8 @@ def create_app(frontend: Frontend, keys: KeyTable, metrics: Metrics | None) -> F
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
-        tenant = await api.tenant(request)  # 401 before the body is parsed
-        body = parse_body(ChatCompletionRequest, await request.body())
+        tenant = await api.tenant(request)  # 401 before the body is read
+        body = parse_body(ChatCompletionRequest, await _body(request))
         model = api.model_id(body.model)
         request_id = uuid.uuid4().hex
         message = to_generate.chat_request(body, request_id)
@@ -232,7 +258,7 @@ def create_app(frontend: Frontend, keys: KeyTable, metrics: Metrics | None) -> F
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         tenant = await api.tenant(request)
-        body = parse_body(CompletionRequest, await request.body())
+        body = parse_body(CompletionRequest, await _body(request))
         model = api.model_id(body.model)
         request_id = uuid.uuid4().hex
         messages = to_generate.completion_requests(body, request_id)

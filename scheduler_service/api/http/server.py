@@ -15,6 +15,10 @@ from fastapi import FastAPI
 
 from yaie.scheduler_service.ops.server_options import HttpTls
 
+# 256 KiB in flight per connection (the kernel doubles it): a token stream needs ~10 KiB/s, a
+# whole unstreamed response still moves at ~2.5 MB/s over a 100 ms round trip.
+SEND_BUFFER_BYTES = 128 << 10
+
 
 class _EmbeddedServer(uvicorn.Server):
     """uvicorn without its signal handlers: the scheduler owns SIGINT/SIGTERM and stops us."""
@@ -51,6 +55,11 @@ class HttpServer:
         family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Accepted connections inherit a fixed send buffer: the kernel's autotuning would take
+        # megabytes of SSE chunks from a client that stopped reading, so its request would go
+        # on generating long after; with this, a stalled reader stops the response's writes
+        # (and so its request, at max_stream_backlog tokens) within ~1,500 chunks.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
         try:
             sock.bind((self._host, self._port))
         except OSError:

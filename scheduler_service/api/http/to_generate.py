@@ -12,6 +12,8 @@ from yaie.scheduler_service.api.http.protocol import (
     CompletionRequest,
     SamplingFields,
 )
+from yaie.scheduler_service.api.validation import MAX_PRIORITY
+from yaie.scheduler_service.engine.request import MAX_COMPLETIONS
 from yaie.v1 import generation_pb2 as pb
 
 # Prompts one /v1/completions call may batch (each is a request of its own in the engine).
@@ -82,14 +84,25 @@ def _response_format(body: SamplingFields) -> pb.ResponseFormat:
     return chosen[0] if chosen else pb.ResponseFormat()
 
 
+def _priority(body: SamplingFields) -> int:
+    """vLLM's priority (lower first) as GenerateRequest.priority (higher first)."""
+    if not -MAX_PRIORITY <= body.priority <= MAX_PRIORITY:
+        raise ValueError(
+            f"priority must be in [-{MAX_PRIORITY}, {MAX_PRIORITY}], got {body.priority}"
+        )
+    return -body.priority
+
+
 def _common(body: SamplingFields, request_id: str, max_tokens: int | None) -> pb.GenerateRequest:
-    if body.n != 1:
-        raise ValueError(f"n: only n=1 is supported by this server yet, got {body.n}")
+    if not 1 <= body.n <= MAX_COMPLETIONS:
+        raise ValueError(f"n must be in [1, {MAX_COMPLETIONS}], got {body.n}")
     return pb.GenerateRequest(
         request_id=request_id,
         sampling=_sampling(body),
         stopping=_stopping(body, max_tokens),
         response_format=_response_format(body),
+        n=body.n,  # the choices of one prompt: its n completions (GenerateResponse.index)
+        priority=_priority(body),
     )
 
 
@@ -135,7 +148,8 @@ def _prompts(prompt: str | list[int] | list[str] | list[list[int]]) -> list[str 
 
 
 def completion_requests(body: CompletionRequest, request_id: str) -> list[pb.GenerateRequest]:
-    """One GenerateRequest per prompt of the body (ids request_id-0, -1, ... when several)."""
+    """One GenerateRequest per prompt of the body (ids request_id-0, -1, ... when several),
+    each with the body's n: prompt p's completion i is choice p * n + i, as OpenAI numbers them."""
     if body.echo or body.suffix:
         raise ValueError("echo and suffix are not supported by this server")
     if body.logprobs is not None and body.logprobs < 0:

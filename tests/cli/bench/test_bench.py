@@ -1,5 +1,6 @@
 """yaie bench against a real `yaie serve` stack (tiny Llama on the CPU): exact token counts,
-cache hit rate near the ideal, the JSON record, the concurrency cap, failures counted."""
+cache hit rate near the ideal (shared-prefix; multi-turn per turn, and none without the cache),
+the JSON record, the concurrency cap, failures counted."""
 
 from __future__ import annotations
 
@@ -23,8 +24,12 @@ QUIET = dict(disable_progress=True)
 
 
 @pytest.fixture(scope="module")
-def target(tmp_path_factory: pytest.TempPathFactory, tools) -> Iterator[str]:
-    model = write_random_model(tmp_path_factory.mktemp("bench") / "llama", seed=2)
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_random_model(tmp_path_factory.mktemp("bench") / "llama", seed=2)
+
+
+@pytest.fixture(scope="module")
+def target(model: Path, tools) -> Iterator[str]:
     with tools.running_stack(model, "--num-blocks", str(NUM_BLOCKS)) as stack:
         yield stack.target
 
@@ -175,3 +180,57 @@ def test_single_frame_requests_get_all_tokens_in_one_frame(target: str) -> None:
     run = send(target, bench.make_requests(config, info.vocab_size), config)
     assert all(r.ok and r.output_tokens == 9 and not r.itls for r in run.results)
     assert all(r.ttft == r.latency for r in run.results)
+
+
+def test_n_completions_count_as_requests_and_hit_the_prompt(target: str) -> None:
+    """--n 4 over 3 prompts of 40 tokens: 12 completed results with every output token; the
+    3 later completions of each prompt hit its 2 full blocks (hit rate 3 * 32 / (4 * 40));
+    --repeat-prompts 4 sends the same 12 as single requests."""
+    config = bench.BenchConfig(
+        "fixed", 3, fixed_input_len=40, fixed_output_len=6, n=4, seed=3, **QUIET
+    )
+    m, info = bench.run_workload(target, config)
+    assert (m.completed, m.failed, m.total_output_tokens) == (12, 0, 12 * 6)
+    assert m.cache_hit_rate == pytest.approx(3 * 32 / (4 * 40))
+    repeated = bench.BenchConfig(
+        "fixed", 3, fixed_input_len=40, fixed_output_len=6, repeat_prompts=4, seed=4, **QUIET
+    )
+    requests = bench.make_requests(repeated, info.vocab_size)
+    assert len(requests) == 12 and requests[0].prompt_ids == requests[3].prompt_ids
+    m = send(target, requests, repeated).summary()
+    assert (m.completed, m.total_output_tokens) == (12, 12 * 6)
+    with pytest.raises(ValueError, match="--n is sent over yaie.v1"):
+        bench.BenchConfig(n=2, backend="openai")
+
+
+MULTI_TURN = bench.BenchConfig(
+    "multi-turn",
+    mt_num_conversations=2,
+    mt_turns=4,
+    mt_system_prompt_len=32,
+    mt_question_len=16,
+    mt_output_len=16,
+    **QUIET,
+)
+
+
+def test_multi_turn_hit_rate_rises_with_the_turn_near_the_ideal(target: str) -> None:
+    """Turn 1: nothing cached (each system prompt is new); turn k > 1: at least 0.8 of the
+    block-granular ideal (the earlier turn's prompt and answer but its last token), never more."""
+    m, info = bench.run_workload(target, MULTI_TURN)
+    assert (m.completed, m.failed) == (8, 0)
+    assert [t.mean_input_tokens for t in m.turns] == [48, 80, 112, 144]
+    chat = bench.make_conversations(MULTI_TURN, info.vocab_size)[0]
+    ideal = [
+        ds.ideal_multi_turn_cached(chat, t, info.block_size) / chat.prompt_len(t) for t in (2, 3, 4)
+    ]
+    rates = [t.cache_hit_rate for t in m.turns]
+    assert rates[0] == 0.0 and rates == sorted(rates)
+    assert all(0.8 * i <= r <= i + 1e-9 for r, i in zip(rates[1:], ideal, strict=True)), rates
+
+
+def test_multi_turn_without_the_prefix_cache_hits_nothing(model: Path, tools) -> None:
+    with tools.running_stack(model, "--no-prefix-cache") as stack:
+        m, _ = bench.run_workload(stack.target, MULTI_TURN)
+    assert (m.completed, m.failed) == (8, 0)
+    assert [t.cache_hit_rate for t in m.turns] == [0.0] * 4 and m.cached_tokens == 0

@@ -8,8 +8,8 @@ import statistics
 import pytest
 
 from yaie.cli import bench
-from yaie.cli.bench import command, grpc_client
 from yaie.cli.bench import datasets as ds
+from yaie.cli.bench import flight, grpc_client
 from yaie.cli.bench.metrics import RequestResult, format_table, percentile, summarize
 
 
@@ -39,9 +39,9 @@ def test_shared_prefix_groups_share_exactly_the_system_prompt() -> None:
 
 
 def test_poisson_gaps_have_mean_one_over_rate_and_inf_sends_at_once() -> None:
-    gaps = command._arrival_gaps(4000, request_rate=20.0, seed=1)
+    gaps = flight.arrival_gaps(4000, request_rate=20.0, seed=1)
     assert statistics.fmean(gaps) == pytest.approx(1 / 20, rel=0.06)
-    assert command._arrival_gaps(5, math.inf, 1) == [0.0] * 5
+    assert flight.arrival_gaps(5, math.inf, 1) == [0.0] * 5
 
 
 def test_percentile_interpolates_like_numpy() -> None:

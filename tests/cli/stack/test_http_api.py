@@ -166,7 +166,7 @@ def test_logprobs_chat_and_completions(http):
     [
         ({"messages": MESSAGES, "temperature": "hot"}, 400, "temperature"),
         ({"messages": "hi"}, 400, "messages"),
-        ({"messages": MESSAGES, "n": 2}, 400, None),
+        ({"messages": MESSAGES, "n": 65}, 400, None),
         ({"messages": MESSAGES, "max_tokens": 10**6}, 400, None),
         ({"messages": MESSAGES, "top_p": 7}, 400, None),
         ({"messages": MESSAGES, "model": "gpt-4o"}, 404, "model"),
@@ -185,8 +185,8 @@ def test_bad_requests_get_openai_errors(http, body, status, param):
 def test_the_sdk_raises_its_error_classes(http):
     with pytest.raises(openai.NotFoundError):
         http.client.chat.completions.create(model="nope", messages=MESSAGES)
-    with pytest.raises(openai.BadRequestError, match="n: only n=1"):
-        http.client.chat.completions.create(model=http.model, messages=MESSAGES, n=2)
+    with pytest.raises(openai.BadRequestError, match="n must be in"):
+        http.client.chat.completions.create(model=http.model, messages=MESSAGES, n=0)
     assert httpx.post(f"{http.url}/v1/chat/completions", content=b"{").status_code == 400
     unknown = {"messages": MESSAGES, "max_tokens": 2, "not_an_openai_field": [1]}
     assert httpx.post(f"{http.url}/v1/chat/completions", json=unknown).status_code == 200
@@ -254,3 +254,43 @@ def test_response_format_json_schema_output_validates(http):
     )
     assert reply.choices[0].finish_reason == "stop"
     jsonschema.validate(json.loads(reply.choices[0].message.content), schema)
+
+
+def test_n_choices_are_the_grpc_completions_streamed_or_not(http):
+    """n = 3 with a seed at temperature 1: choices 0..2 are the gRPC request's completions (their
+    text and finish reasons); streamed, every chunk names its choice; the prompt counts once."""
+    messages = pb.ChatMessages(messages=[pb.ChatMessage(**m) for m in MESSAGES])
+    request = pb.GenerateRequest(
+        messages=messages,
+        sampling=pb.SamplingParams(temperature=1.0, seed=11),
+        stopping=pb.StoppingCriteria(max_new_tokens=10),
+        output=pb.OutputOptions(skip_special_tokens=True, single_frame=True),
+        n=3,
+    )
+    frames = list(http.stub.Generate(request))
+    assert [f.index for f in frames] == [0, 1, 2]
+    reply = http.client.chat.completions.create(
+        model=http.model, messages=MESSAGES, temperature=1.0, seed=11, max_tokens=10, n=3
+    )
+    assert [c.index for c in reply.choices] == [0, 1, 2]
+    assert [c.message.content for c in reply.choices] == [f.text for f in frames]
+    assert reply.usage.prompt_tokens == frames[0].usage.prompt_tokens
+    assert reply.usage.completion_tokens == sum(f.usage.completion_tokens for f in frames)
+    chunks = list(
+        http.client.chat.completions.create(
+            model=http.model,
+            messages=MESSAGES,
+            temperature=1.0,
+            seed=11,
+            max_tokens=10,
+            n=3,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    texts = {0: "", 1: "", 2: ""}
+    for chunk in chunks:
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+    assert [texts[i] for i in range(3)] == [f.text for f in frames]
+    assert chunks[-1].usage.completion_tokens == reply.usage.completion_tokens

@@ -107,7 +107,7 @@ def test_prefix_groups_from_lists_lays_out_rows_starts_and_kv_start() -> None:
     assert groups.starts.tolist() == [0, 2, 5]
     assert groups.prefix_lens.tolist() == [32, 16]
     assert groups.kv_start.tolist() == [16, 32, 16, 0, 32, 16, 0]
-    assert groups.max_rows == 3 and groups.rows.dtype == torch.int32
+    assert groups.rows.dtype == torch.int32
 
 
 # (group_sizes, lone, block_size, gqa, head_dim, dtype, kwargs): groups of 2..20 rows, chunks of
@@ -157,6 +157,25 @@ def test_interpreter_no_groups_equals_plain_decode():
     batch = make_grouped_batch([2], 3, 16, (2, 2, 16), torch.float32, (1, 3), (1, 20), seed=5)
     empty = PrefixGroups.from_lists([], [], batch.args[0].shape[0])
     out = _run_grouped_triton(replace(batch, groups=empty), num_splits=2)
+    assert relative_error(out, decode_attention(*batch.args, backend="torch")) < 1e-5
+
+
+@interpreter_only
+def test_interpreter_grouped_decode_with_padding_slots_equals_unpadded():
+    """A CUDA graph holds a fixed number of group slots and a batch-long rows buffer: padding
+    slots (starts repeated, prefix 0) and unused rows past starts[-1] change nothing."""
+    batch = make_grouped_batch([3, 2], 2, 16, (2, 2, 16), torch.float32, (1, 4), (1, 20), seed=9)
+    groups, size = batch.groups, batch.args[0].shape[0]
+    extra = 3
+    padded = PrefixGroups(
+        rows=torch.cat([groups.rows, torch.zeros(size - groups.rows.shape[0], dtype=torch.int32)]),
+        starts=torch.cat([groups.starts, groups.starts[-1:].repeat(extra)]),
+        prefix_lens=torch.cat([groups.prefix_lens, torch.zeros(extra, dtype=torch.int32)]),
+        kv_start=groups.kv_start,
+    )
+    expected = _run_grouped_triton(batch, num_prefix_splits=2)
+    out = _run_grouped_triton(replace(batch, groups=padded), num_prefix_splits=2)
+    assert torch.equal(out, expected)
     assert relative_error(out, decode_attention(*batch.args, backend="torch")) < 1e-5
 
 

@@ -105,7 +105,7 @@ class ScriptedEngine:
         self._abort_flags[request_id].set()
         return True
 
-    def finish(self, request_id: str, tenant: str = "") -> None:
+    def finish(self, request_id: str, tenant: str = "", index: int = 0) -> None:
         self.finished.append(request_id)
         self._abort_flags[request_id].set()
 
@@ -129,6 +129,9 @@ class ScriptedEngine:
             workers=[worker],
             num_preemptions=0,
             completed_requests=done,
+            priorities=[SimpleNamespace(priority=0, waiting=0, running=len(self._live))]
+            if self._live
+            else [],
         )
 
 

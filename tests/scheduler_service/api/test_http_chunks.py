@@ -17,6 +17,7 @@ FRAMES = [
     pb.GenerateResponse(text="", token_ids=[4]),
     pb.GenerateResponse(text="end", token_ids=[5], finish_reason=pb.FINISH_REASON_STOP),
     pb.GenerateResponse(text="", finish_reason=pb.FINISH_REASON_LENGTH),
+    pb.GenerateResponse(text="x", token_ids=[6], index=3),  # choice 3 of a request with n > 3
 ]
 
 
@@ -61,3 +62,23 @@ def test_whole_response_sums_usage_over_choices():
         "total_tokens": 10,
         "prompt_tokens_details": {"cached_tokens": 2},
     }
+
+
+def test_choices_of_one_prompt_count_its_prompt_once():
+    """n = 3 completions of each of 2 prompts: 6 choices; prompt tokens (and cached ones) are
+    each prompt's once, completion tokens every choice's; a chunk names its choice."""
+    chunker = Chunker(True, "id-1", "m", lambda token_id: "t", logprobs=False)
+    frames = []
+    for prompt_tokens in (5, 7):
+        for index in range(3):
+            frame = pb.GenerateResponse(text="a", finish_reason=pb.FINISH_REASON_LENGTH)
+            frame.index = index
+            frame.usage.prompt_tokens, frame.usage.completion_tokens = prompt_tokens, 4
+            frame.usage.cached_tokens = 4 if index else 0
+            frames.append(frame)
+    body = chunker.response(frames)
+    assert [c["index"] for c in body["choices"]] == list(range(6))
+    assert body["usage"]["prompt_tokens"] == 12 and body["usage"]["completion_tokens"] == 24
+    assert body["usage"]["prompt_tokens_details"] == {"cached_tokens": 0}
+    assert chunker.chunk(frames[2])["choices"][0]["index"] == 2
+    assert chunker.role_chunk(2)["choices"][0]["index"] == 2

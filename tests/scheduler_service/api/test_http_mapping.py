@@ -57,6 +57,13 @@ def test_chat_fields_map_onto_the_engine_request():
     )
 
 
+def test_n_maps_onto_the_request_n():
+    """n becomes GenerateRequest.n: each prompt's choices are its completions."""
+    assert chat_request(chat(n=4), "r").n == 4
+    messages = completion_requests(CompletionRequest(prompt=["a", "b"], n=3), "r")
+    assert [(m.request_id, m.n) for m in messages] == [("r-0", 3), ("r-1", 3)]
+
+
 def test_unset_fields_stay_unset_for_the_engine_defaults():
     message = chat_request(chat(), "r")
     assert not message.sampling.HasField("temperature")
@@ -86,6 +93,16 @@ def test_completion_prompts_string_list_and_token_ids():
     assert [list(m.token_ids.ids) for m in batch] == [[1, 2], [3]]
 
 
+def test_priority_has_vllms_meaning_lower_first():
+    """The body's priority (vLLM: lower is handled first) is the gRPC field negated (higher
+    first), for chat and for each prompt of a completion; unset is 0."""
+    assert chat_request(chat(priority=5), "r").priority == -5
+    assert chat_request(chat(priority=-1000), "r").priority == 1000
+    assert chat_request(chat(), "r").priority == 0
+    several = completion_requests(CompletionRequest(prompt=["a", "b"], priority=-3), "c")
+    assert [m.priority for m in several] == [3, 3]
+
+
 def test_response_format_and_the_regex_ebnf_extensions():
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
     spec = {"type": "json_schema", "json_schema": {"name": "n", "schema": schema, "strict": True}}
@@ -106,12 +123,15 @@ def test_response_format_and_the_regex_ebnf_extensions():
 @pytest.mark.parametrize(
     "fields, match",
     [
-        ({"n": 2}, "n: only n=1"),
+        ({"n": 0}, r"n must be in \[1, 64\]"),
+        ({"n": 65}, r"n must be in \[1, 64\]"),
         ({"max_tokens": 0}, "max_tokens"),
         ({"logit_bias": {"x": 1.0}}, "logit_bias"),
         ({"top_logprobs": 2}, "needs logprobs"),
         ({"seed": -1}, "seed"),
         ({"min_tokens": -1}, "min_tokens"),
+        ({"priority": 1001}, r"priority must be in \[-1000, 1000\], got 1001"),
+        ({"priority": -(1 << 40)}, "priority"),
     ],
 )
 def test_bad_values_are_value_errors(fields, match):

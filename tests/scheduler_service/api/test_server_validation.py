@@ -59,6 +59,8 @@ INVALID = [
     ("prompt + max_new_tokens past the context", _text(stopping={"max_new_tokens": 300})),
     ("prompt longer than the context", _request(token_ids=pb.TokenIds(ids=[5] * 300))),
     ("min_new_tokens above max_new_tokens", _text(stopping={"min_new_tokens": 5})),
+    ("priority above 1000", _text(priority=1001)),
+    ("priority below -1000", _text(priority=-(1 << 31))),
 ]
 
 

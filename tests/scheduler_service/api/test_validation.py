@@ -104,3 +104,23 @@ def test_text_too_long_for_any_tokenization_is_refused_before_tokenizing(
     with pytest.raises(ValueError, match="characters"):
         _validate(NoEncode(), messages=messages)
     assert _validate(tokenizer, text="a" * 100).generation.prompt_ids
+
+
+@pytest.mark.parametrize("n, resolved", [(0, 1), (1, 1), (8, 8), (64, 64)])
+def test_n_unset_or_0_is_1_and_up_to_64_is_kept(tokenizer: Tokenizer, n: int, resolved) -> None:
+    assert _validate(tokenizer, text="a", n=n).generation.n == resolved
+
+
+def test_n_above_64_is_refused_naming_the_limit(tokenizer: Tokenizer) -> None:
+    with pytest.raises(ValueError, match=r"n must be at most 64 \(0 or unset: 1\), got 65"):
+        _validate(tokenizer, text="a", n=65)
+
+
+@pytest.mark.parametrize("priority", [-1000, 0, 7, 1000])
+def test_priority_in_range_is_carried(tokenizer: Tokenizer, priority: int) -> None:
+    assert _validate(tokenizer, text="a", priority=priority).generation.priority == priority
+
+
+def test_priority_out_of_range_names_the_range(tokenizer: Tokenizer) -> None:
+    with pytest.raises(ValueError, match=r"priority must be in \[-1000, 1000\], got 1001"):
+        _validate(tokenizer, text="a", priority=1001)

@@ -15,8 +15,9 @@ from yaie.scheduler_service.engine.sequence import Sequence, SequenceStatus
 BS = 4
 
 
-def _seq(i: int, prompt: list[int], max_new: int = 8) -> Sequence:
-    return Sequence(GenerationRequest(f"r{i}", prompt, SamplingConfig(seed=i), max_new), i)
+def _seq(i: int, prompt: list[int], max_new: int = 8, priority: int = 0) -> Sequence:
+    request = GenerationRequest(f"r{i}", prompt, SamplingConfig(seed=i), max_new, priority=priority)
+    return Sequence(request, i)
 
 
 def _policy(num_blocks: int = 64, **kw) -> tuple[BatchPolicy, KVCacheManager, list[Sequence]]:
@@ -153,3 +154,97 @@ def test_request_waits_for_a_shared_prompt_being_computed() -> None:
     runs = policy.schedule(running, waiting, blocks_pending=False)
     assert [r.seq for r in runs] == [a, b] and b.num_cached_tokens == 16
     assert b.block_ids[:4] == a.block_ids[:4]
+
+
+def _queued(policy: BatchPolicy, seqs: list[Sequence]) -> deque[Sequence]:
+    waiting: deque[Sequence] = deque()
+    for seq in seqs:
+        policy.queue(seq, waiting)
+    return waiting
+
+
+def test_queue_keeps_priority_order_resumed_first_within_theirs() -> None:
+    """queue() keeps waiting ordered by priority (FIFO within one); a resumed request goes to
+    the front of its own priority, not ahead of higher ones."""
+    policy, _, _ = _policy()
+    a, b, c, d = (_seq(i, [i + 1], priority=p) for i, p in enumerate([0, 5, 0, 5]))
+    waiting = _queued(policy, [a, b, c, d])
+    assert list(waiting) == [b, d, a, c]
+    resumed = _seq(9, [9], priority=0)
+    policy.queue(resumed, waiting, first=True)
+    assert list(waiting) == [b, d, resumed, a, c]
+
+
+def test_higher_priority_is_admitted_before_a_cached_prefix_and_an_overdue_request() -> None:
+    """One admission slot: priority beats both the longest cached prefix and the age bound
+    (which orders requests within their priority only)."""
+    policy, kv, _ = _policy(max_running_requests=1, max_wait_steps=3)
+    shared = list(range(50, 66))
+    kv.release(shared, kv.allocate(4), kv.match_prefix([]))
+    overdue, sharer = _seq(0, [1, 2, 3]), _seq(1, shared + [9])
+    urgent = _seq(2, [4, 5, 6], priority=1)
+    waiting = _queued(policy, [overdue, sharer, urgent])
+    overdue.queued_at_step = policy.num_steps - 10
+    runs = policy.schedule([], waiting, blocks_pending=False)
+    assert [r.seq for r in runs] == [urgent]
+
+
+def test_memory_pressure_preempts_the_lowest_priority_first() -> None:
+    """A decode short of a block preempts the lowest-priority request, though it is older."""
+    policy, kv, preempted = _policy(num_blocks=6)
+    low = _seq(0, list(range(8)), max_new=20, priority=-1)
+    high = [_seq(i, list(range(i, i + 8)), max_new=20, priority=3) for i in (1, 2)]
+    running: list[Sequence] = []
+    runs = policy.schedule(running, _queued(policy, [low, *high]), blocks_pending=False)
+    assert running == [*high, low] and kv.stats().free_blocks == 0
+    _sent(runs)  # each has 9 tokens now: the next decode needs a third block
+    runs = policy.schedule(running, deque(), blocks_pending=False)
+    assert preempted == [low] and [r.seq for r in runs] == high
+    kv.check_integrity()
+
+
+def test_a_full_batch_makes_room_for_a_higher_priority_request() -> None:
+    """max_running_requests reached: a waiting request of higher priority preempts the newest
+    of the lowest running ones and is admitted in the same step; one of equal priority waits."""
+    policy, kv, preempted = _policy(max_running_requests=3)
+    running: list[Sequence] = []
+    old = [_seq(i, [i + 1, 2, 3], max_new=20, priority=p) for i, p in enumerate([0, 2, 0])]
+    _sent(policy.schedule(running, _queued(policy, old), blocks_pending=False))
+    equal = _seq(3, [7, 8], priority=0)
+    waiting = _queued(policy, [equal])
+    assert [r.seq for r in policy.schedule(running, waiting, blocks_pending=False)] == running
+    assert not preempted
+    urgent = _seq(4, [9, 9, 9], priority=10)
+    policy.queue(urgent, waiting)
+    runs = policy.schedule(running, waiting, blocks_pending=False)
+    assert preempted == [old[2]], "the newest of the lowest priority"
+    assert running == [urgent, old[1], old[0]] and runs[-1].seq is urgent
+    assert list(waiting) == [equal]
+    kv.check_integrity()
+
+
+def test_a_higher_priority_request_short_of_blocks_preempts_a_lower_one() -> None:
+    """The pool is full of low-priority requests: a higher-priority one preempts as many of
+    them as its first chunk needs blocks for (besides their own decodes), and no more."""
+    policy, kv, preempted = _policy(num_blocks=6)
+    running: list[Sequence] = []
+    low = [_seq(i, list(range(i, i + 7)), max_new=4) for i in range(3)]  # 2 blocks each
+    _sent(policy.schedule(running, _queued(policy, low), blocks_pending=False))
+    assert kv.stats().free_blocks == 0
+    urgent = _seq(3, list(range(40, 47)), priority=1)  # 7 tokens: 2 blocks
+    runs = policy.schedule(running, _queued(policy, [urgent]), blocks_pending=False)
+    assert preempted == [low[2]] and running == [urgent, low[0], low[1]]
+    assert [r.seq for r in runs] == [low[0], low[1], urgent]
+    kv.check_integrity()
+
+
+def test_blocks_on_their_way_are_waited_for_not_preempted_for() -> None:
+    """With freed blocks pending (a retiring request's plans in flight), a higher-priority
+    request short of blocks waits a step instead of preempting."""
+    policy, kv, preempted = _policy(num_blocks=4)
+    running: list[Sequence] = []
+    _sent(policy.schedule(running, _queued(policy, [_seq(0, list(range(7)))]), False))
+    kv.allocate(kv.stats().free_blocks)  # a retiring request's, freed "later"
+    waiting = _queued(policy, [_seq(1, [5, 6, 7], priority=1)])
+    assert [r.seq for r in policy.schedule(running, waiting, blocks_pending=True)] == running
+    assert not preempted and len(waiting) == 1

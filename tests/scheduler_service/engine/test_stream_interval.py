@@ -34,13 +34,13 @@ def test_outbox_wakes_the_reader_at_min_tokens_at_the_end_or_on_release() -> Non
         box.put(_event([2]), 3)
         assert not box._ready.is_set()
         box.put(_event([3]), 3)
-        assert (await box.get()).token_ids == [1, 2, 3]
+        assert [e.token_ids for e in await box.get()] == [[1, 2, 3]]
         box.put(_event([4]), 3)
         box.release()
-        assert (await box.get()).token_ids == [4]
+        assert [e.token_ids for e in await box.get()] == [[4]]
         box.put(_event([5]), 3)
         box.put(_event([6], done=True), 3)
-        last = await box.get()
+        (last,) = await box.get()
         assert last.token_ids == [5, 6] and last.finish_reason is FinishReason.LENGTH
         box.put(_event([7]))
         assert box._ready.is_set()

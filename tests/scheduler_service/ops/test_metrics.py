@@ -138,3 +138,36 @@ def test_a_call_ended_at_its_deadline_is_logged_as_such(caplog, remaining, outco
     asyncio.run(drive())
     finish = [r.fields for r in caplog.records if r.getMessage().startswith("request finish")]
     assert finish[0]["request_id"] == "late" and finish[0]["outcome"] == outcome
+
+
+def test_engine_gauges_count_requests_per_priority() -> None:
+    """yaie_queue_waiting_by_priority / yaie_requests_running_by_priority: one sample per
+    priority in the engine's stats, labelled with it."""
+    import threading
+
+    from yaie.scheduler_service.engine.engine import EngineStats, PriorityStats
+    from yaie.scheduler_service.ops.metrics import EngineCollector
+
+    stats = EngineStats(
+        waiting=3,
+        running=2,
+        num_preemptions=1,
+        completed_requests=0,
+        workers=[],
+        priorities=[PriorityStats(5, 1, 2), PriorityStats(-1, 2, 0)],
+    )
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        families = {f.name: f.samples for f in EngineCollector(lambda: stats, loop).collect()}
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
+    waiting = families["yaie_queue_waiting_by_priority"]
+    running = families["yaie_requests_running_by_priority"]
+    assert _value(waiting, "yaie_queue_waiting_by_priority", priority="5") == 1
+    assert _value(waiting, "yaie_queue_waiting_by_priority", priority="-1") == 2
+    assert _value(running, "yaie_requests_running_by_priority", priority="5") == 2
+    assert _value(running, "yaie_requests_running_by_priority", priority="-1") == 0

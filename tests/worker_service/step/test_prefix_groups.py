@@ -13,6 +13,7 @@ from tests.worker_service.step.test_runner import LocalStream
 from yaie.worker.v1 import worker_pb2
 from yaie.worker_service.loader import load_model
 from yaie.worker_service.step import batch_builder
+from yaie.worker_service.step.cuda_graphs import DecodeGraphs
 from yaie.worker_service.step.prefix_groups import find_prefix_groups
 from yaie.worker_service.step.runner import ModelRunner
 from yaie.worker_service.step.warmup import warm_up
@@ -53,7 +54,11 @@ def test_rows_sharing_leading_blocks_group_and_the_prefix_is_what_all_share():
     found = {tuple(groups.rows[a:b]): p for a, b, p in bounds}
     assert found == {(0, 1, 3): 3 * 16, (2, 4): 2 * 16}
     assert groups.kv_start == [48, 48, 32, 48, 32, 0, 0]
-    assert groups.max_rows == 3
+    # A graph holds a fixed number of group slots: at most max_groups, those saving most reads
+    # (group A saves 2 x 48 tokens, group B 32).
+    capped = find_prefix_groups(tables, seq_lens, 16, min_blocks=2, min_saved=1, max_groups=1)
+    assert capped is not None and capped.rows == [0, 1, 3] and capped.prefix_lens == [48]
+    assert capped.kv_start == [48, 48, 0, 48, 0, 0, 0]
 
 
 def test_the_prefix_stops_short_of_each_rows_current_block():
@@ -134,3 +139,27 @@ def test_decode_steps_over_shared_blocks_run_grouped_and_give_the_plain_tokens(
     assert num_grouped == 6  # every decode-only step
     assert grouped == plain
     assert warm_up(model_runner(cascade=True)) > 0  # includes a grouped attention call
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_grouped_decode_replays_its_graph_and_gives_the_plain_tokens(
+    tiny_model_dir, monkeypatch
+):
+    """On the GPU the grouped decode steps replay the grouped CUDA graphs (the groups loaded into
+    the bucket's static slots) and give the tokens of plain graph decode."""
+    model = load_model(str(tiny_model_dir("LlamaForCausalLM")), "cuda", torch.float32)
+    loads = []
+    real = DecodeGraphs._load_groups
+    monkeypatch.setattr(
+        DecodeGraphs, "_load_groups", lambda self, *a: loads.append(a[1]) or real(self, *a)
+    )
+
+    def make(cascade: bool) -> ModelRunner:
+        pool = kv_pool_for(model, 4, 64, torch.device("cuda"))
+        return ModelRunner(model, pool, True, max_graph_batch_size=8, cascade=cascade)
+
+    plain, _ = _cascade_tokens(make(False), monkeypatch)
+    assert loads == []
+    grouped, num_grouped = _cascade_tokens(make(True), monkeypatch)
+    assert num_grouped == 6 and loads == [3] * 6  # every decode-only step, in its graph
+    assert grouped == plain

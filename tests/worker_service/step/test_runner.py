@@ -121,6 +121,32 @@ def test_forward_batch_has_the_plan_slots_positions_and_device_held_decode_token
     assert table._take_row() == states[1].row and not table.blocks[states[1].row].any()
 
 
+def test_deterministic_batches_keep_decode_attention_for_generated_tokens_only():
+    """single_by_decode: a prompt's last token run alone (its prefix cached) is an extend row,
+    not a decode row, so its attention is the kernel any chunking of the prompt would use; the
+    decodes of generated tokens (first in the entries) stay decode rows."""
+    table = RequestTable(torch.device("cpu"), capacity=3)
+    states = [
+        RequestState(i, table._take_row(), list(range(10 * i, 10 * i + 9)), 9, 0, [], None)
+        for i in range(3)
+    ]
+    states[0].num_computed, states[0].num_sampled = 9, 1  # a decode
+    states[1].num_computed = 8  # the prompt's last token, alone
+    states[2].num_computed = 4  # a chunk of 5
+    for state in states:
+        table.append_blocks(state, [3 * state.request_id, 3 * state.request_id + 1, 3 * 3])
+    decode = ScheduledEntry(0, states[0], 9, 1, True, True)
+    last = ScheduledEntry(1, states[1], 8, 1, True, False)
+    chunk = ScheduledEntry(2, states[2], 4, 5, True, False)
+    plain, _ = build_forward_batch([decode, last, chunk], table, BLOCK_SIZE)
+    assert plain.num_single == 2
+    batch, _ = build_forward_batch([decode, last, chunk], table, BLOCK_SIZE, single_by_decode=True)
+    assert batch.num_single == 1 and not batch.is_decode
+    assert batch.extend_query_start.tolist() == [0, 1, 6]
+    only_last, _ = build_forward_batch([last], table, BLOCK_SIZE, single_by_decode=True)
+    assert not only_last.is_decode and only_last.num_single == 0
+
+
 def test_seeded_sampling_is_unchanged_by_preemption_and_by_batch_neighbours(runner):
     """The sampled token's position is the RNG counter: re-prefill after a preemption, or other
     requests in the batch, do not change a seeded request's tokens."""

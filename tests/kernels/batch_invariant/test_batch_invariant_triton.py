@@ -1,0 +1,57 @@
+"""The batch-invariant Triton path: the fixed-tile matmul (rows independent of M, close to
+torch), decode attention at the mode's fixed split count (a request's output independent of the
+batch), and extend attention (each query's output independent of its chunk). Interpreter cases
+(fp32) run in a child process with TRITON_INTERPRET=1; CUDA cases (bf16, fp32) where there is a
+GPU (see tests/kernels/triton_modes.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.kernels.batch_invariant.invariance_cases import (
+    check_attention_chunks,
+    check_decode_batches,
+    check_linear_rows,
+)
+from tests.kernels.triton_modes import INTERPRET
+
+EXPECTED_CHILD_TESTS = 3
+if INTERPRET:
+    CASES = [("cpu", torch.float32)]
+elif torch.cuda.is_available():
+    CASES = [("cuda", torch.bfloat16), ("cuda", torch.float32)]
+else:
+    CASES = []
+kernel_cases = pytest.mark.parametrize(("device", "dtype"), CASES)
+
+
+def test_kernels_are_invariant_under_triton_interpreter(interpreter_child) -> None:
+    interpreter_child(__file__, EXPECTED_CHILD_TESTS)
+
+
+@kernel_cases
+def test_matmul_rows_do_not_depend_on_the_batch(device, dtype) -> None:
+    from yaie.kernels.batch_invariant.triton_matmul import matmul_triton
+
+    check_linear_rows(matmul_triton, device, dtype, 160, 200)
+
+
+@kernel_cases
+def test_decode_at_the_fixed_split_count_is_batch_invariant(device, dtype) -> None:
+    from yaie.kernels.attention.triton_decode import decode_attention_triton
+    from yaie.kernels.batch_invariant import INVARIANT_DECODE_SPLITS
+
+    def decode(q, k_cache, v_cache, tables, lens, scale):
+        return decode_attention_triton(
+            q, k_cache, v_cache, tables, lens, scale, num_splits=INVARIANT_DECODE_SPLITS
+        )
+
+    check_decode_batches(decode, device, dtype, (2, 9) if INTERPRET else (2, 8, 41))
+
+
+@kernel_cases
+def test_extend_is_chunk_invariant(device, dtype) -> None:
+    from yaie.kernels.attention.triton_extend import extend_attention_triton
+
+    check_attention_chunks(extend_attention_triton, device, dtype)
