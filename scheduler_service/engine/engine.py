@@ -37,6 +37,7 @@ class WorkerModelInfo:
     block_size: int
     random_weights: bool
     num_workers: int
+    kv_cache_dtype: str
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,7 @@ class Engine:
             block_size=first.block_size,
             random_weights=first.random_weights,
             num_workers=len(infos),
+            kv_cache_dtype=first.kv_cache_dtype,
         )
         for client, info in zip(clients, infos, strict=True):
             client.open_stream()

@@ -122,6 +122,7 @@ class FakeWorker(worker_pb2_grpc.WorkerServicer):
             num_blocks=c.num_blocks,
             random_weights=True,
             attention_backend="none",
+            kv_cache_dtype="float32",
         )
 
     async def Step(self, request_iterator, context) -> AsyncIterator[worker_pb2.StepResult]:

@@ -7,10 +7,14 @@ bucket are padding that reads and writes only the pool's scratch block.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import torch
 
 from yaie.worker_service.forward_batch import ForwardBatch
+
+if TYPE_CHECKING:
+    from yaie.worker_service.step.kv_pool import KVPool
 
 log = logging.getLogger(__name__)
 
@@ -28,17 +32,16 @@ class DecodeGraphs:
     def __init__(
         self,
         model: torch.nn.Module,
-        kv_cache: torch.Tensor,
-        scratch_block: int,
+        pool: KVPool,
         max_batch_size: int,
         max_blocks_per_seq: int,
     ) -> None:
-        device = kv_cache.device
-        block_size = kv_cache.shape[3]
+        device = pool.cache.device
+        scratch_block = pool.scratch_block
         self.model = model
-        self.kv_cache = kv_cache
+        self.kv_cache, self.kv_scales = pool.cache, pool.scales
         self.scratch_block = scratch_block
-        self.scratch_slot = scratch_block * block_size
+        self.scratch_slot = scratch_block * pool.block_size
         self.batch_sizes = graph_batch_sizes(max_batch_size)
         n = self.batch_sizes[-1]
         # Static inputs [n] / [n, max_blocks_per_seq]; every row starts as padding.
@@ -73,11 +76,12 @@ class DecodeGraphs:
         pool = None
         for b in reversed(self.batch_sizes):
             batch = self._static_batch(b)
-            self.model.forward(batch, self.kv_cache)  # warm up: Triton autotune, allocator
+            # Warm up: Triton autotune, allocator.
+            self.model.forward(batch, self.kv_cache, self.kv_scales)
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
-                self.logits[b] = self.model.forward(batch, self.kv_cache)
+                self.logits[b] = self.model.forward(batch, self.kv_cache, self.kv_scales)
             pool = graph.pool()
             self.graphs[b] = graph
         torch.cuda.synchronize()
