@@ -171,19 +171,25 @@ def summary(results: dict) -> str:
     for name in ("random", "long"):
         a, b = results.get(f"{name} bf16"), results.get(f"{name} fp8_e4m3")
         if a and b:
-            lines.append(f"| {name}: output tok/s | {a['output_throughput']:.0f} | "
-                         f"{b['output_throughput']:.0f} | "
-                         f"{b['output_throughput'] / max(a['output_throughput'], 1e-9):.2f}x |")
-            lines.append(f"| {name}: pool tokens / peak running | {a['pool_tokens']} / "
-                         f"{a['peak_running']} | {b['pool_tokens']} / {b['peak_running']} | |")
+            lines.append(
+                f"| {name}: output tok/s | {a['output_throughput']:.0f} | "
+                f"{b['output_throughput']:.0f} | "
+                f"{b['output_throughput'] / max(a['output_throughput'], 1e-9):.2f}x |"
+            )
+            lines.append(
+                f"| {name}: pool tokens / peak running | {a['pool_tokens']} / "
+                f"{a['peak_running']} | {b['pool_tokens']} / {b['peak_running']} | |"
+            )
             lines.append(f"| {name}: median TTFT / TPOT ms | {a['median_ttft_ms']:.0f} / "
                          f"{a['median_tpot_ms']:.1f} | {b['median_ttft_ms']:.0f} / "
                          f"{b['median_tpot_ms']:.1f} | |")  # fmt: skip
     for key in [k for k in results if k.startswith("accuracy ")]:
         r, shape = results[key], key.removeprefix("accuracy ")
         if r:
-            lines.append(f"| {shape}: fp8 vs bf16 pool, per-step agreement | | {r['agreed']}/"
-                         f"{r['steps']} (ties {r['ties']}, mismatches {r['mismatches']}) | |")
+            lines.append(
+                f"| {shape}: fp8 vs bf16 pool, per-step agreement | | {r['agreed']}/"
+                f"{r['steps']} (ties {r['ties']}, mismatches {r['mismatches']}) | |"
+            )
             lines.append(f"| {shape}: logit error q50 / q99 / max (logit std {r['logit_std']:.2f}) "
                          f"| | {r['logit_err_q50']:.3f} / {r['logit_err_q99']:.3f} / "
                          f"{r['logit_err_max']:.3f} | |")  # fmt: skip

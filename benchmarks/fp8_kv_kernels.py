@@ -43,7 +43,9 @@ def checks() -> dict:
     same = (pools[0].view(torch.uint8) == pools[2].view(torch.uint8)).float().mean().item()
     results["store bytes equal to reference"] = same
     results["store scales max rel diff"] = ((scales[0] - scales[2]).abs() / scales[2]).max().item()
-    print(f"check store: {same:.6f} of bytes equal, scales {results['store scales max rel diff']:.2e}")
+    print(
+        f"check store: {same:.6f} of bytes equal, scales {results['store scales max rel diff']:.2e}"
+    )
 
     for name, batch_size, context, new in (
         ("decode 64 x 4k", 64, 4096, 1),

@@ -32,7 +32,10 @@ def _batch(tokens, starts, tables, block_size, device) -> ForwardBatch:
     """Request b runs tokens[b] at positions starts[b].. over its blocks tables[b]."""
     positions = [starts[b] + i for b, run in enumerate(tokens) for i in range(len(run))]
     rows = [b for b, run in enumerate(tokens) for _ in run]
-    slots = [tables[b][p // block_size] * block_size + p % block_size for b, p in zip(rows, positions)]
+    slots = [
+        tables[b][p // block_size] * block_size + p % block_size
+        for b, p in zip(rows, positions, strict=True)
+    ]
     query_start = [0]
     for run in tokens:
         query_start.append(query_start[-1] + len(run))
@@ -41,7 +44,9 @@ def _batch(tokens, starts, tables, block_size, device) -> ForwardBatch:
         positions=_ints(positions, torch.int64, device),
         slots=_ints(slots, torch.int64, device),
         block_tables=_ints(tables, torch.int32, device),
-        seq_lens=_ints([s + len(r) for s, r in zip(starts, tokens)], torch.int32, device),
+        seq_lens=_ints(
+            [s + len(r) for s, r in zip(starts, tokens, strict=True)], torch.int32, device
+        ),
         query_start=_ints(query_start, torch.int32, device),
         max_query_len=max(len(run) for run in tokens),
         is_decode=all(len(run) == 1 for run in tokens),
@@ -73,7 +78,7 @@ def decode(model, kv_dtype: torch.dtype, prompts, steps: int, forced=None, block
         logits.append(out)
         chosen = out.argmax(-1) if forced is None else forced[:, t]
         tokens.append(chosen)
-        starts = [s + len(r) for s, r in zip(starts, runs)]
+        starts = [s + len(r) for s, r in zip(starts, runs, strict=True)]
         runs = [[tok] for tok in chosen.tolist()]
     return torch.stack(tokens, 1), torch.stack(logits, 1)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import torch
 
-
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0  # e4m3's largest finite value
 

@@ -106,4 +106,3 @@ def decode_attention_sdpa(
     result = result.view(batch, num_q_heads, head_dim)
     result = torch.where((seq_lens > 0)[:, None, None], result, 0.0)  # all-masked rows are NaN
     return result if out is None else out.copy_(result)
-

@@ -44,7 +44,10 @@ def test_fp8_kv_serve_reports_its_pool_and_stays_close_to_fp32_greedy(
             info = stub.GetModelInfo(pb.GetModelInfoRequest())
             outputs = [served(stub, ids) for ids in prompts]
     assert (info.dtype, info.kv_cache_dtype) == ("float32", "fp8_e4m3")
-    equal = [sum(a == b for a, b in zip(o, e, strict=True)) for o, e in zip(outputs, expected)]
+    equal = [
+        sum(a == b for a, b in zip(o, e, strict=True))
+        for o, e in zip(outputs, expected, strict=True)
+    ]
     print(f"fp8 KV greedy tokens equal to transformers fp32: {equal} of {NEW_TOKENS} each")
     assert all(o[:4] == e[:4] for o, e in zip(outputs, expected, strict=True))
     assert sum(equal) >= MIN_EQUAL

@@ -100,9 +100,7 @@ def test_sdpa_over_an_fp8_pool_matches_the_reference(rows):
 def test_a_pool_of_another_dtype_than_q_is_converted_on_load():
     """A bf16 pool under an fp32 model: every backend reads the bf16 values as fp32."""
     batch = make_paged_batch([40, 9], [3, 1], 16, 2, 4, 64)
-    narrow = replace(
-        batch, k_cache=batch.k_cache.bfloat16(), v_cache=batch.v_cache.bfloat16()
-    )
+    narrow = replace(batch, k_cache=batch.k_cache.bfloat16(), v_cache=batch.v_cache.bfloat16())
     widened = replace(batch, k_cache=narrow.k_cache.float(), v_cache=narrow.v_cache.float())
     ref = extend_attention(*widened.extend_args(), backend="torch")
     for backend in ("torch", "sdpa"):
@@ -190,9 +188,7 @@ def test_interpreter_fp8_grouped_decode_matches_reference():
     ref = decode_attention(*fp8.decode_args(), backend="torch", **fp8.scales())
     out = decode_attention_grouped_triton(*fp8.decode_args(), groups, **fp8.scales())
     assert relative_error(out, ref) < 1e-5
-    grouped = decode_attention_grouped(
-        *fp8.decode_args(), groups, backend="triton", **fp8.scales()
-    )
+    grouped = decode_attention_grouped(*fp8.decode_args(), groups, backend="triton", **fp8.scales())
     assert relative_error(grouped, ref) < 1e-5
 
 

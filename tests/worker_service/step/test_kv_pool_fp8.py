@@ -65,5 +65,5 @@ def test_runner_over_an_fp8_pool_decodes_close_to_the_fp32_pool(tiny_model_dir):
         outputs[dtype] = _greedy(ModelRunner(model, pool), [list(p) for p in prompts], 12)
     exact, fp8 = outputs[torch.float32], outputs[FP8]
     assert all(a[:3] == b[:3] for a, b in zip(exact, fp8, strict=True))
-    equal = sum(x == y for a, b in zip(exact, fp8, strict=True) for x, y in zip(a, b))
+    equal = sum(x == y for a, b in zip(exact, fp8, strict=True) for x, y in zip(a, b, strict=True))
     assert equal >= 0.75 * 4 * 12
