@@ -211,7 +211,9 @@ def main() -> int:
     p.add_argument("--tiny", action="store_true", help="CPU, tiny model and workloads")
     p.add_argument("--budget-s", type=float, default=520.0, help="stack workloads stop here")
     p.add_argument("--steps", type=int, default=64, help="greedy steps compared per prompt")
-    p.add_argument("--model-cache", default="/tmp/bench_fp8_models", help="written models")
+    p.add_argument(
+        "--model-cache", default="build/bench_fp8_models", help="written models (kept: ignored)"
+    )
     p.add_argument("--out-dir", default=os.environ.get("OUT") or None)
     args = p.parse_args()
     deadline = time.monotonic() + args.budget_s

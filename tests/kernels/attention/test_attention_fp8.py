@@ -17,7 +17,7 @@ from tests.kernels.attention.paged_batch import (
     random_ragged_lengths,
     relative_error,
 )
-from tests.kernels.triton_modes import interpreter_only
+from tests.kernels.triton_modes import gpu_only, interpreter_only
 from yaie.kernels.attention import (
     FP8_DTYPE,
     PrefixGroups,
@@ -201,3 +201,37 @@ def test_interpreter_kernels_read_a_pool_narrower_than_q():
     narrow = replace(batch, k_cache=batch.k_cache.half(), v_cache=batch.v_cache.half())
     ref = decode_attention(*narrow.decode_args(), backend="torch")
     assert relative_error(decode_attention_triton(*narrow.decode_args(), num_splits=2), ref) < 1e-5
+
+
+@gpu_only
+def test_gpu_fp8_kernels_with_bf16_queries_match_the_fp32_reference():
+    """Store (bytes as quantize_fp8's, bar rounding of the division), decode, extend and grouped
+    decode over an fp8 pool with bf16 queries, within 1% of the reference in fp32."""
+    from yaie.kernels.attention.triton_cascade import decode_attention_grouped_triton
+
+    k = torch.randn(300, 8, 128, device="cuda", dtype=torch.bfloat16)
+    pools = [torch.zeros(32, 16, 8, 128, dtype=FP8_DTYPE, device="cuda") for _ in range(4)]
+    scales = [torch.zeros(32, 16, 8, device="cuda") for _ in range(4)]
+    slots = torch.randperm(512, device="cuda")[:300]
+    store_kv(pools[0], pools[1], k, k, slots, "triton", scales[0], scales[1])
+    store_kv(pools[2], pools[3], k, k, slots, "torch", scales[2], scales[3])
+    same = (pools[0].view(torch.uint8) == pools[2].view(torch.uint8)).float().mean()
+    assert same > 0.999 and torch.allclose(scales[0], scales[2], rtol=1e-6)
+    prefix, new = random_ragged_lengths(5, batch=8, max_prefix=3000, max_new=300)
+    batch = make_paged_batch(prefix, new, 16, 8, 32, 128, torch.float32, "cuda")
+    pooled = batch.to_fp8()
+    ref = extend_attention(*pooled.extend_args(), backend="torch", **pooled.scales())
+    fp8 = replace(pooled, q=batch.q.bfloat16())
+    assert relative_error(extend_attention(*fp8.extend_args(), **fp8.scales()), ref) < 1e-2
+    decode = make_paged_batch(prefix, [1] * 8, 16, 8, 32, 128, torch.float32, "cuda").to_fp8()
+    ref = decode_attention(*decode.decode_args(), backend="torch", **decode.scales())
+    fp8 = replace(decode, q=decode.q.bfloat16())
+    assert relative_error(decode_attention(*fp8.decode_args(), **fp8.scales()), ref) < 1e-2
+    shared = make_paged_batch([3000] * 4, [1] * 4, 16, 8, 32, 128, torch.float32, "cuda")
+    shared.block_tables[:, :64] = shared.block_tables[0, :64]  # 1024 tokens shared by all 4
+    shared = shared.to_fp8()
+    ref = decode_attention(*shared.decode_args(), backend="torch", **shared.scales())
+    groups = PrefixGroups.from_lists([[0, 1, 2, 3]], [1024], 4, "cuda")
+    fp8 = replace(shared, q=shared.q.bfloat16())
+    grouped = decode_attention_grouped_triton(*fp8.decode_args(), groups, **fp8.scales())
+    assert relative_error(grouped, ref) < 1e-2
