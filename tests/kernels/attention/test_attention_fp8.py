@@ -120,10 +120,10 @@ def test_interpreter_store_kv_into_fp8_pool_is_bit_exact_with_reference(dtype):
     gen = torch.Generator().manual_seed(0)
     pools = [torch.zeros(8, 16, 3, 64, dtype=FP8_DTYPE) for _ in range(2)]
     scales = [torch.zeros(8, 16, 3) for _ in range(2)]
-    k = torch.randn(40, 3, 64, generator=gen) * torch.logspace(-4, 2, 40)[:, None, None]
+    k = torch.randn(24, 3, 64, generator=gen) * torch.logspace(-4, 2, 24)[:, None, None]
     k[3] = 0.0
-    k, v = k.to(dtype), torch.randn(40, 3, 64, generator=gen).to(dtype)
-    slots = torch.randperm(128, generator=gen)[:40]
+    k, v = k.to(dtype), torch.randn(24, 3, 64, generator=gen).to(dtype)
+    slots = torch.randperm(128, generator=gen)[:24]
     expect = [p.clone() for p in pools], [s.clone() for s in scales]
     store_kv(*expect[0], k, v, slots, backend="torch", k_scale=expect[1][0], v_scale=expect[1][1])
     store_kv(*pools, k, v, slots, backend="triton", k_scale=scales[0], v_scale=scales[1])
@@ -146,8 +146,8 @@ def test_interpreter_fp8_decode_matches_reference(block_size, gqa, head_dim, dty
     from yaie.kernels.attention.triton_decode import decode_attention_triton
 
     kv_heads = 2 if gqa < 8 else 1
-    prefix, _ = random_ragged_lengths(block_size + gqa, batch=4, max_prefix=150, max_new=1)
-    batch = make_paged_batch(prefix, [1] * 4, block_size, kv_heads, kv_heads * gqa, head_dim)
+    prefix, _ = random_ragged_lengths(block_size + gqa, batch=3, max_prefix=100, max_new=1)
+    batch = make_paged_batch(prefix, [1] * 3, block_size, kv_heads, kv_heads * gqa, head_dim)
     fp8 = replace(batch.to_fp8(), q=batch.q.to(dtype))
     ref = decode_attention(*fp8.decode_args(), backend="torch", **fp8.scales())
     out = decode_attention_triton(*fp8.decode_args(), **launch, **fp8.scales())
@@ -160,11 +160,11 @@ def test_interpreter_fp8_extend_matches_reference(block_size, gqa, head_dim, dty
     from yaie.kernels.attention.triton_extend import extend_attention_triton
 
     kv_heads = 2 if gqa < 8 else 1
-    prefix, new = random_ragged_lengths(block_size * gqa, batch=3, max_prefix=90, max_new=40)
+    prefix, new = random_ragged_lengths(block_size * gqa, batch=3, max_prefix=60, max_new=24)
     batch = make_paged_batch(prefix, new, block_size, kv_heads, kv_heads * gqa, head_dim)
     fp8 = replace(batch.to_fp8(), q=batch.q.to(dtype))
     ref = extend_attention(*fp8.extend_args(), backend="torch", **fp8.scales())
-    tiles = {"block_m": 16, "block_n": launch["block_n"], "num_warps": 4}
+    tiles = {"block_m": 32, "block_n": launch["block_n"], "num_warps": 4}
     out = extend_attention_triton(*fp8.extend_args(), **tiles, **fp8.scales())
     assert relative_error(out, ref) < (1e-5 if dtype == torch.float32 else 2e-3)
 
