@@ -16,7 +16,7 @@ import torch
 from triton.testing import do_bench
 
 from yaie.kernels.attention import PrefixGroups, decode_attention, extend_attention, store_kv
-from yaie.kernels.attention.reference import quantize_fp8
+from yaie.kernels.attention.reference import quantize_fp8_pool
 from yaie.kernels.attention.triton_cascade import decode_attention_grouped_triton
 from yaie.kernels.attention.triton_decode import decode_attention_triton
 from yaie.kernels.attention.triton_extend import extend_attention_triton
@@ -37,7 +37,7 @@ def checks() -> dict:
     slots = torch.randperm(8192, device="cuda", generator=gen)[:4096]
     pools = [torch.zeros(512, BLOCK_SIZE, KV_HEADS, HEAD_DIM, dtype=FP8, device="cuda")]
     pools += [pools[0].clone() for _ in range(3)]
-    scales = [torch.zeros(512, BLOCK_SIZE, KV_HEADS, device="cuda") for _ in range(4)]
+    scales = [torch.zeros(512, KV_HEADS, BLOCK_SIZE, device="cuda") for _ in range(4)]
     store_kv(pools[0], pools[1], k, k, slots, "triton", scales[0], scales[1])
     store_kv(pools[2], pools[3], k, k, slots, "torch", scales[2], scales[3])
     same = (pools[0].view(torch.uint8) == pools[2].view(torch.uint8)).float().mean().item()
@@ -94,7 +94,7 @@ def random_pool(batch: int, context: int, dtype: torch.dtype, seed: int):
     for name in ("k", "v"):
         values = torch.randn(shape, device="cuda", dtype=torch.bfloat16, generator=gen)
         if dtype == FP8:
-            values, scales[f"{name}_scale"] = quantize_fp8(values)
+            values, scales[f"{name}_scale"] = quantize_fp8_pool(values)
         pools.append(values)
         del values
     seq_lens = torch.full((batch,), context, dtype=torch.int32, device="cuda")

@@ -9,7 +9,7 @@ Layouts (every operation):
   k_cache, v_cache: [num_blocks, block_size, kv_heads, head_dim]; slot = block * block_size + offset
   block_tables:     [batch, max_blocks] int32; row b lists request b's blocks in token order
   seq_lens:         [batch] int32; tokens of request b whose K/V is in the pool, new ones included
-  k_scale, v_scale: [num_blocks, block_size, kv_heads] float32, for an fp8 (float8_e4m3fn) pool
+  k_scale, v_scale: [num_blocks, kv_heads, block_size] float32, for an fp8 (float8_e4m3fn) pool
                     only (None otherwise): the stored value times its slot's scale is the K/V
                     (reference.quantize_fp8 is how store_kv makes them)
 

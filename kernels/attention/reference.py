@@ -2,8 +2,9 @@
 
 Plain gathers and a dense softmax per request, computed in float32; slow but obviously right.
 An fp8 pool (float8_e4m3fn) carries a float32 scale per slot and KV head beside it
-(k_scale, v_scale [num_blocks, block_size, kv_heads]): store quantizes each token's head vector
-by its own absolute maximum, gathers dequantize (value * scale) before any arithmetic.
+(k_scale, v_scale [num_blocks, kv_heads, block_size]: a block's scales of one head are adjacent,
+so a kernel reads them in whole sectors): store quantizes each token's head vector by its own
+absolute maximum, gathers dequantize (value * scale) before any arithmetic.
 """
 
 from __future__ import annotations
@@ -25,6 +26,13 @@ def quantize_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (x / scale[..., None]).to(FP8_DTYPE), scale
 
 
+def quantize_fp8_pool(cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A whole pool [num_blocks, block_size, kv_heads, D] as store_kv would write it: (values,
+    scales [num_blocks, kv_heads, block_size])."""
+    values, scales = quantize_fp8(cache)
+    return values, scales.transpose(1, 2).contiguous()
+
+
 def store_kv_reference(
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
@@ -36,11 +44,11 @@ def store_kv_reference(
 ) -> None:
     """k_cache[slot] = k per token (the pool viewed as [num_blocks * block_size, kv_heads, D]);
     an fp8 pool gets quantize_fp8(k) and the scales go to k_scale[slot] (V likewise)."""
-    num_slots = k_cache.shape[0] * k_cache.shape[1]
+    num_slots, block_size = k_cache.shape[0] * k_cache.shape[1], k_cache.shape[1]
     for cache, scales, x in ((k_cache, k_scale, k), (v_cache, v_scale, v)):
         rows = cache.view(num_slots, *cache.shape[2:])
         if cache.dtype == FP8_DTYPE:
-            rows[slots], scales.view(num_slots, -1)[slots] = quantize_fp8(x)
+            rows[slots], scales[slots // block_size, :, slots % block_size] = quantize_fp8(x)
         else:
             rows[slots] = x.to(cache.dtype)
 
@@ -52,7 +60,7 @@ def gather_kv(
     scales: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Request's first seq_len tokens of K or V: [seq_len, kv_heads, D] (float32), times their
-    scales [num_blocks, block_size, kv_heads] for an fp8 pool."""
+    scales [num_blocks, kv_heads, block_size] for an fp8 pool."""
     block_size = cache.shape[1]
     num_blocks = (seq_len + block_size - 1) // block_size
     ids = block_table[:num_blocks].long()
@@ -60,7 +68,8 @@ def gather_kv(
     values = blocks.reshape(-1, *cache.shape[2:])[:seq_len].float()
     if scales is None:
         return values
-    return values * scales.index_select(0, ids).reshape(-1, cache.shape[2])[:seq_len, :, None]
+    factors = scales.index_select(0, ids).transpose(1, 2).reshape(-1, cache.shape[2])
+    return values * factors[:seq_len, :, None]
 
 
 def _attend(

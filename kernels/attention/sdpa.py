@@ -90,7 +90,8 @@ def decode_attention_sdpa(
         rows = cache.index_select(0, ids.flatten()).view(batch, -1, *cache.shape[2:])
         rows = rows.to(q.dtype)  # [batch, S, kv_heads, D]
         if scales is not None:
-            factors = scales.index_select(0, ids.flatten()).view(batch, -1, cache.shape[2])
+            factors = scales.index_select(0, ids.flatten()).transpose(1, 2)  # [.., bs, kv_heads]
+            factors = factors.reshape(batch, -1, cache.shape[2])
             rows = rows * factors[..., None].to(q.dtype)
         return torch.where(valid, rows.transpose(1, 2), 0.0)  # [batch, kv_heads, S, D]
 

@@ -67,7 +67,7 @@ def _prefix_kernel(
     stride_cache_head,
     stride_table,
     stride_scale_block,
-    stride_scale_token,
+    stride_scale_head,
     qk_scale,
     num_chunks,
     first_slot,
@@ -108,7 +108,7 @@ def _prefix_kernel(
     out, lse = attend_range(
         q_tile, k_cache, v_cache, table_row, start, end, kv_head,
         stride_cache_block, stride_cache_token, stride_cache_head,
-        k_scale, v_scale, stride_scale_block, stride_scale_token, qk_scale,
+        k_scale, v_scale, stride_scale_block, stride_scale_head, qk_scale,
         block_size, TILE_M, HEAD_DIM, BLOCK_N, HAS_SCALE,
     )
     # fmt: on

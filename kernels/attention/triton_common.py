@@ -37,7 +37,7 @@ def check_pool(k_cache: torch.Tensor, v_cache: torch.Tensor) -> tuple[int, int, 
 def check_scales(
     k_cache: torch.Tensor, k_scale: torch.Tensor | None, v_scale: torch.Tensor | None
 ) -> bool:
-    """The scales of an fp8 pool: both [num_blocks, block_size, kv_heads] float32 with one
+    """The scales of an fp8 pool: both [num_blocks, kv_heads, block_size] float32 with one
     stride set and a contiguous last dim; no scales for any other pool. True for an fp8 pool."""
     is_fp8 = k_cache.dtype == torch.float8_e4m3fn
     if not is_fp8:
@@ -47,9 +47,11 @@ def check_scales(
     if k_scale is None or v_scale is None:
         _fail("an fp8 pool needs k_scale and v_scale")
     for name, x in (("k_scale", k_scale), ("v_scale", v_scale)):
-        if x.shape != k_cache.shape[:3] or x.dtype != torch.float32:
-            _fail(f"{name} must be float32 {tuple(k_cache.shape[:3])}, got {x.dtype} {x.shape}")
-        if x.device != k_cache.device or x.stride() != k_scale.stride() or x.stride(2) != 1:
+        shape = (k_cache.shape[0], k_cache.shape[2], k_cache.shape[1])
+        if x.shape != shape or x.dtype != torch.float32:
+            _fail(f"{name} must be float32 {shape}, got {x.dtype} {tuple(x.shape)}")
+        contiguous = x.shape[2] == 1 or x.stride(2) == 1  # the kernels step 1 per token
+        if x.device != k_cache.device or x.stride() != k_scale.stride() or not contiguous:
             _fail(f"{name}: on the pool's device, k_scale's strides, contiguous last dim")
     return True
 
@@ -58,7 +60,7 @@ def scale_args(
     k_cache: torch.Tensor, k_scale: torch.Tensor | None, v_scale: torch.Tensor | None
 ) -> tuple:
     """Checks the scales (check_scales) and returns the kernels' scale arguments: (k_scale,
-    v_scale, stride per block, stride per token, HAS_SCALE); without scales the pointers are
+    v_scale, stride per block, stride per head, HAS_SCALE); without scales the pointers are
     k_cache (never read) and the strides 0."""
     if not check_scales(k_cache, k_scale, v_scale):
         return k_cache, k_cache, 0, 0, False

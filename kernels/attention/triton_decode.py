@@ -39,7 +39,7 @@ def attend_range(
     k_scale,
     v_scale,
     stride_scale_block,
-    stride_scale_token,
+    stride_scale_head,
     qk_scale,
     block_size: tl.constexpr,
     TILE_M: tl.constexpr,
@@ -65,10 +65,10 @@ def attend_range(
         k_tile = tl.load(k_cache + kv_off, mask=valid[:, None], other=0.0).to(q_tile.dtype)
         v_tile = tl.load(v_cache + kv_off, mask=valid[:, None], other=0.0).to(q_tile.dtype)
         scores = tl.dot(q_tile, tl.trans(k_tile)) * qk_scale  # [TILE_M, BLOCK_N], log2 units
-        if HAS_SCALE:  # scales [blocks, block_size, kv_heads]
-            scale_off = block * stride_scale_block + (pos % block_size) * stride_scale_token
-            s_k = tl.load(k_scale + scale_off + kv_head, mask=valid, other=0.0)  # [BLOCK_N]
-            s_v = tl.load(v_scale + scale_off + kv_head, mask=valid, other=0.0)
+        if HAS_SCALE:  # scales [blocks, kv_heads, block_size]: a block's run is contiguous
+            scale_off = block * stride_scale_block + kv_head * stride_scale_head + pos % block_size
+            s_k = tl.load(k_scale + scale_off, mask=valid, other=0.0)  # [BLOCK_N]
+            s_v = tl.load(v_scale + scale_off, mask=valid, other=0.0)
             scores = scores * s_k[None, :]
         scores = tl.where(valid[None, :], scores, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(scores, axis=1))
@@ -115,7 +115,7 @@ def _decode_split_kernel(
     stride_cache_head,
     stride_table,
     stride_scale_block,
-    stride_scale_token,
+    stride_scale_head,
     qk_scale,
     num_splits,
     num_slots,
@@ -151,7 +151,7 @@ def _decode_split_kernel(
     out, lse = attend_range(
         q_tile, k_cache, v_cache, block_tables + b * stride_table, start, end, kv_head,
         stride_cache_block, stride_cache_token, stride_cache_head,
-        k_scale, v_scale, stride_scale_block, stride_scale_token, qk_scale,
+        k_scale, v_scale, stride_scale_block, stride_scale_head, qk_scale,
         block_size, GROUP_PAD, HEAD_DIM, BLOCK_N, HAS_SCALE,
     )
     # fmt: on
@@ -232,7 +232,7 @@ def launch_decode_splits(
     _, block_size, kv_heads, head_dim = k_cache.shape
     batch, num_q_heads, _ = q.shape
     group = num_q_heads // kv_heads
-    k_scale, v_scale, stride_scale_block, stride_scale_token, has_scale = scales
+    k_scale, v_scale, stride_scale_block, stride_scale_head, has_scale = scales
     _decode_split_kernel[(batch, kv_heads, num_splits)](
         q,
         k_cache,
@@ -251,7 +251,7 @@ def launch_decode_splits(
         k_cache.stride(2),
         block_tables.stride(0),
         stride_scale_block,
-        stride_scale_token,
+        stride_scale_head,
         scale * LOG2E,
         num_splits,
         mid_lse.shape[2],

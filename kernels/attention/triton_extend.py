@@ -40,7 +40,7 @@ def _attend_tile(
     k_scale,
     v_scale,
     stride_scale_block,
-    stride_scale_token,
+    stride_scale_head,
     qk_scale,
     block_size: tl.constexpr,
     HEAD_DIM: tl.constexpr,
@@ -61,19 +61,19 @@ def _attend_tile(
             block = tl.load(table_row + pos // block_size).to(tl.int64)
         row = block * stride_cache_block + (pos % block_size) * stride_cache_token
         kv_off = row[:, None] + kv_head * stride_cache_head + offs_d[None, :]  # [BLOCK_N, D]
-        scale_off = block * stride_scale_block + (pos % block_size) * stride_scale_token
+        scale_off = block * stride_scale_block + kv_head * stride_scale_head + pos % block_size
         if CAUSAL:
             k_tile = tl.load(k_cache + kv_off, mask=in_seq[:, None], other=0.0)
             v_tile = tl.load(v_cache + kv_off, mask=in_seq[:, None], other=0.0)
             if HAS_SCALE:
-                s_k = tl.load(k_scale + scale_off + kv_head, mask=in_seq, other=0.0)
-                s_v = tl.load(v_scale + scale_off + kv_head, mask=in_seq, other=0.0)
+                s_k = tl.load(k_scale + scale_off, mask=in_seq, other=0.0)
+                s_v = tl.load(v_scale + scale_off, mask=in_seq, other=0.0)
         else:
             k_tile = tl.load(k_cache + kv_off)
             v_tile = tl.load(v_cache + kv_off)
             if HAS_SCALE:
-                s_k = tl.load(k_scale + scale_off + kv_head)
-                s_v = tl.load(v_scale + scale_off + kv_head)
+                s_k = tl.load(k_scale + scale_off)
+                s_v = tl.load(v_scale + scale_off)
         k_tile, v_tile = k_tile.to(q_tile.dtype), v_tile.to(q_tile.dtype)
         scores = tl.dot(q_tile, tl.trans(k_tile)) * qk_scale  # [BLOCK_M, BLOCK_N], log2 units
         if HAS_SCALE:
@@ -116,7 +116,7 @@ def _extend_kernel(
     k_scale,
     v_scale,
     stride_scale_block,
-    stride_scale_token,
+    stride_scale_head,
     qk_scale,
     group: tl.constexpr,
     block_size: tl.constexpr,
@@ -157,12 +157,12 @@ def _extend_kernel(
     acc, m_i, l_i = _attend_tile(  # keys [0, unmasked_end): no mask
         acc, m_i, l_i, q_tile, q_pos, k_cache, v_cache, table_row, 0, unmasked_end, seq_len,
         kv_head, stride_cache_block, stride_cache_token, stride_cache_head,
-        k_scale, v_scale, stride_scale_block, stride_scale_token, qk_scale,
+        k_scale, v_scale, stride_scale_block, stride_scale_head, qk_scale,
         block_size, HEAD_DIM, BLOCK_N, False, HAS_SCALE)
     acc, m_i, l_i = _attend_tile(  # keys [unmasked_end, last_pos): the causal diagonal
         acc, m_i, l_i, q_tile, q_pos, k_cache, v_cache, table_row, unmasked_end, last_pos,
         seq_len, kv_head, stride_cache_block, stride_cache_token, stride_cache_head,
-        k_scale, v_scale, stride_scale_block, stride_scale_token, qk_scale,
+        k_scale, v_scale, stride_scale_block, stride_scale_head, qk_scale,
         block_size, HEAD_DIM, BLOCK_N, True, HAS_SCALE)
     # fmt: on
 
@@ -202,7 +202,7 @@ def extend_attention_triton(
         )
     check_tile("block_m", block_m)
     check_tile("block_n", block_n)
-    k_scale, v_scale, stride_scale_block, stride_scale_token, has_scale = scale_args(
+    k_scale, v_scale, stride_scale_block, stride_scale_head, has_scale = scale_args(
         k_cache, k_scale, v_scale
     )
     out = check_out(out, q)
@@ -228,7 +228,7 @@ def extend_attention_triton(
         k_scale,
         v_scale,
         stride_scale_block,
-        stride_scale_token,
+        stride_scale_head,
         scale * LOG2E,
         group=group,
         block_size=block_size,

@@ -61,7 +61,7 @@ def _store_kv_kernel(
     stride_v_token,
     stride_v_head,
     stride_scale_block,
-    stride_scale_token,
+    stride_scale_head,
     num_tokens,
     block_size: tl.constexpr,
     num_heads: tl.constexpr,
@@ -81,8 +81,8 @@ def _store_kv_kernel(
             block = slot // block_size
             dst = block * stride_cache_block + (slot % block_size) * stride_cache_token
             dst += offs_h[:, None] * stride_cache_head + offs_d[None, :]
-            scale_dst = block * stride_scale_block + (slot % block_size) * stride_scale_token
-            scale_dst += offs_h  # [HEADS_PAD]: scales are [blocks, block_size, heads]
+            # scales [blocks, heads, block_size]: this token's entry of each head, [HEADS_PAD]
+            scale_dst = block * stride_scale_block + offs_h * stride_scale_head + slot % block_size
             src_k = token * stride_k_token + offs_h[:, None] * stride_k_head + offs_d[None, :]
             src_v = token * stride_v_token + offs_h[:, None] * stride_v_head + offs_d[None, :]
             k_row = tl.load(k + src_k, mask=heads[:, None], other=0.0)
@@ -102,7 +102,7 @@ def store_kv_triton(
     v_scale: torch.Tensor | None = None,
 ) -> None:
     """k_cache[slot] = k (and V likewise); k, v [num_tokens, kv_heads, head_dim], slots int64.
-    An fp8 pool takes k_scale / v_scale [num_blocks, block_size, kv_heads] float32."""
+    An fp8 pool takes k_scale / v_scale [num_blocks, kv_heads, block_size] float32."""
     _, _, kv_heads, head_dim = check_pool(k_cache, v_cache)
     check_tokens("k", k, kv_heads, head_dim, k_cache.device)
     check_tokens("v", v, kv_heads, head_dim, k_cache.device)
@@ -113,7 +113,7 @@ def store_kv_triton(
             f"k {tuple(k.shape)}, v {tuple(v.shape)} and slots "
             f"{tuple(slots.shape)} disagree on the number of tokens"
         )
-    k_scale, v_scale, stride_scale_block, stride_scale_token, has_scale = scale_args(
+    k_scale, v_scale, stride_scale_block, stride_scale_head, has_scale = scale_args(
         k_cache, k_scale, v_scale
     )
     if num_tokens == 0:
@@ -135,7 +135,7 @@ def store_kv_triton(
         v.stride(0),
         v.stride(1),
         stride_scale_block,
-        stride_scale_token,
+        stride_scale_head,
         num_tokens,
         block_size=k_cache.shape[1],
         num_heads=kv_heads,

@@ -15,7 +15,7 @@ class CausalLM(nn.Module):
 
     kv_cache: [num_layers, 2, num_blocks, block_size, num_kv_heads, head_dim] in the KV dtype
     (the model's, another float dtype, or fp8 e4m3); layer i uses kv_cache[i, 0] as K and
-    kv_cache[i, 1] as V. kv_scales: [num_layers, 2, num_blocks, block_size, num_kv_heads]
+    kv_cache[i, 1] as V. kv_scales: [num_layers, 2, num_blocks, num_kv_heads, block_size]
     float32 beside an fp8 kv_cache (kernels/attention's k_scale / v_scale), else None.
     """
 

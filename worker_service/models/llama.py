@@ -121,7 +121,7 @@ class Attention(nn.Module):
         kv_scales: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x [T, hidden], kv_cache [2, num_blocks, block_size, kv_heads, head_dim] -> [T, hidden];
-        kv_scales [2, num_blocks, block_size, kv_heads] with an fp8 kv_cache, else None."""
+        kv_scales [2, num_blocks, kv_heads, block_size] with an fp8 kv_cache, else None."""
         q, k, v = self._qkv(x, rope)
         k_cache, v_cache = kv_cache[0], kv_cache[1]
         pool = {"backend": self.backend, "k_scale": None, "v_scale": None}

@@ -1,6 +1,6 @@
 """The paged KV pool: one tensor [layers, 2 (K, V), num_blocks + 1, block_size, kv_heads, head_dim]
 in the KV dtype (the model's, or fp8 e4m3 with a float32 scale per slot and KV head beside it:
-scales [layers, 2, num_blocks + 1, block_size, kv_heads]).
+scales [layers, 2, num_blocks + 1, kv_heads, block_size]).
 
 Sized from an explicit block count, or from a fraction of the device's free memory after the
 weights are loaded (CUDA), or from a memory budget (CPU). The extra last block is scratch space
@@ -49,12 +49,16 @@ class KVPool:
         self.block_size = block_size
         self.num_blocks = num_blocks
         # [L, 2, N + 1, block_size, kv_heads, head_dim]; block N is the scratch block.
-        shape = (num_layers, 2, num_blocks + 1, block_size, num_kv_heads)
-        self.cache = torch.zeros(*shape, head_dim, dtype=dtype, device=device)
-        # [L, 2, N + 1, block_size, kv_heads] float32 for an fp8 pool; None otherwise.
-        self.scales = (
-            torch.ones(shape, dtype=torch.float32, device=device) if dtype == FP8_DTYPE else None
+        shape = (num_layers, 2, num_blocks + 1)
+        self.cache = torch.zeros(
+            *shape, block_size, num_kv_heads, head_dim, dtype=dtype, device=device
         )
+        # [L, 2, N + 1, kv_heads, block_size] float32 for an fp8 pool; None otherwise.
+        self.scales = None
+        if dtype == FP8_DTYPE:
+            self.scales = torch.ones(
+                *shape, num_kv_heads, block_size, dtype=torch.float32, device=device
+            )
 
     @property
     def dtype(self) -> torch.dtype:

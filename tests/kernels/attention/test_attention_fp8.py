@@ -49,12 +49,13 @@ def test_quantize_fp8_error_is_within_e4m3_precision_of_each_vector_max():
 
 def test_reference_store_into_an_fp8_pool_writes_values_and_scales_at_the_slots():
     k_cache = torch.zeros(4, 8, 2, 64, dtype=FP8_DTYPE)
-    v_cache, k_scale, v_scale = k_cache.clone(), torch.zeros(4, 8, 2), torch.zeros(4, 8, 2)
+    v_cache, k_scale, v_scale = k_cache.clone(), torch.zeros(4, 2, 8), torch.zeros(4, 2, 8)
     k, v = torch.randn(3, 2, 64), torch.randn(3, 2, 64) * 1e-3
     slots = torch.tensor([0, 13, 31])
     store_kv(k_cache, v_cache, k, v, slots, backend="torch", k_scale=k_scale, v_scale=v_scale)
     for cache, scales, x in ((k_cache, k_scale, k), (v_cache, v_scale, v)):
-        stored = cache.view(32, 2, 64)[slots].float() * scales.view(32, 2)[slots][..., None]
+        per_slot = scales.transpose(1, 2).reshape(32, 2)  # [slot, head]
+        stored = cache.view(32, 2, 64)[slots].float() * per_slot[slots][..., None]
         assert relative_error(stored, x) < 0.05
         untouched = torch.ones(32, dtype=torch.bool)
         untouched[slots] = False
@@ -119,7 +120,7 @@ def test_interpreter_store_kv_into_fp8_pool_is_bit_exact_with_reference(dtype):
     all-zero vector: the same bytes and scales as quantize_fp8."""
     gen = torch.Generator().manual_seed(0)
     pools = [torch.zeros(8, 16, 3, 64, dtype=FP8_DTYPE) for _ in range(2)]
-    scales = [torch.zeros(8, 16, 3) for _ in range(2)]
+    scales = [torch.zeros(8, 3, 16) for _ in range(2)]
     k = torch.randn(24, 3, 64, generator=gen) * torch.logspace(-4, 2, 24)[:, None, None]
     k[3] = 0.0
     k, v = k.to(dtype), torch.randn(24, 3, 64, generator=gen).to(dtype)
@@ -211,7 +212,7 @@ def test_gpu_fp8_kernels_with_bf16_queries_match_the_fp32_reference():
 
     k = torch.randn(300, 8, 128, device="cuda", dtype=torch.bfloat16)
     pools = [torch.zeros(32, 16, 8, 128, dtype=FP8_DTYPE, device="cuda") for _ in range(4)]
-    scales = [torch.zeros(32, 16, 8, device="cuda") for _ in range(4)]
+    scales = [torch.zeros(32, 8, 16, device="cuda") for _ in range(4)]
     slots = torch.randperm(512, device="cuda")[:300]
     store_kv(pools[0], pools[1], k, k, slots, "triton", scales[0], scales[1])
     store_kv(pools[2], pools[3], k, k, slots, "torch", scales[2], scales[3])

@@ -29,7 +29,7 @@ def test_an_fp8_pool_holds_about_twice_the_bf16_tokens_in_the_same_budget():
     assert narrow.num_blocks == 2**20 // bytes_per_block(2, 2, 64, 4, FP8) - 1
     assert 1.8 < narrow.num_blocks / wide.num_blocks < 1.9  # (64 * 2) / (64 + 4)
     assert narrow.cache.dtype == FP8 and wide.scales is None
-    assert narrow.scales.shape == (2, 2, narrow.num_blocks + 1, 4, 2)
+    assert narrow.scales.shape == (2, 2, narrow.num_blocks + 1, 2, 4)
     assert narrow.scales.dtype == torch.float32 and dtype_name(narrow.dtype) == "fp8_e4m3"
 
 
