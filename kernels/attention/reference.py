@@ -43,7 +43,7 @@ def store_kv_reference(
     v_scale: torch.Tensor | None = None,
 ) -> None:
     """k_cache[slot] = k per token (the pool viewed as [num_blocks * block_size, kv_heads, D]);
-    an fp8 pool gets quantize_fp8(k) and the scales go to k_scale[slot] (V likewise)."""
+    an fp8 pool gets quantize_fp8(k), its scales k_scale[block, :, offset] (V likewise)."""
     num_slots, block_size = k_cache.shape[0] * k_cache.shape[1], k_cache.shape[1]
     for cache, scales, x in ((k_cache, k_scale, k), (v_cache, v_scale, v)):
         rows = cache.view(num_slots, *cache.shape[2:])
