@@ -44,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--dtype", default="auto", help="worker weight dtype (auto | float32 | ...)")
     p.add_argument(
+        "--kv-cache-dtype",
+        default="auto",
+        choices=["auto", "bf16", "fp16", "fp8_e4m3"],
+        help="worker KV pool dtype: auto (the model's), or fp8_e4m3 (about twice the tokens)",
+    )
+    p.add_argument(
         "--num-blocks",
         type=int,
         default=None,
@@ -144,6 +150,8 @@ def spawn_worker(
         args.device,
         "--dtype",
         args.dtype,
+        "--kv-cache-dtype",
+        args.kv_cache_dtype,
         "--log-level",
         args.log_level,
         "--log-format",

@@ -92,10 +92,11 @@ async def _start_engine(
     info = engine.model_info
     label = " (RANDOM WEIGHTS: its text is meaningless)" if info.random_weights else ""
     logger.info(
-        "workers ready: %s (%s, %s) on %d worker(s)%s",
+        "workers ready: %s (%s, %s, KV %s) on %d worker(s)%s",
         info.model,
         info.architecture,
         info.dtype,
+        info.kv_cache_dtype,
         info.num_workers,
         label,
     )

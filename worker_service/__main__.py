@@ -19,6 +19,7 @@ from yaie.worker_service.config import (
     DEFAULT_CPU_MEMORY_BYTES,
     DEFAULT_MEMORY_FRACTION,
     DTYPES,
+    KV_CACHE_DTYPES,
     WorkerConfig,
 )
 from yaie.worker_service.hub import model_argument
@@ -48,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=50061, help="port to bind (0: any free one)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES])
+    parser.add_argument(
+        "--kv-cache-dtype",
+        default="auto",
+        choices=["auto", *KV_CACHE_DTYPES],
+        help="KV pool dtype: auto (the model's), or fp8_e4m3 (about twice the tokens; "
+        "per-token scales)",
+    )
     parser.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--num-blocks", type=int, default=None, help="KV blocks in the pool")
@@ -150,6 +158,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         port=args.port,
         device=args.device,
         dtype=args.dtype,
+        kv_cache_dtype=args.kv_cache_dtype,
         block_size=args.block_size,
         num_blocks=args.num_blocks,
         memory_fraction=args.memory_fraction,

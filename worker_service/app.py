@@ -56,6 +56,7 @@ def build_runner(config: WorkerConfig) -> tuple[ModelRunner, worker_pb2.WorkerIn
     tp = join_group(config) if config.tp > 1 else None
     device = tp.device if tp is not None else config.torch_device()
     dtype = config.torch_dtype(device)
+    kv_dtype = config.kv_torch_dtype(dtype, device)  # before the load: a bad choice fails fast
     start = time.perf_counter()
     model = load_model(config.model, device, dtype, config.attention_backend, tp=tp)
     log.info(
@@ -75,7 +76,7 @@ def build_runner(config: WorkerConfig) -> tuple[ModelRunner, worker_pb2.WorkerIn
         model.num_layers,
         model.num_kv_heads,
         model.head_dim,
-        model.dtype,
+        kv_dtype,
         device,
         tp,
     )

@@ -10,6 +10,8 @@ import torch
 from yaie.kernels.attention import BACKENDS
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# --kv-cache-dtype: "auto" is the model's dtype; fp8_e4m3 stores K/V as e4m3 with scales.
+KV_CACHE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp8_e4m3": torch.float8_e4m3fn}
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_MEMORY_FRACTION = 0.85
 DEFAULT_CPU_MEMORY_BYTES = 512 * 1024**2
@@ -42,6 +44,7 @@ class WorkerConfig:
     port: int = 50061
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    kv_cache_dtype: str = "auto"  # auto (the model's dtype) | bf16 | fp16 | fp8_e4m3
     block_size: int = 16
     num_blocks: int | None = None  # None: size the pool from memory
     memory_fraction: float = DEFAULT_MEMORY_FRACTION  # of free CUDA memory after the weights
@@ -65,6 +68,11 @@ class WorkerConfig:
             raise ValueError(f"device must be one of {DEVICES} or cuda:N, got {self.device!r}")
         if self.dtype != "auto" and self.dtype not in DTYPES:
             raise ValueError(f"dtype must be auto or one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.kv_cache_dtype != "auto" and self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(
+                f"kv_cache_dtype must be auto or one of {sorted(KV_CACHE_DTYPES)}, "
+                f"got {self.kv_cache_dtype!r}"
+            )
         if self.attention_backend not in BACKENDS:
             raise ValueError(f"attention backend must be one of {BACKENDS}")
         if not 0 <= self.port < 65536:
@@ -109,6 +117,20 @@ class WorkerConfig:
             return torch.float32
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
+    def kv_torch_dtype(self, model_dtype: torch.dtype, device: torch.device) -> torch.dtype:
+        """The pool's dtype: auto is model_dtype. fp8 on CUDA needs compute capability 8.9+
+        (Ada, Hopper): ValueError on an older GPU."""
+        if self.kv_cache_dtype == "auto":
+            return model_dtype
+        dtype = KV_CACHE_DTYPES[self.kv_cache_dtype]
+        if dtype == torch.float8_e4m3fn and device.type == "cuda":
+            if torch.cuda.get_device_capability(device) < (8, 9):
+                raise ValueError("--kv-cache-dtype fp8_e4m3 needs a GPU of compute capability 8.9+")
+        return dtype
+
 
 def dtype_name(dtype: torch.dtype) -> str:
+    """The name Describe and GetModelInfo report: a DTYPES key, or fp8_e4m3 for a KV pool."""
+    if dtype == torch.float8_e4m3fn:
+        return "fp8_e4m3"
     return next(name for name, value in DTYPES.items() if value == dtype)

@@ -114,6 +114,7 @@ def worker_info(
         num_blocks=pool.num_blocks,
         random_weights=random_weights,
         attention_backend=attention_backend,
+        kv_cache_dtype=dtype_name(pool.dtype),
     )
 
 

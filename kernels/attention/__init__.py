@@ -10,12 +10,19 @@ Layouts (every operation):
   k_cache, v_cache: [num_blocks, block_size, kv_heads, head_dim]; slot = block * block_size + offset
   block_tables:     [batch, max_blocks] int32; row b lists request b's blocks in token order
   seq_lens:         [batch] int32; tokens of request b whose K/V is in the pool, new ones included
+  k_scale, v_scale: [num_blocks, kv_heads, block_size] float32, for an fp8 (float8_e4m3fn) pool
+                    only (None otherwise): the stored value times its slot's scale is the K/V
+                    (reference.quantize_fp8 is how store_kv makes them)
+
+The pool's dtype may differ from q's (an fp8 or bf16 pool under an fp32 model): every backend
+converts what it loads to q's dtype (fp8: dequantizes) before the arithmetic.
 """
 
 from __future__ import annotations
 
 from yaie.kernels.attention.prefix_groups import PrefixGroups
 from yaie.kernels.attention.reference import (
+    FP8_DTYPE,
     decode_attention_reference,
     extend_attention_reference,
     store_kv_reference,
@@ -34,6 +41,7 @@ __all__ = [
     "decode_attention_grouped",
     "PrefixGroups",
     "resolve_backend",
+    "FP8_DTYPE",
 ]
 
 BACKENDS = ("auto", "torch", "sdpa", "triton")
@@ -54,13 +62,26 @@ def resolve_backend(backend: str, is_cuda: bool) -> str:
     return "triton"
 
 
-def store_kv(k_cache, v_cache, k, v, slots, backend: str = "auto") -> None:
-    """Writes k, v [num_tokens, kv_heads, head_dim] into the pool at slots [num_tokens] (int64)."""
+def check_scales(k_cache, k_scale, v_scale) -> None:
+    """An fp8 pool needs both scale tensors, any other pool neither (ValueError otherwise)."""
+    is_fp8 = k_cache.dtype == FP8_DTYPE
+    if is_fp8 != (k_scale is not None) or is_fp8 != (v_scale is not None):
+        raise ValueError(
+            f"a {k_cache.dtype} pool takes {'k_scale and v_scale' if is_fp8 else 'no scales'}"
+        )
+
+
+def store_kv(
+    k_cache, v_cache, k, v, slots, backend: str = "auto", k_scale=None, v_scale=None
+) -> None:
+    """Writes k, v [num_tokens, kv_heads, head_dim] into the pool at slots [num_tokens] (int64);
+    an fp8 pool stores e4m3 values and their per-slot, per-head scales."""
+    check_scales(k_cache, k_scale, v_scale)
     if resolve_backend(backend, k.is_cuda) == "triton":
         from yaie.kernels.attention.triton_store import store_kv_triton
 
-        return store_kv_triton(k_cache, v_cache, k, v, slots)
-    return store_kv_reference(k_cache, v_cache, k, v, slots)
+        return store_kv_triton(k_cache, v_cache, k, v, slots, k_scale=k_scale, v_scale=v_scale)
+    return store_kv_reference(k_cache, v_cache, k, v, slots, k_scale, v_scale)
 
 
 def extend_attention(
@@ -74,6 +95,8 @@ def extend_attention(
     scale: float,
     backend: str = "auto",
     out=None,
+    k_scale=None,
+    v_scale=None,
 ):
     """Causal attention of a ragged batch of new tokens over their cached prefix and themselves.
 
@@ -85,6 +108,8 @@ def extend_attention(
     Returns [num_tokens, q_heads, head_dim] (written into out when given: a row-contiguous
     tensor of that shape, e.g. a slice of a larger output).
     """
+    check_scales(k_cache, k_scale, v_scale)
+    scales = {"k_scale": k_scale, "v_scale": v_scale}
     resolved = resolve_backend(backend, q.is_cuda)
     if resolved == "triton":
         from yaie.kernels.attention.triton_extend import extend_attention_triton
@@ -99,44 +124,53 @@ def extend_attention(
             max_query_len,
             scale,
             out=out,
+            **scales,
         )
     if is_active():
         return extend_attention_invariant(
-            q, k_cache, v_cache, block_tables, seq_lens, query_start, scale, out=out
+            q, k_cache, v_cache, block_tables, seq_lens, query_start, scale, out=out, **scales
         )
     if resolved == "sdpa":
         return extend_attention_sdpa(
-            q, k_cache, v_cache, block_tables, seq_lens, query_start, scale, out=out
+            q, k_cache, v_cache, block_tables, seq_lens, query_start, scale, out=out, **scales
         )
     result = extend_attention_reference(
-        q, k_cache, v_cache, block_tables, seq_lens, query_start, scale
+        q, k_cache, v_cache, block_tables, seq_lens, query_start, scale, **scales
     )
     return result if out is None else out.copy_(result)
 
 
 def decode_attention(
-    q, k_cache, v_cache, block_tables, seq_lens, scale: float, backend: str = "auto", out=None
+    q,
+    k_cache,
+    v_cache,
+    block_tables,
+    seq_lens,
+    scale: float,
+    backend: str = "auto",
+    out=None,
+    k_scale=None,
+    v_scale=None,
 ):
     """One query per request over all its seq_lens[b] tokens: q [batch, q_heads, head_dim] -> same
     (written into out when given, as extend_attention).
 
     Capturable in a CUDA graph with the triton backend (no host sync; shapes fixed by the inputs).
     """
+    check_scales(k_cache, k_scale, v_scale)
+    scales = {"k_scale": k_scale, "v_scale": v_scale}
+    args = (q, k_cache, v_cache, block_tables, seq_lens, scale)
     resolved = resolve_backend(backend, q.is_cuda)
     if resolved == "triton":
         from yaie.kernels.attention.triton_decode import decode_attention_triton
 
         splits = INVARIANT_DECODE_SPLITS if is_active() else None
-        return decode_attention_triton(
-            q, k_cache, v_cache, block_tables, seq_lens, scale, num_splits=splits, out=out
-        )
+        return decode_attention_triton(*args, num_splits=splits, out=out, **scales)
     if is_active():
-        return decode_attention_invariant(
-            q, k_cache, v_cache, block_tables, seq_lens, scale, out=out
-        )
+        return decode_attention_invariant(*args, out=out, **scales)
     if resolved == "sdpa":
-        return decode_attention_sdpa(q, k_cache, v_cache, block_tables, seq_lens, scale, out=out)
-    result = decode_attention_reference(q, k_cache, v_cache, block_tables, seq_lens, scale)
+        return decode_attention_sdpa(*args, out=out, **scales)
+    result = decode_attention_reference(*args, **scales)
     return result if out is None else out.copy_(result)
 
 
@@ -150,6 +184,8 @@ def decode_attention_grouped(
     groups: PrefixGroups,
     backend: str = "auto",
     out=None,
+    k_scale=None,
+    v_scale=None,
 ):
     """decode_attention, with each group's shared prefix read once for all its rows (cascade).
 
@@ -166,7 +202,19 @@ def decode_attention_grouped(
     if resolve_backend(backend, q.is_cuda) == "triton" and not is_active():
         from yaie.kernels.attention.triton_cascade import decode_attention_grouped_triton
 
+        check_scales(k_cache, k_scale, v_scale)
         return decode_attention_grouped_triton(
-            q, k_cache, v_cache, block_tables, seq_lens, scale, groups, out=out
+            q,
+            k_cache,
+            v_cache,
+            block_tables,
+            seq_lens,
+            scale,
+            groups,
+            out=out,
+            k_scale=k_scale,
+            v_scale=v_scale,
         )
-    return decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, backend, out)
+    return decode_attention(
+        q, k_cache, v_cache, block_tables, seq_lens, scale, backend, out, k_scale, v_scale
+    )

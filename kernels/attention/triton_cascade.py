@@ -20,6 +20,7 @@ from yaie.kernels.attention.triton_common import (
     check_out,
     check_tile,
     next_power_of_2,
+    scale_args,
 )
 from yaie.kernels.attention.triton_decode import (
     attend_range,
@@ -57,12 +58,16 @@ def _prefix_kernel(
     prefix_lens,
     mid_out,
     mid_lse,
+    k_scale,
+    v_scale,
     stride_q_batch,
     stride_q_head,
     stride_cache_block,
     stride_cache_token,
     stride_cache_head,
     stride_table,
+    stride_scale_block,
+    stride_scale_head,
     qk_scale,
     first_slot,
     num_slots,
@@ -72,6 +77,7 @@ def _prefix_kernel(
     TILE_M: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
 ):
     g = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -102,8 +108,9 @@ def _prefix_kernel(
         # fmt: off
         out, lse = attend_range(
             q_tile, k_cache, v_cache, table_row, start, end, kv_head,
-            stride_cache_block, stride_cache_token, stride_cache_head, qk_scale,
-            block_size, TILE_M, HEAD_DIM, BLOCK_N,
+            stride_cache_block, stride_cache_token, stride_cache_head,
+            k_scale, v_scale, stride_scale_block, stride_scale_head, qk_scale,
+            block_size, TILE_M, HEAD_DIM, BLOCK_N, HAS_SCALE,
         )
         # fmt: on
         # mid_out [batch, q_heads, num_slots, D], mid_lse [batch, q_heads, num_slots]: slot
@@ -143,6 +150,8 @@ def decode_attention_grouped_triton(
     prefix_block_n: int = 64,
     num_warps: int = 4,
     out: torch.Tensor | None = None,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """See yaie.kernels.attention.decode_attention_grouped; q [batch, q_heads, D] -> same.
 
@@ -154,6 +163,7 @@ def decode_attention_grouped_triton(
     """
     kv_heads, group = check_decode_batch(q, k_cache, v_cache, block_tables, seq_lens, block_n)
     check_tile("prefix_block_n", prefix_block_n)
+    scales = scale_args(k_cache, k_scale, v_scale)
     batch = q.shape[0]
     check_groups(groups, batch, q.device)
     num_groups = groups.prefix_lens.shape[0]
@@ -186,6 +196,7 @@ def decode_attention_grouped_triton(
         block_n,
         num_warps,
         2,
+        scales,
     )
     if num_prefix_splits:
         mid_lse[:, :, num_splits:].fill_(float("-inf"))  # rows in no group: no prefix partial
@@ -199,12 +210,16 @@ def decode_attention_grouped_triton(
             groups.prefix_lens,
             mid_out,
             mid_lse,
+            scales[0],
+            scales[1],
             q.stride(0),
             q.stride(1),
             k_cache.stride(0),
             k_cache.stride(1),
             k_cache.stride(2),
             block_tables.stride(0),
+            scales[2],
+            scales[3],
             scale * LOG2E,
             num_splits,
             num_slots,
@@ -214,6 +229,7 @@ def decode_attention_grouped_triton(
             TILE_M=max(16, next_power_of_2(rows_per_chunk * group)),
             HEAD_DIM=q.shape[2],
             BLOCK_N=prefix_block_n,
+            HAS_SCALE=scales[4],
             num_warps=num_warps,
             num_stages=2,
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+POOL_DTYPES = (*SUPPORTED_DTYPES, torch.float8_e4m3fn)  # fp8 comes with per-slot scales
 LOG2E = 1.4426950408889634  # the kernels take exp2: scores are scaled by scale * LOG2E
 
 
@@ -21,8 +22,8 @@ def check_pool(k_cache: torch.Tensor, v_cache: torch.Tensor) -> tuple[int, int, 
         _fail(f"k_cache must be [num_blocks, block_size, kv_heads, head_dim], got {k_cache.shape}")
     if v_cache.shape != k_cache.shape or v_cache.stride() != k_cache.stride():
         _fail(f"v_cache {v_cache.shape} must match k_cache {k_cache.shape} in shape and strides")
-    if v_cache.dtype != k_cache.dtype or k_cache.dtype not in SUPPORTED_DTYPES:
-        _fail(f"k_cache/v_cache dtypes {k_cache.dtype}/{v_cache.dtype}: one of {SUPPORTED_DTYPES}")
+    if v_cache.dtype != k_cache.dtype or k_cache.dtype not in POOL_DTYPES:
+        _fail(f"k_cache/v_cache dtypes {k_cache.dtype}/{v_cache.dtype}: one of {POOL_DTYPES}")
     if v_cache.device != k_cache.device:
         _fail("k_cache and v_cache must be on one device")
     if k_cache.stride(3) != 1:
@@ -33,12 +34,44 @@ def check_pool(k_cache: torch.Tensor, v_cache: torch.Tensor) -> tuple[int, int, 
     return tuple(k_cache.shape)  # type: ignore[return-value]
 
 
+def check_scales(
+    k_cache: torch.Tensor, k_scale: torch.Tensor | None, v_scale: torch.Tensor | None
+) -> bool:
+    """The scales of an fp8 pool: both [num_blocks, kv_heads, block_size] float32 with one
+    stride set and a contiguous last dim; no scales for any other pool. True for an fp8 pool."""
+    is_fp8 = k_cache.dtype == torch.float8_e4m3fn
+    if not is_fp8:
+        if k_scale is not None or v_scale is not None:
+            _fail(f"a {k_cache.dtype} pool takes no k_scale / v_scale")
+        return False
+    if k_scale is None or v_scale is None:
+        _fail("an fp8 pool needs k_scale and v_scale")
+    for name, x in (("k_scale", k_scale), ("v_scale", v_scale)):
+        shape = (k_cache.shape[0], k_cache.shape[2], k_cache.shape[1])
+        if x.shape != shape or x.dtype != torch.float32:
+            _fail(f"{name} must be float32 {shape}, got {x.dtype} {tuple(x.shape)}")
+        contiguous = x.shape[2] == 1 or x.stride(2) == 1  # the kernels step 1 per token
+        if x.device != k_cache.device or x.stride() != k_scale.stride() or not contiguous:
+            _fail(f"{name}: on the pool's device, k_scale's strides, contiguous last dim")
+    return True
+
+
+def scale_args(
+    k_cache: torch.Tensor, k_scale: torch.Tensor | None, v_scale: torch.Tensor | None
+) -> tuple:
+    """Checks the scales (check_scales) and returns the kernels' scale arguments: (k_scale,
+    v_scale, stride per block, stride per head, HAS_SCALE); without scales the pointers are
+    k_cache (never read) and the strides 0."""
+    if not check_scales(k_cache, k_scale, v_scale):
+        return k_cache, k_cache, 0, 0, False
+    return k_scale, v_scale, k_scale.stride(0), k_scale.stride(1), True
+
+
 def check_tokens(
     name: str,
     x: torch.Tensor,
     num_heads: int | None,
     head_dim: int,
-    dtype: torch.dtype | None,
     device: torch.device,
 ) -> None:
     """x must be [num_tokens, num_heads, head_dim] on `device`, last dim contiguous."""
@@ -49,8 +82,6 @@ def check_tokens(
     ):
         heads = "heads" if num_heads is None else num_heads
         _fail(f"{name} must be [num_tokens, {heads}, {head_dim}], got {tuple(x.shape)}")
-    if dtype is not None and x.dtype != dtype:
-        _fail(f"{name} dtype {x.dtype} must equal the pool dtype {dtype}")
     if x.dtype not in SUPPORTED_DTYPES:
         _fail(f"{name} dtype {x.dtype} not in {SUPPORTED_DTYPES}")
     if x.device != device:
@@ -80,9 +111,10 @@ def check_paged_batch(
     block_tables: torch.Tensor,
     seq_lens: torch.Tensor,
 ) -> tuple[int, ...]:
-    """Common checks of extend and decode; returns (block_size, kv_heads, head_dim, group)."""
+    """Common checks of extend and decode; returns (block_size, kv_heads, head_dim, group).
+    q's dtype is the compute dtype: the kernels convert (fp8: dequantize) K/V to it."""
     _, block_size, kv_heads, head_dim = check_pool(k_cache, v_cache)
-    check_tokens("q", q, None, head_dim, k_cache.dtype, k_cache.device)
+    check_tokens("q", q, None, head_dim, k_cache.device)
     if q.shape[1] % kv_heads:
         _fail(f"q_heads {q.shape[1]} must be a multiple of kv_heads {kv_heads}")
     check_index("block_tables", block_tables, 2, torch.int32, k_cache.device)

@@ -20,6 +20,7 @@ from yaie.kernels.attention.triton_common import (
     check_paged_batch,
     check_tile,
     next_power_of_2,
+    scale_args,
 )
 
 
@@ -35,14 +36,21 @@ def attend_range(
     stride_cache_block,
     stride_cache_token,
     stride_cache_head,
+    k_scale,
+    v_scale,
+    stride_scale_block,
+    stride_scale_head,
     qk_scale,
     block_size: tl.constexpr,
     TILE_M: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
 ):
     # Online softmax of q_tile [TILE_M, D] over key positions [start, end) of one block table
     # row; returns the normalized partial output [TILE_M, D] and its lse (log2; -inf if no keys).
+    # K/V tiles are converted to q's dtype; an fp8 pool's per-key scales multiply the scores
+    # (q . k * s_k) and the probabilities (p * s_v) instead of every loaded element.
     offs_d = tl.arange(0, HEAD_DIM)
     offs_n = tl.arange(0, BLOCK_N)
     m_i = tl.full([TILE_M], float("-inf"), tl.float32)
@@ -54,15 +62,22 @@ def attend_range(
         block = tl.load(table_row + pos // block_size, mask=valid, other=0).to(tl.int64)
         row = block * stride_cache_block + (pos % block_size) * stride_cache_token
         kv_off = row[:, None] + kv_head * stride_cache_head + offs_d[None, :]  # [BLOCK_N, D]
-        k_tile = tl.load(k_cache + kv_off, mask=valid[:, None], other=0.0)
-        v_tile = tl.load(v_cache + kv_off, mask=valid[:, None], other=0.0)
+        k_tile = tl.load(k_cache + kv_off, mask=valid[:, None], other=0.0).to(q_tile.dtype)
+        v_tile = tl.load(v_cache + kv_off, mask=valid[:, None], other=0.0).to(q_tile.dtype)
         scores = tl.dot(q_tile, tl.trans(k_tile)) * qk_scale  # [TILE_M, BLOCK_N], log2 units
+        if HAS_SCALE:  # scales [blocks, kv_heads, block_size]: a block's run is contiguous
+            scale_off = block * stride_scale_block + kv_head * stride_scale_head + pos % block_size
+            s_k = tl.load(k_scale + scale_off, mask=valid, other=0.0)  # [BLOCK_N]
+            s_v = tl.load(v_scale + scale_off, mask=valid, other=0.0)
+            scores = scores * s_k[None, :]
         scores = tl.where(valid[None, :], scores, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(scores, axis=1))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(scores - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v_tile.dtype), v_tile)
+        if HAS_SCALE:
+            p = p * s_v[None, :]
+        acc = acc * alpha[:, None] + tl.dot(p.to(q_tile.dtype), v_tile)
         m_i = m_new
     has_keys = l_i > 0.0
     out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
@@ -91,12 +106,16 @@ def _decode_split_kernel(
     kv_start,
     mid_out,
     mid_lse,
+    k_scale,
+    v_scale,
     stride_q_batch,
     stride_q_head,
     stride_cache_block,
     stride_cache_token,
     stride_cache_head,
     stride_table,
+    stride_scale_block,
+    stride_scale_head,
     qk_scale,
     num_splits,
     num_slots,
@@ -106,6 +125,7 @@ def _decode_split_kernel(
     HEAD_DIM: tl.constexpr,
     BLOCK_N: tl.constexpr,
     HAS_START: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
 ):
     b = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -130,8 +150,9 @@ def _decode_split_kernel(
     # fmt: off
     out, lse = attend_range(
         q_tile, k_cache, v_cache, block_tables + b * stride_table, start, end, kv_head,
-        stride_cache_block, stride_cache_token, stride_cache_head, qk_scale,
-        block_size, GROUP_PAD, HEAD_DIM, BLOCK_N,
+        stride_cache_block, stride_cache_token, stride_cache_head,
+        k_scale, v_scale, stride_scale_block, stride_scale_head, qk_scale,
+        block_size, GROUP_PAD, HEAD_DIM, BLOCK_N, HAS_SCALE,
     )
     # fmt: on
     # mid_out [batch, q_heads, num_slots, D] fp32; mid_lse [batch, q_heads, num_slots] fp32;
@@ -203,12 +224,15 @@ def launch_decode_splits(
     block_n: int,
     num_warps: int,
     num_stages: int,
+    scales: tuple,
 ) -> None:
     """Pass 1 into slots [0, num_splits) of mid_out [batch, q_heads, slots, D] / mid_lse; each
-    request's splits cover [kv_start[b], seq_lens[b]) ([0, ...) when kv_start is None)."""
+    request's splits cover [kv_start[b], seq_lens[b]) ([0, ...) when kv_start is None).
+    scales: scale_args(k_cache, k_scale, v_scale)."""
     _, block_size, kv_heads, head_dim = k_cache.shape
     batch, num_q_heads, _ = q.shape
     group = num_q_heads // kv_heads
+    k_scale, v_scale, stride_scale_block, stride_scale_head, has_scale = scales
     _decode_split_kernel[(batch, kv_heads, num_splits)](
         q,
         k_cache,
@@ -218,12 +242,16 @@ def launch_decode_splits(
         seq_lens if kv_start is None else kv_start,  # not read without a start
         mid_out,
         mid_lse,
+        k_scale,
+        v_scale,
         q.stride(0),
         q.stride(1),
         k_cache.stride(0),
         k_cache.stride(1),
         k_cache.stride(2),
         block_tables.stride(0),
+        stride_scale_block,
+        stride_scale_head,
         scale * LOG2E,
         num_splits,
         mid_lse.shape[2],
@@ -233,6 +261,7 @@ def launch_decode_splits(
         HEAD_DIM=head_dim,
         BLOCK_N=block_n,
         HAS_START=kv_start is not None,
+        HAS_SCALE=has_scale,
         num_warps=num_warps,
         num_stages=num_stages,
     )
@@ -304,6 +333,8 @@ def decode_attention_triton(
     num_warps: int = 4,
     num_stages: int = 2,
     out: torch.Tensor | None = None,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """See yaie.kernels.attention.decode_attention; q [batch, q_heads, head_dim] -> same.
 
@@ -311,6 +342,7 @@ def decode_attention_triton(
     Default tiles are the fastest measured on an H100 at head_dim 128 (benchmarks/NOTES.md).
     """
     kv_heads, _ = check_decode_batch(q, k_cache, v_cache, block_tables, seq_lens, block_n)
+    scales = scale_args(k_cache, k_scale, v_scale)
     batch = q.shape[0]
     if num_splits is None:
         context = max_context(k_cache, block_tables)
@@ -333,6 +365,7 @@ def decode_attention_triton(
         block_n,
         num_warps,
         num_stages,
+        scales,
     )
     launch_decode_reduce(mid_out, mid_lse, out)
     return out

@@ -16,6 +16,7 @@ from yaie.kernels.attention.triton_common import (
     check_out,
     check_paged_batch,
     check_tile,
+    scale_args,
 )
 
 
@@ -36,13 +37,19 @@ def _attend_tile(
     stride_cache_block,
     stride_cache_token,
     stride_cache_head,
+    k_scale,
+    v_scale,
+    stride_scale_block,
+    stride_scale_head,
     qk_scale,
     block_size: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
 ):
     # Online softmax of q_tile [BLOCK_M, D] over key positions lo..hi (lo a multiple of BLOCK_N).
+    # K/V are converted to q's dtype; fp8 scales fold into scores and p (see attend_range).
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     for tile_start in range(lo, hi, BLOCK_N):
@@ -54,13 +61,23 @@ def _attend_tile(
             block = tl.load(table_row + pos // block_size).to(tl.int64)
         row = block * stride_cache_block + (pos % block_size) * stride_cache_token
         kv_off = row[:, None] + kv_head * stride_cache_head + offs_d[None, :]  # [BLOCK_N, D]
+        scale_off = block * stride_scale_block + kv_head * stride_scale_head + pos % block_size
         if CAUSAL:
             k_tile = tl.load(k_cache + kv_off, mask=in_seq[:, None], other=0.0)
             v_tile = tl.load(v_cache + kv_off, mask=in_seq[:, None], other=0.0)
+            if HAS_SCALE:
+                s_k = tl.load(k_scale + scale_off, mask=in_seq, other=0.0)
+                s_v = tl.load(v_scale + scale_off, mask=in_seq, other=0.0)
         else:
             k_tile = tl.load(k_cache + kv_off)
             v_tile = tl.load(v_cache + kv_off)
+            if HAS_SCALE:
+                s_k = tl.load(k_scale + scale_off)
+                s_v = tl.load(v_scale + scale_off)
+        k_tile, v_tile = k_tile.to(q_tile.dtype), v_tile.to(q_tile.dtype)
         scores = tl.dot(q_tile, tl.trans(k_tile)) * qk_scale  # [BLOCK_M, BLOCK_N], log2 units
+        if HAS_SCALE:
+            scores = scores * s_k[None, :]
         if CAUSAL:
             visible = (pos[None, :] <= q_pos[:, None]) & in_seq[None, :]
             scores = tl.where(visible, scores, float("-inf"))
@@ -68,7 +85,9 @@ def _attend_tile(
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(scores - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v_tile.dtype), v_tile)
+        if HAS_SCALE:
+            p = p * s_v[None, :]
+        acc = acc * alpha[:, None] + tl.dot(p.to(q_tile.dtype), v_tile)
         m_i = m_new
     return acc, m_i, l_i
 
@@ -94,12 +113,17 @@ def _extend_kernel(
     stride_cache_token,
     stride_cache_head,
     stride_table,
+    k_scale,
+    v_scale,
+    stride_scale_block,
+    stride_scale_head,
     qk_scale,
     group: tl.constexpr,
     block_size: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
 ):
     head = tl.program_id(0)
     b = tl.program_id(1)
@@ -132,12 +156,14 @@ def _extend_kernel(
     # fmt: off
     acc, m_i, l_i = _attend_tile(  # keys [0, unmasked_end): no mask
         acc, m_i, l_i, q_tile, q_pos, k_cache, v_cache, table_row, 0, unmasked_end, seq_len,
-        kv_head, stride_cache_block, stride_cache_token, stride_cache_head, qk_scale,
-        block_size, HEAD_DIM, BLOCK_N, False)
+        kv_head, stride_cache_block, stride_cache_token, stride_cache_head,
+        k_scale, v_scale, stride_scale_block, stride_scale_head, qk_scale,
+        block_size, HEAD_DIM, BLOCK_N, False, HAS_SCALE)
     acc, m_i, l_i = _attend_tile(  # keys [unmasked_end, last_pos): the causal diagonal
         acc, m_i, l_i, q_tile, q_pos, k_cache, v_cache, table_row, unmasked_end, last_pos,
-        seq_len, kv_head, stride_cache_block, stride_cache_token, stride_cache_head, qk_scale,
-        block_size, HEAD_DIM, BLOCK_N, True)
+        seq_len, kv_head, stride_cache_block, stride_cache_token, stride_cache_head,
+        k_scale, v_scale, stride_scale_block, stride_scale_head, qk_scale,
+        block_size, HEAD_DIM, BLOCK_N, True, HAS_SCALE)
     # fmt: on
 
     result = acc / l_i[:, None]
@@ -159,6 +185,8 @@ def extend_attention_triton(
     num_warps: int = 8,
     num_stages: int = 2,
     out: torch.Tensor | None = None,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """See yaie.kernels.attention.extend_attention; q [num_tokens, q_heads, head_dim] -> same.
 
@@ -174,6 +202,9 @@ def extend_attention_triton(
         )
     check_tile("block_m", block_m)
     check_tile("block_n", block_n)
+    k_scale, v_scale, stride_scale_block, stride_scale_head, has_scale = scale_args(
+        k_cache, k_scale, v_scale
+    )
     out = check_out(out, q)
     if batch == 0 or q.shape[0] == 0 or max_query_len <= 0:
         return out
@@ -194,12 +225,17 @@ def extend_attention_triton(
         k_cache.stride(1),
         k_cache.stride(2),
         block_tables.stride(0),
+        k_scale,
+        v_scale,
+        stride_scale_block,
+        stride_scale_head,
         scale * LOG2E,
         group=group,
         block_size=block_size,
         HEAD_DIM=head_dim,
         BLOCK_M=block_m,
         BLOCK_N=block_n,
+        HAS_SCALE=has_scale,
         num_warps=num_warps,
         num_stages=num_stages,
     )

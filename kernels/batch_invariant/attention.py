@@ -48,10 +48,10 @@ def _attend(q: torch.Tensor, q_pos: torch.Tensor, k: torch.Tensor, v: torch.Tens
     return acc / denom[..., None]
 
 
-def _request_kv(cache: torch.Tensor, table: torch.Tensor, seq_len: int, group: int):
+def _request_kv(cache: torch.Tensor, table: torch.Tensor, seq_len: int, group: int, scales=None):
     """[S_pad, Hq, D]: the request's keys (or values) zero-padded to a KEY_BLOCK multiple, each
-    kv head repeated for its group of query heads."""
-    kv = gather_kv(cache, table, seq_len)
+    kv head repeated for its group of query heads (an fp8 pool dequantized by its scales)."""
+    kv = gather_kv(cache, table, seq_len, scales)
     padded = -(-seq_len // KEY_BLOCK) * KEY_BLOCK
     if padded > seq_len:
         kv = torch.cat([kv, kv.new_zeros(padded - seq_len, *kv.shape[1:])])
@@ -59,7 +59,16 @@ def _request_kv(cache: torch.Tensor, table: torch.Tensor, seq_len: int, group: i
 
 
 def extend_attention_invariant(
-    q, k_cache, v_cache, block_tables, seq_lens, query_start, scale: float, out=None
+    q,
+    k_cache,
+    v_cache,
+    block_tables,
+    seq_lens,
+    query_start,
+    scale: float,
+    out=None,
+    k_scale=None,
+    v_scale=None,
 ) -> torch.Tensor:
     """See yaie.kernels.attention.extend_attention."""
     out = torch.empty_like(q) if out is None else out
@@ -69,8 +78,8 @@ def extend_attention_invariant(
         lo, hi = starts[b], starts[b + 1]
         if hi == lo:
             continue
-        k = _request_kv(k_cache, block_tables[b], seq_len, group)
-        v = _request_kv(v_cache, block_tables[b], seq_len, group)
+        k = _request_kv(k_cache, block_tables[b], seq_len, group, k_scale)
+        v = _request_kv(v_cache, block_tables[b], seq_len, group, v_scale)
         positions = torch.arange(seq_len - (hi - lo), seq_len)
         for c in range(lo, hi, QUERY_CHUNK):
             e = min(c + QUERY_CHUNK, hi)
@@ -79,7 +88,7 @@ def extend_attention_invariant(
 
 
 def decode_attention_invariant(
-    q, k_cache, v_cache, block_tables, seq_lens, scale: float, out=None
+    q, k_cache, v_cache, block_tables, seq_lens, scale: float, out=None, k_scale=None, v_scale=None
 ) -> torch.Tensor:
     """See yaie.kernels.attention.decode_attention (a row of seq_len 0 yields zeros). Every row
     in one pass: rows shorter than the longest meet key blocks wholly past them, no-ops."""
@@ -92,11 +101,11 @@ def decode_attention_invariant(
         return out
     padded = -(-max(lens) // KEY_BLOCK) * KEY_BLOCK
 
-    def gather(cache: torch.Tensor) -> torch.Tensor:  # [rows, padded, Hq, D]
-        kv = [_request_kv(cache, block_tables[b], lens[b], group) for b in rows]
+    def gather(cache: torch.Tensor, scales) -> torch.Tensor:  # [rows, padded, Hq, D]
+        kv = [_request_kv(cache, block_tables[b], lens[b], group, scales) for b in rows]
         return torch.stack([torch.cat([x, x.new_zeros(padded - len(x), *x.shape[1:])]) for x in kv])
 
     positions = torch.tensor([lens[b] - 1 for b in rows])
-    result = _attend(q[rows], positions, gather(k_cache), gather(v_cache), scale)
+    result = _attend(q[rows], positions, gather(k_cache, k_scale), gather(v_cache, v_scale), scale)
     out[rows] = result.to(q.dtype)
     return out

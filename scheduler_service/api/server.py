@@ -122,6 +122,7 @@ class GenerationServicer:
             random_weights=info.random_weights,
             eos_token_ids=sorted(tokenizer.eos_token_ids),
             num_workers=info.num_workers,
+            kv_cache_dtype=info.kv_cache_dtype,
         )
 
     @_unary

@@ -44,6 +44,7 @@ class WorkerModelInfo:
     block_size: int
     random_weights: bool
     num_workers: int
+    kv_cache_dtype: str
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,7 @@ class Engine:
                 block_size=first.block_size,
                 random_weights=first.random_weights,
                 num_workers=0,
+                kv_cache_dtype=first.kv_cache_dtype,
             )
         return replace(self._model_info, num_workers=len(self.workers))
 

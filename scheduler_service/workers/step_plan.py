@@ -24,6 +24,7 @@ class WorkerDescription:
     num_blocks: int
     random_weights: bool
     attention_backend: str
+    kv_cache_dtype: str
     max_plan_bytes: int  # the worker's receive limit (0: not reported)
 
 

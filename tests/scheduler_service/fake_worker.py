@@ -67,6 +67,7 @@ class FakeWorkerConfig:
     max_context: int = 512
     num_blocks: int = 256
     block_size: int = 4
+    kv_cache_dtype: str = "float32"  # what Describe reports (the fake has no pool)
     eos_token_id: int = -1
     eos_period: int = 0  # with eos_token_id: about one sampled token in eos_period is EOS
     step_delay_s: float = 0.0
@@ -122,6 +123,7 @@ class FakeWorker(worker_pb2_grpc.WorkerServicer):
             num_blocks=c.num_blocks,
             random_weights=True,
             attention_backend="none",
+            kv_cache_dtype=self.config.kv_cache_dtype,
         )
 
     async def Step(self, request_iterator, context) -> AsyncIterator[worker_pb2.StepResult]:

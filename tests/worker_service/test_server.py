@@ -74,6 +74,7 @@ def test_describe_reports_model_pool_and_protocol(channel, model_dir):
     assert info.protocol_version == worker_pb2.PROTOCOL_VERSION_CURRENT
     assert info.model == str(model_dir) and info.architecture == "LlamaForCausalLM"
     assert (info.dtype, info.device, info.attention_backend) == ("float32", "cpu", "sdpa")
+    assert info.kv_cache_dtype == "float32"  # auto: the model's
     assert (info.block_size, info.num_blocks) == (BLOCK_SIZE, NUM_BLOCKS)
     assert info.vocab_size % 64 == 0 and info.vocab_size > 0
     assert info.max_context == 2048 and info.random_weights

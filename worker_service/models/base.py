@@ -13,8 +13,10 @@ from yaie.worker_service.forward_batch import ForwardBatch
 class CausalLM(nn.Module):
     """A decoder-only language model that reads and writes its K/V in the paged pool.
 
-    kv_cache: [num_layers, 2, num_blocks, block_size, num_kv_heads, head_dim] in the model dtype;
-    layer i uses kv_cache[i, 0] as K and kv_cache[i, 1] as V.
+    kv_cache: [num_layers, 2, num_blocks, block_size, num_kv_heads, head_dim] in the KV dtype
+    (the model's, another float dtype, or fp8 e4m3); layer i uses kv_cache[i, 0] as K and
+    kv_cache[i, 1] as V. kv_scales: [num_layers, 2, num_blocks, num_kv_heads, block_size]
+    float32 beside an fp8 kv_cache (kernels/attention's k_scale / v_scale), else None.
     """
 
     architecture: str
@@ -25,7 +27,12 @@ class CausalLM(nn.Module):
     head_dim: int
     dtype: torch.dtype
 
-    def forward(self, batch: ForwardBatch, kv_cache: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        batch: ForwardBatch,
+        kv_cache: torch.Tensor,
+        kv_scales: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Stores the K/V of batch.input_ids at batch.slots, attends over each request's cached
         prefix plus its new tokens, and returns float32 logits [len(batch.logits_indices), vocab]
         for the rows batch.logits_indices only."""

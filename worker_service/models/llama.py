@@ -113,12 +113,21 @@ class Attention(nn.Module):
         return q, k, v
 
     def forward(
-        self, x: torch.Tensor, rope: RopeInputs, kv_cache: torch.Tensor, batch: ForwardBatch
+        self,
+        x: torch.Tensor,
+        rope: RopeInputs,
+        kv_cache: torch.Tensor,
+        batch: ForwardBatch,
+        kv_scales: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x [T, hidden], kv_cache [2, num_blocks, block_size, kv_heads, head_dim] -> [T, hidden]"""
+        """x [T, hidden], kv_cache [2, num_blocks, block_size, kv_heads, head_dim] -> [T, hidden];
+        kv_scales [2, num_blocks, kv_heads, block_size] with an fp8 kv_cache, else None."""
         q, k, v = self._qkv(x, rope)
         k_cache, v_cache = kv_cache[0], kv_cache[1]
-        store_kv(k_cache, v_cache, k, v, batch.slots, backend=self.backend)
+        pool = {"backend": self.backend, "k_scale": None, "v_scale": None}
+        if kv_scales is not None:
+            pool.update(k_scale=kv_scales[0], v_scale=kv_scales[1])
+        store_kv(k_cache, v_cache, k, v, batch.slots, **pool)
         if batch.prefix_groups is not None:  # decode rows sharing cached prefix blocks
             out = decode_attention_grouped(
                 q,
@@ -128,7 +137,7 @@ class Attention(nn.Module):
                 batch.seq_lens,
                 self.scale,
                 batch.prefix_groups,
-                backend=self.backend,
+                **pool,
             )
         elif batch.is_decode:
             out = decode_attention(
@@ -138,7 +147,7 @@ class Attention(nn.Module):
                 batch.block_tables,
                 batch.seq_lens,
                 self.scale,
-                backend=self.backend,
+                **pool,
             )
         elif batch.num_single:  # mixed: single-token requests first, through the decode kernel
             d, out = batch.num_single, torch.empty_like(q)
@@ -149,7 +158,7 @@ class Attention(nn.Module):
                 batch.block_tables[:d],
                 batch.seq_lens[:d],
                 self.scale,
-                backend=self.backend,
+                **pool,
                 out=out[:d],
             )
             extend_attention(
@@ -161,7 +170,7 @@ class Attention(nn.Module):
                 batch.extend_query_start,
                 batch.max_query_len,
                 self.scale,
-                backend=self.backend,
+                **pool,
                 out=out[d:],
             )
         else:
@@ -174,7 +183,7 @@ class Attention(nn.Module):
                 batch.query_start,
                 batch.max_query_len,
                 self.scale,
-                backend=self.backend,
+                **pool,
             )
         return self.o_proj(out.reshape(x.shape[0], self.q_size))
 
@@ -204,6 +213,7 @@ class DecoderLayer(nn.Module):
         rope: RopeInputs,
         kv_cache: torch.Tensor,
         batch: ForwardBatch,
+        kv_scales: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The residual stream is carried separately so that each residual add fuses with the
         norm after it; (h, residual) out sum to transformers' hidden state after this layer."""
@@ -211,7 +221,7 @@ class DecoderLayer(nn.Module):
             residual, h = h, self.input_layernorm(h)
         else:
             h, residual = self.input_layernorm.forward_add(h, residual)
-        h = self.self_attn(h, rope, kv_cache, batch)
+        h = self.self_attn(h, rope, kv_cache, batch, kv_scales)
         h, residual = self.post_attention_layernorm.forward_add(h, residual)
         return self.mlp(h), residual
 
@@ -278,13 +288,19 @@ class LlamaForCausalLM(CausalLM):
             return None
         return weight_slice(self.config, name, self.tp.rank, self.tp.size)
 
-    def forward(self, batch: ForwardBatch, kv_cache: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        batch: ForwardBatch,
+        kv_cache: torch.Tensor,
+        kv_scales: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         h = self.model.embed_tokens(batch.input_ids)  # [T, hidden]
         fused = use_triton(h, self.attention_backend)
         rope = self.model.rotary_emb.inputs(batch.positions, h.dtype, fused)
         residual = None
         for i, layer in enumerate(self.model.layers):
-            h, residual = layer(h, residual, rope, kv_cache[i], batch)
+            scales = None if kv_scales is None else kv_scales[i]
+            h, residual = layer(h, residual, rope, kv_cache[i], batch, scales)
         rows = batch.logits_indices  # only the rows the sampler needs
         h, _ = self.model.norm.forward_add(h[rows], residual[rows])
         if self.tp is not None:

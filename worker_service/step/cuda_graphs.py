@@ -9,11 +9,15 @@ prefix once per group (decode_attention_grouped), over a fixed number of group s
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import torch
 
 from yaie.kernels.attention import PrefixGroups
 from yaie.worker_service.forward_batch import ForwardBatch
+
+if TYPE_CHECKING:
+    from yaie.worker_service.step.kv_pool import KVPool
 
 log = logging.getLogger(__name__)
 
@@ -34,18 +38,17 @@ class DecodeGraphs:
     def __init__(
         self,
         model: torch.nn.Module,
-        kv_cache: torch.Tensor,
-        scratch_block: int,
+        pool: KVPool,
         max_batch_size: int,
         max_blocks_per_seq: int,
         grouped: bool = False,
     ) -> None:
-        device = kv_cache.device
-        block_size = kv_cache.shape[3]
+        device = pool.cache.device
+        scratch_block = pool.scratch_block
         self.model = model
-        self.kv_cache = kv_cache
+        self.kv_cache, self.kv_scales = pool.cache, pool.scales
         self.scratch_block = scratch_block
-        self.scratch_slot = scratch_block * block_size
+        self.scratch_slot = scratch_block * pool.block_size
         self.batch_sizes = graph_batch_sizes(max_batch_size)
         n = self.batch_sizes[-1]
         # Static inputs [n] / [n, max_blocks_per_seq]; every row starts as padding.
@@ -109,11 +112,12 @@ class DecodeGraphs:
         for b in reversed(self.batch_sizes):
             for grouped in (False, True) if b in self.num_group_slots else (False,):
                 batch = self._static_batch(b, grouped)
-                self.model.forward(batch, self.kv_cache)  # warm up: Triton autotune, allocator
+                # Warm up: Triton autotune, allocator.
+                self.model.forward(batch, self.kv_cache, self.kv_scales)
                 torch.cuda.synchronize()
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph, pool=pool):
-                    logits = self.model.forward(batch, self.kv_cache)
+                    logits = self.model.forward(batch, self.kv_cache, self.kv_scales)
                 pool = graph.pool()
                 graphs, outputs = (
                     (self.grouped_graphs, self.grouped_logits)

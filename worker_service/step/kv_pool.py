@@ -1,4 +1,6 @@
-"""The paged KV pool: one tensor [layers, 2 (K, V), num_blocks + 1, block_size, kv_heads, head_dim].
+"""The paged KV pool: one tensor [layers, 2 (K, V), num_blocks + 1, block_size, kv_heads, head_dim]
+in the KV dtype (the model's, or fp8 e4m3 with a float32 scale per slot and KV head beside it:
+scales [layers, 2, num_blocks + 1, kv_heads, block_size]).
 
 Sized from an explicit block count, or from a fraction of the device's free memory after the
 weights are loaded (CUDA), or from a memory budget (CPU). The extra last block is scratch space
@@ -12,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from yaie.kernels.attention import FP8_DTYPE
 from yaie.worker_service.config import KVPoolConfig
 
 if TYPE_CHECKING:
@@ -23,9 +26,10 @@ log = logging.getLogger(__name__)
 def bytes_per_block(
     num_layers: int, num_kv_heads: int, head_dim: int, block_size: int, dtype: torch.dtype
 ) -> int:
-    """K and V of every layer for block_size tokens."""
+    """K and V of every layer for block_size tokens (fp8: their float32 scales included)."""
     element_size = torch.empty((), dtype=dtype).element_size()
-    return num_layers * 2 * block_size * num_kv_heads * head_dim * element_size
+    scale_size = 4 if dtype == FP8_DTYPE else 0
+    return num_layers * 2 * block_size * num_kv_heads * (head_dim * element_size + scale_size)
 
 
 class KVPool:
@@ -45,16 +49,20 @@ class KVPool:
         self.block_size = block_size
         self.num_blocks = num_blocks
         # [L, 2, N + 1, block_size, kv_heads, head_dim]; block N is the scratch block.
+        shape = (num_layers, 2, num_blocks + 1)
         self.cache = torch.zeros(
-            num_layers,
-            2,
-            num_blocks + 1,
-            block_size,
-            num_kv_heads,
-            head_dim,
-            dtype=dtype,
-            device=device,
+            *shape, block_size, num_kv_heads, head_dim, dtype=dtype, device=device
         )
+        # [L, 2, N + 1, kv_heads, block_size] float32 for an fp8 pool; None otherwise.
+        self.scales = None
+        if dtype == FP8_DTYPE:
+            self.scales = torch.ones(
+                *shape, num_kv_heads, block_size, dtype=torch.float32, device=device
+            )
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.cache.dtype
 
     @property
     def scratch_block(self) -> int:
@@ -91,10 +99,11 @@ class KVPool:
                 "pass --num-blocks or a larger --memory-fraction"
             )
         log.info(
-            "KV pool: %d blocks of %d tokens (%.1f MiB) on %s",
+            "KV pool: %d blocks of %d tokens (%.1f MiB, %s) on %s",
             num_blocks,
             config.block_size,
             (num_blocks + 1) * per_block / 2**20,
+            str(dtype).removeprefix("torch."),
             device,
         )
         return cls(num_layers, num_kv_heads, head_dim, dtype, device, config.block_size, num_blocks)

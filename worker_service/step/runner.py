@@ -78,9 +78,7 @@ class ModelRunner:
             log.info("tensor parallelism: decode runs eagerly (no CUDA graphs)")
         if use_cuda_graphs and self.device.type == "cuda" and tp is None:
             max_blocks = -(-self.max_context // pool.block_size)
-            self.graphs = DecodeGraphs(
-                model, pool.cache, pool.scratch_block, max_graph_batch_size, max_blocks, cascade
-            )
+            self.graphs = DecodeGraphs(model, pool, max_graph_batch_size, max_blocks, cascade)
             with batch_invariant_mode(deterministic):
                 self.graphs.capture()
 
@@ -240,7 +238,8 @@ class ModelRunner:
             logits = self.graphs.run(batch)
         else:
             with batch_invariant_mode(self.deterministic):
-                logits = self.model.forward(batch, self.pool.cache)  # [num_sampled, vocab] fp32
+                # [num_sampled, vocab] fp32
+                logits = self.model.forward(batch, self.pool.cache, self.pool.scales)
         timer.mark()
         if any(e.samples and e.state.grammar is not None for e in entries):
             started = time.perf_counter()

@@ -114,6 +114,8 @@ def _warm_grouped_attention(runner: ModelRunner) -> None:
     (real steps group only past batch_builder's thresholds, which the steps above stay under)."""
     model, bs = runner.model, runner.pool.block_size
     k_cache, v_cache = runner.pool.cache[0][0], runner.pool.cache[0][1]
+    scales = runner.pool.scales
+    k_scale, v_scale = (None, None) if scales is None else (scales[0][0], scales[0][1])
     num_q_heads = model.config.num_heads // (model.tp.size if model.tp is not None else 1)
     q = torch.randn(2, num_q_heads, model.head_dim, dtype=model.dtype, device=runner.device)
     tables = torch.tensor([[0, 1], [0, 2]], dtype=torch.int32, device=runner.device)
@@ -128,6 +130,8 @@ def _warm_grouped_attention(runner: ModelRunner) -> None:
         model.head_dim**-0.5,
         groups,
         backend=model.attention_backend,
+        k_scale=k_scale,
+        v_scale=v_scale,
     )
 
 

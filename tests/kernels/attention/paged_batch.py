@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from yaie.kernels.attention.reference import store_kv_reference
+from yaie.kernels.attention.reference import quantize_fp8_pool, store_kv_reference
 
 
 @dataclass
@@ -26,6 +26,19 @@ class PagedBatch:
     keys: list[torch.Tensor]  # per request [seq_len, kv_heads, head_dim], as stored in the pool
     values: list[torch.Tensor]
     scale: float
+    k_scale: torch.Tensor | None = None  # [num_blocks, kv_heads, block_size] for an fp8 pool
+    v_scale: torch.Tensor | None = None
+
+    def scales(self) -> dict[str, torch.Tensor | None]:
+        """The k_scale / v_scale keyword arguments of every attention operation."""
+        return {"k_scale": self.k_scale, "v_scale": self.v_scale}
+
+    def to_fp8(self) -> PagedBatch:
+        """The same batch over an fp8 pool: every slot quantized as store_kv would (NaN slots
+        stay NaN); keys and values keep the unquantized K/V."""
+        k_cache, k_scale = quantize_fp8_pool(self.k_cache)
+        v_cache, v_scale = quantize_fp8_pool(self.v_cache)
+        return replace(self, k_cache=k_cache, v_cache=v_cache, k_scale=k_scale, v_scale=v_scale)
 
     def extend_args(self) -> tuple:
         """Positional arguments of extend_attention (backend left to the caller)."""

@@ -167,7 +167,7 @@ def _bad_extend_calls() -> list[tuple[str, PagedBatch]]:
             "block_tables must be torch.int32",
             replace(batch, block_tables=batch.block_tables.long()),
         ),
-        ("dtype .* must equal the pool dtype", replace(batch, q=q.half())),
+        ("q dtype torch.float8_e4m3fn not in", replace(batch, q=q.to(torch.float8_e4m3fn))),
         ("multiple of kv_heads", replace(batch, q=q[:, :3])),
         (r"query_start must be \[batch \+ 1\]", replace(batch, query_start=batch.query_start[:2])),
         ("contiguous last", replace(batch, q=q.transpose(1, 2).contiguous().transpose(1, 2))),

@@ -42,6 +42,7 @@ class ScriptedEngine:
             block_size=16,
             random_weights=True,
             num_workers=1,
+            kv_cache_dtype="fp8_e4m3",
         )
         self.ready = True
         self.pool_tokens = 10_000

@@ -112,6 +112,7 @@ def test_tokenize_detokenize_model_info_and_stats(served, tokenizer: Tokenizer) 
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     info = served.stub.GetModelInfo(pb.GetModelInfoRequest())
     assert (info.vocab_size, info.max_context, info.random_weights) == (768, 256, True)
+    assert (info.dtype, info.kv_cache_dtype) == ("float32", "fp8_e4m3")
     assert set(info.eos_token_ids) == {1, 6}
     stats = served.stub.GetServerStats(pb.GetServerStatsRequest())
     assert stats.workers[0].total_blocks == 64 and stats.workers[0].cache_hit_rate == 0.5

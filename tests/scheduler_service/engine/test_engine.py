@@ -129,12 +129,13 @@ def test_logprobs_are_returned_per_token() -> None:
 
 def test_admissibility_errors() -> None:
     """Bad requests raise ValueError; requests that can never fit raise ResourceExhaustedError."""
-    worker = FakeWorkerConfig(num_blocks=8, block_size=4, max_context=64)
+    worker = FakeWorkerConfig(num_blocks=8, block_size=4, max_context=64, kv_cache_dtype="fp8_e4m3")
 
     async def main() -> None:
         config = SchedulerConfig(max_queue_size=2)
         async with engine_on_fake_workers(config, worker) as (engine, _):
             assert engine.model_info.max_context == 64 and engine.model_info.num_workers == 1
+            assert engine.model_info.kv_cache_dtype == "fp8_e4m3"  # Describe's, passed on
             with pytest.raises(ValueError):
                 engine.check_admissible(_request(0, [1, VOCAB]))
             with pytest.raises(ValueError):
