@@ -304,7 +304,7 @@ class Engine:
     def abort(self, request_id: str, tenant: str = "") -> bool:
         return self._request_end((tenant, request_id), FinishReason.ABORT)
 
-    def finish(self, request_id: str, tenant: str = "", index: int = 0) -> None:
+    def finish(self, request_id: str, tenant: str = "", *, index: int = 0) -> None:
         self._request_end((tenant, request_id), FinishReason.STOP, index=index)
 
     def tenant_load(self, tenant: str) -> tuple[int, int]:

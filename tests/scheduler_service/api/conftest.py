@@ -106,7 +106,7 @@ class ScriptedEngine:
         self._abort_flags[request_id].set()
         return True
 
-    def finish(self, request_id: str, tenant: str = "", index: int = 0) -> None:
+    def finish(self, request_id: str, tenant: str = "", *, index: int = 0) -> None:
         self.finished.append(request_id)
         self._abort_flags[request_id].set()
 

@@ -17,6 +17,7 @@ from fake_worker import FakeWorkerConfig, next_token
 from yaie.scheduler_service.api.frontend import Frontend
 from yaie.v1 import generation_pb2 as pb
 from yaie.v1 import generation_pb2_grpc
+from yaie.scheduler_service.ops.auth import KeyTable
 
 NUM_STREAMS = 20
 MAX_NEW = 3000
@@ -131,7 +132,7 @@ def test_an_unread_http_stream_stops_generating_and_resumes(stack, tokenizer) ->
     from yaie.scheduler_service.api.http.routes import create_app
     from yaie.scheduler_service.api.http.server import HttpServer
 
-    http = HttpServer(create_app(Frontend(stack.engine, tokenizer), None, None), "127.0.0.1", 0)
+    http = HttpServer(create_app(Frontend(stack.engine, tokenizer), KeyTable(environ={}), None), "127.0.0.1", 0)
     port = http.bind()
     stack.call(http.start())
     try:
