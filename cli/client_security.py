@@ -27,10 +27,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def api_key(key_file: str | None) -> str | None:
-    """The key from key_file (first line) or $YAIE_API_KEY; None when neither is set."""
+    """The key from key_file or $YAIE_API_KEY; None when neither is set. key_file holds a bare
+    key, or is a server's tenant file (`TENANT: KEY ...` lines): its first entry's key."""
     if key_file is not None:
-        lines = Path(key_file).read_text(encoding="utf-8").split()
-        return lines[0] if lines else None
+        text = Path(key_file).read_text(encoding="utf-8")
+        lines = [line.split() for line in text.splitlines() if not line.strip().startswith("#")]
+        words = next((line for line in lines if line), [])
+        if len(words) >= 2 and words[0].endswith(":"):
+            return words[1]
+        return words[0] if words else None
     return os.environ.get(API_KEY_ENV) or None
 
 

@@ -14,14 +14,12 @@ import argparse
 import asyncio
 import logging
 import os
-import secrets
 import socket
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 
-from yaie.cli import arguments, stop_signals
+from yaie.cli import arguments, stop_signals, worker_child
 from yaie.cli.models.builtin_model import MODEL_NAME
 from yaie.cli.models.model_choice import ModelUnavailable, served_model
 from yaie.scheduler_service.ops import flags
@@ -77,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     remote = "a remote worker to use as well (repeatable)"
     flags.add_worker_arguments(p, required=False, help=remote)
     # The scheduler's own flags, as `yaie scheduler` takes them. Without --internal-secret-file,
-    # one is made for this run (in a private temporary file).
+    # one is made for this run (in memory, inherited by the workers: worker_child.py).
     model_help = (
         "Hugging Face model directory or hub id (downloaded unless cached) "
         f"(default: the built-in {MODEL_NAME}, fetched and converted on first use)"
@@ -167,11 +165,15 @@ def spawn_worker(
         command += ["--tp", str(args.tp)]
     if args.internal_secret_file:  # the worker refuses plans without it
         command += ["--internal-secret-file", args.internal_secret_file]
-    env = dict(os.environ)
-    if gpu is not None:  # one GPU per worker (round robin when there are more than GPUs)
-        env["CUDA_VISIBLE_DEVICES"] = gpu
+    # Only what a worker reads (not $YAIE_API_KEY); one GPU per worker (round robin).
+    env = worker_child.worker_environment(os.environ, gpu)
     trampoline = [sys.executable, "-c", _EXEC_WITH_PDEATHSIG, str(os.getpid())]
-    return subprocess.Popen(trampoline + command[1:], env=env, start_new_session=True)
+    return subprocess.Popen(
+        trampoline + command[1:],
+        env=env,
+        start_new_session=True,
+        pass_fds=worker_child.inherited_fds(args.internal_secret_file),  # a /dev/fd/N secret
+    )
 
 
 # Run as `python -c CODE PARENT_PID ARGS...`: ask for SIGTERM when the parent dies (Linux), exit
@@ -286,14 +288,6 @@ def _client(args: argparse.Namespace) -> argparse.Namespace:
     return argparse.Namespace(api_key_file=args.api_key_file, tls_ca=args.tls_cert)
 
 
-def _write_run_secret() -> str:
-    """A random internal secret in a new file only this user can read (removed at exit)."""
-    descriptor, path = tempfile.mkstemp(prefix="yaie-internal-secret-")  # mode 0600
-    with os.fdopen(descriptor, "w") as file:
-        file.write(secrets.token_urlsafe(32))
-    return path
-
-
 async def run_stack(args: argparse.Namespace, model: str, workers: list) -> int:
     """The scheduler over the started workers, until a signal, a dead worker or the demo's end."""
     from yaie.scheduler_service.app import serve
@@ -355,8 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     run_secret = None
     workers: list[tuple[str, subprocess.Popen]] = []
     try:
-        if args.internal_secret_file is None:
-            args.internal_secret_file = run_secret = _write_run_secret()
+        if args.internal_secret_file is None:  # one for this run, in no file that outlives it
+            run_secret = worker_child.RunSecret()
+            args.internal_secret_file = run_secret.path
         # Fork the workers first, from the main thread, before gRPC or asyncio start any thread.
         start_workers(args, model, workers)
         return asyncio.run(run_stack(args, model, workers))
@@ -364,4 +359,4 @@ def main(argv: list[str] | None = None) -> int:
         stop_signals.stopping()  # a repeated signal must not cut the workers' stop short
         stop_workers(workers)
         if run_secret is not None:
-            os.unlink(run_secret)
+            run_secret.close()

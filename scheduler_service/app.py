@@ -1,8 +1,9 @@
 """The scheduler process, assembled: the engine over its workers, the public server (yaie.v1
 Generation, grpc.health.v1: SERVING once every given worker is ready, server reflection), the
 internal port where workers join (workers/registry.py) and DNS discovery, metrics and request
-logs. serve() runs it until SIGTERM or Ctrl-C and stops it cleanly; `yaie scheduler`
-(__main__.py), `yaie serve` and `yaie in-process` call it with their parsed flags (ops/flags.py).
+logs. serve() runs it until SIGTERM or Ctrl-C and stops it cleanly (SIGHUP re-reads the API key
+file); `yaie scheduler` (__main__.py), `yaie serve` and `yaie in-process` call it with their
+parsed flags (ops/flags.py).
 """
 
 from __future__ import annotations
@@ -132,13 +133,21 @@ async def _start_http(
     from yaie.scheduler_service.api.http import server as http_server
     from yaie.scheduler_service.api.http.routes import create_app
 
-    app = create_app(servicer.frontend, options.api_key, metrics)
+    app = create_app(servicer.frontend, options.keys, metrics)
     http = http_server.HttpServer(app, options.http_host, options.http_port, options.http_tls)
     port = http.bind()
     await http.start()
     scheme = "https" if options.http_tls is not None else "http"
     logger.info("OpenAI-compatible HTTP API on %s://%s:%d/v1", scheme, options.http_host, port)
     return http
+
+
+def _reload_keys(options: ServerOptions) -> None:
+    """SIGHUP: the API key file again (tenants, keys, limits); a bad file keeps the old table."""
+    try:
+        options.keys.reload()
+    except ValueError as error:
+        logger.error("API keys not reloaded (the previous ones stay): %s", error)
 
 
 async def _start_discovery(
@@ -221,9 +230,11 @@ async def serve(
     )
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-    for signum in previous:
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {signum: signal.getsignal(signum) for signum in signals}
+    for signum in signals[:2]:
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _reload_keys, options)
     start = asyncio.create_task(_start_engine(engine, servicer, args, client_factory is None))
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({start, stopping}, return_when=asyncio.FIRST_COMPLETED)

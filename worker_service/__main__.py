@@ -120,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     security.add_argument(
         "--tls-client-ca", default=None, help="PEM CA that client certificates must chain to (mTLS)"
     )
+    security.add_argument(
+        "--insecure-internal",
+        action="store_true",
+        help="listen on a non-loopback --host with neither a secret nor mTLS (a trusted "
+        "network only: anyone reaching the port can run plans)",
+    )
     join = parser.add_argument_group("joining a running scheduler (scale out)")
     join.add_argument(
         "--join",
@@ -174,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         security = WorkerSecurity.from_files(
             args.internal_secret_file, args.tls_cert, args.tls_key, args.tls_client_ca
         )
+        security.check_exposure(config.host, args.insecure_internal)
         join = None
         if args.join is not None:
             join = JoinChannel.from_files(
@@ -190,12 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot start the worker: %s", exc)
         return 1
     config = dataclasses.replace(config, model=model)
-    if not is_loopback(config.host) and security.secret is None and security.credentials is None:
-        log.warning(
-            "listening on %s with no --internal-secret-file or TLS: anyone who reaches "
-            "this port can run plans",
-            config.host,
-        )
+    if not is_loopback(config.host) and not security.authenticates_callers:
+        log.warning("listening on %s with no secret or mTLS (--insecure-internal)", config.host)
     stop = threading.Event()
     stopped_by: list[str] = []
     loaded = threading.Event()

@@ -19,6 +19,7 @@ from yaie.worker.v1 import worker_pb2, worker_pb2_grpc
 from yaie.worker_service.auth import WorkerSecurity
 from yaie.worker_service.config import WorkerConfig, dtype_name
 from yaie.worker_service.loader import load_model, read_config, resolve_model_dir
+from yaie.worker_service.plan_limit import max_plan_bytes, pool_tokens_bound
 from yaie.worker_service.server import WorkerServicer
 from yaie.worker_service.step.grammar import GrammarBackend
 from yaie.worker_service.step.kv_pool import KVPool
@@ -30,7 +31,7 @@ from yaie.worker_service.wire import worker_info
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "yaie.worker.v1.Worker"
-MAX_MESSAGE_BYTES = 256 << 20
+MAX_SEND_BYTES = 256 << 20  # a step result: a few ints per run entry, logprobs when asked
 
 
 @dataclass
@@ -108,12 +109,15 @@ def start_worker(
     loaded is set as soon as the model is in (before SERVING): from then on a stop request
     waits for the returned worker instead of interrupting the load."""
     security = security or WorkerSecurity()
+    # Fixed at bind time, so from the pool's upper bound (the exact pool is sized after loading).
+    max_receive = max_plan_bytes(pool_tokens_bound(config))
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="worker-rpc"),
-        interceptors=security.interceptors(),  # the secret is checked before any plan runs
+        # The secret is checked on the metadata: a refused call's message is never read.
+        interceptors=security.interceptors(),
         options=[
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_SEND_BYTES),
+            ("grpc.max_receive_message_length", max_receive),
             # The scheduler pings every 30 s to notice a peer that vanished without a RST;
             # accept pings down to 20 s apart (gRPC's default would GOAWAY a faster pinger).
             ("grpc.http2.min_recv_ping_interval_without_data_ms", 20_000),
@@ -132,7 +136,9 @@ def start_worker(
     server.start()
     log.info("worker listening on %s:%d, loading %s", config.host, port, config.model)
     try:
-        servicer.load(*build_runner(config))
+        runner, info = build_runner(config)
+        info.max_plan_bytes = max_receive  # the scheduler keeps its plans under it
+        servicer.load(runner, info)
         if loaded is not None:
             loaded.set()
     except BaseException:  # an interrupted load too (SystemExit from a signal handler)

@@ -1,5 +1,6 @@
-"""The worker's side of the internal channel: a shared secret checked before any plan runs, and
-TLS / mTLS server credentials. grpc.health.v1 stays open (probes carry no secret).
+"""The worker's side of the internal channel: a shared secret checked on the call's metadata
+before any message is read, and TLS / mTLS server credentials. grpc.health.v1 stays open
+(probes carry no secret). Off loopback, a worker needs a secret or mTLS unless told it is safe.
 """
 
 from __future__ import annotations
@@ -25,19 +26,14 @@ def _read(path: str | None, what: str) -> bytes | None:
         raise ValueError(f"cannot read the {what} file {path}: {exc}") from exc
 
 
-def _refuse(request: object, context: grpc.ServicerContext) -> None:
+def _refuse(request_iterator: object, context: grpc.ServicerContext) -> None:
     context.abort(grpc.StatusCode.UNAUTHENTICATED, "the internal secret is missing or wrong")
 
 
-def _refusing(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    """The same kind of handler, refusing before the servicer (and so any plan) runs."""
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(_refuse)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(_refuse)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(_refuse)
-    return grpc.stream_stream_rpc_method_handler(_refuse)
+# Refusals of every kind of call go through a stream-request handler: unlike a unary one, it
+# receives no message before it runs, so a refused call's body is never read into memory (a
+# unary handler would take the whole message, up to the receive limit, before refusing it).
+_REFUSING = grpc.stream_unary_rpc_method_handler(_refuse)
 
 
 class InternalSecretInterceptor(grpc.ServerInterceptor):
@@ -61,7 +57,7 @@ class InternalSecretInterceptor(grpc.ServerInterceptor):
             return handler
         if self._allowed(details.invocation_metadata):
             return handler
-        return _refusing(handler)
+        return _REFUSING
 
 
 @dataclass(frozen=True)
@@ -70,6 +66,7 @@ class WorkerSecurity:
 
     secret: bytes | None = None
     credentials: grpc.ServerCredentials | None = None
+    client_auth: bool = False  # mTLS: callers must present a certificate of the client CA
 
     @classmethod
     def from_files(
@@ -91,7 +88,24 @@ class WorkerSecurity:
             credentials = grpc.ssl_server_credentials(
                 [pair], root_certificates=ca, require_client_auth=ca is not None
             )
-        return cls(loaded, credentials)
+        return cls(loaded, credentials, client_ca is not None)
+
+    @property
+    def authenticates_callers(self) -> bool:
+        """Whether a caller must prove who it is (the secret, or a client certificate)."""
+        return self.secret is not None or self.client_auth
+
+    def check_exposure(self, host: str, insecure: bool) -> None:
+        """Fails closed: off loopback, anyone who reaches the port could run plans (and read
+        every prompt) unless callers are authenticated; ValueError unless insecure says the
+        operator means it."""
+        if is_loopback(host) or self.authenticates_callers or insecure:
+            return
+        raise ValueError(
+            f"refusing to listen on {host} without --internal-secret-file or mTLS "
+            "(--tls-client-ca): anyone who reaches this port could run plans; pass "
+            "--insecure-internal if the network is trusted"
+        )
 
     def interceptors(self) -> list[grpc.ServerInterceptor]:
         return [InternalSecretInterceptor(self.secret)] if self.secret is not None else []

@@ -21,6 +21,7 @@ from yaie.scheduler_service.api.tokenizer import Tokenizer
 from yaie.scheduler_service.api.undecodable import UndecodableRequestInterceptor
 from yaie.scheduler_service.api.validation import check_request_id
 from yaie.scheduler_service.engine.errors import ResourceExhaustedError, UnavailableError
+from yaie.scheduler_service.ops.auth import current_tenant
 from yaie.v1 import generation_pb2 as pb
 
 SERVICE_NAME = "yaie.v1.Generation"
@@ -84,7 +85,7 @@ class GenerationServicer:
 
     @_stream
     async def Generate(self, request: Any, context: grpc.aio.ServicerContext):
-        frames = self.frontend.generate(request)
+        frames = self.frontend.generate(request, current_tenant())
         try:
             if not request.output.single_frame:
                 async for frame in frames:
@@ -129,9 +130,10 @@ class GenerationServicer:
         self, request: pb.GetServerStatsRequest, context: grpc.aio.ServicerContext
     ):
         stats = self._engine.stats()
+        admin = current_tenant().admin  # worker addresses are the operator's to see
         workers = [
             pb.WorkerStats(
-                address=w.address,
+                address=w.address if admin else f"worker-{index}",
                 healthy=w.healthy,
                 total_blocks=w.total_blocks,
                 free_blocks=w.free_blocks,
@@ -139,7 +141,7 @@ class GenerationServicer:
                 cached_blocks=w.cached_blocks,
                 cache_hit_rate=w.cache_hit_rate,
             )
-            for w in stats.workers
+            for index, w in enumerate(stats.workers)
         ]
         return pb.ServerStats(
             waiting=stats.waiting,
@@ -156,7 +158,9 @@ class GenerationServicer:
     @_unary
     async def Abort(self, request: Any, context: grpc.aio.ServicerContext):
         check_request_id(request.request_id)
-        return pb.AbortResponse(found=self._engine.abort(request.request_id))
+        # Only the caller's own requests: another tenant's id is not found.
+        found = self._engine.abort(request.request_id, current_tenant().name)
+        return pb.AbortResponse(found=found)
 
 
 def generation_handler(

@@ -19,6 +19,8 @@ class Completions:
 
     def __init__(self, req: GenerationRequest, arrivals: Iterator[int]) -> None:
         self.request_id = req.request_id
+        self.tenant = req.tenant
+        self.key = req.key  # its key in the engine's live requests: (tenant, request_id)
         self.outbox = Outbox()
         self.seqs: list[Sequence] = []
         for index in range(req.n):

@@ -24,7 +24,7 @@ from yaie.scheduler_service.engine.request import (
     OutputEvent,
 )
 from yaie.scheduler_service.engine.router import Router
-from yaie.scheduler_service.engine.sequence import Sequence
+from yaie.scheduler_service.engine.sequence import Sequence, SequenceStatus
 from yaie.scheduler_service.engine.worker_loop import WorkerLoop
 from yaie.scheduler_service.engine.worker_set import STATIC, LeaveOutcome, WorkerSet
 from yaie.scheduler_service.workers.worker_client import WorkerClient, WorkerStreamError
@@ -101,17 +101,20 @@ class Engine:
       prompt + max_new_tokens beyond max_context, n outside [1, MAX_COMPLETIONS]),
       ResourceExhaustedError (queue full, or the request could never fit in a KV pool) or
       UnavailableError (not started, or draining).
-    - `submit(req)` checks admissibility (and that request_id is not live: ValueError) and
+    - `submit(req)` checks admissibility (and that req.key is not live: ValueError) and
       returns an async iterator of OutputEvents (undelivered ones coalesced: a slow reader gets
       fewer, larger events; under load one event per config.stream_interval tokens, the
       first token alone). With req.n > 1 the events of its n completions interleave, each
       with its index (completions.py); each completion's last event has finish_reason set,
       and the iterator ends after the last of them. Closing the iterator early aborts the
       request (all its completions).
-    - `abort(request_id)` -> whether a live request had that id; idempotent. The request (every
-      completion) ends with ABORT at the next step. `finish(request_id, index)` ends completion
-      index with STOP (a stop string found by the API layer); tokens still in flight are
-      dropped.
+    - `abort(request_id, tenant)` -> whether a live request of tenant had that id; idempotent.
+      The request (every completion) ends with ABORT at the next step.
+      `finish(request_id, tenant, index)` ends completion index with STOP (a stop string found
+      by the API layer); tokens still in flight are dropped. Request ids are scoped to their
+      tenant: no call sees another tenant's.
+    - `tenant_load(tenant)` -> (live, waiting) sequences of tenant, for its limits: a request
+      with n > 1 counts as n, as in the server-wide queue limit.
     - `stats()` -> EngineStats; `model_info` -> WorkerModelInfo.
     Token-level stopping happens here: stop_token_ids after min_new_tokens (STOP, the token
     kept, matched_stop_token set), max_new_tokens or a full context (LENGTH).
@@ -132,7 +135,7 @@ class Engine:
             config, client_factory, self._on_finished, self._on_orphaned, self._on_rejoined
         )
         self._tasks: list[asyncio.Task] = []
-        self._live: dict[str, Completions] = {}
+        self._live: dict[tuple[str, str], Completions] = {}  # by (tenant, request_id)
         self._arrivals = itertools.count()
         self._completed = 0
         self._model_info: WorkerModelInfo | None = None
@@ -207,9 +210,9 @@ class Engine:
         while self._live and loop.time() < deadline:
             await asyncio.sleep(0.05)
         cancelled = list(self._live)
-        for request_id in cancelled:  # (every completion of each)
+        for key in cancelled:  # (every completion of each)
             error = "the server is shutting down: the drain timeout passed"
-            self._request_end(request_id, FinishReason.ABORT, error)
+            self._request_end(key, FinishReason.ABORT, error)
         deadline = loop.time() + 2.0  # the step loops act on aborts at their next step
         while self._live and loop.time() < deadline:
             await asyncio.sleep(0.02)
@@ -261,10 +264,10 @@ class Engine:
 
     def submit(self, req: GenerationRequest) -> AsyncIterator[OutputEvent]:
         self.check_admissible(req)
-        if req.request_id in self._live:
+        if req.key in self._live:
             raise ValueError(f"request_id {req.request_id!r} is already live")
         group = Completions(req, self._arrivals)
-        self._live[req.request_id] = group
+        self._live[req.key] = group
         for seq in group.seqs:  # completion 0 first: the others follow it to its worker
             self._add(seq)
         return self._events(group)
@@ -291,30 +294,43 @@ class Engine:
                     yield event
         finally:
             if not group.is_finished:
-                self.abort(group.request_id)
+                self.abort(group.request_id, group.tenant)
             # The client's stream is over (its last event, a stop string, a cancel): the id is
             # free for a new request at once, though the worker loop may drop the old one later.
-            if self._live.get(group.request_id) is group:
-                del self._live[group.request_id]
+            if self._live.get(group.key) is group:
+                del self._live[group.key]
                 self._completed += 1
 
-    def abort(self, request_id: str) -> bool:
-        return self._request_end(request_id, FinishReason.ABORT)
+    def abort(self, request_id: str, tenant: str = "") -> bool:
+        return self._request_end((tenant, request_id), FinishReason.ABORT)
 
-    def finish(self, request_id: str, index: int = 0) -> None:
-        self._request_end(request_id, FinishReason.STOP, index=index)
+    def finish(self, request_id: str, tenant: str = "", *, index: int = 0) -> None:
+        self._request_end((tenant, request_id), FinishReason.STOP, index=index)
+
+    def tenant_load(self, tenant: str) -> tuple[int, int]:
+        """(live, waiting) sequences of tenant: all it has unfinished, and those not yet in a
+        batch (a request with n completions counts n times)."""
+        seqs = [
+            seq
+            for key, group in self._live.items()
+            if key[0] == tenant
+            for seq in group.seqs
+            if not seq.is_finished
+        ]
+        waiting = sum(1 for seq in seqs if seq.status is SequenceStatus.WAITING)
+        return len(seqs), waiting
 
     def _request_end(
         self,
-        request_id: str,
+        key: tuple[str, str],
         reason: FinishReason,
         error: str | None = None,
         index: int | None = None,
     ) -> bool:
-        """Ends completion index (None: every one) of the live request request_id with reason
-        (its final event carrying error) at its worker's next step, or now when it is parked;
-        the first end asked for wins."""
-        group = self._live.get(request_id)
+        """Ends completion index (None: every one) of the live request key (tenant,
+        request_id) with reason (its final event carrying error) at its worker's next step, or
+        now when it is parked; the first end asked for wins."""
+        group = self._live.get(key)
         if group is None:
             return False
         for seq in group.chosen(index):
@@ -327,7 +343,7 @@ class Engine:
                 self._end(seq, reason, error)
             else:
                 loop = self.workers.get(seq.worker_address)
-                assert loop is not None, f"{request_id} is on no worker and not parked"
+                assert loop is not None, f"{key} is on no worker and not parked"
                 loop.request_abort(seq)
         return True
 
@@ -402,9 +418,9 @@ class Engine:
     def _on_finished(self, seq: Sequence) -> None:
         """seq's last event is out: once its request's every completion's is, its request_id
         may be used again."""
-        group = self._live.get(seq.request_id)
+        group = self._live.get(seq.request.key)
         if group is not None and group.holds(seq) and group.is_finished:
-            del self._live[seq.request_id]
+            del self._live[seq.request.key]
             self._completed += 1
 
     def _on_orphaned(self, seqs: list[Sequence]) -> None:

@@ -12,7 +12,8 @@ computing them twice, and the later completions of a request with n > 1 wait for
 compute the prompt. When a running request needs a block and the pool has none, the running
 request of the lowest priority, newest first, is preempted (recomputed later from its tokens,
 its computed blocks cached in the tree); so is one of lower priority than the best waiting
-request when the batch or the pool has no room for that one.
+request when the batch or the pool has no room for that one. New requests also join a plan
+only while its encoding fits under the worker's receive limit (max_plan_bytes).
 
 Of each Sequence the policy alone writes the admission and block fields (queued_at_step,
 hit_estimate, admitted_once, num_cached_tokens, block_ids, match).
@@ -29,6 +30,12 @@ from yaie.kernels.cache import KVCacheManager, PrefixMatch
 from yaie.scheduler_service.config import SchedulerConfig
 from yaie.scheduler_service.engine.priority_order import insert_by_priority
 from yaie.scheduler_service.engine.sequence import Sequence
+from yaie.scheduler_service.workers.step_plan import (
+    DEFAULT_MAX_PLAN_BYTES,
+    PLAN_ENTRY_BYTES,
+    PLAN_SLACK_BYTES,
+    new_request_bytes,
+)
 
 
 @dataclass
@@ -60,9 +67,13 @@ class BatchPolicy:
         config: SchedulerConfig,
         kv: KVCacheManager,
         preempt: Callable[[Sequence], None],
+        max_plan_bytes: int = 0,
     ) -> None:
         self.config = config
         self.kv = kv
+        # The worker's receive limit (0: not reported): new requests join a plan while their
+        # wire size fits under it, less room for the plan's per-entry arrays.
+        self.max_plan_bytes = max_plan_bytes or DEFAULT_MAX_PLAN_BYTES
         self.block_size = kv.block_size
         self._preempt = preempt  # takes seq out of running; frees its blocks when it can
         self._blocks_pending = False  # during schedule(): freed blocks are on their way
@@ -70,10 +81,10 @@ class BatchPolicy:
         self.counters = AdmissionCounters()
         self.num_steps = 0  # schedule() calls so far
 
-    def successor(self, kv: KVCacheManager) -> BatchPolicy:
+    def successor(self, kv: KVCacheManager, max_plan_bytes: int = 0) -> BatchPolicy:
         """A policy for the worker's fresh pool (after it was lost): the hit rate spans the
         worker's whole life, and the step count goes on (queue stamps stay comparable)."""
-        policy = BatchPolicy(self.config, kv, self._preempt)
+        policy = BatchPolicy(self.config, kv, self._preempt, max_plan_bytes)
         policy.counters = self.counters
         policy.num_steps = self.num_steps
         return policy
@@ -227,11 +238,16 @@ class BatchPolicy:
         if len(running) >= limit and not self._free_slot(running, waiting):
             return runs  # (ordering the queue costs a prefix match per waiting request)
         sharing = self._prompts_being_computed(running)
+        room = self.max_plan_bytes - PLAN_ENTRY_BYTES * len(running) - PLAN_SLACK_BYTES
         for seq in self._admission_order(waiting):
             if budget <= 0 or (len(running) >= limit and not self._free_slot(running, waiting)):
                 break
             if self._hold_back(seq):  # preempted while its client was not reading
                 continue
+            # A request's NewRequest (its tokens, grammar and logit bias) goes in this plan.
+            size = new_request_bytes(seq.token_ids, seq.request.sampling)
+            if size > room and runs:
+                break  # the plan is full: the next step sends it (its place in line kept)
             if not seq.admitted_once and self._worth_waiting(seq, self._hit_estimate(seq), sharing):
                 continue
             if seq.leader is not None and self._waits_for_leader(seq):
@@ -253,6 +269,7 @@ class BatchPolicy:
             insert_by_priority(running, seq)
             runs.append(Run(seq, n))
             budget -= n
+            room -= size + PLAN_ENTRY_BYTES
             self._note_prompt_being_computed(seq, sharing)
         return runs
 

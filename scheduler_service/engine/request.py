@@ -34,11 +34,18 @@ class GenerationRequest:
     stop_token_ids: frozenset[int] = frozenset()
     # Prefix-cache namespace: requests with different namespaces never share cached blocks.
     namespace: str = ""
+    # Who asked (ops/tenants.py; "" on a server without keys): request ids are unique per
+    # tenant, and abort / finish find a request by (tenant, request_id).
+    tenant: str = ""
     # Completions of the prompt (1..MAX_COMPLETIONS): completion i samples with
     # completion_seed(sampling.seed, i); its events carry index i.
     n: int = 1
     # Scheduling priority (higher runs first; see policy.py); validated by the API layer.
     priority: int = 0
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.tenant, self.request_id)
 
     def completion(self, index: int) -> GenerationRequest:
         """The single request that completion index of this one runs as (n = 1, its seed)."""

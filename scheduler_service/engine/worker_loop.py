@@ -78,14 +78,14 @@ class WorkerLoop:
         self._trace = StepTrace.from_env()
         self.info = info
         self.kv = KVCacheManager(info.num_blocks, info.block_size)
-        self.policy = BatchPolicy(config, self.kv, self._preempt)
+        self.policy = BatchPolicy(config, self.kv, self._preempt, info.max_plan_bytes)
         self.stream = StepStream(client)
 
     def _reset_pool(self, info: WorkerDescription) -> None:
         """A fresh allocator and tree for the worker's pool, and a fresh step stream."""
         self.info = info
         self.kv = KVCacheManager(info.num_blocks, info.block_size)
-        self.policy = self.policy.successor(self.kv)
+        self.policy = self.policy.successor(self.kv, info.max_plan_bytes)
         self.stream = StepStream(self.client)
 
     def load_tokens(self) -> int:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 
 from yaie.scheduler_service.config import SchedulerConfig
-from yaie.scheduler_service.ops.auth import API_KEY_ENV, load_api_key
+from yaie.scheduler_service.ops.auth import KeyTable
 from yaie.scheduler_service.ops.channel_security import WorkerChannelSecurity, server_credentials
 from yaie.scheduler_service.ops.server_options import HttpTls, ServerOptions
+from yaie.scheduler_service.ops.tenants import API_KEY_ENV, TenantDefaults
 
 # flag -> (SchedulerConfig field, help): the batching knobs taken as they are (whole numbers)
 _BATCHING_FLAGS: dict[str, tuple[str, str]] = {
@@ -105,8 +106,12 @@ def engine_config(args: argparse.Namespace) -> SchedulerConfig:
 
 def server_options(args: argparse.Namespace) -> ServerOptions:
     """The security and metrics flags resolved (key and certificate files read)."""
+    defaults = TenantDefaults(args.tenant_max_concurrent, args.tenant_max_queued)
+    keys = KeyTable(args.api_key_file, defaults)
+    if defaults != TenantDefaults() and not keys.required:
+        raise ValueError(f"--tenant-max-* need API keys (--api-key-file or ${API_KEY_ENV})")
     return ServerOptions(
-        api_key=load_api_key(args.api_key_file),
+        keys=keys,
         credentials=server_credentials(args.tls_cert, args.tls_key, args.tls_ca),
         workers=WorkerChannelSecurity.from_files(
             args.internal_secret_file, args.worker_tls_ca, args.worker_tls_cert, args.worker_tls_key
@@ -217,9 +222,19 @@ def _add_public_security(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--api-key-file",
         default=None,
-        help=f"file holding the API key clients must send (default: ${API_KEY_ENV}; neither: "
-        "no key needed)",
+        help="file of API keys clients must send: one bare key, or lines `TENANT: KEY [admin] "
+        "[max_concurrent=N] [max_queued=N]` (re-read on SIGHUP; README: Tenants) "
+        f"(default: ${API_KEY_ENV}; neither: no key needed)",
     )
+    for limit, what in (("concurrent", "live (queued + running)"), ("queued", "queued")):
+        group.add_argument(
+            f"--tenant-max-{limit}",
+            type=int,
+            default=None,
+            metavar="N",
+            help=f"{what} requests a tenant may have before Generate answers "
+            "RESOURCE_EXHAUSTED, for tenants whose key line sets none (default: no limit)",
+        )
     group.add_argument("--tls-cert", default=None, help="PEM certificate (enables TLS)")
     group.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
     group.add_argument(

@@ -1,6 +1,6 @@
 """Structured logs (`--log-format json|text`) and the per-request trace of Generate calls: one
-line at start and one at finish with the request id, token counts and durations, and the same
-numbers into Metrics when the endpoint is on.
+line at start and one at finish with the request id, its tenant, token counts and durations,
+and the same numbers into Metrics when the endpoint is on.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 
+from yaie.scheduler_service.ops.auth import current_tenant
 from yaie.scheduler_service.ops.metrics import Metrics
 from yaie.v1 import generation_pb2 as pb
 
@@ -83,8 +84,9 @@ def _log(message: str, fields: dict[str, Any]) -> None:
 class _Trace:
     """Timing and usage of one Generate call, read from the frames it sends."""
 
-    def __init__(self, request_id: str) -> None:
+    def __init__(self, request_id: str, tenant: str = "-") -> None:
         self.request_id = request_id
+        self.tenant = tenant
         self.start = self.last = time.perf_counter()
         self.first: float | None = None
         self.itl: list[float] = []
@@ -116,7 +118,7 @@ async def _observed(
     outcome_of: Callable[[BaseException, str], str],
 ) -> AsyncIterator[pb.GenerateResponse]:
     """frames, traced: logs at start and finish, metrics, the outcome of an error."""
-    _log("request start", {"request_id": trace.request_id, "peer": peer})
+    _log("request start", {"request_id": trace.request_id, "tenant": trace.tenant, "peer": peer})
     try:
         async for frame in frames:
             trace.frame(frame)
@@ -137,7 +139,7 @@ def observe_generate(metrics: Metrics | None) -> Callable[[GenerateHandler], Gen
         async def traced(request: Any, context: grpc.aio.ServicerContext):
             if isinstance(request, pb.GenerateRequest) and not request.request_id:
                 request.request_id = uuid.uuid4().hex
-            trace = _Trace(getattr(request, "request_id", "") or "-")
+            trace = _Trace(getattr(request, "request_id", "") or "-", current_tenant().label)
 
             def outcome_of(error: BaseException, outcome: str) -> str:
                 code = context.code()
@@ -165,13 +167,14 @@ def observe_generate(metrics: Metrics | None) -> Callable[[GenerateHandler], Gen
 def observe_frames(
     metrics: Metrics | None, outcome_of: Callable[[BaseException, str], str]
 ) -> Callable[[AsyncIterator[pb.GenerateResponse], str, str], AsyncIterator[pb.GenerateResponse]]:
-    """The same trace for another API's stream of frames: wrap(frames, request_id, peer);
-    outcome_of(error, outcome so far) names an error (e.g. by the HTTP status it maps to)."""
+    """The same trace for another API's stream of frames: wrap(frames, request_id, peer,
+    tenant); outcome_of(error, outcome so far) names an error (e.g. by the HTTP status it maps
+    to)."""
 
     def wrap(
-        frames: AsyncIterator[pb.GenerateResponse], request_id: str, peer: str
+        frames: AsyncIterator[pb.GenerateResponse], request_id: str, peer: str, tenant: str
     ) -> AsyncIterator[pb.GenerateResponse]:
-        return _observed(frames, _Trace(request_id), metrics, peer, outcome_of)
+        return _observed(frames, _Trace(request_id, tenant), metrics, peer, outcome_of)
 
     return wrap
 
@@ -186,6 +189,7 @@ def _finish(trace: _Trace, metrics: Metrics | None) -> None:
     ttft = None if trace.first is None else trace.first - trace.start
     fields = {
         "request_id": trace.request_id,
+        "tenant": trace.tenant,
         "outcome": trace.outcome,
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
@@ -197,7 +201,11 @@ def _finish(trace: _Trace, metrics: Metrics | None) -> None:
     if metrics is None:
         return
     metrics.record_finished(
-        trace.outcome, usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens
+        trace.outcome,
+        usage.prompt_tokens,
+        usage.completion_tokens,
+        usage.cached_tokens,
+        trace.tenant,
     )
     if ttft is not None:
         metrics.ttft.observe(ttft)

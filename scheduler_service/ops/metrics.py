@@ -1,6 +1,6 @@
-"""Prometheus metrics of the scheduler (`--metrics-port`): request outcomes, token counters, TTFT
-and ITL histograms recorded per Generate call, and engine gauges read from `engine.stats()` at
-scrape time (queue, KV blocks per worker, cache hit rate, worker health).
+"""Prometheus metrics of the scheduler (`--metrics-port`): request outcomes, token counters (also
+per tenant), TTFT and ITL histograms recorded per Generate call, and engine gauges read from
+`engine.stats()` at scrape time (queue, KV blocks per worker, cache hit rate, worker health).
 """
 
 from __future__ import annotations
@@ -97,6 +97,16 @@ class Metrics:
         self.cached_tokens = Counter(
             "yaie_cached_tokens", "Prompt tokens served from the prefix cache", registry=r
         )
+        # Per tenant (one series each: tenants are the key file's, not the callers' choice).
+        self.tenant_requests = Counter(
+            "yaie_tenant_requests",
+            "Generate calls by tenant and outcome",
+            ["tenant", "outcome"],
+            registry=r,
+        )
+        self.tenant_tokens = Counter(
+            "yaie_tenant_tokens", "Tokens by tenant and kind", ["tenant", "kind"], registry=r
+        )
         self.ttft = Histogram(
             "yaie_time_to_first_token_seconds",
             "Call start to the first token",
@@ -115,8 +125,13 @@ class Metrics:
         """Adds the engine gauges (stats() is called on loop at each scrape)."""
         self.registry.register(EngineCollector(stats, loop))
 
-    def record_finished(self, outcome: str, prompt: int, completion: int, cached: int) -> None:
+    def record_finished(
+        self, outcome: str, prompt: int, completion: int, cached: int, tenant: str = "-"
+    ) -> None:
         self.requests.labels(outcome).inc()
+        self.tenant_requests.labels(tenant, outcome).inc()
+        for kind, count in (("prompt", prompt), ("completion", completion), ("cached", cached)):
+            self.tenant_tokens.labels(tenant, kind).inc(count)
         self.prompt_tokens.inc(prompt)
         self.completion_tokens.inc(completion)
         self.cached_tokens.inc(cached)

@@ -1,5 +1,5 @@
 """What the scheduler's security, metrics and HTTP flags resolve to (flags.server_options), and
-what that builds: the API key interceptor, the public port's TLS, Metrics.
+what that builds: the API key table and interceptor, the public port's TLS, Metrics.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from yaie.scheduler_service.ops.auth import ApiKeyInterceptor
+from yaie.scheduler_service.ops.auth import ApiKeyInterceptor, KeyTable
 from yaie.scheduler_service.ops.channel_security import WorkerChannelSecurity
 from yaie.scheduler_service.ops.metrics import Metrics
 
@@ -27,7 +27,7 @@ class HttpTls:
 class ServerOptions:
     """The resolved options (files read); built by flags.server_options."""
 
-    api_key: bytes | None
+    keys: KeyTable  # the API keys of both APIs (an open table: no key needed)
     credentials: grpc.ServerCredentials | None
     workers: WorkerChannelSecurity
     metrics_port: int | None
@@ -38,7 +38,7 @@ class ServerOptions:
     http_tls: HttpTls | None = None
 
     def interceptors(self) -> list[grpc.aio.ServerInterceptor]:
-        return [ApiKeyInterceptor(self.api_key)] if self.api_key is not None else []
+        return [ApiKeyInterceptor(self.keys)] if self.keys.required else []
 
     def add_port(self, server: grpc.aio.Server, address: str) -> int:
         if self.credentials is None:

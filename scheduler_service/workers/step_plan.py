@@ -25,6 +25,7 @@ class WorkerDescription:
     random_weights: bool
     attention_backend: str
     kv_cache_dtype: str
+    max_plan_bytes: int  # the worker's receive limit (0: not reported)
 
 
 @dataclass
@@ -36,6 +37,21 @@ class NewRequestSpec:
     num_prompt_tokens: int
     num_cached_tokens: int
     sampling: SamplingConfig
+
+
+# Upper bounds of a plan's wire size (what its protobuf encoding can take at most): a token id
+# or block id is a varint of at most 5 bytes (a new request: each token, and at worst a block
+# id per token for its first blocks), a logit-bias entry at most 16, and a run entry's own ids
+# and counts (request id, tokens, new blocks, a release) at most 32.
+DEFAULT_MAX_PLAN_BYTES = 64 << 20  # a worker that reports no limit: its floor
+PLAN_ENTRY_BYTES = 32
+PLAN_SLACK_BYTES = 1 << 20  # step id, block ids appended to running requests, field tags
+
+
+def new_request_bytes(token_ids: list[int], sampling: SamplingConfig) -> int:
+    """At most how many bytes a NewRequest of token_ids and sampling takes in a plan."""
+    grammar = len(sampling.grammar.encode("utf-8")) + len(sampling.grammar_kind)
+    return 10 * len(token_ids) + 16 * len(sampling.logit_bias) + grammar + 128
 
 
 @dataclass

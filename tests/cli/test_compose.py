@@ -66,3 +66,16 @@ def test_compose_config_validates() -> None:
 def test_health_probe_fails_when_nothing_listens(capsys: pytest.CaptureFixture[str]) -> None:
     assert probe_main(["127.0.0.1:1", "--timeout", "1"]) == 1
     assert capsys.readouterr().out.strip() == "UNAVAILABLE"
+
+
+def test_the_worker_off_loopback_checks_a_secret_the_scheduler_sends() -> None:
+    """A worker on 0.0.0.0 refuses to start without a secret: compose gives both the same one."""
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    paths = []
+    for name in ("worker", "scheduler"):
+        command = services[name]["command"]
+        paths.append(command[command.index("--internal-secret-file") + 1])
+        assert services[name]["depends_on"]["secret"]["condition"] == (
+            "service_completed_successfully"
+        )
+    assert paths[0] == paths[1] == "/run/yaie/internal-secret"

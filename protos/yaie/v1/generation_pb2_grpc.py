@@ -73,8 +73,10 @@ class GenerationServicer:
         """Streams the generation: one frame per step that produced output, the last one carrying
         finish_reason (OutputOptions.single_frame: only that last frame, holding everything); with
         GenerateRequest.n > 1, the frames of the n completions interleave, each naming its index.
-        request_id must be unique among live requests (empty: the server assigns one). Cancelling
-        the call or passing its deadline aborts the request.
+        request_id must be unique among the caller's live requests (empty: the server assigns
+        one); ids are scoped to the API key's tenant. Cancelling the call or passing its deadline
+        aborts the request. RESOURCE_EXHAUSTED also when the tenant is at its request limits
+        (a request with n > 1 counts as n requests there).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -109,8 +111,9 @@ class GenerationServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Abort(self, request, context):
-        """Ends a live request; its stream ends with FINISH_REASON_ABORT. Idempotent: an unknown or
-        finished request_id is not an error (found = false).
+        """Ends a live request of the caller's tenant; its stream ends with FINISH_REASON_ABORT.
+        Idempotent: an unknown or finished request_id, or another tenant's, is not an error
+        (found = false).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -28,9 +28,10 @@ from yaie.scheduler_service.api.http.protocol import (
     parse_body,
 )
 from yaie.scheduler_service.api.output_stream import merge_completions
-from yaie.scheduler_service.ops.auth import bearer_matches
+from yaie.scheduler_service.ops.auth import KeyTable
 from yaie.scheduler_service.ops.logs import observe_frames
 from yaie.scheduler_service.ops.metrics import Metrics
+from yaie.scheduler_service.ops.tenants import Tenant
 from yaie.v1 import generation_pb2 as pb
 
 T = TypeVar("T")
@@ -93,11 +94,11 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
 
 
 class OpenAIApi:
-    """The routes' state: the shared frontend, the API key, the trace of each request."""
+    """The routes' state: the shared frontend, the API keys, the trace of each request."""
 
-    def __init__(self, frontend: Frontend, api_key: bytes | None, metrics: Metrics | None):
+    def __init__(self, frontend: Frontend, keys: KeyTable, metrics: Metrics | None):
         self.frontend = frontend
-        self.api_key = api_key
+        self.keys = keys
         self.metrics = metrics
 
         def outcome_of(error: BaseException, outcome: str) -> str:
@@ -108,13 +109,14 @@ class OpenAIApi:
 
         self._observe = observe_frames(metrics, outcome_of)
 
-    async def check_key(self, request: Request) -> None:
+    async def tenant(self, request: Request) -> Tenant:
+        """The caller's tenant, by its key (the gRPC API's table); 401 without a known key."""
         # async: FastAPI runs a plain def dependency in its thread pool, a hop per request.
-        if self.api_key is None:
-            return
         given = [("authorization", v) for v in request.headers.getlist("authorization")]
-        if not bearer_matches(given, self.api_key):
+        tenant = self.keys.tenant_of(given)
+        if tenant is None:
             raise ApiError(401, "a valid API key is required (Authorization: Bearer KEY)")
+        return tenant
 
     def model_id(self, asked: str) -> str:
         """The served model's id; an empty model means it too (404 for any other)."""
@@ -127,14 +129,20 @@ class OpenAIApi:
     def token_text(self, token_id: int) -> str:
         return self.frontend.ready_tokenizer().decode([token_id])
 
-    def frames(self, message: pb.GenerateRequest, request: Request) -> Frames:
+    def frames(self, message: pb.GenerateRequest, request: Request, tenant: Tenant) -> Frames:
         peer = f"{request.client.host}:{request.client.port}" if request.client else "-"
-        return self._observe(self.frontend.generate(message), message.request_id, peer)
+        frames = self.frontend.generate(message, tenant)
+        return self._observe(frames, message.request_id, peer, tenant.label)
 
     async def respond(
-        self, request: Request, chunker: Chunker, messages: list[pb.GenerateRequest], body: Any
+        self,
+        request: Request,
+        tenant: Tenant,
+        chunker: Chunker,
+        messages: list[pb.GenerateRequest],
+        body: Any,
     ) -> Response:
-        streams = [self.frames(message, request) for message in messages]
+        streams = [self.frames(message, request, tenant) for message in messages]
         if not body.stream:
             merged = await _unless_disconnected(request, _collect_all(streams))
             return JSONResponse(chunker.response(merged))
@@ -202,9 +210,10 @@ def _with_usage(chunk: dict[str, Any], include_usage: bool) -> dict[str, Any]:
     return chunk
 
 
-def create_app(frontend: Frontend, api_key: bytes | None, metrics: Metrics | None) -> FastAPI:
-    """The app; api_key: the one the gRPC API checks (None: open); metrics: served at /metrics."""
-    api = OpenAIApi(frontend, api_key, metrics)
+def create_app(frontend: Frontend, keys: KeyTable, metrics: Metrics | None) -> FastAPI:
+    """The app; keys: the gRPC API's table (an open one: no key needed); metrics: served at
+    /metrics."""
+    api = OpenAIApi(frontend, keys, metrics)
     app = FastAPI(title="Mini-YAIE OpenAI-compatible API", docs_url=None, redoc_url=None)
     install_handlers(app)
 
@@ -212,7 +221,7 @@ def create_app(frontend: Frontend, api_key: bytes | None, metrics: Metrics | Non
         return Response(status_code=499)  # nobody reads it: nginx's "client closed request"
 
     app.add_exception_handler(ClientGone, on_gone)
-    keyed = [Depends(api.check_key)]
+    keyed = [Depends(api.tenant)]
 
     @app.get("/health")
     async def health() -> Response:
@@ -236,23 +245,25 @@ def create_app(frontend: Frontend, api_key: bytes | None, metrics: Metrics | Non
         card |= {"max_model_len": info.max_context, "vocab_size": info.vocab_size}
         return {"object": "list", "data": [card]}
 
-    @app.post("/v1/chat/completions", dependencies=keyed)
+    @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
+        tenant = await api.tenant(request)  # 401 before the body is read
         body = parse_body(ChatCompletionRequest, await _body(request))
         model = api.model_id(body.model)
         request_id = uuid.uuid4().hex
         message = to_generate.chat_request(body, request_id)
         chunker = Chunker(True, f"chatcmpl-{request_id}", model, api.token_text, body.logprobs)
-        return await api.respond(request, chunker, [message], body)
+        return await api.respond(request, tenant, chunker, [message], body)
 
-    @app.post("/v1/completions", dependencies=keyed)
+    @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
+        tenant = await api.tenant(request)
         body = parse_body(CompletionRequest, await _body(request))
         model = api.model_id(body.model)
         request_id = uuid.uuid4().hex
         messages = to_generate.completion_requests(body, request_id)
         logprobs = body.logprobs is not None
         chunker = Chunker(False, f"cmpl-{request_id}", model, api.token_text, logprobs)
-        return await api.respond(request, chunker, messages, body)
+        return await api.respond(request, tenant, chunker, messages, body)
 
     return app

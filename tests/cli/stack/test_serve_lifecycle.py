@@ -75,3 +75,35 @@ def test_sigterm_while_starting_stops_the_workers_and_removes_the_run_secret(
         assert list(tmp_path.glob("yaie-internal-secret-*")) == []
     finally:
         tools.stop(process)
+
+
+def test_workers_get_the_run_secret_by_descriptor_and_no_api_key(model_dirs, tools, tmp_path):
+    """The run's secret reaches the workers through an inherited in-memory file: a SIGKILLed
+    `yaie serve` leaves no secret file (and one an earlier run left is removed at start); the
+    workers' environment holds no $YAIE_API_KEY (nor other variables a worker never reads)."""
+    stale = tmp_path / "yaie-internal-secret-k3j_x9a2"  # the name an older version wrote
+    stale.write_text("left by a killed run")
+    port = tools.free_port()
+    command = tools.serve_command(model_dirs["LlamaForCausalLM"], port, 64)
+    env = {**os.environ, "TMPDIR": str(tmp_path), "YAIE_API_KEY": "sk-not-for-workers"}
+    env["SOME_CALLER_TOKEN"] = "not-for-workers-either"
+    process = tools.start_serving(command, f"127.0.0.1:{port}", 300, env)
+    try:
+        (worker,) = tools.child_pids(process.pid)
+        environ = dict(
+            entry.split("=", 1)
+            for entry in open(f"/proc/{worker}/environ").read().split("\0")
+            if "=" in entry
+        )
+        cmdline = open(f"/proc/{worker}/cmdline").read().split("\0")
+        assert "YAIE_API_KEY" not in environ and "SOME_CALLER_TOKEN" not in environ
+        assert environ["PATH"] == os.environ["PATH"]
+        secret_path = cmdline[cmdline.index("--internal-secret-file") + 1]
+        assert secret_path.startswith("/proc/self/fd/")
+        assert list(tmp_path.iterdir()) == []  # SERVING: the workers took the secret
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(10)
+        assert tools.wait_gone([worker]) == []
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        tools.stop(process)

@@ -99,16 +99,19 @@ class ScriptedEngine:
             matched_stop_token=stop_token,
         )
 
-    def abort(self, request_id: str) -> bool:
+    def abort(self, request_id: str, tenant: str = "") -> bool:
         self.aborted.append(request_id)
         if request_id not in self._live:
             return False
         self._abort_flags[request_id].set()
         return True
 
-    def finish(self, request_id: str, index: int = 0) -> None:
+    def finish(self, request_id: str, tenant: str = "", *, index: int = 0) -> None:
         self.finished.append(request_id)
         self._abort_flags[request_id].set()
+
+    def tenant_load(self, tenant: str) -> tuple[int, int]:
+        return len(self._live), 0
 
     def stats(self) -> SimpleNamespace:
         worker = SimpleNamespace(

@@ -11,7 +11,7 @@ import served_stack
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from yaie.scheduler_service.ops.auth import ApiKeyInterceptor, bearer_matches, load_api_key
+from yaie.scheduler_service.ops.auth import ApiKeyInterceptor, KeyTable, bearer_key
 from yaie.v1 import generation_pb2 as pb
 from yaie.v1 import generation_pb2_grpc
 
@@ -47,7 +47,7 @@ CALLS: dict[str, Call] = {
 
 @pytest.fixture(scope="module")
 def stub(tokenizer) -> Iterator[generation_pb2_grpc.GenerationStub]:
-    interceptor = ApiKeyInterceptor(KEY.encode())
+    interceptor = ApiKeyInterceptor(KeyTable.single(KEY.encode()))
     with served_stack.served_stack(tokenizer, interceptors=[interceptor]) as stack:
         with grpc.insecure_channel(stack.address) as channel:
             yield generation_pb2_grpc.GenerationStub(channel)
@@ -79,7 +79,9 @@ def test_two_authorization_entries_are_refused(stub) -> None:
 
 
 def test_health_and_reflection_need_no_key(tokenizer) -> None:
-    with served_stack.served_stack(tokenizer, interceptors=[ApiKeyInterceptor(b"k")]) as stack:
+    with served_stack.served_stack(
+        tokenizer, interceptors=[ApiKeyInterceptor(KeyTable.single(b"k"))]
+    ) as stack:
         with grpc.insecure_channel(stack.address) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             reply = health.Check(health_pb2.HealthCheckRequest(), timeout=5)
@@ -95,7 +97,9 @@ def test_reflection_v1_answers_as_v1alpha_does(tokenizer) -> None:
     """grpc.reflection.v1 (what newer grpcurl asks first) lists the services and describes them."""
     ask_list = reflection_pb2.ServerReflectionRequest(list_services="")
     ask_file = reflection_pb2.ServerReflectionRequest(file_containing_symbol="yaie.v1.Generation")
-    with served_stack.served_stack(tokenizer, interceptors=[ApiKeyInterceptor(b"k")]) as stack:
+    with served_stack.served_stack(
+        tokenizer, interceptors=[ApiKeyInterceptor(KeyTable.single(b"k"))]
+    ) as stack:
         with grpc.insecure_channel(stack.address) as channel:
             info = channel.stream_stream(
                 "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
@@ -111,20 +115,24 @@ def test_reflection_v1_answers_as_v1alpha_does(tokenizer) -> None:
 def test_key_loading_from_file_and_environment(tmp_path) -> None:
     key_file = tmp_path / "key"
     key_file.write_text(f"  {KEY}\n")
-    assert load_api_key(str(key_file), {}) == KEY.encode()
-    assert load_api_key(None, {"YAIE_API_KEY": KEY}) == KEY.encode()
-    assert load_api_key(None, {}) is None
+    for table in (
+        KeyTable(str(key_file), environ={}),
+        KeyTable(None, environ={"YAIE_API_KEY": KEY}),
+    ):
+        tenant = table.tenant_of((("authorization", f"Bearer {KEY}"),))
+        assert tenant is not None and tenant.name == "default" and tenant.admin
+    assert not KeyTable(None, environ={}).required
     for bad in ("", "two words"):
         with pytest.raises(ValueError):
-            load_api_key(None, {"YAIE_API_KEY": bad})
+            KeyTable(None, environ={"YAIE_API_KEY": bad})
     with pytest.raises(ValueError):
-        load_api_key(str(tmp_path / "absent"), {})
+        KeyTable(str(tmp_path / "absent"), environ={})
 
 
-def test_bearer_matching_is_exact() -> None:
-    key = KEY.encode()
-    assert bearer_matches((("authorization", f"Bearer {KEY}"),), key)
-    assert bearer_matches((("x", "y"), ("authorization", f"Bearer {KEY}".encode())), key)
+def test_bearer_parsing_is_exact() -> None:
+    assert bearer_key((("authorization", f"Bearer {KEY}"),)) == KEY.encode()
+    assert bearer_key((("x", "y"), ("authorization", f"Bearer {KEY}".encode()))) == KEY.encode()
+    table = KeyTable.single(KEY.encode())
     for value in filter(None, BAD_AUTHORIZATION.values()):
-        assert not bearer_matches((("authorization", value),), key)
-    assert not bearer_matches(None, key)
+        assert table.tenant_of((("authorization", value),)) is None
+    assert bearer_key(None) is None

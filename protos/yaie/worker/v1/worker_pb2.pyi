@@ -19,7 +19,7 @@ class DescribeRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("protocol_version", "model", "architecture", "dtype", "device", "vocab_size", "max_context", "block_size", "num_blocks", "random_weights", "attention_backend", "kv_cache_dtype")
+    __slots__ = ("protocol_version", "model", "architecture", "dtype", "device", "vocab_size", "max_context", "block_size", "num_blocks", "random_weights", "attention_backend", "kv_cache_dtype", "max_plan_bytes")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +32,7 @@ class WorkerInfo(_message.Message):
     RANDOM_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     ATTENTION_BACKEND_FIELD_NUMBER: _ClassVar[int]
     KV_CACHE_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    MAX_PLAN_BYTES_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     model: str
     architecture: str
@@ -44,7 +45,8 @@ class WorkerInfo(_message.Message):
     random_weights: bool
     attention_backend: str
     kv_cache_dtype: str
-    def __init__(self, protocol_version: _Optional[int] = ..., model: _Optional[str] = ..., architecture: _Optional[str] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., vocab_size: _Optional[int] = ..., max_context: _Optional[int] = ..., block_size: _Optional[int] = ..., num_blocks: _Optional[int] = ..., random_weights: _Optional[bool] = ..., attention_backend: _Optional[str] = ..., kv_cache_dtype: _Optional[str] = ...) -> None: ...
+    max_plan_bytes: int
+    def __init__(self, protocol_version: _Optional[int] = ..., model: _Optional[str] = ..., architecture: _Optional[str] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., vocab_size: _Optional[int] = ..., max_context: _Optional[int] = ..., block_size: _Optional[int] = ..., num_blocks: _Optional[int] = ..., random_weights: _Optional[bool] = ..., attention_backend: _Optional[str] = ..., kv_cache_dtype: _Optional[str] = ..., max_plan_bytes: _Optional[int] = ...) -> None: ...
 
 class SamplingParams(_message.Message):
     __slots__ = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "frequency_penalty", "presence_penalty", "seed", "logit_bias", "top_logprobs", "return_logprobs", "grammar_kind", "grammar", "jump_forward")
