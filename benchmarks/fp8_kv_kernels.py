@@ -122,8 +122,14 @@ VARIANTS = [dict(block_n=64), dict(block_n=64, num_warps=8), dict(block_n=128, n
             dict(num_stages=3), dict(block_n=64, num_stages=3)]  # fmt: skip
 
 
+MATH_MODES = (1, 2)  # triton_common.FP8_DECODE_MATH (see attend_range)
+
+
 def timings(copy_bw: float) -> list[dict]:
-    """Per shape: bf16 and fp8 decode (default launch), fp8's best of a few tile variants."""
+    """Per shape: bf16 and fp8 decode (default launch; fp8 also in each math mode of
+    triton_common.FP8_DECODE_MATH), fp8's best of a few tile variants."""
+    import yaie.kernels.attention.triton_common as tc
+
     rows = []
     for batch, context in SHAPES:
         row = {"batch": batch, "context": context}
@@ -133,6 +139,17 @@ def timings(copy_bw: float) -> list[dict]:
             key = "fp8" if dtype == FP8 else "bf16"
             row[f"{key}_us"] = ms * 1e3
             row[f"{key}_of_copy"] = kv_bytes(batch, context, dtype) / (ms * 1e-3) / copy_bw
+            if dtype == FP8:  # the same launch in each of the kernels' fp8 math modes
+                default, first = tc.FP8_DECODE_MATH, None
+                for mode in MATH_MODES:  # each mode's output against mode 1's (the spec's)
+                    tc.FP8_DECODE_MATH = mode
+                    try:
+                        row[f"fp8_math{mode}_us"] = graph_ms(args, scales) * 1e3
+                        found = decode_attention_triton(*args, **scales).float()
+                    finally:
+                        tc.FP8_DECODE_MATH = default
+                    first = found if first is None else first
+                    row[f"fp8_math{mode}_err"] = relative_error(found, first)
             if dtype == FP8 and batch in (16, 64):
                 best = min((graph_ms(args, scales, **v), str(v)) for v in VARIANTS)
                 row["fp8_best_us"], row["fp8_best"] = best[0] * 1e3, best[1]
@@ -150,8 +167,8 @@ def timings(copy_bw: float) -> list[dict]:
 def table(rows: list[dict]) -> str:
     lines = [
         "| batch x context | bf16 us | of copy | fp8 us | of copy (fp8 bytes) | fp8/bf16 speed "
-        "| best fp8 variant |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| best fp8 variant | fp8 us, math modes 1 / 2 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         best = (
@@ -161,6 +178,8 @@ def table(rows: list[dict]) -> str:
         )
         lines.append(
             f"| {r['batch']} x {r['context']} | {r['bf16_us']:.1f} | {r['bf16_of_copy']:.2f} | "
-            f"{r['fp8_us']:.1f} | {r['fp8_of_copy']:.2f} | {r['speedup']:.2f}x | {best} |"
+            f"{r['fp8_us']:.1f} | {r['fp8_of_copy']:.2f} | {r['speedup']:.2f}x | {best} | "
+            + " / ".join(f"{r[f'fp8_math{m}_us']:.1f}" for m in MATH_MODES)
+            + " |"
         )
     return "\n".join(lines)

@@ -124,6 +124,7 @@ def extend_attention(
             max_query_len,
             scale,
             out=out,
+            invariant=is_active(),
             **scales,
         )
     if is_active():

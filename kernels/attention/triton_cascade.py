@@ -19,6 +19,7 @@ from yaie.kernels.attention.triton_common import (
     check_index,
     check_out,
     check_tile,
+    fp8_math,
     next_power_of_2,
     scale_args,
 )
@@ -229,7 +230,7 @@ def decode_attention_grouped_triton(
             TILE_M=max(16, next_power_of_2(rows_per_chunk * group)),
             HEAD_DIM=q.shape[2],
             BLOCK_N=prefix_block_n,
-            HAS_SCALE=scales[4],
+            HAS_SCALE=fp8_math(scales[4], q.dtype),
             num_warps=num_warps,
             num_stages=2,
         )

@@ -19,6 +19,7 @@ from yaie.kernels.attention.triton_common import (
     check_out,
     check_paged_batch,
     check_tile,
+    fp8_math,
     next_power_of_2,
     scale_args,
 )
@@ -51,6 +52,11 @@ def attend_range(
     # row; returns the normalized partial output [TILE_M, D] and its lse (log2; -inf if no keys).
     # K/V tiles are converted to q's dtype; an fp8 pool's per-key scales multiply the scores
     # (q . k * s_k) and the probabilities (p * s_v) instead of every loaded element.
+    # HAS_SCALE (triton_common.FP8_DECODE_MATH) over an fp8 pool: 1 dots in q's dtype, the scales
+    # on the scores and probabilities; 2 the same in fp16. (Scaling the K/V tiles as they load
+    # instead, in fp16 or fp32, measured 1.2-1.7x slower on the H200: NOTES.md.)
+    if HAS_SCALE == 2:
+        q_tile = q_tile.to(tl.float16)
     offs_d = tl.arange(0, HEAD_DIM)
     offs_n = tl.arange(0, BLOCK_N)
     m_i = tl.full([TILE_M], float("-inf"), tl.float32)
@@ -62,13 +68,15 @@ def attend_range(
         block = tl.load(table_row + pos // block_size, mask=valid, other=0).to(tl.int64)
         row = block * stride_cache_block + (pos % block_size) * stride_cache_token
         kv_off = row[:, None] + kv_head * stride_cache_head + offs_d[None, :]  # [BLOCK_N, D]
-        k_tile = tl.load(k_cache + kv_off, mask=valid[:, None], other=0.0).to(q_tile.dtype)
-        v_tile = tl.load(v_cache + kv_off, mask=valid[:, None], other=0.0).to(q_tile.dtype)
-        scores = tl.dot(q_tile, tl.trans(k_tile)) * qk_scale  # [TILE_M, BLOCK_N], log2 units
+        k_tile = tl.load(k_cache + kv_off, mask=valid[:, None], other=0.0)
+        v_tile = tl.load(v_cache + kv_off, mask=valid[:, None], other=0.0)
         if HAS_SCALE:  # scales [blocks, kv_heads, block_size]: a block's run is contiguous
             scale_off = block * stride_scale_block + kv_head * stride_scale_head + pos % block_size
             s_k = tl.load(k_scale + scale_off, mask=valid, other=0.0)  # [BLOCK_N]
             s_v = tl.load(v_scale + scale_off, mask=valid, other=0.0)
+        k_tile, v_tile = k_tile.to(q_tile.dtype), v_tile.to(q_tile.dtype)
+        scores = tl.dot(q_tile, tl.trans(k_tile)) * qk_scale  # [TILE_M, BLOCK_N], log2 units
+        if HAS_SCALE:
             scores = scores * s_k[None, :]
         scores = tl.where(valid[None, :], scores, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(scores, axis=1))
@@ -261,7 +269,7 @@ def launch_decode_splits(
         HEAD_DIM=head_dim,
         BLOCK_N=block_n,
         HAS_START=kv_start is not None,
-        HAS_SCALE=has_scale,
+        HAS_SCALE=fp8_math(has_scale, q.dtype),
         num_warps=num_warps,
         num_stages=num_stages,
     )

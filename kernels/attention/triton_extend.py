@@ -124,6 +124,7 @@ def _extend_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     HAS_SCALE: tl.constexpr,
+    INVARIANT: tl.constexpr,
 ):
     head = tl.program_id(0)
     b = tl.program_id(1)
@@ -150,8 +151,14 @@ def _extend_kernel(
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     table_row = block_tables + b * stride_table
     # Keys 0..first_pos are visible to every row of the tile: whole tiles below that need no mask.
+    # Batch-invariant mode walks every tile through the masked loop: the two loops compile to
+    # different code (the compiler contracts scale, max and exp2 differently around the mask),
+    # and where a query's tiles switch loops depends on where its chunk starts.
     first_pos = prefix_len + tile * BLOCK_M
-    unmasked_end = ((first_pos + 1) // BLOCK_N) * BLOCK_N
+    if INVARIANT:
+        unmasked_end = first_pos * 0
+    else:
+        unmasked_end = ((first_pos + 1) // BLOCK_N) * BLOCK_N
     last_pos = tl.minimum(first_pos + BLOCK_M, seq_len)  # one past the tile's last key
     # fmt: off
     acc, m_i, l_i = _attend_tile(  # keys [0, unmasked_end): no mask
@@ -187,10 +194,13 @@ def extend_attention_triton(
     out: torch.Tensor | None = None,
     k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None,
+    invariant: bool = False,
 ) -> torch.Tensor:
     """See yaie.kernels.attention.extend_attention; q [num_tokens, q_heads, head_dim] -> same.
 
     max_query_len must be >= every request's new-token count (it sizes the grid; no host sync).
+    invariant (batch-invariant mode): each query's result the same bit for bit however its
+    request was chunked (one code path for every key tile; slower on long prompts).
     Default tiles are the fastest measured on an H100 at head_dim 128 (benchmarks/NOTES.md).
     """
     block_size, _, head_dim, group = check_paged_batch(q, k_cache, v_cache, block_tables, seq_lens)
@@ -236,6 +246,7 @@ def extend_attention_triton(
         BLOCK_M=block_m,
         BLOCK_N=block_n,
         HAS_SCALE=has_scale,
+        INVARIANT=invariant,
         num_warps=num_warps,
         num_stages=num_stages,
     )

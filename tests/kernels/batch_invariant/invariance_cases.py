@@ -31,14 +31,23 @@ Extend = Callable[..., torch.Tensor]
 Decode = Callable[..., torch.Tensor]
 
 
-def check_attention_chunks(extend: Extend, device: str, dtype: torch.dtype) -> None:
-    """One request of 75 tokens: each query's output is the same computed in one pass, in
-    chunks of any size (over its cached prefix), and beside other requests."""
-    seq = 75
-    batch = make_paged_batch([0], [seq], 4, 2, 4, 16, dtype=dtype, device=device, seed=1)
+def check_attention_chunks(
+    extend: Extend,
+    device: str,
+    dtype: torch.dtype,
+    seq: int = 75,
+    heads: tuple[int, int, int] = (2, 4, 16),
+    chunks: tuple[tuple[int, int], ...] = ((0, 1), (0, 33), (33, 34), (34, 70), (70, 75), (74, 75)),
+) -> None:
+    """One request of seq tokens (heads: kv heads, q heads, head dim): each query's output is the
+    same computed in one pass and in chunks [lo, hi) over its cached prefix."""
+    kv_heads, q_heads, head_dim = heads
+    batch = make_paged_batch(
+        [0], [seq], 4, kv_heads, q_heads, head_dim, dtype=dtype, device=device, seed=1
+    )
     whole = extend(batch.q, batch.k_cache, batch.v_cache, batch.block_tables, batch.seq_lens,
                    batch.query_start, seq, batch.scale)  # fmt: skip
-    for lo, hi in [(0, 1), (0, 33), (33, 34), (34, 70), (70, 75), (74, 75)]:
+    for lo, hi in chunks:
         lens = torch.tensor([hi], dtype=torch.int32, device=device)
         starts = torch.tensor([0, hi - lo], dtype=torch.int32, device=device)
         part = extend(batch.q[lo:hi].contiguous(), batch.k_cache, batch.v_cache,

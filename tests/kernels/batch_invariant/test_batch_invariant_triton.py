@@ -50,8 +50,21 @@ def test_decode_at_the_fixed_split_count_is_batch_invariant(device, dtype) -> No
     check_decode_batches(decode, device, dtype, (2, 9) if INTERPRET else (2, 8, 41))
 
 
-@kernel_cases
-def test_extend_is_chunk_invariant(device, dtype) -> None:
+def _extend_invariant(*args, **kwargs):
     from yaie.kernels.attention.triton_extend import extend_attention_triton
 
-    check_attention_chunks(extend_attention_triton, device, dtype)
+    return extend_attention_triton(*args, invariant=True, **kwargs)
+
+
+@kernel_cases
+def test_extend_is_chunk_invariant(device, dtype) -> None:
+    check_attention_chunks(_extend_invariant, device, dtype)
+
+
+@pytest.mark.skipif(INTERPRET or not torch.cuda.is_available(), reason="CUDA")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_extend_is_chunk_invariant_at_a_real_shape(dtype) -> None:
+    # Qwen3-0.6B's heads; chunks that start past whole 32-key tiles and cross 128-query tiles, as
+    # a chunked prefill (or a prompt after a cached prefix) does.
+    chunks = ((0, 7), (35, 42), (48, 53), (100, 229), (130, 300), (299, 300))
+    check_attention_chunks(_extend_invariant, "cuda", dtype, 300, (8, 16, 128), chunks)

@@ -32,9 +32,11 @@ WORKERS = [
         marks=pytest.mark.skipif(not INTERPRET, reason="runs under TRITON_INTERPRET=1"),
     ),
 ]
-# (other requests, prefill chunk size); 29 = 4 x 7 + 1: a one-token last chunk
+# (other requests, prefill chunk size). The prompt, 71 = 10 x 7 + 1 (a one-token last chunk), is
+# longer than two of Triton extend attention's 32-key tiles, so later chunks (and a prompt after a
+# cached prefix) start past whole tiles, as real prompts do.
 BATCHES = [(1, 2048), (2, 7), (7, 5), (64, 3)]
-PROMPT_LEN, MAX_NEW = 29, 6
+PROMPT_LEN, MAX_NEW, CACHED = 71, 6, 48
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +93,7 @@ def worker_port(request: pytest.FixtureRequest, model_dir: Path):
 
 def _run(port: int, config: SchedulerConfig, scenario: str, num_others: int = 0):
     """The target's fingerprint under scenario: "alone", "batch" (among num_others random
-    requests, some before it and some after), "cached" (a warm-up request shares its first 24
+    requests, some before it and some after), "cached" (a warm-up request shares its first CACHED
     prompt tokens, computed in other chunks, first)."""
 
     async def main() -> tuple[list[tuple], int]:
@@ -102,7 +104,7 @@ def _run(port: int, config: SchedulerConfig, scenario: str, num_others: int = 0)
             target = _target(vocab)
             if scenario == "cached":
                 warm = GenerationRequest(
-                    "warm", target.prompt_ids[:24] + [5, 6, 7], SamplingConfig(seed=1), 2
+                    "warm", target.prompt_ids[:CACHED] + [5, 6, 7], SamplingConfig(seed=1), 2
                 )
                 await collect(engine.submit(warm))
             others = _others(num_others, vocab, seed=num_others)
@@ -132,4 +134,4 @@ def test_logprobs_are_bit_identical_across_batches_chunkings_and_cache_hits(
     for chunk in (2048, 7):
         config = SchedulerConfig(prefill_chunk_size=chunk)
         found, cached = _run(worker_port, config, "cached")
-        assert cached == 24 and found == alone, f"cached prefix, chunks of {chunk}"
+        assert cached == CACHED and found == alone, f"cached prefix, chunks of {chunk}"
