@@ -98,7 +98,14 @@ def host_grouping_ms(runner, table, decode) -> float:
     times = []
     for _ in range(20):
         start = time.perf_counter()
-        groups = find_prefix_groups(tables, lens, bs, min_blocks, batch_builder.MIN_SAVED_TOKENS)
+        groups = find_prefix_groups(
+            tables,
+            lens,
+            bs,
+            min_blocks,
+            batch_builder.MIN_SAVED_TOKENS,
+            min_group_saved=batch_builder.MIN_GROUP_SAVED_TOKENS,
+        )
         times.append((time.perf_counter() - start) * 1e3)
     found = 0 if groups is None else len(groups.prefix_lens)
     print(f"host grouping: {len(decode)} rows -> {found} groups")
@@ -163,14 +170,16 @@ def one_config(runner, blocks, model, cfg, iters, profile: bool) -> list[str]:
         runner, blocks, groups, rows, prefix, own, reserve, model.vocab_size
     )
     owned = [b for e in decode for b in table.get(e.request_id).block_table]
-    thresholds = batch_builder.MIN_PREFIX_TOKENS, batch_builder.MIN_SAVED_TOKENS
+    names = ("MIN_PREFIX_TOKENS", "MIN_SAVED_TOKENS", "MIN_GROUP_SAVED_TOKENS")
+    thresholds = [getattr(batch_builder, n) for n in names]
     graphs = runner.graphs
     times: dict[str, list[tuple[float, float, float]]] = {v[0]: [] for v in VARIANTS}
     for i in range(iters + 3):  # the first 3 rounds warm every variant up
         for label, cascade, use_graphs, cost_model in VARIANTS:
             runner.cascade, runner.graphs = cascade, graphs if use_graphs else None
             if not cost_model:  # group whatever shares a block: the raw grouped path
-                batch_builder.MIN_PREFIX_TOKENS, batch_builder.MIN_SAVED_TOKENS = 1, 0
+                for name, value in zip(names, (1, 0, 0), strict=True):
+                    setattr(batch_builder, name, value)
             step_id += 1
             start = time.perf_counter()
             out = runner.launch(table, Plan(step_id, [], decode, [])).wait()
@@ -180,7 +189,8 @@ def one_config(runner, blocks, model, cfg, iters, profile: bool) -> list[str]:
                 times[label].append((wall, out.forward_ms, out.sample_ms))
             if profile and i == iters + 2:
                 step_id = profile_step(runner, table, decode, step_id, f"{cfg} {label}")
-            batch_builder.MIN_PREFIX_TOKENS, batch_builder.MIN_SAVED_TOKENS = thresholds
+            for name, value in zip(names, thresholds, strict=True):
+                setattr(batch_builder, name, value)
     runner.cascade, runner.graphs = True, graphs
     med = statistics.median
     result = []

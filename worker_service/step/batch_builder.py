@@ -18,13 +18,17 @@ from yaie.worker_service.step.prefix_groups import find_prefix_groups
 from yaie.worker_service.step.request_state import RequestState, RequestTable
 
 # Grouped (cascade) decode attention only where it pays: a shared prefix of at least
-# MIN_PREFIX_TOKENS, and groups that save at least MIN_SAVED_TOKENS token reads per layer in all.
-# The cost model, from the H200 (benchmarks/NOTES.md, "grouped decode in CUDA graphs"): the
-# grouped path adds two kernels a layer and streams at ~3 TB/s, while plain decode reads rows
-# that share blocks partly from L2 (~6 TB/s effective): 4 groups x 4 rows x 2,048 shared tokens
-# (24k reads saved) broke even, 16 x 4 x 4,096 (196k) won 35%, 16 x 16 x 2,048 (491k) 41%.
+# MIN_PREFIX_TOKENS; groups that save at least MIN_GROUP_SAVED_TOKENS token reads per layer each
+# ((rows - 1) x prefix), and MIN_SAVED_TOKENS in all. From the H200 (benchmarks/NOTES.md,
+# "grouped decode in CUDA graphs" and session 6 call 3; groups x rows x shared tokens): the win
+# follows the reads saved per group, not in all. Groups saving >= 12k each won (16 x 16 x 2,048,
+# 30k a group: 41% faster; 16 x 4 x 4,096, 12k: 35%; 8 x 8 x 2,048, 14k: 14%); groups saving
+# <= 7k lost however many there were (4 x 4 x 2,048, 6k: 19% slower; 8 x 8 x 1,024, 7k: 6%;
+# 64 x 4 x 2,048, 6k: 6%; 32 x 2 x 2,048, 2k: 6%). The floor in all covers the two kernels a
+# layer the grouped path adds.
 MIN_PREFIX_TOKENS = 256
-MIN_SAVED_TOKENS = 65536
+MIN_GROUP_SAVED_TOKENS = 10240
+MIN_SAVED_TOKENS = 20480
 
 
 @dataclass(frozen=True)
@@ -128,7 +132,13 @@ def build_forward_batch(
         lens = [e.start + 1 for e in entries]
         min_blocks = -(-MIN_PREFIX_TOKENS // block_size)
         groups = find_prefix_groups(
-            host_tables, lens, block_size, min_blocks, MIN_SAVED_TOKENS, max_prefix_groups
+            host_tables,
+            lens,
+            block_size,
+            min_blocks,
+            MIN_SAVED_TOKENS,
+            max_prefix_groups,
+            MIN_GROUP_SAVED_TOKENS,
         )
     first_group_part = len(parts)
     if groups is not None:

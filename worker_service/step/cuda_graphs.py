@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-GROUPED_MIN_BATCH = 4  # smaller batches cannot save batch_builder.MIN_SAVED_TOKENS reads
+GROUPED_MIN_BATCH = 4  # below, groups rarely save batch_builder.MIN_SAVED_TOKENS reads
 MAX_GROUP_SLOTS = 32  # group slots of a grouped graph: min(bucket // 2, this)
 
 

@@ -30,14 +30,16 @@ def find_prefix_groups(
     min_blocks: int,
     min_saved: int,
     max_groups: int | None = None,
+    min_group_saved: int = 0,
 ) -> HostPrefixGroups | None:
     """tables [B, W] int32 (row b: batch row b's block table, 0-padded), seq_lens [B].
 
     Rows are grouped by their first block; a row joins its group's first row when they share at
     least min_blocks leading blocks, and the group's prefix is what all its rows share, capped so
     every row still reads at least its current token's block alone (prefix < seq_len). At most
-    max_groups groups (those saving most; a CUDA graph holds a fixed number of slots). None when
-    the groups would save fewer than min_saved token reads ((rows - 1) * prefix per group)."""
+    max_groups groups (those saving most; a CUDA graph holds a fixed number of slots). A group
+    saving fewer than min_group_saved token reads ((rows - 1) * prefix) is left to plain decode;
+    None when the groups kept would save fewer than min_saved in all."""
     batch = tables.shape[0]
     if batch < 2 or tables.shape[1] == 0:
         return None
@@ -54,7 +56,9 @@ def find_prefix_groups(
         if len(members) < 2:
             continue
         prefix = int(common.min()) * block_size
-        found.append(((len(members) - 1) * prefix, prefix, members.tolist()))
+        saved = (len(members) - 1) * prefix
+        if saved >= min_group_saved:
+            found.append((saved, prefix, members.tolist()))
     if max_groups is not None and len(found) > max_groups:
         found = sorted(found, key=lambda f: -f[0])[:max_groups]
     if sum(f[0] for f in found) < min_saved or not found:

@@ -61,6 +61,20 @@ def test_rows_sharing_leading_blocks_group_and_the_prefix_is_what_all_share():
     assert capped.kv_start == [48, 48, 0, 48, 0, 0, 0]
 
 
+def test_groups_saving_too_little_each_are_left_to_plain_decode():
+    """Group A saves 2 x 48 token reads, group B 32: at a per-group floor of 64 only A is kept,
+    and the floor in all then counts A alone."""
+    tables = _tables([[1, 2, 3, 4, 50], [1, 2, 3, 60], [9, 8, 70, 71], [1, 2, 3, 4, 5, 80],
+                      [9, 8, 90]])  # fmt: skip
+    seq_lens = [65, 60, 50, 90, 40]
+    kept = find_prefix_groups(tables, seq_lens, 16, 2, min_saved=1, min_group_saved=64)
+    assert kept is not None and kept.rows == [0, 1, 3] and kept.prefix_lens == [48]
+    assert kept.kv_start == [48, 48, 0, 48, 0]
+    assert find_prefix_groups(tables, seq_lens, 16, 2, min_saved=97, min_group_saved=64) is None
+    both = find_prefix_groups(tables, seq_lens, 16, 2, min_saved=128, min_group_saved=32)
+    assert both is not None and len(both.prefix_lens) == 2
+
+
 def test_the_prefix_stops_short_of_each_rows_current_block():
     """Two rows with identical tables (a fully cached prompt): the prefix leaves each row's
     last, partly written block to its own pass."""
@@ -82,6 +96,7 @@ def _cascade_tokens(runner, monkeypatch, steps: int = 6) -> tuple[list[list[int]
     ran grouped attention)."""
     monkeypatch.setattr(batch_builder, "MIN_PREFIX_TOKENS", 4)
     monkeypatch.setattr(batch_builder, "MIN_SAVED_TOKENS", 1)
+    monkeypatch.setattr(batch_builder, "MIN_GROUP_SAVED_TOKENS", 1)
     grouped = []
     real = batch_builder.find_prefix_groups
     monkeypatch.setattr(
