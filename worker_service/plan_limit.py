@@ -8,7 +8,7 @@ what an authenticated scheduler may send.
 
 from __future__ import annotations
 
-from yaie.worker_service.config import WorkerConfig
+from yaie.worker_service.config import KV_CACHE_DTYPES, WorkerConfig
 from yaie.worker_service.loader import read_config, resolve_model_dir
 from yaie.worker_service.models.config import parse_config
 from yaie.worker_service.step.kv_pool import bytes_per_block
@@ -39,8 +39,11 @@ def pool_tokens_bound(config: WorkerConfig) -> int:
     model = parse_config(read_config(resolve_model_dir(config.model)))
     device = config.torch_device()
     num_kv_heads = max(1, model.num_kv_heads // config.tp)  # each rank holds its share
+    kv_dtype = config.torch_dtype(device)
+    if config.kv_cache_dtype != "auto":  # fp8: about twice the tokens in the same memory
+        kv_dtype = KV_CACHE_DTYPES[config.kv_cache_dtype]
     per_block = bytes_per_block(
-        model.num_layers, num_kv_heads, model.head_dim, pool.block_size, config.torch_dtype(device)
+        model.num_layers, num_kv_heads, model.head_dim, pool.block_size, kv_dtype
     )
     if device.type == "cuda":
         budget = int(LARGEST_GPU_BYTES * pool.memory_fraction)

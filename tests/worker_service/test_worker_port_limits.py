@@ -111,11 +111,18 @@ def test_the_receive_limit_is_the_pools_plan_cap(worker_process) -> None:
         assert info.max_plan_bytes == cap  # the scheduler keeps its plans under it
 
 
-def test_the_pool_bound_covers_the_pool_a_memory_budget_gives(tiny_model_dir) -> None:
+@pytest.mark.parametrize("kv_cache_dtype", ["auto", "fp8_e4m3"])
+def test_the_pool_bound_covers_the_pool_a_memory_budget_gives(tiny_model_dir, kv_cache_dtype):
     model = str(tiny_model_dir("LlamaForCausalLM"))
     exact = WorkerConfig(model=model, device="cpu", block_size=4, num_blocks=10)
     assert pool_tokens_bound(exact) == 40
-    budget = WorkerConfig(model=model, device="cpu", block_size=4, cpu_memory_bytes=1 << 20)
+    budget = WorkerConfig(
+        model=model,
+        device="cpu",
+        block_size=4,
+        cpu_memory_bytes=1 << 20,
+        kv_cache_dtype=kv_cache_dtype,
+    )
 
     runner, _ = build_runner(budget)
     num_tokens = runner.pool.num_blocks * 4
