@@ -112,6 +112,36 @@ def graph_ms(args: tuple, scales: dict, **launch) -> float:
     return do_bench(graph.replay, warmup=25, rep=200, return_mode="median")
 
 
+def split_pass_ms(args: tuple, scales: dict, use_scales: bool) -> float:
+    """Median replay of decode's first pass alone (the split kernel, no reduce), at the default
+    launch; use_scales False runs an fp8 pool as if it had none (its conversion alone)."""
+    from yaie.kernels.attention.triton_common import scale_args
+    from yaie.kernels.attention.triton_decode import (
+        default_num_splits,
+        launch_decode_splits,
+        max_context,
+        split_partials,
+    )
+
+    q, k_cache, v_cache, tables, lens, scale = args
+    passed = scale_args(k_cache, scales.get("k_scale"), scales.get("v_scale"))
+    if not use_scales:
+        passed = (k_cache, k_cache, 0, 0, False)
+    splits = default_num_splits(q.shape[0], KV_HEADS, max_context(k_cache, tables), q.device)
+    mid_out, mid_lse = split_partials(q, splits)
+
+    def launch() -> None:
+        launch_decode_splits(q, k_cache, v_cache, tables, lens, None, mid_out, mid_lse, splits,
+                             scale, 32, 4, 2, passed)  # fmt: skip
+
+    launch()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        launch()
+    return do_bench(graph.replay, warmup=25, rep=200, return_mode="median")
+
+
 def kv_bytes(batch: int, context: int, dtype: torch.dtype) -> int:
     per_head = HEAD_DIM * (1 if dtype == FP8 else 2) + (4 if dtype == FP8 else 0)
     return 2 * batch * context * KV_HEADS * per_head
@@ -139,6 +169,10 @@ def timings(copy_bw: float) -> list[dict]:
             key = "fp8" if dtype == FP8 else "bf16"
             row[f"{key}_us"] = ms * 1e3
             row[f"{key}_of_copy"] = kv_bytes(batch, context, dtype) / (ms * 1e-3) / copy_bw
+            # The first pass alone; for fp8 also without its scales (what the conversion costs)
+            row[f"{key}_pass1_us"] = split_pass_ms(args, scales, True) * 1e3
+            if dtype == FP8:
+                row["fp8_pass1_noscale_us"] = split_pass_ms(args, scales, False) * 1e3
             if dtype == FP8:  # the same launch in each of the kernels' fp8 math modes
                 default, first = tc.FP8_DECODE_MATH, None
                 for mode in MATH_MODES:  # each mode's output against mode 1's (the spec's)
