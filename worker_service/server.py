@@ -25,6 +25,9 @@ from yaie.worker_service.wire import BadPlan, plan_from_proto, result_to_proto
 log = logging.getLogger(__name__)
 
 _END = object()  # the client closed its side of the stream
+# The Step call's metadata naming its scheduler process (scheduler_service/workers/
+# worker_client.py sends it; same name). The pool's blocks belong to one allocator at a time.
+SCHEDULER_ID_METADATA_KEY = "yaie-scheduler-id"
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServicer):
@@ -36,6 +39,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         self.device_failed = threading.Event()  # the process must exit: the device is unusable
         self._lock = threading.Lock()  # one launch at a time across streams
         self._open_streams = 0
+        self._owner = ""  # the scheduler id of the open streams (while any is open)
         self._streams_changed = threading.Condition()
         self._tables: set[RequestTable] = set()  # of the open streams (for tests and stats)
 
@@ -54,6 +58,17 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             self._open_streams += delta
             self._streams_changed.notify_all()
 
+    def _claim(self, scheduler_id: str) -> str | None:
+        """Counts a new stream of scheduler_id; the owner's id instead when streams of another
+        scheduler are open (nothing counted)."""
+        with self._streams_changed:
+            if self._open_streams and scheduler_id != self._owner:
+                return self._owner
+            self._owner = scheduler_id
+            self._open_streams += 1
+            self._streams_changed.notify_all()
+            return None
+
     def load(self, runner: ModelRunner, info: worker_pb2.WorkerInfo) -> None:
         self.runner, self.info = runner, info
 
@@ -65,20 +80,37 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
     def Step(self, request_iterator, context) -> Iterator[worker_pb2.StepResult]:
         if self.runner is None:
             context.abort(grpc.StatusCode.UNAVAILABLE, "the worker is still loading its model")
-        # Bounded, so gRPC flow control holds back a client that sends plans faster than they run.
-        plans: queue.Queue = queue.Queue(maxsize=MAX_IN_FLIGHT + 2)
-        closed = threading.Event()
-        threading.Thread(
-            target=_read_plans,
-            args=(request_iterator, plans, closed),
-            daemon=True,
-            name="step-reader",
-        ).start()
-        table = self.runner.new_table()
+        metadata = context.invocation_metadata() or ()
+        scheduler_id = next((v for k, v in metadata if k == SCHEDULER_ID_METADATA_KEY), "")
+        owner = self._claim(scheduler_id)
+        if owner is not None:
+            log.warning(
+                "refused a step stream of scheduler %r: scheduler %r has streams open",
+                scheduler_id[:64],
+                owner[:64],
+            )
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "this worker's KV pool is in use by another scheduler's step stream (a worker "
+                "serves one scheduler at a time)",
+            )
+        try:
+            # Bounded: gRPC flow control holds back a client that sends plans faster than they run.
+            plans: queue.Queue = queue.Queue(maxsize=MAX_IN_FLIGHT + 2)
+            closed = threading.Event()
+            threading.Thread(
+                target=_read_plans,
+                args=(request_iterator, plans, closed),
+                daemon=True,
+                name="step-reader",
+            ).start()
+            table = self.runner.new_table()
+        except BaseException:
+            self._count_stream(-1)
+            raise
         self._tables.add(table)
         pending: deque[PendingStep] = deque()
         last_step_id: int | None = None
-        self._count_stream(+1)
         try:
             while True:
                 try:

@@ -6,6 +6,7 @@ Protobuf stays in this file: the engine hands in StepPlans and gets StepOutcomes
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable
 from dataclasses import fields
 
@@ -22,6 +23,11 @@ from yaie.scheduler_service.workers.step_plan import (
     WorkerDescription,
 )
 from yaie.worker.v1 import worker_pb2, worker_pb2_grpc
+
+# Step streams carry this process's id (worker.proto, Step): a worker refuses the streams of a
+# second scheduler while the first one's are open, so two allocators never share one pool.
+SCHEDULER_ID_METADATA_KEY = "yaie-scheduler-id"
+SCHEDULER_ID = uuid.uuid4().hex
 
 
 class WorkerStreamError(Exception):
@@ -195,7 +201,7 @@ class WorkerClient:
     def open_stream(self) -> None:
         """A new Step stream (request ids and step ids start afresh on it)."""
         self.abandon_stream()
-        self._call = self._stub.Step()
+        self._call = self._stub.Step(metadata=((SCHEDULER_ID_METADATA_KEY, SCHEDULER_ID),))
 
     def abandon_stream(self) -> None:
         """Cancels the Step stream (the worker drops its requests); a read or write in progress

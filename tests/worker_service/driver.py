@@ -28,10 +28,14 @@ def sampling(**overrides: object) -> worker_pb2.SamplingParams:
 class StepStream:
     """One Step stream: send() plans (step ids assigned in order), recv() results in order."""
 
-    def __init__(self, channel: grpc.Channel, timeout: float = 60.0) -> None:
+    def __init__(
+        self, channel: grpc.Channel, timeout: float = 60.0, scheduler_id: str | None = None
+    ) -> None:
+        """scheduler_id: sent as the stream's yaie-scheduler-id (None: no such metadata)."""
         self._plans: queue.Queue = queue.Queue()
         stub = worker_pb2_grpc.WorkerStub(channel)
-        self._results = stub.Step(iter(self._plans.get, None), timeout=timeout)
+        metadata = None if scheduler_id is None else (("yaie-scheduler-id", scheduler_id),)
+        self._results = stub.Step(iter(self._plans.get, None), timeout=timeout, metadata=metadata)
         self.next_step_id = 1
 
     def send(self, **fields) -> int:

@@ -195,6 +195,28 @@ def test_released_and_closed_stream_requests_are_dropped(channel):
     other.close()
 
 
+def test_a_second_scheduler_is_refused_while_the_first_has_streams_open(channel):
+    """Two schedulers' allocators would hand out the same blocks: while scheduler A has a step
+    stream open, B's stream is refused (FAILED_PRECONDITION) and A's keeps working; A may open
+    more; once A's are all closed, B takes the worker over."""
+    first = StepStream(channel, scheduler_id="scheduler-a")
+    first.step(new_requests=[new_request(1)], **run([1], [6], [2], [0, 1]))
+    second = StepStream(channel, scheduler_id="scheduler-b")
+    with pytest.raises(grpc.RpcError) as refused:
+        second.step(new_requests=[new_request(1)], **run([1], [6], [2], [0, 1]))
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "another scheduler" in refused.value.details()
+    assert first.step(**run([1], [1])).token_ids[0] >= 0  # A's request is untouched
+    again = StepStream(channel, scheduler_id="scheduler-a")  # a reconnecting A is not refused
+    again.step(**run([], []))
+    again.close()
+    first.close()
+    takeover = StepStream(channel, scheduler_id="scheduler-b")
+    result = takeover.step(new_requests=[new_request(1)], **run([1], [6], [2], [0, 1]))
+    assert result.token_ids[0] >= 0 and not result.request_errors
+    takeover.close()
+
+
 def _start_command_line_worker(command: list[str]) -> subprocess.Popen:
     """command with the test's CPU pool of 32 blocks; stderr piped, unbuffered."""
     return subprocess.Popen(

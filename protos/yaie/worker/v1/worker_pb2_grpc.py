@@ -60,7 +60,10 @@ class WorkerServicer:
     def Step(self, request_iterator, context):
         """The step stream. Results come back in step_id order, one StepResult per StepPlan. Plan N+1
         may be sent before result N has been read (overlap scheduling). Closing the stream drops
-        every request state the worker holds for it.
+        every request state the worker holds for it. The call's metadata `yaie-scheduler-id` names
+        the scheduler process (a random id per process): while streams of one scheduler are open,
+        a stream of another is refused with FAILED_PRECONDITION (two allocators handing out the same
+        pool's blocks would overwrite each other's KV); once they have all closed, any may open.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
