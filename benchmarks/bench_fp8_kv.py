@@ -67,6 +67,7 @@ def stage_kernels(results: dict) -> None:
     print(f"copy {copy_bw / 1e12:.2f} TB/s (read + write)", flush=True)
     results["kernel_checks"] = fk.checks()
     results["decode"] = fk.timings(copy_bw)
+    results["extend"] = fk.extend_timings()
 
 
 def stage_accuracy(results: dict, cache: Path, steps: int, tiny: bool) -> None:

@@ -8,6 +8,7 @@ fp32 scales per KV head), q and out are negligible.
 
 from __future__ import annotations
 
+import functools
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -195,6 +196,45 @@ def timings(copy_bw: float) -> list[dict]:
         row["speedup"] = row["bf16_us"] / row["fp8_us"]
         print(f"decode {row}", flush=True)
         rows.append(row)
+    return rows
+
+
+def _extend_ms(args: tuple, scales: dict) -> float:
+    run = functools.partial(extend_attention_triton, *args, **scales)
+    return do_bench(run, warmup=10, rep=100, return_mode="median")
+
+
+EXTEND_SHAPES = [(1, 0, 2048), (4, 2048, 500), (1, 0, 16384)]  # requests, cached, new tokens
+
+
+def extend_timings() -> list[dict]:
+    """Per shape: extend attention (eager, median) over a bf16 pool and an fp8 one in each math
+    mode; a prefill's attention FLOPs over the time, against the bf16 matmul rate."""
+    import yaie.kernels.attention.triton_common as tc
+
+    rows = []
+    for requests, cached, new in EXTEND_SHAPES:
+        batch = make_paged_batch([cached] * requests, [new] * requests, BLOCK_SIZE, KV_HEADS,
+                                 Q_HEADS, HEAD_DIM, torch.bfloat16, "cuda", seed=new)  # fmt: skip
+        fp8 = replace(batch.to_fp8(), q=batch.q)
+        # causal: each new query sees its cached prefix and the new tokens before it
+        keys = requests * (new * cached + new * (new + 1) / 2)
+        flops = 4 * keys * Q_HEADS * HEAD_DIM
+        row = {"requests": requests, "cached": cached, "new": new}
+        ms = _extend_ms(batch.extend_args(), {})
+        row["bf16_us"], row["bf16_tflops"] = ms * 1e3, flops / (ms * 1e-3) / 1e12
+        default = tc.FP8_DECODE_MATH
+        for mode in MATH_MODES:
+            tc.FP8_DECODE_MATH = mode
+            try:
+                ms = _extend_ms(fp8.extend_args(), fp8.scales())
+            finally:
+                tc.FP8_DECODE_MATH = default
+            row[f"fp8_math{mode}_us"] = ms * 1e3
+        print(f"extend {row}", flush=True)
+        rows.append(row)
+        del batch, fp8
+        torch.cuda.empty_cache()
     return rows
 
 

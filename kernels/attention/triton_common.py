@@ -56,12 +56,12 @@ def check_scales(
     return True
 
 
-# Decode-side math over an fp8 pool (HAS_SCALE of the decode and grouped kernels): 1 converts
-# K/V to q's dtype (bf16: e4m3 -> f16 -> f32 -> bf16 per pair of values), 2 runs the dots in fp16
-# (one e4m3x2 -> f16x2 conversion per pair; q rounds to fp16 once per program): 8-13% faster on
-# the H200 (benchmarks/NOTES.md, "Session 7", calls 2-3) and more precise than bf16; a query
-# element past fp16's range (65504) would overflow, far beyond what a projection of a normed
-# hidden state gives.
+# Attention math over an fp8 pool (HAS_SCALE of the decode, grouped and extend kernels): 1
+# converts K/V to q's dtype (bf16: e4m3 -> f16 -> f32 -> bf16 per pair of values), 2 runs the dots
+# in fp16 (one e4m3x2 -> f16x2 conversion per pair; q rounds to fp16 once per program): decode
+# 8-13% faster on the H200 (benchmarks/NOTES.md, "Session 7", calls 2-3) and more precise than
+# bf16; a query element past fp16's range (65504) would overflow, far beyond what a projection of
+# a normed hidden state gives.
 FP8_DECODE_MATH = 2
 
 

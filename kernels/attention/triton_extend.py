@@ -16,6 +16,7 @@ from yaie.kernels.attention.triton_common import (
     check_out,
     check_paged_batch,
     check_tile,
+    fp8_math,
     scale_args,
 )
 
@@ -145,6 +146,8 @@ def _extend_kernel(
     tokens = (q_lo + offs_m).to(tl.int64)
     q_ptrs = q + tokens[:, None] * stride_q_token + head * stride_q_head + offs_d[None, :]
     q_tile = tl.load(q_ptrs, mask=row_mask[:, None], other=0.0)
+    if HAS_SCALE == 2:  # an fp8 pool, fp16 math (triton_common.FP8_DECODE_MATH)
+        q_tile = q_tile.to(tl.float16)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -245,7 +248,7 @@ def extend_attention_triton(
         HEAD_DIM=head_dim,
         BLOCK_M=block_m,
         BLOCK_N=block_n,
-        HAS_SCALE=has_scale,
+        HAS_SCALE=fp8_math(has_scale, q.dtype),
         INVARIANT=invariant,
         num_warps=num_warps,
         num_stages=num_stages,
