@@ -1,6 +1,7 @@
 """The fp8 KV cache on a GPU (issue 18), in stages, one table at the end:
   kernels  - fp8 store / decode / extend / grouped kernels vs the torch reference on fresh inputs;
-             decode time of an fp8 pool next to bf16 (bandwidth in fp8 bytes over the copy).
+             decode time of an fp8 pool next to bf16 (bandwidth in fp8 bytes over the copy),
+             per fp8 math mode and for the first pass alone; extend time per math mode.
   accuracy - Qwen3-0.6B and Llama-3.1-8B shapes (random weights): per-step greedy agreement of an
              fp8 pool against a bf16 pool and the logit errors (kv_agreement.py), and for Qwen3
              worker_agreement.py's count against transformers fp32 with each pool.
