@@ -122,6 +122,10 @@ def start_worker(
             # accept pings down to 20 s apart (gRPC's default would GOAWAY a faster pinger).
             ("grpc.http2.min_recv_ping_interval_without_data_ms", 20_000),
             ("grpc.keepalive_permit_without_calls", 1),
+            # And the worker pings the scheduler: a scheduler whose host vanished (no RST) must
+            # not hold the pool's step streams, which a new scheduler waits on, for gRPC's 2 h.
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 20_000),
         ],
     )
     servicer = WorkerServicer()
