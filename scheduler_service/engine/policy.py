@@ -38,7 +38,7 @@ from yaie.scheduler_service.workers.step_plan import (
 )
 
 
-@dataclass
+@dataclass(slots=True)
 class Run:
     """One run entry of the next plan: compute num_tokens of seq."""
 
@@ -102,17 +102,21 @@ class BatchPolicy:
         self._blocks_pending = blocks_pending
         self._preempt_for_priority(running, waiting)
         preempted: set[int] = set()  # ids of the requests preempted during this loop
+        bs, backlog = self.block_size, self.config.max_stream_backlog
         for seq in list(running):  # highest priority, then oldest, first
             if budget <= 0:
                 break
-            if id(seq) in preempted or self._hold_back(seq):
+            if preempted and id(seq) in preempted:
+                continue
+            # Exact backlog check only near the bound (a reader keeping up costs nothing).
+            if (seq.backlog_bound >= backlog or seq.held_back) and self._hold_back(seq):
                 continue
             n = self._next_chunk(seq, budget)
-            need = self._num_blocks(seq.num_scheduled + n) - len(seq.block_ids)
-            if need > 0 and not self._make_room(seq, need, running, preempted):
-                short = True
-                continue
-            if need > 0:
+            need = -(-(seq.num_scheduled + n) // bs) - len(seq.block_ids)
+            if need > 0:  # a block boundary: the only step of a decode that allocates
+                if not self._make_room(seq, need, running, preempted):
+                    short = True
+                    continue
                 seq.block_ids += self.kv.allocate(need)
             if n > 0:
                 runs.append(Run(seq, n))
@@ -225,10 +229,10 @@ class BatchPolicy:
     def _next_chunk(self, seq: Sequence, budget: int) -> int:
         """Tokens seq runs next: the rest of its known tokens in chunks, or 1 (a decode); 0 when
         the tokens in flight already finish it by length (no step is wasted on it)."""
-        outputs_known = len(seq.token_ids) + seq.pending - seq.num_prompt_tokens
-        if seq.pending and outputs_known >= seq.request.max_new_tokens:
+        known = len(seq.token_ids) + seq.pending
+        if seq.pending and known - seq.num_prompt_tokens >= seq.request.max_new_tokens:
             return 0
-        return min(seq.num_remaining, budget, self.config.prefill_chunk_size)
+        return min(known - seq.num_scheduled, budget, self.config.prefill_chunk_size)
 
     def _admit(self, running: list[Sequence], waiting: deque[Sequence], budget: int) -> list[Run]:
         runs: list[Run] = []

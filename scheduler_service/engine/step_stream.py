@@ -16,7 +16,6 @@ from yaie.scheduler_service.engine.policy import Run
 from yaie.scheduler_service.engine.sequence import Sequence
 from yaie.scheduler_service.workers.step_plan import (
     NewRequestSpec,
-    PlanEntry,
     StepOutcome,
     StepPlan,
 )
@@ -95,28 +94,37 @@ class StepStream:
 
     def _plan(self, runs: list[Run]) -> InFlight:
         """A run samples when it reaches the last token the worker knows; only the blocks the
-        worker has not been sent go with it."""
-        entries: list[PlanEntry] = []
+        worker has not been sent go with it. One pass, straight into the plan's columns (this
+        runs for every row of every step)."""
+        plan = StepPlan(next(self._step_ids))
+        request_ids, num_tokens = plan.request_ids, plan.num_tokens
+        num_new_blocks, new_block_ids = plan.num_new_blocks, plan.new_block_ids
         record: list[tuple[Sequence, int, bool]] = []
-        for run in runs:
+        ends: list[int] = []
+        for i, run in enumerate(runs):
             seq, n = run.seq, run.num_tokens
-            new_request = None if seq.sent else self._new_request(seq)
-            samples = seq.num_scheduled + n == len(seq.token_ids) + seq.pending
+            if not seq.sent:  # (assigns its worker_request_id and first num_scheduled)
+                spec = self._new_request(seq)
+                plan.new_requests.append((seq.worker_request_id, spec))
             sampling = seq.request.sampling
-            wants_logprobs = sampling.return_logprobs or sampling.top_logprobs > 0
-            new_blocks = seq.block_ids[seq.num_blocks_sent :]
-            top_logprobs = sampling.top_logprobs if wants_logprobs else None
-            entries.append(
-                PlanEntry(seq.worker_request_id, n, new_blocks, new_request, top_logprobs)
-            )
+            if sampling.return_logprobs or sampling.top_logprobs > 0:
+                plan.top_logprobs[i] = sampling.top_logprobs
+            blocks, num_sent = seq.block_ids, seq.num_blocks_sent
+            if len(blocks) > num_sent:
+                new_block_ids += blocks[num_sent:]
+                seq.num_blocks_sent = len(blocks)
+            num_new_blocks.append(len(blocks) - num_sent)
+            request_ids.append(seq.worker_request_id)
+            num_tokens.append(n)
+            end = seq.num_scheduled + n
+            samples = end == len(seq.token_ids) + seq.pending
             record.append((seq, n, samples))
-            seq.num_scheduled += n
-            seq.num_blocks_sent = len(seq.block_ids)
+            ends.append(end)
+            seq.num_scheduled = end
             seq.pending += samples
             seq.in_flight += 1
-        release_ids, self._release_ids = self._release_ids, []
-        plan = StepPlan(next(self._step_ids), entries, release_ids)
-        return InFlight(plan, record, [seq.num_scheduled for seq, _, _ in record])
+        plan.release_ids, self._release_ids = self._release_ids, []
+        return InFlight(plan, record, ends)
 
     def _new_request(self, seq: Sequence) -> NewRequestSpec:
         """The worker learns of seq (just admitted): its K/V starts after its cached prefix."""

@@ -190,7 +190,7 @@ class WorkerLoop:
         return dict(
             step=flight.plan.step_id,
             entries=len(runs),
-            tokens=sum(run.num_tokens for run in runs),
+            tokens=sum(flight.plan.num_tokens),
             prefill_tokens=prefill_tokens,
             running=len(self.running),
             waiting=len(self.waiting),
@@ -202,36 +202,11 @@ class WorkerLoop:
     async def _receive(self) -> None:
         flight, outcome = await self.stream.receive(self.config.step_timeout_s)
         arrived = time.perf_counter()
-        loaded = len(self.running) >= self.config.stream_interval_min_batch
-        interval = self.config.stream_interval if loaded else 1  # see SchedulerConfig
-        entries = flight.plan.entries
-        if outcome.request_errors:
-            self._warn_unknown_errors(flight, outcome)
-        for i, (seq, n, samples) in enumerate(flight.runs):
-            request_error = outcome.request_errors.get(entries[i].request_id)
-            if outcome.error:
+        if outcome.error:
+            for seq, _, _ in flight.runs:
                 self._fail(seq, f"worker step failed: {outcome.error}")
-                continue
-            if request_error is not None:
-                self.stream.note_dropped(seq)
-                self._fail(seq, f"worker error: {request_error}")
-                continue
-            token = outcome.token_ids[i]
-            if samples != (token >= 0) or not -1 <= token < self.info.vocab_size:
-                self._fail(
-                    seq,
-                    f"worker returned token id {token} (vocabulary "
-                    f"{self.info.vocab_size}) where sampled={samples}",
-                )
-                continue
-            if n > 1 and seq.status is SequenceStatus.RUNNING:
-                self.policy.cache_prompt(seq, flight.ends[i])
-            if samples and not seq.is_finished:  # a finished request drops tokens in flight
-                tokens, lps = self._take_tokens(seq, token, outcome, i, entries[i].request_id)
-                seq.emit(tokens, lps, interval if seq.emitted else 1)  # first token: at once
-                if seq.is_finished:
-                    self._on_finished(seq)
-                    self._retire(seq)
+        else:
+            self._take_results(flight, outcome)
         if flight.trace is not None and self._trace is not None:
             self._trace.record(
                 **flight.trace,
@@ -241,6 +216,47 @@ class WorkerLoop:
                 grammar_ms=outcome.grammar_ms,
                 process_ms=(time.perf_counter() - arrived) * 1e3,
             )
+
+    def _take_results(self, flight: InFlight, outcome: StepOutcome) -> None:
+        """Each entry's sampled token to its request (stops applied, events out). One tight
+        pass: this runs for every row of every step; rare cases (request errors, logprobs,
+        grammar jumps, prefill chunks) leave the plain decode path."""
+        loaded = len(self.running) >= self.config.stream_interval_min_batch
+        interval = self.config.stream_interval if loaded else 1  # see SchedulerConfig
+        request_ids = flight.plan.request_ids
+        errors = outcome.request_errors
+        if errors:
+            self._warn_unknown_errors(flight, outcome)
+        logprobs, special = outcome.logprobs, bool(outcome.jumps or outcome.grammar_done)
+        vocab_size, max_context = self.info.vocab_size, self.info.max_context
+        running = SequenceStatus.RUNNING
+        for i, ((seq, n, samples), token) in enumerate(
+            zip(flight.runs, outcome.token_ids, strict=True)
+        ):
+            if errors and request_ids[i] in errors:
+                self.stream.note_dropped(seq)
+                self._fail(seq, f"worker error: {errors[request_ids[i]]}")
+                continue
+            if samples != (token >= 0) or not -1 <= token < vocab_size:
+                self._fail(
+                    seq,
+                    f"worker returned token id {token} (vocabulary "
+                    f"{vocab_size}) where sampled={samples}",
+                )
+                continue
+            if n > 1 and seq.status is running:
+                self.policy.cache_prompt(seq, flight.ends[i])
+            if not samples or seq.finish_reason is not None:
+                continue  # a finished request drops tokens in flight
+            if special or logprobs[i] is not None:
+                tokens, lps = self._take_tokens(seq, token, outcome, i, request_ids[i])
+            else:
+                seq.append_token(token, max_context)
+                tokens, lps = [token], []
+            seq.emit(tokens, lps, interval if seq.emitted else 1)  # first token: at once
+            if seq.finish_reason is not None:
+                self._on_finished(seq)
+                self._retire(seq)
 
     def _take_tokens(
         self, seq: Sequence, token: int, outcome: StepOutcome, index: int, worker_id: int
@@ -270,7 +286,7 @@ class WorkerLoop:
 
     def _warn_unknown_errors(self, flight: InFlight, outcome: StepOutcome) -> None:
         """Errors for ids the step did not run (rare: the set of its ids is built only then)."""
-        expected = {entry.request_id for entry in flight.plan.entries}
+        expected = set(flight.plan.request_ids)
         for request_id in outcome.request_errors.keys() - expected:
             logger.warning(
                 "worker %s: error for request %d, not in step %d: ignored",

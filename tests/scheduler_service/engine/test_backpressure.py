@@ -50,14 +50,14 @@ def test_an_unread_stream_pauses_at_the_bound_and_resumes_exactly(overlap: bool)
             events = engine.submit(unread)
             await asyncio.sleep(0)  # the iterator is not read: its tokens pile up
             steps = await _until_idle(handle)
-            seq = engine._live["unread"].seqs[0]
+            seq = engine._live[("", "unread")].seqs[0]
             assert BACKLOG <= seq.num_output_tokens <= BACKLOG + 2  # + tokens in flight
             assert seq.held_back and engine.stats().running == 1
             assert engine.stats().workers[0].used_blocks > 0  # paused, its KV kept
             other = _request("read", 6, 40)  # a reading client is not held up meanwhile
             assert (await collect(engine.submit(other)))[0] == _expected(other)
             await _until_idle(handle)
-            assert engine._live["unread"].seqs[0].num_output_tokens <= BACKLOG + 2
+            assert engine._live[("", "unread")].seqs[0].num_output_tokens <= BACKLOG + 2
             tokens, seen = await collect(events)  # reading resumes it
             assert tokens == _expected(unread)
             assert seen[-1].finish_reason is FinishReason.LENGTH
@@ -101,7 +101,7 @@ def test_a_held_back_request_gives_up_its_running_slot() -> None:
             waiting = _request("waiting", 12, 30)
             tokens, _ = await asyncio.wait_for(collect(engine.submit(waiting)), 20)
             assert tokens == _expected(waiting)
-            assert engine._live["unread"].seqs[0].num_output_tokens <= BACKLOG + 2
+            assert engine._live[("", "unread")].seqs[0].num_output_tokens <= BACKLOG + 2
             assert (await collect(events))[0] == _expected(unread)
             assert handle.worker.violations == []
 

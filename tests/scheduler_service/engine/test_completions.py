@@ -151,7 +151,7 @@ def test_abort_and_finish_of_one_completion() -> None:
             async for event in stream:
                 events.append(event)
                 if len(events) == 6:
-                    engine.finish("part", 2)
+                    engine.finish("part", index=2)
                 if event.index == 2 and event.finish_reason is not None:
                     assert engine.abort("part") is True
             per = _by_index(events)
