@@ -46,6 +46,7 @@ import tempfile
 import time
 from collections import deque
 from pathlib import Path
+from types import SimpleNamespace
 
 from yaie.kernels.sampling.config import SamplingConfig
 from yaie.scheduler_service.config import SchedulerConfig
@@ -271,7 +272,18 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", type=int, default=0, help="print cProfile's top N (0: off)")
     parser.add_argument("--keep-trace", default="", help="directory to keep the step traces in")
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="the step trace's clock: wall (as served) or this thread's CPU time (steadier on a "
+        "shared machine: time other processes take is left out)",
+    )
     args = parser.parse_args()
+    if args.clock == "cpu":
+        from yaie.scheduler_service.engine import worker_loop
+
+        worker_loop.time = SimpleNamespace(perf_counter=time.thread_time)
     print(
         f"workload: {args.groups} groups x {args.prefix_len} prefix + {args.question_len} "
         f"question, "

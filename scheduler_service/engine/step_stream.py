@@ -12,7 +12,7 @@ import itertools
 from collections import deque
 from dataclasses import dataclass
 
-from yaie.scheduler_service.engine.policy import Run
+from yaie.scheduler_service.engine.runs import Runs
 from yaie.scheduler_service.engine.sequence import Sequence
 from yaie.scheduler_service.workers.step_plan import (
     NewRequestSpec,
@@ -26,8 +26,9 @@ from yaie.scheduler_service.workers.worker_client import WorkerClient, WorkerStr
 class InFlight:
     """A plan sent whose result has not been read."""
 
-    plan: StepPlan
-    runs: list[tuple[Sequence, int, bool]]  # per entry: (request, tokens run, whether it samples)
+    plan: StepPlan  # (its num_tokens: per entry, the tokens run)
+    seqs: list[Sequence]  # per entry: its request
+    samples: list[bool]  # per entry: whether it samples a token
     ends: list[int]  # per entry: its request's num_scheduled after it
     trace: dict | None = None  # the step's timeline fields (ops/step_trace.py), when tracing
 
@@ -61,7 +62,7 @@ class StepStream:
         """The worker reported an error for seq and dropped its state."""
         seq.worker_dropped = True
 
-    async def send(self, runs: list[Run]) -> InFlight:
+    async def send(self, runs: Runs) -> InFlight:
         """The StepPlan of runs (and of the releases due), sent; raises WorkerStreamError."""
         flight = self._plan(runs)
         self._in_flight.append(flight)
@@ -77,7 +78,7 @@ class StepStream:
             raise WorkerStreamError(
                 f"result of step {outcome.step_id}, expected {flight.plan.step_id}"
             )
-        for seq, _, samples in flight.runs:
+        for seq, samples in zip(flight.seqs, flight.samples, strict=True):
             seq.in_flight -= 1
             seq.pending -= samples
         return flight, outcome
@@ -86,23 +87,22 @@ class StepStream:
         """The worker found a jump-forward after seq's last token: the decode of seq in flight
         (if any) computes that token but samples nothing (the forced tokens come first)."""
         for flight in self._in_flight:
-            for j, (other, n, samples) in enumerate(flight.runs):
-                if other is seq and samples:
-                    flight.runs[j] = (seq, n, False)
+            for j, other in enumerate(flight.seqs):
+                if other is seq and flight.samples[j]:
+                    flight.samples[j] = False
                     seq.pending -= 1
                     return
 
-    def _plan(self, runs: list[Run]) -> InFlight:
+    def _plan(self, runs: Runs) -> InFlight:
         """A run samples when it reaches the last token the worker knows; only the blocks the
         worker has not been sent go with it. One pass, straight into the plan's columns (this
         runs for every row of every step)."""
-        plan = StepPlan(next(self._step_ids))
-        request_ids, num_tokens = plan.request_ids, plan.num_tokens
-        num_new_blocks, new_block_ids = plan.num_new_blocks, plan.new_block_ids
-        record: list[tuple[Sequence, int, bool]] = []
+        plan = StepPlan(next(self._step_ids), num_tokens=runs.num_tokens)
+        request_ids, num_new_blocks = plan.request_ids, plan.num_new_blocks
+        new_block_ids = plan.new_block_ids
+        samples: list[bool] = []
         ends: list[int] = []
-        for i, run in enumerate(runs):
-            seq, n = run.seq, run.num_tokens
+        for i, (seq, n) in enumerate(zip(runs.seqs, runs.num_tokens, strict=True)):
             if not seq.sent:  # (assigns its worker_request_id and first num_scheduled)
                 spec = self._new_request(seq)
                 plan.new_requests.append((seq.worker_request_id, spec))
@@ -115,16 +115,15 @@ class StepStream:
                 seq.num_blocks_sent = len(blocks)
             num_new_blocks.append(len(blocks) - num_sent)
             request_ids.append(seq.worker_request_id)
-            num_tokens.append(n)
             end = seq.num_scheduled + n
-            samples = end == len(seq.token_ids) + seq.pending
-            record.append((seq, n, samples))
+            sample = end == len(seq.token_ids) + seq.pending
+            samples.append(sample)
             ends.append(end)
             seq.num_scheduled = end
-            seq.pending += samples
+            seq.pending += sample
             seq.in_flight += 1
         plan.release_ids, self._release_ids = self._release_ids, []
-        return InFlight(plan, record, ends)
+        return InFlight(plan, runs.seqs, samples, ends)
 
     def _new_request(self, seq: Sequence) -> NewRequestSpec:
         """The worker learns of seq (just admitted): its K/V starts after its cached prefix."""

@@ -25,8 +25,9 @@ from collections.abc import Callable
 
 from yaie.kernels.cache import KVCacheManager
 from yaie.scheduler_service.config import SchedulerConfig
-from yaie.scheduler_service.engine.policy import BatchPolicy, Run
+from yaie.scheduler_service.engine.policy import BatchPolicy
 from yaie.scheduler_service.engine.request import FinishReason
+from yaie.scheduler_service.engine.runs import Runs
 from yaie.scheduler_service.engine.sequence import Sequence, SequenceStatus
 from yaie.scheduler_service.engine.step_stream import InFlight, StepStream
 from yaie.scheduler_service.ops.step_trace import StepTrace
@@ -166,26 +167,26 @@ class WorkerLoop:
         logger.info("worker %s rejoined (%d blocks)", info.address, info.num_blocks)
         self._on_rejoined(self)
 
-    async def _send(self, runs: list[Run], start: float) -> None:
+    async def _send(self, runs: Runs, start: float) -> None:
         """start: when this step's scheduling began (for the trace)."""
         scheduled = time.perf_counter()
-        for run in runs:
-            if run.seq.status is SequenceStatus.WAITING:  # admitted by this step's schedule()
-                run.seq.status = SequenceStatus.RUNNING
+        waiting, running = SequenceStatus.WAITING, SequenceStatus.RUNNING
+        for seq in runs.seqs:
+            if seq.status is waiting:  # admitted by this step's schedule()
+                seq.status = running
         flight = await self.stream.send(runs)
         if self._trace is not None:
             flight.trace = self._trace_fields(flight, runs, start, scheduled)
 
-    def _trace_fields(
-        self, flight: InFlight, runs: list[Run], start: float, scheduled: float
-    ) -> dict:
+    def _trace_fields(self, flight: InFlight, runs: Runs, start: float, scheduled: float) -> dict:
         """A sent plan's fields of the step trace (ops/step_trace.py)."""
         sent = time.perf_counter()
         # a run is prefill unless it is one token at or past the prompt's end (a decode)
+        columns = (runs.seqs, runs.num_tokens, flight.ends)
         prefill_tokens = sum(
-            run.num_tokens
-            for run, end in zip(runs, flight.ends, strict=True)
-            if run.num_tokens > 1 or end - 1 < run.seq.num_prompt_tokens
+            n
+            for seq, n, end in zip(*columns, strict=True)
+            if n > 1 or end - 1 < seq.num_prompt_tokens
         )
         return dict(
             step=flight.plan.step_id,
@@ -203,7 +204,7 @@ class WorkerLoop:
         flight, outcome = await self.stream.receive(self.config.step_timeout_s)
         arrived = time.perf_counter()
         if outcome.error:
-            for seq, _, _ in flight.runs:
+            for seq in flight.seqs:
                 self._fail(seq, f"worker step failed: {outcome.error}")
         else:
             self._take_results(flight, outcome)
@@ -230,9 +231,8 @@ class WorkerLoop:
         logprobs, special = outcome.logprobs, bool(outcome.jumps or outcome.grammar_done)
         vocab_size, max_context = self.info.vocab_size, self.info.max_context
         running = SequenceStatus.RUNNING
-        for i, ((seq, n, samples), token) in enumerate(
-            zip(flight.runs, outcome.token_ids, strict=True)
-        ):
+        columns = (flight.seqs, flight.plan.num_tokens, flight.samples, outcome.token_ids)
+        for i, (seq, n, samples, token) in enumerate(zip(*columns, strict=True)):
             if errors and request_ids[i] in errors:
                 self.stream.note_dropped(seq)
                 self._fail(seq, f"worker error: {errors[request_ids[i]]}")
