@@ -89,6 +89,7 @@ class NullWorkerClient:
 
     async def send(self, plan: StepPlan) -> None:
         self._sent.append(encode_plan(plan).SerializeToString())  # what grpc.aio's write does
+        await asyncio.sleep(0)  # and the write yields to the event loop (the readers run)
 
     async def receive(self, plan: StepPlan, timeout: float) -> StepOutcome:
         await asyncio.sleep(0)  # a read yields to the event loop
