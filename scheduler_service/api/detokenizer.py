@@ -7,6 +7,8 @@ is held back until a later token completes it (or the stream ends and `flush` gi
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Protocol
 
 REPLACEMENT_CHAR = "\ufffd"
@@ -28,14 +30,16 @@ class IncrementalDetokenizer:
     def __init__(
         self, decoder: Decoder, prompt_ids: list[int], skip_special_tokens: bool = False
     ) -> None:
-        self._decoder = decoder
-        self._skip_special_tokens = skip_special_tokens
+        # A decoder that offers one binds its fast path once (api/tokenizer.py: window_decoder).
+        bind = getattr(decoder, "window_decoder", None)
+        self._decode: Callable[[list[int]], str] = (
+            bind(skip_special_tokens)
+            if bind is not None
+            else functools.partial(decoder.decode, skip_special_tokens=skip_special_tokens)
+        )
         # ids[:read_offset]: the context already emitted as text (or prompt); the rest is held.
         self._ids = list(prompt_ids[-PROMPT_CONTEXT_TOKENS:])
         self._read_offset = len(self._ids)
-
-    def _decode(self, ids: list[int]) -> str:
-        return self._decoder.decode(ids, skip_special_tokens=self._skip_special_tokens)
 
     def add_token(self, token_id: int) -> str:
         """Appends one token; returns the text it completes (possibly empty)."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +75,14 @@ class Tokenizer:
         if len(ids) > _GIL_HELD_MAX_IDS:  # the batch call releases the GIL while it decodes
             return decoder.decode_batch([ids], skip_special_tokens=skip_special_tokens)[0]
         return decoder.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def window_decoder(self, skip_special_tokens: bool = False) -> Callable[[list[int]], str]:
+        """decode() of short id lists (an incremental detokenizer's window, a few ids), bound
+        once: the Rust decoder itself when there is one (no Python frame per decode)."""
+        decoder = self._fast_decoder
+        if decoder is None:
+            return functools.partial(self.decode, skip_special_tokens=skip_special_tokens)
+        return functools.partial(decoder.decode, skip_special_tokens=skip_special_tokens)
 
     def _find_fast_decoder(self) -> Any:
         """The Rust `tokenizers.Tokenizer` behind a fast tokenizer, when decoding through it gives
