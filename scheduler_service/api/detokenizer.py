@@ -2,8 +2,9 @@
 
 Each step decodes a short window of ids twice (up to the last emitted token, and up to the new
 one) and emits the difference; the first is usually that one token alone, whose text comes from
-a memo of single-token texts (the tokenizer's, shared by its requests). A window whose text ends in U+FFFD is an incomplete character: it
-is held back until a later token completes it (or the stream ends and `flush` gives it up).
+a memo of single-token texts (the tokenizer's, shared by its requests). A window whose text
+ends in U+FFFD is an incomplete character: it is held back until a later token completes it (or
+the stream ends and `flush` gives it up).
 """
 
 from __future__ import annotations
