@@ -182,7 +182,10 @@ class Outbox:
 
     def __init__(self) -> None:
         self._pending: dict[int, OutputEvent] = {}  # completion index -> its undelivered delta
-        self._ready = asyncio.Event()
+        # Whether the reader is to wake, and the future it waits on (one reader): a plain
+        # future, not an asyncio.Event, since this runs for every row of every step.
+        self._ready = False
+        self._waiter: asyncio.Future[None] | None = None
 
     def put(self, event: OutputEvent, min_tokens: int = 1) -> int:
         """Adds event to its completion's pending delta. The reader is woken once the delta holds
@@ -196,7 +199,7 @@ class Outbox:
             event.token_ids, event.logprobs = pending.token_ids, pending.logprobs
         self._pending[event.index] = event
         if min_tokens <= max(1, len(event.token_ids)) or event.finish_reason is not None:
-            self._ready.set()
+            self._wake()
         return len(event.token_ids)
 
     def extend(
@@ -217,9 +220,14 @@ class Outbox:
         pending.logprobs += logprobs
         pending.num_output_tokens = num_output_tokens
         undelivered = len(pending.token_ids)
-        if min_tokens <= max(1, undelivered):
-            self._ready.set()
+        if min_tokens <= max(1, undelivered) and not self._ready:
+            self._wake()
         return max(1, undelivered)
+
+    @property
+    def ready(self) -> bool:
+        """Whether the reader is woken (or would not wait) for what is pending."""
+        return self._ready
 
     def num_undelivered(self, index: int = 0) -> int:
         """Tokens of completion index put and not yet taken by the reader (its backlog)."""
@@ -229,13 +237,24 @@ class Outbox:
     def release(self) -> None:
         """Wake the reader for whatever is pending (tokens held by the stream interval)."""
         if self._pending:
-            self._ready.set()
+            self._wake()
+
+    def _wake(self) -> None:
+        self._ready = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def get(self) -> list[OutputEvent]:
         """Every event put since the last get(), as one per completion, by index (waits)."""
-        await self._ready.wait()
+        if not self._ready:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
         events = [self._pending[index] for index in sorted(self._pending)]
         self._pending = {}
-        self._ready.clear()
+        self._ready = False
         assert events
         return events

@@ -228,7 +228,8 @@ class WorkerLoop:
         errors = outcome.request_errors
         if errors:
             self._warn_unknown_errors(flight, outcome)
-        logprobs, special = outcome.logprobs, bool(outcome.jumps or outcome.grammar_done)
+        # grammar jumps or finishes, or an entry that asked for logprobs: _take_tokens' path
+        special = bool(outcome.jumps or outcome.grammar_done or flight.plan.top_logprobs)
         vocab_size, max_context = self.info.vocab_size, self.info.max_context
         running = SequenceStatus.RUNNING
         columns = (flight.seqs, flight.plan.num_tokens, flight.samples, outcome.token_ids)
@@ -248,7 +249,7 @@ class WorkerLoop:
                 self.policy.cache_prompt(seq, flight.ends[i])
             if not samples or seq.finish_reason is not None:
                 continue  # a finished request drops tokens in flight
-            if special or logprobs[i] is not None:
+            if special:
                 tokens, lps = self._take_tokens(seq, token, outcome, i, request_ids[i])
             else:
                 seq.append_token(token, max_context)
