@@ -147,7 +147,7 @@ class Sequence:
         """Push an OutputEvent with new_tokens (and the finish state, if finished); min_tokens:
         the stream interval, see Outbox.put."""
         self.emitted += len(new_tokens)
-        if self.finish_reason is None:
+        if self.finish_reason is None and new_tokens:
             undelivered = self.events.extend(
                 self.index, new_tokens, logprobs, self.emitted, min_tokens
             )
@@ -210,19 +210,19 @@ class Outbox:
         num_output_tokens: int,
         min_tokens: int = 1,
     ) -> int:
-        """put() of an unfinished event of completion index that only adds tokens, merged in
-        place into its undelivered delta: its tokens now; 0 (nothing done) when it has none
-        pending."""
+        """put() of an unfinished event of completion index that only adds tokens (at least
+        one), merged in place into its undelivered delta: its tokens now; 0 (nothing done) when
+        it has none pending."""
         pending = self._pending.get(index)
         if pending is None:
             return 0
         pending.token_ids += tokens
         pending.logprobs += logprobs
         pending.num_output_tokens = num_output_tokens
-        undelivered = len(pending.token_ids)
-        if min_tokens <= max(1, undelivered) and not self._ready:
+        undelivered = len(pending.token_ids)  # (>= 1: tokens is not empty)
+        if min_tokens <= undelivered and not self._ready:
             self._wake()
-        return max(1, undelivered)
+        return undelivered
 
     @property
     def ready(self) -> bool:
