@@ -81,7 +81,7 @@ class Sequence:
     pending: int = 0
     in_flight: int = 0  # plans in flight that run it
     worker_dropped: bool = False  # the worker reported an error for it and dropped its state
-    # len(request.prompt_ids), kept as a field: it is read for every row of every step.
+    # Set at construction (len(request.prompt_ids)), a field since every step reads it per row.
     num_prompt_tokens: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
