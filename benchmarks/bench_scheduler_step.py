@@ -18,7 +18,8 @@ U[out/2, out] output tokens (ignore_eos), so requests finish and are admitted al
 steps with prefill tokens (admissions) and decode-only steps at ~B rows. Steps are counted
 once B requests run (the first admission wave is left out).
 
-Readers (`--frontend`): `engine` reads the engine's events directly; `stream` runs each
+As the server does once started (app.py), the startup heap is frozen out of the garbage
+collector (gc.freeze) before the clients start. Readers (`--frontend`): `engine` reads the engine's events directly; `stream` runs each
 request through the public request path (api/frontend.py: validation, OutputStream,
 incremental detokenization with the built-in BPE tokenizer covering the vocabulary), as the
 gRPC servicer does per frame, minus the transport.
@@ -36,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import hashlib
 import json
 import os
@@ -145,6 +147,9 @@ async def run_engine(args: argparse.Namespace, batch: int, frontend: str, trace:
         from yaie.scheduler_service.api.frontend import Frontend
 
         front = Frontend(engine, tokenizer(args))
+    # As the server does once it has started (app.py: serve): the startup heap frozen.
+    gc.collect()
+    gc.freeze()
 
     async def one(i: int, prompt: list[int], max_new: int) -> None:
         sampling = SamplingConfig(temperature=0.0, seed=i)
@@ -173,6 +178,7 @@ async def run_engine(args: argparse.Namespace, batch: int, frontend: str, trace:
         profiler.disable()
     elapsed = time.perf_counter() - started
     await engine.stop()
+    gc.unfreeze()
     del os.environ[ENV]
     digest = hashlib.sha256(json.dumps([outputs[i] for i in sorted(outputs)]).encode())
     return {"elapsed_s": elapsed, "sha": digest.hexdigest()[:16], "profiler": profiler}
