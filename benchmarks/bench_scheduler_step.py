@@ -7,9 +7,11 @@ serialized as the gRPC write would (that cost is the scheduler's), the "worker" 
 entry at once with a token that depends only on the request's known tokens (so output does not
 depend on batching or preemption), and the result goes through protobuf and `decode_result` as
 it would off the wire. The per-step fields come from the engine's own step trace
-(ops/step_trace.py, YAIE_STEP_TRACE): schedule_ms, send_ms, process_ms. `wall_ms` is the event
-loop's wall time per step (everything the process does per step: the three above, result
-decoding, the readers of the request streams and the null worker's few us per row).
+(ops/step_trace.py, YAIE_STEP_TRACE): schedule_ms, send_ms, process_ms, as means (us per row)
+and the median step. `wall` is the median period between step results: everything the process
+does per step (the three above, result decoding, the readers, the null worker's few us per
+row). `--clock cpu` makes the trace's clock the thread's CPU time (steadier where other
+processes share the cores; the default, wall time, is the trace as served).
 
 Workload (SGLang's generated-shared-prefix shape by default): B clients in a closed loop, each
 submitting its next request when the last one ends, 2B requests in all; a request is one of
@@ -19,10 +21,13 @@ steps with prefill tokens (admissions) and decode-only steps at ~B rows. Steps a
 once B requests run (the first admission wave is left out).
 
 As the server does once started (app.py), the startup heap is frozen out of the garbage
-collector (gc.freeze) before the clients start. Readers (`--frontend`): `engine` reads the engine's events directly; `stream` runs each
-request through the public request path (api/frontend.py: validation, OutputStream,
-incremental detokenization with the built-in BPE tokenizer covering the vocabulary), as the
-gRPC servicer does per frame, minus the transport.
+collector (gc.freeze) before the clients start.
+
+Readers (`--frontend`): `engine` reads the engine's events directly; `stream` runs each request
+through the public request path (api/frontend.py: validation, OutputStream, incremental
+detokenization with the built-in BPE tokenizer covering the vocabulary), as the gRPC servicer
+does per frame, minus the transport. The null worker's write yields to the event loop once, so
+the readers' work lands in send_ms as it does in the served stack.
 
     python benchmarks/bench_scheduler_step.py --batch 512
     python benchmarks/bench_scheduler_step.py --batch 128 256 512 --frontend engine stream

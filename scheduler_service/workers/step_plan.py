@@ -4,6 +4,7 @@ its Describe reports: plain dataclasses. worker_client.py alone turns them into 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from yaie.kernels.sampling.config import SamplingConfig
@@ -84,7 +85,9 @@ class StepPlan:
     release_ids: list[int] = field(default_factory=list)
 
     @classmethod
-    def of(cls, step_id: int, entries: list[PlanEntry], release_ids: list[int] = ()) -> StepPlan:
+    def of(
+        cls, step_id: int, entries: list[PlanEntry], release_ids: Iterable[int] = ()
+    ) -> StepPlan:
         """The plan of entries (a plan built entry by entry, as tests do)."""
         plan = cls(step_id, release_ids=list(release_ids))
         for i, entry in enumerate(entries):
