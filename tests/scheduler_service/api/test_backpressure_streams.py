@@ -15,6 +15,7 @@ import served_stack
 from fake_worker import FakeWorkerConfig, next_token
 
 from yaie.scheduler_service.api.frontend import Frontend
+from yaie.scheduler_service.ops.auth import KeyTable
 from yaie.v1 import generation_pb2 as pb
 from yaie.v1 import generation_pb2_grpc
 
@@ -131,7 +132,11 @@ def test_an_unread_http_stream_stops_generating_and_resumes(stack, tokenizer) ->
     from yaie.scheduler_service.api.http.routes import create_app
     from yaie.scheduler_service.api.http.server import HttpServer
 
-    http = HttpServer(create_app(Frontend(stack.engine, tokenizer), None, None), "127.0.0.1", 0)
+    http = HttpServer(
+        create_app(Frontend(stack.engine, tokenizer), KeyTable(None, environ={}), None),
+        "127.0.0.1",
+        0,
+    )
     port = http.bind()
     stack.call(http.start())
     try:

@@ -11,12 +11,13 @@ from fastapi.testclient import TestClient
 
 from yaie.scheduler_service.api.frontend import Frontend
 from yaie.scheduler_service.api.http.routes import MAX_BODY_BYTES, create_app
+from yaie.scheduler_service.ops.auth import KeyTable
 
 
 @pytest.fixture
 def client() -> TestClient:
     engine = SimpleNamespace(ready=False, model_info=None)  # a body is refused before either
-    return TestClient(create_app(Frontend(engine), None, None))
+    return TestClient(create_app(Frontend(engine), KeyTable(None, environ={}), None))
 
 
 @pytest.mark.parametrize("route", ["/v1/completions", "/v1/chat/completions"])
