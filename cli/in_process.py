@@ -141,7 +141,7 @@ class InProcessWorkerClient:
         call = self._live_call()
         item = (await read_within(call.results.get(), timeout, self.address)).result()
         if isinstance(item, worker_pb2.StepResult):
-            return decode_result(item, plan.entries)
+            return decode_result(item, plan)
         call.results.put_nowait(item)  # the end stays: later reads see it too
         if item is _CANCELLED:
             raise WorkerStreamError(f"{self.address}: the step stream was cancelled")

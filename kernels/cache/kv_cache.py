@@ -120,7 +120,7 @@ class KVCacheManager:
         tree_blocks = (
             self._insert(tokens, blocks, match, namespace).blocks if cache else match.blocks
         )
-        self.free([b for i, b in enumerate(blocks) if not _is_tree_block(i, b, tree_blocks)])
+        self.free(_private_blocks(blocks, tree_blocks))
         self.tree.unlock(match.node)
 
     def cache_running(
@@ -170,6 +170,8 @@ class KVCacheManager:
             raise ValueError("the request's match is not locked (or was already released)")
         if len(set(blocks)) != len(blocks):
             raise ValueError("a block id appears twice in a request's blocks")
+        if self._private.issuperset(_private_blocks(blocks, match.blocks)):
+            return
         for i, block in enumerate(blocks):
             if not _is_tree_block(i, block, match.blocks) and block not in self._private:
                 raise ValueError(f"block {block} (position {i}) is neither matched nor allocated")
@@ -183,6 +185,14 @@ class KVCacheManager:
         new_match, present = self.tree.insert_and_match(tokens, blocks, namespace)
         self._private.difference_update(blocks[present : len(new_match.blocks)])
         return new_match
+
+
+def _private_blocks(blocks: Sequence[int], tree_blocks: Sequence[int]) -> list[int]:
+    """The request's blocks that are not the tree's (see _is_tree_block), in order."""
+    n = len(tree_blocks)
+    if list(blocks[:n]) == list(tree_blocks):  # (the common case: compared in C)
+        return list(blocks[n:])
+    return [b for i, b in enumerate(blocks) if not _is_tree_block(i, b, tree_blocks)]
 
 
 def _is_tree_block(position: int, block: int, tree_blocks: Sequence[int]) -> bool:

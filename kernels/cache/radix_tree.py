@@ -185,7 +185,7 @@ class RadixTree:
 
     def path_tokens(self, node: object) -> tuple[int, ...]:
         """Tokens from the root down to node."""
-        return tuple(token for part in self._path(node) for token in part.key)
+        return tuple(itertools.chain.from_iterable(part.key for part in self._path(node)))
 
     def cached_block_ids(self) -> list[int]:
         """Every block id the tree holds (locked or not)."""
@@ -261,6 +261,8 @@ class RadixTree:
         """Leading blocks of child equal to toks[pos:] (>= 1: the child's key matched the first)."""
         bs, n = self.block_size, 1
         limit = min(len(child.blocks), (len(toks) - pos) // bs)
+        if child.key[: limit * bs] == toks[pos : pos + limit * bs]:
+            return limit  # (the common case, one comparison in C: the whole run matches)
         while n < limit:
             start = n * bs
             if child.key[start : start + bs] != toks[pos + start : pos + start + bs]:

@@ -1,12 +1,16 @@
 """Incremental detokenization: token ids in, text deltas out, never splitting a UTF-8 character.
 
 Each step decodes a short window of ids twice (up to the last emitted token, and up to the new
-one) and emits the difference. A window whose text ends in U+FFFD is an incomplete character: it
-is held back until a later token completes it (or the stream ends and `flush` gives it up).
+one) and emits the difference; the first is usually that one token alone, whose text comes from
+a memo of single-token texts (the tokenizer's, shared by its requests). A window whose text
+ends in U+FFFD is an incomplete character: it is held back until a later token completes it (or
+the stream ends and `flush` gives it up).
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Protocol
 
 REPLACEMENT_CHAR = "\ufffd"
@@ -28,20 +32,30 @@ class IncrementalDetokenizer:
     def __init__(
         self, decoder: Decoder, prompt_ids: list[int], skip_special_tokens: bool = False
     ) -> None:
-        self._decoder = decoder
-        self._skip_special_tokens = skip_special_tokens
+        # A decoder that offers one binds its fast path once (api/tokenizer.py: window_decoder).
+        bind = getattr(decoder, "window_decoder", None)
+        self._decode: Callable[[list[int]], str] = (
+            bind(skip_special_tokens)
+            if bind is not None
+            else functools.partial(decoder.decode, skip_special_tokens=skip_special_tokens)
+        )
+        memo = getattr(decoder, "token_texts", None)
+        self._texts: dict[int, str] = memo(skip_special_tokens) if memo is not None else {}
         # ids[:read_offset]: the context already emitted as text (or prompt); the rest is held.
         self._ids = list(prompt_ids[-PROMPT_CONTEXT_TOKENS:])
         self._read_offset = len(self._ids)
 
-    def _decode(self, ids: list[int]) -> str:
-        return self._decoder.decode(ids, skip_special_tokens=self._skip_special_tokens)
-
     def add_token(self, token_id: int) -> str:
         """Appends one token; returns the text it completes (possibly empty)."""
-        self._ids.append(token_id)
-        prefix_text = self._decode(self._ids[: self._read_offset])
-        new_text = self._decode(self._ids)
+        ids = self._ids
+        ids.append(token_id)
+        if self._read_offset == 1:  # the usual context: the one token emitted last
+            prefix_text = self._texts.get(ids[0])
+            if prefix_text is None:
+                prefix_text = self._texts[ids[0]] = self._decode(ids[:1])
+        else:
+            prefix_text = self._decode(ids[: self._read_offset])
+        new_text = self._decode(ids)
         held = len(self._ids) - self._read_offset
         if new_text.endswith(REPLACEMENT_CHAR) and held < MAX_HELD_TOKENS:
             return ""  # an incomplete character: wait for the bytes that complete it

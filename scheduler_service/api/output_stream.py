@@ -48,27 +48,27 @@ class OutputStream:
     def frame(self, event: OutputEvent) -> pb.GenerateResponse | None:
         """The frame for one event, or None when it carries nothing to send."""
         assert not self.finished, "no events after the final frame"
-        parts: list[str] = []
-        sent: list[int] = []  # the event's tokens up to a stop string
         add_token, stops = self._detokenizer.add_token, self._stops
-        for token_id in event.token_ids:
-            self.num_completion_tokens += 1
-            sent.append(token_id)
-            if stops is None:
-                parts.append(add_token(token_id))
-                continue
-            can_stop = self.num_completion_tokens >= self._min_new_tokens
-            check = stops.feed(add_token(token_id), can_stop)
-            parts.append(check.text)
-            if check.matched is not None:
-                self.matched_stop = check.matched
-                break
+        if stops is None:  # every token goes out
+            sent = event.token_ids
+            parts = [add_token(token_id) for token_id in sent]
+            self.num_completion_tokens += len(sent)
+        else:
+            parts, sent = self._until_stop(event.token_ids)
         if self.matched_stop is None and event.finish_reason is None and not sent:
             return None
         # Built in one constructor call (repeated fields from lists), not field by field.
         logprobs = [_logprob_to_proto(item) for item in event.logprobs[: len(sent)]]
         frame = pb.GenerateResponse(
-            request_id=self._request_id, token_ids=sent, logprobs=logprobs, index=self.index
+            request_id=self._request_id,
+            token_ids=sent,
+            logprobs=logprobs,
+            index=self.index,
+            usage=pb.Usage(
+                prompt_tokens=event.num_prompt_tokens,
+                cached_tokens=event.num_cached_tokens,
+                completion_tokens=self.num_completion_tokens,
+            ),
         )
         if self.matched_stop is not None:
             self.finished = True
@@ -85,10 +85,25 @@ class OutputStream:
                 frame.matched_stop_token_id = event.matched_stop_token
             frame.error = event.error or ""
         frame.text = "".join(parts)
-        frame.usage.prompt_tokens = event.num_prompt_tokens
-        frame.usage.cached_tokens = event.num_cached_tokens
-        frame.usage.completion_tokens = self.num_completion_tokens
         return frame
+
+    def _until_stop(self, token_ids: list[int]) -> tuple[list[str], list[int]]:
+        """The text parts and tokens of token_ids up to the one completing a stop string (which
+        sets matched_stop), each token detokenized and checked alone."""
+        parts: list[str] = []
+        sent: list[int] = []
+        add_token, stops = self._detokenizer.add_token, self._stops
+        assert stops is not None
+        for token_id in token_ids:
+            self.num_completion_tokens += 1
+            sent.append(token_id)
+            can_stop = self.num_completion_tokens >= self._min_new_tokens
+            check = stops.feed(add_token(token_id), can_stop)
+            parts.append(check.text)
+            if check.matched is not None:
+                self.matched_stop = check.matched
+                break
+        return parts, sent
 
     def _flush(self) -> str:
         """Text held back by the detokenizer and the stop matcher, at the end of the stream."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,8 @@ class Tokenizer:
         self.name = str(model)
         self._tokenizer = AutoTokenizer.from_pretrained(str(model))
         self._fast_decoder = self._find_fast_decoder()
+        # The text of each single id, by skip_special_tokens: filled by the detokenizers.
+        self._token_texts: dict[bool, dict[int, str]] = {False: {}, True: {}}
         self.eos_token_ids = frozenset(self._find_eos_ids(str(model)))
         logger.info(
             "tokenizer %s: %d tokens, EOS ids %s", model, len(self), sorted(self.eos_token_ids)
@@ -73,6 +77,20 @@ class Tokenizer:
         if len(ids) > _GIL_HELD_MAX_IDS:  # the batch call releases the GIL while it decodes
             return decoder.decode_batch([ids], skip_special_tokens=skip_special_tokens)[0]
         return decoder.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def window_decoder(self, skip_special_tokens: bool = False) -> Callable[[list[int]], str]:
+        """decode() of short id lists (an incremental detokenizer's window, a few ids), bound
+        once: the Rust decoder itself when there is one (no Python frame per decode)."""
+        decoder = self._fast_decoder
+        if decoder is None:
+            return functools.partial(self.decode, skip_special_tokens=skip_special_tokens)
+        return functools.partial(decoder.decode, skip_special_tokens=skip_special_tokens)
+
+    def token_texts(self, skip_special_tokens: bool = False) -> dict[int, str]:
+        """A memo of decode([id]) by id, shared by this tokenizer's detokenizers (at most one
+        entry per vocabulary id): an incremental detokenizer decodes its last emitted token
+        alone for every new token."""
+        return self._token_texts[skip_special_tokens]
 
     def _find_fast_decoder(self) -> Any:
         """The Rust `tokenizers.Tokenizer` behind a fast tokenizer, when decoding through it gives

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from yaie.kernels.cache import KVCacheManager, PrefixMatch
 from yaie.scheduler_service.config import SchedulerConfig
 from yaie.scheduler_service.engine.priority_order import insert_by_priority
+from yaie.scheduler_service.engine.runs import Runs
 from yaie.scheduler_service.engine.sequence import Sequence
 from yaie.scheduler_service.workers.step_plan import (
     DEFAULT_MAX_PLAN_BYTES,
@@ -36,14 +37,6 @@ from yaie.scheduler_service.workers.step_plan import (
     PLAN_SLACK_BYTES,
     new_request_bytes,
 )
-
-
-@dataclass
-class Run:
-    """One run entry of the next plan: compute num_tokens of seq."""
-
-    seq: Sequence
-    num_tokens: int
 
 
 @dataclass
@@ -91,34 +84,40 @@ class BatchPolicy:
 
     def schedule(
         self, running: list[Sequence], waiting: deque[Sequence], blocks_pending: bool
-    ) -> list[Run]:
+    ) -> Runs:
         """The next step's runs. running and waiting are updated in place (admissions,
         preemptions) and stay in priority order (highest first; see queue()). blocks_pending:
         some retiring request will free blocks once its plans in flight are back; a request
         short of blocks then waits a step instead of preempting."""
         budget = self.config.max_num_batched_tokens
-        runs: list[Run] = []
+        runs = Runs()
+        add_seq, add_num_tokens = runs.seqs.append, runs.num_tokens.append
         short = False  # some running request could not get its blocks (or was preempted)
         self._blocks_pending = blocks_pending
         self._preempt_for_priority(running, waiting)
         preempted: set[int] = set()  # ids of the requests preempted during this loop
+        bs, backlog = self.block_size, self.config.max_stream_backlog
         for seq in list(running):  # highest priority, then oldest, first
             if budget <= 0:
                 break
-            if id(seq) in preempted or self._hold_back(seq):
+            if preempted and id(seq) in preempted:
+                continue
+            # Exact backlog check only near the bound (a reader keeping up costs nothing).
+            if (seq.backlog_bound >= backlog or seq.held_back) and self._hold_back(seq):
                 continue
             n = self._next_chunk(seq, budget)
-            need = self._num_blocks(seq.num_scheduled + n) - len(seq.block_ids)
-            if need > 0 and not self._make_room(seq, need, running, preempted):
-                short = True
-                continue
-            if need > 0:
+            need = -(-(seq.num_scheduled + n) // bs) - len(seq.block_ids)
+            if need > 0:  # a block boundary: the only step of a decode that allocates
+                if not self._make_room(seq, need, running, preempted):
+                    short = True
+                    continue
                 seq.block_ids += self.kv.allocate(need)
             if n > 0:
-                runs.append(Run(seq, n))
+                add_seq(seq)
+                add_num_tokens(n)
                 budget -= n
         if not short:
-            runs += self._admit(running, waiting, budget)
+            runs.extend(self._admit(running, waiting, budget))
         self.num_steps += 1  # every request still waiting has now waited one more step
         return runs
 
@@ -225,13 +224,13 @@ class BatchPolicy:
     def _next_chunk(self, seq: Sequence, budget: int) -> int:
         """Tokens seq runs next: the rest of its known tokens in chunks, or 1 (a decode); 0 when
         the tokens in flight already finish it by length (no step is wasted on it)."""
-        outputs_known = len(seq.token_ids) + seq.pending - seq.num_prompt_tokens
-        if seq.pending and outputs_known >= seq.request.max_new_tokens:
+        known = len(seq.token_ids) + seq.pending
+        if seq.pending and known - seq.num_prompt_tokens >= seq.request.max_new_tokens:
             return 0
-        return min(seq.num_remaining, budget, self.config.prefill_chunk_size)
+        return min(known - seq.num_scheduled, budget, self.config.prefill_chunk_size)
 
-    def _admit(self, running: list[Sequence], waiting: deque[Sequence], budget: int) -> list[Run]:
-        runs: list[Run] = []
+    def _admit(self, running: list[Sequence], waiting: deque[Sequence], budget: int) -> Runs:
+        runs = Runs()
         limit = self.config.max_running_requests
         if not waiting or budget <= 0:
             return runs
@@ -267,7 +266,7 @@ class BatchPolicy:
                 self.counters.cached_tokens += match.num_tokens
             waiting.remove(seq)
             insert_by_priority(running, seq)
-            runs.append(Run(seq, n))
+            runs.append(seq, n)
             budget -= n
             room -= size + PLAN_ENTRY_BYTES
             self._note_prompt_being_computed(seq, sharing)

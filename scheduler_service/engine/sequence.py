@@ -22,7 +22,7 @@ class SequenceStatus(enum.Enum):
     FINISHED = "finished"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Sequence:
     """One GenerationRequest as the engine sees it; each field has one writer, named below.
 
@@ -44,6 +44,9 @@ class Sequence:
     matched_stop_token: int | None = None
     error: str | None = None  # why the server gave up on it (an ABORT)
     emitted: int = 0  # output tokens already sent in events
+    # At least its undelivered tokens (exact at its last emit; the reader only lowers them):
+    # the policy checks the backlog exactly only when this reaches the bound.
+    backlog_bound: int = 0
     events: Outbox = field(default_factory=lambda: Outbox())
     # The engine's (engine.py): its completion, where it is, and how its client ended it.
     index: int = 0  # which completion of its request (GenerationRequest.n) it is
@@ -78,10 +81,13 @@ class Sequence:
     pending: int = 0
     in_flight: int = 0  # plans in flight that run it
     worker_dropped: bool = False  # the worker reported an error for it and dropped its state
+    # Set at construction (len(request.prompt_ids)), a field since every step reads it per row.
+    num_prompt_tokens: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         if not self.token_ids:
             self.token_ids = list(self.request.prompt_ids)
+        self.num_prompt_tokens = len(self.request.prompt_ids)
 
     @property
     def request_id(self) -> str:
@@ -90,10 +96,6 @@ class Sequence:
     @property
     def priority(self) -> int:
         return self.request.priority
-
-    @property
-    def num_prompt_tokens(self) -> int:
-        return len(self.request.prompt_ids)
 
     @property
     def num_output_tokens(self) -> int:
@@ -111,13 +113,14 @@ class Sequence:
     def append_token(self, token: int, max_context: int) -> None:
         """Record a sampled token and apply the token-level stop conditions: a stop token after
         min_new_tokens (STOP, the token kept), max_new_tokens or a full context (LENGTH)."""
-        num_before = self.num_output_tokens
-        self.token_ids.append(token)
+        tokens = self.token_ids
+        tokens.append(token)
         req = self.request
-        if token in req.stop_token_ids and num_before >= req.min_new_tokens:
+        num_output = len(tokens) - self.num_prompt_tokens
+        if token in req.stop_token_ids and num_output > req.min_new_tokens:
             self.finish_reason = FinishReason.STOP
             self.matched_stop_token = token
-        elif self.num_output_tokens >= req.max_new_tokens or len(self.token_ids) >= max_context:
+        elif num_output >= req.max_new_tokens or len(tokens) >= max_context:
             self.finish_reason = FinishReason.LENGTH
 
     def finish(self, reason: FinishReason, error: str | None = None) -> None:
@@ -144,6 +147,13 @@ class Sequence:
         """Push an OutputEvent with new_tokens (and the finish state, if finished); min_tokens:
         the stream interval, see Outbox.put."""
         self.emitted += len(new_tokens)
+        if self.finish_reason is None and new_tokens:
+            undelivered = self.events.extend(
+                self.index, new_tokens, logprobs, self.emitted, min_tokens
+            )
+            if undelivered:  # merged into the undelivered event: no event object per token
+                self.backlog_bound = undelivered
+                return
         event = OutputEvent(
             request_id=self.request_id,
             token_ids=new_tokens,
@@ -156,7 +166,7 @@ class Sequence:
             error=self.error,
             index=self.index,
         )
-        self.events.put(event, min_tokens)
+        self.backlog_bound = self.events.put(event, min_tokens)
 
 
 class Outbox:
@@ -172,12 +182,16 @@ class Outbox:
 
     def __init__(self) -> None:
         self._pending: dict[int, OutputEvent] = {}  # completion index -> its undelivered delta
-        self._ready = asyncio.Event()
+        # Whether the reader is to wake, and the future it waits on (one reader): a plain
+        # future, not an asyncio.Event, since this runs for every row of every step.
+        self._ready = False
+        self._waiter: asyncio.Future[None] | None = None
 
-    def put(self, event: OutputEvent, min_tokens: int = 1) -> None:
+    def put(self, event: OutputEvent, min_tokens: int = 1) -> int:
         """Adds event to its completion's pending delta. The reader is woken once the delta holds
         min_tokens tokens (the stream interval: fewer, larger frames under load) or the
-        completion finished; until then the tokens wait for the next put or release()."""
+        completion finished; until then the tokens wait for the next put or release().
+        Returns the completion's undelivered tokens now."""
         pending = self._pending.get(event.index)
         if pending is not None:  # merge: the newest event's counters and finish state win
             pending.token_ids += event.token_ids  # the outbox owns the pending event's lists
@@ -185,7 +199,35 @@ class Outbox:
             event.token_ids, event.logprobs = pending.token_ids, pending.logprobs
         self._pending[event.index] = event
         if min_tokens <= max(1, len(event.token_ids)) or event.finish_reason is not None:
-            self._ready.set()
+            self._wake()
+        return len(event.token_ids)
+
+    def extend(
+        self,
+        index: int,
+        tokens: list[int],
+        logprobs: list[TokenLogprobs],
+        num_output_tokens: int,
+        min_tokens: int = 1,
+    ) -> int:
+        """put() of an unfinished event of completion index that only adds tokens (at least
+        one), merged in place into its undelivered delta: its tokens now; 0 (nothing done) when
+        it has none pending."""
+        pending = self._pending.get(index)
+        if pending is None:
+            return 0
+        pending.token_ids += tokens
+        pending.logprobs += logprobs
+        pending.num_output_tokens = num_output_tokens
+        undelivered = len(pending.token_ids)  # (>= 1: tokens is not empty)
+        if min_tokens <= undelivered and not self._ready:
+            self._wake()
+        return undelivered
+
+    @property
+    def ready(self) -> bool:
+        """Whether the reader is woken (or would not wait) for what is pending."""
+        return self._ready
 
     def num_undelivered(self, index: int = 0) -> int:
         """Tokens of completion index put and not yet taken by the reader (its backlog)."""
@@ -195,13 +237,24 @@ class Outbox:
     def release(self) -> None:
         """Wake the reader for whatever is pending (tokens held by the stream interval)."""
         if self._pending:
-            self._ready.set()
+            self._wake()
+
+    def _wake(self) -> None:
+        self._ready = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def get(self) -> list[OutputEvent]:
         """Every event put since the last get(), as one per completion, by index (waits)."""
-        await self._ready.wait()
+        if not self._ready:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
         events = [self._pending[index] for index in sorted(self._pending)]
         self._pending = {}
-        self._ready.clear()
+        self._ready = False
         assert events
         return events

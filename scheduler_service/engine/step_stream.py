@@ -12,11 +12,10 @@ import itertools
 from collections import deque
 from dataclasses import dataclass
 
-from yaie.scheduler_service.engine.policy import Run
+from yaie.scheduler_service.engine.runs import Runs
 from yaie.scheduler_service.engine.sequence import Sequence
 from yaie.scheduler_service.workers.step_plan import (
     NewRequestSpec,
-    PlanEntry,
     StepOutcome,
     StepPlan,
 )
@@ -27,8 +26,9 @@ from yaie.scheduler_service.workers.worker_client import WorkerClient, WorkerStr
 class InFlight:
     """A plan sent whose result has not been read."""
 
-    plan: StepPlan
-    runs: list[tuple[Sequence, int, bool]]  # per entry: (request, tokens run, whether it samples)
+    plan: StepPlan  # (its num_tokens: per entry, the tokens run)
+    seqs: list[Sequence]  # per entry: its request
+    samples: list[bool]  # per entry: whether it samples a token
     ends: list[int]  # per entry: its request's num_scheduled after it
     trace: dict | None = None  # the step's timeline fields (ops/step_trace.py), when tracing
 
@@ -62,7 +62,7 @@ class StepStream:
         """The worker reported an error for seq and dropped its state."""
         seq.worker_dropped = True
 
-    async def send(self, runs: list[Run]) -> InFlight:
+    async def send(self, runs: Runs) -> InFlight:
         """The StepPlan of runs (and of the releases due), sent; raises WorkerStreamError."""
         flight = self._plan(runs)
         self._in_flight.append(flight)
@@ -78,7 +78,7 @@ class StepStream:
             raise WorkerStreamError(
                 f"result of step {outcome.step_id}, expected {flight.plan.step_id}"
             )
-        for seq, _, samples in flight.runs:
+        for seq, samples in zip(flight.seqs, flight.samples, strict=True):
             seq.in_flight -= 1
             seq.pending -= samples
         return flight, outcome
@@ -87,36 +87,43 @@ class StepStream:
         """The worker found a jump-forward after seq's last token: the decode of seq in flight
         (if any) computes that token but samples nothing (the forced tokens come first)."""
         for flight in self._in_flight:
-            for j, (other, n, samples) in enumerate(flight.runs):
-                if other is seq and samples:
-                    flight.runs[j] = (seq, n, False)
+            for j, other in enumerate(flight.seqs):
+                if other is seq and flight.samples[j]:
+                    flight.samples[j] = False
                     seq.pending -= 1
                     return
 
-    def _plan(self, runs: list[Run]) -> InFlight:
+    def _plan(self, runs: Runs) -> InFlight:
         """A run samples when it reaches the last token the worker knows; only the blocks the
-        worker has not been sent go with it."""
-        entries: list[PlanEntry] = []
-        record: list[tuple[Sequence, int, bool]] = []
-        for run in runs:
-            seq, n = run.seq, run.num_tokens
-            new_request = None if seq.sent else self._new_request(seq)
-            samples = seq.num_scheduled + n == len(seq.token_ids) + seq.pending
+        worker has not been sent go with it. One pass, straight into the plan's columns (this
+        runs for every row of every step)."""
+        plan = StepPlan(next(self._step_ids), num_tokens=runs.num_tokens)
+        request_ids, num_new_blocks = plan.request_ids, plan.num_new_blocks
+        new_block_ids = plan.new_block_ids
+        samples: list[bool] = []
+        ends: list[int] = []
+        for i, (seq, n) in enumerate(zip(runs.seqs, runs.num_tokens, strict=True)):
+            if not seq.sent:  # (assigns its worker_request_id and first num_scheduled)
+                spec = self._new_request(seq)
+                plan.new_requests.append((seq.worker_request_id, spec))
             sampling = seq.request.sampling
-            wants_logprobs = sampling.return_logprobs or sampling.top_logprobs > 0
-            new_blocks = seq.block_ids[seq.num_blocks_sent :]
-            top_logprobs = sampling.top_logprobs if wants_logprobs else None
-            entries.append(
-                PlanEntry(seq.worker_request_id, n, new_blocks, new_request, top_logprobs)
-            )
-            record.append((seq, n, samples))
-            seq.num_scheduled += n
-            seq.num_blocks_sent = len(seq.block_ids)
-            seq.pending += samples
+            if sampling.return_logprobs or sampling.top_logprobs > 0:
+                plan.top_logprobs[i] = sampling.top_logprobs
+            blocks, num_sent = seq.block_ids, seq.num_blocks_sent
+            if len(blocks) > num_sent:
+                new_block_ids += blocks[num_sent:]
+                seq.num_blocks_sent = len(blocks)
+            num_new_blocks.append(len(blocks) - num_sent)
+            request_ids.append(seq.worker_request_id)
+            end = seq.num_scheduled + n
+            sample = end == len(seq.token_ids) + seq.pending
+            samples.append(sample)
+            ends.append(end)
+            seq.num_scheduled = end
+            seq.pending += sample
             seq.in_flight += 1
-        release_ids, self._release_ids = self._release_ids, []
-        plan = StepPlan(next(self._step_ids), entries, release_ids)
-        return InFlight(plan, record, [seq.num_scheduled for seq, _, _ in record])
+        plan.release_ids, self._release_ids = self._release_ids, []
+        return InFlight(plan, runs.seqs, samples, ends)
 
     def _new_request(self, seq: Sequence) -> NewRequestSpec:
         """The worker learns of seq (just admitted): its K/V starts after its cached prefix."""

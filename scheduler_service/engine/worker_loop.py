@@ -25,8 +25,9 @@ from collections.abc import Callable
 
 from yaie.kernels.cache import KVCacheManager
 from yaie.scheduler_service.config import SchedulerConfig
-from yaie.scheduler_service.engine.policy import BatchPolicy, Run
+from yaie.scheduler_service.engine.policy import BatchPolicy
 from yaie.scheduler_service.engine.request import FinishReason
+from yaie.scheduler_service.engine.runs import Runs
 from yaie.scheduler_service.engine.sequence import Sequence, SequenceStatus
 from yaie.scheduler_service.engine.step_stream import InFlight, StepStream
 from yaie.scheduler_service.ops.step_trace import StepTrace
@@ -166,31 +167,31 @@ class WorkerLoop:
         logger.info("worker %s rejoined (%d blocks)", info.address, info.num_blocks)
         self._on_rejoined(self)
 
-    async def _send(self, runs: list[Run], start: float) -> None:
+    async def _send(self, runs: Runs, start: float) -> None:
         """start: when this step's scheduling began (for the trace)."""
         scheduled = time.perf_counter()
-        for run in runs:
-            if run.seq.status is SequenceStatus.WAITING:  # admitted by this step's schedule()
-                run.seq.status = SequenceStatus.RUNNING
+        waiting, running = SequenceStatus.WAITING, SequenceStatus.RUNNING
+        for seq in runs.seqs:
+            if seq.status is waiting:  # admitted by this step's schedule()
+                seq.status = running
         flight = await self.stream.send(runs)
         if self._trace is not None:
             flight.trace = self._trace_fields(flight, runs, start, scheduled)
 
-    def _trace_fields(
-        self, flight: InFlight, runs: list[Run], start: float, scheduled: float
-    ) -> dict:
+    def _trace_fields(self, flight: InFlight, runs: Runs, start: float, scheduled: float) -> dict:
         """A sent plan's fields of the step trace (ops/step_trace.py)."""
         sent = time.perf_counter()
         # a run is prefill unless it is one token at or past the prompt's end (a decode)
+        columns = (runs.seqs, runs.num_tokens, flight.ends)
         prefill_tokens = sum(
-            run.num_tokens
-            for run, end in zip(runs, flight.ends, strict=True)
-            if run.num_tokens > 1 or end - 1 < run.seq.num_prompt_tokens
+            n
+            for seq, n, end in zip(*columns, strict=True)
+            if n > 1 or end - 1 < seq.num_prompt_tokens
         )
         return dict(
             step=flight.plan.step_id,
             entries=len(runs),
-            tokens=sum(run.num_tokens for run in runs),
+            tokens=sum(flight.plan.num_tokens),
             prefill_tokens=prefill_tokens,
             running=len(self.running),
             waiting=len(self.waiting),
@@ -202,36 +203,11 @@ class WorkerLoop:
     async def _receive(self) -> None:
         flight, outcome = await self.stream.receive(self.config.step_timeout_s)
         arrived = time.perf_counter()
-        loaded = len(self.running) >= self.config.stream_interval_min_batch
-        interval = self.config.stream_interval if loaded else 1  # see SchedulerConfig
-        entries = flight.plan.entries
-        if outcome.request_errors:
-            self._warn_unknown_errors(flight, outcome)
-        for i, (seq, n, samples) in enumerate(flight.runs):
-            request_error = outcome.request_errors.get(entries[i].request_id)
-            if outcome.error:
+        if outcome.error:
+            for seq in flight.seqs:
                 self._fail(seq, f"worker step failed: {outcome.error}")
-                continue
-            if request_error is not None:
-                self.stream.note_dropped(seq)
-                self._fail(seq, f"worker error: {request_error}")
-                continue
-            token = outcome.token_ids[i]
-            if samples != (token >= 0) or not -1 <= token < self.info.vocab_size:
-                self._fail(
-                    seq,
-                    f"worker returned token id {token} (vocabulary "
-                    f"{self.info.vocab_size}) where sampled={samples}",
-                )
-                continue
-            if n > 1 and seq.status is SequenceStatus.RUNNING:
-                self.policy.cache_prompt(seq, flight.ends[i])
-            if samples and not seq.is_finished:  # a finished request drops tokens in flight
-                tokens, lps = self._take_tokens(seq, token, outcome, i, entries[i].request_id)
-                seq.emit(tokens, lps, interval if seq.emitted else 1)  # first token: at once
-                if seq.is_finished:
-                    self._on_finished(seq)
-                    self._retire(seq)
+        else:
+            self._take_results(flight, outcome)
         if flight.trace is not None and self._trace is not None:
             self._trace.record(
                 **flight.trace,
@@ -241,6 +217,47 @@ class WorkerLoop:
                 grammar_ms=outcome.grammar_ms,
                 process_ms=(time.perf_counter() - arrived) * 1e3,
             )
+
+    def _take_results(self, flight: InFlight, outcome: StepOutcome) -> None:
+        """Each entry's sampled token to its request (stops applied, events out). One tight
+        pass: this runs for every row of every step; rare cases (request errors, logprobs,
+        grammar jumps, prefill chunks) leave the plain decode path."""
+        loaded = len(self.running) >= self.config.stream_interval_min_batch
+        interval = self.config.stream_interval if loaded else 1  # see SchedulerConfig
+        request_ids = flight.plan.request_ids
+        errors = outcome.request_errors
+        if errors:
+            self._warn_unknown_errors(flight, outcome)
+        # grammar jumps or finishes, or an entry that asked for logprobs: _take_tokens' path
+        special = bool(outcome.jumps or outcome.grammar_done or flight.plan.top_logprobs)
+        vocab_size, max_context = self.info.vocab_size, self.info.max_context
+        running = SequenceStatus.RUNNING
+        columns = (flight.seqs, flight.plan.num_tokens, flight.samples, outcome.token_ids)
+        for i, (seq, n, samples, token) in enumerate(zip(*columns, strict=True)):
+            if errors and request_ids[i] in errors:
+                self.stream.note_dropped(seq)
+                self._fail(seq, f"worker error: {errors[request_ids[i]]}")
+                continue
+            if samples != (token >= 0) or not -1 <= token < vocab_size:
+                self._fail(
+                    seq,
+                    f"worker returned token id {token} (vocabulary "
+                    f"{vocab_size}) where sampled={samples}",
+                )
+                continue
+            if n > 1 and seq.status is running:
+                self.policy.cache_prompt(seq, flight.ends[i])
+            if not samples or seq.finish_reason is not None:
+                continue  # a finished request drops tokens in flight
+            if special:
+                tokens, lps = self._take_tokens(seq, token, outcome, i, request_ids[i])
+            else:
+                seq.append_token(token, max_context)
+                tokens, lps = [token], []
+            seq.emit(tokens, lps, interval if seq.emitted else 1)  # first token: at once
+            if seq.finish_reason is not None:
+                self._on_finished(seq)
+                self._retire(seq)
 
     def _take_tokens(
         self, seq: Sequence, token: int, outcome: StepOutcome, index: int, worker_id: int
@@ -270,7 +287,7 @@ class WorkerLoop:
 
     def _warn_unknown_errors(self, flight: InFlight, outcome: StepOutcome) -> None:
         """Errors for ids the step did not run (rare: the set of its ids is built only then)."""
-        expected = {entry.request_id for entry in flight.plan.entries}
+        expected = set(flight.plan.request_ids)
         for request_id in outcome.request_errors.keys() - expected:
             logger.warning(
                 "worker %s: error for request %d, not in step %d: ignored",

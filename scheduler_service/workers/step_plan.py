@@ -4,6 +4,7 @@ its Describe reports: plain dataclasses. worker_client.py alone turns them into 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from yaie.kernels.sampling.config import SamplingConfig
@@ -56,7 +57,8 @@ def new_request_bytes(token_ids: list[int], sampling: SamplingConfig) -> int:
 
 @dataclass
 class PlanEntry:
-    """One run entry: compute num_tokens of a request, appending new_block_ids to its table."""
+    """One run entry, for building a plan by hand (StepPlan.of): compute num_tokens of a
+    request, appending new_block_ids to its table."""
 
     request_id: int  # the request's id on this step stream
     num_tokens: int
@@ -67,13 +69,41 @@ class PlanEntry:
 
 @dataclass
 class StepPlan:
-    """One step of one worker: its entries in run order (the result answers in this order), and
-    the requests whose worker state goes once the earlier plans ran (finished, aborted or
-    preempted)."""
+    """One step of one worker, as columns over its run entries in run order (the result answers
+    in this order; the wire's packed arrays are these lists as they are), and the requests whose
+    worker state goes once the earlier plans ran (finished, aborted or preempted)."""
 
     step_id: int
-    entries: list[PlanEntry]
+    request_ids: list[int] = field(default_factory=list)  # per entry: its id on this stream
+    num_tokens: list[int] = field(default_factory=list)  # per entry: tokens to compute
+    num_new_blocks: list[int] = field(default_factory=list)  # per entry: blocks appended
+    new_block_ids: list[int] = field(default_factory=list)  # the appended blocks, concatenated
+    # (request id, spec) of the entries whose request the worker sees the first time, in order.
+    new_requests: list[tuple[int, NewRequestSpec]] = field(default_factory=list)
+    # entry index -> the top-n to read back, for the entries that asked for logprobs only.
+    top_logprobs: dict[int, int] = field(default_factory=dict)
     release_ids: list[int] = field(default_factory=list)
+
+    @classmethod
+    def of(
+        cls, step_id: int, entries: list[PlanEntry], release_ids: Iterable[int] = ()
+    ) -> StepPlan:
+        """The plan of entries (a plan built entry by entry, as tests do)."""
+        plan = cls(step_id, release_ids=list(release_ids))
+        for i, entry in enumerate(entries):
+            plan.request_ids.append(entry.request_id)
+            plan.num_tokens.append(entry.num_tokens)
+            plan.num_new_blocks.append(len(entry.new_block_ids))
+            plan.new_block_ids += entry.new_block_ids
+            if entry.new_request is not None:
+                plan.new_requests.append((entry.request_id, entry.new_request))
+            if entry.top_logprobs is not None:
+                plan.top_logprobs[i] = entry.top_logprobs
+        return plan
+
+    @property
+    def num_entries(self) -> int:
+        return len(self.request_ids)
 
 
 @dataclass(frozen=True)

@@ -122,10 +122,10 @@ def test_abandoned_stream_drops_the_workers_requests_and_fails_a_read(servicer, 
         client = InProcessWorkerClient(servicer)
         client.open_stream()
         call = client._call
-        first = StepPlan(1, [_entry(1, PROMPTS[0], 6, [0, 1]), _entry(2, PROMPTS[1], 3, [2])])
+        first = StepPlan.of(1, [_entry(1, PROMPTS[0], 6, [0, 1]), _entry(2, PROMPTS[1], 3, [2])])
         await client.send(first)
         assert min((await client.receive(first, 30.0)).token_ids) >= 0
-        decode = StepPlan(2, [_entry(1, None, 1, []), _entry(2, None, 1, [])])
+        decode = StepPlan.of(2, [_entry(1, None, 1, []), _entry(2, None, 1, [])])
         await client.send(decode)
         assert len((await client.receive(decode, 30.0)).token_ids) == 2
         assert len(tables[-1]) == 2  # both requests live on the worker
@@ -135,7 +135,7 @@ def test_abandoned_stream_drops_the_workers_requests_and_fails_a_read(servicer, 
         with pytest.raises(WorkerStreamError, match="cancelled"):
             await read
         with pytest.raises(WorkerStreamError, match="abandoned"):
-            await client.send(StepPlan(3, decode.entries))
+            await client.send(StepPlan.of(3, [_entry(1, None, 1, [])]))
         await asyncio.to_thread(call.thread.join, 10.0)
         assert not call.thread.is_alive() and len(tables[-1]) == 0
         await client.close()
@@ -149,7 +149,7 @@ def test_receive_timeout_raises_worker_hung_and_the_stream_still_works(servicer)
         assert await client.health(1.0) == "SERVING"
         assert (await client.describe(1.0)).num_blocks == NUM_BLOCKS
         client.open_stream()
-        plan = StepPlan(1, [_entry(1, PROMPTS[1], 3, [0])])
+        plan = StepPlan.of(1, [_entry(1, PROMPTS[1], 3, [0])])
         with pytest.raises(WorkerHungError):
             await client.receive(plan, 0.1)  # nothing sent: no result comes
         await client.send(plan)

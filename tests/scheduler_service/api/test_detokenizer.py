@@ -68,3 +68,18 @@ def test_a_leading_space_after_the_prompt_is_kept(tokenizer: Tokenizer) -> None:
     ids = tokenizer.encode(" leaves the station", add_special_tokens=False)
     text = "".join(_stream(IncrementalDetokenizer(tokenizer, prompt), ids))
     assert text == " leaves the station"
+
+
+def test_the_shared_single_token_memo_keeps_skipped_and_kept_special_tokens_apart(
+    tokenizer: Tokenizer,
+) -> None:
+    """Requests of one tokenizer share its memo of single-token texts (the usual context of the
+    next token): a request that skips special tokens must not see another's "<|eos|>"."""
+    ids = tokenizer.encode("the", add_special_tokens=False) + [1]  # 1 = <|eos|>
+    ids += tokenizer.encode(" sky is", add_special_tokens=False)
+    for _ in range(2):  # the second round reads every context from the memo
+        with_special = "".join(_stream(IncrementalDetokenizer(tokenizer, []), ids))
+        detokenizer = IncrementalDetokenizer(tokenizer, [], skip_special_tokens=True)
+        assert with_special == "the<|eos|> sky is"
+        assert "".join(_stream(detokenizer, ids)) == "the sky is"
+    assert tokenizer.token_texts(False)[1] == "<|eos|>" and tokenizer.token_texts(True)[1] == ""

@@ -63,7 +63,7 @@ def test_the_size_bound_covers_the_encoding() -> None:
     )
     ids = [0, 1, 2**21, 151_935, 2**31 - 1]
     spec = NewRequestSpec(ids, len(ids), 0, sampling)
-    alone = encode_plan(StepPlan(step_id=1, entries=[])).ByteSize()
-    plan = StepPlan(step_id=1, entries=[PlanEntry(2**40, len(ids), [2**32 - 1], spec)])
+    alone = encode_plan(StepPlan(step_id=1)).ByteSize()
+    plan = StepPlan.of(1, [PlanEntry(2**40, len(ids), [2**32 - 1], spec)])
     encoded = encode_plan(plan).ByteSize() - alone
     assert encoded <= new_request_bytes(ids, sampling) + 32  # PLAN_ENTRY_BYTES

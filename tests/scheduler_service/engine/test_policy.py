@@ -8,8 +8,9 @@ import pytest
 
 from yaie.kernels.cache import KVCacheManager
 from yaie.scheduler_service.config import SchedulerConfig
-from yaie.scheduler_service.engine.policy import BatchPolicy, Run
+from yaie.scheduler_service.engine.policy import BatchPolicy
 from yaie.scheduler_service.engine.request import GenerationRequest, SamplingConfig
+from yaie.scheduler_service.engine.runs import Runs
 from yaie.scheduler_service.engine.sequence import Sequence, SequenceStatus
 
 BS = 4
@@ -33,7 +34,7 @@ def _policy(num_blocks: int = 64, **kw) -> tuple[BatchPolicy, KVCacheManager, li
     return BatchPolicy(SchedulerConfig(**kw), kv, preempt), kv, preempted
 
 
-def _sent(runs: list[Run]) -> None:
+def _sent(runs: Runs) -> None:
     """What sending the plan and reading its result does to the runs' requests."""
     for run in runs:
         run.seq.num_scheduled += run.num_tokens
@@ -119,7 +120,7 @@ def test_short_of_blocks_waits_while_retiring_blocks_are_pending() -> None:
     kv.allocate(kv.stats().free_blocks)  # someone else's blocks, freed "later"
     _sent(runs)
     waiting = deque([b])
-    assert policy.schedule(running, waiting, blocks_pending=True) == []
+    assert not policy.schedule(running, waiting, blocks_pending=True)
     assert not preempted and list(waiting) == [b]
 
 

@@ -32,7 +32,7 @@ def test_outbox_wakes_the_reader_at_min_tokens_at_the_end_or_on_release() -> Non
         box = Outbox()
         box.put(_event([1]), 3)
         box.put(_event([2]), 3)
-        assert not box._ready.is_set()
+        assert not box.ready
         box.put(_event([3]), 3)
         assert [e.token_ids for e in await box.get()] == [[1, 2, 3]]
         box.put(_event([4]), 3)
@@ -43,7 +43,29 @@ def test_outbox_wakes_the_reader_at_min_tokens_at_the_end_or_on_release() -> Non
         (last,) = await box.get()
         assert last.token_ids == [5, 6] and last.finish_reason is FinishReason.LENGTH
         box.put(_event([7]))
-        assert box._ready.is_set()
+        assert box.ready
+
+    asyncio.run(main())
+
+
+def test_a_waiting_reader_is_woken_by_tokens_merged_in_place() -> None:
+    """extend() merges a decode's token into the undelivered event (no event object per token)
+    and wakes a reader already waiting in get() once min_tokens are pending, exactly once."""
+
+    async def main() -> None:
+        box = Outbox()
+        reader = asyncio.create_task(box.get())
+        await asyncio.sleep(0)  # the reader waits
+        assert box.extend(0, [1], [], 1, 3) == 0  # nothing pending: the caller must put()
+        assert box.put(_event([1]), 3) == 1
+        assert box.extend(0, [2], [], 2, 3) == 2
+        await asyncio.sleep(0)
+        assert not reader.done() and not box.ready
+        assert box.extend(0, [3], [], 3, 3) == 3 and box.ready
+        assert box.extend(0, [4], [], 4, 3) == 4  # (already woken)
+        (event,) = await reader
+        assert event.token_ids == [1, 2, 3, 4] and event.num_output_tokens == 4
+        assert not box.ready and box.num_undelivered() == 0
 
     asyncio.run(main())
 

@@ -56,7 +56,7 @@ async def _describe_and_step(address: str) -> list[int]:
         client.open_stream()
         spec = NewRequestSpec([5, 6, 7], 3, 0, SamplingConfig(temperature=0.0, seed=1))
         entries = [PlanEntry(request_id=1, num_tokens=3, new_block_ids=[0], new_request=spec)]
-        plan = StepPlan(1, entries)
+        plan = StepPlan.of(1, entries)
         await client.send(plan)
         outcome = await client.receive(plan, timeout=30)
         assert not outcome.error

@@ -29,7 +29,7 @@ def test_a_failed_step_stream_names_its_status_when_details_are_empty() -> None:
         client = WorkerClient("127.0.0.1:1")
         client._call = _FailedCall()
         with pytest.raises(WorkerStreamError) as failure:
-            await client.receive(StepPlan(step_id=1, entries=[]), timeout=5.0)
+            await client.receive(StepPlan(step_id=1), timeout=5.0)
         await client.close()
         return str(failure.value)
 
