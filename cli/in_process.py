@@ -52,6 +52,10 @@ class _StepContext:
     def abort(self, code: grpc.StatusCode, details: str) -> NoReturn:
         raise WorkerStreamError(f"{code.name}: {details}")
 
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        # The worker serves this process's engine only: no scheduler id to tell apart.
+        return ()
+
 
 class _StepCall:
     """One Step stream: a thread runs servicer.Step over a plan queue and hands each result to
