@@ -204,6 +204,7 @@ def _extend_ms(args: tuple, scales: dict) -> float:
     return do_bench(run, warmup=10, rep=100, return_mode="median")
 
 
+EXTEND_MATH_MODES = (1, 2, 3)  # triton_common.FP8_EXTEND_MATH (see triton_extend._attend_tile)
 EXTEND_SHAPES = [(1, 0, 2048), (4, 2048, 500), (1, 0, 16384)]  # requests, cached, new tokens
 
 
@@ -223,14 +224,17 @@ def extend_timings() -> list[dict]:
         row = {"requests": requests, "cached": cached, "new": new}
         ms = _extend_ms(batch.extend_args(), {})
         row["bf16_us"], row["bf16_tflops"] = ms * 1e3, flops / (ms * 1e-3) / 1e12
-        default = tc.FP8_DECODE_MATH
-        for mode in MATH_MODES:
-            tc.FP8_DECODE_MATH = mode
+        default, first = tc.FP8_EXTEND_MATH, None
+        for mode in EXTEND_MATH_MODES:
+            tc.FP8_EXTEND_MATH = mode
             try:
                 ms = _extend_ms(fp8.extend_args(), fp8.scales())
+                found = extend_attention_triton(*fp8.extend_args(), **fp8.scales()).float()
             finally:
-                tc.FP8_DECODE_MATH = default
+                tc.FP8_EXTEND_MATH = default
             row[f"fp8_math{mode}_us"] = ms * 1e3
+            first = found if first is None else first
+            row[f"fp8_math{mode}_err"] = relative_error(found, first)
         print(f"extend {row}", flush=True)
         rows.append(row)
         del batch, fp8

@@ -65,12 +65,22 @@ def check_scales(
 FP8_DECODE_MATH = 2
 
 
-def fp8_math(has_scale: bool, q_dtype: torch.dtype) -> int:
-    """The decode kernels' HAS_SCALE constant: 0 (no scales), else FP8_DECODE_MATH for 16-bit
-    queries (fp32 queries keep fp32 math: 1)."""
+# Extend attention's mode (2 measured: 5% faster than 1 on the H200, session 7 call 4, and still
+# 2.5-2.7x slower than a bf16 pool). 3 scales the K/V tiles as they load (fp32, then fp16) and
+# drops the per-key multiplies of the [BLOCK_M, BLOCK_N] scores and probabilities, a tile being
+# shared by BLOCK_M queries here; interpreter-tested, not yet timed
+# (`bench_fp8_kv.py --stages kernels` times modes 1-3).
+FP8_EXTEND_MATH = 2
+
+
+def fp8_math(has_scale: bool, q_dtype: torch.dtype, extend: bool = False) -> int:
+    """The kernels' HAS_SCALE constant: 0 (no scales), else FP8_DECODE_MATH (FP8_EXTEND_MATH for
+    extend) for 16-bit queries; fp32 queries keep fp32 math (1)."""
     if not has_scale:
         return 0
-    return 1 if q_dtype == torch.float32 else FP8_DECODE_MATH
+    if q_dtype == torch.float32:
+        return 1
+    return FP8_EXTEND_MATH if extend else FP8_DECODE_MATH
 
 
 def scale_args(

@@ -75,9 +75,13 @@ def _attend_tile(
             if HAS_SCALE:
                 s_k = tl.load(k_scale + scale_off)
                 s_v = tl.load(v_scale + scale_off)
-        k_tile, v_tile = k_tile.to(q_tile.dtype), v_tile.to(q_tile.dtype)
+        if HAS_SCALE == 3:  # the tiles scaled as they load (triton_common.FP8_EXTEND_MATH)
+            k_tile = (k_tile.to(tl.float32) * s_k[:, None]).to(q_tile.dtype)
+            v_tile = (v_tile.to(tl.float32) * s_v[:, None]).to(q_tile.dtype)
+        else:
+            k_tile, v_tile = k_tile.to(q_tile.dtype), v_tile.to(q_tile.dtype)
         scores = tl.dot(q_tile, tl.trans(k_tile)) * qk_scale  # [BLOCK_M, BLOCK_N], log2 units
-        if HAS_SCALE:
+        if HAS_SCALE == 1 or HAS_SCALE == 2:
             scores = scores * s_k[None, :]
         if CAUSAL:
             visible = (pos[None, :] <= q_pos[:, None]) & in_seq[None, :]
@@ -86,7 +90,7 @@ def _attend_tile(
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(scores - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        if HAS_SCALE:
+        if HAS_SCALE == 1 or HAS_SCALE == 2:
             p = p * s_v[None, :]
         acc = acc * alpha[:, None] + tl.dot(p.to(q_tile.dtype), v_tile)
         m_i = m_new
@@ -146,7 +150,7 @@ def _extend_kernel(
     tokens = (q_lo + offs_m).to(tl.int64)
     q_ptrs = q + tokens[:, None] * stride_q_token + head * stride_q_head + offs_d[None, :]
     q_tile = tl.load(q_ptrs, mask=row_mask[:, None], other=0.0)
-    if HAS_SCALE == 2:  # an fp8 pool, fp16 math (triton_common.FP8_DECODE_MATH)
+    if HAS_SCALE >= 2:  # an fp8 pool, fp16 math (triton_common.FP8_EXTEND_MATH)
         q_tile = q_tile.to(tl.float16)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -248,7 +252,7 @@ def extend_attention_triton(
         HEAD_DIM=head_dim,
         BLOCK_M=block_m,
         BLOCK_N=block_n,
-        HAS_SCALE=fp8_math(has_scale, q.dtype),
+        HAS_SCALE=fp8_math(has_scale, q.dtype, extend=True),
         INVARIANT=invariant,
         num_warps=num_warps,
         num_stages=num_stages,

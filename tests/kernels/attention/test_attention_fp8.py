@@ -28,7 +28,7 @@ from yaie.kernels.attention import (
 )
 from yaie.kernels.attention.reference import quantize_fp8
 
-EXPECTED_CHILD_TESTS = 9
+EXPECTED_CHILD_TESTS = 12
 
 
 def test_quantize_fp8_error_is_within_e4m3_precision_of_each_vector_max():
@@ -168,6 +168,24 @@ def test_interpreter_fp8_extend_matches_reference(block_size, gqa, head_dim, dty
     tiles = {"block_m": 32, "block_n": launch["block_n"], "num_warps": 4}
     out = extend_attention_triton(*fp8.extend_args(), **tiles, **fp8.scales())
     assert relative_error(out, ref) < (1e-5 if dtype == torch.float32 else 2e-3)
+
+
+@interpreter_only
+@pytest.mark.parametrize("mode", [1, 2, 3])
+def test_interpreter_fp8_extend_in_each_math_mode_matches_reference(mode, monkeypatch):
+    """fp16 queries in each of extend's fp8 math modes (triton_common.FP8_EXTEND_MATH): K/V in
+    q's dtype with the scales on scores and probabilities (1, 2: fp16 dots), or the K/V tiles
+    scaled as they load (3)."""
+    import yaie.kernels.attention.triton_common as triton_common
+    from yaie.kernels.attention.triton_extend import extend_attention_triton
+
+    monkeypatch.setattr(triton_common, "FP8_EXTEND_MATH", mode)
+    batch = make_paged_batch([37, 0], [9, 20], 16, 2, 4, 64)
+    fp8 = replace(batch.to_fp8(), q=batch.q.to(torch.float16))
+    ref = extend_attention(*fp8.extend_args(), backend="torch", **fp8.scales())
+    tiles = {"block_m": 32, "block_n": 16, "num_warps": 4}
+    out = extend_attention_triton(*fp8.extend_args(), **tiles, **fp8.scales())
+    assert relative_error(out, ref) < 2e-3
 
 
 @interpreter_only
