@@ -159,8 +159,8 @@ def _extend_kernel(
     table_row = block_tables + b * stride_table
     # Keys 0..first_pos are visible to every row of the tile: whole tiles below that need no mask.
     # Batch-invariant mode walks every tile through the masked loop: the two loops compile to
-    # different code (the compiler contracts scale, max and exp2 differently around the mask),
-    # and where a query's tiles switch loops depends on where its chunk starts.
+    # different code that rounds differently (a chunked prompt's outputs differed from the whole
+    # prompt's on the H200), and where a query's tiles switch loops depends on its chunk's start.
     first_pos = prefix_len + tile * BLOCK_M
     if INVARIANT:
         unmasked_end = first_pos * 0
