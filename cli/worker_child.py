@@ -28,9 +28,8 @@ _WORKER_NAMES = frozenset(
         "VIRTUAL_ENV",
         "LD_LIBRARY_PATH",
         "XDG_CACHE_HOME",
-        "OMP_NUM_THREADS",
-        "MKL_NUM_THREADS",
-        "OPENBLAS_NUM_THREADS",
+        "LD_PRELOAD",  # an allocator (tcmalloc, jemalloc) for the CPU forward
+        "MALLOC_CONF",
         "SSL_CERT_FILE",
         "SSL_CERT_DIR",
         "REQUESTS_CA_BUNDLE",
@@ -51,6 +50,13 @@ _WORKER_PREFIXES = (
     "TORCH",  # TORCH_*, TORCHINDUCTOR_*
     "PYTORCH_",
     "TRITON_",
+    "OMP_",  # the CPU forward's threads: OMP_NUM_THREADS, OMP_WAIT_POLICY, OMP_PROC_BIND ...
+    "GOMP_",
+    "KMP_",
+    "MKL_",
+    "OPENBLAS_",
+    "MALLOC_",  # glibc's MALLOC_ARENA_MAX ...
+    "TCMALLOC_",
     "HF_",
     "HUGGINGFACE_",
     "GRPC_",

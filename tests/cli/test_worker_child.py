@@ -20,6 +20,9 @@ def test_the_worker_environment_keeps_only_what_a_worker_reads() -> None:
         "NCCL_DEBUG": "INFO",
         "PYTHONPATH": "/src",
         "LC_ALL": "C.UTF-8",
+        "OMP_NUM_THREADS": "2",
+        "OMP_WAIT_POLICY": "PASSIVE",
+        "LD_PRELOAD": "/usr/lib/libtcmalloc.so.4",
         "YAIE_API_KEY": "sk-secret",
         "AWS_SECRET_ACCESS_KEY": "x",
         "GITHUB_TOKEN": "y",
@@ -33,6 +36,9 @@ def test_the_worker_environment_keeps_only_what_a_worker_reads() -> None:
         "NCCL_DEBUG": "INFO",
         "PYTHONPATH": "/src",
         "LC_ALL": "C.UTF-8",
+        "OMP_NUM_THREADS": "2",
+        "OMP_WAIT_POLICY": "PASSIVE",
+        "LD_PRELOAD": "/usr/lib/libtcmalloc.so.4",
     }
     assert worker_child.worker_environment(caller, None)["CUDA_VISIBLE_DEVICES"] == "0,1"
 
