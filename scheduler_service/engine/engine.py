@@ -2,7 +2,8 @@
 
 The API layer (api/server.py) codes against Engine's public methods below; everything about
 batching lives in policy.py (what runs next), worker_loop.py (the step loop per worker) and
-step_stream.py (the plans it sends); router.py picks each request's worker.
+step_stream.py (the plans it sends); router.py picks each request's worker; stats.py is
+what stats() and model_info report.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections import Counter, deque
+from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from yaie.scheduler_service.config import SchedulerConfig
 from yaie.scheduler_service.engine.completions import Completions
@@ -25,57 +26,12 @@ from yaie.scheduler_service.engine.request import (
 )
 from yaie.scheduler_service.engine.router import Router
 from yaie.scheduler_service.engine.sequence import Sequence, SequenceStatus
+from yaie.scheduler_service.engine.stats import EngineStats, WorkerModelInfo, engine_stats
 from yaie.scheduler_service.engine.worker_loop import WorkerLoop
 from yaie.scheduler_service.engine.worker_set import STATIC, LeaveOutcome, WorkerSet
 from yaie.scheduler_service.workers.worker_client import WorkerClient, WorkerStreamError
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class WorkerModelInfo:
-    """What the workers serve (from Describe; every worker must agree)."""
-
-    model: str
-    architecture: str
-    dtype: str
-    vocab_size: int
-    max_context: int
-    block_size: int
-    random_weights: bool
-    num_workers: int
-    kv_cache_dtype: str
-
-
-@dataclass(frozen=True)
-class WorkerStats:
-    address: str
-    healthy: bool
-    total_blocks: int
-    free_blocks: int
-    used_blocks: int  # held by live requests (private blocks and locked cached ones)
-    cached_blocks: int  # in the radix tree and evictable
-    cache_hit_rate: float  # cached prompt tokens / prompt tokens, over admissions
-
-
-@dataclass(frozen=True)
-class PriorityStats:
-    """The waiting and running requests of one priority (counted as EngineStats counts them)."""
-
-    priority: int
-    waiting: int
-    running: int
-
-
-@dataclass(frozen=True)
-class EngineStats:
-    waiting: int  # queued, over all workers
-    running: int  # admitted and not yet done with their blocks (finishing ones included)
-    num_preemptions: int  # since start
-    completed_requests: int  # requests whose last event is out (aborted ones included)
-    workers: list[WorkerStats]
-    # Per priority with a waiting or running request, highest first.
-    priorities: list[PriorityStats] = field(default_factory=list)
 
 
 class Engine:
@@ -348,40 +304,7 @@ class Engine:
         return True
 
     def stats(self) -> EngineStats:
-        workers = []
-        for loop in self._loops:
-            s = loop.kv.stats()
-            workers.append(
-                WorkerStats(
-                    address=loop.info.address,
-                    healthy=loop.healthy,
-                    total_blocks=s.total_blocks,
-                    free_blocks=s.free_blocks,
-                    used_blocks=s.used_blocks,
-                    cached_blocks=s.cached_blocks,
-                    cache_hit_rate=loop.policy.counters.hit_rate,
-                )
-            )
-        return EngineStats(
-            waiting=self._num_waiting(),
-            running=sum(len(lp.running) + len(lp.retiring) for lp in self._loops),
-            num_preemptions=sum(lp.num_preemptions for lp in self._loops),
-            completed_requests=self._completed,
-            workers=workers,
-            priorities=self._priority_stats(),
-        )
-
-    def _priority_stats(self) -> list[PriorityStats]:
-        waiting = Counter(s.priority for s in self._parked)
-        running: Counter[int] = Counter()
-        for lp in self._loops:
-            waiting.update(s.priority for s in lp.waiting)
-            running.update(s.priority for s in lp.running)
-            running.update(s.priority for s in lp.retiring)
-        return [
-            PriorityStats(p, waiting[p], running[p])
-            for p in sorted(waiting.keys() | running.keys(), reverse=True)
-        ]
+        return engine_stats(self._loops, self._parked, self._completed)
 
     def _num_waiting(self) -> int:
         return len(self._parked) + sum(len(lp.waiting) for lp in self._loops)

@@ -10,9 +10,10 @@ import pytest
 from fake_worker import FakeWorkerConfig, collect, engine_on_fake_workers, reference_output
 
 from yaie.scheduler_service.config import SchedulerConfig
-from yaie.scheduler_service.engine.engine import Engine, PriorityStats
+from yaie.scheduler_service.engine.engine import Engine
 from yaie.scheduler_service.engine.request import GenerationRequest, SamplingConfig
 from yaie.scheduler_service.engine.sequence import Sequence
+from yaie.scheduler_service.engine.stats import PriorityStats
 
 VOCAB = FakeWorkerConfig().vocab_size
 # Worker steps from a request's arrival to its first token, at most: with overlap two plans

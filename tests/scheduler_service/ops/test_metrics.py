@@ -145,7 +145,7 @@ def test_engine_gauges_count_requests_per_priority() -> None:
     priority in the engine's stats, labelled with it."""
     import threading
 
-    from yaie.scheduler_service.engine.engine import EngineStats, PriorityStats
+    from yaie.scheduler_service.engine.stats import EngineStats, PriorityStats
     from yaie.scheduler_service.ops.metrics import EngineCollector
 
     stats = EngineStats(
