@@ -1,7 +1,8 @@
-"""`yaie bench`: the load generator. command.py reads the flags and runs a workload from
-datasets.py through one of the two API clients (grpc_client.py: yaie.v1; openai_client.py: the
-HTTP API), paced by flight.py (multi_turn.py sends the conversations of a multi-turn one), and
-metrics.py turns the per-request timings into the field's numbers."""
+"""`yaie bench`: the load generator. command.py reads the flags and runs a workload (workload.py:
+its config, and its requests drawn by datasets.py) through one of the two API clients
+(grpc_client.py: yaie.v1; openai_client.py: the HTTP API), paced by flight.py (multi_turn.py
+sends the conversations of a multi-turn one), and metrics.py turns the per-request timings into
+the field's numbers."""
 
 from yaie.cli.bench.command import (
     BACKENDS,

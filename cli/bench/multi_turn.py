@@ -18,7 +18,7 @@ from yaie.cli.bench.flight import Flight, RunRecord, arrival_gaps
 from yaie.cli.bench.metrics import RequestResult
 
 if TYPE_CHECKING:
-    from yaie.cli.bench.command import BenchConfig
+    from yaie.cli.bench.workload import BenchConfig
 
 
 def check_context(conversations: list[ds.Conversation], max_context: int) -> None:
