@@ -12,34 +12,26 @@ from yaie.cli import worker_child
 
 
 def test_the_worker_environment_keeps_only_what_a_worker_reads() -> None:
-    caller = {
+    kept = {
         "PATH": "/bin",
         "HOME": "/home/u",
         "HF_HOME": "/hf",
-        "CUDA_VISIBLE_DEVICES": "0,1",
         "NCCL_DEBUG": "INFO",
         "PYTHONPATH": "/src",
         "LC_ALL": "C.UTF-8",
         "OMP_NUM_THREADS": "2",
         "OMP_WAIT_POLICY": "PASSIVE",
         "LD_PRELOAD": "/usr/lib/libtcmalloc.so.4",
+    }
+    caller = {
+        **kept,
+        "CUDA_VISIBLE_DEVICES": "0,1",
         "YAIE_API_KEY": "sk-secret",
         "AWS_SECRET_ACCESS_KEY": "x",
         "GITHUB_TOKEN": "y",
     }
     env = worker_child.worker_environment(caller, "3")
-    assert env == {
-        "PATH": "/bin",
-        "HOME": "/home/u",
-        "HF_HOME": "/hf",
-        "CUDA_VISIBLE_DEVICES": "3",
-        "NCCL_DEBUG": "INFO",
-        "PYTHONPATH": "/src",
-        "LC_ALL": "C.UTF-8",
-        "OMP_NUM_THREADS": "2",
-        "OMP_WAIT_POLICY": "PASSIVE",
-        "LD_PRELOAD": "/usr/lib/libtcmalloc.so.4",
-    }
+    assert env == {**kept, "CUDA_VISIBLE_DEVICES": "3"}
     assert worker_child.worker_environment(caller, None)["CUDA_VISIBLE_DEVICES"] == "0,1"
 
 
