@@ -26,7 +26,12 @@ from yaie.scheduler_service.engine.request import (
 )
 from yaie.scheduler_service.engine.router import Router
 from yaie.scheduler_service.engine.sequence import Sequence, SequenceStatus
-from yaie.scheduler_service.engine.stats import EngineStats, WorkerModelInfo, engine_stats
+from yaie.scheduler_service.engine.stats import (
+    EngineStats,
+    WorkerModelInfo,
+    engine_stats,
+    num_waiting,
+)
 from yaie.scheduler_service.engine.worker_loop import WorkerLoop
 from yaie.scheduler_service.engine.worker_set import STATIC, LeaveOutcome, WorkerSet
 from yaie.scheduler_service.workers.worker_client import WorkerClient, WorkerStreamError
@@ -307,7 +312,7 @@ class Engine:
         return engine_stats(self._loops, self._parked, self._completed)
 
     def _num_waiting(self) -> int:
-        return len(self._parked) + sum(len(lp.waiting) for lp in self._loops)
+        return num_waiting(self._loops, self._parked)
 
     def _add(self, seq: Sequence) -> None:
         """To the best healthy worker whose pool can hold it (router.py), or parked until one

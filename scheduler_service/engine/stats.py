@@ -4,7 +4,7 @@ KV pool counts per worker and per priority (EngineStats), computed from the step
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -60,10 +60,9 @@ class EngineStats:
 
 
 def engine_stats(
-    loops: list[WorkerLoop], parked: Iterable[Sequence], completed: int
+    loops: list[WorkerLoop], parked: Collection[Sequence], completed: int
 ) -> EngineStats:
     """The stats of the step loops, with the requests parked for want of a worker."""
-    parked = list(parked)
     workers = []
     for loop in loops:
         s = loop.kv.stats()
@@ -79,7 +78,7 @@ def engine_stats(
             )
         )
     return EngineStats(
-        waiting=len(parked) + sum(len(lp.waiting) for lp in loops),
+        waiting=num_waiting(loops, parked),
         running=sum(len(lp.running) + len(lp.retiring) for lp in loops),
         num_preemptions=sum(lp.num_preemptions for lp in loops),
         completed_requests=completed,
@@ -88,7 +87,12 @@ def engine_stats(
     )
 
 
-def _priority_stats(loops: list[WorkerLoop], parked: list[Sequence]) -> list[PriorityStats]:
+def num_waiting(loops: list[WorkerLoop], parked: Collection[Sequence]) -> int:
+    """Requests queued on a worker or parked for want of one."""
+    return len(parked) + sum(len(lp.waiting) for lp in loops)
+
+
+def _priority_stats(loops: list[WorkerLoop], parked: Collection[Sequence]) -> list[PriorityStats]:
     waiting = Counter(s.priority for s in parked)
     running: Counter[int] = Counter()
     for lp in loops:
