@@ -251,10 +251,11 @@ def main(argv: list[str] | None = None) -> int:
     stop_signals.install()  # until serve() installs its own: SystemExit(128 + signal)
     from yaie.worker_service.app import build_runner
     from yaie.worker_service.server import WorkerServicer
+    from yaie.worker_service.step.compute_thread import ComputeThread
 
     try:
-        servicer = WorkerServicer()
-        servicer.load(*build_runner(config))
+        servicer = WorkerServicer(ComputeThread(threaded=config.torch_device().type == "cpu"))
+        servicer.load(*servicer.compute.call(build_runner, config))
     except (OSError, ValueError) as error:  # no such model, unsupported config
         logger.error("cannot load the worker: %s", error)
         return 1

@@ -21,6 +21,7 @@ from yaie.worker_service.config import WorkerConfig, dtype_name
 from yaie.worker_service.loader import load_model, read_config, resolve_model_dir
 from yaie.worker_service.plan_limit import max_plan_bytes, pool_tokens_bound
 from yaie.worker_service.server import WorkerServicer
+from yaie.worker_service.step.compute_thread import ComputeThread
 from yaie.worker_service.step.grammar import GrammarBackend
 from yaie.worker_service.step.kv_pool import KVPool
 from yaie.worker_service.step.runner import ModelRunner
@@ -128,7 +129,7 @@ def start_worker(
             ("grpc.keepalive_timeout_ms", 20_000),
         ],
     )
-    servicer = WorkerServicer()
+    servicer = WorkerServicer(ComputeThread(threaded=config.torch_device().type == "cpu"))
     health_servicer = health.HealthServicer()
     worker_pb2_grpc.add_WorkerServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -140,7 +141,7 @@ def start_worker(
     server.start()
     log.info("worker listening on %s:%d, loading %s", config.host, port, config.model)
     try:
-        runner, info = build_runner(config)
+        runner, info = servicer.compute.call(build_runner, config)
         info.max_plan_bytes = max_receive  # the scheduler keeps its plans under it
         servicer.load(runner, info)
         if loaded is not None:

@@ -1,8 +1,10 @@
 """The worker's gRPC servicer (yaie.worker.v1.Worker): each RPC decodes (wire.py), calls the
 runner, encodes.
 
-Step reads plans on a helper thread so that plan N+1 can be launched while step N computes;
-results still go back strictly in step order.
+Step reads plans on a helper thread so that plan N+1 can be launched while step N computes on
+the GPU; results still go back strictly in step order. On the CPU a launch is the computation
+itself, so each result goes back as soon as its step is done, and all torch work runs on one
+compute thread (step/compute_thread.py says why).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import grpc
 
 from yaie.worker.v1 import worker_pb2, worker_pb2_grpc
 from yaie.worker_service.protocol import StepOutput
+from yaie.worker_service.step.compute_thread import ComputeThread
 from yaie.worker_service.step.request_state import RequestTable
 from yaie.worker_service.step.runner import MAX_IN_FLIGHT, ModelRunner
 from yaie.worker_service.step.sampling_step import PendingStep
@@ -33,7 +36,8 @@ SCHEDULER_ID_METADATA_KEY = "yaie-scheduler-id"
 class WorkerServicer(worker_pb2_grpc.WorkerServicer):
     """Describe and Step over one loaded model; UNAVAILABLE until load() is done."""
 
-    def __init__(self) -> None:
+    def __init__(self, compute: ComputeThread | None = None) -> None:
+        self.compute = compute or ComputeThread(threaded=False)  # runs the runner's torch work
         self.runner: ModelRunner | None = None
         self.info: worker_pb2.WorkerInfo | None = None
         self.device_failed = threading.Event()  # the process must exit: the device is unusable
@@ -110,6 +114,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             raise
         self._tables.add(table)
         pending: deque[PendingStep] = deque()
+        # Overlap is the device's: a CPU step is done when its launch returns.
+        depth = MAX_IN_FLIGHT if self.runner.device.type == "cuda" else 1
         last_step_id: int | None = None
         try:
             while True:
@@ -129,7 +135,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                 step_id = pending[-1].output.step_id
                 if last_step_id is None or step_id > last_step_id:
                     last_step_id = step_id  # a rejected lower id must not lower it
-                if len(pending) >= MAX_IN_FLIGHT:
+                if len(pending) >= depth:
                     yield self._finish(pending.popleft())
             while pending:
                 yield self._finish(pending.popleft())
@@ -138,7 +144,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             self._tables.discard(table)
             try:
                 with self._lock:
-                    self.runner.close_table(table)
+                    self.compute.call(self.runner.close_table, table)
             finally:
                 self._count_stream(-1)
             log.info("step stream closed")
@@ -150,10 +156,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             plan = plan_from_proto(message, last_step_id)
         except BadPlan as bad:  # nothing runs; releases apply, the step's requests are dropped
             with self._lock:
-                self.runner.release(table, bad.drop_request_ids)
+                self.compute.call(self.runner.release, table, bad.drop_request_ids)
             return PendingStep.done(StepOutput(bad.step_id, [-1] * bad.num_run, error=str(bad)))
         with self._lock:
-            pending = self.runner.launch(table, plan)
+            pending = self.compute.call(self.runner.launch, table, plan)
         if self.runner.device_failure is not None:
             log.critical("device failure, the worker exits: %s", self.runner.device_failure)
             self.device_failed.set()
@@ -162,7 +168,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
     def _finish(self, pending: PendingStep) -> worker_pb2.StepResult:
         """Waits for a launched step; a failure here is the device's (the worker must exit)."""
         try:
-            return result_to_proto(pending.wait())
+            return result_to_proto(self.compute.call(pending.wait))
         except Exception as exc:
             log.critical(
                 "device failure while reading step %d, the worker exits: %s",
