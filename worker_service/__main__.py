@@ -12,6 +12,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 
 from yaie.kernels.attention import BACKENDS
 from yaie.worker_service.auth import WorkerSecurity, is_loopback
@@ -256,9 +257,12 @@ def _serve(
             return 1
         joiner = Joiner(join.channel, address)
         joiner.start()
-    # A device failure ends the wait too; poll because Event.wait is not signal-interruptible.
-    while not stop.wait(0.2) and not device_failed.is_set():
-        pass
+    # A device failure ends the wait too. This thread only polls `stop`: the signal handler sets
+    # it on this same thread, and an Event.set() run inside this thread's own Event.wait() on it
+    # can find the Event's lock held by that wait, forever (seen: a worker left running after its
+    # scheduler was SIGKILLed, its main thread stuck in on_signal -> Event.set).
+    while not stop.is_set() and not device_failed.is_set():
+        time.sleep(0.2)
     log.info("stopping (%s)", stopped_by[0] if stopped_by else "device failure")
     if joiner is not None and not device_failed.is_set():
         joiner.leave(join.drain_timeout_s)  # steps go on here while the scheduler drains us
