@@ -4,8 +4,10 @@
     python benchmarks/bench_cpu_forward.py [--model DIR | --random-shape smollm2-135m]
         [--batches 1,4,8] [--context 80] [--reps 7]
 
-Ours: a decode ForwardBatch over a paged pool filled by a real prefill; transformers: one token
-over its DynamicCache (cropped back after each step). Interleaved, median ms per step.
+Ours: a decode ForwardBatch over a paged pool filled by a real prefill, with the oneDNN-packed
+linear layers a CPU worker serves with (and, in its own column, with aten's matmul as loaded);
+transformers: one token over its DynamicCache (cropped back after each step). Interleaved,
+median ms per step.
 """
 
 from __future__ import annotations
@@ -90,19 +92,26 @@ def main() -> None:
 
         args.model = str(ensure_builtin_model())
     ours = load_model(args.model, "cpu", torch.float32, progress=False)
+    aten = load_model(args.model, "cpu", torch.float32, progress=False)
+    ours.pack_cpu_linears()  # as build_runner does on the CPU
     theirs = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
     print(f"model {args.model}, context {args.context}, {torch.get_num_threads()} torch threads")
-    print("| batch | ours ms/step | transformers ms/step | ratio | ours, ragged rows |")
-    print("| --- | --- | --- | --- | --- |")
+    print(
+        "| batch | ours ms/step | transformers ms/step | ratio | ours, ragged rows "
+        "| ours, aten matmul |"
+    )
+    print("| --- | --- | --- | --- | --- | --- |")
     for batch in [int(b) for b in args.batches.split(",")]:
-        ms_a, ms_b, ms_r = compare(ours, theirs, batch, args.context, args.reps)
-        print(f"| {batch} | {ms_a:.1f} | {ms_b:.1f} | {ms_b / ms_a:.2f} | {ms_r:.1f} |")
+        ms_a, ms_b, ms_r, ms_t = compare(ours, aten, theirs, batch, args.context, args.reps)
+        print(
+            f"| {batch} | {ms_a:.1f} | {ms_b:.1f} | {ms_b / ms_a:.2f} | {ms_r:.1f} | {ms_t:.1f} |"
+        )
 
 
 @torch.inference_mode()
-def compare(ours, theirs, batch: int, context: int, reps: int) -> tuple[float, float, float]:
-    """Median ms of one decode step at batch x context: ours, transformers', and ours with
-    rows of unequal lengths."""
+def compare(ours, aten, theirs, batch: int, context: int, reps: int) -> tuple[float, ...]:
+    """Median ms of one decode step at batch x context: ours, transformers', ours with rows of
+    unequal lengths, and ours over aten's matmul."""
     shape = (ours.num_layers, 2, batch * -(-context // BLOCK) + 1, BLOCK)
     pool = torch.zeros((*shape, ours.num_kv_heads, ours.head_dim))
     ours(ours_batch(batch, context, context), pool)  # the prompts' K/V
@@ -114,12 +123,13 @@ def compare(ours, theirs, batch: int, context: int, reps: int) -> tuple[float, f
         theirs(token, past_key_values=cache, use_cache=True, logits_to_keep=1)
         cache.crop(-1)
 
-    a, b, r = [], [], []
+    a, b, r, t = [], [], [], []
     for _ in range(reps):  # interleaved
         a += median_ms(lambda: ours(step, pool), 1)
         b += median_ms(theirs_step, 1)
         r += median_ms(lambda: ours(ragged, pool), 1)
-    return statistics.median(a), statistics.median(b), statistics.median(r)
+        t += median_ms(lambda: aten(step, pool), 1)
+    return tuple(statistics.median(x) for x in (a, b, r, t))
 
 
 if __name__ == "__main__":

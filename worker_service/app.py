@@ -68,6 +68,8 @@ def build_runner(config: WorkerConfig) -> tuple[ModelRunner, worker_pb2.WorkerIn
         device,
         time.perf_counter() - start,
     )
+    if device.type == "cpu" and not config.deterministic:  # batch-invariant mode needs F.linear
+        log.info("packed %d linear layers for oneDNN", model.pack_cpu_linears())
     raw_config = read_config(resolve_model_dir(config.model))
     random_weights = bool(raw_config.get("yaie_random_weights", False))
     if random_weights:

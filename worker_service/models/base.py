@@ -44,6 +44,11 @@ class CausalLM(nn.Module):
         parallelism each tensor is already this rank's weight_slice of the checkpoint weight."""
         raise NotImplementedError
 
+    def pack_cpu_linears(self) -> int:
+        """Re-lays the loaded weights for a faster CPU matmul where the model can (see
+        LlamaForCausalLM); returns how many layers changed."""
+        return 0
+
     def weight_slice(self, name: str) -> tuple[int, int, int] | None:
         """(dim, start, stop) of checkpoint weight `name` this rank holds (tensor parallelism);
         None: all of it. The loader reads only that slice."""

@@ -23,6 +23,7 @@ from yaie.kernels.elementwise import apply_rotary
 from yaie.worker_service.forward_batch import ForwardBatch
 from yaie.worker_service.models.base import CausalLM, describe_names
 from yaie.worker_service.models.config import ModelConfig
+from yaie.worker_service.models.cpu_linear import PackedLinear, pack_linears, packing_works
 from yaie.worker_service.models.layers import (
     GatedMLP,
     RMSNorm,
@@ -275,6 +276,20 @@ class LlamaForCausalLM(CausalLM):
         if not cfg.tie_word_embeddings:
             num_rows = self.vocab_stop - self.vocab_start
             self.lm_head = nn.Linear(cfg.hidden_size, num_rows, bias=False, dtype=dtype)
+        self.packed_logits: PackedLinear | None = None  # set by pack_cpu_linears()
+
+    def pack_cpu_linears(self) -> int:
+        """fp32 on the CPU without tensor parallelism: every linear layer and the logits over
+        oneDNN-packed weights (models/cpu_linear.py says why); returns how many were packed. After
+        it the weights are no longer parameters: call it once the weights are loaded."""
+        if self.tp is not None or self.dtype != torch.float32 or not packing_works():
+            return 0
+        count = pack_linears(self.model)
+        if count:  # tied: a packed copy of the embeddings (the lookup needs them dense)
+            self.packed_logits = PackedLinear(self.lm_head_weight(), None)
+            if not self.config.tie_word_embeddings:
+                self.lm_head = None
+        return count + (count > 0)
 
     def lm_head_weight(self) -> torch.Tensor:
         """[vocab rows of this rank, hidden] (all of them without tp)."""
@@ -305,6 +320,8 @@ class LlamaForCausalLM(CausalLM):
         h, _ = self.model.norm.forward_add(h[rows], residual[rows])
         if self.tp is not None:
             return vocab_parallel_logits(h, self.lm_head_weight(), self.vocab_size, self.tp).float()
+        if self.packed_logits is not None:
+            return self.packed_logits(h).float()
         return F.linear(h, self.lm_head_weight()).float()
 
     def _target(self, name: str) -> tuple[str, int | None] | None:

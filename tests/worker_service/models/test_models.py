@@ -1,5 +1,6 @@
 """Our Llama-family models on the paged KV pool against transformers, on tiny random-weight models:
-prefill logits, greedy generation (batched, chunked prefill, reused prefix blocks)."""
+prefill logits, greedy generation (batched, chunked prefill, reused prefix blocks); each with
+aten's matmul and with the oneDNN-packed linear layers a CPU worker serves with."""
 
 from __future__ import annotations
 
@@ -52,11 +53,20 @@ def assert_matches_hf(hf_reference):
     return check
 
 
-@pytest.fixture(scope="module", params=list(VARIANTS))
+@pytest.fixture(
+    scope="module",
+    params=[(name, packed) for name in VARIANTS for packed in (False, True)],
+    ids=lambda p: f"{p[0]}-{'onednn' if p[1] else 'aten'}",
+)
 def variant(request, tiny_model_dir) -> tuple[Path, CausalLM]:
-    architecture, overrides = VARIANTS[request.param]
+    name, packed = request.param
+    architecture, overrides = VARIANTS[name]
     model_dir = tiny_model_dir(architecture, **overrides)
-    return model_dir, load_model(str(model_dir), "cpu", attention_backend="torch")
+    model = load_model(str(model_dir), "cpu", attention_backend="torch")
+    if packed:
+        # qkv, o, gate_up and down of each layer, and the logits
+        assert model.pack_cpu_linears() == 4 * model.num_layers + 1
+    return model_dir, model
 
 
 def test_prefill_logits_of_ragged_batch_equal_transformers(
