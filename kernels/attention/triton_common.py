@@ -65,12 +65,12 @@ def check_scales(
 FP8_DECODE_MATH = 2
 
 
-# Extend attention's mode (2 measured: 5% faster than 1 on the H200, session 7 call 4, and still
-# 2.5-2.7x slower than a bf16 pool). 3 scales the K/V tiles as they load (fp32, then fp16) and
-# drops the per-key multiplies of the [BLOCK_M, BLOCK_N] scores and probabilities, a tile being
-# shared by BLOCK_M queries here; interpreter-tested, not yet timed
-# (`bench_fp8_kv.py --stages kernels` times modes 1-3).
-FP8_EXTEND_MATH = 2
+# Extend attention's mode: 3 scales the K/V tiles as they load (fp32, then fp16) and drops the
+# per-key multiplies of the [BLOCK_M, BLOCK_N] scores and probabilities, a tile being shared by
+# BLOCK_M queries here. On the H200 (benchmarks/NOTES.md, "Session 8", call 3) mode 3 is 6-9%
+# faster than 2 (which is 5% faster than 1), within the same error of mode 1's output, and still
+# 2.1-2.4x slower than a bf16 pool (`bench_fp8_kv.py --stages kernels` times modes 1-3).
+FP8_EXTEND_MATH = 3
 
 
 def fp8_math(has_scale: bool, q_dtype: torch.dtype, extend: bool = False) -> int:
