@@ -5,7 +5,8 @@ aten's fp32 matmul calls MKL's sgemm, which at the few rows of a decode step run
 machine's memory bandwidth: on the 2-core AMD EPYC we develop on, the logits matmul [8 x 576] x
 [576 x 49,152] takes 12.5 ms (7 GB/s of weights, where a plain sum reads 32 GB/s); oneDNN's
 kernel over a weight reordered once at load takes 3.8 ms. A whole decode step of the built-in
-model: batch 1 42.6 -> 36.8 ms, 4: 69 -> 43, 8: 70 -> 49, 16: 82 -> 55 (benchmarks/NOTES.md).
+model, every linear layer and the logits packed: batch 1 39.7 -> 22.8 ms, 4: 66.0 -> 24.8, 8:
+60.5 -> 28.0 (benchmarks/NOTES.md, "Session 8"; `benchmarks/bench_cpu_forward.py`).
 The results differ from MKL's by float rounding only (~1e-4 on the logits), as any two GEMMs do.
 
 The ops are torch's own (torch.ops.mkldnn) but not public API: pack_linears() probes them once
