@@ -8,7 +8,8 @@ by device time (torch profiler). Variants: plain (graph replay), plain eager (no
 grouping: separates launch cost from the grouped kernel), grouped (cascade, eager). Then decode
 attention alone, plain vs grouped, per layer. The table last.
 
-    python benchmarks/bench_shared_decode.py [--groups 16 --rows 16 --prefix 2048 --own 128]
+    python benchmarks/bench_shared_decode.py [--configs 16x16x2048x128,...]
+        [--max-graph-batch-size 512]
     python benchmarks/bench_shared_decode.py --tiny   # CPU: checks the script end to end
 """
 
@@ -224,6 +225,7 @@ def main() -> None:
         help="groups x rows x prefix x own, comma separated",
     )
     p.add_argument("--iters", type=int, default=30)
+    p.add_argument("--max-graph-batch-size", type=int, default=256, help="as `yaie worker`'s")
     args = p.parse_args()
     device = torch.device("cpu" if args.tiny else "cuda")
     dtype = torch.float32 if args.tiny else torch.bfloat16
@@ -241,7 +243,13 @@ def main() -> None:
         model.num_layers, model.num_kv_heads, model.head_dim, dtype, device, bs, num_blocks
     )
     start = time.perf_counter()
-    runner = ModelRunner(model, pool, use_cuda_graphs=device.type == "cuda", cascade=True)
+    runner = ModelRunner(
+        model,
+        pool,
+        use_cuda_graphs=device.type == "cuda",
+        max_graph_batch_size=args.max_graph_batch_size,
+        cascade=True,
+    )
     print(f"runner + graph capture (plain and grouped): {time.perf_counter() - start:.1f} s")
     blocks = Blocks(bs, num_blocks)
     rows = []
