@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     from yaie.worker_service.step.compute_thread import ComputeThread
 
     try:
-        servicer = WorkerServicer(ComputeThread(threaded=config.torch_device().type == "cpu"))
+        servicer = WorkerServicer(ComputeThread.for_device(config.torch_device()))
         servicer.load(*servicer.compute.call(build_runner, config))
     except (OSError, ValueError) as error:  # no such model, unsupported config
         logger.error("cannot load the worker: %s", error)

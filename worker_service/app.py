@@ -131,7 +131,7 @@ def start_worker(
             ("grpc.keepalive_timeout_ms", 20_000),
         ],
     )
-    servicer = WorkerServicer(ComputeThread(threaded=config.torch_device().type == "cpu"))
+    servicer = WorkerServicer(ComputeThread.for_device(config.torch_device()))
     health_servicer = health.HealthServicer()
     worker_pb2_grpc.add_WorkerServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

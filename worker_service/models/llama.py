@@ -23,7 +23,7 @@ from yaie.kernels.elementwise import apply_rotary
 from yaie.worker_service.forward_batch import ForwardBatch
 from yaie.worker_service.models.base import CausalLM, describe_names
 from yaie.worker_service.models.config import ModelConfig
-from yaie.worker_service.models.cpu_linear import PackedLinear, pack_linears, packing_works
+from yaie.worker_service.models.cpu_linear import PackedLinear, pack_linears
 from yaie.worker_service.models.layers import (
     GatedMLP,
     RMSNorm,
@@ -282,7 +282,7 @@ class LlamaForCausalLM(CausalLM):
         """fp32 on the CPU without tensor parallelism: every linear layer and the logits over
         oneDNN-packed weights (models/cpu_linear.py says why); returns how many were packed. After
         it the weights are no longer parameters: call it once the weights are loaded."""
-        if self.tp is not None or self.dtype != torch.float32 or not packing_works():
+        if self.tp is not None or self.dtype != torch.float32:
             return 0
         count = pack_linears(self.model)
         if count:  # tied: a packed copy of the embeddings (the lookup needs them dense)

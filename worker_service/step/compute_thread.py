@@ -19,6 +19,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TypeVar
 
+import torch
+
 T = TypeVar("T")
 
 
@@ -34,6 +36,11 @@ class ComputeThread:
             self._jobs = queue.SimpleQueue()
             self._thread = threading.Thread(target=self._serve, daemon=True, name="worker-compute")
             self._thread.start()
+
+    @classmethod
+    def for_device(cls, device: torch.device) -> ComputeThread:
+        """Threaded for the CPU, inline for a GPU."""
+        return cls(threaded=device.type == "cpu")
 
     def call(self, fn: Callable[..., T], *args) -> T:
         if self._jobs is None or threading.current_thread() is self._thread:

@@ -118,7 +118,7 @@ INTERP_DECODE = [
     (16, 8, 128, torch.float16, None, 16),
     (64, 2, 64, torch.float16, 4, 32),
     (256, 4, 64, torch.float32, 2, 64),
-    (4, 2, 64, torch.float32, 7, 16),  # the reduce merges its 7 slots in two chunks
+    (4, 2, 64, torch.float32, 7, 16),  # a slot count the reduce pads (7 -> 8)
 ]
 
 
