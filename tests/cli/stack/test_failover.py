@@ -25,6 +25,9 @@ STEP_TIMEOUT_S = 3.0
 HEALTH_INTERVAL_S = 0.5
 NUM_STREAMS = 16
 NUM_NEW_TOKENS = 40
+# The drained streams must still run when the late request arrives (~0.3 s after SIGTERM): the
+# CPU worker runs a tiny model's step in a few ms, so 120 tokens could finish first.
+DRAIN_NEW_TOKENS = 600
 
 
 @pytest.fixture(scope="module")
@@ -159,9 +162,11 @@ def test_sigterm_drains_streams_in_flight_and_exits_0(stack, tools) -> None:
             except grpc.aio.AioRpcError as error:
                 checks["late"] = error.code()
 
-    outputs = asyncio.run(_streams(stack.target, "drain", terminate, count=4, max_new=120))
+    outputs = asyncio.run(
+        _streams(stack.target, "drain", terminate, count=4, max_new=DRAIN_NEW_TOKENS)
+    )
     assert [reason for _, reason in outputs] == [pb.FINISH_REASON_LENGTH] * 4
-    assert all(len(tokens) == 120 for tokens, _ in outputs)
+    assert all(len(tokens) == DRAIN_NEW_TOKENS for tokens, _ in outputs)
     assert checks == {
         "health": health_pb2.HealthCheckResponse.NOT_SERVING,
         "late": grpc.StatusCode.UNAVAILABLE,
