@@ -89,13 +89,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-cuda-graphs",
         action="store_true",
-        help="run decode eagerly instead of replaying CUDA graphs",
+        help="run every step eagerly instead of replaying CUDA graphs",
     )
     parser.add_argument(
         "--max-graph-batch-size",
         type=int,
         default=256,
         help="largest decode batch captured in a CUDA graph",
+    )
+    parser.add_argument(
+        "--max-prefill-graph-tokens",
+        type=int,
+        default=4096,
+        help="largest step of other kinds (prefill, mixed) replayed as piecewise CUDA graphs, in "
+        "tokens; 0: such steps run eagerly",
     )
     parser.add_argument(
         "--tp",
@@ -169,6 +176,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         cascade_attention=args.cascade_attention,
         deterministic=args.deterministic,
         max_graph_batch_size=args.max_graph_batch_size,
+        max_prefill_graph_tokens=args.max_prefill_graph_tokens,
         tp=args.tp,
     )
 

@@ -96,6 +96,7 @@ def build_runner(config: WorkerConfig) -> tuple[ModelRunner, worker_pb2.WorkerIn
         config.use_cascade_attention and backend == "triton",
         grammars,
         config.deterministic,
+        config.max_prefill_graph_tokens,
     )
     if device.type == "cuda" and tp is None:  # compile every kernel variant before serving
         warm_up(runner)

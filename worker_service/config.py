@@ -52,6 +52,9 @@ class WorkerConfig:
     attention_backend: str = "auto"
     cuda_graphs: bool = True  # decode CUDA graphs (CUDA only)
     max_graph_batch_size: int = 256
+    # Every other step (prefill, mixed) of up to this many tokens replays piecewise CUDA graphs
+    # (worker_service/step/prefill_graphs.py); 0: such steps run eagerly.
+    max_prefill_graph_tokens: int = 4096
     # Decode steps whose rows share cached prefix blocks read each prefix once per group
     # (shared-prefix / cascade attention, in the decode graphs; batch_builder decides per step).
     # Triton backend only (the CPU's sdpa path reads every row's blocks anyway). None: on, except
@@ -79,6 +82,8 @@ class WorkerConfig:
             raise ValueError(f"port {self.port} out of range")
         if self.max_graph_batch_size <= 0:
             raise ValueError("max_graph_batch_size must be positive")
+        if self.max_prefill_graph_tokens < 0:
+            raise ValueError("max_prefill_graph_tokens must be >= 0")
         if self.tp < 1:
             raise ValueError(f"tp must be at least 1, got {self.tp}")
         if self.deterministic and self.cascade_attention:  # asked for both

@@ -5,6 +5,7 @@ Built by the model runner from a step plan; read by the model's attention layers
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -39,6 +40,9 @@ class ForwardBatch:
     # A decode batch whose rows share cached prefix blocks (worker_service/step/prefix_groups.py):
     # attention reads each shared prefix once per group. None: plain decode attention.
     prefix_groups: PrefixGroups | None = None
+    # Set only while a prefill graph is captured (worker_service/step/prefill_graphs.py): each
+    # layer hands it (q, attend) instead of attending, and carries on with what it returns.
+    split_at_attention: Callable[[torch.Tensor, Callable], torch.Tensor] | None = None
 
     @property
     def batch_size(self) -> int:

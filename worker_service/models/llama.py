@@ -7,18 +7,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from functools import partial
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from yaie.kernels.attention import (
-    decode_attention,
-    decode_attention_grouped,
-    extend_attention,
-    store_kv,
-)
+from yaie.kernels.attention import store_kv
 from yaie.kernels.elementwise import apply_rotary
 from yaie.worker_service.forward_batch import ForwardBatch
 from yaie.worker_service.models.base import CausalLM, describe_names
@@ -31,6 +27,7 @@ from yaie.worker_service.models.layers import (
     RotaryEmbedding,
     use_triton,
 )
+from yaie.worker_service.models.paged_attention import paged_attention
 from yaie.worker_service.models.parallel import (
     RowParallelLinear,
     vocab_parallel_logits,
@@ -125,67 +122,21 @@ class Attention(nn.Module):
         kv_scales [2, num_blocks, kv_heads, block_size] with an fp8 kv_cache, else None."""
         q, k, v = self._qkv(x, rope)
         k_cache, v_cache = kv_cache[0], kv_cache[1]
-        pool = {"backend": self.backend, "k_scale": None, "v_scale": None}
-        if kv_scales is not None:
-            pool.update(k_scale=kv_scales[0], v_scale=kv_scales[1])
-        store_kv(k_cache, v_cache, k, v, batch.slots, **pool)
-        if batch.prefix_groups is not None:  # decode rows sharing cached prefix blocks
-            out = decode_attention_grouped(
-                q,
-                k_cache,
-                v_cache,
-                batch.block_tables,
-                batch.seq_lens,
-                self.scale,
-                batch.prefix_groups,
-                **pool,
-            )
-        elif batch.is_decode:
-            out = decode_attention(
-                q,
-                k_cache,
-                v_cache,
-                batch.block_tables,
-                batch.seq_lens,
-                self.scale,
-                **pool,
-            )
-        elif batch.num_single:  # mixed: single-token requests first, through the decode kernel
-            d, out = batch.num_single, torch.empty_like(q)
-            decode_attention(
-                q[:d],
-                k_cache,
-                v_cache,
-                batch.block_tables[:d],
-                batch.seq_lens[:d],
-                self.scale,
-                **pool,
-                out=out[:d],
-            )
-            extend_attention(
-                q[d:],
-                k_cache,
-                v_cache,
-                batch.block_tables[d:],
-                batch.seq_lens[d:],
-                batch.extend_query_start,
-                batch.max_query_len,
-                self.scale,
-                **pool,
-                out=out[d:],
-            )
+        scales = (None, None) if kv_scales is None else (kv_scales[0], kv_scales[1])
+        store_kv(k_cache, v_cache, k, v, batch.slots, self.backend, *scales)
+        attend = partial(
+            paged_attention,
+            k_cache=k_cache,
+            v_cache=v_cache,
+            scale=self.scale,
+            backend=self.backend,
+            k_scale=scales[0],
+            v_scale=scales[1],
+        )
+        if batch.split_at_attention is not None:  # a prefill graph's capture
+            out = batch.split_at_attention(q, attend)
         else:
-            out = extend_attention(
-                q,
-                k_cache,
-                v_cache,
-                batch.block_tables,
-                batch.seq_lens,
-                batch.query_start,
-                batch.max_query_len,
-                self.scale,
-                **pool,
-            )
+            out = attend(q, batch)
         return self.o_proj(out.reshape(x.shape[0], self.q_size))
 
 
@@ -309,6 +260,16 @@ class LlamaForCausalLM(CausalLM):
         kv_cache: torch.Tensor,
         kv_scales: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        h, residual = self.hidden_states(batch, kv_cache, kv_scales)
+        return self.logits(h, residual, batch.logits_indices)
+
+    def hidden_states(
+        self,
+        batch: ForwardBatch,
+        kv_cache: torch.Tensor,
+        kv_scales: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every layer over every row: (h, residual) [T, hidden], before the final norm."""
         h = self.model.embed_tokens(batch.input_ids)  # [T, hidden]
         fused = use_triton(h, self.attention_backend)
         rope = self.model.rotary_emb.inputs(batch.positions, h.dtype, fused)
@@ -316,7 +277,10 @@ class LlamaForCausalLM(CausalLM):
         for i, layer in enumerate(self.model.layers):
             scales = None if kv_scales is None else kv_scales[i]
             h, residual = layer(h, residual, rope, kv_cache[i], batch, scales)
-        rows = batch.logits_indices  # only the rows the sampler needs
+        return h, residual
+
+    def logits(self, h: torch.Tensor, residual: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """float32 logits [len(rows), vocab] of hidden_states' rows (the sampler's only)."""
         h, _ = self.model.norm.forward_add(h[rows], residual[rows])
         if self.tp is not None:
             return vocab_parallel_logits(h, self.lm_head_weight(), self.vocab_size, self.tp).float()

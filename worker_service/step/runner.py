@@ -29,6 +29,7 @@ from yaie.worker_service.step.grammar_step import (
     catch_up_before_run,
 )
 from yaie.worker_service.step.kv_pool import KVPool
+from yaie.worker_service.step.prefill_graphs import DEFAULT_MAX_TOKENS, PrefillGraphs
 from yaie.worker_service.step.request_state import RequestState, RequestTable, check_run_entry
 from yaie.worker_service.step.sampling_step import PendingStep, StepTimer, sample_entries
 from yaie.worker_service.tp.plan_channel import PlanOp, share_plan
@@ -54,6 +55,7 @@ class ModelRunner:
         cascade: bool = False,
         grammars: GrammarBackend | None = None,
         deterministic: bool = False,
+        max_prefill_graph_tokens: int = DEFAULT_MAX_TOKENS,
     ) -> None:
         self.model = model
         # Batch-invariant mode (kernels/batch_invariant): each forward and the graph capture
@@ -71,6 +73,7 @@ class ModelRunner:
         self.device = pool.cache.device
         self.max_context = int(model.max_context)
         self.graphs: DecodeGraphs | None = None
+        self.prefill_graphs: PrefillGraphs | None = None
         self.device_failure: str | None = None  # set on a device error: the process must exit
         # Decode graphs are captured with tp None only: capturing the NCCL all-reduce and
         # all-gather is possible but not yet verified on a multi-GPU machine.
@@ -81,6 +84,10 @@ class ModelRunner:
             self.graphs = DecodeGraphs(model, pool, max_graph_batch_size, max_blocks, cascade)
             with batch_invariant_mode(deterministic):
                 self.graphs.capture()
+            # Not in deterministic mode: its eager path is the one verified batch-invariant.
+            if max_prefill_graph_tokens > 0 and not deterministic:
+                self.prefill_graphs = PrefillGraphs(model, pool, max_prefill_graph_tokens)
+                self.prefill_graphs.capture()
 
     def new_table(self) -> RequestTable:
         table = RequestTable(self.device)
@@ -236,6 +243,8 @@ class ModelRunner:
         )
         if self.graphs is not None and self.graphs.can_run(batch):
             logits = self.graphs.run(batch)
+        elif self.prefill_graphs is not None and self.prefill_graphs.can_run(batch):
+            logits = self.prefill_graphs.run(batch)
         else:
             with batch_invariant_mode(self.deterministic):
                 # [num_sampled, vocab] fp32
