@@ -183,7 +183,17 @@ def main() -> None:
     parser.add_argument("--batches", default="1,64,256")
     parser.add_argument("--steps", type=int, default=64, help="greedy steps compared")
     parser.add_argument("--iters", type=int, default=50, help="timed decode steps per batch")
+    parser.add_argument(
+        "--skinny-rows",
+        type=int,
+        default=None,
+        help="rows up to which linear layers take the skinny Triton kernel (0: cuBLAS for all)",
+    )
     args = parser.parse_args()
+    if args.skinny_rows is not None:  # an A/B knob: the dispatch reads MAX_ROWS at each call
+        import yaie.kernels.linear.triton_skinny as skinny
+
+        skinny.MAX_ROWS = args.skinny_rows
     device = torch.device("cpu" if args.tiny else "cuda")
     shape = TINY if args.tiny else QWEN3_0_6B
     dtype = torch.float32 if args.tiny else torch.bfloat16

@@ -13,7 +13,8 @@ from torch import nn
 
 from yaie.kernels.attention import resolve_backend
 from yaie.kernels.elementwise import add_rms_norm, rms_norm, rotary_tables, silu_and_mul
-from yaie.worker_service.models.parallel import RowParallelLinear
+from yaie.kernels.linear import silu_gated_linear
+from yaie.worker_service.models.parallel import Linear, RowParallelLinear
 
 if TYPE_CHECKING:
     from yaie.worker_service.tp import TPGroup
@@ -177,11 +178,15 @@ class GatedMLP(nn.Module):
             raise ValueError(f"unsupported hidden_act {act!r}; supported: {', '.join(ACTIVATIONS)}")
         intermediate //= tp.size if tp is not None else 1
         self.intermediate, self.act_name, self.backend = intermediate, act, backend
-        self.gate_up_proj = nn.Linear(hidden, 2 * intermediate, bias=bias, dtype=dtype)
-        self.down_proj = RowParallelLinear(intermediate, hidden, bias, dtype, tp)
+        self.gate_up_proj = Linear(hidden, 2 * intermediate, bias, dtype, backend)
+        self.down_proj = RowParallelLinear(intermediate, hidden, bias, dtype, tp, backend)
         self.act = ACTIVATIONS[act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fused = self.act_name == "silu" and isinstance(self.gate_up_proj, Linear)  # not packed
+        if fused:  # one skinny kernel for a decode step's rows on CUDA
+            gate_up = self.gate_up_proj
+            return self.down_proj(silu_gated_linear(x, gate_up.weight, gate_up.bias, self.backend))
         gate_up = self.gate_up_proj(x)
         if self.act_name == "silu":
             return self.down_proj(silu_and_mul(gate_up, self.backend))

@@ -29,6 +29,7 @@ from yaie.worker_service.models.layers import (
 )
 from yaie.worker_service.models.paged_attention import paged_attention
 from yaie.worker_service.models.parallel import (
+    Linear,
     RowParallelLinear,
     vocab_parallel_logits,
     vocab_range,
@@ -67,10 +68,12 @@ class Attention(nn.Module):
         self.q_size, self.kv_size = self.num_heads * cfg.head_dim, self.num_kv_heads * cfg.head_dim
         self.scale = cfg.head_dim**-0.5
         self.backend = backend
-        self.qkv_proj = nn.Linear(
-            cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=cfg.qkv_bias, dtype=dtype
+        self.qkv_proj = Linear(
+            cfg.hidden_size, self.q_size + 2 * self.kv_size, cfg.qkv_bias, dtype, backend
         )
-        self.o_proj = RowParallelLinear(self.q_size, cfg.hidden_size, cfg.o_bias, dtype, tp)
+        self.o_proj = RowParallelLinear(
+            self.q_size, cfg.hidden_size, cfg.o_bias, dtype, tp, backend
+        )
         self.qk_norm = cfg.qk_norm
         if cfg.qk_norm:
             self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, dtype, backend)

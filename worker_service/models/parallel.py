@@ -2,7 +2,7 @@
 rank holds, the row-parallel linear layer (partial sums, then an all-reduce) and the
 vocab-parallel logits (each rank's slice of the vocabulary, then an all-gather).
 
-Column-parallel layers (q/k/v, gate/up) are plain nn.Linear holding a rank's rows; the
+Column-parallel layers (q/k/v, gate/up) are plain Linear layers holding a rank's rows; the
 embeddings stay replicated. With tp None every piece is exactly the single-process layer.
 """
 
@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from yaie.kernels.linear import linear
 from yaie.worker_service.models.config import ModelConfig
 
 if TYPE_CHECKING:
@@ -64,10 +65,24 @@ def weight_slice(cfg: ModelConfig, name: str, rank: int, size: int) -> tuple[int
     return (1 if proj in _ROW_PARALLEL else 0), rank * width, (rank + 1) * width
 
 
-class RowParallelLinear(nn.Linear):
+class Linear(nn.Linear):
+    """nn.Linear (same parameters and names) whose forward takes yaie.kernels.linear's path: the
+    skinny Triton kernel for a decode step's few rows on CUDA, F.linear otherwise."""
+
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool, dtype: torch.dtype, backend: str
+    ) -> None:
+        super().__init__(in_features, out_features, bias=bias, dtype=dtype)
+        self.backend = backend
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias, self.backend)
+
+
+class RowParallelLinear(Linear):
     """y = x W^T + b where x [T, in] and W [out, in] are split along `in` over the ranks: each rank
     multiplies its slice, the partial sums are all-reduced, then the (replicated) bias is added
-    once. weight [out, in / size]; with tp None, exactly nn.Linear."""
+    once. weight [out, in / size]; with tp None, exactly Linear."""
 
     def __init__(
         self,
@@ -76,14 +91,15 @@ class RowParallelLinear(nn.Linear):
         bias: bool,
         dtype: torch.dtype,
         tp: TPGroup | None = None,
+        backend: str = "auto",
     ) -> None:
-        super().__init__(in_features, out_features, bias=bias, dtype=dtype)
+        super().__init__(in_features, out_features, bias, dtype, backend)
         self.tp = tp
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.tp is None:
             return super().forward(x)
-        out = self.tp.all_reduce_(F.linear(x, self.weight))
+        out = self.tp.all_reduce_(linear(x, self.weight, None, self.backend))
         return out if self.bias is None else out + self.bias
 
 
