@@ -22,11 +22,12 @@ def round_to_e4m3(x):
     # cast to fp8 after it is exact: the interpreter's own fp32 -> fp8 cast rounds wrongly when
     # the mantissa carries into the exponent. Normal range (|x| >= 2^-6): keep 3 mantissa bits.
     bits = x.to(tl.int32, bitcast=True)
-    bits = (bits + 0x7FFFF + ((bits >> 20) & 1)) & -0x100000
-    normal = bits.to(tl.float32, bitcast=True)
-    # Subnormals are multiples of 2^-9: adding 2^14 (whose ulp is 2^-9) rounds to one.
-    offset = tl.where(x < 0.0, -16384.0, 16384.0)
-    subnormal = (x + offset) - offset
+    negative = bits < 0  # the sign bit: true for -0.0 too
+    normal = ((bits + 0x7FFFF + ((bits >> 20) & 1)) & -0x100000).to(tl.float32, bitcast=True)
+    # Subnormals are multiples of 2^-9: adding 2^14 (whose ulp is 2^-9) rounds |x| to one; the
+    # sign comes back from the bits, so -0.0 stays -0.0 as in torch's cast.
+    magnitude = (tl.abs(x) + 16384.0) - 16384.0
+    subnormal = tl.where(negative, -magnitude, magnitude)
     rounded = tl.where(tl.abs(x) < 0.015625, subnormal, normal)
     return tl.minimum(tl.maximum(rounded, -448.0), 448.0)
 

@@ -1,5 +1,6 @@
 """Triton kernels for the decoder's elementwise work on CUDA (reference.py is the specification):
-residual add + RMSNorm, q/k RMSNorm + rotary embedding in place, SiLU-and-multiply.
+residual add + RMSNorm, q/k RMSNorm + rotary embedding in place (and, fused, the new tokens' K/V
+written into the paged pool, as kernels/attention's store_kv does), SiLU-and-multiply.
 
 Each kernel rounds to the activation dtype wherever transformers' torch code does, so results
 match the torch path up to the order of one reduction. One launch replaces 5-10 small kernels.
@@ -9,9 +10,37 @@ apply_rotary with the rotary_tables of its positions compute.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
+
+from yaie.kernels.attention.triton_common import check_index, check_pool, scale_args
+from yaie.kernels.attention.triton_store import _store_rows
+
+
+@dataclass(frozen=True)
+class KVStore:
+    """Where qk_norm_rope_triton also writes k and v: the paged pool (k_cache, v_cache
+    [num_blocks, block_size, kv_heads, head_dim]), each token's slot (int64 [T]) and, for an fp8
+    pool, the scales [num_blocks, kv_heads, block_size]: store_kv's arguments."""
+
+    k_cache: torch.Tensor
+    v_cache: torch.Tensor
+    slots: torch.Tensor
+    k_scale: torch.Tensor | None = None
+    v_scale: torch.Tensor | None = None
+
+    def check(self, num_tokens: int, kv_heads: int, head_dim: int, device) -> None:
+        _, _, pool_heads, pool_dim = check_pool(self.k_cache, self.v_cache)
+        if (pool_heads, pool_dim) != (kv_heads, head_dim):
+            raise ValueError(
+                f"pool heads x dim {pool_heads} x {pool_dim}, qkv's k {kv_heads} x {head_dim}"
+            )
+        check_index("slots", self.slots, 1, torch.int64, device)
+        if self.slots.shape[0] != num_tokens:
+            raise ValueError(f"{self.slots.shape[0]} slots for {num_tokens} tokens")
 
 
 @triton.jit
@@ -77,35 +106,93 @@ def _qk_norm_rope_kernel(
     k_weight,
     stride_t,
     num_q_heads,
+    num_kv_heads,
     eps,
     scaling,
+    k_cache,
+    v_cache,
+    slots,
+    k_scale,
+    v_scale,
+    stride_cache_block,
+    stride_cache_token,
+    stride_cache_head,
+    stride_scale_block,
+    stride_scale_head,
     HAS_NORM: tl.constexpr,
     HEAD_DIM: tl.constexpr,
+    STORE: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    block_size: tl.constexpr,
 ):
-    # Program (token t, head h): h < num_q_heads is a q head, the next num_kv_heads are k heads.
+    # Program (token t, head h): h < num_q_heads is a q head, the next num_kv_heads are k heads,
+    # and with STORE the last num_kv_heads are v heads, which only copy v into the pool.
     t = tl.program_id(0)
     head = tl.program_id(1)
     dtype = qkv.dtype.element_ty
     half: tl.constexpr = HEAD_DIM // 2
     offs = tl.arange(0, HEAD_DIM)
-    rot = (offs + half) % HEAD_DIM  # rotate_half(x)[i] = -x[i + half] (i < half), x[i - half]
     base = qkv + t * stride_t + head * HEAD_DIM
-    x = tl.load(base + offs).to(tl.float32)
-    x_rot = tl.load(base + rot).to(tl.float32)
-    if HAS_NORM:  # Qwen3: per-head RMSNorm before the rotation
-        is_q = head < num_q_heads
-        w = tl.where(is_q, tl.load(q_weight + offs), tl.load(k_weight + offs)).to(tl.float32)
-        w_rot = tl.where(is_q, tl.load(q_weight + rot), tl.load(k_weight + rot)).to(tl.float32)
-        inv_rms = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / HEAD_DIM + eps)
-        x = (w * (x * inv_rms).to(dtype).to(tl.float32)).to(dtype).to(tl.float32)
-        x_rot = (w_rot * (x_rot * inv_rms).to(dtype).to(tl.float32)).to(dtype).to(tl.float32)
-    x_rot = tl.where(offs < half, -x_rot, x_rot)
-    angle = tl.load(positions + t).to(tl.float32) * tl.load(inv_freq + offs % half)
-    cos = (tl.cos(angle) * scaling).to(dtype).to(tl.float32)
-    sin = (tl.sin(angle) * scaling).to(dtype).to(tl.float32)
-    a = (x * cos).to(dtype).to(tl.float32)
-    b = (x_rot * sin).to(dtype).to(tl.float32)
-    tl.store(base + offs, (a + b).to(dtype))
+    if head < num_q_heads + num_kv_heads:
+        rot = (offs + half) % HEAD_DIM  # rotate_half(x)[i] = -x[i + half] (i < half), x[i - half]
+        x = tl.load(base + offs).to(tl.float32)
+        x_rot = tl.load(base + rot).to(tl.float32)
+        if HAS_NORM:  # Qwen3: per-head RMSNorm before the rotation
+            is_q = head < num_q_heads
+            w = tl.where(is_q, tl.load(q_weight + offs), tl.load(k_weight + offs)).to(tl.float32)
+            w_rot = tl.where(is_q, tl.load(q_weight + rot), tl.load(k_weight + rot))
+            inv_rms = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / HEAD_DIM + eps)
+            x = (w * (x * inv_rms).to(dtype).to(tl.float32)).to(dtype).to(tl.float32)
+            x_rot = (w_rot.to(tl.float32) * (x_rot * inv_rms).to(dtype).to(tl.float32)).to(dtype)
+            x_rot = x_rot.to(tl.float32)
+        x_rot = tl.where(offs < half, -x_rot, x_rot)
+        angle = tl.load(positions + t).to(tl.float32) * tl.load(inv_freq + offs % half)
+        cos = (tl.cos(angle) * scaling).to(dtype).to(tl.float32)
+        sin = (tl.sin(angle) * scaling).to(dtype).to(tl.float32)
+        a = (x * cos).to(dtype).to(tl.float32)
+        b = (x_rot * sin).to(dtype).to(tl.float32)
+        out = (a + b).to(dtype)
+        tl.store(base + offs, out)
+        if STORE:
+            if head >= num_q_heads:  # the rotated k into the pool at this token's slot
+                _store_head(k_cache, k_scale, slots, t, head - num_q_heads, out,
+                            stride_cache_block, stride_cache_token, stride_cache_head,
+                            stride_scale_block, stride_scale_head, block_size, HEAD_DIM,
+                            HAS_SCALE)  # fmt: skip
+    else:
+        if STORE:
+            _store_head(v_cache, v_scale, slots, t, head - num_q_heads - num_kv_heads,
+                        tl.load(base + offs), stride_cache_block, stride_cache_token,
+                        stride_cache_head, stride_scale_block, stride_scale_head, block_size,
+                        HEAD_DIM, HAS_SCALE)  # fmt: skip
+
+
+@triton.jit
+def _store_head(
+    cache,
+    scales,
+    slots,
+    t,
+    kv_head,
+    row,
+    stride_cache_block,
+    stride_cache_token,
+    stride_cache_head,
+    stride_scale_block,
+    stride_scale_head,
+    block_size: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+):
+    # One (token, kv head) vector [D] into the pool, as store_kv's kernel writes it.
+    slot = tl.load(slots + t)
+    block = slot // block_size
+    dst = block * stride_cache_block + (slot % block_size) * stride_cache_token
+    dst += kv_head * stride_cache_head + tl.arange(0, HEAD_DIM)
+    scale_dst = block * stride_scale_block + kv_head * stride_scale_head + slot % block_size
+    one = tl.full([1], 1, tl.int1)
+    _store_rows(cache, scales, dst[None, :], scale_dst + tl.zeros([1], tl.int64), row[None, :],
+                one, HAS_SCALE)  # fmt: skip
 
 
 def qk_norm_rope_triton(
@@ -119,15 +206,32 @@ def qk_norm_rope_triton(
     q_weight: torch.Tensor | None = None,
     k_weight: torch.Tensor | None = None,
     eps: float = 0.0,
+    store: KVStore | None = None,
 ) -> None:
     """In place on qkv [T, (q_heads + 2 kv_heads) * head_dim]: optional per-head RMSNorm of the
-    q and k heads, then the rotary embedding at positions [T] (v untouched)."""
+    q and k heads, then the rotary embedding at positions [T] (v untouched). With store, the
+    same launch writes the rotated k and the v of each token into the paged pool at its slot,
+    exactly as store_kv would (an fp8 pool: quantized, with its per-vector scales)."""
     num_tokens = qkv.shape[0]
+    if store is not None:
+        store.check(num_tokens, num_kv_heads, head_dim, qkv.device)
     if num_tokens == 0:
         return
     assert qkv.stride(1) == 1 and inv_freq.dtype == torch.float32
     has_norm = q_weight is not None
-    _qk_norm_rope_kernel[(num_tokens, num_q_heads + num_kv_heads)](
+    if store is None:
+        cache = (inv_freq, inv_freq, positions, inv_freq, inv_freq, 0, 0, 0, 0, 0)
+        has_scale, block_size = False, 1
+    else:
+        k_scale, v_scale, stride_scale_block, stride_scale_head, has_scale = scale_args(
+            store.k_cache, store.k_scale, store.v_scale
+        )
+        k_cache = store.k_cache
+        cache = (k_cache, store.v_cache, store.slots, k_scale, v_scale, *k_cache.stride()[:3],
+                 stride_scale_block, stride_scale_head)  # fmt: skip
+        block_size = k_cache.shape[1]
+    heads = num_q_heads + num_kv_heads * (2 if store is not None else 1)
+    _qk_norm_rope_kernel[(num_tokens, heads)](
         qkv,
         positions,
         inv_freq,
@@ -135,10 +239,15 @@ def qk_norm_rope_triton(
         k_weight if has_norm else inv_freq,
         qkv.stride(0),
         num_q_heads,
+        num_kv_heads,
         eps,
         attention_scaling,
+        *cache,
         HAS_NORM=has_norm,
         HEAD_DIM=head_dim,
+        STORE=store is not None,
+        HAS_SCALE=has_scale,
+        block_size=block_size,
     )
 
 

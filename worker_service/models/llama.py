@@ -84,12 +84,14 @@ class Attention(nn.Module):
         q, kv = self.q_size, self.kv_size
         return [(0, q), (q, kv), (q + kv, kv)]
 
-    def _qkv(self, x: torch.Tensor, rope: RopeInputs) -> tuple[torch.Tensor, ...]:
-        """q [T, heads, D], k and v [T, kv_heads, D], q and k normed (Qwen3) and rotated."""
+    def _qkv(self, x: torch.Tensor, rope: RopeInputs, pool: tuple) -> tuple[torch.Tensor, ...]:
+        """q [T, heads, D], k and v [T, kv_heads, D], q and k normed (Qwen3) and rotated, and k
+        and v written into the paged pool: pool = (k_cache, v_cache, slots, k_scale, v_scale),
+        store_kv's arguments. The fused Triton path does all of it in one launch."""
         num_tokens = x.shape[0]
         qkv = self.qkv_proj(x)
-        if rope.cos is None:  # fused: norm and rotate q and k in place inside qkv
-            from yaie.kernels.elementwise.triton_fused import qk_norm_rope_triton
+        if rope.cos is None:  # fused: norm, rotate and store in place inside qkv
+            from yaie.kernels.elementwise.triton_fused import KVStore, qk_norm_rope_triton
 
             norms = (self.q_norm.weight, self.k_norm.weight) if self.qk_norm else (None, None)
             qk_norm_rope_triton(
@@ -102,6 +104,7 @@ class Attention(nn.Module):
                 rope.attention_scaling,
                 *norms,
                 eps=self.eps,
+                store=KVStore(*pool),
             )
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(num_tokens, self.num_heads, self.head_dim)
@@ -111,6 +114,8 @@ class Attention(nn.Module):
             if self.qk_norm:  # Qwen3: per-head RMSNorm before rope
                 q, k = self.q_norm(q), self.k_norm(k)
             q, k = apply_rotary(q, rope.cos, rope.sin), apply_rotary(k, rope.cos, rope.sin)
+            k_cache, v_cache, slots, k_scale, v_scale = pool
+            store_kv(k_cache, v_cache, k, v, slots, self.backend, k_scale, v_scale)
         return q, k, v
 
     def forward(
@@ -123,10 +128,9 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         """x [T, hidden], kv_cache [2, num_blocks, block_size, kv_heads, head_dim] -> [T, hidden];
         kv_scales [2, num_blocks, kv_heads, block_size] with an fp8 kv_cache, else None."""
-        q, k, v = self._qkv(x, rope)
         k_cache, v_cache = kv_cache[0], kv_cache[1]
         scales = (None, None) if kv_scales is None else (kv_scales[0], kv_scales[1])
-        store_kv(k_cache, v_cache, k, v, batch.slots, self.backend, *scales)
+        q, _, _ = self._qkv(x, rope, (k_cache, v_cache, batch.slots, *scales))
         attend = partial(
             paged_attention,
             k_cache=k_cache,
