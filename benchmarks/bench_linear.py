@@ -87,7 +87,7 @@ def bench_shape(model, name, n, k, gated, copy_bw, sweep, table) -> None:
         assert err_skinny <= max(2 * err_torch, 1e-2), (name, m, err_skinny, err_torch)
         t_torch = graph_ms(lambda x, w: torch_path(x, w, gated), x, weights)
         t_default = graph_ms(lambda x, w: skinny_linear_triton(x, w, gated=gated), x, weights)
-        best, best_cfg = t_default, default_config(out_n, k)
+        best, best_cfg = t_default, default_config(out_n, k, gated)
         if sweep and m in SWEEP_ROWS:
             for cfg in SWEEP:
                 try:

@@ -190,10 +190,10 @@ def main() -> None:
         help="rows up to which linear layers take the skinny Triton kernel (0: cuBLAS for all)",
     )
     args = parser.parse_args()
-    if args.skinny_rows is not None:  # an A/B knob: the dispatch reads MAX_ROWS at each call
+    if args.skinny_rows is not None:  # an A/B knob, read by the dispatch at each call
         import yaie.kernels.linear.triton_skinny as skinny
 
-        skinny.MAX_ROWS = args.skinny_rows
+        skinny.DISPATCH_ROWS = args.skinny_rows
     device = torch.device("cpu" if args.tiny else "cuda")
     shape = TINY if args.tiny else QWEN3_0_6B
     dtype = torch.float32 if args.tiny else torch.bfloat16

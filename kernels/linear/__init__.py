@@ -1,6 +1,7 @@
 """The decoder's linear layers: F.linear (cuBLAS, oneDNN, MKL) everywhere, except the few rows of
-a decode step on CUDA, where a Triton kernel that streams each weight once at the copy rate
-(triton_skinny.py) replaces cuBLAS's small-M tiles, and fuses the gated MLP's SiLU-and-multiply.
+a decode step on CUDA over a long reduction (K >= 2,048), where a Triton kernel that streams each
+weight once in narrow column tiles (triton_skinny.py) beats cuBLAS's small-M choices (split-K
+and its reduce for Qwen3-0.6B's o_proj), and fuses the gated MLP's SiLU-and-multiply.
 
 Batch-invariant mode (kernels/batch_invariant) keeps F.linear for every row count: its mode
 routes F.linear to the fixed-tile matmul, and a kernel chosen by row count would make a request's
@@ -22,12 +23,14 @@ _DTYPES = (torch.bfloat16, torch.float16)
 
 
 def skinny_applies(x: torch.Tensor, backend: str = "auto") -> bool:
-    """Whether x's rows take the skinny Triton kernel."""
-    from yaie.kernels.linear.triton_skinny import MAX_ROWS
+    """Whether x's rows take the skinny Triton kernel (triton_skinny.DISPATCH_*: where the H200
+    measured it faster than cuBLAS)."""
+    from yaie.kernels.linear import triton_skinny as skinny
 
     return (
         x.dim() == 2
-        and x.shape[0] <= MAX_ROWS
+        and x.shape[0] <= skinny.DISPATCH_ROWS
+        and x.shape[1] >= skinny.DISPATCH_MIN_K
         and x.dtype in _DTYPES
         and resolve_backend(backend, x.is_cuda) == "triton"
         and not invariant_mode()

@@ -15,7 +15,12 @@ import torch
 import triton
 import triton.language as tl
 
-MAX_ROWS = 64
+MAX_ROWS = 64  # the kernel's limit (one BLOCK_M tile of rows)
+# Where the dispatch (kernels/linear) takes it over cuBLAS: from the H200 sweep, it wins at 1-16
+# rows on weights with K >= 2,048 (Qwen3-0.6B's o and down: 12.6 -> 5.2 us and 7.4 -> 6.6 us at
+# one row; every Llama-3.1-8B layer by 4-15%), ties or loses at 32-64 rows and at K = 1,024.
+DISPATCH_ROWS = 16
+DISPATCH_MIN_K = 2048
 
 
 @triton.jit
@@ -80,11 +85,14 @@ def _skinny_kernel(
     tl.store(out_ptrs, acc.to(dtype), mask=m_mask[:, None] & n_mask[None, :])
 
 
-def default_config(n: int, k: int) -> tuple[int, int, int, int]:
-    """(block_n, block_k, num_warps, num_stages) for an [n, k] weight (see benchmarks/NOTES.md,
-    bench_linear.py): narrow column tiles where there are few columns, so every SM streams."""
-    block_n = 16 if n <= 2048 else 32
-    return block_n, 256, 4, 3
+def default_config(n: int, k: int, gated: bool = False) -> tuple[int, int, int, int]:
+    """(block_n, block_k, num_warps, num_stages) for n output columns over k: the winners of
+    bench_linear.py's sweep on the H200 (benchmarks/NOTES.md, session 11) at 1 and 16 rows.
+    Column tiles as narrow as leave every SM a tile (16 up to 2,048 columns), long K tiles
+    with one more stage in flight: a layer this small is bound by its memory latency."""
+    block_n = 16 if n <= 2048 else 32 if n <= 4096 else 64
+    block_k = 512 if block_n <= 32 else 128 if gated else 256
+    return block_n, block_k, 4, 3 if block_n == 16 else 4
 
 
 def skinny_linear_triton(
@@ -112,7 +120,7 @@ def skinny_linear_triton(
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
     if m == 0:
         return out
-    block_n, block_k, num_warps, num_stages = config or default_config(n, k)
+    block_n, block_k, num_warps, num_stages = config or default_config(n, k, gated)
     _skinny_kernel[(triton.cdiv(n, block_n),)](
         x,
         weight,

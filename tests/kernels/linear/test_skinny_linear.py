@@ -13,7 +13,7 @@ from yaie.kernels.batch_invariant import batch_invariant_mode
 from yaie.kernels.elementwise.reference import silu_and_mul_reference
 from yaie.kernels.linear import linear, silu_gated_linear, skinny_applies
 
-EXPECTED_CHILD_TESTS = 12
+EXPECTED_CHILD_TESTS = 18
 if INTERPRET:
     CASES = [("cpu", torch.float32), ("cpu", torch.float16)]
 elif torch.cuda.is_available():
@@ -107,12 +107,29 @@ def test_the_cpu_keeps_torch() -> None:
     assert torch.equal(silu_gated_linear(x, w2, b2), silu_and_mul_reference(F.linear(x, w2, b2)))
 
 
+@kernel_cases
+@pytest.mark.parametrize(("n", "gated"), [(2100, False), (4100, False), (4100, True)])
+def test_the_default_configs_of_wide_layers(device, dtype, n, gated) -> None:
+    """default_config's wider column tiles (32 and 64, K tiles 512 / 256 / 128), partial."""
+    from yaie.kernels.linear.triton_skinny import default_config, skinny_linear_triton
+
+    assert default_config(n, 600, gated)[0] == (32 if n < 4096 else 64)
+    x, w, b = _inputs(3, 2 * n if gated else n, 600, dtype, device, seed=n)
+    expected = _expected(x, w, b)
+    _close(
+        skinny_linear_triton(x, w, b, gated),
+        silu_and_mul_reference(expected) if gated else expected,
+    )
+
+
 @gpu_only
 def test_dispatch_on_cuda() -> None:
-    """Decode-sized bf16 rows take the kernel; more rows, fp32, and batch-invariant mode keep
-    F.linear (a kernel chosen by row count would make results depend on the batch)."""
-    x, w, b = _inputs(64, 256, 128, torch.bfloat16, "cuda", seed=2)
+    """Decode-sized bf16 rows over K >= 2,048 take the kernel; more rows, a short K, fp32, and
+    batch-invariant mode keep F.linear (a kernel chosen by row count would make results depend
+    on the batch)."""
+    x, w, b = _inputs(16, 256, 2048, torch.bfloat16, "cuda", seed=2)
     assert skinny_applies(x) and not skinny_applies(torch.cat([x, x[:1]]))
+    assert not skinny_applies(x[:, :1024])
     assert not skinny_applies(x.float())
     with batch_invariant_mode():
         assert not skinny_applies(x)
