@@ -153,11 +153,12 @@ def host_checks(runner, table, decode, step_id: int, batch: int) -> int:
         step_id += 1
         runner.launch(table, Plan(step_id, [], decode, [])).wait()
     profiler.disable()
-    text = io.StringIO()
-    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(12)
-    body = text.getvalue()
-    print(f"batch {batch}: host profile of 20 lock-step steps (by own time):")
-    print(body[body.find("ncalls") :].rstrip())
+    for order, lines in (("tottime", 25), ("cumulative", 40)):
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).sort_stats(order).print_stats(lines)
+        body = text.getvalue()
+        print(f"batch {batch}: host profile of 20 lock-step steps (by {order}):")
+        print(body[body.find("ncalls") :].rstrip())
     return step_id
 
 
