@@ -44,19 +44,23 @@ class ScheduledEntry:
 
 
 def _aligned_on_device(parts: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
-    """int32 parts in one host->device copy, each starting 16-byte aligned: Triton specializes
-    pointer arguments on their alignment, so pieces at arbitrary offsets would compile new
-    attention kernel variants for some steps (a stall of ~1 s each while serving)."""
-    sizes = [p.numel() for p in parts]
+    """int32 and int64 parts in one host->device copy, each starting 16-byte aligned: Triton
+    specializes pointer arguments on their alignment, so pieces at arbitrary offsets would
+    compile new attention kernel variants for some steps (a stall of ~1 s each while serving).
+    The int64 parts (what torch indexes with) arrive as int64: no conversion launch per part."""
+    sizes = [p.numel() * p.element_size() for p in parts]
     starts = [0]
     for n in sizes:
-        starts.append(starts[-1] + -(-n // 4) * 4)
+        starts.append(starts[-1] + -(-n // 16) * 16)
     # pinned from the start on CUDA: to_device then copies it as it is (no second host copy)
-    packed = torch.zeros(starts[-1], dtype=torch.int32, pin_memory=device.type == "cuda")
+    packed = torch.empty(starts[-1], dtype=torch.uint8, pin_memory=device.type == "cuda")
     for part, start, n in zip(parts, starts, sizes, strict=False):
-        packed[start : start + n] = part
+        packed[start : start + n] = part.reshape(-1).view(torch.uint8)
     packed = to_device(packed, device)
-    return [packed[start : start + n] for start, n in zip(starts, sizes, strict=False)]
+    return [
+        packed[start : start + n].view(part.dtype)
+        for part, start, n in zip(parts, starts, sizes, strict=False)
+    ]
 
 
 def build_forward_batch(
@@ -100,23 +104,25 @@ def build_forward_batch(
     rows = np.fromiter((e.state.row for e in entries), np.int64, batch)
     host_tables = table.blocks[rows, :max_blocks]  # [batch, max_blocks], 0-padded
     tables = torch.from_numpy(host_tables)
-    new_counts = torch.tensor(num_new, dtype=torch.int32)
-    query_starts = torch.tensor(query_start, dtype=torch.int32)  # [batch + 1]
+    new_counts = torch.tensor(num_new, dtype=torch.int64)
+    query_starts = torch.tensor(query_start, dtype=torch.int64)  # [batch + 1]
     owner = torch.repeat_interleave(torch.arange(batch), new_counts)  # [num_tokens]
-    starts = torch.tensor([e.start for e in entries], dtype=torch.int32)
-    positions = torch.arange(num_tokens, dtype=torch.int32) - query_starts[owner] + starts[owner]
+    starts = torch.tensor([e.start for e in entries], dtype=torch.int64)
+    positions = torch.arange(num_tokens, dtype=torch.int64) - query_starts[owner] + starts[owner]
     slots = tables[owner, positions // block_size] * block_size + positions % block_size
     seq_lens = starts + new_counts
+    # int64 where torch indexes or the model reads (ids, positions, slots, rows), int32 for the
+    # attention kernels' lengths and tables
     parts = [
-        torch.tensor(host_ids, dtype=torch.int32),
+        torch.tensor(host_ids, dtype=torch.int64),
         positions,
-        slots,
-        seq_lens,
-        query_starts,
-        torch.tensor(logits_indices, dtype=torch.int32),
-        torch.tensor(decode_index, dtype=torch.int32),
-        torch.tensor(decode_rows, dtype=torch.int32),
-        torch.tensor([e.state.row for e in entries if e.samples], dtype=torch.int32),
+        slots.long(),
+        seq_lens.int(),
+        query_starts.int(),
+        torch.tensor(logits_indices, dtype=torch.int64),
+        torch.tensor(decode_index, dtype=torch.int64),
+        torch.tensor(decode_rows, dtype=torch.int64),
+        torch.tensor([e.state.row for e in entries if e.samples], dtype=torch.int64),
         tables.flatten(),
     ]
     single = [e.is_decode for e in entries] if single_by_decode else [n == 1 for n in num_new]
@@ -126,7 +132,7 @@ def build_forward_batch(
         while single[num_single]:
             num_single += 1
         if num_single:
-            parts.append(query_starts[num_single:] - num_single)
+            parts.append((query_starts[num_single:] - num_single).int())
     groups = None
     if max_prefix_groups and is_decode:
         lens = [e.start + 1 for e in entries]
@@ -149,23 +155,22 @@ def build_forward_batch(
     pieces = _aligned_on_device(parts, device)
     input_ids, positions_d, slots_d, seq_lens_d, query_start_d, logits_d = pieces[:6]
     decode_index_d, decode_rows_d, sample_rows, tables_d = pieces[6:10]
-    input_ids = input_ids.long()
     if decode_index:
-        input_ids[decode_index_d.long()] = last_tokens[decode_rows_d.long()]
+        input_ids[decode_index_d] = last_tokens[decode_rows_d]
     batch = ForwardBatch(
         input_ids=input_ids,
-        positions=positions_d.long(),
-        slots=slots_d.long(),
+        positions=positions_d,
+        slots=slots_d,
         block_tables=tables_d.view(batch, max_blocks),
         seq_lens=seq_lens_d,
         query_start=query_start_d,
         max_query_len=max(num_new),
         is_decode=is_decode,
-        logits_indices=logits_d.long(),
+        logits_indices=logits_d,
         num_single=num_single,
         extend_query_start=pieces[10] if num_single else None,
         prefix_groups=None
         if groups is None
         else PrefixGroups(*pieces[first_group_part : first_group_part + 4]),
     )
-    return batch, sample_rows.long()
+    return batch, sample_rows
