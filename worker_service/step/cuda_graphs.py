@@ -153,12 +153,12 @@ class DecodeGraphs:
         self.slots[:b].copy_(batch.slots)
         self.block_tables[:b, : batch.block_tables.shape[1]].copy_(batch.block_tables)
         self.seq_lens[:b].copy_(batch.seq_lens)
-        # Rows b..bucket are padding: one token at position 0 in the scratch block.
-        self.input_ids[b:bucket].zero_()
-        self.positions[b:bucket].zero_()
-        self.slots[b:bucket].fill_(self.scratch_slot)
-        self.block_tables[b:bucket, 0].fill_(self.scratch_block)
-        self.seq_lens[b:bucket].fill_(1)
+        if bucket > b:  # rows b..bucket are padding: one token at position 0 in the scratch block
+            self.input_ids[b:bucket].zero_()
+            self.positions[b:bucket].zero_()
+            self.slots[b:bucket].fill_(self.scratch_slot)
+            self.block_tables[b:bucket, 0].fill_(self.scratch_block)
+            self.seq_lens[b:bucket].fill_(1)
         if batch.prefix_groups is None:
             self.graphs[bucket].replay()
             return self.logits[bucket][:b]
