@@ -214,6 +214,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def on_signal(signum: int, _frame) -> None:
         stopped_by.append(signal.Signals(signum).name)
+        if len(stopped_by) > 1:
+            # A second signal can land while the first one's stop.set() holds the Event's lock
+            # (handlers run on this thread): setting it again would wait on that lock forever
+            # (seen: a SIGTERM then a SIGINT left the worker running). The first set it already.
+            return
         stop.set()
         if not loaded.is_set() and config.tp == 1:
             # Loading (minutes for a big model) runs on this thread: leave it now, not after.
