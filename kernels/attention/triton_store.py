@@ -33,6 +33,27 @@ def round_to_e4m3(x):
 
 
 @triton.jit
+def slot_destinations(
+    slot,
+    head_ids,
+    offs_d,
+    stride_cache_block,
+    stride_cache_token,
+    stride_cache_head,
+    stride_scale_block,
+    stride_scale_head,
+    block_size,
+):
+    # Offsets of one slot's head vectors in the pool ([H, D]) and of their scales ([H]; scales
+    # [blocks, heads, block_size]) for head_ids [H].
+    block = slot // block_size
+    dst = block * stride_cache_block + (slot % block_size) * stride_cache_token
+    dst += head_ids[:, None] * stride_cache_head + offs_d[None, :]
+    scale_dst = block * stride_scale_block + head_ids * stride_scale_head + slot % block_size
+    return dst, scale_dst
+
+
+@triton.jit
 def _store_rows(cache, scales, dst, scale_dst, rows, heads, HAS_SCALE: tl.constexpr):
     # rows [HEADS_PAD, D] -> cache at dst (rows where heads [HEADS_PAD] is true); fp8: each
     # head's scale amax / 448 (1 for zeros) to scales at scale_dst, as quantize_fp8.
@@ -78,12 +99,10 @@ def _store_kv_kernel(
     for i in range(TOKENS_PER_PROGRAM):
         token = tl.program_id(0) * TOKENS_PER_PROGRAM + i
         if token < num_tokens:
-            slot = tl.load(slots + token)
-            block = slot // block_size
-            dst = block * stride_cache_block + (slot % block_size) * stride_cache_token
-            dst += offs_h[:, None] * stride_cache_head + offs_d[None, :]
-            # scales [blocks, heads, block_size]: this token's entry of each head, [HEADS_PAD]
-            scale_dst = block * stride_scale_block + offs_h * stride_scale_head + slot % block_size
+            dst, scale_dst = slot_destinations(
+                tl.load(slots + token), offs_h, offs_d, stride_cache_block, stride_cache_token,
+                stride_cache_head, stride_scale_block, stride_scale_head, block_size,
+            )  # fmt: skip
             src_k = token * stride_k_token + offs_h[:, None] * stride_k_head + offs_d[None, :]
             src_v = token * stride_v_token + offs_h[:, None] * stride_v_head + offs_d[None, :]
             k_row = tl.load(k + src_k, mask=heads[:, None], other=0.0)

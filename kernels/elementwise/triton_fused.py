@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from yaie.kernels.attention.triton_common import check_index, check_pool, scale_args
-from yaie.kernels.attention.triton_store import _store_rows
+from yaie.kernels.attention.triton_store import _store_rows, slot_destinations
 
 
 @dataclass(frozen=True)
@@ -185,14 +185,12 @@ def _store_head(
     HAS_SCALE: tl.constexpr,
 ):
     # One (token, kv head) vector [D] into the pool, as store_kv's kernel writes it.
-    slot = tl.load(slots + t)
-    block = slot // block_size
-    dst = block * stride_cache_block + (slot % block_size) * stride_cache_token
-    dst += kv_head * stride_cache_head + tl.arange(0, HEAD_DIM)
-    scale_dst = block * stride_scale_block + kv_head * stride_scale_head + slot % block_size
-    one = tl.full([1], 1, tl.int1)
-    _store_rows(cache, scales, dst[None, :], scale_dst + tl.zeros([1], tl.int64), row[None, :],
-                one, HAS_SCALE)  # fmt: skip
+    dst, scale_dst = slot_destinations(
+        tl.load(slots + t), kv_head + tl.zeros([1], tl.int32), tl.arange(0, HEAD_DIM),
+        stride_cache_block, stride_cache_token, stride_cache_head, stride_scale_block,
+        stride_scale_head, block_size,
+    )  # fmt: skip
+    _store_rows(cache, scales, dst, scale_dst, row[None, :], tl.full([1], 1, tl.int1), HAS_SCALE)
 
 
 def qk_norm_rope_triton(
