@@ -30,6 +30,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from yaie.cli.health_probe import wait_for_serving
 from yaie.v1 import generation_pb2 as pb
 from yaie.v1 import generation_pb2_grpc
+from yaie.worker_service.python_child import module_command
 
 sys.path.insert(0, str(Path(__file__).parent))
 from stack_launch import free_port  # noqa: E402
@@ -95,9 +96,7 @@ def _agree(ours: list[int], theirs: list[int], eos: int) -> bool:
 
 
 def start_server(model: str, port: int, threads: int | None, extra: list[str]) -> subprocess.Popen:
-    command = [
-        sys.executable,
-        "-m",
+    command = module_command(
         "yaie.cli.main",
         "serve",
         "--model",
@@ -109,7 +108,7 @@ def start_server(model: str, port: int, threads: int | None, extra: list[str]) -
         "--log-level",
         "WARNING",
         *extra,
-    ]
+    )
     env = dict(os.environ)
     if threads is not None:  # torch's intra-op threads in the scheduler and worker processes
         env["OMP_NUM_THREADS"] = str(threads)

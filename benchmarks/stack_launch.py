@@ -7,11 +7,11 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from yaie.cli.health_probe import wait_for_serving
+from yaie.worker_service.python_child import module_command
 
 
 def free_port() -> int:
@@ -43,8 +43,10 @@ class Stack:
 
     def _spawn(self, name: str, args: list[str], profile: Path | None = None) -> subprocess.Popen:
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 (the child owns it)
-        python = [sys.executable, *(["-m", "cProfile", "-o", str(profile)] if profile else [])]
-        command = [*python, "-m", "yaie.cli.main", *args]
+        if profile:  # cProfile runs the console script's main (no working dir on sys.path)
+            command = module_command("cProfile", "-o", str(profile), "-m", "yaie.cli.main", *args)
+        else:
+            command = module_command("yaie.cli.main", *args)
         return subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
         )

@@ -24,6 +24,7 @@ from yaie.cli.models.builtin_model import MODEL_NAME
 from yaie.cli.models.model_choice import ModelUnavailable, served_model
 from yaie.scheduler_service.ops import flags
 from yaie.scheduler_service.ops.logs import setup_logging
+from yaie.worker_service.python_child import module_command
 
 logger = logging.getLogger("yaie.serve")
 _PR_SET_PDEATHSIG = 1
@@ -136,9 +137,7 @@ def spawn_worker(
     of its own (Ctrl-C reaches only us, and we stop the workers in order), that the kernel stops
     when we die. The child sets that parent-death signal itself before exec'ing the worker: a
     preexec_fn is unsafe once this process runs threads (torch's import starts some)."""
-    command = [
-        sys.executable,
-        "-m",
+    command = module_command(
         "yaie.worker_service",
         "--model",
         model,
@@ -156,7 +155,7 @@ def spawn_worker(
         args.log_level,
         "--log-format",
         args.log_format,  # one format for the whole stack's stderr
-    ]
+    )
     if args.num_blocks:
         command += ["--num-blocks", str(args.num_blocks)]
     if args.deterministic:

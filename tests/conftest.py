@@ -11,6 +11,10 @@ from pathlib import Path
 
 import pytest
 
+# pytest in a child, without the current directory on sys.path (see the interpreter fixture)
+_PYTEST_WITHOUT_CWD = (
+    "import sys; sys.path.pop(0); import pytest; sys.exit(pytest.main(sys.argv[1:]))"
+)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -27,7 +31,9 @@ def interpreter_child() -> Callable[..., None]:
         if os.environ.get("TRITON_INTERPRET") == "1":
             pytest.skip("this is the child")
         pytest.importorskip("triton")
-        cmd = [sys.executable, "-m", "pytest", test_file, "-q", "-p", "no:cacheprovider"]
+        # Not `python -m pytest`: that puts the checkout first on sys.path, where our kernels/
+        # folder shadows Hugging Face's `kernels` package, which transformers (>= 5.25) imports.
+        cmd = [sys.executable, "-c", _PYTEST_WITHOUT_CWD, test_file, "-q", "-p", "no:cacheprovider"]
         cmd += ["-W", "ignore::RuntimeWarning"] + (["-k", select] if select else [])
         env = {**os.environ, "TRITON_INTERPRET": "1"}
         proc = subprocess.run(

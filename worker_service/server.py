@@ -2,7 +2,9 @@
 runner, encodes.
 
 Step reads plans on a helper thread so that plan N+1 can be launched while step N computes on
-the GPU; results still go back strictly in step order. On the CPU a launch is the computation
+the GPU, and another helper says when the oldest launched step is done, so the loop that waits for
+plans hands back each result as soon as it exists without holding up a plan that arrives first;
+results still go back strictly in step order. On the CPU a launch is the computation
 itself, so each result goes back as soon as its step is done, and all torch work runs on one
 compute thread (step/compute_thread.py says why).
 """
@@ -13,7 +15,7 @@ import logging
 import queue
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 
@@ -28,6 +30,7 @@ from yaie.worker_service.wire import BadPlan, plan_from_proto, result_to_proto
 log = logging.getLogger(__name__)
 
 _END = object()  # the client closed its side of the stream
+_READY = object()  # the oldest launched step is done on the device (_ReadyWatch)
 # The Step call's metadata naming its scheduler process (scheduler_service/workers/
 # worker_client.py sends it; same name). The pool's blocks belong to one allocator at a time.
 SCHEDULER_ID_METADATA_KEY = "yaie-scheduler-id"
@@ -116,13 +119,23 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         pending: deque[PendingStep] = deque()
         # Overlap is the device's: a CPU step is done when its launch returns.
         depth = MAX_IN_FLIGHT if self.runner.device.type == "cuda" else 1
+        ready = _ReadyWatch(lambda item: _put(plans, closed, item)) if depth > 1 else None
         last_step_id: int | None = None
         try:
             while True:
+                if pending and ready is not None:
+                    if pending[0].ready():  # done already (or had no device work): hand it back
+                        yield self._finish(pending.popleft())
+                        continue
+                    ready.watch(pending[0])
                 try:
-                    message = plans.get(block=not pending)
+                    message = plans.get(block=not pending or ready is not None)
                 except queue.Empty:  # no plan waiting: hand back the oldest result
                     yield self._finish(pending.popleft())
+                    continue
+                if message is _READY:  # hand back the oldest result, if that is the one done
+                    if pending and pending[0].ready():
+                        yield self._finish(pending.popleft())
                     continue
                 if message is _END:
                     break
@@ -141,6 +154,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                 yield self._finish(pending.popleft())
         finally:  # stream closed or cancelled: its requests are gone
             closed.set()  # a reader blocked on the full queue gives up
+            if ready is not None:
+                ready.stop()
             self._tables.discard(table)
             try:
                 with self._lock:
@@ -186,23 +201,54 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             )
 
 
+def _put(plans: queue.Queue, closed: threading.Event, item: object) -> bool:
+    """item into the bounded plan queue, unless the stream closes first."""
+    while not closed.is_set():
+        try:
+            plans.put(item, timeout=0.5)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
 def _read_plans(request_iterator, plans: queue.Queue, closed: threading.Event) -> None:
     """Moves plans from the stream into plans; _END when the client is done or gone."""
-
-    def put(item: object) -> bool:
-        while not closed.is_set():
-            try:
-                plans.put(item, timeout=0.5)
-                return True
-            except queue.Full:
-                continue
-        return False
-
     try:
         for message in request_iterator:
-            if not put(message):
+            if not _put(plans, closed, message):
                 return
     except Exception as exc:  # cancelled or broken stream
         log.info("step stream ended: %s", exc)
     finally:
-        put(_END)
+        _put(plans, closed, _END)
+
+
+class _ReadyWatch:
+    """Puts _READY into a stream's plan queue when a watched step's device work is done, so the
+    loop that blocks on that queue also wakes for the oldest result. Waiting for the result itself
+    instead would leave a plan that arrives meanwhile unlaunched until the step is done, and the
+    GPU idle for that launch's host time: at batch 1 on the H200 the step period was ~1.56 ms for
+    a ~1.22 ms step (benchmarks/NOTES.md, session 12)."""
+
+    def __init__(self, put: Callable[[object], bool]) -> None:
+        self._events: queue.SimpleQueue = queue.SimpleQueue()
+        self._watched: PendingStep | None = None
+        threading.Thread(target=self._serve, args=(put,), daemon=True, name="step-ready").start()
+
+    def watch(self, step: PendingStep) -> None:
+        if step is not self._watched and step.done_event is not None:
+            self._watched = step
+            self._events.put(step.done_event)
+
+    def stop(self) -> None:
+        self._events.put(None)
+
+    def _serve(self, put: Callable[[object], bool]) -> None:
+        while (event := self._events.get()) is not None:
+            try:
+                event.synchronize()
+            except Exception:  # a device error: the stream's own wait reports it
+                pass
+            if not put(_READY):
+                return

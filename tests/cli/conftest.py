@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import pytest
 
 from tests import processes
 from yaie.v1 import generation_pb2_grpc
+from yaie.worker_service.python_child import module_command
 
 START_TIMEOUT_S = 180.0
 
@@ -37,7 +37,7 @@ class Stack:
 
 def yaie(*args: str) -> list[str]:
     """The `yaie` console script's command line (run through this interpreter)."""
-    return [sys.executable, "-m", "yaie.cli.main", *args]
+    return module_command("yaie.cli.main", *args)
 
 
 def serve_command(model: Path | str, port: int, num_blocks: int, *extra: str) -> list[str]:

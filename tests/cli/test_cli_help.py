@@ -7,12 +7,12 @@ from __future__ import annotations
 import argparse
 import re
 import subprocess
-import sys
 from importlib.metadata import version
 
 import pytest
 
 from yaie.cli import bench, chat, generate, main, serve
+from yaie.worker_service.python_child import module_command
 
 
 def _help(parser: argparse.ArgumentParser) -> str:
@@ -57,7 +57,7 @@ def test_generate_waits_for_a_local_target_by_default_only() -> None:
 
 
 def _yaie(*args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "yaie.cli.main", *args]
+    command = module_command("yaie.cli.main", *args)
     return subprocess.run(
         command, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, check=False
     )

@@ -6,10 +6,11 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 import time
 
 import httpx
+
+from yaie.worker_service.python_child import module_command
 
 
 def _free_port() -> int:
@@ -30,7 +31,7 @@ def _wait_listening(url: str, process: subprocess.Popen, timeout_s: float = 60.0
 
 
 def _scheduler(http_port: int) -> subprocess.Popen:
-    command = [sys.executable, "-m", "yaie.cli.main", "scheduler", "--worker"]
+    command = module_command("yaie.cli.main", "scheduler", "--worker")
     command += [f"127.0.0.1:{_free_port()}", "--port", str(_free_port())]
     command += ["--http-port", str(http_port), "--log-level", "WARNING"]
     return subprocess.Popen(command, env=dict(os.environ), stdin=subprocess.DEVNULL)

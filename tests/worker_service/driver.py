@@ -9,13 +9,13 @@ command line of one as a child process (worker_command), and transformers' greed
 from __future__ import annotations
 
 import queue
-import sys
 from dataclasses import dataclass, field
 
 import grpc
 
 from yaie.kernels.sampling import SamplingConfig
 from yaie.worker.v1 import worker_pb2, worker_pb2_grpc
+from yaie.worker_service.python_child import module_command
 
 # Every option off but temperature 0, as the wire carries it (a proto3 zero is not "unset").
 GREEDY = SamplingConfig(temperature=0.0).message_fields()
@@ -204,16 +204,14 @@ def stop_worker(handle) -> None:
 def worker_command(model_dir, port: int, *extra: str) -> list[str]:
     """The command line of `python -m yaie.worker_service` serving model_dir on port, for a
     worker (or tensor-parallel group) as a child process; extra: its other flags."""
-    return [
-        sys.executable,
-        "-m",
+    return module_command(
         "yaie.worker_service",
         "--model",
         str(model_dir),
         "--port",
         str(port),
         *extra,
-    ]
+    )
 
 
 def load_hf_model(model_dir):

@@ -268,12 +268,14 @@ def test_command_line_worker_leaves_at_once_on_sigterm_while_loading(model_dir):
     """SIGTERM while the model loads (here a load held up for a minute, as a big model's is)
     ends the worker at once with 128 + SIGTERM instead of after the load."""
     slow_load = (
-        "import sys, time; import yaie.worker_service.loader as loader; real = loader.load_model; "
+        "import sys, time; sys.path.pop(0); import yaie.worker_service.loader as loader; "
+        "real = loader.load_model; "
         "loader.load_model = lambda *a, **k: (time.sleep(60), real(*a, **k))[1]; "
         "from yaie.worker_service.__main__ import main; sys.exit(main(sys.argv[1:]))"
     )
     command = worker_command(model_dir, free_port())
-    command[1:3] = ["-c", slow_load]  # the same command line, the worker run through slow_load
+    module = command.index("yaie.worker_service")  # the same flags, the worker run by slow_load
+    command[1 : module + 1] = ["-c", slow_load]
     process = _start_command_line_worker(command)
     try:
         deadline = time.monotonic() + 60

@@ -7,15 +7,15 @@ import json
 import os
 import signal
 import subprocess
-import sys
 
 from tests.hub_stand_in import HubStandIn, Repo
+from yaie.worker_service.python_child import module_command
 
 REPO = "yaie-test/tiny-llama"
 
 
 def _worker(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    command = [sys.executable, "-m", "yaie.worker_service", "--port", "0", "--device", "cpu"]
+    command = module_command("yaie.worker_service", "--port", "0", "--device", "cpu")
     return subprocess.Popen(
         [*command, "--num-blocks", "16", *args],
         stdin=subprocess.DEVNULL,

@@ -43,24 +43,70 @@ class ScheduledEntry:
     is_decode: bool  # runs the last sampled token (device-resident)
 
 
-def _aligned_on_device(parts: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+def _aligned_on_device(
+    parts: list[np.ndarray | torch.Tensor], device: torch.device
+) -> list[torch.Tensor]:
     """int32 and int64 parts in one host->device copy, each starting 16-byte aligned: Triton
     specializes pointer arguments on their alignment, so pieces at arbitrary offsets would
     compile new attention kernel variants for some steps (a stall of ~1 s each while serving).
-    The int64 parts (what torch indexes with) arrive as int64: no conversion launch per part."""
-    sizes = [p.numel() * p.element_size() for p in parts]
+    The int64 parts (what torch indexes with) arrive as int64: no conversion launch per part.
+    The host side packs with numpy (a torch op on the host costs several numpy ones)."""
+    arrays = [p.numpy() if isinstance(p, torch.Tensor) else p for p in parts]
+    sizes = [a.nbytes for a in arrays]
     starts = [0]
     for n in sizes:
         starts.append(starts[-1] + -(-n // 16) * 16)
     # pinned from the start on CUDA: to_device then copies it as it is (no second host copy)
     packed = torch.empty(starts[-1], dtype=torch.uint8, pin_memory=device.type == "cuda")
-    for part, start, n in zip(parts, starts, sizes, strict=False):
-        packed[start : start + n] = part.reshape(-1).view(torch.uint8)
+    host = packed.numpy()
+    for array, start, n in zip(arrays, starts[:-1], sizes, strict=True):
+        host[start : start + n] = array.reshape(-1).view(np.uint8)
     packed = to_device(packed, device)
     return [
-        packed[start : start + n].view(part.dtype)
-        for part, start, n in zip(parts, starts, sizes, strict=False)
+        packed[start : start + n].view(_TORCH_DTYPES[a.dtype])
+        for a, start, n in zip(arrays, starts[:-1], sizes, strict=True)
     ]
+
+
+_TORCH_DTYPES = {np.dtype(np.int32): torch.int32, np.dtype(np.int64): torch.int64}
+
+
+def _decode_batch(
+    entries: list[ScheduledEntry], table: RequestTable, block_size: int
+) -> tuple[ForwardBatch, torch.Tensor]:
+    """build_forward_batch for a batch of decodes only (the usual step), on numpy: each row runs
+    its request's last sampled token at position start and samples."""
+    batch = len(entries)
+    rows = np.fromiter((e.state.row for e in entries), np.int64, batch)
+    starts = np.fromiter((e.start for e in entries), np.int64, batch)
+    max_blocks = max(len(e.state.block_table) for e in entries)
+    tables = table.blocks[rows, :max_blocks]  # [batch, max_blocks], 0-padded
+    blocks = tables[np.arange(batch), starts // block_size].astype(np.int64)
+    slots = blocks * block_size + starts % block_size
+    parts = [
+        starts,  # positions
+        slots,
+        rows,  # of last_tokens: the input tokens, and where the sampled ones go
+        np.arange(batch, dtype=np.int64),  # logits rows
+        (starts + 1).astype(np.int32),  # seq_lens
+        np.arange(batch + 1, dtype=np.int32),  # query_start
+        tables.ravel(),
+    ]
+    positions, slots_d, rows_d, logits_indices, seq_lens, query_start, tables_d = (
+        _aligned_on_device(parts, table.last_tokens.device)
+    )
+    fb = ForwardBatch(
+        input_ids=table.last_tokens.index_select(0, rows_d),
+        positions=positions,
+        slots=slots_d,
+        block_tables=tables_d.view(batch, max_blocks),
+        seq_lens=seq_lens,
+        query_start=query_start,
+        max_query_len=1,
+        is_decode=True,
+        logits_indices=logits_indices,
+    )
+    return fb, rows_d
 
 
 def build_forward_batch(
@@ -81,6 +127,8 @@ def build_forward_batch(
     rest of its prompt cached, or the last of a chunking) takes extend attention as in any other
     chunking; the ModelRunner then puts the decodes first.
     """
+    if not max_prefix_groups and all(e.is_decode for e in entries):
+        return _decode_batch(entries, table, block_size)
     last_tokens = table.last_tokens
     device = last_tokens.device
     num_new = [e.num_tokens for e in entries]

@@ -18,6 +18,7 @@ another may reuse (vLLM's piecewise graphs work the same way).
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import Callable
@@ -131,9 +132,18 @@ class PrefillGraphs:
         self._mempool = torch.cuda.graph_pool_handle()
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for size in reversed(self.sizes):
-                self._capture_bucket(size)
+        # No garbage collection inside a capture (torch.cuda.graph collects before each one):
+        # freeing an unreachable CUDA graph or tensor there is an illegal call that breaks the
+        # capture and the device context (seen on the H200: an earlier test's runner, freed by
+        # the collector in the middle of a piece).
+        gc.collect()
+        gc.disable()
+        try:
+            with torch.cuda.stream(stream):
+                for size in reversed(self.sizes):
+                    self._capture_bucket(size)
+        finally:
+            gc.enable()
         torch.cuda.current_stream().wait_stream(stream)
         torch.cuda.synchronize()
         log.info(

@@ -29,6 +29,8 @@ from yaie.worker_service.step.grammar_step import (
     catch_up_before_run,
 )
 from yaie.worker_service.step.kv_pool import KVPool
+from yaie.worker_service.step.mixed_graphs import DEFAULT_MAX_TOKENS as MIXED_MAX_TOKENS
+from yaie.worker_service.step.mixed_graphs import MixedGraphs
 from yaie.worker_service.step.prefill_graphs import DEFAULT_MAX_TOKENS, PrefillGraphs
 from yaie.worker_service.step.request_state import RequestState, RequestTable, check_run_entry
 from yaie.worker_service.step.sampling_step import PendingStep, StepTimer, sample_entries
@@ -56,6 +58,7 @@ class ModelRunner:
         grammars: GrammarBackend | None = None,
         deterministic: bool = False,
         max_prefill_graph_tokens: int = DEFAULT_MAX_TOKENS,
+        max_mixed_graph_tokens: int = MIXED_MAX_TOKENS,
     ) -> None:
         self.model = model
         # Batch-invariant mode (kernels/batch_invariant): each forward and the graph capture
@@ -74,6 +77,7 @@ class ModelRunner:
         self.max_context = int(model.max_context)
         self.graphs: DecodeGraphs | None = None
         self.prefill_graphs: PrefillGraphs | None = None
+        self.mixed_graphs: MixedGraphs | None = None
         self.device_failure: str | None = None  # set on a device error: the process must exit
         # Decode graphs are captured with tp None only: capturing the NCCL all-reduce and
         # all-gather is possible but not yet verified on a multi-GPU machine.
@@ -85,6 +89,12 @@ class ModelRunner:
             with batch_invariant_mode(deterministic):
                 self.graphs.capture()
             # Not in deterministic mode: its eager path is the one verified batch-invariant.
+            # Small steps of few requests replay one whole graph; the rest, up to
+            # max_prefill_graph_tokens, the piecewise graphs (attention eager between pieces).
+            mixed_tokens = min(max_mixed_graph_tokens, max_prefill_graph_tokens)
+            if mixed_tokens > 0 and not deterministic:
+                self.mixed_graphs = MixedGraphs(model, pool, mixed_tokens, max_blocks)
+                self.mixed_graphs.capture()
             if max_prefill_graph_tokens > 0 and not deterministic:
                 self.prefill_graphs = PrefillGraphs(model, pool, max_prefill_graph_tokens)
                 self.prefill_graphs.capture()
@@ -243,6 +253,8 @@ class ModelRunner:
         )
         if self.graphs is not None and self.graphs.can_run(batch):
             logits = self.graphs.run(batch)
+        elif self.mixed_graphs is not None and self.mixed_graphs.can_run(batch):
+            logits = self.mixed_graphs.run(batch)
         elif self.prefill_graphs is not None and self.prefill_graphs.can_run(batch):
             logits = self.prefill_graphs.run(batch)
         else:

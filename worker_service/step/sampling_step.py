@@ -67,6 +67,10 @@ class PendingStep:
     def done(cls, output: StepOutput) -> PendingStep:
         return cls(output)
 
+    def ready(self) -> bool:
+        """Whether wait() would return without waiting for the device."""
+        return self.done_event is None or self.done_event.query()
+
     def wait(self) -> StepOutput:
         if self.done_event is not None:
             self.done_event.synchronize()

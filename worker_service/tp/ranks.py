@@ -27,6 +27,7 @@ from yaie.worker_service.app import build_runner
 from yaie.worker_service.config import WorkerConfig
 from yaie.worker_service.loader import read_config, resolve_model_dir
 from yaie.worker_service.models import check_tp_config, parse_config
+from yaie.worker_service.python_child import module_command
 from yaie.worker_service.step.runner import MAX_IN_FLIGHT, ModelRunner
 from yaie.worker_service.tp.plan_channel import PlanOp, receive_plan
 
@@ -76,15 +77,13 @@ class RankProcesses:
             "NCCL_NVLS_ENABLE": "0",  # NVLink multicast stays off
         }
         os.environ.update(group_env, RANK="0", LOCAL_RANK="0")
-        command = [
-            sys.executable,
-            "-m",
+        command = module_command(
             __name__,
             "--config",
             json.dumps(dataclasses.asdict(config), default=str),
             "--log-level",
             logging.getLevelName(logging.getLogger().getEffectiveLevel()),
-        ]
+        )
         processes = []
         for rank in range(1, config.tp):
             env = {**os.environ, **group_env, "RANK": str(rank), "LOCAL_RANK": str(rank)}

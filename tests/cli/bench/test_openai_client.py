@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from types import SimpleNamespace
 
@@ -17,6 +16,7 @@ import pytest
 from yaie.cli import bench, client_security
 from yaie.cli.health_probe import wait_for_serving
 from yaie.cli.models.random_model import write_random_model
+from yaie.worker_service.python_child import module_command
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,7 @@ def _free_port() -> int:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
     model = write_random_model(tmp_path_factory.mktemp("bench-http") / "llama", seed=2)
     port, http_port = _free_port(), _free_port()
-    command = [sys.executable, "-m", "yaie.cli.main", "serve", "--model", str(model)]
+    command = module_command("yaie.cli.main", "serve", "--model", str(model))
     command += ["--port", str(port), "--http-port", str(http_port), "--device", "cpu"]
     command += ["--num-blocks", "128", "--log-level", "WARNING"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 
 import grpc
 import openai
@@ -15,6 +14,7 @@ import pytest
 from yaie.cli.health_probe import wait_for_serving
 from yaie.v1 import generation_pb2 as pb
 from yaie.v1 import generation_pb2_grpc
+from yaie.worker_service.python_child import module_command
 
 pytestmark = pytest.mark.slow
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
@@ -28,7 +28,7 @@ def _free_port() -> int:
 
 def test_greedy_chat_equals_grpc(builtin_cache):
     port, http_port = _free_port(), _free_port()
-    command = [sys.executable, "-m", "yaie.cli.main", "serve", "--device", "cpu"]
+    command = module_command("yaie.cli.main", "serve", "--device", "cpu")
     command += ["--port", str(port), "--http-port", str(http_port), "--log-level", "WARNING"]
     env = {**os.environ, "YAIE_CACHE": str(builtin_cache), "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL)

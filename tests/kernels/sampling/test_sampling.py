@@ -47,6 +47,24 @@ def test_greedy_and_top_k_1_equal_argmax(dtype):
     assert _tokens(logits, mixed) == expected
 
 
+def test_a_plain_greedy_batch_reuses_one_set_of_neutral_vectors():
+    """Greedy rows without penalties, bias or logprobs (a decode step's usual batch) copy
+    nothing: their vectors, made once per batch size, hold the neutral values the general
+    build gives a greedy row, and sample() takes the argmax."""
+    greedy = [SamplingConfig(temperature=0.0, top_k=5, seed=3)] * 6
+    first, again = _batch(greedy), _batch(greedy, positions=[9] * 6)
+    assert first.greedy is again.greedy and first.top_p is again.top_p
+    assert first.all_greedy and not (first.any_penalties or first.any_logprobs)
+    assert first.bias_ids is None and first.num_top_logprobs == 0
+    general = _batch([*greedy[:5], SamplingConfig(temperature=0.0, logit_bias={1: 0.0})])
+    for name in ("greedy", "inv_temperature", "top_p", "min_p", "repetition_penalty",
+                 "frequency_penalty", "presence_penalty", "row_keys"):  # fmt: skip
+        assert torch.equal(getattr(first, name), getattr(general, name)), name
+    assert _batch(greedy[:5]).greedy.shape == (5,)
+    logits = torch.randn(6, V, generator=torch.Generator().manual_seed(1))
+    assert sample(logits, first, backend="torch").token_ids.tolist() == logits.argmax(1).tolist()
+
+
 def test_greedy_takes_the_first_of_tied_maxima():
     """Ties resolve like torch.argmax (the first index); top_k = 1 keeps every tied token."""
     logits = torch.zeros(30, V)

@@ -18,7 +18,7 @@ from tests.worker_service.step.test_runner import (
 )
 from yaie.worker_service.forward_batch import ForwardBatch
 from yaie.worker_service.loader import load_model
-from yaie.worker_service.step.prefill_graphs import prefill_graph_sizes
+from yaie.worker_service.step.prefill_graphs import PrefillGraphs, prefill_graph_sizes
 from yaie.worker_service.step.runner import ModelRunner
 
 
@@ -101,16 +101,23 @@ def test_prefill_graphs_equal_eager_steps(tiny_model_dir, dtype, monkeypatch):
 
     def make_runner(graphs: bool) -> ModelRunner:
         pool = kv_pool_for(model, BLOCK_SIZE, NUM_BLOCKS, device)
-        return ModelRunner(
-            model, pool, graphs, max_graph_batch_size=16, max_prefill_graph_tokens=128
+        return ModelRunner(  # no whole-step graphs: every small step takes the pieces
+            model,
+            pool,
+            graphs,
+            max_graph_batch_size=16,
+            max_prefill_graph_tokens=128,
+            max_mixed_graph_tokens=0,
         )
 
     graph_runner, eager_runner = make_runner(True), make_runner(False)
     graphs = graph_runner.prefill_graphs
     assert graphs is not None and eager_runner.prefill_graphs is None
     runs = []
-    original = graphs.run
-    monkeypatch.setattr(graphs, "run", lambda batch: runs.append(batch) or original(batch))
+    original = PrefillGraphs.run  # patched on the class: an instance attribute would make a cycle
+    monkeypatch.setattr(
+        PrefillGraphs, "run", lambda self, batch: runs.append(batch) or original(self, batch)
+    )
     params = sampling(return_logprobs=True, top_logprobs=2)
     prompts = [[3 + (7 * i + 5 * j) % 600 for j in range(2 + 9 * i)] for i in range(6)]
     groups = [
