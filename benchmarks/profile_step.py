@@ -293,10 +293,12 @@ def main() -> None:
             model.num_layers, model.num_kv_heads, model.head_dim, dtype, device, BLOCK, num_blocks
         )
         start = time.perf_counter()
+        reserved = torch.cuda.memory_reserved() if cuda else 0
         runner = ModelRunner(
             model, pool, cuda, max_graph_batch_size=256, max_mixed_graph_tokens=mixed_tokens
         )
-        print(f"runner + graph capture {time.perf_counter() - start:.1f} s")
+        grown = (torch.cuda.memory_reserved() - reserved) / 2**20 if cuda else 0.0
+        print(f"runner + graph capture {time.perf_counter() - start:.1f} s, +{grown:.0f} MiB")
         light = Light(runner, Blocks(BLOCK, num_blocks - 1), model.vocab_size, args.context)
         light.start_decoder()
         decode_steps(light, 50)  # warm

@@ -11,17 +11,19 @@ import pytest
 import torch
 
 from tests.worker_service.conftest import build_forward_batch, kv_pool_for
-from tests.worker_service.driver import hf_greedy, load_hf_model, sampling
+from tests.worker_service.driver import sampling
+from tests.worker_service.step.test_prefill_graphs import (
+    assert_mixed_step_as_alone,
+    assert_transformers_greedy,
+    graph_and_eager_runners,
+    recorded_runs,
+)
 from tests.worker_service.step.test_runner import (
-    BLOCK_SIZE,
-    NUM_BLOCKS,
-    _mixed_step_results,
     generate,
 )
 from yaie.worker_service.forward_batch import ForwardBatch
 from yaie.worker_service.loader import load_model
 from yaie.worker_service.step.mixed_graphs import DECODE_SLOTS, EXTEND_SLOTS, MixedGraphs
-from yaie.worker_service.step.runner import ModelRunner
 
 
 def _singles_first(batch: ForwardBatch, sampled: list[int] | None = None) -> ForwardBatch:
@@ -103,28 +105,9 @@ def test_mixed_graphs_equal_eager_steps(tiny_model_dir, dtype, monkeypatch):
     eager runner's tokens and log-probabilities (fp32: transformers' greedy tokens too); the
     graphs ran for the steps they could hold."""
     model_dir = tiny_model_dir("LlamaForCausalLM")
-    device = torch.device("cuda")
-    model = load_model(str(model_dir), device, dtype, attention_backend="triton")
-
-    def make_runner(graphs: bool) -> ModelRunner:
-        pool = kv_pool_for(model, BLOCK_SIZE, NUM_BLOCKS, device)
-        return ModelRunner(
-            model,
-            pool,
-            graphs,
-            max_graph_batch_size=16,
-            max_prefill_graph_tokens=256,
-            max_mixed_graph_tokens=128,
-        )
-
-    graph_runner, eager_runner = make_runner(True), make_runner(False)
-    graphs = graph_runner.mixed_graphs
-    assert graphs is not None and eager_runner.mixed_graphs is None
-    runs = []
-    original = MixedGraphs.run  # patched on the class: an instance attribute would make a cycle
-    monkeypatch.setattr(
-        MixedGraphs, "run", lambda self, batch: runs.append(batch) or original(self, batch)
-    )
+    graph_runner, eager_runner = graph_and_eager_runners(model_dir, dtype, 256, 128)
+    assert graph_runner.mixed_graphs is not None and eager_runner.mixed_graphs is None
+    runs = recorded_runs(monkeypatch, MixedGraphs)
     params = sampling(return_logprobs=True, top_logprobs=2)
     prompts = [[3 + (7 * i + 5 * j) % 600 for j in range(2 + 9 * i)] for i in range(6)]
     groups = [
@@ -139,15 +122,7 @@ def test_mixed_graphs_equal_eager_steps(tiny_model_dir, dtype, monkeypatch):
     sizes = sorted({b.input_ids.shape[0] for b in runs})
     assert sizes == [2, 33, 114]
     if dtype == torch.float32:
-        hf = load_hf_model(model_dir)
-        assert generate(graph_runner, params, max_new=12, prompts=prompts[:3]) == [
-            hf_greedy(hf, p, 12) for p in prompts[:3]
-        ]
+        assert_transformers_greedy(graph_runner, model_dir, params, prompts[:3])
     runs.clear()
-    together = _mixed_step_results(graph_runner, True)
+    assert_mixed_step_as_alone(graph_runner, eager_runner, dtype)
     assert [b.num_single for b in runs] == [0, 2]  # the prefill, then the mixed step
-    alone = _mixed_step_results(eager_runner, False)
-    tol = 1e-3 if dtype == torch.float32 else 5e-2
-    for rid in together:
-        assert together[rid][0] == alone[rid][0]
-        assert together[rid][1] == pytest.approx(alone[rid][1], abs=tol)

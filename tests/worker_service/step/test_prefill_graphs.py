@@ -22,6 +22,58 @@ from yaie.worker_service.step.prefill_graphs import PrefillGraphs, prefill_graph
 from yaie.worker_service.step.runner import ModelRunner
 
 
+def graph_and_eager_runners(
+    model_dir, dtype: torch.dtype, prefill_tokens: int, mixed_tokens: int
+) -> tuple[ModelRunner, ModelRunner]:
+    """Two CUDA runners over one Triton model: one with graphs (decode graphs to 16 rows, the
+    given prefill and mixed-step limits), one eager."""
+    device = torch.device("cuda")
+    model = load_model(str(model_dir), device, dtype, attention_backend="triton")
+
+    def make_runner(graphs: bool) -> ModelRunner:
+        pool = kv_pool_for(model, BLOCK_SIZE, NUM_BLOCKS, device)
+        return ModelRunner(
+            model,
+            pool,
+            graphs,
+            max_graph_batch_size=16,
+            max_prefill_graph_tokens=prefill_tokens,
+            max_mixed_graph_tokens=mixed_tokens,
+        )
+
+    return make_runner(True), make_runner(False)
+
+
+def recorded_runs(monkeypatch, graphs_class) -> list[ForwardBatch]:
+    """The batches graphs_class.run is called with from now on (patched on the class: an
+    instance attribute would make a reference cycle, whose CUDA graphs the collector may then
+    free in the middle of a later capture)."""
+    runs: list[ForwardBatch] = []
+    original = graphs_class.run
+    monkeypatch.setattr(
+        graphs_class, "run", lambda self, batch: runs.append(batch) or original(self, batch)
+    )
+    return runs
+
+
+def assert_transformers_greedy(runner: ModelRunner, model_dir, params, prompts) -> None:
+    hf = load_hf_model(model_dir)
+    assert generate(runner, params, max_new=12, prompts=prompts) == [
+        hf_greedy(hf, p, 12) for p in prompts
+    ]
+
+
+def assert_mixed_step_as_alone(runner: ModelRunner, eager: ModelRunner, dtype) -> None:
+    """A mixed step (two decodes, two prefills) on runner gives eager's tokens and logprobs of
+    the same entries run alone."""
+    together = _mixed_step_results(runner, True)
+    alone = _mixed_step_results(eager, False)
+    tol = 1e-3 if dtype == torch.float32 else 5e-2
+    for rid in together:
+        assert together[rid][0] == alone[rid][0]
+        assert together[rid][1] == pytest.approx(alone[rid][1], abs=tol)
+
+
 def test_prefill_graph_sizes_pad_by_under_an_eighth_and_reach_the_maximum():
     for top in (16, 100, 2048, 4096, 8192):
         sizes = prefill_graph_sizes(top)
@@ -96,28 +148,10 @@ def test_prefill_graphs_equal_eager_steps(tiny_model_dir, dtype, monkeypatch):
     runner's tokens (fp32: transformers' greedy tokens too); the graphs ran for the steps they
     could hold."""
     model_dir = tiny_model_dir("LlamaForCausalLM")
-    device = torch.device("cuda")
-    model = load_model(str(model_dir), device, dtype, attention_backend="triton")
-
-    def make_runner(graphs: bool) -> ModelRunner:
-        pool = kv_pool_for(model, BLOCK_SIZE, NUM_BLOCKS, device)
-        return ModelRunner(  # no whole-step graphs: every small step takes the pieces
-            model,
-            pool,
-            graphs,
-            max_graph_batch_size=16,
-            max_prefill_graph_tokens=128,
-            max_mixed_graph_tokens=0,
-        )
-
-    graph_runner, eager_runner = make_runner(True), make_runner(False)
-    graphs = graph_runner.prefill_graphs
-    assert graphs is not None and eager_runner.prefill_graphs is None
-    runs = []
-    original = PrefillGraphs.run  # patched on the class: an instance attribute would make a cycle
-    monkeypatch.setattr(
-        PrefillGraphs, "run", lambda self, batch: runs.append(batch) or original(self, batch)
-    )
+    # no whole-step graphs: every small step takes the pieces
+    graph_runner, eager_runner = graph_and_eager_runners(model_dir, dtype, 128, 0)
+    assert graph_runner.prefill_graphs is not None and eager_runner.prefill_graphs is None
+    runs = recorded_runs(monkeypatch, PrefillGraphs)
     params = sampling(return_logprobs=True, top_logprobs=2)
     prompts = [[3 + (7 * i + 5 * j) % 600 for j in range(2 + 9 * i)] for i in range(6)]
     groups = [
@@ -132,15 +166,7 @@ def test_prefill_graphs_equal_eager_steps(tiny_model_dir, dtype, monkeypatch):
     sizes = sorted({b.input_ids.shape[0] for b in runs})
     assert 33 in sizes and 114 in sizes and 60 in sizes and 20 in sizes and max(sizes) <= 128
     if dtype == torch.float32:
-        hf = load_hf_model(model_dir)
-        assert generate(graph_runner, params, max_new=12, prompts=prompts[:3]) == [
-            hf_greedy(hf, p, 12) for p in prompts[:3]
-        ]
+        assert_transformers_greedy(graph_runner, model_dir, params, prompts[:3])
     runs.clear()
-    together = _mixed_step_results(graph_runner, True)
+    assert_mixed_step_as_alone(graph_runner, eager_runner, dtype)
     assert runs
-    alone = _mixed_step_results(eager_runner, False)
-    tol = 1e-3 if dtype == torch.float32 else 5e-2
-    for rid in together:
-        assert together[rid][0] == alone[rid][0]
-        assert together[rid][1] == pytest.approx(alone[rid][1], abs=tol)
