@@ -2,7 +2,7 @@
 their launch, simulated: results go back in step order, each as soon as its step is done (with
 no plan to wake the loop), and a plan that arrives while the oldest step still runs is launched
 at once instead of after that step; a step without device work (a plan that only releases)
-goes back without waiting for another plan."""
+goes back without waiting for another plan; a failed one goes back as an error."""
 
 from __future__ import annotations
 
@@ -31,6 +31,16 @@ class _DeviceEvent:
         return self.done.is_set()
 
 
+class _FailedEvent(_DeviceEvent):
+    """A step whose device work failed: the event raises, as CUDA's does after a device error."""
+
+    def synchronize(self) -> None:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    def query(self) -> bool:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+
 class _Runner:
     """launch() returns at once; step s finishes when the test sets events[s]."""
 
@@ -41,6 +51,7 @@ class _Runner:
         self.events: dict[int, _DeviceEvent] = {}
         self.launched: list[tuple[int, list[int]]] = []  # (step, steps done at its launch)
         self.no_device_work = {5}
+        self.failing = {8}
 
     def new_table(self) -> object:
         return object()
@@ -53,7 +64,8 @@ class _Runner:
         self.launched.append((plan.step_id, done))
         if plan.step_id in self.no_device_work:  # e.g. a plan that only releases requests
             return PendingStep.done(StepOutput(plan.step_id, token_ids=[]))
-        event = self.events.setdefault(plan.step_id, _DeviceEvent())
+        failed = plan.step_id in self.failing
+        event = self.events.setdefault(plan.step_id, _FailedEvent() if failed else _DeviceEvent())
         return PendingStep(StepOutput(plan.step_id, token_ids=[]), done_event=event)
 
 
@@ -78,6 +90,7 @@ def test_results_go_back_in_order_as_their_steps_finish_and_plans_launch_meanwhi
 
     def consume() -> None:
         for result in servicer.Step(requests(), _Context()):
+            assert bool(result.error) == (result.step_id in runner.failing)
             results.put(result.step_id)
         results.put(None)
 
@@ -116,5 +129,8 @@ def test_results_go_back_in_order_as_their_steps_finish_and_plans_launch_meanwhi
     runner.events.setdefault(6, _DeviceEvent()).done.set()  # 6 done before its launch returns
     runner.events.setdefault(7, _DeviceEvent()).done.set()
     assert [results.get(timeout=TIMEOUT_S) for _ in range(2)] == [6, 7]
+    plans.put(8)  # the device fails: the step's result (an error) goes back, the worker exits
+    assert results.get(timeout=TIMEOUT_S) == 8
+    assert servicer.device_failed.is_set()
     plans.put(None)  # the scheduler closes the stream
     assert results.get(timeout=TIMEOUT_S) is None

@@ -68,8 +68,12 @@ class PendingStep:
         return cls(output)
 
     def ready(self) -> bool:
-        """Whether wait() would return without waiting for the device."""
-        return self.done_event is None or self.done_event.query()
+        """Whether wait() would return without waiting for the device (also on a device error:
+        wait() then raises it, where the caller handles a failed step)."""
+        try:
+            return self.done_event is None or self.done_event.query()
+        except Exception:
+            return True
 
     def wait(self) -> StepOutput:
         if self.done_event is not None:
