@@ -213,11 +213,16 @@ def main(argv: list[str] | None = None) -> int:
     loaded = threading.Event()
 
     def on_signal(signum: int, _frame) -> None:
+        # Handlers run on this thread and can nest: a second signal can land while the first
+        # one's stop.set() holds the Event's lock, and setting it again there would wait on that
+        # lock forever (seen: a SIGTERM then a SIGINT left the worker running). So only a
+        # handler that found no signal before it sets stop. It decides that before appending:
+        # deciding after let two signals landing together each see the other's entry and both
+        # return without setting stop (seen: a worker whose `yaie serve` was SIGKILLed kept
+        # serving with ["SIGTERM", "SIGTERM", ...] recorded and stop unset).
+        first = not stopped_by
         stopped_by.append(signal.Signals(signum).name)
-        if len(stopped_by) > 1:
-            # A second signal can land while the first one's stop.set() holds the Event's lock
-            # (handlers run on this thread): setting it again would wait on that lock forever
-            # (seen: a SIGTERM then a SIGINT left the worker running). The first set it already.
+        if not first:
             return
         stop.set()
         if not loaded.is_set() and config.tp == 1:
@@ -274,7 +279,8 @@ def _serve(
     # it on this same thread, and an Event.set() run inside this thread's own Event.wait() on it
     # can find the Event's lock held by that wait, forever (seen: a worker left running after its
     # scheduler was SIGKILLed, its main thread stuck in on_signal -> Event.set).
-    while not stop.is_set() and not device_failed.is_set():
+    # A recorded signal ends it too, whatever became of its handler's stop.set().
+    while not stop.is_set() and not stopped_by and not device_failed.is_set():
         time.sleep(0.2)
     log.info("stopping (%s)", stopped_by[0] if stopped_by else "device failure")
     if joiner is not None and not device_failed.is_set():
