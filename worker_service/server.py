@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 
 import grpc
+import torch
 
 from yaie.worker.v1 import worker_pb2, worker_pb2_grpc
 from yaie.worker_service.protocol import StepOutput
@@ -119,7 +120,11 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         pending: deque[PendingStep] = deque()
         # Overlap is the device's: a CPU step is done when its launch returns.
         depth = MAX_IN_FLIGHT if self.runner.device.type == "cuda" else 1
-        ready = _ReadyWatch(lambda item: _put(plans, closed, item)) if depth > 1 else None
+        ready = (
+            _ReadyWatch(lambda item: _put(plans, closed, item), self.runner.device)
+            if depth > 1
+            else None
+        )
         last_step_id: int | None = None
         try:
             while True:
@@ -231,9 +236,10 @@ class _ReadyWatch:
     GPU idle for that launch's host time: at batch 1 on the H200 the step period was ~1.56 ms for
     a ~1.22 ms step (benchmarks/NOTES.md, session 12)."""
 
-    def __init__(self, put: Callable[[object], bool]) -> None:
+    def __init__(self, put: Callable[[object], bool], device) -> None:
         self._events: queue.SimpleQueue = queue.SimpleQueue()
         self._watched: PendingStep | None = None
+        self._device_index = getattr(device, "index", None)  # a worker on cuda:N: that context
         threading.Thread(target=self._serve, args=(put,), daemon=True, name="step-ready").start()
 
     def watch(self, step: PendingStep) -> None:
@@ -245,6 +251,8 @@ class _ReadyWatch:
         self._events.put(None)
 
     def _serve(self, put: Callable[[object], bool]) -> None:
+        if self._device_index is not None:
+            torch.cuda.set_device(self._device_index)
         while (event := self._events.get()) is not None:
             try:
                 event.synchronize()
