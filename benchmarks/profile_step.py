@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from stack_models import write_model
 from torch.profiler import ProfilerActivity, profile
-from worker_agreement import GREEDY, Blocks
+from worker_agreement import GREEDY, Blocks, step
 
 from yaie.cli.models.random_model import write_random_model
 from yaie.worker_service.loader import load_model
@@ -47,7 +47,6 @@ class Light:
         self.table = runner.new_table()
         self.step_id, self.next_id = 0, 1
         self.gen = torch.Generator().manual_seed(0)
-        self.decoding = False
         self.context = context
 
     def plan(self, new=(), run=(), release=()) -> Plan:
@@ -60,11 +59,8 @@ class Light:
     def start_decoder(self) -> None:
         taken = self.blocks.take(self.context + 1024)
         spec = NewRequestSpec(0, self.prompt(self.context), self.context, 0, GREEDY)
-        out = self.runner.launch(
-            self.table, self.plan([spec], [RunEntry(0, self.context, taken)])
-        ).wait()
-        assert not out.error and not out.request_errors, out
-        self.decoding = True
+        self.step_id += 1
+        step(self.runner, self.table, self.step_id, [spec], [RunEntry(0, self.context, taken)])
 
     def decode_plan(self) -> Plan:
         return self.plan(run=[RunEntry(0, 1, [])])
@@ -77,7 +73,8 @@ class Light:
         return self.plan([NewRequestSpec(rid, self.prompt(n), n, 0, GREEDY)], run), rid, taken
 
     def finish(self, rid: int, taken: list[int]) -> None:
-        self.runner.launch(self.table, self.plan(release=[rid])).wait()
+        self.step_id += 1
+        step(self.runner, self.table, self.step_id, release=[rid])
         self.blocks.give(taken)
 
 

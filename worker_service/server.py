@@ -128,19 +128,14 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         last_step_id: int | None = None
         try:
             while True:
-                if pending and ready is not None:
-                    if pending[0].ready():  # done already (or had no device work): hand it back
-                        yield self._finish(pending.popleft())
-                        continue
-                    ready.watch(pending[0])
-                try:
-                    message = plans.get(block=not pending or ready is not None)
-                except queue.Empty:  # no plan waiting: hand back the oldest result
+                if pending and pending[0].ready():  # done (or had no device work): hand it back
                     yield self._finish(pending.popleft())
                     continue
-                if message is _READY:  # hand back the oldest result, if that is the one done
-                    if pending and pending[0].ready():
-                        yield self._finish(pending.popleft())
+                if pending:  # still on the GPU (a CPU step is done when its launch returns)
+                    assert ready is not None
+                    ready.watch(pending[0])  # _READY comes once it is done
+                message = plans.get()
+                if message is _READY:  # the top of the loop hands back the step if it is done
                     continue
                 if message is _END:
                     break

@@ -4,7 +4,7 @@ SamplingConfigs with two host->device copies and host flags that let sample() sk
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -141,24 +141,6 @@ class SamplingBatch:
         )
 
 
-_PLAIN_GREEDY: dict[tuple[int, str], list[torch.Tensor]] = {}
-
-
-def _plain_greedy_rows(batch_size: int, device: torch.device | str) -> list[torch.Tensor]:
-    """The per-row vectors of a batch of plain greedy rows (what build() would copy for them),
-    made once per batch size and device: sample() only takes such a batch's argmax, and nothing
-    writes a SamplingBatch's vectors, so a decode step copies none."""
-    key = (batch_size, str(torch.device(device)))
-    rows = _PLAIN_GREEDY.get(key)
-    if rows is None:
-        floats = _rows_on_device([[1.0] * batch_size] * 6, torch.float32, device)
-        floats[2].zero_(), floats[4].zero_(), floats[5].zero_()  # min_p and the two penalties
-        ints = _rows_on_device([[TOP_K_OFF] * batch_size, [1] * batch_size], torch.int64, device)
-        keys = torch.zeros(batch_size, dtype=torch.int64, device=device)
-        rows = _PLAIN_GREEDY[key] = [ints[1].bool(), *floats, ints[0].to(torch.int32), keys]
-    return rows
-
-
 def _rows_on_device(
     rows: list[list], dtype: torch.dtype, device: torch.device | str
 ) -> list[torch.Tensor]:
@@ -171,34 +153,49 @@ def _rows_on_device(
     return [packed[i, : len(rows[0])] for i in range(len(rows))]
 
 
+_PLAIN_GREEDY: dict[tuple[int, str, int], SamplingBatch] = {}
+
+
 def _plain_greedy_batch(
     cls: type[SamplingBatch], batch_size: int, device: torch.device | str, vocab_size: int
 ) -> SamplingBatch:
-    greedy, inv_t, top_p, min_p, rep, freq, pres, top_k, keys = _plain_greedy_rows(
-        batch_size, device
-    )
-    return cls(
-        vocab_size=vocab_size,
-        greedy=greedy,
-        inv_temperature=inv_t,
-        top_k=top_k,
-        top_p=top_p,
-        min_p=min_p,
-        repetition_penalty=rep,
-        frequency_penalty=freq,
-        presence_penalty=pres,
-        row_keys=keys,
-        bias_ids=None,
-        bias_values=None,
-        num_top_logprobs=0,
-        all_greedy=True,
-        any_greedy=True,
-        any_top_k=False,
-        any_top_p=False,
-        any_min_p=False,
-        any_penalties=False,
-        any_logprobs=False,
-    )
+    """A batch of plain greedy rows, its vectors (the neutral values build() would copy for
+    them) made once per size, device and vocabulary: sample() only takes its argmax and nothing
+    writes a SamplingBatch's vectors, so a decode step copies none. A copy of the cached batch
+    (its host fields are the caller's to set)."""
+    key = (batch_size, str(torch.device(device)), vocab_size)
+    cached = _PLAIN_GREEDY.get(key)
+    if cached is None:
+        ones, zeros = [1.0] * batch_size, [0.0] * batch_size
+        inv_t, top_p, min_p, rep, freq, pres = _rows_on_device(
+            [ones, ones, zeros, ones, zeros, zeros], torch.float32, device
+        )
+        top_k, greedy, keys = _rows_on_device(
+            [[TOP_K_OFF] * batch_size, [1] * batch_size, [0] * batch_size], torch.int64, device
+        )
+        cached = _PLAIN_GREEDY[key] = cls(
+            vocab_size=vocab_size,
+            greedy=greedy.bool(),
+            inv_temperature=inv_t,
+            top_k=top_k.to(torch.int32),
+            top_p=top_p,
+            min_p=min_p,
+            repetition_penalty=rep,
+            frequency_penalty=freq,
+            presence_penalty=pres,
+            row_keys=keys,
+            bias_ids=None,
+            bias_values=None,
+            num_top_logprobs=0,
+            all_greedy=True,
+            any_greedy=True,
+            any_top_k=False,
+            any_top_p=False,
+            any_min_p=False,
+            any_penalties=False,
+            any_logprobs=False,
+        )
+    return replace(cached)
 
 
 def _pack_logit_bias(
