@@ -3,7 +3,8 @@
 One run: (1) copy bandwidth and bf16 matmul rate, (2) a bf16 check against the reference on fresh
 inputs, (3) decode, (4) grouped (cascade) decode, (5) extend and (6) store_kv timings with a few
 variants; table printed last.
-Usage: python benchmarks/bench_attention.py  (writes $OUT/bench_attention.json when OUT is set)
+Usage: python benchmarks/bench_attention.py [decode,grouped,extend]  (the sections to run, all by
+default; writes $OUT/bench_attention.json when OUT is set)
 """
 
 from __future__ import annotations
@@ -158,32 +159,37 @@ def shared_prefix_batch(seed: int, groups: int = 16, rows: int = 16, prefix: int
     return batch, PrefixGroups.from_lists(members, [prefix] * groups, groups * rows, "cuda")
 
 
-def bench_grouped_decode(copy_bw: float) -> None:
-    """The shared-prefix workload's decode: 256 rows x 2,304 tokens, 16 groups sharing 2,048."""
-    sets = [shared_prefix_batch(seed=50 + i) for i in range(2)]
+def bench_grouped_decode(copy_bw: float, groups: int = 16) -> None:
+    """The shared-prefix workload's decode: groups x 16 rows x 2,304 tokens, a group sharing
+    2,048 (16 groups: 256 running, the default; 32: 512 running)."""
+    rows = groups * 16
+    sets = [shared_prefix_batch(seed=50 + i, groups=groups) for i in range(2)]
     token_bytes = KV_HEADS * HEAD_DIM * 2 * 2  # K and V, bf16
-    plain_bytes = 256 * 2304 * token_bytes  # every row reads its whole context
-    grouped_bytes = (16 * 2048 + 256 * 256) * token_bytes  # each prefix once, suffixes per row
+    plain_bytes = rows * 2304 * token_bytes  # every row reads its whole context
+    grouped_bytes = (groups * 2048 + rows * 256) * token_bytes  # each prefix once, own per row
     gb = f"plain {plain_bytes / 1e9:.2f} GB, grouped {grouped_bytes / 1e9:.2f} GB"
-    print(f"grouped  KV bytes each must read: {gb}", flush=True)
-    batch, groups = sets[0]
+    print(f"grouped  {groups}x16 KV bytes each must read: {gb}", flush=True)
+    batch, prefix_groups = sets[0]
     ref = decode_attention(*batch.upcast().decode_args(), backend="torch")
-    check("grouped decode", decode_attention_grouped_triton(*batch.decode_args(), groups), ref)
+    for merge in (False, True):
+        out = decode_attention_grouped_triton(
+            *batch.decode_args(), prefix_groups, num_splits=1, merge=merge
+        )
+        check(f"grouped decode {groups}x16 merge={merge}", out, ref)
     del ref
     fn = cycle_calls(sets, lambda s: decode_attention_triton(*s[0].decode_args()))
     ms = median_ms(fn)
-    report(
-        "grouped", "plain decode (same shared tables)", ms, TBps=plain_bytes / (ms * 1e-3) / 1e12
-    )
-    variants = [dict(), dict(prefix_block_n=32), dict(prefix_block_n=128), dict(block_m=32)]
-    variants += [dict(num_prefix_splits=1), dict(num_prefix_splits=8), dict(num_warps=8)]
+    name = f"{groups}x16 plain decode (same shared tables)"
+    report("grouped", name, ms, TBps=plain_bytes / (ms * 1e-3) / 1e12)
+    variants = [dict(), dict(merge=False), dict(num_prefix_splits=2), dict(num_prefix_splits=4)]
+    variants += [dict(prefix_block_n=128), dict(block_n=64), dict(num_warps=2), dict(block_m=32)]
     for kwargs in variants:
         fn = cycle_calls(
             sets,
             lambda s, kw=kwargs: decode_attention_grouped_triton(*s[0].decode_args(), s[1], **kw),
         )
         ms = median_ms(fn)
-        name = " ".join(f"{k}={v}" for k, v in kwargs.items()) or "default"
+        name = " ".join([f"{groups}x16", *(f"{k}={v}" for k, v in kwargs.items())])
         bw = grouped_bytes / (ms * 1e-3)
         report("grouped", name, ms, TBps=bw / 1e12, of_copy=bw / copy_bw)
 
@@ -282,12 +288,17 @@ def main() -> None:
     matmul = matmul_rate()
     copy_bw = copy_bandwidth()
     matmul = max(matmul, matmul_rate())
-    bench_decode(copy_bw)
-    bench_decode_long(copy_bw)
-    bench_grouped_decode(copy_bw)
-    matmul = max(matmul, matmul_rate())
-    bench_extend(matmul)
-    bench_store(copy_bw)
+    sections = sys.argv[1].split(",") if len(sys.argv) > 1 else ["decode", "grouped", "extend"]
+    if "decode" in sections:
+        bench_decode(copy_bw)
+        bench_decode_long(copy_bw)
+    if "grouped" in sections:
+        bench_grouped_decode(copy_bw)
+        bench_grouped_decode(copy_bw, groups=32)
+    if "extend" in sections:
+        matmul = max(matmul, matmul_rate())
+        bench_extend(matmul)
+        bench_store(copy_bw)
     print_compile_report(_decode_split_kernel)
     print_compile_report(_extend_kernel)
     print_compile_report(_prefix_kernel)

@@ -173,7 +173,7 @@ def profile_replay(graph, batch: int) -> None:
     total = sum(e.device_time_total for e in events)
     count = sum(e.count for e in events)
     print(f"graph replay batch {batch}: {count} kernels, {total / 1e3:.3f} ms of kernel time")
-    for e in sorted(events, key=lambda e: -e.device_time_total)[:8]:
+    for e in sorted(events, key=lambda e: -e.device_time_total)[:14]:
         print(f"  {e.device_time_total / 1e3:8.3f} ms  x{e.count:4d}  {e.key[:90]}")
 
 

@@ -36,6 +36,9 @@ POINTERS = {
     "kv_start": "*i32",
     "mid_out": "*fp32",
     "mid_lse": "*fp32",
+    "final": "*bf16",
+    "k_scale": "*fp32",
+    "v_scale": "*fp32",
 }
 ALIGNED = {
     "q",
@@ -49,6 +52,8 @@ ALIGNED = {
     "stride_cache_token",
     "stride_cache_head",
 }
+# The plain path: no kv_start, a bf16 pool (no fp8 scales), partials for the reduce pass.
+FLAGS = {"HAS_START": False, "HAS_SCALE": 0, "MERGE": False}
 # Arguments a version does not name in do_not_specialize get the divisibility a GPU run sees.
 MAYBE_ALIGNED = {"block_tables", "seq_lens", "stride_table"}
 
@@ -67,8 +72,9 @@ def compile_sass(kernel, num_stages: int) -> tuple[int, collections.Counter]:
     constexprs = {name: value for name, value in SHAPE.items() if name in params}
     if "NUM_SPLITS" in params:
         constexprs["NUM_SPLITS"] = 1
-    if "HAS_START" in params:
-        constexprs["HAS_START"] = False
+    for flag, value in FLAGS.items():  # a version that lacks a flag compiles without it
+        if flag in params:
+            constexprs[flag] = value
     signature = {}
     for name in params:
         if name in constexprs:

@@ -136,6 +136,62 @@ def check_groups(groups: PrefixGroups, batch: int, device: torch.device) -> None
         raise ValueError(f"groups.rows must hold at most {batch} rows, got {groups.rows.shape}")
 
 
+def launch_prefix(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    groups: PrefixGroups,
+    mid_out: torch.Tensor,
+    mid_lse: torch.Tensor,
+    first_slot: int,
+    num_prefix_splits: int,
+    scale: float,
+    block_m: int,
+    prefix_block_n: int,
+    num_warps: int,
+    scales: tuple,
+) -> None:
+    """The prefix kernel into slots [first_slot, first_slot + num_prefix_splits) of mid_out /
+    mid_lse, for the rows of each group (rows in no group are not written)."""
+    kv_heads = k_cache.shape[2]
+    group = q.shape[1] // kv_heads
+    rows_per_chunk = max(1, block_m // group)
+    _prefix_kernel[(groups.prefix_lens.shape[0], kv_heads, num_prefix_splits)](
+        q,
+        k_cache,
+        v_cache,
+        block_tables,
+        groups.rows,
+        groups.starts,
+        groups.prefix_lens,
+        mid_out,
+        mid_lse,
+        scales[0],
+        scales[1],
+        q.stride(0),
+        q.stride(1),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        k_cache.stride(2),
+        block_tables.stride(0),
+        scales[2],
+        scales[3],
+        scale * LOG2E,
+        first_slot,
+        mid_lse.shape[2],
+        group=group,
+        block_size=k_cache.shape[1],
+        ROWS=rows_per_chunk,
+        TILE_M=max(16, next_power_of_2(rows_per_chunk * group)),
+        HEAD_DIM=q.shape[2],
+        BLOCK_N=prefix_block_n,
+        HAS_SCALE=fp8_math(scales[4], q.dtype),
+        num_warps=num_warps,
+        num_stages=2,
+    )
+
+
 def decode_attention_grouped_triton(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -153,6 +209,7 @@ def decode_attention_grouped_triton(
     out: torch.Tensor | None = None,
     k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None,
+    merge: bool | None = None,
 ) -> torch.Tensor:
     """See yaie.kernels.attention.decode_attention_grouped; q [batch, q_heads, D] -> same.
 
@@ -161,6 +218,10 @@ def decode_attention_grouped_triton(
     counts derive from shapes only (group slots, not their contents), so a step with a fixed
     number of group slots can be captured in a CUDA graph: a padding slot (starts[g + 1] ==
     starts[g]) does nothing.
+
+    merge (default: when each row's own tokens take one split): the prefix kernel runs first and
+    the split kernel folds its partials into the row's result (2 launches a layer instead of 4:
+    no reduce pass, no partials of the own tokens); otherwise the reduce merges all slots.
     """
     kv_heads, group = check_decode_batch(q, k_cache, v_cache, block_tables, seq_lens, block_n)
     check_tile("prefix_block_n", prefix_block_n)
@@ -171,68 +232,44 @@ def decode_attention_grouped_triton(
     context = max_context(k_cache, block_tables)
     if num_splits is None:
         num_splits = default_num_splits(batch, kv_heads, context, q.device)
-    rows_per_chunk = max(1, block_m // group)
     if num_prefix_splits is None:
+        # A power of two: on the H200 at 16 groups x 16 rows (2,048 shared tokens), 2 splits
+        # ran 136 us, 3 (what the fill rule asks for) 150, 4 145 (benchmarks/NOTES.md).
         wanted = default_num_splits(num_groups, kv_heads, context, q.device)
-        num_prefix_splits = min(wanted, MAX_PREFIX_SPLITS)
+        num_prefix_splits = min(1 << (wanted.bit_length() - 1), MAX_PREFIX_SPLITS)
+    if num_groups == 0:
+        num_prefix_splits = 0  # nothing shared: the plain split-K decode
+    if merge is None:
+        merge = num_splits == 1 and num_prefix_splits > 0
+    elif merge and (num_splits != 1 or num_prefix_splits == 0):
+        raise ValueError("merge takes one split of the own tokens and at least one group")
     out = check_out(out, q)
     if batch == 0:
         return out
-    if num_groups == 0:
-        num_prefix_splits = 0  # nothing shared: the plain split-K decode
-    num_slots = num_splits + num_prefix_splits
-    mid_out, mid_lse = split_partials(q, num_slots)
+    prefix_args = (scale, block_m, prefix_block_n, num_warps, scales)
+    split_args = (scale, block_n, num_warps, 2, scales)
+    if merge:
+        mid_out, mid_lse = split_partials(q, num_prefix_splits)
+        launch_prefix(
+            q, k_cache, v_cache, block_tables, groups, mid_out, mid_lse, 0, num_prefix_splits,
+            *prefix_args,
+        )  # fmt: skip
+        launch_decode_splits(
+            q, k_cache, v_cache, block_tables, seq_lens, groups.kv_start, mid_out, mid_lse, 1,
+            *split_args, merge_into=out,
+        )  # fmt: skip
+        return out
+    mid_out, mid_lse = split_partials(q, num_splits + num_prefix_splits)
     kv_start = groups.kv_start if num_prefix_splits else None
     launch_decode_splits(
-        q,
-        k_cache,
-        v_cache,
-        block_tables,
-        seq_lens,
-        kv_start,
-        mid_out,
-        mid_lse,
-        num_splits,
-        scale,
-        block_n,
-        num_warps,
-        2,
-        scales,
-    )
+        q, k_cache, v_cache, block_tables, seq_lens, kv_start, mid_out, mid_lse, num_splits,
+        *split_args,
+    )  # fmt: skip
     if num_prefix_splits:
         mid_lse[:, :, num_splits:].fill_(float("-inf"))  # rows in no group: no prefix partial
-        _prefix_kernel[(num_groups, kv_heads, num_prefix_splits)](
-            q,
-            k_cache,
-            v_cache,
-            block_tables,
-            groups.rows,
-            groups.starts,
-            groups.prefix_lens,
-            mid_out,
-            mid_lse,
-            scales[0],
-            scales[1],
-            q.stride(0),
-            q.stride(1),
-            k_cache.stride(0),
-            k_cache.stride(1),
-            k_cache.stride(2),
-            block_tables.stride(0),
-            scales[2],
-            scales[3],
-            scale * LOG2E,
-            num_splits,
-            num_slots,
-            group=group,
-            block_size=k_cache.shape[1],
-            ROWS=rows_per_chunk,
-            TILE_M=max(16, next_power_of_2(rows_per_chunk * group)),
-            HEAD_DIM=q.shape[2],
-            BLOCK_N=prefix_block_n,
-            HAS_SCALE=fp8_math(scales[4], q.dtype),
-            num_warps=num_warps,
-            num_stages=2,
-        )
+        launch_prefix(
+            q, k_cache, v_cache, block_tables, groups, mid_out, mid_lse, num_splits,
+            num_prefix_splits, *prefix_args,
+        )  # fmt: skip
     launch_decode_reduce(mid_out, mid_lse, out, min_pad=16)
     return out

@@ -114,6 +114,7 @@ def _decode_split_kernel(
     kv_start,
     mid_out,
     mid_lse,
+    final,
     k_scale,
     v_scale,
     stride_q_batch,
@@ -124,6 +125,8 @@ def _decode_split_kernel(
     stride_table,
     stride_scale_block,
     stride_scale_head,
+    stride_out_batch,
+    stride_out_head,
     qk_scale,
     num_splits,
     num_slots,
@@ -134,6 +137,7 @@ def _decode_split_kernel(
     BLOCK_N: tl.constexpr,
     HAS_START: tl.constexpr,
     HAS_SCALE: tl.constexpr,
+    MERGE: tl.constexpr,
 ):
     b = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -163,12 +167,37 @@ def _decode_split_kernel(
         block_size, GROUP_PAD, HEAD_DIM, BLOCK_N, HAS_SCALE,
     )
     # fmt: on
-    # mid_out [batch, q_heads, num_slots, D] fp32; mid_lse [batch, q_heads, num_slots] fp32;
-    # slots [0, num_splits) are this kernel's, any further ones the cascade prefix kernel's.
+    # mid_out [batch, q_heads, num_slots, D] fp32; mid_lse [batch, q_heads, num_slots] fp32.
     num_q_heads = tl.num_programs(1) * group
-    mid_row = (b * num_q_heads + heads) * num_slots + split  # [GROUP_PAD]
-    tl.store(mid_out + mid_row[:, None] * HEAD_DIM + offs_d[None, :], out, mask=group_mask[:, None])
-    tl.store(mid_lse + mid_row, lse, mask=group_mask)
+    if MERGE:
+        # One split, and the cascade prefix kernel ran first: its partials of a row in a group
+        # (first > 0) fill all num_slots slots; fold them into this range's result and write
+        # the final output (no reduce pass). A row in no group has none.
+        if first > 0:
+            mid_row = (b * num_q_heads + heads) * num_slots  # [GROUP_PAD]
+            for slot in range(0, num_slots):
+                lse_s = tl.load(mid_lse + mid_row + slot, mask=group_mask, other=float("-inf"))
+                out_s = tl.load(
+                    mid_out + (mid_row + slot)[:, None] * HEAD_DIM + offs_d[None, :],
+                    mask=group_mask[:, None],
+                    other=0.0,
+                )
+                m = tl.maximum(lse, lse_s)
+                m = tl.where(m > float("-inf"), m, 0.0)
+                w, w_s = tl.exp2(lse - m), tl.exp2(lse_s - m)
+                total = w + w_s
+                norm = tl.where(total > 0.0, total, 1.0)
+                out = (out * w[:, None] + out_s * w_s[:, None]) / norm[:, None]
+                lse = tl.where(total > 0.0, m + tl.log2(norm), float("-inf"))
+        row_ptrs = final + b * stride_out_batch + heads * stride_out_head  # [GROUP_PAD]
+        out_ptrs = row_ptrs[:, None] + offs_d[None, :]
+        tl.store(out_ptrs, out.to(final.dtype.element_ty), mask=group_mask[:, None])
+    else:
+        # Slots [0, num_splits) are this kernel's, any further ones the cascade prefix kernel's.
+        mid_row = (b * num_q_heads + heads) * num_slots + split  # [GROUP_PAD]
+        mid_ptrs = mid_out + mid_row[:, None] * HEAD_DIM + offs_d[None, :]
+        tl.store(mid_ptrs, out, mask=group_mask[:, None])
+        tl.store(mid_lse + mid_row, lse, mask=group_mask)
 
 
 @triton.jit(do_not_specialize=["num_slots"])
@@ -233,10 +262,17 @@ def launch_decode_splits(
     num_warps: int,
     num_stages: int,
     scales: tuple,
+    merge_into: torch.Tensor | None = None,
 ) -> None:
     """Pass 1 into slots [0, num_splits) of mid_out [batch, q_heads, slots, D] / mid_lse; each
     request's splits cover [kv_start[b], seq_lens[b]) ([0, ...) when kv_start is None).
-    scales: scale_args(k_cache, k_scale, v_scale)."""
+    scales: scale_args(k_cache, k_scale, v_scale).
+
+    merge_into (out [batch, q_heads, D], with one split and kv_start): every slot of mid_out /
+    mid_lse holds the cascade prefix kernel's partials of a row in a group (kv_start > 0); the
+    split merges them with its own and writes out, so no reduce pass follows."""
+    if merge_into is not None and (num_splits != 1 or kv_start is None):
+        raise ValueError("merge_into takes one split over rows with a kv_start")
     _, block_size, kv_heads, head_dim = k_cache.shape
     batch, num_q_heads, _ = q.shape
     group = num_q_heads // kv_heads
@@ -250,6 +286,7 @@ def launch_decode_splits(
         seq_lens if kv_start is None else kv_start,  # not read without a start
         mid_out,
         mid_lse,
+        mid_out if merge_into is None else merge_into,  # not written without a merge
         k_scale,
         v_scale,
         q.stride(0),
@@ -260,6 +297,8 @@ def launch_decode_splits(
         block_tables.stride(0),
         stride_scale_block,
         stride_scale_head,
+        0 if merge_into is None else merge_into.stride(0),
+        0 if merge_into is None else merge_into.stride(1),
         scale * LOG2E,
         num_splits,
         mid_lse.shape[2],
@@ -270,6 +309,7 @@ def launch_decode_splits(
         BLOCK_N=block_n,
         HAS_START=kv_start is not None,
         HAS_SCALE=fp8_math(has_scale, q.dtype),
+        MERGE=merge_into is not None,
         num_warps=num_warps,
         num_stages=num_stages,
     )

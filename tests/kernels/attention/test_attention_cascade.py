@@ -16,7 +16,7 @@ from tests.kernels.attention.paged_batch import relative_error
 from tests.kernels.triton_modes import gpu_only, interpreter_only
 from yaie.kernels.attention import PrefixGroups, decode_attention, decode_attention_grouped
 
-EXPECTED_CHILD_TESTS = 8
+EXPECTED_CHILD_TESTS = 13
 
 
 @dataclass
@@ -118,6 +118,12 @@ INTERP_CASES = [
     ([12, 2], 1, 16, 4, 64, torch.float16, dict(num_prefix_splits=3)),
     ([2, 2, 9], 0, 1, 4, 16, torch.float32, dict(block_m=16, num_splits=3, prefix_block_n=16)),
     ([4], 2, 16, 2, 16, torch.float32, dict(block_m=4, num_splits=1, num_prefix_splits=1)),
+    # one split of the own tokens: the split kernel merges the prefix partials (no reduce), or
+    # leaves them to the reduce when told not to
+    ([2, 20, 5], 3, 16, 1, 64, torch.float32, dict(block_m=16, num_splits=1, num_prefix_splits=3)),
+    ([3, 7], 2, 1, 2, 16, torch.float16, dict(block_n=16, num_splits=1, merge=True)),
+    ([12, 2], 4, 16, 4, 64, torch.float16, dict(num_splits=1, num_prefix_splits=1)),
+    ([2, 2, 9], 1, 1, 4, 16, torch.float32, dict(num_splits=1, merge=False)),
 ]
 
 
@@ -193,6 +199,8 @@ def test_interpreter_grouped_launcher_rejects_bad_groups_with_value_error():
     for message, wrong in bad:
         with pytest.raises(ValueError, match=message):
             decode_attention_grouped_triton(*batch.args, wrong)
+    with pytest.raises(ValueError, match="merge takes one split"):
+        decode_attention_grouped_triton(*batch.args, groups, num_splits=2, merge=True)
 
 
 # (group_sizes, lone, block_size, heads, prefix_blocks, own_tokens): the shared-prefix workload's
@@ -214,6 +222,20 @@ def test_gpu_grouped_decode_bf16_matches_fp32_reference(
     )
     out = torch.full_like(batch.args[0], float("nan"))
     decode_attention_grouped(*batch.args, batch.groups, backend="auto", out=out)
+    fp32_args = tuple(a.float() for a in batch.args[:3])
+    ref = decode_attention(*fp32_args, *batch.args[3:], backend="torch")
+    assert relative_error(out, ref) <= 1e-2
+
+
+@gpu_only
+@pytest.mark.parametrize("merge", [False, True])
+def test_gpu_grouped_decode_one_split_with_and_without_the_merge(merge):
+    """The shared-prefix workload's step with the own tokens in one split: the split kernel
+    folding the prefix partials in (no reduce) equals the reduce's answer."""
+    batch = make_grouped_batch(
+        [16] * 8 + [3], 5, 16, (8, 2, 128), torch.bfloat16, (64, 128), (1, 300), 1, "cuda"
+    )
+    out = _run_grouped_triton(batch, num_splits=1, merge=merge)
     fp32_args = tuple(a.float() for a in batch.args[:3])
     ref = decode_attention(*fp32_args, *batch.args[3:], backend="torch")
     assert relative_error(out, ref) <= 1e-2
