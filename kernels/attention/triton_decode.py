@@ -268,11 +268,12 @@ def launch_decode_splits(
     request's splits cover [kv_start[b], seq_lens[b]) ([0, ...) when kv_start is None).
     scales: scale_args(k_cache, k_scale, v_scale).
 
-    merge_into (out [batch, q_heads, D], with one split and kv_start): every slot of mid_out /
-    mid_lse holds the cascade prefix kernel's partials of a row in a group (kv_start > 0); the
-    split merges them with its own and writes out, so no reduce pass follows."""
-    if merge_into is not None and (num_splits != 1 or kv_start is None):
-        raise ValueError("merge_into takes one split over rows with a kv_start")
+    merge_into (out [batch, q_heads, D], with one split): the split writes out itself, so no
+    reduce pass follows; with kv_start, every slot of mid_out / mid_lse holds the cascade
+    prefix kernel's partials of a row in a group (kv_start > 0), merged in first (a row in no
+    group, or every row without kv_start, reads nothing there)."""
+    if merge_into is not None and num_splits != 1:
+        raise ValueError("merge_into takes one split")
     _, block_size, kv_heads, head_dim = k_cache.shape
     batch, num_q_heads, _ = q.shape
     group = num_q_heads // kv_heads
@@ -398,22 +399,17 @@ def decode_attention_triton(
     out = check_out(out, q)
     if batch == 0:
         return out
+    split_args = (scale, block_n, num_warps, num_stages, scales)
+    if num_splits == 1:  # the split writes out: no partials, no reduce pass (out's values equal)
+        launch_decode_splits(
+            q, k_cache, v_cache, block_tables, seq_lens, None, out, out, 1, *split_args,
+            merge_into=out,
+        )  # fmt: skip
+        return out
     mid_out, mid_lse = split_partials(q, num_splits)
     launch_decode_splits(
-        q,
-        k_cache,
-        v_cache,
-        block_tables,
-        seq_lens,
-        None,
-        mid_out,
-        mid_lse,
-        num_splits,
-        scale,
-        block_n,
-        num_warps,
-        num_stages,
-        scales,
-    )
+        q, k_cache, v_cache, block_tables, seq_lens, None, mid_out, mid_lse, num_splits,
+        *split_args,
+    )  # fmt: skip
     launch_decode_reduce(mid_out, mid_lse, out)
     return out

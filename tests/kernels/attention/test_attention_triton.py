@@ -26,7 +26,7 @@ from tests.kernels.attention.paged_batch import (
 from tests.kernels.triton_modes import gpu_only, interpreter_only
 from yaie.kernels.attention import decode_attention, extend_attention, store_kv
 
-EXPECTED_CHILD_TESTS = 12
+EXPECTED_CHILD_TESTS = 17
 Runner = Callable[..., torch.Tensor]  # _run_extend or _run_decode: (batch, backend, **launch)
 
 
@@ -119,6 +119,8 @@ INTERP_DECODE = [
     (64, 2, 64, torch.float16, 4, 32),
     (256, 4, 64, torch.float32, 2, 64),
     (4, 2, 64, torch.float32, 7, 16),  # a slot count the reduce pads (7 -> 8)
+    (16, 2, 64, torch.float16, 1, 32),  # one split: the split kernel writes out, no reduce
+    (1, 4, 64, torch.float32, 1, 16),
 ]
 
 
@@ -135,12 +137,39 @@ def test_interpreter_decode_matches_reference(block_size, gqa, head_dim, dtype, 
 
 
 @interpreter_only
-def test_interpreter_decode_of_empty_request_is_zero_and_others_unaffected():
+@pytest.mark.parametrize("splits", [4, 1])
+def test_interpreter_decode_of_empty_request_is_zero_and_others_unaffected(splits):
     batch = make_paged_batch([0, 40, 7], [1, 1, 1], 16, 1, 2, 64)
     batch.seq_lens[0] = 0  # a padded CUDA-graph slot
-    out = _run_decode(batch, "triton", num_splits=4, block_n=16)
+    out = _run_decode(batch, "triton", num_splits=splits, block_n=16)
     assert torch.equal(out[0], torch.zeros_like(out[0]))
     assert relative_error(out[1:], _run_decode(batch, "torch")[1:]) < 1e-5
+
+
+@interpreter_only
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_interpreter_one_split_written_directly_equals_the_reduce_of_one_slot(dtype):
+    """One split writes out itself; the value is the reduce pass's over that one slot, bit for
+    bit (its weight is exactly 1), so graphs and eager steps agree whichever path they take."""
+    from yaie.kernels.attention.triton_common import scale_args
+    from yaie.kernels.attention.triton_decode import (
+        launch_decode_reduce,
+        launch_decode_splits,
+        split_partials,
+    )
+
+    prefix, _ = random_ragged_lengths(5, batch=4, max_prefix=150, max_new=1)
+    batch = make_paged_batch(prefix, [1] * 4, 16, 2, 4, 64, dtype=dtype)
+    direct = _run_decode(batch, "triton", num_splits=1, block_n=32)
+    q, k_cache, v_cache, tables, seq_lens, scale = batch.decode_args()
+    mid_out, mid_lse = split_partials(q, 1)
+    scales = scale_args(k_cache, None, None)
+    launch_decode_splits(
+        q, k_cache, v_cache, tables, seq_lens, None, mid_out, mid_lse, 1, scale, 32, 4, 2, scales
+    )
+    reduced = torch.full_like(q, float("nan"))
+    launch_decode_reduce(mid_out, mid_lse, reduced)
+    assert torch.equal(direct, reduced)
 
 
 @interpreter_only
