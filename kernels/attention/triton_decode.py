@@ -192,6 +192,11 @@ def _decode_split_kernel(
         row_ptrs = final + b * stride_out_batch + heads * stride_out_head  # [GROUP_PAD]
         out_ptrs = row_ptrs[:, None] + offs_d[None, :]
         tl.store(out_ptrs, out.to(final.dtype.element_ty), mask=group_mask[:, None])
+        # The row's lse into its slot 0 (read by nobody): compiled without this store the
+        # kernel ran 1.2-1.3x slower on the H200 at 128-256 rows, its loop's SASS unchanged
+        # (benchmarks/NOTES.md, session 13).
+        lse_row = (b * num_q_heads + heads) * num_slots
+        tl.store(mid_lse + lse_row, lse, mask=group_mask)
     else:
         # Slots [0, num_splits) are this kernel's, any further ones the cascade prefix kernel's.
         mid_row = (b * num_q_heads + heads) * num_slots + split  # [GROUP_PAD]
@@ -271,7 +276,8 @@ def launch_decode_splits(
     merge_into (out [batch, q_heads, D], with one split): the split writes out itself, so no
     reduce pass follows; with kv_start, every slot of mid_out / mid_lse holds the cascade
     prefix kernel's partials of a row in a group (kv_start > 0), merged in first (a row in no
-    group, or every row without kv_start, reads nothing there)."""
+    group, or every row without kv_start, reads nothing there). Slot 0 of mid_lse gets the
+    row's final lse (mid_lse needs one slot at least; mid_out is not read without kv_start)."""
     if merge_into is not None and num_splits != 1:
         raise ValueError("merge_into takes one split")
     _, block_size, kv_heads, head_dim = k_cache.shape
@@ -401,8 +407,9 @@ def decode_attention_triton(
         return out
     split_args = (scale, block_n, num_warps, num_stages, scales)
     if num_splits == 1:  # the split writes out: no partials, no reduce pass (out's values equal)
+        lse = torch.empty(batch, q.shape[1], 1, dtype=torch.float32, device=q.device)
         launch_decode_splits(
-            q, k_cache, v_cache, block_tables, seq_lens, None, out, out, 1, *split_args,
+            q, k_cache, v_cache, block_tables, seq_lens, None, lse, lse, 1, *split_args,
             merge_into=out,
         )  # fmt: skip
         return out
