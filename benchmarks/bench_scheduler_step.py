@@ -18,7 +18,9 @@ submitting its next request when the last one ends, 2B requests in all; a reques
 `--groups` system prompts (`--prefix-len` tokens) + a `--question-len` question, with
 U[out/2, out] output tokens (ignore_eos), so requests finish and are admitted all the time:
 steps with prefill tokens (admissions) and decode-only steps at ~B rows. Steps are counted
-once B requests run (the first admission wave is left out).
+once B requests run (the first admission wave is left out). `--at-once` submits all 2B at the
+start instead, as bench_stack's shared-prefix stage does, and counts every step: the first
+wave's steps admit dozens of requests each.
 
 As the server does once started (app.py), the startup heap is frozen out of the garbage
 collector (gc.freeze) before the clients start.
@@ -175,7 +177,10 @@ async def run_engine(args: argparse.Namespace, batch: int, frontend: str, trace:
 
     profiler = cProfile.Profile() if args.profile else None
     started = time.perf_counter()
-    clients = [asyncio.create_task(client()) for _ in range(batch)]
+    # --at-once: every request submitted at the start (bench_stack's shared-prefix shape: the
+    # queue holds the rest while B run), else B clients in a closed loop
+    num_clients = len(requests) if args.at_once else batch
+    clients = [asyncio.create_task(client()) for _ in range(num_clients)]
     if profiler is not None:
         profiler.enable()
     await asyncio.gather(*clients)
@@ -224,10 +229,14 @@ def tokenizer(args: argparse.Namespace):
     return _TOKENIZER
 
 
-def steady_steps(trace: Path, batch: int) -> tuple[list[dict], list[dict]]:
-    """(decode-only, with-prefill) steps from the first one planned with B running on."""
+def steady_steps(
+    trace: Path, batch: int, from_start: bool = False
+) -> tuple[list[dict], list[dict]]:
+    """(decode-only, with-prefill) steps from the first one planned with B running on (from
+    the first step when from_start: the first admission wave counted)."""
     lines = [json.loads(line) for line in trace.read_text().splitlines()]
     start = next((k for k, s in enumerate(lines) if s["running"] >= batch), len(lines))
+    start = 0 if from_start else start
     # up to the last step with B running (the tail drains the batch)
     end = max((k for k, s in enumerate(lines) if s["running"] >= batch), default=start) + 1
     steady = lines[start:end]
@@ -253,8 +262,8 @@ def wall_per_step(steps: list[dict]) -> float:
     return gaps[len(gaps) // 2] * 1e3 if gaps else float("nan")
 
 
-def report(batch: int, frontend: str, result: dict, trace: Path) -> None:
-    decode, prefill = steady_steps(trace, batch)
+def report(batch: int, frontend: str, result: dict, trace: Path, from_start: bool) -> None:
+    decode, prefill = steady_steps(trace, batch, from_start)
     lines = [json.loads(line) for line in trace.read_text().splitlines()]
     for name, steps in (("decode", decode), ("prefill", prefill)):
         if not steps:
@@ -282,6 +291,13 @@ def main() -> int:
     parser.add_argument("--output-len", type=int, default=256)
     parser.add_argument("--requests-per-client", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--at-once",
+        action="store_true",
+        help="submit every request at the start (a queue of B while B run, as bench_stack's "
+        "shared-prefix stage) instead of a closed loop of B clients; the steps are counted "
+        "from the first (the first admission wave included)",
+    )
     parser.add_argument("--profile", type=int, default=0, help="print cProfile's top N (0: off)")
     parser.add_argument("--keep-trace", default="", help="directory to keep the step traces in")
     parser.add_argument(
@@ -296,11 +312,12 @@ def main() -> int:
         from yaie.scheduler_service.engine import worker_loop
 
         worker_loop.time = SimpleNamespace(perf_counter=time.thread_time)
+    arrival = "all at once" if args.at_once else "closed loop of B clients"
     print(
         f"workload: {args.groups} groups x {args.prefix_len} prefix + {args.question_len} "
         f"question, "
         f"U[{args.output_len // 2}, {args.output_len}] out, {args.requests_per_client}B requests, "
-        f"closed loop of B clients; python {sys.version.split()[0]}, load {os.getloadavg()[0]:.2f}"
+        f"{arrival}; python {sys.version.split()[0]}, load {os.getloadavg()[0]:.2f}"
     )
     for batch in args.batch:
         for frontend in args.frontend:
@@ -309,7 +326,7 @@ def main() -> int:
             trace = tmp / f"steps-b{batch}-{frontend}.jsonl"
             trace.unlink(missing_ok=True)
             result = asyncio.run(run_engine(args, batch, frontend, trace))
-            report(batch, frontend, result, trace)
+            report(batch, frontend, result, trace, args.at_once)
             if result["profiler"] is not None:
                 stats = pstats.Stats(result["profiler"]).sort_stats("tottime")
                 stats.print_stats(args.profile)

@@ -28,7 +28,7 @@ from yaie.kernels.attention import (
 )
 from yaie.kernels.attention.reference import quantize_fp8
 
-EXPECTED_CHILD_TESTS = 12
+EXPECTED_CHILD_TESTS = 14
 
 
 def test_quantize_fp8_error_is_within_e4m3_precision_of_each_vector_max():
@@ -138,6 +138,7 @@ INTERP_FP8 = [
     (1, 1, 64, torch.float32, {"num_splits": 3, "block_n": 16}),
     (16, 4, 64, torch.float16, {"num_splits": None, "block_n": 16}),
     (64, 8, 128, torch.float32, {"num_splits": 2, "block_n": 32}),
+    (16, 2, 64, torch.float16, {"num_splits": 1, "block_n": 32}),  # decode: no reduce pass
 ]
 
 
