@@ -4,7 +4,8 @@ Prefix kernel: program (group, kv head, prefix split) streams its split of the g
 K/V through its first row's block table against the queries of the group's rows, a tile of rows
 at a time, and writes partials into extra slots of the split-K decode's mid buffers. The split
 kernel covers each row's own tokens [kv_start, seq_len); the reduce merges all slots by
-log-sum-exp.
+log-sum-exp. When the own tokens take one split (every step from a few dozen rows), the prefix
+kernel runs first and the split kernel merges its partials itself: no reduce pass.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 Pass 1: program (request, kv head, split) attends all query heads of the GQA group to its chunk of
 the request's tokens (K/V loaded once per group) and writes a partial output and log-sum-exp.
-Pass 2: program (request, query head) merges the splits. The grid depends on shapes only; chunk
-bounds come from seq_lens on the device, so replaying a graph with new lengths stays correct.
+Pass 2: program (request, query head) merges the splits; with one split, pass 1 writes the output
+itself and there is no pass 2. The grid depends on shapes only; chunk bounds come from seq_lens on
+the device, so replaying a graph with new lengths stays correct.
 """
 
 from __future__ import annotations
