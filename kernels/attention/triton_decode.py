@@ -193,9 +193,10 @@ def _decode_split_kernel(
         row_ptrs = final + b * stride_out_batch + heads * stride_out_head  # [GROUP_PAD]
         out_ptrs = row_ptrs[:, None] + offs_d[None, :]
         tl.store(out_ptrs, out.to(final.dtype.element_ty), mask=group_mask[:, None])
-        # The row's lse into its slot 0 (read by nobody): compiled without this store the
-        # kernel ran 1.2-1.3x slower on the H200 at 128-256 rows, its loop's SASS unchanged
-        # (benchmarks/NOTES.md, session 13).
+        # The row's lse into its slot 0 (read by nobody): the first version, a bf16 store of
+        # the output alone, ran 1.15-1.3x slower on the H200 at 128-256 rows with its loop's
+        # SASS unchanged; with this store (or with an fp32 output) it runs at the partials'
+        # speed. Cause not found (benchmarks/NOTES.md, session 13, call 5).
         lse_row = (b * num_q_heads + heads) * num_slots
         tl.store(mid_lse + lse_row, lse, mask=group_mask)
     else:
