@@ -27,6 +27,7 @@ from yaie.kernels.attention.triton_common import (
 from yaie.kernels.attention.triton_decode import (
     attend_range,
     check_decode_batch,
+    decode_attention_triton,
     default_num_splits,
     launch_decode_reduce,
     launch_decode_splits,
@@ -244,6 +245,11 @@ def decode_attention_grouped_triton(
         merge = num_splits == 1 and num_prefix_splits > 0
     elif merge and (num_splits != 1 or num_prefix_splits == 0):
         raise ValueError("merge takes one split of the own tokens and at least one group")
+    if num_prefix_splits == 0:  # (one split: its output written directly, no reduce)
+        return decode_attention_triton(
+            q, k_cache, v_cache, block_tables, seq_lens, scale, num_splits, block_n, num_warps,
+            2, out, k_scale, v_scale,
+        )  # fmt: skip
     out = check_out(out, q)
     if batch == 0:
         return out
@@ -261,16 +267,14 @@ def decode_attention_grouped_triton(
         )  # fmt: skip
         return out
     mid_out, mid_lse = split_partials(q, num_splits + num_prefix_splits)
-    kv_start = groups.kv_start if num_prefix_splits else None
     launch_decode_splits(
-        q, k_cache, v_cache, block_tables, seq_lens, kv_start, mid_out, mid_lse, num_splits,
-        *split_args,
+        q, k_cache, v_cache, block_tables, seq_lens, groups.kv_start, mid_out, mid_lse,
+        num_splits, *split_args,
     )  # fmt: skip
-    if num_prefix_splits:
-        mid_lse[:, :, num_splits:].fill_(float("-inf"))  # rows in no group: no prefix partial
-        launch_prefix(
-            q, k_cache, v_cache, block_tables, groups, mid_out, mid_lse, num_splits,
-            num_prefix_splits, *prefix_args,
-        )  # fmt: skip
+    mid_lse[:, :, num_splits:].fill_(float("-inf"))  # rows in no group: no prefix partial
+    launch_prefix(
+        q, k_cache, v_cache, block_tables, groups, mid_out, mid_lse, num_splits,
+        num_prefix_splits, *prefix_args,
+    )  # fmt: skip
     launch_decode_reduce(mid_out, mid_lse, out, min_pad=16)
     return out
