@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 
 from yaie.kernels.attention.prefix_groups import PrefixGroups
+from yaie.kernels.attention.triton_attend import attend_range
 from yaie.kernels.attention.triton_common import (
     LOG2E,
     check_index,
@@ -25,7 +26,6 @@ from yaie.kernels.attention.triton_common import (
     scale_args,
 )
 from yaie.kernels.attention.triton_decode import (
-    attend_range,
     check_decode_batch,
     decode_attention_triton,
     default_num_splits,
