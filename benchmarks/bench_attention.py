@@ -189,7 +189,8 @@ def bench_grouped_decode(copy_bw: float, groups: int = 16) -> None:
             lambda s, kw=kwargs: decode_attention_grouped_triton(*s[0].decode_args(), s[1], **kw),
         )
         ms = median_ms(fn)
-        name = " ".join([f"{groups}x16", *(f"{k}={v}" for k, v in kwargs.items())])
+        parts = [f"{k}={v}" for k, v in kwargs.items()] or ["default"]
+        name = " ".join([f"{groups}x16", *parts])
         bw = grouped_bytes / (ms * 1e-3)
         report("grouped", name, ms, TBps=bw / 1e12, of_copy=bw / copy_bw)
 
@@ -309,8 +310,10 @@ def main() -> None:
     best: dict[str, dict] = {}
     for row in ROWS:  # per group: its default variant, then its fastest
         section, first = row["section"], row["variant"].split()[0]
-        group = {"ceiling": row["variant"], "decode": f"decode {first}"}.get(section, section)
-        if row["variant"] in ("default", "bs=16", "16x8k", f"bs={first[3:]}"):
+        per_shape = {"ceiling": row["variant"], "decode": f"decode {first}", "grouped": first}
+        group = per_shape.get(section, section)
+        defaults = ("default", "bs=16", "16x8k", f"bs={first[3:]}")
+        if row["variant"] in defaults or row["variant"].endswith(" default"):
             best[group + " default"] = row
         if group + " best" not in best or row["ms"] < best[group + " best"]["ms"]:
             best[group + " best"] = row
