@@ -3,8 +3,8 @@
 One run: (1) copy bandwidth and bf16 matmul rate, (2) a bf16 check against the reference on fresh
 inputs, (3) decode, (4) grouped (cascade) decode, (5) extend and (6) store_kv timings with a few
 variants; table printed last.
-Usage: python benchmarks/bench_attention.py [decode,grouped,extend]  (the sections to run, all by
-default; writes $OUT/bench_attention.json when OUT is set)
+Usage: python benchmarks/bench_attention.py [decode,ragged,grouped,extend]  (the sections to run,
+all but ragged by default; writes $OUT/bench_attention.json when OUT is set)
 """
 
 from __future__ import annotations
@@ -98,14 +98,14 @@ def check(name: str, out: torch.Tensor, ref: torch.Tensor) -> None:
     assert err <= 1e-2, f"{name}: relative error {err} > 1e-2"
 
 
-def graph_replay_ms(batch: PagedBatch) -> float:
+def graph_replay_ms(batch: PagedBatch, **kwargs) -> float:
     """Default decode captured in a CUDA graph, as the worker runs it (no launch gaps)."""
     out = torch.empty_like(batch.q)
-    decode_attention_triton(*batch.decode_args(), out=out)
+    decode_attention_triton(*batch.decode_args(), out=out, **kwargs)
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        decode_attention_triton(*batch.decode_args(), out=out)
+        decode_attention_triton(*batch.decode_args(), out=out, **kwargs)
     return median_ms(graph.replay)
 
 
@@ -146,6 +146,36 @@ def bench_decode_long(copy_bw: float) -> None:
         name = " ".join(["16x8k", *(f"{k}={v}" for k, v in kwargs.items())])
         bw = kv_bytes / (ms * 1e-3)
         report("decode", name, ms, TBps=bw / 1e12, of_copy=bw / copy_bw)
+
+
+def bench_ragged_decode(copy_bw: float) -> None:
+    """Decode over ragged batches (contexts U[100, 2,048], the random workload's spread, and a
+    uniform one for contrast) in CUDA graphs: the rows in their order, and longest first with
+    the ordered chunking (the batch builder's decode_order)."""
+    rng = random.Random(14)
+    cases = [(b, "ragged") for b in (16, 64, 138, 256, 512)] + [(138, "uniform"), (256, "uniform")]
+    for rows, kind in cases:
+        if kind == "ragged":
+            contexts = [rng.randint(100, 2048) for _ in range(rows)]
+        else:
+            contexts = [1074] * rows
+        batch = make_paged_batch(
+            [c - 1 for c in contexts], [1] * rows, 16, KV_HEADS, Q_HEADS, HEAD_DIM,
+            torch.bfloat16, "cuda", seed=rows,
+        )  # fmt: skip
+        order = torch.argsort(batch.seq_lens, descending=True, stable=True).int()
+        if rows == 138:
+            ref = decode_attention(*batch.upcast().decode_args(), backend="torch")
+            out = decode_attention_triton(*batch.decode_args(), order=order)
+            check(f"decode {rows} {kind} longest first", out, ref)
+            del ref
+        kv_bytes = sum(contexts) * KV_HEADS * HEAD_DIM * 2 * 2
+        for name, kwargs in (("rows in order", {}), ("longest first", {"order": order})):
+            ms = graph_replay_ms(batch, **kwargs)
+            bw = kv_bytes / (ms * 1e-3)
+            report("ragged", f"{rows} {kind} {name}", ms, TBps=bw / 1e12, of_copy=bw / copy_bw)
+        del batch
+        torch.cuda.empty_cache()
 
 
 def shared_prefix_batch(seed: int, groups: int = 16, rows: int = 16, prefix: int = 2048):
@@ -293,6 +323,8 @@ def main() -> None:
     if "decode" in sections:
         bench_decode(copy_bw)
         bench_decode_long(copy_bw)
+    if "ragged" in sections:
+        bench_ragged_decode(copy_bw)
     if "grouped" in sections:
         bench_grouped_decode(copy_bw)
         bench_grouped_decode(copy_bw, groups=32)

@@ -190,7 +190,17 @@ def main() -> None:
         default=None,
         help="rows up to which linear layers take the skinny Triton kernel (0: cuBLAS for all)",
     )
+    parser.add_argument(
+        "--decode-order",
+        choices=("on", "off"),
+        default="on",
+        help="decode attention over the rows longest first (off: in the batch's order)",
+    )
     args = parser.parse_args()
+    if args.decode_order == "off":  # an A/B knob, read by decode_attention at each call
+        import yaie.kernels.attention.triton_decode as decode
+
+        decode.ORDER_MIN_BATCH = 1 << 30
     if args.skinny_rows is not None:  # an A/B knob, read by the dispatch at each call
         import yaie.kernels.linear.triton_skinny as skinny
 

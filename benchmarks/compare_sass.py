@@ -37,6 +37,7 @@ POINTERS = {
     "mid_out": "*fp32",
     "mid_lse": "*fp32",
     "final": "*bf16",
+    "order": "*i32",
     "k_scale": "*fp32",
     "v_scale": "*fp32",
 }
@@ -53,7 +54,7 @@ ALIGNED = {
     "stride_cache_head",
 }
 # The plain path: no kv_start, a bf16 pool (no fp8 scales), partials for the reduce pass.
-FLAGS = {"HAS_START": False, "HAS_SCALE": 0, "MERGE": False}
+FLAGS = {"HAS_START": False, "HAS_SCALE": 0, "MERGE": False, "ORDERED": False}
 # Arguments a version does not name in do_not_specialize get the divisibility a GPU run sees.
 MAYBE_ALIGNED = {"block_tables", "seq_lens", "stride_table"}
 

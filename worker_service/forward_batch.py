@@ -40,6 +40,10 @@ class ForwardBatch:
     # A decode batch whose rows share cached prefix blocks (worker_service/step/prefix_groups.py):
     # attention reads each shared prefix once per group. None: plain decode attention.
     prefix_groups: PrefixGroups | None = None
+    # A decode batch without groups: its rows by seq_len, longest first ([batch] int32), the
+    # order decode attention schedules them in (a ragged batch's programs then hold about
+    # equal work). Any permutation of the rows gives the same result; None: the rows' order.
+    decode_order: torch.Tensor | None = None
     # Set only while a prefill graph is captured (worker_service/step/prefill_graphs.py): each
     # layer hands it (q, attend) instead of attending, and carries on with what it returns.
     split_at_attention: Callable[[torch.Tensor, Callable], torch.Tensor] | None = None

@@ -152,10 +152,15 @@ def decode_attention(
     out=None,
     k_scale=None,
     v_scale=None,
+    order=None,
 ):
     """One query per request over all its seq_lens[b] tokens: q [batch, q_heads, head_dim] -> same
     (written into out when given, as extend_attention).
 
+    order: the rows by seq_len, longest first ([batch] int32, a permutation): the triton
+    backend then schedules the longest first and cuts every row into chunks of the longest
+    one's split, so a ragged batch's programs hold about equal work (the same result up to
+    rounding; unused by the other backends and in the batch-invariant mode).
     Capturable in a CUDA graph with the triton backend (no host sync; shapes fixed by the inputs).
     """
     check_scales(k_cache, k_scale, v_scale)
@@ -163,10 +168,15 @@ def decode_attention(
     args = (q, k_cache, v_cache, block_tables, seq_lens, scale)
     resolved = resolve_backend(backend, q.is_cuda)
     if resolved == "triton":
-        from yaie.kernels.attention.triton_decode import decode_attention_triton
+        from yaie.kernels.attention.triton_decode import ORDER_MIN_BATCH, decode_attention_triton
 
-        splits = INVARIANT_DECODE_SPLITS if is_active() else None
-        return decode_attention_triton(*args, num_splits=splits, out=out, **scales)
+        if is_active():  # fixed splits, each row's own: the sums do not depend on the batch
+            return decode_attention_triton(
+                *args, num_splits=INVARIANT_DECODE_SPLITS, out=out, **scales
+            )
+        if q.shape[0] < ORDER_MIN_BATCH:
+            order = None
+        return decode_attention_triton(*args, out=out, order=order, **scales)
     if is_active():
         return decode_attention_invariant(*args, out=out, **scales)
     if resolved == "sdpa":

@@ -5,6 +5,11 @@ the request's tokens (K/V loaded once per group) and writes a partial output and
 Pass 2: program (request, query head) merges the splits; with one split, pass 1 writes the output
 itself and there is no pass 2. The grid depends on shapes only; chunk bounds come from seq_lens on
 the device, so replaying a graph with new lengths stays correct.
+
+With an order (the rows longest first, from the batch builder) the programs take the rows in that
+order and every row is cut into chunks of the longest row's split, so the programs of a ragged
+batch hold about equal work and the last wave is short (1.1-1.5x on the H200 at 16-512 rows of
+100-2,048 tokens: benchmarks/NOTES.md, session 14); a row of one chunk writes its output itself.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from yaie.kernels.attention.triton_common import (
     next_power_of_2,
     scale_args,
 )
+from yaie.kernels.attention.triton_reduce import launch_decode_reduce, ordered_chunks
 
 
 # Runtime ints that vary per step are not specialized (Triton would compile a variant per value
@@ -35,6 +41,7 @@ from yaie.kernels.attention.triton_common import (
         "seq_lens",
         "kv_start",
         "stride_table",
+        "order",
         "num_splits",
         "num_slots",
     ]
@@ -46,6 +53,7 @@ def _decode_split_kernel(
     block_tables,
     seq_lens,
     kv_start,
+    order,
     mid_out,
     mid_lse,
     final,
@@ -72,9 +80,26 @@ def _decode_split_kernel(
     HAS_START: tl.constexpr,
     HAS_SCALE: tl.constexpr,
     MERGE: tl.constexpr,
+    ORDERED: tl.constexpr,
+    ROW_GROUP: tl.constexpr = 1,
 ):
-    b = tl.program_id(0)
-    kv_head = tl.program_id(1)
+    if ORDERED:  # rows longest first: order[i] is the i-th longest row
+        num_q_heads = tl.num_programs(0) * group
+        if ROW_GROUP == 1:  # kv heads fastest
+            kv_head = tl.program_id(0)
+            b = tl.load(order + tl.program_id(1))
+        else:  # ROW_GROUP rows fastest, then kv heads, then the next ROW_GROUP rows
+            kv_heads = tl.num_programs(0)
+            linear = tl.program_id(1) * kv_heads + tl.program_id(0)
+            first_rank = (linear // (ROW_GROUP * kv_heads)) * ROW_GROUP
+            size = tl.minimum(ROW_GROUP, tl.num_programs(1) - first_rank)
+            within = linear - first_rank * kv_heads
+            kv_head = within // size
+            b = tl.load(order + first_rank + within % size)
+    else:
+        b = tl.program_id(0)
+        kv_head = tl.program_id(1)
+        num_q_heads = tl.num_programs(1) * group
     split = tl.program_id(2)
     seq_len = tl.load(seq_lens + b)
     # The splits cover [first, seq_len): first = kv_start[b] (tokens before it are attended by
@@ -84,6 +109,9 @@ def _decode_split_kernel(
         first = tl.load(kv_start + b)
     # Chunks are whole BLOCK_N tiles; splits past seq_len get an empty range and write lse=-inf.
     tiles_per_split = tl.cdiv(tl.cdiv(seq_len - first, BLOCK_N), num_splits)
+    row_splits = num_splits
+    if ORDERED:  # chunks of one size for every row (the longest row's split): see ordered_chunks
+        tiles_per_split, row_splits = ordered_chunks(seq_lens, order, seq_len, num_splits, BLOCK_N)
     start = first + split * tiles_per_split * BLOCK_N
     end = tl.minimum(start + tiles_per_split * BLOCK_N, seq_len)
 
@@ -102,13 +130,12 @@ def _decode_split_kernel(
     )
     # fmt: on
     # mid_out [batch, q_heads, num_slots, D] fp32; mid_lse [batch, q_heads, num_slots] fp32.
-    num_q_heads = tl.num_programs(1) * group
+    mid_row = (b * num_q_heads + heads) * num_slots  # slot 0 of each head's row: [GROUP_PAD]
     if MERGE:
         # One split, and the cascade prefix kernel ran first: its partials of a row in a group
         # (first > 0) fill all num_slots slots; fold them into this range's result and write
         # the final output (no reduce pass). A row in no group has none.
         if first > 0:
-            mid_row = (b * num_q_heads + heads) * num_slots  # [GROUP_PAD]
             for slot in range(0, num_slots):
                 lse_s = tl.load(mid_lse + mid_row + slot, mask=group_mask, other=float("-inf"))
                 out_s = tl.load(
@@ -117,53 +144,39 @@ def _decode_split_kernel(
                     other=0.0,
                 )
                 out, lse = fold_partial(out, lse, out_s, lse_s)
-        row_ptrs = final + b * stride_out_batch + heads * stride_out_head  # [GROUP_PAD]
-        out_ptrs = row_ptrs[:, None] + offs_d[None, :]
-        tl.store(out_ptrs, out.to(final.dtype.element_ty), mask=group_mask[:, None])
-        # The row's lse into its slot 0 (read by nobody): the first version, a bf16 store of
-        # the output alone, ran 1.15-1.3x slower on the H200 at 128-256 rows with its loop's
-        # SASS unchanged; with this store (or with an fp32 output) it runs at the partials'
-        # speed. Cause not found (benchmarks/NOTES.md, session 13, call 5).
-        lse_row = (b * num_q_heads + heads) * num_slots
-        tl.store(mid_lse + lse_row, lse, mask=group_mask)
+        _store_final(final, mid_lse, mid_row, out, lse, b, heads, group_mask, offs_d,
+                     stride_out_batch, stride_out_head)  # fmt: skip
+    elif ORDERED:
+        if row_splits <= 1:  # the row's one chunk (split 0; the others' ranges are empty)
+            if split == 0:  # writes the row's output, as MERGE does
+                _store_final(final, mid_lse, mid_row, out, lse, b, heads, group_mask, offs_d,
+                             stride_out_batch, stride_out_head)  # fmt: skip
+        elif split < row_splits:  # one of the row's chunks: a partial, for the reduce
+            _store_partial(mid_out, mid_lse, mid_row + split, out, lse, group_mask, offs_d,
+                           HEAD_DIM)  # fmt: skip
     else:
         # Slots [0, num_splits) are this kernel's, any further ones the cascade prefix kernel's.
-        mid_row = (b * num_q_heads + heads) * num_slots + split  # [GROUP_PAD]
-        mid_ptrs = mid_out + mid_row[:, None] * HEAD_DIM + offs_d[None, :]
-        tl.store(mid_ptrs, out, mask=group_mask[:, None])
-        tl.store(mid_lse + mid_row, lse, mask=group_mask)
+        _store_partial(mid_out, mid_lse, mid_row + split, out, lse, group_mask, offs_d, HEAD_DIM)
 
 
-@triton.jit(do_not_specialize=["num_slots"])
-def _decode_reduce_kernel(
-    mid_out,
-    mid_lse,
-    out,
-    stride_out_batch,
-    stride_out_head,
-    num_slots,
-    HEAD_DIM: tl.constexpr,
-    SPLITS_PAD: tl.constexpr,
+@triton.jit
+def _store_final(
+    final, mid_lse, mid_row, out, lse, b, heads, group_mask, offs_d, stride_batch, stride_head
 ):
-    b = tl.program_id(0)
-    head = tl.program_id(1)
-    offs_s = tl.arange(0, SPLITS_PAD)
-    offs_d = tl.arange(0, HEAD_DIM)
-    row = (b * tl.num_programs(1) + head) * num_slots
-    lse = tl.load(mid_lse + row + offs_s, mask=offs_s < num_slots, other=float("-inf"))
-    has_keys = lse > float("-inf")
-    m = tl.max(tl.where(has_keys, lse, -1e30), axis=0)
-    weight = tl.where(has_keys, tl.exp2(lse - m), 0.0)  # [SPLITS_PAD]
-    part = tl.load(
-        mid_out + (row + offs_s)[:, None] * HEAD_DIM + offs_d[None, :],
-        mask=has_keys[:, None],
-        other=0.0,
-    )  # [SPLITS_PAD, D]
-    total = tl.sum(weight, axis=0)
-    # A request with no tokens (a padded CUDA-graph slot) gets zeros, as the reference does.
-    result = tl.sum(part * weight[:, None], axis=0) / tl.where(total > 0.0, total, 1.0)
-    out_ptrs = out + b * stride_out_batch + head * stride_out_head + offs_d
-    tl.store(out_ptrs, result.to(out.dtype.element_ty))
+    row_ptrs = final + b * stride_batch + heads * stride_head  # [GROUP_PAD]
+    tl.store(row_ptrs[:, None] + offs_d[None, :], out.to(final.dtype.element_ty),
+             mask=group_mask[:, None])  # fmt: skip
+    # The row's lse into its slot 0 (read by nobody): the first version, a bf16 store of the
+    # output alone, ran 1.15-1.3x slower on the H200 at 128-256 rows with its loop's SASS
+    # unchanged; with this store (or with an fp32 output) it runs at the partials' speed. Cause
+    # not found (benchmarks/NOTES.md, session 13, call 5).
+    tl.store(mid_lse + mid_row, lse, mask=group_mask)
+
+
+@triton.jit
+def _store_partial(mid_out, mid_lse, rows, out, lse, group_mask, offs_d, HEAD_DIM: tl.constexpr):
+    tl.store(mid_out + rows[:, None] * HEAD_DIM + offs_d[None, :], out, mask=group_mask[:, None])
+    tl.store(mid_lse + rows, lse, mask=group_mask)
 
 
 @functools.cache
@@ -175,9 +188,25 @@ def _num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def default_num_splits(batch: int, kv_heads: int, max_context: int, device: torch.device) -> int:
-    """Enough (request, kv head, split) programs to fill the GPU about twice, >= 256 tokens each."""
-    wanted = triton.cdiv(2 * _num_sms(device), max(1, batch * kv_heads))
+# Decode with an order: the smallest batch decode_attention passes it for (batch 1 measured 1 us
+# a layer slower with it, for the order's dependent loads; 8 and more faster: benchmarks/NOTES.md,
+# session 14), and how many rows run side by side per kv head (1: a row's kv heads side by side).
+ORDER_MIN_BATCH = 8
+ROW_GROUP = 1
+
+
+def default_num_splits(
+    batch: int, kv_heads: int, max_context: int, device: torch.device, ordered: bool = False
+) -> int:
+    """Enough (request, kv head, split) programs to fill the GPU about twice, >= 256 tokens each.
+
+    ordered (rows longest first, chunks of the longest row's split): at least ~15.5 programs
+    per SM (2,048 on 132), at most 8 splits; the best of 1-6 splits on the H200 for ragged
+    batches of 64-512 rows (benchmarks/NOTES.md, session 14)."""
+    rows = max(1, batch * kv_heads)
+    wanted = triton.cdiv(2 * _num_sms(device), rows)
+    if ordered:
+        wanted = max(wanted, min(triton.cdiv(_num_sms(device) * 2048 // 132, rows), 8))
     return max(1, min(wanted, triton.cdiv(max_context, 256), 64))
 
 
@@ -197,6 +226,7 @@ def launch_decode_splits(
     num_stages: int,
     scales: tuple,
     merge_into: torch.Tensor | None = None,
+    order: torch.Tensor | None = None,
 ) -> None:
     """Pass 1 into slots [0, num_splits) of mid_out [batch, q_heads, slots, D] / mid_lse; each
     request's splits cover [kv_start[b], seq_lens[b]) ([0, ...) when kv_start is None).
@@ -206,20 +236,29 @@ def launch_decode_splits(
     reduce pass follows; with kv_start, every slot of mid_out / mid_lse holds the cascade
     prefix kernel's partials of a row in a group (kv_start > 0), merged in first (a row in no
     group, or every row without kv_start, reads nothing there). Slot 0 of mid_lse gets the
-    row's final lse (mid_lse needs one slot at least; mid_out is not read without kv_start)."""
-    if merge_into is not None and num_splits != 1:
+    row's final lse (mid_lse needs one slot at least; mid_out is not read without kv_start).
+
+    order (a permutation of the rows, longest first; with merge_into, without kv_start): the
+    programs run kv heads fastest and the longest rows first, each row cut into chunks of the
+    longest row's 1/num_splits; a row of one chunk writes merge_into itself, the others their
+    partials into slots [0, chunks) for launch_decode_reduce with the same order."""
+    if order is not None and (merge_into is None or kv_start is not None):
+        raise ValueError("order takes merge_into and no kv_start")
+    if merge_into is not None and num_splits != 1 and order is None:
         raise ValueError("merge_into takes one split")
     _, block_size, kv_heads, head_dim = k_cache.shape
     batch, num_q_heads, _ = q.shape
     group = num_q_heads // kv_heads
     k_scale, v_scale, stride_scale_block, stride_scale_head, has_scale = scales
-    _decode_split_kernel[(batch, kv_heads, num_splits)](
+    grid = (batch, kv_heads, num_splits) if order is None else (kv_heads, batch, num_splits)
+    _decode_split_kernel[grid](
         q,
         k_cache,
         v_cache,
         block_tables,
         seq_lens,
         seq_lens if kv_start is None else kv_start,  # not read without a start
+        seq_lens if order is None else order,  # not read without an order
         mid_out,
         mid_lse,
         mid_out if merge_into is None else merge_into,  # not written without a merge
@@ -245,30 +284,11 @@ def launch_decode_splits(
         BLOCK_N=block_n,
         HAS_START=kv_start is not None,
         HAS_SCALE=fp8_math(has_scale, q.dtype),
-        MERGE=merge_into is not None,
+        MERGE=merge_into is not None and num_splits == 1,
+        ORDERED=order is not None,
+        ROW_GROUP=ROW_GROUP,
         num_warps=num_warps,
         num_stages=num_stages,
-    )
-
-
-def launch_decode_reduce(
-    mid_out: torch.Tensor, mid_lse: torch.Tensor, out: torch.Tensor, min_pad: int = 1
-) -> None:
-    """Pass 2: merges every slot of mid_out / mid_lse [batch, q_heads, slots(, D)] into out.
-
-    min_pad: a floor on the padded slot count, so a slot count that varies per step (cascade)
-    does not compile a variant per power of two."""
-    batch, num_q_heads, num_slots = mid_lse.shape
-    _decode_reduce_kernel[(batch, num_q_heads)](
-        mid_out,
-        mid_lse,
-        out,
-        out.stride(0),
-        out.stride(1),
-        num_slots,
-        HEAD_DIM=mid_out.shape[3],
-        SPLITS_PAD=max(min_pad, next_power_of_2(num_slots)),
-        num_warps=4,
     )
 
 
@@ -319,18 +339,20 @@ def decode_attention_triton(
     out: torch.Tensor | None = None,
     k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None,
+    order: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """See yaie.kernels.attention.decode_attention; q [batch, q_heads, head_dim] -> same.
 
     num_splits defaults to a value derived from shapes only (batch, kv_heads, block_tables width).
     Default tiles are the fastest measured on an H100 at head_dim 128 (benchmarks/NOTES.md).
+    order: the rows longest first (launch_decode_splits), for a ragged batch's balance.
     """
     kv_heads, _ = check_decode_batch(q, k_cache, v_cache, block_tables, seq_lens, block_n)
     scales = scale_args(k_cache, k_scale, v_scale)
     batch = q.shape[0]
     if num_splits is None:
         context = max_context(k_cache, block_tables)
-        num_splits = default_num_splits(batch, kv_heads, context, q.device)
+        num_splits = default_num_splits(batch, kv_heads, context, q.device, order is not None)
     out = check_out(out, q)
     if batch == 0:
         return out
@@ -339,13 +361,14 @@ def decode_attention_triton(
         lse = torch.empty(batch, q.shape[1], 1, dtype=torch.float32, device=q.device)
         launch_decode_splits(
             q, k_cache, v_cache, block_tables, seq_lens, None, lse, lse, 1, *split_args,
-            merge_into=out,
+            merge_into=out, order=order,
         )  # fmt: skip
         return out
     mid_out, mid_lse = split_partials(q, num_splits)
     launch_decode_splits(
         q, k_cache, v_cache, block_tables, seq_lens, None, mid_out, mid_lse, num_splits,
-        *split_args,
+        *split_args, merge_into=None if order is None else out, order=order,
     )  # fmt: skip
-    launch_decode_reduce(mid_out, mid_lse, out)
+    ordered = None if order is None else (seq_lens, order, block_n)
+    launch_decode_reduce(mid_out, mid_lse, out, ordered=ordered)
     return out

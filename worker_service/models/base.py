@@ -34,8 +34,9 @@ class CausalLM(nn.Module):
         kv_scales: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Stores the K/V of batch.input_ids at batch.slots, attends over each request's cached
-        prefix plus its new tokens, and returns float32 logits [len(batch.logits_indices), vocab]
-        for the rows batch.logits_indices only."""
+        prefix plus its new tokens, and returns logits [len(batch.logits_indices), vocab] in the
+        model's dtype (as transformers' lm_head gives them; the sampler reads any float dtype
+        and works in fp32) for the rows batch.logits_indices only."""
         raise NotImplementedError
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:

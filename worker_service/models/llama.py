@@ -287,13 +287,15 @@ class LlamaForCausalLM(CausalLM):
         return h, residual
 
     def logits(self, h: torch.Tensor, residual: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """float32 logits [len(rows), vocab] of hidden_states' rows (the sampler's only)."""
+        """Logits [len(rows), vocab] of hidden_states' rows in the model's dtype (the sampler's
+        only; it converts as it reads: an fp32 copy costs 0.22 ms a step at 512 rows on the
+        H200, benchmarks/NOTES.md)."""
         h, _ = self.model.norm.forward_add(h[rows], residual[rows])
         if self.tp is not None:
-            return vocab_parallel_logits(h, self.lm_head_weight(), self.vocab_size, self.tp).float()
+            return vocab_parallel_logits(h, self.lm_head_weight(), self.vocab_size, self.tp)
         if self.packed_logits is not None:
-            return self.packed_logits(h).float()
-        return F.linear(h, self.lm_head_weight()).float()
+            return self.packed_logits(h)
+        return F.linear(h, self.lm_head_weight())
 
     def _target(self, name: str) -> tuple[str, int | None] | None:
         """HF weight name -> (parameter name, shard index or None); None for weights to skip."""

@@ -32,7 +32,7 @@ def paged_attention(
     if batch.prefix_groups is not None:  # decode rows sharing cached prefix blocks
         return decode_attention_grouped(q, *paged, scale, batch.prefix_groups, **pool, out=out)
     if batch.is_decode:
-        return decode_attention(q, *paged, scale, **pool, out=out)
+        return decode_attention(q, *paged, scale, **pool, out=out, order=batch.decode_order)
     if not batch.num_single:
         return extend_attention(
             q, *paged, batch.query_start, batch.max_query_len, scale, **pool, out=out

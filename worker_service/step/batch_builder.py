@@ -43,6 +43,11 @@ class ScheduledEntry:
     is_decode: bool  # runs the last sampled token (device-resident)
 
 
+def longest_first(lens: np.ndarray) -> np.ndarray:
+    """A decode batch's rows by length, longest first (ForwardBatch.decode_order)."""
+    return np.argsort(-lens, kind="stable").astype(np.int32)
+
+
 def _aligned_on_device(
     parts: list[np.ndarray | torch.Tensor], device: torch.device
 ) -> list[torch.Tensor]:
@@ -91,8 +96,9 @@ def _decode_batch(
         (starts + 1).astype(np.int32),  # seq_lens
         np.arange(batch + 1, dtype=np.int32),  # query_start
         tables.ravel(),
+        longest_first(starts),
     ]
-    positions, slots_d, rows_d, logits_indices, seq_lens, query_start, tables_d = (
+    positions, slots_d, rows_d, logits_indices, seq_lens, query_start, tables_d, order = (
         _aligned_on_device(parts, table.last_tokens.device)
     )
     fb = ForwardBatch(
@@ -105,6 +111,7 @@ def _decode_batch(
         max_query_len=1,
         is_decode=True,
         logits_indices=logits_indices,
+        decode_order=order,
     )
     return fb, rows_d
 
@@ -200,6 +207,8 @@ def build_forward_batch(
             torch.tensor(g, dtype=torch.int32)
             for g in (groups.rows, groups.starts, groups.prefix_lens, groups.kv_start)
         ]
+    elif is_decode:  # plain decode attention: its rows longest first
+        parts.append(longest_first(np.fromiter((e.start for e in entries), np.int64, batch)))
     pieces = _aligned_on_device(parts, device)
     input_ids, positions_d, slots_d, seq_lens_d, query_start_d, logits_d = pieces[:6]
     decode_index_d, decode_rows_d, sample_rows, tables_d = pieces[6:10]
@@ -220,5 +229,6 @@ def build_forward_batch(
         prefix_groups=None
         if groups is None
         else PrefixGroups(*pieces[first_group_part : first_group_part + 4]),
+        decode_order=pieces[first_group_part] if is_decode and groups is None else None,
     )
     return batch, sample_rows

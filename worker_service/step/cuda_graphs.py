@@ -59,6 +59,8 @@ class DecodeGraphs:
             (n, max_blocks_per_seq), scratch_block, dtype=torch.int32, device=device
         )
         self.seq_lens = torch.ones(n, dtype=torch.int32, device=device)
+        self.rows = torch.arange(n, dtype=torch.int32, device=device)  # constant
+        self.decode_order = self.rows.clone()  # a permutation of the bucket's rows
         self.query_start = torch.arange(n + 1, dtype=torch.int32, device=device)
         self.logits_indices = torch.arange(n, dtype=torch.int64, device=device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
@@ -103,6 +105,7 @@ class DecodeGraphs:
             True,
             self.logits_indices[:b],
             prefix_groups=self._static_groups(b) if grouped else None,
+            decode_order=None if grouped else self.decode_order[:b],
         )
 
     @torch.inference_mode()
@@ -160,6 +163,12 @@ class DecodeGraphs:
             self.block_tables[b:bucket, 0].fill_(self.scratch_block)
             self.seq_lens[b:bucket].fill_(1)
         if batch.prefix_groups is None:
+            # The rows longest first (the padding, one token each, last): a permutation of the
+            # bucket's rows whatever an earlier step left in the buffer.
+            order = batch.decode_order if batch.decode_order is not None else self.rows[:b]
+            self.decode_order[:b].copy_(order)
+            if bucket > b:
+                self.decode_order[b:bucket].copy_(self.rows[b:bucket])
             self.graphs[bucket].replay()
             return self.logits[bucket][:b]
         self._load_groups(batch.prefix_groups, b, bucket)

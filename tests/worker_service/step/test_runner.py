@@ -121,6 +121,28 @@ def test_forward_batch_has_the_plan_slots_positions_and_device_held_decode_token
     assert table._take_row() == states[1].row and not table.blocks[states[1].row].any()
 
 
+def test_decode_batches_list_their_rows_longest_first_for_decode_attention():
+    """Both builders' decode batches (with and without cascade grouping asked for) carry
+    decode_order, the rows by length longest first (ties in row order); a mixed batch none."""
+    table = RequestTable(torch.device("cpu"), capacity=4)
+    lengths = [5, 14, 9, 14]
+    states = []
+    for i, n in enumerate(lengths):
+        state = RequestState(i, table._take_row(), list(range(n)), n, 0, [], None)
+        state.num_computed, state.num_sampled = n, 1
+        table.append_blocks(state, list(range(10 * i, 10 * i + 4)))
+        states.append(state)
+    decodes = [ScheduledEntry(i, s, s.num_computed, 1, True, True) for i, s in enumerate(states)]
+    for max_groups in (0, 4):
+        batch, _ = build_forward_batch(decodes, table, BLOCK_SIZE, max_groups)
+        assert batch.is_decode and batch.prefix_groups is None
+        assert batch.decode_order.dtype == torch.int32
+        assert batch.decode_order.tolist() == [1, 3, 2, 0]
+    prompt = ScheduledEntry(4, states[0], 0, 3, False, False)
+    mixed, _ = build_forward_batch([*decodes, prompt], table, BLOCK_SIZE)
+    assert not mixed.is_decode and mixed.decode_order is None
+
+
 def test_deterministic_batches_keep_decode_attention_for_generated_tokens_only():
     """single_by_decode: a prompt's last token run alone (its prefix cached) is an extend row,
     not a decode row, so its attention is the kernel any chunking of the prompt would use; the

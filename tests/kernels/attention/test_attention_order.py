@@ -1,0 +1,183 @@
+"""Decode attention with an order (rows longest first, chunked by the longest row's split)
+against the torch reference: interpreter (fp32, fp16), CUDA (bf16, eager and graph replays).
+
+Interpreter cases run in a child pytest with TRITON_INTERPRET=1, for the reason given in
+test_attention_triton.py's docstring; the parent never imports a kernel module without CUDA.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from tests.kernels.attention.paged_batch import PagedBatch, make_paged_batch, relative_error
+from tests.kernels.triton_modes import gpu_only, interpreter_only
+from yaie.kernels.attention import decode_attention
+
+EXPECTED_CHILD_TESTS = 16
+ORDERS = ("longest_first", "shortest_first", "shuffled")
+
+
+def _order(batch: PagedBatch, kind: str, seed: int = 0) -> torch.Tensor:
+    """A permutation of the rows: the builder's (longest first) or any other (still correct)."""
+    lens = batch.seq_lens
+    if kind == "longest_first":
+        order = torch.argsort(lens, descending=True, stable=True)
+    elif kind == "shortest_first":
+        order = torch.argsort(lens, stable=True)
+    else:
+        order = torch.randperm(lens.shape[0], generator=torch.Generator().manual_seed(seed))
+    return order.to(device=lens.device, dtype=torch.int32)
+
+
+def _ordered(batch: PagedBatch, order: torch.Tensor, **launch) -> torch.Tensor:
+    from yaie.kernels.attention.triton_decode import decode_attention_triton
+
+    out = torch.full_like(batch.q, float("nan"))  # poison: every row must be written
+    return decode_attention_triton(*batch.decode_args(), out=out, order=order, **launch)
+
+
+def _ragged(seed: int, batch: int, longest: int, **kw) -> PagedBatch:
+    """Contexts of 1 .. longest tokens (one row at the longest, one of a single token)."""
+    rng = random.Random(seed)
+    contexts = [longest, 1] + [rng.randint(1, longest) for _ in range(batch - 2)]
+    rng.shuffle(contexts)
+    return make_paged_batch([c - 1 for c in contexts], [1] * batch, **kw)
+
+
+def test_ordered_decode_matches_reference_under_triton_interpreter(interpreter_child) -> None:
+    """The interpreter cases of this file all pass in a child with TRITON_INTERPRET=1."""
+    interpreter_child(__file__, EXPECTED_CHILD_TESTS, select="interpreter")
+
+
+# (block_size, gqa, head_dim, dtype, splits, block_n): None = the default split count
+INTERP_CASES = [
+    (16, 2, 64, torch.float32, 2, 16),
+    (1, 4, 64, torch.float16, 3, 16),
+    (16, 8, 128, torch.float16, None, 32),
+    (4, 1, 64, torch.float32, 7, 16),
+]
+
+
+@interpreter_only
+@pytest.mark.parametrize("kind", ORDERS)
+@pytest.mark.parametrize(
+    ("block_size", "gqa", "head_dim", "dtype", "splits", "block_n"), INTERP_CASES
+)
+def test_interpreter_ordered_decode_matches_reference(
+    kind, block_size, gqa, head_dim, dtype, splits, block_n
+):
+    """Every row is right whatever the permutation: rows of one chunk (written by the split
+    kernel) and rows of several (merged by the reduce), the 1-token and the longest row."""
+    kv_heads = 2 if gqa < 8 else 1
+    heads = dict(kv_heads=kv_heads, q_heads=kv_heads * gqa, head_dim=head_dim, dtype=dtype)
+    if kind == ORDERS[0] and splits == 2:  # only some rows longer than one chunk
+        batch = _ragged(block_size, 6, 150, block_size=block_size, **heads)
+    else:
+        batch = _ragged(block_size + gqa, 5, 120, block_size=block_size, **heads)
+    out = _ordered(batch, _order(batch, kind, seed=gqa), num_splits=splits, block_n=block_n)
+    tol = 1e-5 if dtype == torch.float32 else 2e-3
+    assert relative_error(out, decode_attention(*batch.decode_args(), backend="torch")) < tol
+
+
+@interpreter_only
+@pytest.mark.parametrize("splits", [4, 1])
+def test_interpreter_ordered_decode_of_empty_request_is_zero_and_others_unaffected(splits):
+    batch = make_paged_batch([0, 40, 7], [1, 1, 1], 16, 1, 2, 64)
+    batch.seq_lens[0] = 0  # a padded CUDA-graph slot
+    out = _ordered(batch, _order(batch, "longest_first"), num_splits=splits, block_n=16)
+    assert torch.equal(out[0], torch.zeros_like(out[0]))
+    assert (
+        relative_error(out[1:], decode_attention(*batch.decode_args(), backend="torch")[1:]) < 1e-5
+    )
+
+
+@interpreter_only
+def test_interpreter_ordered_one_split_equals_the_plain_one_split_bit_for_bit():
+    """With one split the order only reschedules the programs: each row's arithmetic is the
+    plain kernel's."""
+    from yaie.kernels.attention.triton_decode import decode_attention_triton
+
+    batch = _ragged(3, 5, 90, block_size=16, kv_heads=2, q_heads=4, head_dim=64)
+    plain = decode_attention_triton(*batch.decode_args(), num_splits=1, block_n=16)
+    ordered = _ordered(batch, _order(batch, "shuffled"), num_splits=1, block_n=16)
+    assert torch.equal(plain, ordered)
+
+
+@interpreter_only
+def test_interpreter_order_rejects_a_start_and_a_missing_output_with_value_error():
+    from yaie.kernels.attention.triton_common import scale_args
+    from yaie.kernels.attention.triton_decode import launch_decode_splits, split_partials
+
+    batch = make_paged_batch([5, 9], [1, 1], 16, 1, 2, 64)
+    q, k_cache, v_cache, tables, seq_lens, scale = batch.decode_args()
+    mid_out, mid_lse = split_partials(q, 2)
+    args = (q, k_cache, v_cache, tables, seq_lens)
+    launch = (mid_out, mid_lse, 2, scale, 16, 4, 2, scale_args(k_cache, None, None))
+    order = _order(batch, "longest_first")
+    with pytest.raises(ValueError, match="order"):
+        launch_decode_splits(*args, None, *launch, order=order)  # no output to write
+    with pytest.raises(ValueError, match="order"):
+        launch_decode_splits(*args, seq_lens - 1, *launch, merge_into=q.clone(), order=order)
+
+
+@gpu_only
+@pytest.mark.parametrize(
+    ("batch_size", "longest"), [(138, 2048), (64, 4096), (16, 1000), (300, 600)]
+)
+def test_gpu_ordered_decode_bf16_matches_fp32_reference(batch_size, longest):
+    batch = _ragged(
+        batch_size, batch_size, longest, block_size=16, kv_heads=8, q_heads=16, head_dim=128,
+        dtype=torch.bfloat16, device="cuda",
+    )  # fmt: skip
+    ref = decode_attention(*batch.upcast().decode_args(), backend="torch")
+    for kind in ORDERS:
+        out = decode_attention(*batch.decode_args(), backend="triton", order=_order(batch, kind))
+        assert relative_error(out, ref) <= 1e-2, kind
+
+
+@gpu_only
+def test_gpu_ordered_decode_replays_in_a_cuda_graph_with_new_lengths_and_orders():
+    """Captured once with an order; replayed after seq_lens, the order and q change in place
+    (a longest row longer than at capture, a padded slot of 0 tokens): still right."""
+    from yaie.kernels.attention.triton_decode import decode_attention_triton
+
+    kw = dict(block_size=16, kv_heads=8, q_heads=16, head_dim=128, dtype=torch.bfloat16)
+    first = _ragged(1, 40, 300, device="cuda", **kw)
+    second = _ragged(2, 40, 3000, device="cuda", **kw)
+    k_cache = torch.zeros(second.k_cache.shape[0] + first.k_cache.shape[0], *kw_shape(kw),
+                          dtype=torch.bfloat16, device="cuda")  # fmt: skip
+    v_cache = torch.zeros_like(k_cache)
+    tables = torch.zeros_like(second.block_tables)
+    q, seq_lens, out = first.q.clone(), first.seq_lens.clone(), torch.empty_like(first.q)
+    order = _order(first, "longest_first")
+    args = (q, k_cache, v_cache, tables, seq_lens, first.scale)
+    decode_attention_triton(*args, out=out, order=order)  # compile outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        decode_attention_triton(*args, out=out, order=order)
+    for batch in (first, second):
+        k_cache[: batch.k_cache.shape[0]] = batch.k_cache
+        v_cache[: batch.v_cache.shape[0]] = batch.v_cache
+        tables.zero_()
+        tables[:, : batch.block_tables.shape[1]] = batch.block_tables
+        q.copy_(batch.q)
+        seq_lens.copy_(batch.seq_lens)
+        order.copy_(_order(batch, "longest_first"))
+        out.fill_(float("nan"))
+        graph.replay()
+        assert relative_error(out, decode_attention(*batch.upcast().decode_args())) <= 1e-2
+    shortest = int(order[-1])
+    seq_lens[shortest] = 0
+    expected = out.clone()
+    graph.replay()
+    assert torch.equal(out[shortest], torch.zeros_like(out[shortest]))
+    others = [i for i in range(40) if i != shortest]
+    assert torch.equal(out[others], expected[others])
+
+
+def kw_shape(kw: dict) -> tuple[int, int, int]:
+    return kw["block_size"], kw["kv_heads"], kw["head_dim"]
