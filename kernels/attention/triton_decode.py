@@ -81,21 +81,11 @@ def _decode_split_kernel(
     HAS_SCALE: tl.constexpr,
     MERGE: tl.constexpr,
     ORDERED: tl.constexpr,
-    ROW_GROUP: tl.constexpr = 1,
 ):
-    if ORDERED:  # rows longest first: order[i] is the i-th longest row
+    if ORDERED:  # kv heads fastest, rows longest first: order[i] is the i-th longest row
+        kv_head = tl.program_id(0)
+        b = tl.load(order + tl.program_id(1))
         num_q_heads = tl.num_programs(0) * group
-        if ROW_GROUP == 1:  # kv heads fastest
-            kv_head = tl.program_id(0)
-            b = tl.load(order + tl.program_id(1))
-        else:  # ROW_GROUP rows fastest, then kv heads, then the next ROW_GROUP rows
-            kv_heads = tl.num_programs(0)
-            linear = tl.program_id(1) * kv_heads + tl.program_id(0)
-            first_rank = (linear // (ROW_GROUP * kv_heads)) * ROW_GROUP
-            size = tl.minimum(ROW_GROUP, tl.num_programs(1) - first_rank)
-            within = linear - first_rank * kv_heads
-            kv_head = within // size
-            b = tl.load(order + first_rank + within % size)
     else:
         b = tl.program_id(0)
         kv_head = tl.program_id(1)
@@ -188,11 +178,9 @@ def _num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-# Decode with an order: the smallest batch decode_attention passes it for (batch 1 measured 1 us
-# a layer slower with it, for the order's dependent loads; 8 and more faster: benchmarks/NOTES.md,
-# session 14), and how many rows run side by side per kv head (1: a row's kv heads side by side).
+# The smallest batch decode_attention passes an order for: batch 1 measured 1 us a layer slower
+# with it (the order's dependent loads), 8 and more faster (benchmarks/NOTES.md, session 14).
 ORDER_MIN_BATCH = 8
-ROW_GROUP = 1
 
 
 def default_num_splits(
@@ -201,12 +189,14 @@ def default_num_splits(
     """Enough (request, kv head, split) programs to fill the GPU about twice, >= 256 tokens each.
 
     ordered (rows longest first, chunks of the longest row's split): at least ~15.5 programs
-    per SM (2,048 on 132), at most 8 splits; the best of 1-6 splits on the H200 for ragged
-    batches of 64-512 rows (benchmarks/NOTES.md, session 14)."""
+    per SM (2,048 on 132), and 2 to 8 splits. On the H200 (benchmarks/NOTES.md, session 14) one
+    split wins for ragged batches from 256 rows but ran 12% slower than the plain kernel on
+    uniform ones on one of two machines (a tie on the other; cause not found); two splits cost
+    2-4% there and keep most of the ragged gain."""
     rows = max(1, batch * kv_heads)
     wanted = triton.cdiv(2 * _num_sms(device), rows)
     if ordered:
-        wanted = max(wanted, min(triton.cdiv(_num_sms(device) * 2048 // 132, rows), 8))
+        wanted = max(wanted, min(triton.cdiv(_num_sms(device) * 2048 // 132, rows), 8), 2)
     return max(1, min(wanted, triton.cdiv(max_context, 256), 64))
 
 
@@ -286,7 +276,6 @@ def launch_decode_splits(
         HAS_SCALE=fp8_math(has_scale, q.dtype),
         MERGE=merge_into is not None and num_splits == 1,
         ORDERED=order is not None,
-        ROW_GROUP=ROW_GROUP,
         num_warps=num_warps,
         num_stages=num_stages,
     )
