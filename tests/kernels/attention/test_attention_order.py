@@ -1,5 +1,6 @@
 """Decode attention with an order (rows longest first, chunked by the longest row's split)
-against the torch reference: interpreter (fp32, fp16), CUDA (bf16, eager and graph replays).
+against the torch reference: interpreter (fp32, fp16), CUDA (bf16; graph replays with an order:
+test_attention_triton.py).
 
 Interpreter cases run in a child pytest with TRITON_INTERPRET=1, for the reason given in
 test_attention_triton.py's docstring; the parent never imports a kernel module without CUDA.
@@ -152,48 +153,3 @@ def test_gpu_ordered_decode_bf16_matches_fp32_reference(batch_size, longest):
     for kind in ORDERS:
         out = decode_attention(*batch.decode_args(), backend="triton", order=_order(batch, kind))
         assert relative_error(out, ref) <= 1e-2, kind
-
-
-@gpu_only
-def test_gpu_ordered_decode_replays_in_a_cuda_graph_with_new_lengths_and_orders():
-    """Captured once with an order; replayed after seq_lens, the order and q change in place
-    (a longest row longer than at capture, a padded slot of 0 tokens): still right."""
-    from yaie.kernels.attention.triton_decode import decode_attention_triton
-
-    kw = dict(block_size=16, kv_heads=8, q_heads=16, head_dim=128, dtype=torch.bfloat16)
-    first = _ragged(1, 40, 300, device="cuda", **kw)
-    second = _ragged(2, 40, 3000, device="cuda", **kw)
-    k_cache = torch.zeros(second.k_cache.shape[0] + first.k_cache.shape[0], *kw_shape(kw),
-                          dtype=torch.bfloat16, device="cuda")  # fmt: skip
-    v_cache = torch.zeros_like(k_cache)
-    tables = torch.zeros_like(second.block_tables)
-    q, seq_lens, out = first.q.clone(), first.seq_lens.clone(), torch.empty_like(first.q)
-    order = _order(first, "longest_first")
-    args = (q, k_cache, v_cache, tables, seq_lens, first.scale)
-    decode_attention_triton(*args, out=out, order=order)  # compile outside the capture
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        decode_attention_triton(*args, out=out, order=order)
-    for batch in (first, second):
-        k_cache[: batch.k_cache.shape[0]] = batch.k_cache
-        v_cache[: batch.v_cache.shape[0]] = batch.v_cache
-        tables.zero_()
-        tables[:, : batch.block_tables.shape[1]] = batch.block_tables
-        q.copy_(batch.q)
-        seq_lens.copy_(batch.seq_lens)
-        order.copy_(_order(batch, "longest_first"))
-        out.fill_(float("nan"))
-        graph.replay()
-        assert relative_error(out, decode_attention(*batch.upcast().decode_args())) <= 1e-2
-    shortest = int(order[-1])
-    seq_lens[shortest] = 0
-    expected = out.clone()
-    graph.replay()
-    assert torch.equal(out[shortest], torch.zeros_like(out[shortest]))
-    others = [i for i in range(40) if i != shortest]
-    assert torch.equal(out[others], expected[others])
-
-
-def kw_shape(kw: dict) -> tuple[int, int, int]:
-    return kw["block_size"], kw["kv_heads"], kw["head_dim"]

@@ -266,8 +266,11 @@ def test_gpu_decode_bf16_matches_fp32_reference(batch_size, max_context, block_s
 
 
 @gpu_only
-def test_gpu_decode_replays_in_a_cuda_graph_with_new_lengths():
-    """Captured once, replayed after seq_lens, tables and q change in place: still right."""
+@pytest.mark.parametrize("ordered", [False, True])
+def test_gpu_decode_replays_in_a_cuda_graph_with_new_lengths(ordered):
+    """Captured once, replayed after seq_lens, tables and q change in place (and with an order,
+    the rows longest first, the order too: the longest row 3,001 tokens where it was 2,001 at
+    capture): still right."""
     from yaie.kernels.attention.triton_decode import decode_attention_triton
 
     first = make_paged_batch([100, 2000, 5], [1] * 3, 16, 8, 16, 128, torch.bfloat16, "cuda")
@@ -288,11 +291,13 @@ def test_gpu_decode_replays_in_a_cuda_graph_with_new_lengths():
     v_cache[: first.v_cache.shape[0]] = first.v_cache
     q, seq_lens, out = first.q.clone(), first.seq_lens.clone(), torch.empty_like(first.q)
     args = (q, k_cache, v_cache, tables, seq_lens, first.scale)
-    decode_attention_triton(*args, out=out)  # compile outside the capture
+    longest_first = lambda lens: torch.argsort(lens, descending=True).int()  # noqa: E731
+    order = {"order": longest_first(seq_lens)} if ordered else {}
+    decode_attention_triton(*args, out=out, **order)  # compile outside the capture
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        decode_attention_triton(*args, out=out)
+        decode_attention_triton(*args, out=out, **order)
     for batch in (first, second):
         k_cache[: batch.k_cache.shape[0]] = batch.k_cache
         v_cache[: batch.v_cache.shape[0]] = batch.v_cache
@@ -300,6 +305,8 @@ def test_gpu_decode_replays_in_a_cuda_graph_with_new_lengths():
         tables[:, : batch.block_tables.shape[1]] = batch.block_tables
         q.copy_(batch.q)
         seq_lens.copy_(batch.seq_lens)
+        if ordered:
+            order["order"].copy_(longest_first(seq_lens))
         out.fill_(float("nan"))
         graph.replay()
         assert relative_error(out, _run_decode(batch.upcast(), "torch")) <= 1e-2
