@@ -17,7 +17,7 @@ from tests.kernels.attention.paged_batch import PagedBatch, make_paged_batch, re
 from tests.kernels.triton_modes import gpu_only, interpreter_only
 from yaie.kernels.attention import decode_attention
 
-EXPECTED_CHILD_TESTS = 17
+EXPECTED_CHILD_TESTS = 19
 ORDERS = ("longest_first", "shortest_first", "shuffled")
 
 
@@ -153,3 +153,38 @@ def test_gpu_ordered_decode_bf16_matches_fp32_reference(batch_size, longest):
     for kind in ORDERS:
         out = decode_attention(*batch.decode_args(), backend="triton", order=_order(batch, kind))
         assert relative_error(out, ref) <= 1e-2, kind
+
+
+@interpreter_only
+def test_interpreter_default_splits_with_an_order_are_two_to_eight_and_never_fewer():
+    from yaie.kernels.attention.triton_decode import default_num_splits
+
+    cpu = torch.device("cpu")
+    for batch in (1, 8, 16, 64, 138, 256, 512, 4096):
+        plain = default_num_splits(batch, 8, 40960, cpu)
+        ordered = default_num_splits(batch, 8, 40960, cpu, ordered=True)
+        assert ordered >= plain and (ordered >= 2 and (ordered <= 8 or ordered == plain))
+    assert default_num_splits(64, 8, 256, cpu, ordered=True) == 1  # contexts of one chunk
+
+
+@interpreter_only
+def test_interpreter_decode_attention_drops_the_order_for_small_batches_and_invariant_mode():
+    """decode_attention passes the order from ORDER_MIN_BATCH rows and never in the batch-
+    invariant mode: below it, and in that mode, the output is the plain kernel's bit for bit."""
+    from yaie.kernels.attention.triton_decode import ORDER_MIN_BATCH, decode_attention_triton
+    from yaie.kernels.batch_invariant import batch_invariant_mode
+
+    small = _ragged(4, ORDER_MIN_BATCH - 1, 200, block_size=16, kv_heads=2, q_heads=4, head_dim=64)
+    order = _order(small, "shortest_first")
+    plain = decode_attention_triton(*small.decode_args())
+    assert torch.equal(decode_attention(*small.decode_args(), backend="triton", order=order), plain)
+    big = _ragged(5, ORDER_MIN_BATCH + 1, 200, block_size=16, kv_heads=2, q_heads=4, head_dim=64)
+    order = _order(big, "longest_first")
+    ref = decode_attention(*big.decode_args(), backend="torch")
+    with batch_invariant_mode(True):
+        invariant = decode_attention(*big.decode_args(), backend="triton")
+        assert torch.equal(
+            decode_attention(*big.decode_args(), backend="triton", order=order), invariant
+        )
+    ordered = decode_attention(*big.decode_args(), backend="triton", order=order)
+    assert relative_error(ordered, ref) < 1e-5
