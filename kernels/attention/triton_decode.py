@@ -8,7 +8,7 @@ the device, so replaying a graph with new lengths stays correct.
 
 With an order (the rows longest first, from the batch builder) the programs take the rows in that
 order and every row is cut into chunks of the longest row's split, so the programs of a ragged
-batch hold about equal work and the last wave is short (1.1-1.5x on the H200 at 16-512 rows of
+batch hold about equal work and the last wave is short (1.06-1.4x on the H200 at 16-512 rows of
 100-2,048 tokens: benchmarks/NOTES.md, session 14); a row of one chunk writes its output itself.
 """
 
