@@ -198,9 +198,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.decode_order == "off":  # an A/B knob, read by decode_attention at each call
-        import yaie.kernels.attention.triton_decode as decode
+        import yaie.kernels.attention as attention
 
-        decode.ORDER_MIN_BATCH = 1 << 30
+        attention.DECODE_ORDER_MIN_BATCH = 1 << 30
     if args.skinny_rows is not None:  # an A/B knob, read by the dispatch at each call
         import yaie.kernels.linear.triton_skinny as skinny
 

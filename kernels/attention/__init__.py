@@ -45,6 +45,10 @@ __all__ = [
 ]
 
 BACKENDS = ("auto", "torch", "sdpa", "triton")
+# The smallest batch decode_attention takes an order for (the decode CUDA graphs copy the order
+# only from there): batch 1 measured 1 us a layer slower with it (the order's dependent loads),
+# 8 and more faster (benchmarks/NOTES.md, session 14).
+DECODE_ORDER_MIN_BATCH = 8
 
 
 def resolve_backend(backend: str, is_cuda: bool) -> str:
@@ -160,7 +164,8 @@ def decode_attention(
     order: the rows by seq_len, longest first ([batch] int32, a permutation): the triton
     backend then schedules the longest first and cuts every row into chunks of the longest
     one's split, so a ragged batch's programs hold about equal work (the same result up to
-    rounding; unused by the other backends and in the batch-invariant mode).
+    rounding; unused below DECODE_ORDER_MIN_BATCH rows, by the other backends and in the
+    batch-invariant mode).
     Capturable in a CUDA graph with the triton backend (no host sync; shapes fixed by the inputs).
     """
     check_scales(k_cache, k_scale, v_scale)
@@ -168,13 +173,13 @@ def decode_attention(
     args = (q, k_cache, v_cache, block_tables, seq_lens, scale)
     resolved = resolve_backend(backend, q.is_cuda)
     if resolved == "triton":
-        from yaie.kernels.attention.triton_decode import ORDER_MIN_BATCH, decode_attention_triton
+        from yaie.kernels.attention.triton_decode import decode_attention_triton
 
         if is_active():  # fixed splits, each row's own: the sums do not depend on the batch
             return decode_attention_triton(
                 *args, num_splits=INVARIANT_DECODE_SPLITS, out=out, **scales
             )
-        if q.shape[0] < ORDER_MIN_BATCH:
+        if q.shape[0] < DECODE_ORDER_MIN_BATCH:
             order = None
         return decode_attention_triton(*args, out=out, order=order, **scales)
     if is_active():

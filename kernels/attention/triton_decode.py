@@ -178,11 +178,6 @@ def _num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-# The smallest batch decode_attention passes an order for: batch 1 measured 1 us a layer slower
-# with it (the order's dependent loads), 8 and more faster (benchmarks/NOTES.md, session 14).
-ORDER_MIN_BATCH = 8
-
-
 def default_num_splits(
     batch: int, kv_heads: int, max_context: int, device: torch.device, ordered: bool = False
 ) -> int:

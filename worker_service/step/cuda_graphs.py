@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+import yaie.kernels.attention as attention
 from yaie.kernels.attention import PrefixGroups
 from yaie.worker_service.forward_batch import ForwardBatch
 
@@ -163,17 +164,20 @@ class DecodeGraphs:
             self.block_tables[b:bucket, 0].fill_(self.scratch_block)
             self.seq_lens[b:bucket].fill_(1)
         if batch.prefix_groups is None:
-            # The rows longest first (the padding, one token each, last): a permutation of the
-            # bucket's rows whatever an earlier step left in the buffer.
-            order = batch.decode_order if batch.decode_order is not None else self.rows[:b]
-            self.decode_order[:b].copy_(order)
-            if bucket > b:
-                self.decode_order[b:bucket].copy_(self.rows[b:bucket])
+            if bucket >= attention.DECODE_ORDER_MIN_BATCH:  # smaller graphs do not read it
+                self._load_order(batch.decode_order, b, bucket)
             self.graphs[bucket].replay()
             return self.logits[bucket][:b]
         self._load_groups(batch.prefix_groups, b, bucket)
         self.grouped_graphs[bucket].replay()
         return self.grouped_logits[bucket][:b]
+
+    def _load_order(self, order: torch.Tensor | None, b: int, bucket: int) -> None:
+        """The rows longest first (the padding, one token each, last): a permutation of the
+        bucket's rows whatever an earlier step left in the buffer."""
+        self.decode_order[:b].copy_(order if order is not None else self.rows[:b])
+        if bucket > b:
+            self.decode_order[b:bucket].copy_(self.rows[b:bucket])
 
     def _load_groups(self, groups: PrefixGroups, b: int, bucket: int) -> None:
         """The step's groups into the bucket's static slots; the slots past them are empty."""

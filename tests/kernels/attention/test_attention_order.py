@@ -169,9 +169,10 @@ def test_interpreter_default_splits_with_an_order_are_two_to_eight_and_never_few
 
 @interpreter_only
 def test_interpreter_decode_attention_drops_the_order_for_small_batches_and_invariant_mode():
-    """decode_attention passes the order from ORDER_MIN_BATCH rows and never in the batch-
+    """decode_attention passes the order from DECODE_ORDER_MIN_BATCH rows and never in the batch-
     invariant mode: below it, and in that mode, the output is the plain kernel's bit for bit."""
-    from yaie.kernels.attention.triton_decode import ORDER_MIN_BATCH, decode_attention_triton
+    from yaie.kernels.attention import DECODE_ORDER_MIN_BATCH as ORDER_MIN_BATCH
+    from yaie.kernels.attention.triton_decode import decode_attention_triton
     from yaie.kernels.batch_invariant import batch_invariant_mode
 
     small = _ragged(4, ORDER_MIN_BATCH - 1, 200, block_size=16, kv_heads=2, q_heads=4, head_dim=64)
