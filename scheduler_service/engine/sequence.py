@@ -83,11 +83,15 @@ class Sequence:
     worker_dropped: bool = False  # the worker reported an error for it and dropped its state
     # Set at construction (len(request.prompt_ids)), a field since every step reads it per row.
     num_prompt_tokens: int = field(init=False, default=0)
+    # Set at construction: where its frames fall under the stream interval (worker_loop.py's
+    # stream_wake); one value for the n completions of a request (consecutive arrivals).
+    stream_phase: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         if not self.token_ids:
             self.token_ids = list(self.request.prompt_ids)
         self.num_prompt_tokens = len(self.request.prompt_ids)
+        self.stream_phase = self.arrival - self.index
 
     @property
     def request_id(self) -> str:

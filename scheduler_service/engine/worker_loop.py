@@ -224,6 +224,10 @@ class WorkerLoop:
         grammar jumps, prefill chunks) leave the plain decode path."""
         loaded = len(self.running) >= self.config.stream_interval_min_batch
         interval = self.config.stream_interval if loaded else 1  # see SchedulerConfig
+        # Under load a reader wakes at the output positions p with (p + seq.stream_phase) %
+        # interval == 0 (or once interval tokens wait): requests admitted together wake on
+        # different steps, so their frames (the frontend's per-frame work) spread over the
+        # steps instead of landing all on every interval-th one and stalling it.
         request_ids = flight.plan.request_ids
         errors = outcome.request_errors
         if errors:
@@ -254,7 +258,12 @@ class WorkerLoop:
             else:
                 seq.append_token(token, max_context)
                 tokens, lps = [token], []
-            seq.emit(tokens, lps, interval if seq.emitted else 1)  # first token: at once
+            # The first token at once (TTFT), then at the request's frame boundaries.
+            emitted = seq.emitted
+            wake = interval == 1 or not emitted
+            if not wake:
+                wake = (emitted + len(tokens) + seq.stream_phase) % interval < len(tokens)
+            seq.emit(tokens, lps, 1 if wake else interval)
             if seq.finish_reason is not None:
                 self._on_finished(seq)
                 self._retire(seq)

@@ -75,8 +75,9 @@ LOADED = SchedulerConfig(stream_interval=4, stream_interval_min_batch=1)
 
 
 def test_under_load_events_carry_the_interval_and_outputs_stay_exact() -> None:
-    """With the interval on at any batch size, every event but the first and the last carries
-    at least stream_interval tokens; each request's tokens equal the reference."""
+    """With the interval on at any batch size, every event ends at one of its request's frame
+    boundaries (output positions p with (p + phase) % stream_interval == 0) or at the first or
+    last token; each request's tokens equal the reference."""
     reqs = [
         GenerationRequest(
             f"s{i}", [(i * 7 + j) % VOCAB for j in range(5)], SamplingConfig(seed=i), 13 + i
@@ -93,8 +94,32 @@ def test_under_load_events_carry_the_interval_and_outputs_stay_exact() -> None:
             )
             assert tokens == expected
             assert len(events[0].token_ids) == 1  # the first token is not held (TTFT)
-            assert all(len(e.token_ids) >= 4 for e in events[1:-1])
-            assert len(events) <= 2 + (len(tokens) - 1) // 4
+            ends = [e.num_output_tokens for e in events[1:-1]]
+            assert len({end % 4 for end in ends}) <= 1  # one phase per request
+            assert all(len(e.token_ids) == 4 for e in events[2:-1])  # between boundaries
+            assert 1 <= len(events[1].token_ids) <= 4
+            assert len(events) <= 3 + (len(tokens) - 1) // 4
             assert events[-1].num_output_tokens == len(tokens)
+
+    asyncio.run(main())
+
+
+def test_requests_admitted_together_wake_their_readers_on_different_steps() -> None:
+    """Eight requests submitted at once (one admission wave, decoding in lockstep) end their
+    events at every residue of the interval, two per residue: a step wakes a quarter of the
+    readers, not all of them every fourth step (the frontend's per-frame work spread out)."""
+    reqs = [
+        GenerationRequest(f"w{i}", [(i * 5 + j) % VOCAB for j in range(6)], SamplingConfig(), 30)
+        for i in range(8)
+    ]
+
+    async def main() -> None:
+        async with engine_on_fake_workers(LOADED, FakeWorkerConfig()) as (engine, _):
+            results = await asyncio.gather(*(collect(engine.submit(r)) for r in reqs))
+        residues = []
+        for _, events in results:
+            (phase,) = {e.num_output_tokens % 4 for e in events[1:-1]}
+            residues.append(phase)
+        assert sorted(residues) == [0, 0, 1, 1, 2, 2, 3, 3]
 
     asyncio.run(main())
