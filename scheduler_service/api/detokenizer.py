@@ -49,12 +49,7 @@ class IncrementalDetokenizer:
         """Appends one token; returns the text it completes (possibly empty)."""
         ids = self._ids
         ids.append(token_id)
-        if self._read_offset == 1:  # the usual context: the one token emitted last
-            prefix_text = self._texts.get(ids[0])
-            if prefix_text is None:
-                prefix_text = self._texts[ids[0]] = self._decode(ids[:1])
-        else:
-            prefix_text = self._decode(ids[: self._read_offset])
+        prefix_text = self._context_text()
         new_text = self._decode(ids)
         held = len(self._ids) - self._read_offset
         if new_text.endswith(REPLACEMENT_CHAR) and held < MAX_HELD_TOKENS:
@@ -63,6 +58,34 @@ class IncrementalDetokenizer:
         # A token with no text of its own (a skipped special token, an id the tokenizer does not
         # know) adds nothing; it is not held, so the window never grows without bound.
         return new_text[len(prefix_text) :] if len(new_text) > len(prefix_text) else ""
+
+    def add_tokens(self, token_ids: list[int]) -> str:
+        """The text of several tokens at once: equal to joining add_token's results for each,
+        with one decode of the window instead of two per token (a frame under the stream
+        interval carries several). A window with a U+FFFD anywhere (a character still arriving
+        or invalid bytes) goes token by token, where holding back is decided per token."""
+        if len(token_ids) == 1:
+            return self.add_token(token_ids[0])
+        ids = self._ids
+        start = len(ids)
+        ids.extend(token_ids)
+        new_text = self._decode(ids)
+        if REPLACEMENT_CHAR in new_text:
+            del ids[start:]
+            return "".join([self.add_token(token_id) for token_id in token_ids])
+        prefix_text = self._context_text()
+        self._advance()
+        return new_text[len(prefix_text) :] if len(new_text) > len(prefix_text) else ""
+
+    def _context_text(self) -> str:
+        """The text of the ids already emitted (the window's context)."""
+        ids = self._ids
+        if self._read_offset == 1:  # the usual context: the one token emitted last
+            text = self._texts.get(ids[0])
+            if text is None:
+                text = self._texts[ids[0]] = self._decode(ids[:1])
+            return text
+        return self._decode(ids[: self._read_offset])
 
     def _advance(self) -> None:
         """Marks every id as emitted; the last emitted ids become the next window's context."""

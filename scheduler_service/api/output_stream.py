@@ -48,10 +48,9 @@ class OutputStream:
     def frame(self, event: OutputEvent) -> pb.GenerateResponse | None:
         """The frame for one event, or None when it carries nothing to send."""
         assert not self.finished, "no events after the final frame"
-        add_token, stops = self._detokenizer.add_token, self._stops
-        if stops is None:  # every token goes out
+        if self._stops is None:  # every token goes out, detokenized together
             sent = event.token_ids
-            parts = [add_token(token_id) for token_id in sent]
+            parts = [self._detokenizer.add_tokens(sent)] if sent else []
             self.num_completion_tokens += len(sent)
         else:
             parts, sent = self._until_stop(event.token_ids)

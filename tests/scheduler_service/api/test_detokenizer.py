@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 from yaie.scheduler_service.api.detokenizer import IncrementalDetokenizer
 from yaie.scheduler_service.api.tokenizer import Tokenizer
 
@@ -83,3 +85,58 @@ def test_the_shared_single_token_memo_keeps_skipped_and_kept_special_tokens_apar
         assert with_special == "the<|eos|> sky is"
         assert "".join(_stream(detokenizer, ids)) == "the sky is"
     assert tokenizer.token_texts(False)[1] == "<|eos|>" and tokenizer.token_texts(True)[1] == ""
+
+
+def _chunked(detokenizer: IncrementalDetokenizer, ids: list[int], rng: random.Random) -> list[str]:
+    """add_tokens over ids cut into random chunks of 1-6 (a stream interval's frames)."""
+    deltas, start = [], 0
+    while start < len(ids):
+        size = rng.randint(1, 6)
+        deltas.append(detokenizer.add_tokens(ids[start : start + size]))
+        start += size
+    return deltas + [detokenizer.flush()]
+
+
+def _same_text_per_chunk_and_per_token(decoder, ids, prompt, rng, skip=False) -> str:
+    per_token = "".join(_stream(IncrementalDetokenizer(decoder, prompt, skip), ids))
+    chunked = "".join(_chunked(IncrementalDetokenizer(decoder, prompt, skip), ids, rng))
+    assert chunked == per_token
+    return chunked
+
+
+def test_several_tokens_at_once_give_the_text_of_one_at_a_time(tokenizer: Tokenizer) -> None:
+    """add_tokens (a frame's tokens in one window decode) equals add_token per token on text
+    with split characters, on random ids (specials, invalid byte runs) and skipping specials."""
+    rng = random.Random(0)
+    text_ids = tokenizer.encode(MULTI_BYTE_TEXT + " and the end.", add_special_tokens=False)
+    prompt = tokenizer.encode("The cook says:", add_special_tokens=False)
+    assert _same_text_per_chunk_and_per_token(tokenizer, text_ids, prompt, rng) == (
+        MULTI_BYTE_TEXT + " and the end."
+    )
+    for trial in range(60):
+        ids = [rng.randrange(len(tokenizer)) for _ in range(rng.randint(1, 40))]
+        _same_text_per_chunk_and_per_token(
+            tokenizer, ids, prompt[: trial % 4], rng, bool(trial % 2)
+        )
+    byte_ids = list(MULTI_BYTE_TEXT.encode()) + [0xE6, ord("a"), 0xF0, 0x9F]
+    for _ in range(20):
+        _same_text_per_chunk_and_per_token(ByteDecoder(), byte_ids, list(b"x"), rng)
+
+
+def test_a_frame_of_several_tokens_decodes_the_window_once(tokenizer: Tokenizer) -> None:
+    """Plain text (no character split, context from the memo) costs two decodes a frame, not
+    two a token."""
+    calls = []
+    decoder = tokenizer.window_decoder(False)
+
+    class Counting:
+        def window_decoder(self, skip_special_tokens: bool = False):
+            return lambda ids: calls.append(len(ids)) or decoder(ids)
+
+    ids = tokenizer.encode(" the sky is blue and the sea is green", add_special_tokens=False)
+    detokenizer = IncrementalDetokenizer(Counting(), [ids[0]])
+    assert (
+        detokenizer.add_tokens(ids[1:5])
+        == tokenizer.decode(ids[:5])[len(tokenizer.decode(ids[:1])) :]
+    )
+    assert len(calls) == 2
