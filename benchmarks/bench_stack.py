@@ -151,6 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random-prompts", type=int, default=None, help="override the random size")
     p.add_argument("--worker-args", default="", help='worker flags: --worker-args="--flag ..."')
     p.add_argument(
+        "--worker-wrap",
+        default="",
+        help='a command the worker runs under: --worker-wrap="py-spy record -o w.txt --"',
+    )
+    p.add_argument(
         "--variants",
         default="",
         help="the random workload again per scheduler flag set, each traced: "
@@ -172,6 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also run the random workload with one frame per request, and again "
         "with the scheduler under cProfile (top functions printed)",
+    )
+    p.add_argument(
+        "--profile",
+        choices=["random", "shared"],
+        default=None,
+        help="run this workload last on a fresh scheduler under cProfile (top functions "
+        "printed, the step trace kept); --diagnose implies random",
     )
     return p
 
@@ -201,7 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     model = write_model(shape_name, Path(tempfile.mkdtemp(prefix="bench_model_")), device)
     worker_args = ["--num-blocks", "512"] if args.tiny else []
-    stack = stack_launch.Stack(model, device, out, worker_args + args.worker_args.split())
+    stack = stack_launch.Stack(
+        model, device, out, worker_args + args.worker_args.split(), args.worker_wrap
+    )
     try:
         print(f"worker ready in {stack.start_worker(min(400.0, runner.left())):.1f} s", flush=True)
         default_trace = stack_variants.start_traced(stack, "default", [], out)
@@ -237,12 +251,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.shared_variants:
             spec = args.shared_variants
             stack_variants.run(stack, runner, cfg["shared"], spec, out, 80 * scale, "shared")
-        if args.diagnose and runner.left() > 90 * scale:
+        profiled = args.profile or ("random" if args.diagnose else None)
+        if profiled and runner.left() > 90 * scale:
             profile = out / "scheduler.prof"
-            stack.start_scheduler("scheduler_profiled", [], profile=profile)
-            runner.workload("random_profiled", stack.target, cfg["random"], 60 * scale)
+            stack_variants.start_traced(stack, "profiled", [], out, profile=profile)
+            runner.workload(f"{profiled}_profiled", stack.target, cfg[profiled], 60 * scale)
             stack.stop_scheduler()
-            print_profile(profile)
+            stack_variants.report("profiled", out / "trace_profiled.jsonl", runner.results)
+            print_profile(profile, f"{profiled}_profiled")
     finally:
         stack.stop()
     if "hf" not in skip and runner.left() > 60 * scale:
@@ -259,12 +275,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def print_profile(path: Path, top: int = 30) -> None:
+def print_profile(path: Path, stage: str, top: int = 30) -> None:
     import pstats
 
     if path.exists():
-        print(f"\nscheduler profile (cProfile, during random_profiled), top {top} by own time:")
-        pstats.Stats(str(path), stream=sys.stdout).sort_stats("tottime").print_stats(top)
+        print(f"\nscheduler profile (cProfile, during {stage}), top {top} by own time:")
+        stats = pstats.Stats(str(path), stream=sys.stdout)
+        stats.sort_stats("tottime").print_stats(top)
+        stats.sort_stats("cumulative").print_stats(top)
 
 
 def kv_capacity(target: str) -> int:

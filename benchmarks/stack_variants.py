@@ -22,13 +22,14 @@ def parse(spec: str) -> list[tuple[str, list[str]]]:
     return variants
 
 
-def start_traced(stack, name: str, args: list[str], out: Path) -> Path:
-    """(Re)starts the scheduler with args, tracing its steps into out/trace_<name>.jsonl."""
+def start_traced(stack, name: str, args: list[str], out: Path, profile: Path | None = None) -> Path:
+    """(Re)starts the scheduler with args, tracing its steps into out/trace_<name>.jsonl (and
+    under cProfile into profile, when given)."""
     trace = out / f"trace_{name}.jsonl"
     trace.unlink(missing_ok=True)
     os.environ[ENV] = str(trace)
     try:
-        stack.start_scheduler(f"scheduler_{name}", args)
+        stack.start_scheduler(f"scheduler_{name}", args, profile=profile)
     finally:
         del os.environ[ENV]
     return trace

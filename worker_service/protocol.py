@@ -63,3 +63,4 @@ class StepOutput:
     jump_num_tokens: list[int] = field(default_factory=list)
     jump_token_ids: list[int] = field(default_factory=list)
     grammar_ms: float = 0.0
+    launch_ms: float = 0.0  # host time from taking the plan to the step queued on the device

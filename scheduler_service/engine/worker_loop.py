@@ -215,6 +215,7 @@ class WorkerLoop:
                 forward_ms=outcome.forward_ms,
                 sample_ms=outcome.sample_ms,
                 grammar_ms=outcome.grammar_ms,
+                launch_ms=outcome.launch_ms,
                 process_ms=(time.perf_counter() - arrived) * 1e3,
             )
 

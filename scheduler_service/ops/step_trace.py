@@ -4,7 +4,9 @@ one JSON line per step result is appended to PATH (off by default, and then free
 Each line: step id; the plan (entries, tokens, prefill tokens, requests running and waiting);
 the scheduler's own time for it (schedule_ms, send_ms: policy + plan encode and write;
 process_ms: handling its result); when it was sent and when its result arrived (seconds on
-the scheduler's monotonic clock); the worker's forward_ms / sample_ms.
+the scheduler's monotonic clock); the worker's forward_ms / sample_ms (device time, from the
+step's first mark: host work before its first kernel counts where the device was idle) and
+launch_ms (its host time from taking the plan to the step queued).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ def summarize(lines: list[dict]) -> dict[str, float]:
         out[f"{phase}_tokens_per_step"] = sum(s["tokens"] for s in steps) / n
         out[f"{phase}_forward_ms"] = sum(s["forward_ms"] for s in steps) / n
         out[f"{phase}_sample_ms"] = sum(s["sample_ms"] for s in steps) / n
+        out[f"{phase}_launch_ms"] = sum(s.get("launch_ms", 0.0) for s in steps) / n
         out[f"{phase}_scheduler_ms"] = (
             sum(s["schedule_ms"] + s["send_ms"] + s["process_ms"] for s in steps) / n
         )

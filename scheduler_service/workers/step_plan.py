@@ -131,3 +131,4 @@ class StepOutcome:
     grammar_done: frozenset[int] = frozenset()
     jumps: dict[int, list[int]] = field(default_factory=dict)
     grammar_ms: float = 0.0
+    launch_ms: float = 0.0  # the worker's host time launching the step

@@ -95,6 +95,7 @@ def decode_result(result: worker_pb2.StepResult, plan: StepPlan) -> StepOutcome:
         grammar_done=frozenset(result.grammar_done_request_ids),
         jumps=jumps or {},
         grammar_ms=result.grammar_ms,
+        launch_ms=result.launch_ms,
     )
     if result.error:
         return outcome

@@ -134,6 +134,7 @@ class ModelRunner:
     @torch.inference_mode()
     def launch(self, table: RequestTable, plan: Plan) -> PendingStep:
         """Applies the plan to table and queues its forward pass and sampling."""
+        started = time.perf_counter()
         output = StepOutput(plan.step_id, token_ids=[-1] * len(plan.run))
         if not self._share(PlanOp.LAUNCH, table, plan):
             output.error = self.device_failure
@@ -145,7 +146,9 @@ class ModelRunner:
         if not entries:
             return PendingStep.done(output)
         try:
-            return self._execute(table, entries, output)
+            pending = self._execute(table, entries, output)
+            output.launch_ms = (time.perf_counter() - started) * 1e3
+            return pending
         except Exception as exc:  # a device or model failure fails the whole step
             log.exception("step %d failed", plan.step_id)
             # A device error leaves the GPU unusable, and the ranks of a group may now be out of

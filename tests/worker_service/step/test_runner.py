@@ -4,6 +4,8 @@ launched before earlier results are read, and (GPU only) CUDA-graph decode equal
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -224,6 +226,35 @@ def test_a_plan_launched_before_the_previous_result_is_read_decodes_the_right_to
     pending = [runner.launch(table, plan_from_proto(p)) for p in [prefill, *decodes]]
     tokens = [p.wait().token_ids[0] for p in pending]
     assert tokens == generate(runner, sampling(), max_new=4, prompts=PROMPTS[:1])[0]
+
+
+def test_a_step_reports_the_host_time_of_its_launch(runner):
+    """launch_ms: from taking the plan to the step queued (on the CPU the forward runs inside
+    it), within the wall time around launch(); carried to the StepResult."""
+    table = runner.new_table()
+    plan = worker_pb2.StepPlan(
+        step_id=1,
+        run_request_ids=[1],
+        run_num_tokens=[5],
+        run_num_new_blocks=[2],
+        new_block_ids=[0, 1],
+        new_requests=[
+            worker_pb2.NewRequest(
+                request_id=1, token_ids=PROMPTS[0], num_prompt_tokens=5, sampling=sampling()
+            )
+        ],
+    )
+    started = time.perf_counter()
+    pending = runner.launch(table, plan_from_proto(plan))
+    wall_ms = (time.perf_counter() - started) * 1e3
+    result = result_to_proto(pending.wait())
+    assert result.token_ids[0] >= 0
+    assert 0 < result.launch_ms <= wall_ms
+    bad = worker_pb2.StepPlan(
+        step_id=2, run_request_ids=[99], run_num_tokens=[1], run_num_new_blocks=[0]
+    )
+    assert runner.launch(table, plan_from_proto(bad)).wait().launch_ms == 0  # nothing launched
+    table.release(1)
 
 
 @pytest.mark.gpu

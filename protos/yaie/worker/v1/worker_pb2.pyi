@@ -128,7 +128,7 @@ class RequestError(_message.Message):
     def __init__(self, request_id: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class StepResult(_message.Message):
-    __slots__ = ("step_id", "token_ids", "logprobs", "top_token_ids", "top_logprobs", "forward_ms", "sample_ms", "error", "request_errors", "grammar_done_request_ids", "jump_request_ids", "jump_num_tokens", "jump_token_ids", "grammar_ms")
+    __slots__ = ("step_id", "token_ids", "logprobs", "top_token_ids", "top_logprobs", "forward_ms", "sample_ms", "error", "request_errors", "grammar_done_request_ids", "jump_request_ids", "jump_num_tokens", "jump_token_ids", "grammar_ms", "launch_ms")
     STEP_ID_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     LOGPROBS_FIELD_NUMBER: _ClassVar[int]
@@ -143,6 +143,7 @@ class StepResult(_message.Message):
     JUMP_NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
     JUMP_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     GRAMMAR_MS_FIELD_NUMBER: _ClassVar[int]
+    LAUNCH_MS_FIELD_NUMBER: _ClassVar[int]
     step_id: int
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     logprobs: _containers.RepeatedScalarFieldContainer[float]
@@ -157,4 +158,5 @@ class StepResult(_message.Message):
     jump_num_tokens: _containers.RepeatedScalarFieldContainer[int]
     jump_token_ids: _containers.RepeatedScalarFieldContainer[int]
     grammar_ms: float
-    def __init__(self, step_id: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[float]] = ..., top_token_ids: _Optional[_Iterable[int]] = ..., top_logprobs: _Optional[_Iterable[float]] = ..., forward_ms: _Optional[float] = ..., sample_ms: _Optional[float] = ..., error: _Optional[str] = ..., request_errors: _Optional[_Iterable[_Union[RequestError, _Mapping]]] = ..., grammar_done_request_ids: _Optional[_Iterable[int]] = ..., jump_request_ids: _Optional[_Iterable[int]] = ..., jump_num_tokens: _Optional[_Iterable[int]] = ..., jump_token_ids: _Optional[_Iterable[int]] = ..., grammar_ms: _Optional[float] = ...) -> None: ...
+    launch_ms: float
+    def __init__(self, step_id: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[float]] = ..., top_token_ids: _Optional[_Iterable[int]] = ..., top_logprobs: _Optional[_Iterable[float]] = ..., forward_ms: _Optional[float] = ..., sample_ms: _Optional[float] = ..., error: _Optional[str] = ..., request_errors: _Optional[_Iterable[_Union[RequestError, _Mapping]]] = ..., grammar_done_request_ids: _Optional[_Iterable[int]] = ..., jump_request_ids: _Optional[_Iterable[int]] = ..., jump_num_tokens: _Optional[_Iterable[int]] = ..., jump_token_ids: _Optional[_Iterable[int]] = ..., grammar_ms: _Optional[float] = ..., launch_ms: _Optional[float] = ...) -> None: ...
