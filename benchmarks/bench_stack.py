@@ -151,11 +151,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random-prompts", type=int, default=None, help="override the random size")
     p.add_argument("--worker-args", default="", help='worker flags: --worker-args="--flag ..."')
     p.add_argument(
-        "--worker-wrap",
-        default="",
-        help='a command the worker runs under: --worker-wrap="py-spy record -o w.txt --"',
-    )
-    p.add_argument(
         "--variants",
         default="",
         help="the random workload again per scheduler flag set, each traced: "
@@ -213,9 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     model = write_model(shape_name, Path(tempfile.mkdtemp(prefix="bench_model_")), device)
     worker_args = ["--num-blocks", "512"] if args.tiny else []
-    stack = stack_launch.Stack(
-        model, device, out, worker_args + args.worker_args.split(), args.worker_wrap
-    )
+    stack = stack_launch.Stack(model, device, out, worker_args + args.worker_args.split())
     try:
         print(f"worker ready in {stack.start_worker(min(400.0, runner.left())):.1f} s", flush=True)
         default_trace = stack_variants.start_traced(stack, "default", [], out)

@@ -34,24 +34,19 @@ def _stop(process: subprocess.Popen | None, timeout_s: float = 30.0) -> None:
 class Stack:
     """One worker (loaded once) and a scheduler in front of it (restartable)."""
 
-    def __init__(
-        self, model: Path, device: str, logs: Path, worker_args: list[str], worker_wrap: str = ""
-    ) -> None:
+    def __init__(self, model: Path, device: str, logs: Path, worker_args: list[str]) -> None:
         self.model, self.device, self.logs, self.worker_args = model, device, logs, worker_args
-        self.worker_wrap = worker_wrap.split()  # a command the worker runs under (a profiler)
         self.worker: subprocess.Popen | None = None
         self.scheduler: subprocess.Popen | None = None
         self.target = ""
         self._worker_address = ""
 
-    def _spawn(
-        self, name: str, args: list[str], profile: Path | None = None, wrap: list[str] = ()
-    ) -> subprocess.Popen:
+    def _spawn(self, name: str, args: list[str], profile: Path | None = None) -> subprocess.Popen:
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 (the child owns it)
         if profile:  # cProfile runs the console script's main (no working dir on sys.path)
             command = module_command("cProfile", "-o", str(profile), "-m", "yaie.cli.main", *args)
         else:
-            command = [*wrap, *module_command("yaie.cli.main", *args)]
+            command = module_command("yaie.cli.main", *args)
         return subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
         )
@@ -75,7 +70,6 @@ class Stack:
                 "INFO",
                 *self.worker_args,
             ],
-            wrap=self.worker_wrap,
         )
         self._wait(self._worker_address, self.worker, timeout_s)
         return time.perf_counter() - start
