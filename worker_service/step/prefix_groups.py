@@ -40,22 +40,31 @@ def find_prefix_groups(
     max_groups groups (those saving most; a CUDA graph holds a fixed number of slots). A group
     saving fewer than min_group_saved token reads ((rows - 1) * prefix) is left to plain decode;
     None when the groups kept would save fewer than min_saved in all."""
-    batch = tables.shape[0]
-    if batch < 2 or tables.shape[1] == 0:
+    batch, width = tables.shape
+    if batch < 2 or width == 0:
         return None
     # most whole blocks a row may share: those before the block of its last (current) token
     limit = (np.asarray(seq_lens, dtype=np.int64) - 1) // block_size
-    firsts, inverse, counts = np.unique(tables[:, 0], return_inverse=True, return_counts=True)
+    _, leaders, inverse, counts = np.unique(
+        tables[:, 0], return_index=True, return_inverse=True, return_counts=True
+    )
+    shared = np.flatnonzero(counts >= 2)
+    if not len(shared):  # no two rows share a first block
+        return None
+    # whole arrays, no loop over rows: each row's leading blocks equal to its group's first row
+    differs = tables != tables[leaders[inverse]]
+    same = np.where(differs.any(axis=1), differs.argmax(axis=1), width)
+    common = np.minimum(same, limit)
+    joins = common >= min_blocks
+    by_group = np.argsort(inverse, kind="stable")  # rows group by group, in row order
+    ends = np.cumsum(counts)
     found: list[tuple[int, int, list[int]]] = []  # (saved token reads, prefix, rows)
-    for g in np.flatnonzero(counts >= 2):  # none when no two rows share a first block
-        members = np.flatnonzero(inverse == g)
-        sub = tables[members]
-        same = np.cumprod(sub == sub[0], axis=1, dtype=np.int8).sum(axis=1)  # leading equal
-        common = np.minimum(same, limit[members])
-        members, common = members[common >= min_blocks], common[common >= min_blocks]
+    for g in shared:
+        members = by_group[ends[g] - counts[g] : ends[g]]
+        members = members[joins[members]]
         if len(members) < 2:
             continue
-        prefix = int(common.min()) * block_size
+        prefix = int(common[members].min()) * block_size
         saved = (len(members) - 1) * prefix
         if saved >= min_group_saved:
             found.append((saved, prefix, members.tolist()))

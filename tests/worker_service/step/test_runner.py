@@ -145,6 +145,38 @@ def test_decode_batches_list_their_rows_longest_first_for_decode_attention():
     assert not mixed.is_decode and mixed.decode_order is None
 
 
+def test_decode_batches_over_shared_blocks_carry_the_groups_both_builders_find(monkeypatch):
+    """A decode batch (the numpy builder) and a batch of one-token runs with a prompt token
+    among them (the general builder) group the same rows over the same shared blocks."""
+    from yaie.worker_service.step import batch_builder
+
+    for name, value in (("MIN_PREFIX_TOKENS", 4), ("MIN_GROUP_SAVED_TOKENS", 0)):
+        monkeypatch.setattr(batch_builder, name, value)
+    monkeypatch.setattr(batch_builder, "MIN_SAVED_TOKENS", 1)
+    table = RequestTable(torch.device("cpu"), capacity=5)
+    shared = [[1, 2, 3], [1, 2, 3], [9, 8], [1, 2, 3], [9, 8]]
+    states = []
+    for i, first in enumerate(shared):
+        n = 4 * len(first) + 3 + i
+        state = RequestState(i, table._take_row(), list(range(n)), n, 0, [], None)
+        state.num_computed, state.num_sampled = n, 1
+        table.append_blocks(state, first + [100 + 10 * i, 101 + 10 * i])
+        states.append(state)
+    decodes = [ScheduledEntry(i, s, s.num_computed, 1, True, True) for i, s in enumerate(states)]
+    prompt_token = [
+        *decodes[:-1],
+        ScheduledEntry(4, states[4], states[4].num_computed, 1, True, False),
+    ]
+    found = []
+    for entries in (decodes, prompt_token):
+        batch, _ = build_forward_batch(entries, table, BLOCK_SIZE, 4)
+        groups = batch.prefix_groups
+        assert batch.is_decode and groups is not None and batch.decode_order is None
+        found.append([t.tolist() for t in (groups.rows, groups.starts, groups.prefix_lens)])
+        assert groups.kv_start.tolist() == [12, 12, 8, 12, 8]
+    assert found[0] == found[1] == [[0, 1, 3, 2, 4], [0, 3, 5], [12, 8]]
+
+
 def test_deterministic_batches_keep_decode_attention_for_generated_tokens_only():
     """single_by_decode: a prompt's last token run alone (its prefix cached) is an extend row,
     not a decode row, so its attention is the kernel any chunking of the prompt would use; the

@@ -1,0 +1,145 @@
+"""The worker's host time to launch one decode step (issues 17, 20): the step trace's launch_ms,
+split into its parts, over G groups x R rows of a P-token shared prefix + O own tokens each
+(G x 1 rows: no sharing). Each part is the median over the timed steps of the host time spent
+in: the plan's validation and table updates (ModelRunner._schedule), build_forward_batch (with
+the prefix grouping), the forward call (graph replay on CUDA: copies into the static buffers and
+the launch; on the CPU the whole forward runs here), sample_entries (of it SamplingBatch.build),
+and all of launch(). The step is waited for before the next one, so nothing overlaps.
+
+    python benchmarks/bench_worker_host.py --configs 16x16x2048x128,256x1x1024x128   # GPU
+    python benchmarks/bench_worker_host.py --tiny    # CPU, tiny model (forward included)
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from bench_shared_decode import fill_groups
+from stack_models import SHAPES
+from worker_agreement import Blocks
+
+import yaie.worker_service.step.runner as runner_module
+import yaie.worker_service.step.sampling_step as sampling_module
+from yaie.cli.models.random_model import write_random_model
+from yaie.worker_service.loader import load_model
+from yaie.worker_service.protocol import Plan
+from yaie.worker_service.step.kv_pool import KVPool
+from yaie.worker_service.step.runner import ModelRunner
+
+TINY = dict(
+    vocab_size=512,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    tie_word_embeddings=True,
+    max_position_embeddings=8192,
+)
+PARTS = ("schedule", "build", "forward call", "sample", "sampling batch", "launch")
+
+
+class Timed:
+    """Wraps obj.name so that each call's host time is appended to times[label]."""
+
+    def __init__(self, times: dict[str, list[float]]) -> None:
+        self.times, self.undo = times, []
+
+    def wrap(self, obj, name: str, label: str) -> None:
+        inner = getattr(obj, name)
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                self.times[label].append((time.perf_counter() - start) * 1e3)
+
+        setattr(obj, name, timed)
+        self.undo.append((obj, name, inner))
+
+    def restore(self) -> None:
+        for obj, name, inner in reversed(self.undo):
+            setattr(obj, name, inner)
+
+
+def one_config(runner, blocks, cfg, vocab: int, iters: int) -> dict[str, float]:
+    groups, rows, prefix, own = cfg
+    reserve = iters + 8
+    table, decode, step_id = fill_groups(runner, blocks, groups, rows, prefix, own, reserve, vocab)
+    times: dict[str, list[float]] = {p: [] for p in PARTS}
+    timed = Timed(times)
+    timed.wrap(runner, "_schedule", "schedule")
+    timed.wrap(runner_module, "build_forward_batch", "build")
+    timed.wrap(runner_module, "sample_entries", "sample")
+    timed.wrap(sampling_module.SamplingBatch, "build", "sampling batch")
+    forward = runner.graphs if runner.graphs is not None else runner.model
+    timed.wrap(forward, "run" if runner.graphs is not None else "forward", "forward call")
+    try:
+        for _ in range(iters + 3):
+            step_id += 1
+            start = time.perf_counter()
+            pending = runner.launch(table, Plan(step_id, [], decode, []))
+            times["launch"].append((time.perf_counter() - start) * 1e3)
+            out = pending.wait()
+            assert not out.error and not out.request_errors
+    finally:
+        timed.restore()
+    step_id += 1
+    runner.launch(table, Plan(step_id, [], [], [e.request_id for e in decode])).wait()
+    runner.close_table(table)
+    return {p: statistics.median(v[3:]) if v else 0.0 for p, v in times.items()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--tiny", action="store_true")
+    p.add_argument(
+        "--configs",
+        default="16x16x2048x128,16x16x2048x256,128x1x1024x256,256x1x1024x128",
+        help="groups x rows x prefix x own, comma separated",
+    )
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--max-graph-batch-size", type=int, default=512)
+    args = p.parse_args()
+    device = torch.device("cpu" if args.tiny else "cuda")
+    dtype = torch.float32 if args.tiny else torch.bfloat16
+    shape = TINY if args.tiny else SHAPES["qwen3-0.6b"][1]
+    configs = [tuple(int(x) for x in c.split("x")) for c in args.configs.split(",")]
+    if args.tiny:
+        torch.set_num_threads(1)
+        configs = [(4, 4, 256, 32), (32, 1, 256, 32)]
+    model_dir = Path(tempfile.mkdtemp(prefix="bench-host-")) / "model"
+    write_random_model(model_dir, "Qwen3ForCausalLM", seed=0, dtype=dtype, **shape)
+    model = load_model(str(model_dir), device, dtype, "auto")
+    bs = 16
+    per_row = -(-(max(c[3] for c in configs) + args.iters + 8) // bs)
+    num_blocks = max(g * (pr // bs + r * per_row) for g, r, pr, _ in configs)
+    pool = KVPool(
+        model.num_layers, model.num_kv_heads, model.head_dim, dtype, device, bs, num_blocks + 64
+    )
+    runner = ModelRunner(
+        model,
+        pool,
+        use_cuda_graphs=device.type == "cuda",
+        max_graph_batch_size=args.max_graph_batch_size,
+        cascade=True,
+    )
+    print(f"device {device}; host ms per decode step, median of {args.iters}")
+    print("| groups x rows, prefix, own | " + " | ".join(PARTS) + " |")
+    print("| --- " * (len(PARTS) + 1) + "|")
+    for cfg in configs:
+        blocks = Blocks(bs, num_blocks + 64)
+        res = one_config(runner, blocks, cfg, model.vocab_size, args.iters)
+        label = f"{cfg[0]}x{cfg[1]}, {cfg[2]}, {cfg[3]}"
+        print(f"| {label} | " + " | ".join(f"{res[p]:.3f}" for p in PARTS) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
