@@ -35,6 +35,14 @@ class SchedulerConfig:
     max_stream_backlog: int = 64
     # Send plan N+1 before reading result N (the worker feeds decodes their last token itself).
     enable_overlap: bool = True
+    # With overlap: plans sent ahead of the oldest unread result. At 2, plan N+2 leaves once
+    # result N is in, so the worker holds the next plan while step N+1 runs and launches it at
+    # once: the result's way back, the scheduler's step and the worker's launch (~3 ms of host
+    # at 256 rows) need not fit in one step's device time (H200, shared prefixes at 256 rows:
+    # ~2 ms idle a step at 1; benchmarks/NOTES.md, session 15). A request that stops is then
+    # seen one step later (one more token computed and dropped). Jump-forward keeps 1: a jump
+    # cancels the one decode of its request in flight.
+    overlap_depth: int = 2
     # A step result slower than this, or a health check unanswered for this long (at most
     # 10 s), marks the worker lost (hung, e.g. SIGSTOPped): its requests move to the others.
     step_timeout_s: float = 120.0
@@ -61,6 +69,13 @@ class SchedulerConfig:
     # token before launch; benchmarks/NOTES.md, session 5), where on the CPU it helps.
     enable_jump_forward: bool = False
 
+    @property
+    def plans_ahead(self) -> int:
+        """Plans in flight besides the one whose result the step loop reads next."""
+        if not self.enable_overlap:
+            return 0
+        return 1 if self.enable_jump_forward else self.overlap_depth
+
     def __post_init__(self) -> None:
         positive = {
             "max_num_batched_tokens": self.max_num_batched_tokens,
@@ -71,6 +86,7 @@ class SchedulerConfig:
             "stream_interval": self.stream_interval,
             "stream_interval_min_batch": self.stream_interval_min_batch,
             "max_stream_backlog": self.max_stream_backlog,
+            "overlap_depth": self.overlap_depth,
         }
         for name, value in positive.items():
             if not isinstance(value, int) or value < 1:

@@ -69,7 +69,7 @@ class BatchPolicy:
         self.max_plan_bytes = max_plan_bytes or DEFAULT_MAX_PLAN_BYTES
         self.block_size = kv.block_size
         self._preempt = preempt  # takes seq out of running; frees its blocks when it can
-        self._blocks_pending = False  # during schedule(): freed blocks are on their way
+        self._blocks_pending = 0  # during schedule(): blocks on their way back (retiring ones)
         self.tree_epoch = 0  # bumped whenever blocks enter the tree (see _hit_estimate)
         self.counters = AdmissionCounters()
         self.num_steps = 0  # schedule() calls so far
@@ -83,12 +83,13 @@ class BatchPolicy:
         return policy
 
     def schedule(
-        self, running: list[Sequence], waiting: deque[Sequence], blocks_pending: bool
+        self, running: list[Sequence], waiting: deque[Sequence], blocks_pending: int
     ) -> Runs:
         """The next step's runs. running and waiting are updated in place (admissions,
         preemptions) and stay in priority order (highest first; see queue()). blocks_pending:
-        some retiring request will free blocks once its plans in flight are back; a request
-        short of blocks then waits a step instead of preempting."""
+        blocks retiring requests hold, back once their plans in flight are; a request short of
+        blocks that these would cover waits for them instead of preempting (an estimate: blocks
+        another request shares stay held, and the next step counts again)."""
         budget = self.config.max_num_batched_tokens
         runs = Runs()
         add_seq, add_num_tokens = runs.seqs.append, runs.num_tokens.append
@@ -174,7 +175,7 @@ class BatchPolicy:
         one already in this step's runs: held-back ones have none, and runs are formed in
         running's order."""
         while not self.kv.can_allocate(need):
-            if self._blocks_pending:
+            if self._covered(need):
                 return False
             victim = self._held_back_victim(running, seq) or running[-1]
             running.remove(victim)
@@ -198,7 +199,7 @@ class BatchPolicy:
         growth = [self._num_new_blocks(s) for s in running]
         while running and running[-1].priority < top.priority:
             full = len(running) >= self.config.max_running_requests
-            fits = self._blocks_pending or self.kv.can_allocate(need + sum(growth), match)
+            fits = self._covered(need + sum(growth), match)
             if not full and fits:
                 return
             growth.pop()
@@ -212,8 +213,17 @@ class BatchPolicy:
     def _evict(self, victim: Sequence) -> None:
         """Preempts victim (taken out of running); its blocks come back at once unless a plan
         in flight still runs it."""
+        self._preempt_counting(victim)
+
+    def _preempt_counting(self, victim: Sequence) -> None:
+        """Preempts victim; its blocks count as on their way while a plan in flight runs it."""
+        if victim.in_flight > 0:
+            self._blocks_pending += len(victim.block_ids)
         self._preempt(victim)
-        self._blocks_pending = self._blocks_pending or victim.in_flight > 0
+
+    def _covered(self, need: int, match: PrefixMatch | None = None) -> bool:
+        """Whether need blocks can be allocated now, or once the pending ones are back."""
+        return self.kv.can_allocate(max(0, need - self._blocks_pending), match)
 
     def _held_back_victim(
         self, running: list[Sequence], spare: Sequence | None = None
@@ -277,11 +287,10 @@ class BatchPolicy:
         running requests (their blocks go to the tree: evictable, and theirs again on resume)."""
         while not self.kv.can_allocate(need, match):
             victim = self._held_back_victim(running)
-            if victim is None or self._blocks_pending:
+            if victim is None or self._covered(need, match):
                 return False
             running.remove(victim)
-            self._preempt(victim)
-            self._blocks_pending = victim.in_flight > 0  # else freed at once
+            self._preempt_counting(victim)
         return True
 
     def _free_slot(self, running: list[Sequence], waiting: deque[Sequence]) -> bool:

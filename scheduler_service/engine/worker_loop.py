@@ -124,8 +124,9 @@ class WorkerLoop:
                 self._lose(f"scheduler error: {exc!r}", fail=True)
 
     async def _steps(self) -> None:
-        """With overlap, one plan stays in flight; raises WorkerStreamError when it is lost."""
-        depth = 1 if self.config.enable_overlap else 0
+        """With overlap, plans_ahead plans stay in flight; raises WorkerStreamError when it is
+        lost."""
+        depth = self.config.plans_ahead
         while True:
             if self._lost is not None:
                 raise WorkerHungError(self._lost)
@@ -133,7 +134,8 @@ class WorkerLoop:
             for seq in [s for s in self.retiring if s.in_flight == 0]:
                 self._finalize(seq)
             start = time.perf_counter()
-            runs = self.policy.schedule(self.running, self.waiting, bool(self.retiring))
+            pending = sum(len(s.block_ids) for s in self.retiring)
+            runs = self.policy.schedule(self.running, self.waiting, pending)
             if runs or self.stream.has_releases:
                 await self._send(runs, start)
             in_flight = self.stream.num_in_flight

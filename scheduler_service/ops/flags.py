@@ -31,6 +31,10 @@ _BATCHING_FLAGS: dict[str, tuple[str, str]] = {
         "max_stream_backlog",
         "tokens a request's client may leave unread before the request is paused",
     ),
+    "--overlap-depth": (
+        "overlap_depth",
+        "plans sent ahead of the oldest unread step result (1 with --jump-forward)",
+    ),
 }
 # ... and the failure and drain timeouts, in seconds
 _FAILOVER_FLAGS: dict[str, tuple[str, str]] = {

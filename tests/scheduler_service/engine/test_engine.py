@@ -35,12 +35,16 @@ def _ragged(n: int) -> list[GenerationRequest]:
     return [_request(i, prompt, 3 + 2 * i) for i, prompt in enumerate(prompts)]
 
 
-@pytest.mark.parametrize("overlap", [True, False])
+@pytest.mark.parametrize("overlap,depth", [(True, 2), (True, 1), (True, 3), (False, 1)])
 @pytest.mark.parametrize("budget", [2048, 8])
-def test_ragged_batch_matches_reference(overlap: bool, budget: int) -> None:
-    """Ragged prompts and lengths, with and without overlap and chunked prefill: exact output."""
+def test_ragged_batch_matches_reference(overlap: bool, depth: int, budget: int) -> None:
+    """Ragged prompts and lengths, with and without overlap (1-3 plans ahead) and chunked
+    prefill: exact output."""
     config = SchedulerConfig(
-        max_num_batched_tokens=budget, prefill_chunk_size=min(budget, 5), enable_overlap=overlap
+        max_num_batched_tokens=budget,
+        prefill_chunk_size=min(budget, 5),
+        enable_overlap=overlap,
+        overlap_depth=depth,
     )
 
     async def main() -> None:

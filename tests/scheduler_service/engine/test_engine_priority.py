@@ -16,12 +16,19 @@ from yaie.scheduler_service.engine.sequence import Sequence
 from yaie.scheduler_service.engine.stats import PriorityStats
 
 VOCAB = FakeWorkerConfig().vocab_size
-# Worker steps from a request's arrival to its first token, at most: with overlap two plans
-# may be in flight when it arrives, then the plan that preempts a victim for it and runs its
-# prefill (the batch is full), or, when it needs the victim's blocks, the plan that preempts and
-# the next one, which runs it once the victim's plan in flight is back (the pool is full).
-STEPS_BATCH_FULL = 3
-STEPS_POOL_FULL = 4
+
+
+def steps_batch_full(ahead: int) -> int:
+    """Worker steps from a request's arrival to its first token, at most, when the batch is
+    full: the ahead + 1 plans that may be in flight when it arrives, then the plan that
+    preempts a victim for it and runs its prefill."""
+    return ahead + 2
+
+
+def steps_pool_full(ahead: int) -> int:
+    """... when it needs the victim's blocks (the pool is full): the plans in flight, the plan
+    that preempts, then the plans in flight with the victim must be back before one runs it."""
+    return 2 * ahead + 2
 
 
 def _request(i: int, num_prompt: int, max_new: int, priority: int = 0) -> GenerationRequest:
@@ -65,12 +72,14 @@ async def _first_token_steps(engine: Engine, worker, req: GenerationRequest) -> 
     return steps, first.token_ids + tokens
 
 
-@pytest.mark.parametrize("overlap", [True, False])
-def test_full_batch_of_low_priority_requests_lets_a_high_one_in_at_once(overlap: bool) -> None:
+@pytest.mark.parametrize("overlap,depth", [(True, 2), (True, 1), (False, 1)])
+def test_full_batch_of_low_priority_requests_lets_a_high_one_in_at_once(
+    overlap: bool, depth: int
+) -> None:
     """max_running_requests low-priority requests run, more wait: a priority-10 request
     preempts the newest running one and has its first token within a step or two, while a
     priority-0 request that came just before it still waits; all outputs are exact."""
-    config = SchedulerConfig(max_running_requests=4, enable_overlap=overlap)
+    config = SchedulerConfig(max_running_requests=4, enable_overlap=overlap, overlap_depth=depth)
     worker_config = FakeWorkerConfig(step_delay_s=0.005)
     low = [_request(i, 10, 60) for i in range(8)]
     control, urgent = _request(8, 10, 4), _request(9, 10, 4, priority=10)
@@ -82,7 +91,7 @@ def test_full_batch_of_low_priority_requests_lets_a_high_one_in_at_once(overlap:
             await _until(lambda: engine.stats().running == 4 and handle.worker.num_steps > 2)
             control_task = asyncio.create_task(collect(engine.submit(control)))
             steps, tokens = await _first_token_steps(engine, handle.worker, urgent)
-            assert steps <= STEPS_BATCH_FULL
+            assert steps <= steps_batch_full(config.plans_ahead)
             assert tokens == _expected(urgent)
             assert not control_task.done(), "the priority-0 request waits its turn"
             assert victims and {v.priority for v in victims} == {0}
@@ -95,10 +104,11 @@ def test_full_batch_of_low_priority_requests_lets_a_high_one_in_at_once(overlap:
     asyncio.run(main())
 
 
-def test_full_pool_preempts_the_lowest_priority_for_a_higher_one() -> None:
+@pytest.mark.parametrize("depth", [1, 2])
+def test_full_pool_preempts_the_lowest_priority_for_a_higher_one(depth: int) -> None:
     """The KV pool is full (the batch is not): a priority-10 request preempts a priority-0
     request (never the priority-5 one) and has its first token a step or two later."""
-    config = SchedulerConfig(max_running_requests=8)
+    config = SchedulerConfig(max_running_requests=8, overlap_depth=depth)
     worker_config = FakeWorkerConfig(num_blocks=32, block_size=4, step_delay_s=0.01)
     middle = _request(0, 24, 8, priority=5)  # 6 blocks, 8 with its output
     low = [_request(i, 24, 8) for i in range(1, 4)]
@@ -111,7 +121,7 @@ def test_full_pool_preempts_the_lowest_priority_for_a_higher_one() -> None:
             await _until(lambda: engine.stats().running == 4 and handle.worker.num_steps > 1)
             assert engine.stats().workers[0].free_blocks < 9
             steps, tokens = await _first_token_steps(engine, handle.worker, urgent)
-            assert steps <= STEPS_POOL_FULL
+            assert steps <= steps_pool_full(config.plans_ahead), steps
             assert tokens == _expected(urgent)
             assert victims and {v.priority for v in victims} == {0}
             for req, task in zip([middle, *low], tasks, strict=True):

@@ -49,7 +49,7 @@ def test_step_token_budget_mixes_decodes_and_prefill_chunks() -> None:
     waiting = deque(_seq(i, list(range(100 * i, 100 * i + 20 + i))) for i in range(4))
     seen_mixed = False
     for _ in range(30):
-        runs = policy.schedule(running, waiting, blocks_pending=False)
+        runs = policy.schedule(running, waiting, blocks_pending=0)
         assert sum(r.num_tokens for r in runs) <= 16
         assert all(r.num_tokens <= 8 for r in runs)
         sizes = {r.num_tokens for r in runs}
@@ -69,7 +69,7 @@ def test_longest_cached_prefix_admitted_first() -> None:
     kv.release(shared, blocks, kv.match_prefix([]))  # 16 tokens cached in the tree
     old, sharer = _seq(0, [1, 2, 3, 4, 5, 6, 7, 8, 9]), _seq(1, shared + [7, 7])
     running: list[Sequence] = []
-    runs = policy.schedule(running, deque([old, sharer]), blocks_pending=False)
+    runs = policy.schedule(running, deque([old, sharer]), blocks_pending=0)
     assert [r.seq for r in runs] == [sharer]
     assert sharer.num_cached_tokens == 16 and runs[0].num_tokens == 2
     assert sharer.block_ids[:4] == blocks
@@ -81,7 +81,7 @@ def test_fully_cached_prompt_still_runs_its_last_token() -> None:
     prompt = list(range(10, 26))  # 16 tokens = 4 full blocks, all cached
     kv.release(prompt, kv.allocate(4), kv.match_prefix([]))
     seq = _seq(0, prompt)
-    runs = policy.schedule([], deque([seq]), blocks_pending=False)
+    runs = policy.schedule([], deque([seq]), blocks_pending=0)
     assert seq.num_cached_tokens == 12 and runs[0].num_tokens == 4
 
 
@@ -92,7 +92,7 @@ def test_request_waiting_too_long_goes_first() -> None:
     kv.release(shared, kv.allocate(4), kv.match_prefix([]))
     old, sharer = _seq(0, [1, 2, 3]), _seq(1, shared + [9])
     old.queued_at_step = policy.num_steps - 4
-    runs = policy.schedule([], deque([old, sharer]), blocks_pending=False)
+    runs = policy.schedule([], deque([old, sharer]), blocks_pending=0)
     assert [r.seq for r in runs] == [old]
     assert policy.wait_steps(sharer) == 1
 
@@ -102,10 +102,10 @@ def test_newest_running_request_is_preempted_when_blocks_run_out() -> None:
     policy, kv, preempted = _policy(num_blocks=6)
     running: list[Sequence] = []
     seqs = [_seq(i, list(range(i, i + 8)), max_new=20) for i in range(3)]  # 2 blocks each
-    runs = policy.schedule(running, deque(seqs), blocks_pending=False)
+    runs = policy.schedule(running, deque(seqs), blocks_pending=0)
     assert len(runs) == 3 and kv.stats().free_blocks == 0
     _sent(runs)  # each now has 9 tokens: its next decode needs a third block
-    runs = policy.schedule(running, deque(), blocks_pending=False)
+    runs = policy.schedule(running, deque(), blocks_pending=0)
     assert preempted == [seqs[2]] and running == seqs[:2]
     assert [r.seq for r in runs] == seqs[:2]
     kv.check_integrity()
@@ -116,11 +116,11 @@ def test_short_of_blocks_waits_while_retiring_blocks_are_pending() -> None:
     policy, kv, preempted = _policy(num_blocks=4)
     running: list[Sequence] = []
     a, b = _seq(0, list(range(8))), _seq(1, [5, 6, 7])
-    runs = policy.schedule(running, deque([a]), blocks_pending=False)
+    runs = policy.schedule(running, deque([a]), blocks_pending=0)
     kv.allocate(kv.stats().free_blocks)  # someone else's blocks, freed "later"
     _sent(runs)
     waiting = deque([b])
-    assert not policy.schedule(running, waiting, blocks_pending=True)
+    assert not policy.schedule(running, waiting, blocks_pending=4)
     assert not preempted and list(waiting) == [b]
 
 
@@ -147,12 +147,12 @@ def test_request_waits_for_a_shared_prompt_being_computed() -> None:
     a, b = _seq(0, shared + [1, 2]), _seq(1, shared + [3, 4, 5])
     running: list[Sequence] = []
     waiting = deque([a, b])
-    runs = policy.schedule(running, waiting, blocks_pending=False)
+    runs = policy.schedule(running, waiting, blocks_pending=0)
     assert [r.seq for r in runs] == [a] and list(waiting) == [b]
     a.match = kv.cache_running(shared + [1, 2], a.block_ids, a.match)  # a's prefill is done
     policy.tree_epoch += 1
     _sent(runs)
-    runs = policy.schedule(running, waiting, blocks_pending=False)
+    runs = policy.schedule(running, waiting, blocks_pending=0)
     assert [r.seq for r in runs] == [a, b] and b.num_cached_tokens == 16
     assert b.block_ids[:4] == a.block_ids[:4]
 
@@ -186,7 +186,7 @@ def test_higher_priority_is_admitted_before_a_cached_prefix_and_an_overdue_reque
     urgent = _seq(2, [4, 5, 6], priority=1)
     waiting = _queued(policy, [overdue, sharer, urgent])
     overdue.queued_at_step = policy.num_steps - 10
-    runs = policy.schedule([], waiting, blocks_pending=False)
+    runs = policy.schedule([], waiting, blocks_pending=0)
     assert [r.seq for r in runs] == [urgent]
 
 
@@ -196,10 +196,10 @@ def test_memory_pressure_preempts_the_lowest_priority_first() -> None:
     low = _seq(0, list(range(8)), max_new=20, priority=-1)
     high = [_seq(i, list(range(i, i + 8)), max_new=20, priority=3) for i in (1, 2)]
     running: list[Sequence] = []
-    runs = policy.schedule(running, _queued(policy, [low, *high]), blocks_pending=False)
+    runs = policy.schedule(running, _queued(policy, [low, *high]), blocks_pending=0)
     assert running == [*high, low] and kv.stats().free_blocks == 0
     _sent(runs)  # each has 9 tokens now: the next decode needs a third block
-    runs = policy.schedule(running, deque(), blocks_pending=False)
+    runs = policy.schedule(running, deque(), blocks_pending=0)
     assert preempted == [low] and [r.seq for r in runs] == high
     kv.check_integrity()
 
@@ -210,14 +210,14 @@ def test_a_full_batch_makes_room_for_a_higher_priority_request() -> None:
     policy, kv, preempted = _policy(max_running_requests=3)
     running: list[Sequence] = []
     old = [_seq(i, [i + 1, 2, 3], max_new=20, priority=p) for i, p in enumerate([0, 2, 0])]
-    _sent(policy.schedule(running, _queued(policy, old), blocks_pending=False))
+    _sent(policy.schedule(running, _queued(policy, old), blocks_pending=0))
     equal = _seq(3, [7, 8], priority=0)
     waiting = _queued(policy, [equal])
-    assert [r.seq for r in policy.schedule(running, waiting, blocks_pending=False)] == running
+    assert [r.seq for r in policy.schedule(running, waiting, blocks_pending=0)] == running
     assert not preempted
     urgent = _seq(4, [9, 9, 9], priority=10)
     policy.queue(urgent, waiting)
-    runs = policy.schedule(running, waiting, blocks_pending=False)
+    runs = policy.schedule(running, waiting, blocks_pending=0)
     assert preempted == [old[2]], "the newest of the lowest priority"
     assert running == [urgent, old[1], old[0]] and runs[-1].seq is urgent
     assert list(waiting) == [equal]
@@ -230,10 +230,10 @@ def test_a_higher_priority_request_short_of_blocks_preempts_a_lower_one() -> Non
     policy, kv, preempted = _policy(num_blocks=6)
     running: list[Sequence] = []
     low = [_seq(i, list(range(i, i + 7)), max_new=4) for i in range(3)]  # 2 blocks each
-    _sent(policy.schedule(running, _queued(policy, low), blocks_pending=False))
+    _sent(policy.schedule(running, _queued(policy, low), blocks_pending=0))
     assert kv.stats().free_blocks == 0
     urgent = _seq(3, list(range(40, 47)), priority=1)  # 7 tokens: 2 blocks
-    runs = policy.schedule(running, _queued(policy, [urgent]), blocks_pending=False)
+    runs = policy.schedule(running, _queued(policy, [urgent]), blocks_pending=0)
     assert preempted == [low[2]] and running == [urgent, low[0], low[1]]
     assert [r.seq for r in runs] == [low[0], low[1], urgent]
     kv.check_integrity()
