@@ -38,10 +38,10 @@ class SchedulerConfig:
     # With overlap: plans sent ahead of the oldest unread result. At 2, plan N+2 leaves once
     # result N is in, so the worker holds the next plan while step N+1 runs and launches it at
     # once: the result's way back, the scheduler's step and the worker's launch (~3 ms of host
-    # at 256 rows) need not fit in one step's device time (H200, shared prefixes at 256 rows:
-    # ~2 ms idle a step at 1; benchmarks/NOTES.md, session 15). A request that stops is then
-    # seen one step later (one more token computed and dropped). Jump-forward keeps 1: a jump
-    # cancels the one decode of its request in flight.
+    # at 256 rows) need not fit in one step's device time. H200, same call, 2 vs 1: random
+    # +5.7%, shared prefixes +2.7% at 256 running and +15% at 512 (benchmarks/NOTES.md,
+    # session 15). A request that stops is seen one step later (one more token computed and
+    # dropped). Jump-forward keeps 1: a jump cancels the one decode of its request in flight.
     overlap_depth: int = 2
     # A step result slower than this, or a health check unanswered for this long (at most
     # 10 s), marks the worker lost (hung, e.g. SIGSTOPped): its requests move to the others.

@@ -1,16 +1,16 @@
 """The step loop of one worker: the policy forms the next runs, the step stream sends them as a
 plan, and each result updates the requests (tokens, stops, events, retirement).
 
-Overlap and block lifetimes (shared/DESIGN.md, "Known hazards"). With overlap on, plan N+1 is
-sent before result N is read, so when result N shows that a request finished (or it is aborted
-or preempted), plan N+1 may already run it and write K/V into its blocks. Such a request
-*retires*: (1) it is scheduled no more, and its id goes into release_request_ids of the next plan
-sent (the worker drops its state after the earlier plans ran); (2) tokens that plans in flight
-sampled for it are dropped (kept when it was only preempted: they are valid output); (3) its
-blocks go back to the KV cache manager (full ones into the tree) only when no plan in flight
-runs it, i.e. once the result of the last plan that ran it has been read. Only then can a block
-be handed to another request or matched from the tree, so no write in flight lands in another
-request's block and every cached block holds K/V already written.
+Overlap and block lifetimes (shared/DESIGN.md, "Known hazards"). With overlap on, plans N+1 to
+N+plans_ahead are sent before result N is read, so when result N shows that a request finished
+(or it is aborted or preempted), those plans may already run it and write K/V into its blocks.
+Such a request *retires*: (1) it is scheduled no more, and its id goes into release_request_ids
+of the next plan sent (the worker drops its state after the earlier plans ran); (2) tokens that
+plans in flight sampled for it are dropped (kept when it was only preempted: they are valid
+output); (3) its blocks go back to the KV cache manager (full ones into the tree) only when no
+plan in flight runs it, i.e. once the result of the last plan that ran it has been read. Only
+then can a block be handed to another request or matched from the tree, so no write in flight
+lands in another request's block and every cached block holds K/V already written.
 
 Of each Sequence the loop alone writes `status` (its place here: waiting, running, retiring).
 """
