@@ -215,6 +215,29 @@ def one_config(runner, blocks, model, cfg, iters, profile: bool) -> list[str]:
     return result
 
 
+def build_runner(shape: dict, device, dtype, configs, reserve: int, args):
+    """A Qwen3-shaped random model and a cascade ModelRunner whose pool holds every config
+    (groups x rows x prefix x own, each row reserve more tokens); returns (model, runner,
+    Blocks over the pool)."""
+    model_dir = Path(tempfile.mkdtemp(prefix="bench-shared-")) / "model"
+    write_random_model(model_dir, "Qwen3ForCausalLM", seed=0, dtype=dtype, **shape)
+    model = load_model(str(model_dir), device, dtype, "auto")
+    bs = 16
+    per_row = -(-(max(c[3] for c in configs) + reserve) // bs)
+    num_blocks = max(g * (pr // bs + r * per_row) for g, r, pr, _ in configs) + 64
+    pool = KVPool(
+        model.num_layers, model.num_kv_heads, model.head_dim, dtype, device, bs, num_blocks
+    )
+    runner = ModelRunner(
+        model,
+        pool,
+        use_cuda_graphs=device.type == "cuda",
+        max_graph_batch_size=args.max_graph_batch_size,
+        cascade=True,
+    )
+    return model, runner, Blocks(bs, num_blocks)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--tiny", action="store_true")
@@ -233,25 +256,11 @@ def main() -> None:
     configs = [tuple(int(x) for x in c.split("x")) for c in args.configs.split(",")]
     if args.tiny:
         configs, args.iters = [(2, 3, 64, 8)], 4
-    model_dir = Path(tempfile.mkdtemp(prefix="bench-shared-")) / "model"
-    write_random_model(model_dir, "Qwen3ForCausalLM", seed=0, dtype=dtype, **shape)
-    model = load_model(str(model_dir), device, dtype, "auto")
-    bs = 16
-    per_row = -(-(max(c[3] for c in configs) + (len(VARIANTS) + 1) * (args.iters + 3) + 8) // bs)
-    num_blocks = max(g * (pr // bs + r * per_row) for g, r, pr, _ in configs) + 64
-    pool = KVPool(
-        model.num_layers, model.num_kv_heads, model.head_dim, dtype, device, bs, num_blocks
-    )
     start = time.perf_counter()
-    runner = ModelRunner(
-        model,
-        pool,
-        use_cuda_graphs=device.type == "cuda",
-        max_graph_batch_size=args.max_graph_batch_size,
-        cascade=True,
+    model, runner, blocks = build_runner(
+        shape, device, dtype, configs, (len(VARIANTS) + 1) * (args.iters + 3) + 8, args
     )
     print(f"runner + graph capture (plain and grouped): {time.perf_counter() - start:.1f} s")
-    blocks = Blocks(bs, num_blocks)
     rows = []
     for i, cfg in enumerate(configs):
         rows += one_config(runner, blocks, model, cfg, args.iters, profile=i == 0)

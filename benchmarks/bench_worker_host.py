@@ -14,34 +14,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
 import torch
-from bench_shared_decode import fill_groups
+from bench_shared_decode import build_runner, fill_groups
 from stack_models import SHAPES
-from worker_agreement import Blocks
 
 import yaie.worker_service.step.runner as runner_module
 import yaie.worker_service.step.sampling_step as sampling_module
-from yaie.cli.models.random_model import write_random_model
-from yaie.worker_service.loader import load_model
 from yaie.worker_service.protocol import Plan
-from yaie.worker_service.step.kv_pool import KVPool
-from yaie.worker_service.step.runner import ModelRunner
 
-TINY = dict(
-    vocab_size=512,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=16,
-    tie_word_embeddings=True,
-    max_position_embeddings=8192,
-)
+TINY = dict(vocab_size=512, tie_word_embeddings=True)  # on write_random_model's tiny config
 PARTS = ("schedule", "build", "forward call", "sample", "sampling batch", "launch")
 
 
@@ -91,9 +74,11 @@ def one_config(runner, blocks, cfg, vocab: int, iters: int) -> dict[str, float]:
             assert not out.error and not out.request_errors
     finally:
         timed.restore()
+    owned = {b for e in decode for b in table.get(e.request_id).block_table}
     step_id += 1
     runner.launch(table, Plan(step_id, [], [], [e.request_id for e in decode])).wait()
     runner.close_table(table)
+    blocks.give(sorted(owned))
     return {p: statistics.median(v[3:]) if v else 0.0 for p, v in times.items()}
 
 
@@ -115,27 +100,11 @@ def main() -> None:
     if args.tiny:
         torch.set_num_threads(1)
         configs = [(4, 4, 256, 32), (32, 1, 256, 32)]
-    model_dir = Path(tempfile.mkdtemp(prefix="bench-host-")) / "model"
-    write_random_model(model_dir, "Qwen3ForCausalLM", seed=0, dtype=dtype, **shape)
-    model = load_model(str(model_dir), device, dtype, "auto")
-    bs = 16
-    per_row = -(-(max(c[3] for c in configs) + args.iters + 8) // bs)
-    num_blocks = max(g * (pr // bs + r * per_row) for g, r, pr, _ in configs)
-    pool = KVPool(
-        model.num_layers, model.num_kv_heads, model.head_dim, dtype, device, bs, num_blocks + 64
-    )
-    runner = ModelRunner(
-        model,
-        pool,
-        use_cuda_graphs=device.type == "cuda",
-        max_graph_batch_size=args.max_graph_batch_size,
-        cascade=True,
-    )
+    model, runner, blocks = build_runner(shape, device, dtype, configs, args.iters + 8, args)
     print(f"device {device}; host ms per decode step, median of {args.iters}")
     print("| groups x rows, prefix, own | " + " | ".join(PARTS) + " |")
     print("| --- " * (len(PARTS) + 1) + "|")
     for cfg in configs:
-        blocks = Blocks(bs, num_blocks + 64)
         res = one_config(runner, blocks, cfg, model.vocab_size, args.iters)
         label = f"{cfg[0]}x{cfg[1]}, {cfg[2]}, {cfg[3]}"
         print(f"| {label} | " + " | ".join(f"{res[p]:.3f}" for p in PARTS) + " |", flush=True)

@@ -83,8 +83,8 @@ class Sequence:
     worker_dropped: bool = False  # the worker reported an error for it and dropped its state
     # Set at construction (len(request.prompt_ids)), a field since every step reads it per row.
     num_prompt_tokens: int = field(init=False, default=0)
-    # Set at construction: where its frames fall under the stream interval (worker_loop.py's
-    # stream_wake); one value for the n completions of a request (consecutive arrivals).
+    # Set at construction: where its frames fall under the stream interval (worker_loop.py,
+    # _take_results); one value for the n completions of a request (consecutive arrivals).
     stream_phase: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:

@@ -235,9 +235,9 @@ def test_penalties_see_device_held_outputs_and_match_transformers(runner, model_
     assert generate(runner, params, preempt_at=6) == generate(runner, params)
 
 
-def test_a_plan_launched_before_the_previous_result_is_read_decodes_the_right_token(runner):
-    table = runner.new_table()
-    prefill = worker_pb2.StepPlan(
+def _prefill_plan() -> worker_pb2.StepPlan:
+    """Step 1: request 1 (PROMPTS[0]) prefills its 5 tokens into blocks 0 and 1."""
+    return worker_pb2.StepPlan(
         step_id=1,
         run_request_ids=[1],
         run_num_tokens=[5],
@@ -249,6 +249,11 @@ def test_a_plan_launched_before_the_previous_result_is_read_decodes_the_right_to
             )
         ],
     )
+
+
+def test_a_plan_launched_before_the_previous_result_is_read_decodes_the_right_token(runner):
+    table = runner.new_table()
+    prefill = _prefill_plan()
     decodes = [
         worker_pb2.StepPlan(
             step_id=2 + i, run_request_ids=[1], run_num_tokens=[1], run_num_new_blocks=[0]
@@ -264,18 +269,7 @@ def test_a_step_reports_the_host_time_of_its_launch(runner):
     """launch_ms: from taking the plan to the step queued (on the CPU the forward runs inside
     it), within the wall time around launch(); carried to the StepResult."""
     table = runner.new_table()
-    plan = worker_pb2.StepPlan(
-        step_id=1,
-        run_request_ids=[1],
-        run_num_tokens=[5],
-        run_num_new_blocks=[2],
-        new_block_ids=[0, 1],
-        new_requests=[
-            worker_pb2.NewRequest(
-                request_id=1, token_ids=PROMPTS[0], num_prompt_tokens=5, sampling=sampling()
-            )
-        ],
-    )
+    plan = _prefill_plan()
     started = time.perf_counter()
     pending = runner.launch(table, plan_from_proto(plan))
     wall_ms = (time.perf_counter() - started) * 1e3
