@@ -330,6 +330,7 @@ def main() -> int:
             if result["profiler"] is not None:
                 stats = pstats.Stats(result["profiler"]).sort_stats("tottime")
                 stats.print_stats(args.profile)
+                stats.sort_stats("cumulative").print_stats(r"policy\.py", args.profile)
     return 0
 
 

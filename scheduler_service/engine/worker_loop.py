@@ -110,18 +110,23 @@ class WorkerLoop:
 
     async def run(self) -> None:
         """Until cancelled: steps while connected; a lost worker is requeued and rejoined."""
-        while True:
-            if not self.healthy:
-                await self._rejoin()
-            try:
-                await self._steps()
-            except WorkerStreamError as exc:
-                logger.error("worker %s lost: %s", self.info.address, exc)
-                self._hung = isinstance(exc, WorkerHungError) or self._lost is not None
-                self._lose(str(exc), fail=False)
-            except Exception as exc:  # a bug here must not leave clients waiting forever
-                logger.exception("step loop of worker %s crashed", self.info.address)
-                self._lose(f"scheduler error: {exc!r}", fail=True)
+        try:
+            while True:
+                if not self.healthy:
+                    await self._rejoin()
+                try:
+                    await self._steps()
+                except WorkerStreamError as exc:
+                    logger.error("worker %s lost: %s", self.info.address, exc)
+                    self._hung = isinstance(exc, WorkerHungError) or self._lost is not None
+                    self._lose(str(exc), fail=False)
+                except Exception as exc:  # a bug here must not leave clients waiting forever
+                    logger.exception("step loop of worker %s crashed", self.info.address)
+                    self._lose(f"scheduler error: {exc!r}", fail=True)
+        finally:
+            if self._trace is not None:  # its file, and its hook on the garbage collector
+                self._trace.close()
+                self._trace = None
 
     async def _steps(self) -> None:
         """With overlap, plans_ahead plans stay in flight; raises WorkerStreamError when it is
@@ -134,10 +139,11 @@ class WorkerLoop:
             for seq in [s for s in self.retiring if s.in_flight == 0]:
                 self._finalize(seq)
             start = time.perf_counter()
+            gc_start = self._trace.gc_s if self._trace is not None else 0.0
             pending = sum(len(s.block_ids) for s in self.retiring)
             runs = self.policy.schedule(self.running, self.waiting, pending)
             if runs or self.stream.has_releases:
-                await self._send(runs, start)
+                await self._send(runs, start, gc_start)
             in_flight = self.stream.num_in_flight
             if in_flight and (in_flight > depth or not runs):
                 await self._receive()
@@ -169,8 +175,8 @@ class WorkerLoop:
         logger.info("worker %s rejoined (%d blocks)", info.address, info.num_blocks)
         self._on_rejoined(self)
 
-    async def _send(self, runs: Runs, start: float) -> None:
-        """start: when this step's scheduling began (for the trace)."""
+    async def _send(self, runs: Runs, start: float, gc_start: float) -> None:
+        """start: when this step's scheduling began, gc_start: the trace's GC seconds then."""
         scheduled = time.perf_counter()
         waiting, running = SequenceStatus.WAITING, SequenceStatus.RUNNING
         for seq in runs.seqs:
@@ -178,9 +184,11 @@ class WorkerLoop:
                 seq.status = running
         flight = await self.stream.send(runs)
         if self._trace is not None:
-            flight.trace = self._trace_fields(flight, runs, start, scheduled)
+            flight.trace = self._trace_fields(flight, runs, start, scheduled, gc_start)
 
-    def _trace_fields(self, flight: InFlight, runs: Runs, start: float, scheduled: float) -> dict:
+    def _trace_fields(
+        self, flight: InFlight, runs: Runs, start: float, scheduled: float, gc_start: float
+    ) -> dict:
         """A sent plan's fields of the step trace (ops/step_trace.py)."""
         sent = time.perf_counter()
         # a run is prefill unless it is one token at or past the prompt's end (a decode)
@@ -199,6 +207,7 @@ class WorkerLoop:
             waiting=len(self.waiting),
             schedule_ms=(scheduled - start) * 1e3,
             send_ms=(sent - scheduled) * 1e3,
+            gc_ms=(self._trace.gc_s - gc_start) * 1e3 if self._trace is not None else 0.0,
             t_sent=sent,
         )
 

@@ -3,7 +3,8 @@ one JSON line per step result is appended to PATH (off by default, and then free
 
 Each line: step id; the plan (entries, tokens, prefill tokens, requests running and waiting);
 the scheduler's own time for it (schedule_ms, send_ms: policy + plan encode and write;
-process_ms: handling its result); when it was sent and when its result arrived (seconds on
+process_ms: handling its result; gc_ms: of schedule + send, the time the process spent in
+Python's garbage collector); when it was sent and when its result arrived (seconds on
 the scheduler's monotonic clock); the worker's forward_ms / sample_ms (device time, from the
 step's first mark: host work before its first kernel counts where the device was idle) and
 launch_ms (its host time from taking the plan to the step queued).
@@ -11,8 +12,10 @@ launch_ms (its host time from taking the plan to the step queued).
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import time
 from typing import IO
 
 ENV = "YAIE_STEP_TRACE"
@@ -21,6 +24,16 @@ ENV = "YAIE_STEP_TRACE"
 class StepTrace:
     def __init__(self, path: str) -> None:
         self._file: IO[str] = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+        self.gc_s = 0.0  # seconds this process has spent collecting garbage since it opened
+        self._gc_started = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict) -> None:
+        now = time.perf_counter()
+        if phase == "start":
+            self._gc_started = now
+        else:
+            self.gc_s += now - self._gc_started
 
     @classmethod
     def from_env(cls) -> StepTrace | None:
@@ -31,6 +44,8 @@ class StepTrace:
         self._file.write(json.dumps(fields, separators=(",", ":")) + "\n")
 
     def close(self) -> None:
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
         self._file.close()
 
 
@@ -49,6 +64,7 @@ def summarize(lines: list[dict]) -> dict[str, float]:
         out[f"{phase}_forward_ms"] = sum(s["forward_ms"] for s in steps) / n
         out[f"{phase}_sample_ms"] = sum(s["sample_ms"] for s in steps) / n
         out[f"{phase}_launch_ms"] = sum(s.get("launch_ms", 0.0) for s in steps) / n
+        out[f"{phase}_gc_ms"] = sum(s.get("gc_ms", 0.0) for s in steps) / n
         out[f"{phase}_scheduler_ms"] = (
             sum(s["schedule_ms"] + s["send_ms"] + s["process_ms"] for s in steps) / n
         )
