@@ -25,6 +25,7 @@ import yaie.worker_service.step.sampling_step as sampling_module
 from yaie.worker_service.protocol import Plan
 
 TINY = dict(vocab_size=512, tie_word_embeddings=True)  # on write_random_model's tiny config
+DEFAULT_CONFIGS = "16x16x2048x128,16x16x2048x256,128x1x1024x256,256x1x1024x128"
 PARTS = ("schedule", "build", "forward call", "sample", "sampling batch", "launch")
 
 
@@ -87,8 +88,9 @@ def main() -> None:
     p.add_argument("--tiny", action="store_true")
     p.add_argument(
         "--configs",
-        default="16x16x2048x128,16x16x2048x256,128x1x1024x256,256x1x1024x128",
-        help="groups x rows x prefix x own, comma separated",
+        default=None,
+        help=f"groups x rows x prefix x own, comma separated (default {DEFAULT_CONFIGS}; "
+        "--tiny: 4x4x256x32,32x1x256x32)",
     )
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--max-graph-batch-size", type=int, default=512)
@@ -96,10 +98,10 @@ def main() -> None:
     device = torch.device("cpu" if args.tiny else "cuda")
     dtype = torch.float32 if args.tiny else torch.bfloat16
     shape = TINY if args.tiny else SHAPES["qwen3-0.6b"][1]
-    configs = [tuple(int(x) for x in c.split("x")) for c in args.configs.split(",")]
+    default = "4x4x256x32,32x1x256x32" if args.tiny else DEFAULT_CONFIGS
+    configs = [tuple(int(x) for x in c.split("x")) for c in (args.configs or default).split(",")]
     if args.tiny:
         torch.set_num_threads(1)
-        configs = [(4, 4, 256, 32), (32, 1, 256, 32)]
     model, runner, blocks = build_runner(shape, device, dtype, configs, args.iters + 8, args)
     print(f"device {device}; host ms per decode step, median of {args.iters}")
     print("| groups x rows, prefix, own | " + " | ".join(PARTS) + " |")

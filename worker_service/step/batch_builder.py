@@ -31,9 +31,12 @@ MIN_GROUP_SAVED_TOKENS = 10240
 MIN_SAVED_TOKENS = 20480
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ScheduledEntry:
-    """A run entry that passed validation. Runs tokens [start, start + num_tokens)."""
+    """A run entry that passed validation. Runs tokens [start, start + num_tokens). Treated as
+    immutable (dataclasses.replace makes a changed copy), but not frozen: one is built per row
+    per step, and a frozen dataclass's __init__ costs ~4.5x as much (0.36 vs 0.08 ms for 256
+    rows on the CPU, on the worker's host path between a plan and its launch)."""
 
     plan_index: int
     state: RequestState

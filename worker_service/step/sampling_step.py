@@ -42,7 +42,7 @@ class StepTimer:
         return [(b - a) * 1000.0 for a, b in pairs]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: one per sampled row per step (see ScheduledEntry)
 class _SampledRow:
     plan_index: int
     wants_logprobs: bool
