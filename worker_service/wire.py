@@ -54,9 +54,13 @@ def plan_from_proto(message: worker_pb2.StepPlan, last_step_id: int | None = Non
             message,
         )
     run, offset = [], 0
-    for request_id, num_tokens, num_new in zip(
-        message.run_request_ids, message.run_num_tokens, message.run_num_new_blocks, strict=True
-    ):
+    # the packed fields as lists first: one C copy each, then a plain loop (per row per step)
+    columns = (
+        list(message.run_request_ids),
+        list(message.run_num_tokens),
+        list(message.run_num_new_blocks),
+    )
+    for request_id, num_tokens, num_new in zip(*columns, strict=True):
         run.append(RunEntry(request_id, num_tokens, block_ids[offset : offset + num_new]))
         offset += num_new
     new_requests, rejected = _new_requests_from_proto(message.new_requests)
