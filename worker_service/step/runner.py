@@ -211,6 +211,7 @@ class ModelRunner:
                 self._fail(table, output, entry.request_id, "request runs twice in one step")
             seen.add(entry.request_id)
         entries = []
+        bs, max_context = self.pool.block_size, self.max_context
         for index, entry in enumerate(plan.run):
             if entry.request_id in output.request_errors:
                 continue
@@ -218,11 +219,19 @@ class ModelRunner:
             if state is None:
                 self._fail(table, output, entry.request_id, f"unknown request {entry.request_id}")
                 continue
+            position = state.num_computed
+            if (  # the usual row, a decode with room in its table: check_run_entry would pass it
+                entry.num_tokens == 1
+                and not entry.new_block_ids
+                and position >= len(state.token_ids)
+                and position < max_context
+                and position < len(state.block_table) * bs
+            ):
+                entries.append(ScheduledEntry(index, state, position, 1, True, True))
+                continue
             try:
                 catch_up_before_run(state, entry.num_tokens)
-                samples = check_run_entry(
-                    state, entry, self.pool.block_size, self.pool.num_blocks, self.max_context
-                )
+                samples = check_run_entry(state, entry, bs, self.pool.num_blocks, max_context)
             except ValueError as exc:
                 self._fail(table, output, entry.request_id, str(exc))
                 continue

@@ -251,6 +251,28 @@ def _prefill_plan() -> worker_pb2.StepPlan:
     )
 
 
+def test_a_decode_past_its_block_table_fails_only_its_request(runner):
+    """A decode at a block boundary with no new block sent is refused: its request fails and
+    the worker drops it (the decode fast path checks the table's room as check_run_entry does)."""
+    stream = LocalStream(runner)
+    new = worker_pb2.NewRequest(
+        request_id=7, token_ids=[5, 6, 7, 8], num_prompt_tokens=4, sampling=sampling()
+    )
+    first = stream.step(
+        new_requests=[new],
+        run_request_ids=[7],
+        run_num_tokens=[4],
+        run_num_new_blocks=[1],
+        new_block_ids=[3],
+    )
+    assert first.token_ids[0] >= 0 and not first.request_errors
+    refused = stream.step(run_request_ids=[7], run_num_tokens=[1], run_num_new_blocks=[0])
+    assert [e.request_id for e in refused.request_errors] == [7]
+    assert "block table holds 4 tokens" in refused.request_errors[0].message
+    assert list(refused.token_ids) == [-1] and 7 not in stream.table
+    runner.close_table(stream.table)
+
+
 def test_a_plan_launched_before_the_previous_result_is_read_decodes_the_right_token(runner):
     table = runner.new_table()
     prefill = _prefill_plan()
