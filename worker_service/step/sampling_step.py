@@ -54,7 +54,7 @@ class PendingStep:
     """A launched step; wait() blocks until its results are on the host."""
 
     output: StepOutput
-    rows: list[_SampledRow] = field(default_factory=list)
+    rows: list[_SampledRow] = field(default_factory=list)  # per sampled row, with logprobs only
     host: torch.Tensor | None = None  # packed int32 results (pinned on CUDA)
     num_top: int = 0  # columns of the top-n block in host
     has_logprobs: bool = False
@@ -62,6 +62,7 @@ class PendingStep:
     done_event: torch.cuda.Event | None = None
     # Constrained rows: (request id, its grammar, the token it waits for), in plan order.
     grammar_rows: list[tuple[int, RequestGrammar, PendingToken]] = field(default_factory=list)
+    plan_indices: list[int] = field(default_factory=list)  # each sampled row's entry in the plan
 
     @classmethod
     def done(cls, output: StepOutput) -> PendingStep:
@@ -82,16 +83,22 @@ class PendingStep:
             self.output.forward_ms, self.output.sample_ms = self.timer.elapsed_ms()[:2]
         if self.host is None:
             return self.output
-        n, k = len(self.rows), self.num_top
+        n, k = len(self.plan_indices), self.num_top
         values = self.host
         ids, values = values[:n].tolist(), values[n:]
+        out = self.output
+        if not self.has_logprobs:  # the usual step: tokens only, one assignment a row
+            token_ids = out.token_ids
+            for index, token in zip(self.plan_indices, ids, strict=True):
+                token_ids[index] = token
+            self._report_grammars(out)
+            return out
         logprobs = top_ids = top_lps = None
         if self.has_logprobs:
             logprobs, values = values[:n].view(torch.float32).tolist(), values[n:]
         if k:
             top_ids = values[: n * k].view(n, k).tolist()
             top_lps = values[n * k :].view(torch.float32).view(n, k).tolist()
-        out = self.output
         order = range(n)  # logprobs go out in plan order; rows may be in another (runner.py)
         if self.has_logprobs:
             order = sorted(order, key=lambda i: self.rows[i].plan_index)
@@ -164,14 +171,16 @@ def sample_entries(
     result = sample(logits, batch)
     token_ids = result.token_ids
     table.last_tokens[sample_rows] = token_ids
-    for i, e in enumerate(sampled):  # slices, not a list index (that would copy and sync)
-        if e.state.uses_penalties:
-            append_output(e.state, token_ids[i : i + 1])
+    if batch.any_penalties:
+        for i, e in enumerate(sampled):  # slices, not a list index (that would copy and sync)
+            if e.state.uses_penalties:
+                append_output(e.state, token_ids[i : i + 1])
+    num_top, has_logprobs = batch.num_top_logprobs, batch.any_logprobs  # num_top > 0: logprobs
     rows = [
         _SampledRow(e.plan_index, e.state.wants_logprobs, e.state.sampling.top_logprobs)
         for e in sampled
+        if has_logprobs
     ]
-    num_top, has_logprobs = batch.num_top_logprobs, batch.any_logprobs  # num_top > 0: logprobs
     parts = [token_ids.to(torch.int32)]
     if has_logprobs:  # the sampler returns logprobs (and top-n) whenever a request asked
         parts.append(result.logprobs.float().view(torch.int32))
@@ -194,7 +203,10 @@ def sample_entries(
         for i, e in enumerate(sampled)
         if e.state.grammar is not None
     ]
-    return PendingStep(output, rows, host, num_top, has_logprobs, timer, done_event, grammar_rows)
+    plan_indices = [e.plan_index for e in sampled]
+    return PendingStep(
+        output, rows, host, num_top, has_logprobs, timer, done_event, grammar_rows, plan_indices
+    )
 
 
 def _record(timer: StepTimer) -> torch.cuda.Event | None:
