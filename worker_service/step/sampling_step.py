@@ -93,16 +93,13 @@ class PendingStep:
                 token_ids[index] = token
             self._report_grammars(out)
             return out
-        logprobs = top_ids = top_lps = None
-        if self.has_logprobs:
-            logprobs, values = values[:n].view(torch.float32).tolist(), values[n:]
+        logprobs, values = values[:n].view(torch.float32).tolist(), values[n:]
+        top_ids = top_lps = None
         if k:
             top_ids = values[: n * k].view(n, k).tolist()
             top_lps = values[n * k :].view(torch.float32).view(n, k).tolist()
-        order = range(n)  # logprobs go out in plan order; rows may be in another (runner.py)
-        if self.has_logprobs:
-            order = sorted(order, key=lambda i: self.rows[i].plan_index)
-        for i in order:
+        # logprobs go out in plan order; rows may be in another (runner.py)
+        for i in sorted(range(n), key=lambda i: self.rows[i].plan_index):
             row = self.rows[i]
             out.token_ids[row.plan_index] = ids[i]
             if row.wants_logprobs:
