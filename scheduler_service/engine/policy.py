@@ -164,7 +164,10 @@ class BatchPolicy:
         return seq.held_back
 
     def _is_behind(self, seq: Sequence) -> bool:
-        return seq.events.num_undelivered(seq.index) >= self.config.max_stream_backlog
+        backlog = self.config.max_stream_backlog
+        # backlog_bound >= its undelivered tokens: under the limit, no exact count is needed
+        # (this runs over every running request whenever a full batch has requests waiting)
+        return seq.backlog_bound >= backlog and seq.events.num_undelivered(seq.index) >= backlog
 
     def _make_room(
         self, seq: Sequence, need: int, running: list[Sequence], preempted: set[int]
