@@ -215,11 +215,7 @@ class BatchPolicy:
 
     def _evict(self, victim: Sequence) -> None:
         """Preempts victim (taken out of running); its blocks come back at once unless a plan
-        in flight still runs it."""
-        self._preempt_counting(victim)
-
-    def _preempt_counting(self, victim: Sequence) -> None:
-        """Preempts victim; its blocks count as on their way while a plan in flight runs it."""
+        in flight still runs it, and count as on their way until then."""
         if victim.in_flight > 0:
             self._blocks_pending += len(victim.block_ids)
         self._preempt(victim)
@@ -293,7 +289,7 @@ class BatchPolicy:
             if victim is None or self._covered(need, match):
                 return False
             running.remove(victim)
-            self._preempt_counting(victim)
+            self._evict(victim)
         return True
 
     def _free_slot(self, running: list[Sequence], waiting: deque[Sequence]) -> bool:

@@ -83,8 +83,8 @@ class Sequence:
     worker_dropped: bool = False  # the worker reported an error for it and dropped its state
     # Set at construction (len(request.prompt_ids)), a field since every step reads it per row.
     num_prompt_tokens: int = field(init=False, default=0)
-    # Set at construction: where its frames fall under the stream interval (worker_loop.py,
-    # _take_results); one value for the n completions of a request (consecutive arrivals).
+    # Set at construction: where its frames fall under the stream interval (emit_at_interval);
+    # one value for the n completions of a request (consecutive arrivals).
     stream_phase: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
@@ -144,6 +144,20 @@ class Sequence:
         self.sent = False
         self.in_flight = 0
         self.worker_dropped = False
+
+    def emit_at_interval(
+        self, new_tokens: list[int], logprobs: list[TokenLogprobs], interval: int
+    ) -> None:
+        """emit() under a stream interval: the first token at once (TTFT), then the reader
+        wakes at the output positions p with (p + stream_phase) % interval == 0 (or once
+        interval tokens wait). Requests admitted together thus wake on different steps, so
+        their frames (the frontend's per-frame work) spread over the steps instead of all
+        landing on every interval-th one and stalling it."""
+        wake = interval == 1 or not self.emitted
+        if not wake:
+            n = len(new_tokens)
+            wake = (self.emitted + n + self.stream_phase) % interval < n
+        self.emit(new_tokens, logprobs, 1 if wake else interval)
 
     def emit(
         self, new_tokens: list[int], logprobs: list[TokenLogprobs], min_tokens: int = 1

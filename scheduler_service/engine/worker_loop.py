@@ -129,8 +129,7 @@ class WorkerLoop:
                 self._trace = None
 
     async def _steps(self) -> None:
-        """With overlap, plans_ahead plans stay in flight; raises WorkerStreamError when it is
-        lost."""
+        """With overlap, plans_ahead plans stay in flight; WorkerStreamError: it was lost."""
         depth = self.config.plans_ahead
         while True:
             if self._lost is not None:
@@ -184,32 +183,22 @@ class WorkerLoop:
                 seq.status = running
         flight = await self.stream.send(runs)
         if self._trace is not None:
-            flight.trace = self._trace_fields(flight, runs, start, scheduled, gc_start)
-
-    def _trace_fields(
-        self, flight: InFlight, runs: Runs, start: float, scheduled: float, gc_start: float
-    ) -> dict:
-        """A sent plan's fields of the step trace (ops/step_trace.py)."""
-        sent = time.perf_counter()
-        # a run is prefill unless it is one token at or past the prompt's end (a decode)
-        columns = (runs.seqs, runs.num_tokens, flight.ends)
-        prefill_tokens = sum(
-            n
-            for seq, n, end in zip(*columns, strict=True)
-            if n > 1 or end - 1 < seq.num_prompt_tokens
-        )
-        return dict(
-            step=flight.plan.step_id,
-            entries=len(runs),
-            tokens=sum(flight.plan.num_tokens),
-            prefill_tokens=prefill_tokens,
-            running=len(self.running),
-            waiting=len(self.waiting),
-            schedule_ms=(scheduled - start) * 1e3,
-            send_ms=(sent - scheduled) * 1e3,
-            gc_ms=(self._trace.gc_s - gc_start) * 1e3 if self._trace is not None else 0.0,
-            t_sent=sent,
-        )
+            # a run is prefill unless it is one token at or past the prompt's end (a decode)
+            columns = (runs.seqs, runs.num_tokens, flight.ends)
+            prefill = sum(
+                n
+                for s, n, end in zip(*columns, strict=True)
+                if n > 1 or end - 1 < s.num_prompt_tokens
+            )
+            flight.trace = self._trace.plan_fields(
+                flight.plan,
+                prefill,
+                len(self.running),
+                len(self.waiting),
+                start,
+                scheduled,
+                gc_start,
+            )
 
     async def _receive(self) -> None:
         flight, outcome = await self.stream.receive(self.config.step_timeout_s)
@@ -236,10 +225,6 @@ class WorkerLoop:
         grammar jumps, prefill chunks) leave the plain decode path."""
         loaded = len(self.running) >= self.config.stream_interval_min_batch
         interval = self.config.stream_interval if loaded else 1  # see SchedulerConfig
-        # Under load a reader wakes at the output positions p with (p + seq.stream_phase) %
-        # interval == 0 (or once interval tokens wait): requests admitted together wake on
-        # different steps, so their frames (the frontend's per-frame work) spread over the
-        # steps instead of landing all on every interval-th one and stalling it.
         request_ids = flight.plan.request_ids
         errors = outcome.request_errors
         if errors:
@@ -270,12 +255,7 @@ class WorkerLoop:
             else:
                 seq.append_token(token, max_context)
                 tokens, lps = [token], []
-            # The first token at once (TTFT), then at the request's frame boundaries.
-            emitted = seq.emitted
-            wake = interval == 1 or not emitted
-            if not wake:
-                wake = (emitted + len(tokens) + seq.stream_phase) % interval < len(tokens)
-            seq.emit(tokens, lps, 1 if wake else interval)
+            seq.emit_at_interval(tokens, lps, interval)
             if seq.finish_reason is not None:
                 self._on_finished(seq)
                 self._retire(seq)

@@ -40,6 +40,32 @@ class StepTrace:
         path = os.environ.get(ENV)
         return cls(path) if path else None
 
+    def plan_fields(
+        self,
+        plan,
+        prefill_tokens: int,
+        running: int,
+        waiting: int,
+        start: float,
+        scheduled: float,
+        gc_start: float,
+    ) -> dict:
+        """A plan's fields, as it is sent (plan: its StepPlan; start / scheduled: when its step's
+        scheduling began and ended; gc_start: gc_s at start); record() adds its result's."""
+        sent = time.perf_counter()
+        return dict(
+            step=plan.step_id,
+            entries=len(plan.num_tokens),
+            tokens=sum(plan.num_tokens),
+            prefill_tokens=prefill_tokens,
+            running=running,
+            waiting=waiting,
+            schedule_ms=(scheduled - start) * 1e3,
+            send_ms=(sent - scheduled) * 1e3,
+            gc_ms=(self.gc_s - gc_start) * 1e3,
+            t_sent=sent,
+        )
+
     def record(self, **fields: float | int) -> None:
         self._file.write(json.dumps(fields, separators=(",", ":")) + "\n")
 

@@ -173,11 +173,14 @@ def sample_entries(
             if e.state.uses_penalties:
                 append_output(e.state, token_ids[i : i + 1])
     num_top, has_logprobs = batch.num_top_logprobs, batch.any_logprobs  # num_top > 0: logprobs
-    rows = [
-        _SampledRow(e.plan_index, e.state.wants_logprobs, e.state.sampling.top_logprobs)
-        for e in sampled
+    rows = (
+        [
+            _SampledRow(e.plan_index, e.state.wants_logprobs, e.state.sampling.top_logprobs)
+            for e in sampled
+        ]
         if has_logprobs
-    ]
+        else []
+    )
     parts = [token_ids.to(torch.int32)]
     if has_logprobs:  # the sampler returns logprobs (and top-n) whenever a request asked
         parts.append(result.logprobs.float().view(torch.int32))
