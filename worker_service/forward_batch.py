@@ -37,7 +37,8 @@ class ForwardBatch:
     # extend attention, with extend_query_start [batch - num_single + 1] = query_start[d:] - d.
     num_single: int = 0
     extend_query_start: torch.Tensor | None = None
-    # A decode batch whose rows share cached prefix blocks (worker_service/step/prefix_groups.py):
+    # Decode rows that share cached prefix blocks (worker_service/step/prefix_groups.py): every
+    # row of a decode batch, or a mixed batch's num_single leading rows (kv_start [num_single]);
     # attention reads each shared prefix once per group. None: plain decode attention.
     prefix_groups: PrefixGroups | None = None
     # A decode batch without groups: its rows by seq_len, longest first ([batch] int32), the

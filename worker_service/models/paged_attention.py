@@ -1,9 +1,10 @@
 """Which attention kernel a batch's rows take, over the paged pool (the K/V already stored).
 
-A decode batch whose rows share cached prefix blocks takes grouped attention; a plain decode
-batch decode attention; a mixed batch decode attention for its single-token rows (first) and
-extend attention for the rest; a prefill batch extend attention. Shared by the model's layers
-and by the prefill graphs (step/prefill_graphs.py), which run it between their graph pieces.
+A decode batch takes decode attention, grouped (cascade) where its rows share cached prefix
+blocks; a mixed batch decode attention for its single-token rows (first; grouped too when they
+share) and extend attention for the rest; a prefill batch extend attention. Shared by the
+model's layers and by the prefill graphs (step/prefill_graphs.py), which run it between their
+graph pieces.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ def paged_attention(
     batch's tokens (a graph bucket's padding): rows past them are not written."""
     pool = {"backend": backend, "k_scale": k_scale, "v_scale": v_scale}
     paged = (k_cache, v_cache, batch.block_tables, batch.seq_lens)
-    if batch.prefix_groups is not None:  # decode rows sharing cached prefix blocks
-        return decode_attention_grouped(q, *paged, scale, batch.prefix_groups, **pool, out=out)
+    groups = batch.prefix_groups  # decode rows sharing cached prefix blocks
     if batch.is_decode:
+        if groups is not None:
+            return decode_attention_grouped(q, *paged, scale, groups, **pool, out=out)
         return decode_attention(q, *paged, scale, **pool, out=out, order=batch.decode_order)
     if not batch.num_single:
         return extend_attention(
@@ -40,16 +42,11 @@ def paged_attention(
     # mixed: single-token requests first, through the decode kernel
     d = batch.num_single
     out = torch.empty_like(q) if out is None else out
-    decode_attention(
-        q[:d],
-        k_cache,
-        v_cache,
-        batch.block_tables[:d],
-        batch.seq_lens[:d],
-        scale,
-        **pool,
-        out=out[:d],
-    )
+    single = (q[:d], k_cache, v_cache, batch.block_tables[:d], batch.seq_lens[:d], scale)
+    if groups is not None:
+        decode_attention_grouped(*single, groups, **pool, out=out[:d])
+    else:
+        decode_attention(*single, **pool, out=out[:d])
     extend_attention(
         q[d:],
         k_cache,

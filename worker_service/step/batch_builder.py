@@ -155,12 +155,13 @@ def build_forward_batch(
 
     Also returns sample_rows [num_sampled] int64: the last_tokens rows of the sampling entries.
     Entries that run one token should come first (ModelRunner orders them so): in a mixed batch
-    the leading ones take decode attention (ForwardBatch.num_single). A decode batch whose rows
-    share cached prefix blocks gets ForwardBatch.prefix_groups (at most max_prefix_groups groups;
-    0: never). single_by_decode (deterministic mode): only decodes of a generated token
-    (is_decode) take decode attention, so that a prompt token whose run is one token long (the
-    rest of its prompt cached, or the last of a chunking) takes extend attention as in any other
-    chunking; the ModelRunner then puts the decodes first.
+    the leading ones take decode attention (ForwardBatch.num_single). A batch whose decode rows
+    (all rows, or a mixed batch's leading one-token rows) share cached prefix blocks gets
+    ForwardBatch.prefix_groups over those rows (at most max_prefix_groups groups; 0: never).
+    single_by_decode (deterministic mode): only decodes of a generated token (is_decode) take
+    decode attention, so that a prompt token whose run is one token long (the rest of its
+    prompt cached, or the last of a chunking) takes extend attention as in any other chunking;
+    the ModelRunner then puts the decodes first.
     """
     if all(e.is_decode for e in entries):
         return _decode_batch(entries, table, block_size, max_prefix_groups)
@@ -217,9 +218,10 @@ def build_forward_batch(
         if num_single:
             parts.append((query_starts[num_single:] - num_single).int())
     groups = None
-    if max_prefix_groups and is_decode:
-        lens = [e.start + 1 for e in entries]
-        groups = _prefix_groups(host_tables, lens, block_size, max_prefix_groups)
+    grouped_rows = batch if is_decode else num_single  # a mixed step's decode rows group too
+    if max_prefix_groups and grouped_rows >= 2:
+        lens = [e.start + 1 for e in entries[:grouped_rows]]
+        groups = _prefix_groups(host_tables[:grouped_rows], lens, block_size, max_prefix_groups)
     first_group_part = len(parts)
     if groups is not None:
         parts += [

@@ -14,7 +14,9 @@ A step with d one-token requests and t other tokens moves its rows into that lay
 rows to [0, d), the rest to [DECODE_SLOTS, DECODE_SLOTS + t). Unused decode slots are padding (one
 token at position 0 over the scratch block); unused extend slots have no tokens, so their
 programs and the query tiles past a request's tokens exit at once; padding token rows write K/V
-into the scratch block only, and no attention reads them.
+into the scratch block only, and no attention reads them. The captured decode attention is the
+plain one: a step's prefix groups (ForwardBatch.prefix_groups) are not used here (the same
+result; at DECODE_SLOTS rows the shared prefix costs little).
 """
 
 from __future__ import annotations
@@ -90,7 +92,6 @@ class MixedGraphs:
         t = batch.input_ids.shape[0] - d
         if (
             batch.is_decode
-            or batch.prefix_groups is not None
             or d > DECODE_SLOTS
             or batch.batch_size - d > EXTEND_SLOTS
             or t > self.sizes[-1]

@@ -257,9 +257,10 @@ class ModelRunner:
         else:
             entries.sort(key=lambda e: e.num_tokens != 1)
         max_groups = 0
-        if self.cascade:  # as many groups as the step's graph holds (eager: no bound)
-            graphs = self.graphs
-            max_groups = len(entries) if graphs is None else graphs.group_slots(len(entries))
+        if self.cascade:  # as many groups as a decode step's graph holds (eager, mixed: no bound)
+            graphs, n = self.graphs, len(entries)
+            decode = graphs is not None and all(e.num_tokens == 1 for e in entries)
+            max_groups = graphs.group_slots(n) if decode else n
         batch, sample_rows = build_forward_batch(
             entries, table, self.pool.block_size, max_groups, single_by_decode=self.deterministic
         )

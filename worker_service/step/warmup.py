@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from yaie.kernels.attention import PrefixGroups, decode_attention_grouped
+from yaie.kernels.attention import PrefixGroups, decode_attention_grouped, resolve_backend
 from yaie.kernels.sampling import SamplingConfig, sample
 from yaie.kernels.sampling.batch import SamplingBatch
 from yaie.worker_service.protocol import NewRequestSpec, Plan, RunEntry
@@ -93,6 +93,8 @@ def warm_up(runner: ModelRunner) -> float:
     finally:
         runner.close_table(table)
     _warm_sampler_filters(runner)
+    if resolve_backend(runner.model.attention_backend, runner.device.type == "cuda") == "triton":
+        _warm_decode_splits(runner)
     if runner.cascade:
         _warm_grouped_attention(runner)
     seconds = time.perf_counter() - start
@@ -109,17 +111,63 @@ def _warm_sampler_filters(runner: ModelRunner) -> None:
         sample(logits, SamplingBatch.build([config] * 2, [1, 2], runner.device, runner.vocab_size))
 
 
-def _warm_grouped_attention(runner: ModelRunner) -> None:
-    """The grouped (cascade) decode kernels, on two rows sharing one block of layer 0's pool
-    (real steps group only past batch_builder's thresholds, which the steps above stay under)."""
+# One split count per variant the decode kernels compile: the split pass writes the output itself
+# at 1 split (MERGE), and the reduce pass is compiled per power of two of the split count (up to
+# default_num_splits' 64).
+_SPLIT_CLASSES = (1, 2, 3, 5, 9, 17, 33)
+
+
+def _layer0_attention_inputs(runner: ModelRunner, rows: int, blocks: list[list[int]]):
+    """(q, k_cache, v_cache, block_tables, seq_lens, scale, k_scale, v_scale) of rows over layer
+    0's pool, each row reading the given blocks (all full): what a direct kernel call takes."""
     model, bs = runner.model, runner.pool.block_size
     k_cache, v_cache = runner.pool.cache[0][0], runner.pool.cache[0][1]
     scales = runner.pool.scales
     k_scale, v_scale = (None, None) if scales is None else (scales[0][0], scales[0][1])
     num_q_heads = model.config.num_heads // (model.tp.size if model.tp is not None else 1)
-    q = torch.randn(2, num_q_heads, model.head_dim, dtype=model.dtype, device=runner.device)
-    tables = torch.tensor([[0, 1], [0, 2]], dtype=torch.int32, device=runner.device)
-    seq_lens = torch.tensor([bs + 1, bs + 1], dtype=torch.int32, device=runner.device)
+    q = torch.randn(rows, num_q_heads, model.head_dim, dtype=model.dtype, device=runner.device)
+    tables = torch.tensor(blocks, dtype=torch.int32, device=runner.device)
+    seq_lens = torch.full((rows,), len(blocks[0]) * bs, dtype=torch.int32, device=runner.device)
+    return q, k_cache, v_cache, tables, seq_lens, model.head_dim**-0.5, k_scale, v_scale
+
+
+def _warm_decode_splits(runner: ModelRunner) -> None:
+    """Every split-count variant of the plain decode kernels, with and without a row order.
+    The decode graphs compile only the split counts of their captured batch sizes; a mixed
+    step's one-token rows outside the mixed graphs (more than their decode slots) run the
+    unordered kernel eagerly at other counts: on the H200 three such compiles stalled the first
+    mixed steps of a run for 0.2-0.5 s each (benchmarks/NOTES.md, session 16)."""
+    from yaie.kernels.attention.triton_decode import decode_attention_triton
+
+    rows = 2
+    q, k_cache, v_cache, tables, seq_lens, scale, k_scale, v_scale = _layer0_attention_inputs(
+        runner, rows, [[0, 1]] * rows
+    )
+    order = torch.arange(rows, dtype=torch.int32, device=runner.device)
+    for num_splits in _SPLIT_CLASSES:
+        for row_order in (None, order):
+            decode_attention_triton(
+                q,
+                k_cache,
+                v_cache,
+                tables,
+                seq_lens,
+                scale,
+                num_splits=num_splits,
+                k_scale=k_scale,
+                v_scale=v_scale,
+                order=row_order,
+            )
+
+
+def _warm_grouped_attention(runner: ModelRunner) -> None:
+    """The grouped (cascade) decode kernels, on two rows sharing one block of layer 0's pool
+    (real steps group only past batch_builder's thresholds, which the steps above stay under)."""
+    bs = runner.pool.block_size
+    q, k_cache, v_cache, tables, seq_lens, scale, k_scale, v_scale = _layer0_attention_inputs(
+        runner, 2, [[0, 1], [0, 2]]
+    )
+    seq_lens.fill_(bs + 1)
     groups = PrefixGroups.from_lists([[0, 1]], [bs], 2, runner.device)
     decode_attention_grouped(
         q,
@@ -127,9 +175,9 @@ def _warm_grouped_attention(runner: ModelRunner) -> None:
         v_cache,
         tables,
         seq_lens,
-        model.head_dim**-0.5,
+        scale,
         groups,
-        backend=model.attention_backend,
+        backend=runner.model.attention_backend,
         k_scale=k_scale,
         v_scale=v_scale,
     )

@@ -126,3 +126,36 @@ def test_deterministic_batches_keep_decode_attention_for_generated_tokens_only()
     assert batch.extend_query_start.tolist() == [0, 1, 6]
     only_last, _ = build_forward_batch([last], table, BLOCK_SIZE, single_by_decode=True)
     assert not only_last.is_decode and only_last.num_single == 0
+
+
+def test_a_mixed_batch_groups_its_one_token_rows_over_shared_blocks(monkeypatch):
+    """In a mixed batch the leading one-token rows (decode attention) are grouped as a decode
+    batch would be (kv_start for those rows only); the prompt rows after them never are."""
+    from yaie.worker_service.step import batch_builder
+
+    for name, value in (("MIN_PREFIX_TOKENS", 4), ("MIN_GROUP_SAVED_TOKENS", 0)):
+        monkeypatch.setattr(batch_builder, name, value)
+    monkeypatch.setattr(batch_builder, "MIN_SAVED_TOKENS", 1)
+    table = RequestTable(torch.device("cpu"), capacity=4)
+    states = []
+    for i in range(4):  # rows 0-2 decode over blocks [1, 2, 3]; row 3 is a prompt over them too
+        n = 4 * 3 + 3 + i
+        state = RequestState(i, table._take_row(), list(range(n)), n, 0, [], None)
+        state.num_computed, state.num_sampled = (n, 1) if i < 3 else (12, 0)
+        table.append_blocks(state, [1, 2, 3, 100 + 10 * i, 101 + 10 * i])
+        states.append(state)
+    decodes = [
+        ScheduledEntry(i, s, s.num_computed, 1, True, True) for i, s in enumerate(states[:3])
+    ]
+    prompt = ScheduledEntry(3, states[3], 12, 6, True, False)
+    batch, _ = build_forward_batch([*decodes, prompt], table, BLOCK_SIZE, 4)
+    groups = batch.prefix_groups
+    assert not batch.is_decode and batch.num_single == 3 and groups is not None
+    assert [t.tolist() for t in (groups.rows, groups.starts, groups.prefix_lens)] == [
+        [0, 1, 2],
+        [0, 3],
+        [12],
+    ]
+    assert groups.kv_start.tolist() == [12, 12, 12]
+    plain, _ = build_forward_batch([*decodes, prompt], table, BLOCK_SIZE, 0)
+    assert plain.prefix_groups is None

@@ -92,8 +92,9 @@ def test_too_little_sharing_gives_no_groups():
 
 def _cascade_tokens(runner, monkeypatch, steps: int = 6) -> tuple[list[list[int]], int]:
     """Request 1 prefills 14 tokens; requests 2 and 3 reuse its first 3 blocks (12 cached
-    tokens) and add 2 of their own; then all three decode. -> (tokens per request, steps that
-    ran grouped attention)."""
+    tokens) and add 2 of their own; then all three decode, and in the middle step request 4
+    (the same 12 cached tokens) prefills beside them: a mixed step. -> (tokens per request,
+    steps that ran grouped attention)."""
     monkeypatch.setattr(batch_builder, "MIN_PREFIX_TOKENS", 4)
     monkeypatch.setattr(batch_builder, "MIN_SAVED_TOKENS", 1)
     monkeypatch.setattr(batch_builder, "MIN_GROUP_SAVED_TOKENS", 1)
@@ -105,7 +106,9 @@ def _cascade_tokens(runner, monkeypatch, steps: int = 6) -> tuple[list[list[int]
     greedy = sampling()
     shared = [11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22]
     prompts = {1: shared + [23, 24], 2: shared + [30, 31], 3: shared + [40, 41]}
+    prompts[4] = shared + [50, 51]
     tables = {1: [0, 1, 2, 3, 4, 5], 2: [0, 1, 2, 10, 11, 12], 3: [0, 1, 2, 20, 21, 22]}
+    tables[4] = [0, 1, 2, 30, 31, 32]
 
     def new(rid: int, cached: int) -> worker_pb2.NewRequest:
         return worker_pb2.NewRequest(
@@ -116,7 +119,7 @@ def _cascade_tokens(runner, monkeypatch, steps: int = 6) -> tuple[list[list[int]
             sampling=greedy,
         )
 
-    stream, out = LocalStream(runner), {1: [], 2: [], 3: []}
+    stream, out = LocalStream(runner), {1: [], 2: [], 3: [], 4: []}
     first = stream.step(
         new_requests=[new(1, 0)],
         run_request_ids=[1],
@@ -134,24 +137,31 @@ def _cascade_tokens(runner, monkeypatch, steps: int = 6) -> tuple[list[list[int]
     )
     for rid, token in zip((1, 2, 3), second.token_ids, strict=True):
         out[rid].append(token)
-    for _ in range(steps):
+    running = [1, 2, 3]
+    for i in range(steps):
+        mixed = i == steps // 2
+        fields = dict(new_requests=[new(4, 12)], new_block_ids=tables[4]) if mixed else {}
         result = stream.step(
-            run_request_ids=[1, 2, 3], run_num_tokens=[1, 1, 1], run_num_new_blocks=[0, 0, 0]
+            run_request_ids=running + [4] * mixed,
+            run_num_tokens=[1, 1, 1] + [2] * mixed,
+            run_num_new_blocks=[0, 0, 0] + [6] * mixed,
+            **fields,
         )
-        for rid, token in zip((1, 2, 3), result.token_ids, strict=True):
+        for rid, token in zip(running + [4] * mixed, result.token_ids, strict=True):
             out[rid].append(token)
     runner.close_table(stream.table)
-    return [out[r] for r in (1, 2, 3)], sum(g is not None for g in grouped)
+    return [out[r] for r in (1, 2, 3, 4)], sum(g is not None for g in grouped)
 
 
 def test_decode_steps_over_shared_blocks_run_grouped_and_give_the_plain_tokens(
     model_runner, monkeypatch
 ):
     """With cascade on, decode steps whose rows share cached blocks carry prefix groups (the
-    worker found them) and produce the same greedy tokens as plain decode attention."""
+    worker found them), as does a mixed step's decode rows, and produce the same greedy tokens
+    as plain decode attention."""
     plain, _ = _cascade_tokens(model_runner(cascade=False), monkeypatch)
     grouped, num_grouped = _cascade_tokens(model_runner(cascade=True), monkeypatch)
-    assert num_grouped == 6  # every decode-only step
+    assert num_grouped == 6  # every step after the first two: 5 decode-only, 1 mixed
     assert grouped == plain
     assert warm_up(model_runner(cascade=True)) > 0  # includes a grouped attention call
 
@@ -176,5 +186,6 @@ def test_cuda_grouped_decode_replays_its_graph_and_gives_the_plain_tokens(
     plain, _ = _cascade_tokens(make(False), monkeypatch)
     assert loads == []
     grouped, num_grouped = _cascade_tokens(make(True), monkeypatch)
-    assert num_grouped == 6 and loads == [3] * 6  # every decode-only step, in its graph
+    # every decode-only step in its graph; the mixed step's groups are not a decode graph's
+    assert num_grouped == 6 and loads == [3] * 5
     assert grouped == plain
