@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import urllib.request
 
 import grpc
@@ -23,6 +24,18 @@ def _scrape(port: int) -> dict[str, list]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
         text = reply.read().decode()
     return {family.name: family.samples for family in text_string_to_metric_families(text)}
+
+
+def _scrape_when_counted(port: int, outcome: str, timeout_s: float = 5.0) -> dict[str, list]:
+    """_scrape once a request with outcome is counted: the server records a call's outcome
+    after its status went out, so the client may see the status first."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        families = _scrape(port)
+        labels = [s.labels.get("outcome") for s in families.get("yaie_requests", [])]
+        if outcome in labels or time.monotonic() > deadline:
+            return families
+        time.sleep(0.02)
 
 
 def _value(samples: list, name: str, **labels: str) -> float:
@@ -47,7 +60,7 @@ def test_metrics_endpoint_exposes_the_named_series(tokenizer, caplog) -> None:
             assert frames[-1].finish_reason == pb.FINISH_REASON_LENGTH
             with pytest.raises(grpc.RpcError):  # an invalid request counts by its status
                 list(stub.Generate(pb.GenerateRequest(text=""), timeout=10))
-        families = _scrape(port)
+        families = _scrape_when_counted(port, "invalid_argument")
     worker = stack.workers[0].address
     requests = families["yaie_requests"]
     assert _value(requests, "yaie_requests_total", outcome="length") == 1
