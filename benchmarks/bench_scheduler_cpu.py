@@ -48,7 +48,7 @@ def run_worker(port: int, vocab_size: int) -> None:
     config = FakeWorkerConfig(
         vocab_size=vocab_size,
         max_context=4096,
-        num_blocks=8192,
+        num_blocks=65536,  # the shared-prefix workload's 1,024 requests fit without preemption
         block_size=16,
         cheap_next_token=True,
     )
@@ -140,6 +140,9 @@ def main() -> int:
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--profile", action="store_true", help="one more run under cProfile")
+    parser.add_argument(
+        "--shared", action="store_true", help="the shared-prefix workload (1,024 requests at once)"
+    )
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument(
         "--stream-interval",
@@ -200,6 +203,8 @@ def main() -> int:
             seed=0,
             disable_progress=True,
         )
+        if args.shared:  # bench_stack's shared-prefix stage (64 x 16, 2,048 + 128, 256 out)
+            config = bench.BenchConfig("shared-prefix", seed=0, disable_progress=True)
         warm = bench.BenchConfig(
             "fixed", 32, fixed_input_len=16, fixed_output_len=16, seed=5, disable_progress=True
         )

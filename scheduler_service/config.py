@@ -63,6 +63,15 @@ class SchedulerConfig:
     max_wait_steps: int = 32
     # Waiting requests considered for prefix ordering per step (the queue head; bounds the cost).
     prefix_scan_window: int = 256
+    # Admission waves under a full batch: while fewer than this many running slots are free
+    # (and more requests wait), the waiting ones are admitted together once enough are, or once
+    # the first has waited this many steps. A step that admits one prompt beside a full batch
+    # of decodes costs about what one admitting 16 does (H200, 256 decode rows + a 128-token
+    # prompt: 14.9 ms vs 7.0 ms for the decodes alone, most of it the mixed step's host launch;
+    # benchmarks/NOTES.md, session 16), so admitting one request a step as slots free up spent
+    # a third of a shared-prefix run in such steps. Capped at max_running_requests // 16 (off
+    # below 32 running); 1: admit as soon as a slot frees.
+    admission_wave: int = 8
     # Structured output: append the tokens a request's grammar forces (a JSON key, `": "`)
     # without a decode step each (SGLang's jump-forward decoding). Off by default: on the H200
     # it cost 2-3x throughput (its extend chunks make steps eager and wait for the previous
@@ -87,6 +96,7 @@ class SchedulerConfig:
             "stream_interval_min_batch": self.stream_interval_min_batch,
             "max_stream_backlog": self.max_stream_backlog,
             "overlap_depth": self.overlap_depth,
+            "admission_wave": self.admission_wave,
         }
         for name, value in positive.items():
             if not isinstance(value, int) or value < 1:

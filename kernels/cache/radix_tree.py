@@ -56,6 +56,7 @@ class RadixTree:
         self._tie = itertools.count()
         self.num_cached_blocks = 0
         self.num_locked_blocks = 0  # in nodes with lock_ref > 0
+        self.num_evicted_blocks = 0  # over the tree's life (a cached match may have shrunk)
         self.hit_tokens = 0  # over every match_prefix call
         self.query_tokens = 0
 
@@ -157,6 +158,7 @@ class RadixTree:
             del parent.children[self._child_key(parent, leaf.key, 0, leaf.namespace)]
             leaf.evicted = True
             self.num_cached_blocks -= len(leaf.blocks)
+            self.num_evicted_blocks += len(leaf.blocks)
             freed.extend(leaf.blocks)
             self._offer(parent)
         return freed

@@ -13,7 +13,8 @@ compute the prompt. When a running request needs a block and the pool has none, 
 request of the lowest priority, newest first, is preempted (recomputed later from its tokens,
 its computed blocks cached in the tree); so is one of lower priority than the best waiting
 request when the batch or the pool has no room for that one. New requests also join a plan
-only while its encoding fits under the worker's receive limit (max_plan_bytes).
+only while its encoding fits under the worker's receive limit (max_plan_bytes). Under a full
+batch, requests are admitted in waves (SchedulerConfig.admission_wave), not one a step.
 
 Of each Sequence the policy alone writes the admission and block fields (queued_at_step,
 hit_estimate, admitted_once, num_cached_tokens, block_ids, match).
@@ -28,6 +29,11 @@ from dataclasses import dataclass
 
 from yaie.kernels.cache import KVCacheManager, PrefixMatch
 from yaie.scheduler_service.config import SchedulerConfig
+from yaie.scheduler_service.engine.prefix_sharing import (
+    HitEpochs,
+    first_block_key,
+    worth_waiting,
+)
 from yaie.scheduler_service.engine.priority_order import insert_by_priority
 from yaie.scheduler_service.engine.runs import Runs
 from yaie.scheduler_service.engine.sequence import Sequence
@@ -70,7 +76,7 @@ class BatchPolicy:
         self.block_size = kv.block_size
         self._preempt = preempt  # takes seq out of running; frees its blocks when it can
         self._blocks_pending = 0  # during schedule(): blocks on their way back (retiring ones)
-        self.tree_epoch = 0  # bumped whenever blocks enter the tree (see _hit_estimate)
+        self.hit_epochs = HitEpochs()  # when blocks entered the tree, by prompt (_hit_estimate)
         self.counters = AdmissionCounters()
         self.num_steps = 0  # schedule() calls so far
 
@@ -142,7 +148,7 @@ class BatchPolicy:
             seq.match = self.kv.cache_running(
                 tokens, seq.block_ids, seq.match, seq.request.namespace
             )
-            self.tree_epoch += 1
+            self.hit_epochs.entered(first_block_key(seq, bs))
 
     def release(self, seq: Sequence, cache: bool) -> None:
         """No plan in flight runs seq: its blocks go back to the pool, its computed full blocks
@@ -153,7 +159,8 @@ class BatchPolicy:
         self.kv.release(
             seq.token_ids[:num_kv], seq.block_ids, seq.match, seq.request.namespace, cache=cache
         )
-        self.tree_epoch += cache
+        if cache:
+            self.hit_epochs.entered(first_block_key(seq, self.block_size))
 
     def _hold_back(self, seq: Sequence) -> bool:
         """Whether seq's client is max_stream_backlog tokens behind (backpressure: a slow or
@@ -245,6 +252,8 @@ class BatchPolicy:
             return runs
         if len(running) >= limit and not self._free_slot(running, waiting):
             return runs  # (ordering the queue costs a prefix match per waiting request)
+        if self._waits_for_wave(running, waiting):
+            return runs
         sharing = self._prompts_being_computed(running)
         room = self.max_plan_bytes - PLAN_ENTRY_BYTES * len(running) - PLAN_SLACK_BYTES
         for seq in self._admission_order(waiting):
@@ -256,7 +265,9 @@ class BatchPolicy:
             size = new_request_bytes(seq.token_ids, seq.request.sampling)
             if size > room and runs:
                 break  # the plan is full: the next step sends it (its place in line kept)
-            if not seq.admitted_once and self._worth_waiting(seq, self._hit_estimate(seq), sharing):
+            if not seq.admitted_once and worth_waiting(
+                seq, self._hit_estimate(seq), sharing, self.block_size
+            ):
                 continue
             if seq.leader is not None and self._waits_for_leader(seq):
                 continue
@@ -280,6 +291,17 @@ class BatchPolicy:
             room -= size + PLAN_ENTRY_BYTES
             self._note_prompt_being_computed(seq, sharing)
         return runs
+
+    def _waits_for_wave(self, running: list[Sequence], waiting: deque[Sequence]) -> bool:
+        """Whether admission waits for a wave (SchedulerConfig.admission_wave): the batch is
+        nearly full, fewer slots are free than the wave (or the queue) holds, and the first
+        waiting request has waited fewer steps than the wave size and outranks no running one."""
+        limit = self.config.max_running_requests
+        wave = min(self.config.admission_wave, limit // 16)
+        if wave <= 1 or not running or limit - len(running) >= min(wave, len(waiting)):
+            return False
+        head = waiting[0]
+        return head.priority <= running[-1].priority and self.wait_steps(head) < wave
 
     def _room_for_admission(self, running: list[Sequence], need: int, match: PrefixMatch) -> bool:
         """Whether need blocks (besides match's) can be allocated, after preempting held-back
@@ -334,27 +356,7 @@ class BatchPolicy:
             self.config.enable_prefix_cache
             and seq.match.num_tokens < seq.num_prompt_tokens // bs * bs
         ):
-            key = (seq.request.namespace, tuple(seq.token_ids[:bs]))
-            found.setdefault(key, []).append(seq)
-
-    def _worth_waiting(
-        self, seq: Sequence, num_cached: int, sharing: dict[tuple, list[Sequence]]
-    ) -> bool:
-        """Whether a running request is computing at least two more blocks of seq's prompt than
-        the tree holds now: seq then waits for them (they are shared once computed) instead of
-        computing them again."""
-        bs = self.block_size
-        key = (seq.request.namespace, tuple(seq.token_ids[:bs]))
-        for other in sharing.get(key, ()):
-            limit = min(len(seq.token_ids) - 1, other.num_prompt_tokens)
-            common = 0
-            while common + bs <= limit and (
-                seq.token_ids[common : common + bs] == other.token_ids[common : common + bs]
-            ):
-                common += bs
-            if common - num_cached >= 2 * bs:
-                return True
-        return False
+            found.setdefault(first_block_key(seq, bs), []).append(seq)
 
     def _waits_for_leader(self, seq: Sequence) -> bool:
         """Whether seq, a later completion of a request (engine/completions.py), waits for
@@ -370,10 +372,10 @@ class BatchPolicy:
         return self._hit_estimate(seq) < full
 
     def _hit_estimate(self, seq: Sequence) -> int:
-        """seq's cached prefix length for ordering, recomputed only when the tree changed (a
-        match costs O(prompt); an estimate gone stale only reorders, admission matches anew)."""
-        tree = self.kv.tree
-        state = (self.tree_epoch, tree.num_cached_blocks)
+        """seq's cached prefix length for ordering, recomputed only when blocks entered the tree
+        under its first block, or any were evicted (a match costs O(prompt); admission matches
+        anew)."""
+        state = self.hit_epochs.state(first_block_key(seq, self.block_size), self.kv.tree)
         if seq.hit_estimate[0] != state:
             seq.hit_estimate = (state, self._match(seq).num_tokens)
         return seq.hit_estimate[1]

@@ -35,6 +35,11 @@ _BATCHING_FLAGS: dict[str, tuple[str, str]] = {
         "overlap_depth",
         "plans sent ahead of the oldest unread step result (1 with --jump-forward)",
     ),
+    "--admission-wave": (
+        "admission_wave",
+        "under a full batch, admit waiting requests this many at a time (or after waiting this "
+        "many steps); 1: as soon as a slot frees",
+    ),
 }
 # ... and the failure and drain timeouts, in seconds
 _FAILOVER_FLAGS: dict[str, tuple[str, str]] = {

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import random
 from collections import deque
+from dataclasses import replace
 
 import pytest
 
 from yaie.kernels.cache import KVCacheManager
 from yaie.scheduler_service.config import SchedulerConfig
 from yaie.scheduler_service.engine.policy import BatchPolicy
+from yaie.scheduler_service.engine.prefix_sharing import common_prefix_tokens
 from yaie.scheduler_service.engine.request import GenerationRequest, SamplingConfig
 from yaie.scheduler_service.engine.runs import Runs
 from yaie.scheduler_service.engine.sequence import Sequence, SequenceStatus
@@ -149,8 +152,7 @@ def test_request_waits_for_a_shared_prompt_being_computed() -> None:
     waiting = deque([a, b])
     runs = policy.schedule(running, waiting, blocks_pending=0)
     assert [r.seq for r in runs] == [a] and list(waiting) == [b]
-    a.match = kv.cache_running(shared + [1, 2], a.block_ids, a.match)  # a's prefill is done
-    policy.tree_epoch += 1
+    policy.cache_prompt(a, len(a.token_ids))  # a's prefill is done: its blocks enter the tree
     _sent(runs)
     runs = policy.schedule(running, waiting, blocks_pending=0)
     assert [r.seq for r in runs] == [a, b] and b.num_cached_tokens == 16
@@ -249,3 +251,95 @@ def test_blocks_on_their_way_are_waited_for_not_preempted_for() -> None:
     waiting = _queued(policy, [_seq(1, [5, 6, 7], priority=1)])
     assert [r.seq for r in policy.schedule(running, waiting, blocks_pending=True)] == running
     assert not preempted and len(waiting) == 1
+
+
+def test_common_prefix_tokens_is_the_leading_run_of_equal_whole_blocks() -> None:
+    """The binary search gives what comparing block after block gives, on random prompts."""
+    rng = random.Random(0)
+    for _ in range(2000):
+        bs = rng.choice([1, 2, 4, 16])
+        n = rng.randint(0, 80)
+        a = [rng.randint(0, 3) for _ in range(n)]
+        b = a[: rng.randint(0, n)] + [rng.randint(0, 3) for _ in range(rng.randint(0, 40))]
+        limit = rng.randint(0, min(len(a), len(b)))
+        common = 0
+        while common + bs <= limit and a[common : common + bs] == b[common : common + bs]:
+            common += bs
+        assert common_prefix_tokens(a, b, limit, bs) == common
+
+
+def test_hit_estimates_are_matched_again_only_when_their_prefix_changes(monkeypatch) -> None:
+    """Blocks entering the tree under one prompt's first block re-match the waiting requests
+    that share it, not the others; an eviction re-matches every one."""
+    policy, kv, _ = _policy(num_blocks=16)
+    shared, other = list(range(200, 208)), list(range(300, 308))
+    waiting = [_seq(i, p + [i] * 3) for i, p in enumerate([shared, shared, other])]
+    matched: list[int] = []
+    real = policy._match
+    monkeypatch.setattr(policy, "_match", lambda seq: matched.append(seq.arrival) or real(seq))
+    hits = [policy._hit_estimate(s) for s in waiting]
+    assert hits == [0, 0, 0] and matched == [0, 1, 2]
+    a = _seq(9, shared + [5, 5])
+    runs = policy.schedule([], deque([a]), blocks_pending=0)
+    policy.cache_prompt(a, len(a.token_ids))
+    matched.clear()
+    assert [policy._hit_estimate(s) for s in waiting] == [8, 8, 0] and matched == [0, 1]
+    matched.clear()
+    assert [policy._hit_estimate(s) for s in waiting] == [8, 8, 0] and matched == []
+    _sent(runs)
+    policy.release(a, cache=True)
+    assert kv.evict(16) > 0
+    matched.clear()
+    assert [policy._hit_estimate(s) for s in waiting] == [0, 0, 0] and matched == [0, 1, 2]
+
+
+def _full_batch(policy: BatchPolicy, num_running: int, num_waiting: int):
+    """num_running requests admitted and decoding, num_waiting more queued behind them."""
+    running: list[Sequence] = []
+    waiting = deque(_seq(i, [i % 50 + 1] * 3, max_new=100) for i in range(num_running))
+    while waiting:
+        _sent(policy.schedule(running, waiting, blocks_pending=0))
+    queued = [_seq(1000 + i, [7, 8, 9], max_new=100) for i in range(num_waiting)]
+    return running, _queued(policy, queued)
+
+
+def _finish(policy: BatchPolicy, running: list[Sequence], n: int) -> None:
+    for seq in running[-n:]:
+        running.remove(seq)
+        policy.release(seq, cache=False)
+
+
+def test_a_full_batch_admits_in_waves_bounded_by_the_wave_in_steps() -> None:
+    """At 128 running (wave 8): 3 free slots with 10 waiting admit nobody until 8 are free or the
+    first waiting request has waited 8 steps; 8 free slots admit at once."""
+    policy, _, _ = _policy(num_blocks=2048, max_running_requests=128)
+    running, waiting = _full_batch(policy, 128, 10)
+    _finish(policy, running, 3)
+    admitted_at = None
+    for step in range(12):
+        runs = policy.schedule(running, waiting, blocks_pending=0)
+        _sent(runs)
+        if any(r.seq.num_scheduled == 3 for r in runs):
+            admitted_at = step
+            break
+    assert admitted_at == 8 and len(waiting) == 7  # after 8 steps of waiting: the bound
+    _finish(policy, running, 8)
+    runs = policy.schedule(running, waiting, blocks_pending=0)
+    assert sum(r.num_tokens == 3 for r in runs) == 7 and not waiting  # the whole queue fits
+
+
+def test_admission_waves_stay_out_of_the_way_of_light_load_and_priority() -> None:
+    """Free slots enough for the queue, admission_wave 1, small batches (under 32 running) and a
+    request that outranks a running one are all admitted at once."""
+    for kw, num_running, priority in (
+        ({"max_running_requests": 128}, 120, 0),  # 8 free, 2 waiting
+        ({"max_running_requests": 128, "admission_wave": 1}, 127, 0),
+        ({"max_running_requests": 24}, 23, 0),
+        ({"max_running_requests": 128}, 127, 5),
+    ):
+        policy, _, _ = _policy(num_blocks=2048, **kw)
+        running, waiting = _full_batch(policy, num_running, 2)
+        for seq in waiting:
+            seq.request = replace(seq.request, priority=priority)
+        runs = policy.schedule(running, waiting, blocks_pending=0)
+        assert any(r.num_tokens == 3 for r in runs), kw
