@@ -65,13 +65,15 @@ class SchedulerConfig:
     prefix_scan_window: int = 256
     # Admission waves under a full batch: while fewer than this many running slots are free
     # (and more requests wait), the waiting ones are admitted together once enough are, or once
-    # the first has waited this many steps. A step that admits one prompt beside a full batch
-    # of decodes costs about what one admitting 16 does (H200, 256 decode rows + a 128-token
-    # prompt: 14.9 ms vs 7.0 ms for the decodes alone, most of it the mixed step's host launch;
-    # benchmarks/NOTES.md, session 16), so admitting one request a step as slots free up spent
-    # a third of a shared-prefix run in such steps. Capped at max_running_requests // 16 (off
-    # below 32 running); 1: admit as soon as a slot frees.
-    admission_wave: int = 8
+    # the first has waited this many steps. Why: every step that admits a prompt beside a full
+    # batch of decodes pays the mixed step's host launch (H200, 256 decode rows over shared
+    # prefixes + one 128-token prompt: 14.9 ms vs 7.0 ms for the decodes alone; 16 admissions
+    # in one step at 256-512 rows took 23-32 ms); shared-prefix runs that admitted one or two
+    # requests a step as slots freed up had 183-392 such steps and took 14.4 s, one whose
+    # admissions came ~16 at a time 72-77 steps and 10.2 s (other calls, other hosts:
+    # benchmarks/NOTES.md, session 16). Capped at max_running_requests // 16. 1 (the default,
+    # until an A/B on the GPU says otherwise): admit as soon as a slot frees.
+    admission_wave: int = 1
     # Structured output: append the tokens a request's grammar forces (a JSON key, `": "`)
     # without a decode step each (SGLang's jump-forward decoding). Off by default: on the H200
     # it cost 2-3x throughput (its extend chunks make steps eager and wait for the previous

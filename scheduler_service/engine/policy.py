@@ -14,7 +14,7 @@ request of the lowest priority, newest first, is preempted (recomputed later fro
 its computed blocks cached in the tree); so is one of lower priority than the best waiting
 request when the batch or the pool has no room for that one. New requests also join a plan
 only while its encoding fits under the worker's receive limit (max_plan_bytes). Under a full
-batch, requests are admitted in waves (SchedulerConfig.admission_wave), not one a step.
+batch, requests may be admitted in waves (SchedulerConfig.admission_wave), not one a step.
 
 Of each Sequence the policy alone writes the admission and block fields (queued_at_step,
 hit_estimate, admitted_once, num_cached_tokens, block_ids, match).

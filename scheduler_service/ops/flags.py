@@ -37,8 +37,8 @@ _BATCHING_FLAGS: dict[str, tuple[str, str]] = {
     ),
     "--admission-wave": (
         "admission_wave",
-        "under a full batch, admit waiting requests this many at a time (or after waiting this "
-        "many steps); 1: as soon as a slot frees",
+        "under a full batch, admit waiting requests this many at a time (or once the first "
+        "waited this many steps); 1 (default): as soon as a slot frees",
     ),
 }
 # ... and the failure and drain timeouts, in seconds

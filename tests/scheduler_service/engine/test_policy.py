@@ -312,7 +312,7 @@ def _finish(policy: BatchPolicy, running: list[Sequence], n: int) -> None:
 def test_a_full_batch_admits_in_waves_bounded_by_the_wave_in_steps() -> None:
     """At 128 running (wave 8): 3 free slots with 10 waiting admit nobody until 8 are free or the
     first waiting request has waited 8 steps; 8 free slots admit at once."""
-    policy, _, _ = _policy(num_blocks=2048, max_running_requests=128)
+    policy, _, _ = _policy(num_blocks=2048, max_running_requests=128, admission_wave=8)
     running, waiting = _full_batch(policy, 128, 10)
     _finish(policy, running, 3)
     admitted_at = None
@@ -329,13 +329,13 @@ def test_a_full_batch_admits_in_waves_bounded_by_the_wave_in_steps() -> None:
 
 
 def test_admission_waves_stay_out_of_the_way_of_light_load_and_priority() -> None:
-    """Free slots enough for the queue, admission_wave 1, small batches (under 32 running) and a
-    request that outranks a running one are all admitted at once."""
+    """Free slots enough for the queue, admission_wave 1 (the default), small batches (under 32
+    running) and a request that outranks a running one are all admitted at once."""
     for kw, num_running, priority in (
-        ({"max_running_requests": 128}, 120, 0),  # 8 free, 2 waiting
-        ({"max_running_requests": 128, "admission_wave": 1}, 127, 0),
-        ({"max_running_requests": 24}, 23, 0),
-        ({"max_running_requests": 128}, 127, 5),
+        ({"max_running_requests": 128, "admission_wave": 8}, 120, 0),  # 8 free, 2 waiting
+        ({"max_running_requests": 128}, 127, 0),
+        ({"max_running_requests": 24, "admission_wave": 8}, 23, 0),
+        ({"max_running_requests": 128, "admission_wave": 8}, 127, 5),
     ):
         policy, _, _ = _policy(num_blocks=2048, **kw)
         running, waiting = _full_batch(policy, num_running, 2)
